@@ -1,0 +1,253 @@
+"""Tests for zhang.analysis on synthetic run directories whose answers are known exactly."""
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from zhang import analysis
+from zhang.analysis import cli, paper, plots, scaling, synthetic, tables
+from zhang.errors import UsageError
+
+R = synthetic.replica
+
+
+def _write(tmp_path, name="run", **kwargs):
+  reps = kwargs.pop("replicas", None) or [
+      R("labels", 0.0, 0, 40, 0.9), R("labels", 0.0, 1, 60, 0.9),
+      R("labels", 1.0, 0, 120, 0.1), R("labels", 1.0, 1, 120, 0.1),
+      R("labels", 1.0, 2, 150, 0.1), R("labels", 0.5, 0, None, 0.5),
+  ]
+  return synthetic.write_run(tmp_path / name, reps, **kwargs)
+
+
+def test_time_to_fit_exact_and_censored(tmp_path):
+  runs = analysis.load_runs(_write(tmp_path))
+  fits = analysis.time_to_fit(runs.metrics).set_index("replica")
+  assert fits.fit_step.tolist()[:5] == [40, 60, 120, 120, 150]
+  assert fits.fit_epoch[0] == pytest.approx(40 * 128 / 1280)
+  assert not fits.censored[:5].any()
+  # Never fitted: censored, time set to the last evaluated step, never NaN or dropped.
+  assert fits.censored[5] and math.isnan(fits.fit_step[5])
+  assert fits.time_step[5] == 200 and fits.time_epoch[5] == pytest.approx(20.0)
+  # Recomputed from the curves, it agrees with what summary.json says.
+  summary = runs.replicas.set_index("replica").summary_fit_step
+  assert fits.fit_step[:5].tolist() == summary[:5].tolist()
+
+
+def test_time_to_fit_other_criteria(tmp_path):
+  runs = analysis.load_runs(_write(tmp_path))
+  # Synthetic train_acc before fitting is 0.1 + 0.895 * step / fit_step.
+  at_half = analysis.time_to_fit(runs.metrics, threshold=0.5).set_index("replica")
+  expected = math.ceil((0.4 / 0.895) * 40 / 10) * 10
+  assert at_half.fit_step[0] == expected
+  # Synthetic train_loss is ln(10) exp(-3 step / fit_step).
+  by_loss = analysis.time_to_fit(runs.metrics, loss_below=0.1).set_index("replica")
+  expected = math.ceil(40 * math.log(math.log(10) / 0.1) / 3 / 10) * 10
+  assert by_loss.fit_step[0] == expected
+  assert by_loss.criterion[0] == "train_loss <= 0.1"
+  with pytest.raises(UsageError):
+    analysis.time_to_fit(runs.metrics, threshold=1.5)
+
+
+def test_slowdown_paired_by_seed_and_censored(tmp_path):
+  runs = analysis.load_runs(_write(tmp_path))
+  s = analysis.slowdown(analysis.time_to_fit(runs.metrics)).set_index("replica")
+  assert s.slowdown[2] == pytest.approx(120 / 40) and s.paired[2]
+  assert s.slowdown[3] == pytest.approx(120 / 60) and s.paired[3]
+  # Seed 2 has no true-label replica: compared with the mean of all of them.
+  assert s.slowdown[4] == pytest.approx(150 / 50) and not s.paired[4]
+  # The censored replica's slowdown is a lower bound: steps run / baseline.
+  assert s.slowdown[5] == pytest.approx(200 / 40) and s.slowdown_censored[5]
+  summary = analysis.summarize(s.reset_index(), "slowdown", "slowdown_censored")
+  p1 = summary[summary.corruption == 1.0].iloc[0]
+  assert p1["mean"] == pytest.approx((3 + 2 + 3) / 3)
+  assert p1.ci_lo <= p1["mean"] <= p1.ci_hi and not p1.lower_bound
+  half = summary[summary.corruption == 0.5].iloc[0]
+  assert half.lower_bound and half.n_censored == 1 and half.ci_hi == np.inf
+
+
+def test_baseline_never_fitted_gives_no_slowdown(tmp_path):
+  reps = [R("labels", 0.0, 0, None, 0.9), R("labels", 1.0, 0, 100, 0.1)]
+  runs = analysis.load_runs(_write(tmp_path, replicas=reps))
+  s = analysis.slowdown(analysis.time_to_fit(runs.metrics))
+  assert s.baseline_censored.all() and s.slowdown.isna().all()
+
+
+def test_bootstrap_interval():
+  lo, hi = analysis.bootstrap_mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))
+  assert 1.0 <= lo < 2.5 < hi <= 4.0
+  assert all(math.isnan(v) for v in analysis.bootstrap_mean_ci(np.array([1.0])))
+
+
+P = np.repeat([0.0, 0.25, 0.5, 0.75, 1.0], 3)
+
+
+@pytest.mark.parametrize("form,truth", [("exponential", lambda p: 10 * np.exp(0.7 * p)),
+                                        ("linear", lambda p: 10 * (1 + 2.0 * p))])
+def test_scaling_law_recovers_exact_parameters(form, truth):
+  t = truth(P)
+  rows = {f: scaling.fit_form(P, t, np.zeros_like(P, bool), f, n_boot=20)
+          for f in scaling.FORMS}
+  best = rows[form]
+  assert best["t0"] == pytest.approx(10, rel=1e-3)
+  assert best["b"] == pytest.approx(0.7 if form == "exponential" else 2.0, rel=1e-3)
+  assert best["r2"] == pytest.approx(1.0, abs=1e-6)
+  other = rows["linear" if form == "exponential" else "exponential"]
+  assert best["aic"] < other["aic"] - 2
+  assert best["b_lo"] <= best["b"] <= best["b_hi"]
+
+
+def test_scaling_law_uses_censored_replicas():
+  t = 10 * np.exp(0.7 * P)
+  cens = P == 1.0
+  bound = np.where(cens, 12.0, t)  # stopped at 12 epochs; the truth is 20.1
+  honest = scaling.fit_form(P, bound, cens, "exponential", n_boot=0)
+  naive = scaling.fit_form(P, bound, np.zeros_like(cens), "exponential", n_boot=0)
+  assert honest["b"] == pytest.approx(0.7, rel=1e-2)
+  assert naive["b"] < 0.6  # treating the bound as a fit time underestimates growth
+  assert honest["n_censored"] == 3
+
+
+def test_scaling_table_and_verdict_on_non_monotonic_data(tmp_path):
+  runs = analysis.load_runs(synthetic.write_example_run(tmp_path / "ex", seeds=(0,),
+                                                        censor=False))
+  fits = analysis.slowdown(analysis.time_to_fit(runs.metrics))
+  laws = analysis.fit_scaling(fits, n_boot=10)
+  assert set(laws.form) == {"linear", "exponential"} and (laws.delta_aic >= 0).all()
+  # p = 0.2 takes twice as long as p = 1 here: flagged, and no monotonic law fits well.
+  s = tables.fit_summary(fits)
+  nm = analysis.non_monotonic(s[s.kind == "labels"].rename(
+      columns={"mean_epoch": "mean", "lower_bound_epoch": "lower_bound"}))
+  worst = nm.sort_values("ratio").iloc[-1]
+  assert (worst.p_low, worst.p_high) == (0.2, 1.0) and worst.ratio == pytest.approx(2.0)
+  assert "neither describes the data well" in analysis.verdict(laws, "mlp_1x512")
+
+
+def test_not_a_run(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UsageError, match="is not a run: it has no config.json"):
+    analysis.load_runs(tmp_path / "empty")
+  _write(tmp_path / "parent", name="inner")
+  with pytest.raises(UsageError, match="it contains runs: inner"):
+    analysis.load_runs(tmp_path / "parent")
+  with pytest.raises(UsageError, match="does not exist"):
+    analysis.load_runs(tmp_path / "missing")
+
+
+def test_run_in_progress_is_reported_and_usable(tmp_path):
+  run = _write(tmp_path, steps_run=100, status="running", torn_last_line=True)
+  runs = analysis.load_runs(run)
+  assert runs.runs[0].status == "running" and runs.runs[0].steps_run == 100
+  fits = analysis.time_to_fit(runs.metrics).set_index("replica")
+  assert fits.fit_step[0] == 40 and fits.censored[2]  # fits at 120, not reached yet
+  out = tmp_path / "report"
+  analysis.write_report([run], out, n_boot=5)
+  text = (out / "report.md").read_text()
+  assert "still in progress" in text and "| running |" in text
+
+
+def test_mixed_datasets_refused(tmp_path):
+  a = _write(tmp_path, "a", dataset="digits")
+  b = _write(tmp_path, "b", dataset="cifar10")
+  runs = analysis.load_runs([a, b])
+  with pytest.raises(UsageError, match="different datasets"):
+    plots.fig1c(runs.replicas)
+  with pytest.raises(UsageError, match="different datasets"):
+    analysis.write_report([a, b], tmp_path / "out")
+
+
+def test_setups_and_regularizers(tmp_path):
+  a = _write(tmp_path, "a", model="inception_small", config=dict(weight_decay=5e-4))
+  b = _write(tmp_path, "b", model="inception_small_nobn", config=dict(augment="crop"))
+  runs = analysis.load_runs([a, b])
+  setups = set(runs.replicas.setup)
+  assert setups == {"inception_small + weight decay + batch norm",
+                    "inception_small_nobn + augmentation (crop)"}
+
+
+def test_paper_numbers_are_packaged_and_matched(tmp_path):
+  pn = paper.paper_numbers()
+  assert len(pn["table1"]) == 19 and pn["figure1c"]["test_error_at_p1"] == 0.9
+  row = paper.table1_match("mlp_1x512", "cifar10", "random labels", {"weight_decay": 0})
+  assert row["test_acc"] == pytest.approx(0.1061)
+  assert paper.table1_match("mlp_1x512", "digits", "true labels", {}) is None
+  runs = analysis.load_runs(_write(tmp_path, dataset="cifar10"))
+  t1 = tables.table1(runs).set_index("condition")
+  assert t1.paper_test_acc["true labels"] == pytest.approx(0.5051)
+  assert math.isnan(t1.paper_test_acc["labels p=0.5"])
+
+
+def _cli(argv):
+  parser = argparse.ArgumentParser(prog="zhang")
+  cli.register(parser.add_subparsers(required=True))
+  args = parser.parse_args(argv)
+  return args.func(args)
+
+
+def test_report_writes_every_file(tmp_path):
+  a = synthetic.write_example_run(tmp_path / "mlp1")
+  b = synthetic.write_example_run(tmp_path / "mlp3", model="mlp_3x512", scale=1.5,
+                                  test_acc_p0=0.95)
+  out = tmp_path / "report"
+  assert _cli(["report", str(a), str(b), "--out", str(out), "--n-boot", "10"]) == 0
+  for name in ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png"):
+    image = matplotlib.image.imread(out / name)
+    width, height = plots.FIGSIZE[0] * plots.DPI, plots.FIGSIZE[1] * plots.DPI
+    assert image.shape[:2] == (height, width)
+    assert image[..., :3].std() > 0.05  # something is drawn
+  text = (out / "report.md").read_text()
+  for needle in ("## Table 1", "## Scaling law", "exponential", "linear", "![",
+                 "Not monotonic in p", "≥", "Comparison with the paper"):
+    assert needle in text
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
+  (tmp_path / "notarun").mkdir()
+  assert _cli(["report", str(tmp_path / "notarun"), "--out", str(tmp_path / "o")]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "not a run" in err and "Traceback" not in err
+  a, b = _write(tmp_path, "a"), _write(tmp_path, "b", dataset="cifar10")
+  assert _cli(["report", str(a), str(b), "--out", str(tmp_path / "o")]) == 2
+  assert "different datasets" in capsys.readouterr().err
+  assert _cli(["report", str(a), "--out", str(tmp_path / "o"), "--threshold", "2"]) == 2
+
+
+def test_corrupt_metrics_line_is_an_error(tmp_path):
+  run = _write(tmp_path)
+  lines = (run / "metrics.jsonl").read_text().splitlines()
+  lines[3] = "{not json"
+  (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+  with pytest.raises(UsageError, match="line 4 is not valid JSON"):
+    analysis.load_runs(run)
+
+
+def test_summary_json_optional(tmp_path):
+  run = _write(tmp_path)
+  (run / "summary.json").unlink()
+  runs = analysis.load_runs(run)
+  assert runs.runs[0].status == "unknown" and len(runs.replicas) == 6
+  assert json.loads((run / "config.json").read_text())["model"] == "mlp_1x512"
+
+
+def test_analysis_does_not_import_jax():
+  code = ("import sys, zhang.analysis, zhang.analysis.cli; "
+          "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax')]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compare_two_setups(tmp_path):
+  a = synthetic.write_example_run(tmp_path / "a", seeds=(0, 1))
+  b = synthetic.write_example_run(tmp_path / "b", model="mlp_3x512", seeds=(0, 1), scale=2.0)
+  both = analysis.analyze(analysis.load_runs([a, b]), n_boot=5)
+  table = tables.compare(both.fit_summary, "slowdown")
+  assert list(table.columns) == ["mlp_1x512", "mlp_3x512"]
+  assert table.index[0] == "true labels" and table.index[-1] == "gaussian"
+  assert table.loc["labels p=0.2", "mlp_1x512"].startswith("≥ ")
+  assert table.loc["true labels", "mlp_3x512"].startswith("1.00")

@@ -1,0 +1,5 @@
+import sys
+
+from zhang.cli import main
+
+sys.exit(main())

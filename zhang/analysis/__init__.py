@@ -1,0 +1,25 @@
+"""Analysis of randomization-test runs from their files alone (no jax, no trainer).
+
+Typical use (also in notebooks/analysis.ipynb):
+
+  from zhang import analysis
+  runs = analysis.load_runs(["gs://bucket/run1", "runs/run2"])
+  fits = analysis.slowdown(analysis.time_to_fit(runs.metrics, threshold=1.0))
+  laws = analysis.fit_scaling(fits)
+  analysis.plots.fig1b(fits, laws)
+"""
+
+from zhang.analysis import paper, plots, tables
+from zhang.analysis.fit_time import (bootstrap_mean_ci, non_monotonic, slowdown, summarize,
+                                     time_to_fit)
+from zhang.analysis.load import (Run, Runs, condition_name, is_run_dir, load_run, load_runs,
+                                 regularizers, require_one_dataset)
+from zhang.analysis.report import Analysis, analyze, write_report
+from zhang.analysis.scaling import fit_form, fit_scaling, verdict
+
+__all__ = [
+    "Analysis", "Run", "Runs", "analyze", "bootstrap_mean_ci", "condition_name", "fit_form",
+    "fit_scaling", "is_run_dir", "load_run", "load_runs", "non_monotonic", "paper", "plots",
+    "regularizers", "require_one_dataset", "slowdown", "summarize", "tables", "time_to_fit",
+    "verdict", "write_report",
+]

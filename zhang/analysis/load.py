@@ -1,0 +1,265 @@
+"""Read run directories (`config.json`, `metrics.jsonl`, `summary.json`) into tidy DataFrames.
+
+Paths may be local or on a bucket (`gs://...`): everything goes through `etils.epath`.
+Nothing here imports jax or the trainer, so a laptop with pandas can read any run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+from etils import epath
+
+from zhang.errors import UsageError
+
+KINDS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
+# Config fields that change how training behaves; two runs that agree on all of them are
+# replicas of the same setup and may share a true-label baseline.
+_SETUP_FIELDS = ("model", "dataset", "batch_size", "learning_rate", "momentum", "lr_decay",
+                 "lr_decay_every", "weight_decay", "augment")
+
+
+@dataclasses.dataclass
+class Run:
+  """One run directory as written by `zhang train --workdir`."""
+  name: str
+  path: str
+  config: dict[str, Any]
+  summary: dict[str, Any] | None
+  metrics: pd.DataFrame  # raw rows of metrics.jsonl
+
+  @property
+  def status(self) -> str:
+    """'complete', 'running', or 'unknown' (no summary.json yet)."""
+    return (self.summary or {}).get("status", "unknown")
+
+  @property
+  def steps_run(self) -> int:
+    return int(self.metrics["step"].max())
+
+
+@dataclasses.dataclass
+class Runs:
+  """Several runs, concatenated into tidy tables.
+
+  Attributes:
+    runs: the runs, in the order given.
+    metrics: one row per replica per evaluation, with run-level columns (`run`, `model`,
+      `dataset`, `setup`, `condition`) joined in.
+    replicas: one row per replica: its randomization, its final metrics (from the curves) and
+      what summary.json said about it.
+  """
+  runs: list[Run]
+  metrics: pd.DataFrame
+  replicas: pd.DataFrame
+
+  @property
+  def datasets(self) -> list[str]:
+    return sorted(self.replicas["dataset"].unique())
+
+  def running(self) -> list[Run]:
+    return [r for r in self.runs if r.status != "complete"]
+
+
+def condition_name(kind: str, corruption: float) -> str:
+  """Human name of a randomization: 'true labels', 'random labels', 'labels p=0.2', ..."""
+  if kind == "labels":
+    if corruption == 0:
+      return "true labels"
+    if corruption == 1:
+      return "random labels"
+    return f"labels p={corruption:g}"
+  name = kind.replace("_", " ")
+  return name if corruption in (0, 1) else f"{name} p={corruption:g}"
+
+
+def condition_order(kind: str, corruption: float) -> tuple[int, float]:
+  """Sort key: true labels, increasing corruption, random labels, then pixel kinds."""
+  if kind == "labels":
+    return (0, corruption)
+  return (1 + (KINDS.index(kind) if kind in KINDS else len(KINDS)), corruption)
+
+
+def regularizers(config: dict[str, Any]) -> list[str]:
+  """Explicit and implicit regularizers a config turns on, as in the paper's Table 1."""
+  regs = []
+  augment = config.get("augment")
+  if augment:
+    regs.append(f"augmentation ({augment})" if isinstance(augment, str) else "augmentation")
+  if (config.get("weight_decay") or 0) > 0:
+    regs.append("weight decay")
+  model = str(config.get("model", ""))
+  if model.startswith("inception") and "nobn" not in model:
+    regs.append("batch norm")
+  if (config.get("dropout") or 0) > 0:
+    regs.append("dropout")
+  return regs
+
+
+def is_run_dir(path: str | epath.Path) -> bool:
+  path = epath.Path(path)
+  return (path / "config.json").exists() and (path / "metrics.jsonl").exists()
+
+
+def _read_json(path: epath.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise UsageError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _read_jsonl(path: epath.Path) -> pd.DataFrame:
+  """Reads metrics.jsonl; a torn last line (a write in progress) is dropped."""
+  lines = path.read_text().splitlines()
+  rows = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i == len(lines) - 1:
+        break  # the trainer is writing this line right now
+      raise UsageError(f"{path} line {i + 1} is not valid JSON") from None
+  return pd.DataFrame(rows)
+
+
+def _not_a_run_message(path: epath.Path) -> str:
+  if not path.exists():
+    return f"{path} does not exist"
+  if not path.is_dir():
+    return f"{path} is not a directory; pass a run directory (the --workdir of zhang train)"
+  missing = [f for f in ("config.json", "metrics.jsonl") if not (path / f).exists()]
+  msg = f"{path} is not a run: it has no {' or '.join(missing)}"
+  children = sorted(p.name for p in path.iterdir() if p.is_dir() and is_run_dir(p))
+  if children:
+    shown = ", ".join(children[:3]) + (", ..." if len(children) > 3 else "")
+    msg += f" (it contains runs: {shown}; pass those)"
+  return msg
+
+
+_METRIC_COLUMNS = ("step", "epoch", "replica", "kind", "corruption", "seed", "train_loss",
+                   "train_acc", "test_loss", "test_acc")
+
+
+def load_run(path: str | epath.Path, name: str | None = None) -> Run:
+  """Loads one run directory. Raises UsageError if it is not a run."""
+  path = epath.Path(path)
+  if not is_run_dir(path):
+    raise UsageError(_not_a_run_message(path))
+  config = _read_json(path / "config.json")
+  summary_path = path / "summary.json"
+  summary = _read_json(summary_path) if summary_path.exists() else None
+  metrics = _read_jsonl(path / "metrics.jsonl")
+  if metrics.empty:
+    raise UsageError(f"{path} has no evaluations yet (metrics.jsonl is empty); "
+                     f"wait for the first one (eval_every={config.get('eval_every')})")
+  missing = [c for c in _METRIC_COLUMNS if c not in metrics.columns]
+  if missing:
+    raise UsageError(f"{path}/metrics.jsonl lacks columns {missing}; was it written by "
+                     f"zhang train?")
+  for key in ("model", "dataset"):
+    if key not in config and summary and key in summary:
+      config[key] = summary[key]
+    if key not in config:
+      raise UsageError(f"{path}/config.json has no '{key}' field")
+  return Run(name=name or path.name, path=str(path), config=config, summary=summary,
+             metrics=metrics)
+
+
+def _unique_names(paths: Sequence[epath.Path]) -> list[str]:
+  """Shortest path suffixes that tell the runs apart (`a/run1`, `b/run1`)."""
+  for depth in range(1, 1 + max(len(p.parts) for p in paths)):
+    names = ["/".join(p.parts[-depth:]) for p in paths]
+    if len(set(names)) == len(names):
+      return names
+  return [str(p) for p in paths]
+
+
+def _setup_labels(runs: Sequence[Run]) -> dict[str, str]:
+  """Names each run's training setup: model, plus regularizers, plus run name if ambiguous."""
+  labels, keys = {}, {}
+  for run in runs:
+    label = run.config["model"]
+    regs = regularizers(run.config)
+    if regs:
+      label += " + " + " + ".join(regs)
+    key = tuple(json.dumps(run.config.get(f), sort_keys=True) for f in _SETUP_FIELDS)
+    keys.setdefault(label, set()).add(key)
+    labels[run.name] = (label, key)
+  out = {}
+  for name, (label, key) in labels.items():
+    if len(keys[label]) > 1:  # same model, different hyper-parameters: keep them apart
+      label = f"{label} [{name}]"
+    out[name] = label
+  return out
+
+
+def _replica_table(run: Run, setup: str) -> pd.DataFrame:
+  """One row per replica: identity, last evaluated metrics, and summary.json fields."""
+  m = run.metrics.sort_values("step")
+  last = m.groupby("replica", as_index=False).last()
+  cols = ["replica", "kind", "corruption", "seed", "step", "epoch", "train_loss", "train_acc",
+          "test_loss", "test_acc"]
+  cols += [c for c in ("test_confidence", "test_entropy") if c in last.columns]
+  table = last[cols].rename(columns={
+      "step": "steps_run", "epoch": "epochs_run", "train_loss": "final_train_loss",
+      "train_acc": "final_train_acc", "test_loss": "final_test_loss",
+      "test_acc": "final_test_acc", "test_entropy": "final_test_entropy",
+      "test_confidence": "final_test_confidence"})
+  summary_reps = pd.DataFrame((run.summary or {}).get("replicas", []))
+  if not summary_reps.empty and "replica" in summary_reps.columns:
+    keep = [c for c in ("replica", "label_noise", "fit_step", "fit_epoch")
+            if c in summary_reps.columns]
+    table = table.merge(summary_reps[keep].rename(
+        columns={"fit_step": "summary_fit_step", "fit_epoch": "summary_fit_epoch"}),
+        on="replica", how="left")
+  summary = run.summary or {}
+  table.insert(0, "run", run.name)
+  table["model"] = run.config["model"]
+  table["dataset"] = run.config["dataset"]
+  table["setup"] = setup
+  table["regularizers"] = ", ".join(regularizers(run.config)) or "none"
+  table["num_params"] = summary.get("num_params", math.nan)
+  table["num_classes"] = summary.get("num_classes", math.nan)
+  table["status"] = run.status
+  table["condition"] = [condition_name(k, p) for k, p in zip(table.kind, table.corruption)]
+  return table
+
+
+def load_runs(paths: str | epath.Path | Iterable[str | epath.Path]) -> Runs:
+  """Loads one or many run directories (local or gs://) into tidy tables."""
+  if isinstance(paths, (str, epath.Path)) or hasattr(paths, "__fspath__"):
+    paths = [paths]
+  paths = [epath.Path(p) for p in paths]
+  if not paths:
+    raise UsageError("no run directories given")
+  names = _unique_names(paths)
+  runs = [load_run(p, n) for p, n in zip(paths, names)]
+  setups = _setup_labels(runs)
+  metrics, replicas = [], []
+  for run in runs:
+    m = run.metrics.copy()
+    m.insert(0, "run", run.name)
+    m["model"] = run.config["model"]
+    m["dataset"] = run.config["dataset"]
+    m["setup"] = setups[run.name]
+    m["condition"] = [condition_name(k, p) for k, p in zip(m.kind, m.corruption)]
+    metrics.append(m)
+    replicas.append(_replica_table(run, setups[run.name]))
+  metrics = pd.concat(metrics, ignore_index=True).sort_values(
+      ["run", "replica", "step"], ignore_index=True)
+  return Runs(runs=runs, metrics=metrics, replicas=pd.concat(replicas, ignore_index=True))
+
+
+def require_one_dataset(table: pd.DataFrame, what: str = "one figure") -> str:
+  """Returns the dataset of `table`; UsageError if it mixes datasets."""
+  datasets = sorted(table["dataset"].unique())
+  if len(datasets) != 1:
+    raise UsageError(f"runs of different datasets ({', '.join(datasets)}) cannot share "
+                     f"{what}; report each dataset separately")
+  return datasets[0]

@@ -1,0 +1,230 @@
+"""Figure 1 (a, b, c) and the test-confidence plot, from the tidy tables.
+
+Every function returns a `matplotlib.figure.Figure` of size FIGSIZE at DPI. Figures are
+built without pyplot, so no backend is chosen or changed here: a notebook shows them inline
+and a headless machine renders them with Agg. `save` writes one to a local or gs:// path.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+from etils import epath
+from matplotlib.figure import Figure
+
+from zhang.analysis import paper, scaling, tables
+from zhang.analysis.load import require_one_dataset
+
+FIGSIZE = (9.0, 5.0)  # inches
+DPI = 110  # so every figure is 990 x 550 pixels
+CONDITION_COLORS = {"true labels": "#1f77b4", "shuffled pixels": "#2ca02c",
+                    "random pixels": "#ff7f0e", "gaussian": "#9467bd",
+                    "random labels": "#d62728"}
+# Distinct dashes too, so conditions whose curves coincide (an MLP cannot tell shuffled
+# pixels from true labels) stay visible.
+CONDITION_DASHES = {"true labels": "-", "shuffled pixels": (0, (5, 3)),
+                    "random pixels": (0, (6, 2, 1, 2)), "gaussian": (0, (1.5, 1.5)),
+                    "random labels": "-"}
+
+
+def _figure(ncols: int = 1, sharey: bool = False):
+  fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+  axes = fig.subplots(1, ncols, squeeze=False, sharey=sharey)
+  for ax in axes[0]:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(alpha=0.3)
+  return fig, list(axes[0])
+
+
+def _setup_colors(setups) -> dict[str, str]:
+  cycle = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f"]
+  return {s: cycle[i % len(cycle)] for i, s in enumerate(sorted(setups))}
+
+
+def save(fig, path: str | epath.Path) -> epath.Path:
+  """Writes `fig` as PNG to a local or gs:// path."""
+  path = epath.Path(path)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=DPI)
+  path.write_bytes(buf.getvalue())
+  return path
+
+
+def _partial_note(table: pd.DataFrame) -> str:
+  return " (partial: a run is still in progress)" if "status" in table and (
+      table["status"] != "complete").any() else ""
+
+
+def fig1a(metrics: pd.DataFrame, y: str = "train_loss",
+          conditions: tuple[str, ...] = tables.FIG1A_CONDITIONS):
+  """Figure 1a: training loss against steps, one curve per randomization, one panel per setup.
+
+  Lines are means over seeds; the band spans the lowest and highest seed.
+  """
+  dataset = require_one_dataset(metrics)
+  curves = tables.learning_curves(metrics, y=y, conditions=conditions)
+  setups = sorted(curves["setup"].unique()) or ["(no data)"]
+  fig, axes = _figure(len(setups), sharey=True)
+  scale = 1000 if metrics["step"].max() >= 5000 else 1
+  for ax, setup in zip(axes, setups):
+    c = curves[curves.setup == setup]
+    for cond in conditions:
+      d = c[c.condition == cond]
+      if d.empty:
+        continue
+      color = CONDITION_COLORS.get(cond)
+      n = int(d.n.max())
+      ax.plot(d.step / scale, d["mean"], color=color, lw=2,
+              ls=CONDITION_DASHES.get(cond, "-"),
+              label=f"{cond} ({n} seed{'s' * (n > 1)})")
+      if n > 1:
+        ax.fill_between(d.step / scale, d.lo, d.hi, color=color, alpha=0.15, lw=0)
+    ax.set_title(setup)
+    ax.set_xlabel("optimizer steps" + (" (thousands)" if scale > 1 else ""))
+    ax.set_ylim(bottom=0)
+  axes[0].set_ylabel({"train_loss": "training loss (cross-entropy, nats)"}.get(
+      y, y.replace("_", " ")))
+  axes[0].legend(loc="upper right", frameon=False)
+  fig.suptitle(f"Fig. 1a: fitting random labels and random pixels on {dataset}"
+               f"{_partial_note(metrics)}", fontsize=12)
+  return fig
+
+
+def _errorbars(ax, s: pd.DataFrame, color: str, label: str, scale: float = 1.0):
+  """Means (line), bootstrap intervals (bars); lower bounds as hollow up-triangles."""
+  s = s.sort_values("corruption")
+  ax.plot(s.corruption, s["mean"] * scale, color=color, lw=1.5, label=label)
+  exact = s[~s.lower_bound]
+  lo = (exact["mean"] - exact.ci_lo).clip(lower=0).fillna(0) * scale
+  hi = (exact.ci_hi - exact["mean"]).clip(lower=0).fillna(0) * scale
+  ax.errorbar(exact.corruption, exact["mean"] * scale, yerr=[lo, hi], fmt="o", color=color,
+              ms=5, capsize=3, lw=1.2)
+  bound = s[s.lower_bound]
+  if len(bound):
+    ax.errorbar(bound.corruption, bound["mean"] * scale, yerr=0.12 * bound["mean"] * scale,
+                lolims=True, fmt="^", mfc="white", color=color, ms=8, capsize=0, lw=1.2)
+
+
+def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
+          n_boot: int = 2000):
+  """Figure 1b: time to fit relative to true labels against label corruption, per setup.
+
+  Args:
+    slowdowns: per-replica table from `fit_time.slowdown`.
+    scaling_fits: from `scaling.fit_scaling`; the better form per setup is drawn dashed.
+  """
+  dataset = require_one_dataset(slowdowns)
+  labels = slowdowns[(slowdowns.kind == "labels") & slowdowns.slowdown.notna()]
+  summary = tables.fit_summary(labels, n_boot=n_boot)
+  fig, (ax,) = _figure()
+  colors = _setup_colors(summary.setup.unique())
+  for setup, s in summary.groupby("setup"):
+    s = s.rename(columns={"mean_slowdown": "mean", "ci_lo_slowdown": "ci_lo",
+                          "ci_hi_slowdown": "ci_hi", "lower_bound_slowdown": "lower_bound"})
+    _errorbars(ax, s, colors[setup], setup)
+    reps = labels[labels.setup == setup]
+    jitter = (reps.seed.rank(method="dense") - 1) * 0.006
+    for cens, marker in ((False, "."), (True, "^")):
+      r = reps[reps.slowdown_censored == cens]
+      ax.scatter(r.corruption + jitter[r.index] + 0.015, r.slowdown, s=30 if cens else 40,
+                 marker=marker, color=colors[setup], alpha=0.4, lw=0)
+    if scaling_fits is not None and "aic" in scaling_fits:
+      fits = scaling_fits[(scaling_fits.setup == setup) & scaling_fits.aic.notna()]
+      base = reps.loc[(reps.corruption == 0), "time_epoch"].mean()
+      if len(fits) and base > 0 and (fits.time == "time_epoch").all():
+        # Drawn relative to the measured true-label time, so a law that misses p = 0 shows.
+        best = fits.sort_values("aic").iloc[0]
+        p = np.linspace(0, 1, 101)
+        ax.plot(p, scaling.FORMS[best.form][1](p, best.t0, best.b) / base, "--",
+                color=colors[setup], lw=1.2, alpha=0.8,
+                label=f"{setup}: {best.form} law (better AIC), R²={best.r2:.2f}")
+  ax.axhline(1, color="black", lw=0.8)
+  lo, hi = paper.paper_numbers()["figure1b"]["slowdown_range"]
+  ax.axhspan(lo, hi, color="grey", alpha=0.08, lw=0, label="paper's axis range (CIFAR-10)")
+  ax.plot([], [], "^", mfc="white", color="grey", label="not fitted: lower bound")
+  ax.set_xlabel("label corruption p (fraction of labels redrawn at random)")
+  ax.set_ylabel("time to fit / time on true labels (x)")
+  ax.set_xlim(-0.05, 1.08)
+  ax.set_ylim(bottom=0)
+  ax.legend(loc="best", frameon=False)
+  crit = labels.criterion.iloc[0] if len(labels) else "train_acc >= 1"
+  fig.suptitle(f"Fig. 1b: time to fit the training set ({crit}) on {dataset}, relative to "
+               f"true labels{_partial_note(slowdowns)}\nmeans over seeds with 95% bootstrap "
+               f"intervals; small markers are single replicas", fontsize=11)
+  return fig
+
+
+def fig1c(replicas: pd.DataFrame, show_paper: bool = True, n_boot: int = 2000):
+  """Figure 1c: test error after training against label corruption, per setup."""
+  dataset = require_one_dataset(replicas)
+  err = tables.per_corruption(replicas, "test_error", n_boot=n_boot)
+  fig, (ax,) = _figure()
+  colors = _setup_colors(err.setup.unique())
+  for setup, s in err.groupby("setup"):
+    _errorbars(ax, s, colors[setup], setup, scale=100)
+  k = replicas.num_classes.dropna()
+  k = int(k.iloc[0]) if len(k) else 10
+  ax.axhline(100 * (1 - 1 / k), color="black", ls=":", lw=1,
+             label=f"chance ({100 * (1 - 1 / k):.0f}% error, {k} classes)")
+  if show_paper and paper.matches_paper_dataset(dataset):
+    f1c = paper.paper_numbers()["figure1c"]
+    for model in sorted(set(replicas.model) & set(f1c["test_error_at_p0"])):
+      ax.plot([0, 1], [100 * f1c["test_error_at_p0"][model], 100 * f1c["test_error_at_p1"]],
+              "s", ls="none", mfc="white", color="grey", ms=8,
+              label=f"paper, {paper.paper_name(model)} (Table 1 and 90% at p = 1)")
+  ax.set_xlabel("label corruption p (fraction of labels redrawn at random)")
+  ax.set_ylabel("test error (%)")
+  ax.set_xlim(-0.05, 1.05)
+  ax.set_ylim(0, 100)
+  ax.legend(loc="lower right", frameon=False)
+  fig.suptitle(f"Fig. 1c: test error at the end of training on {dataset}"
+               f"{_partial_note(replicas)}\nmeans over seeds with 95% bootstrap intervals",
+               fontsize=11)
+  return fig
+
+
+def confidence(replicas: pd.DataFrame, n_boot: int = 2000):
+  """Test-set confidence and entropy against label corruption: confidently wrong?"""
+  dataset = require_one_dataset(replicas)
+  fig, (ax1, ax2) = _figure(2)
+  k = replicas.num_classes.dropna()
+  k = int(k.iloc[0]) if len(k) else 10
+  colors = _setup_colors(replicas.setup.unique())
+  have = "final_test_confidence" in replicas
+  if have:
+    conf = tables.per_corruption(replicas, "final_test_confidence", n_boot=n_boot)
+    acc = tables.per_corruption(replicas, "final_test_acc", n_boot=n_boot)
+    for setup in sorted(conf.setup.unique()):
+      _errorbars(ax1, conf[conf.setup == setup], colors[setup], setup, scale=100)
+      a = acc[acc.setup == setup].sort_values("corruption")
+      ax1.plot(a.corruption, 100 * a["mean"], "--", color=colors[setup], lw=1.2)
+    ax1.plot([], [], "--", color="grey", label="test accuracy")
+  ax1.axhline(100 / k, color="black", ls=":", lw=1, label=f"uniform guess ({100 / k:.0f}%)")
+  ax1.set_ylim(0, 100)
+  ax1.set_ylabel("test set, mean max-softmax probability (%)")
+  ax1.set_title("confidence (solid) vs accuracy (dashed)")
+  ax1.legend(loc="best", fontsize=8, frameon=False)
+  if "final_test_entropy" in replicas:
+    ent = tables.per_corruption(replicas, "final_test_entropy", n_boot=n_boot)
+    for setup in sorted(ent.setup.unique()):
+      _errorbars(ax2, ent[ent.setup == setup], colors[setup], setup)
+    ax2.axhline(math.log(k), color="black", ls=":", lw=1,
+                label=f"uniform prediction (ln {k} = {math.log(k):.2f})")
+    ax2.set_ylim(0, 1.1 * math.log(k))
+    ax2.legend(loc="best", fontsize=8, frameon=False)
+  ax2.set_ylabel("test set, mean predictive entropy (nats)")
+  ax2.set_title("uncertainty")
+  for ax in (ax1, ax2):
+    ax.set_xlabel("label corruption p")
+    ax.set_xlim(-0.05, 1.05)
+  if not have:
+    ax1.text(0.5, 0.5, "no test_confidence in metrics.jsonl", ha="center",
+             transform=ax1.transAxes)
+  fig.suptitle(f"Random labels on {dataset}: uncertain or confidently wrong?"
+               f"{_partial_note(replicas)}\nconfidence above accuracy means confidently "
+               f"wrong; entropy near ln {k} means uncertain", fontsize=11)
+  return fig

@@ -1,0 +1,266 @@
+"""`zhang report`: figures and a markdown report from one or many run directories."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from etils import epath
+
+from zhang.analysis import fit_time, paper, plots, scaling, tables
+from zhang.analysis.load import Runs, condition_name, load_runs, require_one_dataset
+
+FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
+
+
+@dataclasses.dataclass
+class Analysis:
+  """Everything the report shows, as tables a notebook can reuse."""
+  runs: Runs
+  fits: pd.DataFrame  # per replica, with slowdown columns
+  fit_summary: pd.DataFrame  # per (setup, condition)
+  scaling: pd.DataFrame  # per (setup, form)
+  table1: pd.DataFrame
+
+
+def analyze(runs: Runs, threshold: float | None = None, loss_below: float | None = None,
+            n_boot: int = 200) -> Analysis:
+  """Time to fit, slowdown, scaling laws and Table 1 for loaded runs.
+
+  Args:
+    threshold: train accuracy that counts as fitted; default the runs' `fit_threshold`.
+    loss_below: count as fitted when train loss falls to this instead.
+    n_boot: bootstrap resamples for the scaling-law intervals.
+  """
+  if threshold is None:
+    found = {r.config.get("fit_threshold", 1.0) for r in runs.runs}
+    threshold = found.pop() if len(found) == 1 else 1.0
+  fits = fit_time.slowdown(fit_time.time_to_fit(runs.metrics, threshold, loss_below))
+  return Analysis(runs=runs, fits=fits,
+                  fit_summary=tables.fit_summary(fits),
+                  scaling=scaling.fit_scaling(fits, n_boot=n_boot),
+                  table1=tables.table1(runs, fits))
+
+
+def _pct(x) -> str:
+  return "–" if x is None or not np.isfinite(x) else f"{100 * x:.2f}"
+
+
+def _num(x, digits=2) -> str:
+  return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _interval(mean, lo, hi, lower_bound=False, digits=2) -> str:
+  if not np.isfinite(mean):
+    return "–"
+  ge = "≥ " if lower_bound else ""
+  text = f"{ge}{mean:.{digits}f}"
+  if np.isfinite(lo):
+    text += f" [{lo:.{digits}f}, {'∞' if not np.isfinite(hi) else f'{hi:.{digits}f}'}]"
+  return text
+
+
+def _md_table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _runs_section(runs: Runs) -> list[str]:
+  rows = []
+  for r in runs.runs:
+    reps = runs.replicas[runs.replicas.run == r.name]
+    params = reps.num_params.iloc[0]
+    rows.append([r.name, r.config["model"], r.config["dataset"],
+                 f"{int(params):,}" if np.isfinite(params) else "–", len(reps),
+                 f"{r.steps_run:,} / {r.config.get('max_steps', '?'):,}"
+                 if isinstance(r.config.get("max_steps"), int) else f"{r.steps_run:,}",
+                 r.status])
+  out = ["## Runs", "", _md_table(
+      ["run", "model", "dataset", "parameters", "replicas", "steps run / max", "status"], rows)]
+  for r in runs.running():
+    out += ["", f"> **{r.name} is still in progress** (status: {r.status}, last evaluation at "
+            f"step {r.steps_run:,}). Its numbers are partial: replicas that have not fitted yet "
+            f"appear as censored (time to fit > steps run), and final accuracies are the "
+            f"latest ones."]
+  return out + [""]
+
+
+def _table1_section(a: Analysis) -> list[str]:
+  t = a.table1
+  rows = []
+  for _, r in t.iterrows():
+    fitted = f"{r.n_fitted}/{r.n}" if "n_fitted" in t else str(r.n)
+    rows.append([r.model, f"{int(r.parameters):,}" if np.isfinite(r.parameters) else "–",
+                 r.regularizers, r.condition, fitted, _pct(r.train_acc), _pct(r.test_acc),
+                 _pct(r.paper_train_acc), _pct(r.paper_test_acc)])
+  out = ["## Table 1: training and test accuracy", "",
+         "Means over seeds at the last evaluation. *fitted*: replicas that reached the fit "
+         "criterion / replicas. *paper*: Zhang et al. (2017) Table 1, where the experiment "
+         "matches (same model, dataset, crop and weight decay).", "",
+         _md_table(["model", "parameters", "regularizers", "labels / inputs", "fitted",
+                    "train acc (%)", "test acc (%)", "paper train (%)", "paper test (%)"],
+                   rows), ""]
+  if not t.paper_test_acc.notna().any():
+    out += [f"No row has a published counterpart: the paper's Table 1 is on CIFAR-10 "
+            f"with {', '.join(sorted({paper.paper_name(m) for m in paper.paper_numbers()['models']}))}"
+            f"; these runs are {', '.join(sorted(set(t.model)))} on "
+            f"{', '.join(sorted(set(t.dataset)))}.", ""]
+  return out
+
+
+def _fit_section(a: Analysis) -> list[str]:
+  s = a.fit_summary
+  crit = a.fits.criterion.iloc[0]
+  rows = []
+  for _, r in s.iterrows():
+    rows.append([r.setup, condition_name(r.kind, r.corruption), f"{r.n - r.n_censored}/{r.n}",
+                 _interval(r.mean_epoch, r.ci_lo_epoch, r.ci_hi_epoch, r.lower_bound_epoch, 1),
+                 _interval(r.mean_slowdown, r.ci_lo_slowdown, r.ci_hi_slowdown,
+                           r.lower_bound_slowdown)])
+  out = [f"## Time to fit ({crit})", "",
+         "Time to the first evaluation that meets the criterion, recomputed from the curves "
+         "(resolution: one evaluation interval). Replicas that never met it are censored: "
+         "their time counts as the steps they ran, so a mean over them is a lower bound (≥) "
+         "and its interval is open above. Slowdown is relative to the true-label replicas of "
+         "the same setup and seed. Brackets: 95% bootstrap intervals across seeds.", "",
+         _md_table(["setup", "labels / inputs", "fitted", "epochs to fit", "slowdown (x)"],
+                   rows), ""]
+  for setup, g in s[s.kind == "labels"].groupby("setup"):
+    g = g.rename(columns={"mean_epoch": "mean", "lower_bound_epoch": "lower_bound"})
+    nm = fit_time.non_monotonic(g)
+    if len(nm):
+      worst = nm.sort_values("ratio").iloc[-1]
+      out += [f"**Not monotonic in p ({setup}):** p = {worst.p_low:g} took "
+              f"{'at least ' if worst.lower_bound else ''}{worst.ratio:.1f}x as long to fit "
+              f"as p = {worst.p_high:g}. A monotonic scaling law cannot describe this; the "
+              f"fits below show how far off it is.", ""]
+  return out
+
+
+def _scaling_section(a: Analysis) -> list[str]:
+  sc = a.scaling
+  out = ["## Scaling law: time to fit against label corruption", "",
+         "Fitted by maximum likelihood to every label-corruption replica (epochs to fit), with "
+         "log-normal noise; a censored replica contributes P(time > epochs run) instead of "
+         "being dropped or counted as fitted. Brackets: 95% bootstrap intervals over "
+         "replicas. R² and RMSE (epochs) are on the fitted replicas; lower AIC is better.", ""]
+  if sc.empty or "t0" not in sc:
+    return out + ["No scaling law could be fitted (needs at least two corruption levels).", ""]
+  rows = []
+  for _, r in sc.iterrows():
+    rows.append([r.setup, r.form, f"`{r.formula}`",
+                 _interval(r.t0, r.t0_lo, r.t0_hi, digits=2),
+                 _interval(r.b, r.b_lo, r.b_hi, digits=3),
+                 _interval(r.slowdown_p1, r.slowdown_p1_lo, r.slowdown_p1_hi),
+                 _num(r.r2), _num(r.rmse), _num(r.aic, 1), _num(r.delta_aic, 1),
+                 f"{r.n} ({r.n_censored} censored)"])
+  out += [_md_table(["setup", "form", "law", "t0 (epochs)", "b", "slowdown at p=1 (x)", "R²",
+                     "RMSE", "AIC", "ΔAIC", "replicas"], rows), ""]
+  out += ["- " + scaling.verdict(sc, setup) for setup in sorted(sc.setup.unique())]
+  return out + [""]
+
+
+def _paper_section(a: Analysis) -> list[str]:
+  pn = paper.paper_numbers()
+  out = ["## Comparison with the paper", ""]
+  dataset = a.runs.datasets[0]
+  same = paper.matches_paper_dataset(dataset)
+  if not same:
+    out += [f"The paper's experiments are on CIFAR-10; these runs are on {dataset}, so the "
+            f"comparison is of shape, not of numbers.", ""]
+  # Figure 1b: the size of the slowdown.
+  lo, hi = pn["figure1b"]["slowdown_range"]
+  s = a.fit_summary[a.fit_summary.kind == "labels"]
+  for setup, g in s.groupby("setup"):
+    g = g.sort_values("corruption")
+    at1 = g[g.corruption == 1]
+    worst = g.loc[g.mean_slowdown.idxmax()] if g.mean_slowdown.notna().any() else None
+    if worst is None:
+      continue
+    ge = "≥ " if worst.lower_bound_slowdown else ""
+    p1 = (f"{'≥ ' if at1.lower_bound_slowdown.iloc[0] else ''}"
+          f"{at1.mean_slowdown.iloc[0]:.2f}x at p = 1, " if len(at1) else "")
+    inside = worst.mean_slowdown <= hi and not worst.lower_bound_slowdown
+    out += [f"- **Fig. 1b, {setup}:** slowdown {p1}largest {ge}{worst.mean_slowdown:.2f}x "
+            f"(at p = {worst.corruption:g}). The paper: {pn['figure1b']['claim']}; "
+            f"{'within' if inside else 'outside'} its {lo:g}x–{hi:g}x range."]
+  # Figure 1c: shape of test error.
+  k = a.runs.replicas.num_classes.dropna()
+  k = int(k.iloc[0]) if len(k) else 10
+  err = tables.per_corruption(a.runs.replicas, "test_error")
+  for setup, g in err.groupby("setup"):
+    shape = paper.figure1c_shape(g, k)
+    model = a.runs.replicas.loc[a.runs.replicas.setup == setup, "model"].iloc[0]
+    p0_paper = pn["figure1c"]["test_error_at_p0"].get(model) if same else None
+    p0 = f"{_pct(shape['error_p0'])}% at p = 0" + (
+        f" (paper {_pct(p0_paper)}%)" if p0_paper is not None else "")
+    out += [f"- **Fig. 1c, {setup}:** test error {p0}, {_pct(shape['error_p1'])}% at p = 1 "
+            f"(chance {_pct(shape['chance'])}%, paper {_pct(shape['paper_error_p1'])}%); "
+            f"Spearman correlation with p = {_num(shape['rho'])} (the paper's curve rises "
+            f"steadily: 1)."]
+  # Figure 1a: steps to a training loss of 0.1, per condition.
+  f1a = pn["figure1a"]
+  loss_fits = fit_time.time_to_fit(a.runs.metrics, loss_below=f1a["loss_threshold"])
+  rows = []
+  for (setup, cond), g in loss_fits.groupby(["setup", "condition"]):
+    if cond not in tables.FIG1A_CONDITIONS:
+      continue
+    g = g.sort_values("time_step")
+    match = same and g.model.iloc[0] == f1a["model"]
+    ge = "≥ " if g.censored.any() else ""
+    rows.append([setup, cond, f"{ge}{g.time_step.mean():,.0f}",
+                 f"{f1a['steps_to_loss'][cond]:,}" if match else "–", g.time_step.mean()])
+  rows = [r[:-1] for r in sorted(rows, key=lambda r: (r[0], r[-1]))]  # fastest first
+  if rows:
+    out += ["", f"Fig. 1a: optimizer steps until training loss ≤ {f1a['loss_threshold']:g} "
+            f"(mean over seeds; the paper column is from a public reproduction of Inception "
+            f"on CIFAR-10, shown only for that experiment).", "",
+            _md_table(["setup", "condition", "steps", "paper (repro)"], rows)]
+  return out + [""]
+
+
+def _figures_section() -> list[str]:
+  captions = {
+      "fig1a.png": "Fig. 1a: training loss against steps for each randomization.",
+      "fig1b.png": "Fig. 1b: time to fit relative to true labels against label corruption.",
+      "fig1c.png": "Fig. 1c: test error against label corruption.",
+      "confidence.png": "Test-set confidence and entropy against label corruption.",
+  }
+  out = ["## Figures", ""]
+  for name in FIGURES:
+    out += [f"![{captions[name]}]({name})", "", f"*{captions[name]}*", ""]
+  return out
+
+
+def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
+                 threshold: float | None = None, loss_below: float | None = None,
+                 n_boot: int = 200) -> list[epath.Path]:
+  """Loads runs, writes the four figures and report.md to `out`; returns the written paths."""
+  runs = load_runs(paths)
+  require_one_dataset(runs.replicas, "one report")
+  a = analyze(runs, threshold=threshold, loss_below=loss_below, n_boot=n_boot)
+  out = epath.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  written = [
+      plots.save(plots.fig1a(runs.metrics), out / "fig1a.png"),
+      plots.save(plots.fig1b(a.fits, a.scaling), out / "fig1b.png"),
+      plots.save(plots.fig1c(runs.replicas), out / "fig1c.png"),
+      plots.save(plots.confidence(runs.replicas), out / "confidence.png"),
+  ]
+  dataset = runs.datasets[0]
+  lines = [f"# Randomization tests on {dataset}", "",
+           f"Generated by `zhang report` from {len(runs.runs)} run(s). Reproduces Figure 1 and "
+           f"Table 1 of Zhang et al. (2017), *Understanding deep learning requires rethinking "
+           f"generalization*.", ""]
+  lines += _runs_section(runs)
+  lines += _table1_section(a)
+  lines += _fit_section(a)
+  lines += _scaling_section(a)
+  lines += _paper_section(a)
+  lines += _figures_section()
+  report = out / "report.md"
+  report.write_text("\n".join(lines))
+  return written + [report]

@@ -1,0 +1,106 @@
+"""The ``zhang`` command: ``train``, ``models``, and the sub-commands of other modules.
+
+Thin on purpose: parse flags, call a library function. Bad input (``UsageError``) prints one
+line to stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import sys
+
+from zhang.errors import UsageError
+
+# Modules that add their own sub-command with ``register(subparsers)``.
+_PLUGINS = ("zhang.kernel_cli", "zhang.analysis.cli")
+
+
+def _train(args) -> int:
+  from zhang import config as config_lib
+  from zhang import train
+  config = config_lib.load(args.config, args.set or [])
+  if args.max_steps is not None:
+    config_lib.apply_override(config, f"max_steps={args.max_steps}")
+  if args.data_dir is not None:
+    config_lib.apply_override(config, f"data_dir={args.data_dir!r}")
+  summary = train.run(config, args.workdir, restart=args.restart,
+                      progress=not args.no_progress)
+  workdir = pathlib.Path(args.workdir)
+  reps = summary["replicas"]
+  fitted = sum(r["fit_step"] is not None for r in reps)
+  print(f"{fitted}/{len(reps)} replicas fitted their training set in {summary['steps_run']} "
+        f"steps ({summary['wall_seconds']:.0f} s).")
+  print(f"{'replica':>7} {'kind':<16} {'p':>4} {'seed':>4} {'noise':>6} {'fit_step':>8} "
+        f"{'train':>6} {'test':>6} {'conf':>5}")
+  for r in reps:
+    fit = "-" if r["fit_step"] is None else str(r["fit_step"])
+    print(f"{r['replica']:>7} {r['kind']:<16} {r['corruption']:>4.2f} {r['seed']:>4} "
+          f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>6.3f} "
+          f"{r['final_test_acc']:>6.3f} {r['test_confidence']:>5.2f}")
+  print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
+        f"summary.json (fit steps, final accuracies).")
+  return 0
+
+
+def _models(args) -> int:
+  from zhang import models
+  shape = tuple(args.input_shape)
+  print(f"{'model':<22} {'parameters':>12}  description (input {'x'.join(map(str, shape))})")
+  for name in models.names():
+    spec = models.get(name)
+    count = models.param_count(name, shape, args.num_classes)
+    print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
+  print("Batch-norm scales and offsets are not counted, as in the paper.")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="zhang", description="Randomization tests of Zhang et al. (2017) on a grid of "
+      "replicas in one jit-compiled JAX program.")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("train", help="train a config's grid of replicas")
+  p.add_argument("--config", required=True,
+                 help="configs/NAME.py[:ARGS], e.g. configs/fig1.py:model=mlp_1x512")
+  p.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and "
+                 "summary.json are written")
+  p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                 help="override a config field (repeatable), e.g. --set max_steps=2000")
+  p.add_argument("--max_steps", type=int, help="shorthand for --set max_steps=N")
+  p.add_argument("--data_dir", help="dataset folder (IDX files or a tfds data_dir, gs:// ok)")
+  p.add_argument("--restart", action="store_true",
+                 help="delete the workdir's previous run files and start over")
+  p.add_argument("--no_progress", action="store_true", help="no progress bar")
+  p.set_defaults(func=_train)
+
+  p = sub.add_parser("models", help="list the models and their parameter counts")
+  p.add_argument("--input_shape", type=int, nargs=3, default=(28, 28, 3),
+                 metavar=("H", "W", "C"))
+  p.add_argument("--num_classes", type=int, default=10)
+  p.set_defaults(func=_models)
+
+  for name in _PLUGINS:
+    try:
+      module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name != name:  # the plugin exists but a dependency of it is missing: say so
+        raise
+      continue
+    module.register(sub)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    return args.func(args)
+  except UsageError as e:
+    print(f"zhang {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

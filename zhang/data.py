@@ -1,0 +1,235 @@
+"""Datasets by name, as uint8 images and int labels, and the paper's preprocessing.
+
+Every loader returns the whole dataset as host numpy arrays; the trainer puts the training
+set on the accelerator once. Sources:
+
+- ``digits``: scikit-learn's 8x8 digits (ships inside scikit-learn, works offline), split
+  80/20 by a fixed permutation.
+- ``mnist``, ``fashion_mnist``: the standard IDX files from a local directory (``data_dir``,
+  ``$ZHANG_DATA_DIR/<name>``, or Debian's ``/usr/share/datasets/<name>``), else tfds.
+- ``cifar10``, ``cifar100``: ``tfds.data_source`` (array_record; no TensorFlow at load time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pathlib
+from typing import Callable
+
+import numpy as np
+
+from zhang.errors import UsageError
+
+
+class DatasetUnavailableError(UsageError):
+  """The dataset exists in the registry but is not on this machine."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A whole dataset in host memory. Images are uint8 (N, H, W, C); labels int32 (N,)."""
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+  def subset(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
+    """The first ``n_train`` / ``n_test`` examples (None keeps all)."""
+    for n, have, what in ((n_train, len(self.train_labels), "n_train"),
+                          (n_test, len(self.test_labels), "n_test")):
+      if n is not None and not 0 < n <= have:
+        raise UsageError(f"{what}={n} is out of range for {self.name}: use 1..{have} "
+                         f"(or 0 for the whole split)")
+    return dataclasses.replace(
+        self,
+        train_images=self.train_images[:n_train], train_labels=self.train_labels[:n_train],
+        test_images=self.test_images[:n_test], test_labels=self.test_labels[:n_test])
+
+
+_LOADERS: dict[str, Callable[[str | None], Dataset]] = {}
+
+
+def register(name: str):
+  def wrap(fn):
+    _LOADERS[name] = fn
+    return fn
+  return wrap
+
+
+def names() -> list[str]:
+  return sorted(_LOADERS)
+
+
+def check_name(name: str) -> None:
+  if name not in _LOADERS:
+    raise UsageError(f"unknown dataset {name!r}: choose one of {', '.join(names())}")
+
+
+def load(name: str, data_dir: str | None = None) -> Dataset:
+  """Loads dataset ``name``; raises DatasetUnavailableError with how to get it."""
+  check_name(name)
+  return _LOADERS[name](data_dir or None)
+
+
+# --------------------------------------------------------------------------- digits
+
+@register("digits")
+def _digits(data_dir: str | None) -> Dataset:
+  del data_dir  # ships with scikit-learn
+  from sklearn.datasets import load_digits
+  d = load_digits()
+  # Pixel values are 0..16; put them on the usual 0..255 scale.
+  images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = d.target.astype(np.int32)
+  order = np.random.default_rng(0).permutation(len(labels))
+  n_test = len(labels) // 5
+  test, train = order[:n_test], order[n_test:]
+  return Dataset("digits", images[train], labels[train], images[test], labels[test], 10)
+
+
+# --------------------------------------------------------------------------- IDX files
+
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+_APT_PACKAGE = {"fashion_mnist": "dataset-fashion-mnist"}
+
+
+def read_idx(path: pathlib.Path) -> np.ndarray:
+  """Reads one IDX file (optionally gzipped) into a numpy array."""
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    raise UsageError(f"{path} is not an unsigned-byte IDX file; re-download it")
+  ndim = raw[3]
+  dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+  data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+  if data.size != int(np.prod(dims)):
+    raise UsageError(f"{path} is truncated ({data.size} of {int(np.prod(dims))} values); "
+                     f"re-download it")
+  return data.reshape(dims)
+
+
+def _find_idx(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
+  for name in (stem, stem + ".gz"):
+    if (directory / name).is_file():
+      return directory / name
+  return None
+
+
+def _idx_dirs(name: str, data_dir: str | None) -> list[pathlib.Path]:
+  if data_dir and not data_dir.startswith("gs://"):
+    return [pathlib.Path(data_dir), pathlib.Path(data_dir) / name]
+  dirs = []
+  if os.environ.get("ZHANG_DATA_DIR"):
+    dirs.append(pathlib.Path(os.environ["ZHANG_DATA_DIR"]) / name)
+  dirs.append(pathlib.Path("/usr/share/datasets") / name.replace("_", "-"))
+  return dirs
+
+
+def _idx_or_tfds(name: str, data_dir: str | None) -> Dataset:
+  for d in _idx_dirs(name, data_dir):
+    paths = {k: _find_idx(d, stem) for k, stem in _IDX_FILES.items()}
+    if all(paths.values()):
+      arrays = {k: read_idx(p) for k, p in paths.items()}
+      return Dataset(name, arrays["train_images"][..., None],
+                     arrays["train_labels"].astype(np.int32),
+                     arrays["test_images"][..., None],
+                     arrays["test_labels"].astype(np.int32), 10)
+  if data_dir and not data_dir.startswith("gs://") and not _looks_like_tfds(data_dir):
+    raise DatasetUnavailableError(
+        f"no {name} IDX files ({', '.join(_IDX_FILES.values())}, optionally .gz) in "
+        f"{data_dir}: point --data_dir at the folder that holds them")
+  hint = (f" or install the Debian package {_APT_PACKAGE[name]} "
+          f"(apt-get install {_APT_PACKAGE[name]})" if name in _APT_PACKAGE else "")
+  return _tfds(name, data_dir, extra_hint=hint)
+
+
+def _looks_like_tfds(data_dir: str) -> bool:
+  return pathlib.Path(data_dir).is_dir() and any(
+      p.is_dir() for p in pathlib.Path(data_dir).iterdir())
+
+
+register("mnist")(lambda data_dir: _idx_or_tfds("mnist", data_dir))
+register("fashion_mnist")(lambda data_dir: _idx_or_tfds("fashion_mnist", data_dir))
+
+
+# --------------------------------------------------------------------------- tfds
+
+_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
+  n = len(source)
+  images, labels = [], []
+  for start in range(0, n, 4096):
+    batch = source.__getitems__(list(range(start, min(n, start + 4096))))
+    images.extend(np.asarray(ex["image"], np.uint8) for ex in batch)
+    labels.extend(int(ex["label"]) for ex in batch)
+  return np.stack(images), np.asarray(labels, np.int32)
+
+
+def _tfds(name: str, data_dir: str | None, extra_hint: str = "") -> Dataset:
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+  where = f" --data_dir={data_dir}" if data_dir else ""
+  how = (f"prepare it once on a machine with internet and TensorFlow: "
+         f"tfds build {name} --file_format=array_record{where}{extra_hint}")
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:  # pragma: no cover - tfds is a dependency
+    raise DatasetUnavailableError(f"{name} needs tensorflow-datasets ({e}); "
+                                  f"pip install tensorflow-datasets") from None
+  try:
+    train = tfds.data_source(name, split="train", data_dir=data_dir, download=False)
+    test = tfds.data_source(name, split="test", data_dir=data_dir, download=False)
+    train_images, train_labels = _read_split(train)
+    test_images, test_labels = _read_split(test)
+  except Exception as e:  # tfds raises several types for "not prepared"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DatasetUnavailableError(f"dataset {name} is not available ({first[:160]}); "
+                                  f"{how}") from None
+  return Dataset(name, train_images, train_labels, test_images, test_labels,
+                 _NUM_CLASSES[name])
+
+
+register("cifar10")(lambda data_dir: _tfds("cifar10", data_dir))
+register("cifar100")(lambda data_dir: _tfds("cifar100", data_dir))
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+def center_crop(images: np.ndarray, size: int) -> np.ndarray:
+  """Centre crop (N, H, W, C) to (N, size, size, C)."""
+  h, w = images.shape[1:3]
+  top, left = (h - size) // 2, (w - size) // 2
+  return images[:, top:top + size, left:left + size]
+
+
+def paper_crop(images: np.ndarray) -> np.ndarray:
+  """The paper's centre crop: 32x32 inputs become 28x28; other sizes are kept."""
+  return center_crop(images, 28) if images.shape[1:3] == (32, 32) else images
+
+
+def scale(images):
+  """uint8 -> float32 in [0, 1]; works on numpy and jax arrays."""
+  return images.astype("float32") / 255.0
+
+
+def whiten(x):
+  """Per-image whitening: (x - mean) / max(std, 1/sqrt(num_elements)), over H, W, C."""
+  import jax.numpy as jnp
+  axes = tuple(range(x.ndim - 3, x.ndim))
+  n = x.shape[-3] * x.shape[-2] * x.shape[-1]
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  std = jnp.std(x, axis=axes, keepdims=True)
+  return (x - mean) / jnp.maximum(std, 1.0 / np.sqrt(n))

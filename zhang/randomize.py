@@ -1,0 +1,128 @@
+"""The paper's randomization tests, each a pure function of a replica's key.
+
+Kinds (Section 2 of the paper):
+  labels           labels corrupted with probability ``p``: each training label is replaced,
+                   independently with probability p, by a class drawn uniformly at random
+                   (it may equal the original, so about 0.9 p change with 10 classes).
+                   p = 0 is the true-label test, p = 1 the random-label test.
+  shuffled_pixels  one permutation of pixel positions, the same for every image (train and
+                   test) and every channel.
+  random_pixels    a different permutation of pixel positions for every image.
+  gaussian         every image replaced by Gaussian noise with the training set's
+                   per-channel mean and variance.
+
+Label corruption applies to every kind (``corruption`` is p); pixel kinds usually use p = 0.
+Nothing here is stored per example and per replica except the labels: random-pixel
+permutations and Gaussian images are regenerated on the device from (replica key, split,
+example index) whenever a batch needs them, so they are fixed across epochs and identical
+after a restart. The test split of the pixel kinds is randomized the same way (with its own
+example keys); test labels are never corrupted.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zhang.errors import UsageError
+
+KINDS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
+TRAIN, TEST = 0, 1  # split ids folded into per-example keys
+
+
+def kind_id(kind: str) -> int:
+  if kind not in KINDS:
+    raise UsageError(f"unknown randomization kind {kind!r}: choose one of {', '.join(KINDS)}")
+  return KINDS.index(kind)
+
+
+def _stream(key, name: str):
+  """A key for one purpose, independent of the others derived from the same key."""
+  return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def replica_keys(seed: int, kind: str, corruption: float):
+  """The keys of one replica: (init, order, randomization).
+
+  Initialization and batch order depend on the seed alone, so replicas that share a seed
+  differ only in their data (a paired comparison across corruption levels). The
+  randomization key also depends on kind and corruption, so randomizations are independent
+  between replicas.
+  """
+  base = jax.random.key(seed)
+  rand = _stream(base, f"randomize/{kind}/{round(corruption * 1_000_000)}")
+  return _stream(base, "init"), _stream(base, "order"), rand
+
+
+def corrupt_labels(key, labels, p, num_classes: int):
+  """Replaces each label, independently with probability p, by a uniform random class."""
+  k_mask, k_class = jax.random.split(_stream(key, "labels"))
+  replace = jax.random.uniform(k_mask, labels.shape) < p
+  random = jax.random.randint(k_class, labels.shape, 0, num_classes, dtype=labels.dtype)
+  return jnp.where(replace, random, labels)
+
+
+def shared_permutation(key, num_pixels: int):
+  """The shuffled-pixels permutation of one replica (the same for every image)."""
+  return jax.random.permutation(_stream(key, "shuffled_pixels"), num_pixels)
+
+
+def _example_key(key, kind: str, split: int, index):
+  return jax.random.fold_in(jax.random.fold_in(_stream(key, kind), split), index)
+
+
+def _permute_pixels(image, perm):
+  h, w, c = image.shape
+  return image.reshape(h * w, c)[perm].reshape(h, w, c)
+
+
+def randomize_inputs(kind: str, key, images, indices, split: int, shared_perm,
+                     gauss_mean, gauss_std):
+  """Randomized float images of one replica.
+
+  Args:
+    kind: one of KINDS (static: replicas are grouped by kind, so no program computes a
+      kind it does not need).
+    key: the replica's randomization key.
+    images: float32 (B, H, W, C) in [0, 1], the examples ``indices`` of ``split``.
+    indices: int32 (B,) example indices within the split.
+    split: TRAIN or TEST (static).
+    shared_perm: int32 (H*W,), the replica's shuffled-pixels permutation.
+    gauss_mean, gauss_std: float32 (C,), the training set's per-channel statistics.
+  Returns:
+    float32 (B, H, W, C).
+  """
+  if kind == "labels":
+    return images
+  if kind == "shuffled_pixels":
+    return jax.vmap(_permute_pixels, (0, None))(images, shared_perm)
+  if kind == "random_pixels":
+    n = images.shape[1] * images.shape[2]
+    perms = jax.vmap(lambda i: jax.random.permutation(
+        _example_key(key, "random_pixels", split, i), n))(indices)
+    return jax.vmap(_permute_pixels)(images, perms)
+  if kind == "gaussian":
+    noise = jax.vmap(lambda i: jax.random.normal(
+        _example_key(key, "gaussian", split, i), images.shape[1:]))(indices)
+    return noise * gauss_std + gauss_mean
+  raise ValueError(f"unknown kind {kind!r}")
+
+
+def segments(kinds: list[str]) -> tuple[tuple[str, int, int], ...]:
+  """(kind, start, stop) of each run of equal kinds in replica order."""
+  out = []
+  for i, k in enumerate(kinds):
+    if out and out[-1][0] == k:
+      out[-1] = (k, out[-1][1], i + 1)
+    else:
+      out.append((k, i, i + 1))
+  return tuple(out)
+
+
+def channel_stats(images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of uint8 images on the [0, 1] scale (for ``gaussian``)."""
+  x = images_u8.reshape(-1, images_u8.shape[-1]).astype(np.float64) / 255.0
+  return x.mean(0).astype(np.float32), x.std(0).astype(np.float32)

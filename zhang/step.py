@@ -1,0 +1,185 @@
+"""One replica's train step and evaluation; ``jax.vmap`` makes them a grid's.
+
+Everything here is a pure function of (state, per-replica data, global step). The global
+step is shared by all replicas (they train in lockstep), so the learning rate, the epoch and
+the position in the epoch's batch order are functions of it alone, which makes a run
+resumable to the same bits. Per-replica things (keys, labels, kind) live in a ``Replicas``
+pytree whose leaves have the replica axis first, like the train state's.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from zhang import data as data_lib
+from zhang import randomize
+
+
+class TrainState(NamedTuple):
+  """One replica's state (a leading replica axis when stacked)."""
+  params: Any
+  batch_stats: Any  # {} for models without batch norm
+  momentum: Any  # optax state of the gradient transformation
+
+
+class Replicas(NamedTuple):
+  """Per-replica constants of the grid, each with a leading replica axis."""
+  order_key: jax.Array  # batch order
+  rand_key: jax.Array  # randomization
+  labels: jax.Array  # int32 (N_train,), the replica's (possibly corrupted) training labels
+  shared_perm: jax.Array  # int32 (H*W,), the shuffled-pixels permutation
+
+
+class Data(NamedTuple):
+  """Arrays shared by every replica; on the device once."""
+  train_images: jax.Array  # uint8 (N, H, W, C), centre-cropped
+  test_images: jax.Array
+  test_labels: jax.Array  # int32, never corrupted
+  gauss_mean: jax.Array  # float32 (C,)
+  gauss_std: jax.Array
+
+
+class Hyper(NamedTuple):
+  """Static hyper-parameters of the step (hashable, so jit can close over them)."""
+  batch_size: int
+  learning_rate: float
+  momentum: float
+  lr_decay: float
+  lr_decay_every: int
+  weight_decay: float
+  eval_batch_size: int
+  segments: tuple[tuple[str, int, int], ...]  # (kind, start, stop): replicas grouped by kind
+
+
+def learning_rate(h: Hyper, step):
+  """The paper's staircase schedule: lr x decay^(step // decay_every)."""
+  return h.learning_rate * h.lr_decay ** (step // h.lr_decay_every).astype(jnp.float32)
+
+
+def gradient_transform(h: Hyper) -> optax.GradientTransformation:
+  """SGD momentum (TensorFlow's form: v = m v + g; w -= lr v) with optional L2 decay.
+
+  The learning rate is applied outside, from the global step, so the optimizer state holds
+  no step counter of its own.
+  """
+  parts = [optax.add_decayed_weights(h.weight_decay)] if h.weight_decay else []
+  return optax.chain(*parts, optax.trace(decay=h.momentum))
+
+
+class Functions(NamedTuple):
+  init: Any  # (init_key, input_shape) -> TrainState
+  train_chunk: Any  # (states, reps, data, step0, num_steps) -> (states, mean batch loss)
+  evaluate: Any  # (states, reps, data) -> dict of (R,) metrics
+
+
+def make_functions(module, h: Hyper, has_batch_norm: bool) -> Functions:
+  """The jit-compiled functions of a grid, for a Flax module and hyper-parameters."""
+  tx = gradient_transform(h)
+
+  def init_one(init_key, sample):
+    variables = module.init(init_key, sample, train=False)
+    params = variables["params"]
+    return TrainState(params, variables.get("batch_stats", {}), tx.init(params))
+
+  def inputs_one(kind, rep: Replicas, d: Data, images_u8, indices, split):
+    """One replica's scaled, randomized, whitened inputs of the examples ``indices``."""
+    x = data_lib.scale(images_u8[indices])
+    x = randomize.randomize_inputs(kind, rep.rand_key, x, indices, split, rep.shared_perm,
+                                   d.gauss_mean, d.gauss_std)
+    return data_lib.whiten(x)
+
+  def inputs(reps: Replicas, d: Data, images_u8, indices, split):
+    """Every replica's inputs (R, B, H, W, C); each kind's group computes only its own."""
+    parts = [jax.vmap(functools.partial(inputs_one, kind), (0, None, None, 0, None))(
+        jax.tree.map(lambda a: a[lo:hi], reps), d, images_u8, indices[lo:hi], split)
+        for kind, lo, hi in h.segments]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+  def apply(state: TrainState, x, train: bool):
+    variables = {"params": state.params}
+    if has_batch_norm:
+      variables["batch_stats"] = state.batch_stats
+      if train:
+        logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+    return module.apply(variables, x, train=train), state.batch_stats
+
+  def step_one(state: TrainState, x, y, lr):
+    def loss_fn(params):
+      logits, batch_stats = apply(state._replace(params=params), x, train=True)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return loss, batch_stats
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, momentum = tx.update(grads, state.momentum, state.params)
+    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+    return TrainState(params, batch_stats, momentum), loss
+
+  def epoch_orders(reps: Replicas, epoch, n):
+    return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
+        reps.order_key)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def train_chunk(states, reps: Replicas, d: Data, step0, num_steps):
+    n = d.train_images.shape[0]
+    per_epoch = n // h.batch_size  # the last partial batch of an epoch is dropped
+
+    def body(i, carry):
+      states, orders, loss_sum = carry
+      step = step0 + i
+      pos = step % per_epoch
+      # A new epoch's order when one starts (the step is shared: this stays a real branch).
+      orders = jax.lax.cond(pos == 0, lambda: epoch_orders(reps, step // per_epoch, n),
+                            lambda: orders)
+      indices = jax.lax.dynamic_slice_in_dim(orders, pos * h.batch_size, h.batch_size, 1)
+      x = inputs(reps, d, d.train_images, indices, randomize.TRAIN)
+      y = jnp.take_along_axis(reps.labels, indices, axis=1)
+      states, loss = jax.vmap(step_one, (0, 0, 0, None))(states, x, y, learning_rate(h, step))
+      return states, orders, loss_sum + loss
+
+    orders = epoch_orders(reps, step0 // per_epoch, n)
+    zeros = jnp.zeros(reps.labels.shape[:1], jnp.float32)
+    states, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (states, orders, zeros))
+    return states, loss_sum / num_steps
+
+  def eval_split(states, reps: Replicas, d: Data, images_u8, labels, split):
+    """Mean loss, accuracy, max-softmax confidence and entropy of every replica."""
+    n = images_u8.shape[0]
+    eb = min(h.eval_batch_size, n)
+    num_batches = -(-n // eb)
+    num_replicas = reps.labels.shape[0]
+
+    def batch(b):
+      idx = jnp.minimum(b * eb + jnp.arange(eb), n - 1)
+      valid = (b * eb + jnp.arange(eb) < n).astype(jnp.float32)
+      x = inputs(reps, d, images_u8, jnp.broadcast_to(idx, (num_replicas, eb)), split)
+      logits = jax.vmap(lambda s, x: apply(s, x, train=False)[0])(states, x)
+      y = labels[:, idx]
+      logp = jax.nn.log_softmax(logits)
+      prob = jnp.exp(logp)
+      per_example = jnp.stack([
+          -jnp.take_along_axis(logp, y[..., None], -1)[..., 0],
+          (jnp.argmax(logits, -1) == y).astype(jnp.float32),
+          jnp.max(prob, -1),
+          -jnp.sum(prob * logp, -1),
+      ])  # (4, R, eb)
+      return jnp.sum(per_example * valid, axis=-1)
+
+    sums = jnp.sum(jax.lax.map(batch, jnp.arange(num_batches)), axis=0) / n
+    return dict(loss=sums[0], acc=sums[1], confidence=sums[2], entropy=sums[3])
+
+  @jax.jit
+  def evaluate(states, reps: Replicas, d: Data):
+    train = eval_split(states, reps, d, d.train_images, reps.labels, randomize.TRAIN)
+    test_labels = jnp.broadcast_to(d.test_labels, (reps.labels.shape[0],) + d.test_labels.shape)
+    test = eval_split(states, reps, d, d.test_images, test_labels, randomize.TEST)
+    out = {"train_loss": train["loss"], "train_acc": train["acc"]}
+    out.update({f"test_{k}": v for k, v in test.items()})
+    return out
+
+  return Functions(init_one, train_chunk, evaluate)
