@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import os
 import pathlib
 from typing import Callable
@@ -172,10 +173,10 @@ _NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100
 def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
   n = len(source)
   images, labels = [], []
-  for start in range(0, n, 4096):
-    batch = source.__getitems__(list(range(start, min(n, start + 4096))))
-    images.extend(np.asarray(ex["image"], np.uint8) for ex in batch)
-    labels.extend(int(ex["label"]) for ex in batch)
+  for i in range(n):
+    example = source[i]
+    images.append(np.asarray(example["image"], np.uint8))
+    labels.append(int(example["label"]))
   return np.stack(images), np.asarray(labels, np.int32)
 
 
@@ -189,15 +190,20 @@ def _tfds(name: str, data_dir: str | None, extra_hint: str = "") -> Dataset:
   except ImportError as e:  # pragma: no cover - tfds is a dependency
     raise DatasetUnavailableError(f"{name} needs tensorflow-datasets ({e}); "
                                   f"pip install tensorflow-datasets") from None
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # tfds warns about missing metadata before failing
   try:
     train = tfds.data_source(name, split="train", data_dir=data_dir, download=False)
     test = tfds.data_source(name, split="test", data_dir=data_dir, download=False)
     train_images, train_labels = _read_split(train)
     test_images, test_labels = _read_split(test)
   except Exception as e:  # tfds raises several types for "not prepared"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise DatasetUnavailableError(f"dataset {name} is not available ({first[:160]}); "
-                                  f"{how}") from None
+    where_now = data_dir or "~/tensorflow_datasets"
+    raise DatasetUnavailableError(f"dataset {name} is not prepared in {where_now} "
+                                  f"(tfds: {type(e).__name__}); {how}") from None
+  finally:
+    absl_logger.setLevel(level)
   return Dataset(name, train_images, train_labels, test_images, test_labels,
                  _NUM_CLASSES[name])
 

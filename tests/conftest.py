@@ -1,0 +1,28 @@
+"""Shared fixtures: small configs that train in seconds on 2 CPU cores."""
+
+import os
+
+# Keep each test process to the cores it was given (pytest-xdist runs two).
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
+import pytest  # noqa: E402
+
+from zhang import config as config_lib  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+  """MLP on 256 digits, a few replicas of every kind, 60 steps."""
+  c = config_lib.base_config()
+  c.model = "mlp_1x512"
+  c.dataset = "digits"
+  c.n_train, c.n_test = 256, 128
+  c.batch_size = 32
+  c.max_steps = 60
+  c.eval_every = 20
+  c.eval_batch_size = 100
+  c.lr_decay_every = 25
+  c.grid = [dict(kinds=["labels"], corruptions=[0.0, 0.5], seeds=[0, 1]),
+            dict(kinds=["shuffled_pixels", "random_pixels", "gaussian"], corruptions=[0.0],
+                 seeds=[3])]
+  return c

@@ -1,0 +1,89 @@
+"""Bad input: one line naming the problem and the fix, exit 2, nothing written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from zhang import cli
+
+DIGITS = "configs/digits.py"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "grid=[{'kinds': ['labels'], 'corruptions': [1.5], 'seeds': [0]}]"],
+     "corruption level 1.5 is outside [0, 1]"),
+    (["--set", "grid=[{'kinds': ['labels'], 'corruptions': [-0.1], 'seeds': [0]}]"],
+     "corruption level -0.1 is outside [0, 1]"),
+    (["--set", "model=resnet50"], "unknown model 'resnet50'"),
+    (["--set", "dataset=svhn"], "unknown dataset 'svhn'"),
+    (["--set", "grid=[{'kinds': ['noise'], 'corruptions': [0.0], 'seeds': [0]}]"],
+     "unknown randomization kind 'noise'"),
+    (["--set", "batch_size=5000"], "batch_size=5000 is larger than the training set"),
+    (["--max_steps", "0"], "max_steps=0 must be a positive integer"),
+    (["--set", "max_steps=-5"], "max_steps=-5 must be a positive integer"),
+    (["--set", "eval_every=0"], "eval_every=0 must be a positive integer"),
+    (["--set", "no_such_field=1"], "unknown config field 'no_such_field'"),
+    (["--set", "grid=oops"], "cannot set grid"),
+    (["--data_dir", "/nonexistent/folder", "--set", "dataset='fashion_mnist'"],
+     "fashion_mnist"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  code = cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *args])
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert message in err
+  assert len(err.splitlines()) == 1 and "Traceback" not in err
+  assert not workdir.exists()
+
+
+def test_bad_config_argument(tmp_path, capsys):
+  code = cli.main(["train", "--config", "configs/fig1.py:model=mlp_1x512,colour=red",
+                   "--workdir", str(tmp_path / "w")])
+  assert code == 2 and "unknown config argument 'colour'" in capsys.readouterr().err
+
+
+def test_missing_config_file(tmp_path, capsys):
+  code = cli.main(["train", "--config", "configs/nope.py", "--workdir", str(tmp_path)])
+  assert code == 2 and "config file configs/nope.py not found" in capsys.readouterr().err
+
+
+def test_workdir_with_a_different_config_is_refused_untouched(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  old = {"model": "mlp_3x512", "dataset": "digits"}
+  (workdir / "config.json").write_text(json.dumps(old))
+  (workdir / "metrics.jsonl").write_text("{}\n")
+  before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+  code = cli.main(["train", "--config", DIGITS, "--workdir", str(workdir)])
+  err = capsys.readouterr().err
+  assert code == 2 and "holds a run with a different config" in err and "--restart" in err
+  assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
+
+
+def test_models_table(capsys):
+  assert cli.main(["models"]) == 0
+  out = capsys.readouterr().out
+  assert "inception_small" in out and "1,649,402" in out and "1,209,866" in out
+
+
+def test_console_entry_point_exit_code(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "zhang", "train", "--config", DIGITS,
+                         "--workdir", str(tmp_path / "w"), "--set", "model=vgg"],
+                        capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "zhang train: error: unknown model 'vgg': choose one of mlp_1x512, mlp_3x512, "
+      "alexnet_small, inception_small, inception_small_nobn"]
+
+
+def test_missing_tfds_dataset_is_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "zhang", "train", "--config",
+                         "configs/fig1.py:model=mlp_1x512", "--workdir", str(tmp_path / "w"),
+                         "--data_dir", str(tmp_path)], capture_output=True, text=True)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "tfds build cifar10" in lines[0]
+  assert not (tmp_path / "w").exists()

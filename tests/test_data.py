@@ -1,0 +1,101 @@
+import gzip
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zhang import data
+from zhang.errors import UsageError
+
+
+def test_digits_is_a_fixed_split_of_uint8_images():
+  a, b = data.load("digits"), data.load("digits")
+  assert a.train_images.dtype == np.uint8 and a.train_images.shape == (1438, 8, 8, 1)
+  assert a.test_images.shape == (359, 8, 8, 1) and a.num_classes == 10
+  np.testing.assert_array_equal(a.train_labels, b.train_labels)
+  np.testing.assert_array_equal(a.test_images, b.test_images)
+  assert a.train_images.max() == 255 and a.train_images.min() == 0
+  # Train and test do not share an image.
+  train = {x.tobytes() for x in a.train_images}
+  assert not any(x.tobytes() in train for x in a.test_images)
+
+
+def _write_idx(path: pathlib.Path, array: np.ndarray, compress: bool):
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(
+      d.to_bytes(4, "big") for d in array.shape)
+  raw = header + array.astype(np.uint8).tobytes()
+  if compress:
+    path = path.with_name(path.name + ".gz")
+    path.write_bytes(gzip.compress(raw))
+  else:
+    path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_directory(tmp_path, compress):
+  rng = np.random.default_rng(0)
+  arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
+            "train-labels-idx1-ubyte": rng.integers(0, 10, 20),
+            "t10k-images-idx3-ubyte": rng.integers(0, 256, (7, 28, 28)),
+            "t10k-labels-idx1-ubyte": rng.integers(0, 10, 7)}
+  for name, array in arrays.items():
+    _write_idx(tmp_path / name, array, compress)
+  d = data.load("fashion_mnist", str(tmp_path))
+  assert d.train_images.shape == (20, 28, 28, 1) and d.test_labels.shape == (7,)
+  np.testing.assert_array_equal(d.train_images[..., 0], arrays["train-images-idx3-ubyte"])
+  np.testing.assert_array_equal(d.test_labels, arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+  path = tmp_path / "x"
+  path.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"abc")
+  with pytest.raises(UsageError, match="truncated"):
+    data.read_idx(path)
+
+
+def test_empty_data_dir_says_what_is_missing(tmp_path):
+  with pytest.raises(data.DatasetUnavailableError, match="no fashion_mnist IDX files"):
+    data.load("fashion_mnist", str(tmp_path))
+
+
+def test_tfds_path_with_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=13):
+    d = data.load("cifar10")
+  assert d.train_images.shape == (13, 32, 32, 3) and d.train_images.dtype == np.uint8
+  assert d.num_classes == 10 and d.train_labels.dtype == np.int32
+  assert data.paper_crop(d.train_images).shape == (13, 28, 28, 3)
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
+  with pytest.raises(data.DatasetUnavailableError, match="tfds build cifar10"):
+    data.load("cifar10", str(tmp_path))
+  assert not any(tmp_path.iterdir())  # nothing downloaded or created
+
+
+def test_unknown_dataset():
+  with pytest.raises(UsageError, match="unknown dataset 'svhn'"):
+    data.load("svhn")
+
+
+def test_preprocessing():
+  x = np.arange(2 * 32 * 32 * 3).reshape(2, 32, 32, 3) % 251
+  crop = data.paper_crop(x.astype(np.uint8))
+  np.testing.assert_array_equal(crop, x[:, 2:30, 2:30].astype(np.uint8))
+  assert data.paper_crop(np.zeros((1, 28, 28, 1), np.uint8)).shape == (1, 28, 28, 1)
+  s = np.asarray(data.scale(crop))
+  assert s.dtype == np.float32 and s.max() <= 1.0
+  w = np.asarray(data.whiten(jnp.asarray(s)))
+  np.testing.assert_allclose(w.reshape(2, -1).mean(1), 0, atol=1e-5)
+  np.testing.assert_allclose(w.reshape(2, -1).std(1), 1, atol=1e-4)
+  # A constant image: std is floored at 1/sqrt(num_elements), no division by zero.
+  flat = np.asarray(data.whiten(jnp.full((1, 4, 4, 1), 0.3)))
+  np.testing.assert_allclose(flat, 0.0, atol=1e-6)
+
+
+def test_subset_bounds():
+  d = data.load("digits")
+  assert len(d.subset(100, 50).train_labels) == 100
+  with pytest.raises(UsageError, match="n_train=5000 is out of range"):
+    d.subset(5000)

@@ -1,0 +1,130 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zhang import data, randomize
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits")
+
+
+def _labels(seed, p, true, kind="labels"):
+  _, _, key = randomize.replica_keys(seed, kind, p)
+  return np.asarray(randomize.corrupt_labels(key, jnp.asarray(true), p, 10))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_label_noise_is_close_to_0_9_p(digits, p):
+  true = digits.train_labels
+  noise = np.mean(_labels(0, p, true) != true)
+  n = len(true)
+  expected = 0.9 * p
+  sd = np.sqrt(max(expected * (1 - expected), 1e-12) / n)
+  assert abs(noise - expected) <= 4 * sd + 1e-9
+
+
+def test_corrupted_labels_are_uniform_over_classes(digits):
+  labels = _labels(5, 1.0, digits.train_labels)
+  counts = np.bincount(labels, minlength=10)
+  expected = len(labels) / 10
+  chi2 = np.sum((counts - expected) ** 2 / expected)
+  assert chi2 < 27.9  # 99.9% quantile of chi-square with 9 degrees of freedom
+
+
+def test_labels_are_a_pure_function_of_the_seed(digits):
+  true = digits.train_labels
+  a, b = _labels(7, 0.5, true), _labels(7, 0.5, true)
+  np.testing.assert_array_equal(a, b)
+  assert np.mean(_labels(8, 0.5, true) != a) > 0.2
+  # Different corruption levels of one seed are independent draws, not nested ones.
+  assert np.mean(_labels(7, 0.6, true) != a) > 0.2
+
+
+def test_labels_are_fixed_across_epochs_of_training(tiny_config):
+  """The trainer draws labels once; the batches of two epochs see the same labels."""
+  from zhang import config as config_lib, train
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  dataset = data.load("digits").subset(256, 128)
+  _, reps1 = train.build_replicas(replicas, dataset)
+  _, reps2 = train.build_replicas(replicas, dataset)
+  np.testing.assert_array_equal(np.asarray(reps1.labels), np.asarray(reps2.labels))
+
+
+def _inputs(kind, seed, images, indices, split=randomize.TRAIN, perm=None):
+  _, _, key = randomize.replica_keys(seed, kind, 0.0)
+  hw = images.shape[1] * images.shape[2]
+  perm = randomize.shared_permutation(key, hw) if perm is None else perm
+  mean, std = randomize.channel_stats(np.asarray(images * 255, np.uint8))
+  return np.asarray(randomize.randomize_inputs(
+      kind, key, jnp.asarray(images), jnp.asarray(indices), split, perm, jnp.asarray(mean),
+      jnp.asarray(std)))
+
+
+@pytest.fixture(scope="module")
+def rgb():
+  rng = np.random.default_rng(0)
+  return rng.integers(0, 256, (16, 6, 5, 3)).astype(np.float32) / 255.0
+
+
+def test_shuffled_pixels_use_one_permutation_for_every_image_and_channel(rgb):
+  out = _inputs("shuffled_pixels", 1, rgb, np.arange(16))
+  flat_in, flat_out = rgb.reshape(16, 30, 3), out.reshape(16, 30, 3)
+  _, _, key = randomize.replica_keys(1, "shuffled_pixels", 0.0)
+  perm = np.asarray(randomize.shared_permutation(key, 30))
+  assert sorted(perm) == list(range(30)) and not np.array_equal(perm, np.arange(30))
+  np.testing.assert_array_equal(flat_out, flat_in[:, perm, :])
+  # The test split gets the same permutation.
+  test = _inputs("shuffled_pixels", 1, rgb, np.arange(16), split=randomize.TEST)
+  np.testing.assert_array_equal(test, out)
+
+
+def test_random_pixels_permute_each_image_differently_and_keep_its_values(rgb):
+  out = _inputs("random_pixels", 2, rgb, np.arange(16))
+  flat_in, flat_out = rgb.reshape(16, 30, 3), out.reshape(16, 30, 3)
+  perms = []
+  for i in range(16):
+    # Each output pixel (all channels together) is some input pixel of the same image.
+    match = [int(np.flatnonzero((flat_in[i] == px).all(1))[0]) for px in flat_out[i]]
+    assert sorted(match) == list(range(30))
+    perms.append(tuple(match))
+    np.testing.assert_array_equal(np.sort(flat_in[i], 0), np.sort(flat_out[i], 0))
+  assert len(set(perms)) == 16
+  # Fixed: regenerated from (key, index), the same image gets the same permutation.
+  again = _inputs("random_pixels", 2, rgb[[5, 3]], np.array([5, 3]))
+  np.testing.assert_array_equal(again, out[[5, 3]])
+
+
+def test_gaussian_matches_per_channel_mean_and_variance(digits):
+  rng = np.random.default_rng(0)
+  means = np.array([0.2, 0.5, 0.7], np.float32)
+  imgs = np.clip(rng.normal(means, [0.1, 0.2, 0.05], (400, 8, 8, 3)), 0, 1)
+  u8 = np.round(imgs * 255).astype(np.uint8)
+  mean, std = randomize.channel_stats(u8)
+  _, _, key = randomize.replica_keys(0, "gaussian", 0.0)
+  out = np.asarray(randomize.randomize_inputs(
+      "gaussian", key, jnp.asarray(u8 / 255.0, jnp.float32), jnp.arange(400), randomize.TRAIN,
+      jnp.arange(64), jnp.asarray(mean), jnp.asarray(std)))
+  flat = out.reshape(-1, 3)
+  np.testing.assert_allclose(flat.mean(0), mean, atol=4 * std.max() / np.sqrt(len(flat)))
+  np.testing.assert_allclose(flat.std(0), std, rtol=0.02)
+  # No trace of the original images, and the same index gives the same image.
+  assert abs(np.corrcoef(flat[:, 0], u8.reshape(-1, 3)[:, 0])[0, 1]) < 0.02
+  again = np.asarray(randomize.randomize_inputs(
+      "gaussian", key, jnp.zeros((1, 8, 8, 3)), jnp.array([17]), randomize.TRAIN,
+      jnp.arange(64), jnp.asarray(mean), jnp.asarray(std)))
+  np.testing.assert_array_equal(again[0], out[17])
+
+
+def test_segments_group_runs_of_kinds():
+  assert randomize.segments(["labels", "labels", "gaussian"]) == (
+      ("labels", 0, 2), ("gaussian", 2, 3))
+
+
+def test_unknown_kind():
+  from zhang.errors import UsageError
+  with pytest.raises(UsageError, match="unknown randomization kind 'noise'"):
+    randomize.kind_id("noise")

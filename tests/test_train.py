@@ -1,0 +1,82 @@
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zhang import config as config_lib
+from zhang import data, train
+
+
+def _train(config, replicas, dataset, steps):
+  fns, d, reps, states = train.build(config, replicas, dataset)
+  states, _ = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(steps))
+  # Cross an epoch boundary with a second chunk that starts mid-epoch.
+  states, _ = fns.train_chunk(states, reps, d, jnp.asarray(steps), jnp.asarray(steps))
+  return states, jax.device_get(fns.evaluate(states, reps, d))
+
+
+def test_vmapped_equals_separate(tiny_config):
+  tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 0.5], seeds=[1]),
+                      dict(kinds=["random_pixels", "gaussian"], corruptions=[0.0], seeds=[3])]
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  dataset = data.load("digits").subset(256, 128)
+  together, ev = _train(config, replicas, dataset, 13)
+  for i, r in enumerate(replicas):
+    alone, ev1 = _train(config, [dataclasses.replace(r, index=0)], dataset, 13)
+    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone)):
+      np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b[0]), rtol=2e-4, atol=2e-5)
+    for k in ev:
+      np.testing.assert_allclose(ev[k][i], ev1[k][0], rtol=1e-4, atol=1e-5)
+  # And the replicas really differ from each other.
+  params = jax.tree.leaves(together)[0]
+  assert not np.allclose(params[0], params[1])
+
+
+def test_run_writes_the_contract(tiny_config, tmp_path):
+  summary = train.run(tiny_config, tmp_path, progress=False)
+  assert json.loads((tmp_path / "config.json").read_text())["model"] == "mlp_1x512"
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  r = len(summary["replicas"])
+  assert r == 7
+  steps = sorted({row["step"] for row in rows})
+  assert steps[0] == 0 and steps[-1] == summary["steps_run"]
+  assert len(rows) == r * len(steps)
+  assert len({(row["step"], row["replica"]) for row in rows}) == len(rows)
+  for key in ("step", "epoch", "replica", "kind", "corruption", "seed", "train_loss",
+              "train_acc", "test_loss", "test_acc", "test_confidence"):
+    assert key in rows[-1]
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  assert on_disk["status"] == "complete"
+  for rep in on_disk["replicas"]:
+    for key in ("replica", "kind", "corruption", "seed", "label_noise", "fit_step",
+                "fit_epoch", "final_train_acc", "final_test_acc", "test_confidence"):
+      assert key in rep
+  kinds = [rep["kind"] for rep in on_disk["replicas"]]
+  assert kinds == ["labels"] * 4 + ["shuffled_pixels", "random_pixels", "gaussian"]
+  clean = [rep for rep in on_disk["replicas"] if rep["corruption"] == 0.0]
+  assert all(rep["label_noise"] == 0.0 for rep in clean)
+  noisy = [rep for rep in on_disk["replicas"] if rep["corruption"] == 0.5]
+  assert all(0.3 < rep["label_noise"] < 0.6 for rep in noisy)
+  # The last metrics rows are the summary's final values.
+  last = {row["replica"]: row for row in rows if row["step"] == steps[-1]}
+  for rep in on_disk["replicas"]:
+    assert rep["final_train_acc"] == pytest.approx(last[rep["replica"]]["train_acc"])
+
+
+def test_end_to_end_digits_true_labels_generalize_random_labels_memorize(tmp_path):
+  c = config_lib.load("configs/digits.py")
+  c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
+  summary = train.run(c, tmp_path, progress=False)
+  true, rand = summary["replicas"]
+  assert true["fit_step"] is not None and true["final_test_acc"] > 0.9
+  assert rand["fit_step"] is not None and rand["final_train_acc"] == 1.0
+  assert rand["fit_step"] > true["fit_step"]
+  # Chance is 10%: 359 test images, binomial sd about 1.6%.
+  assert abs(rand["final_test_acc"] - 0.1) < 0.06
+  assert 0.85 < rand["label_noise"] < 0.95
+  # Stops as soon as every replica has fitted.
+  assert summary["steps_run"] == rand["fit_step"]
