@@ -25,6 +25,7 @@ def get_config(arg=None):
   c.lr_decay_every = 390
   c.max_steps = 15000
   c.eval_every = 100
+  c.checkpoint_every = 1000  # several checkpoints in a run (keeps the last 3)
   c.grid = [
       dict(kinds=["labels"], corruptions=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], seeds=[0, 1]),
       dict(kinds=["shuffled_pixels", "random_pixels", "gaussian"], corruptions=[0.0],

@@ -42,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 500  # steps between evaluations on the whole train and test sets
   c.eval_batch_size = 1000
   c.fit_threshold = 1.0  # train accuracy at which a replica counts as having fitted
+  c.checkpoint_every = 2000  # steps between checkpoints (and one at the end)
+  c.keep_checkpoints = 3
   # Replicas: the union of these products of kinds x corruptions x seeds.
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c
@@ -155,7 +157,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"start from zhang.config.base_config()")
   models.get(c.model)
   data.check_name(c.dataset)
-  for name in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "lr_decay_every"):
+  for name in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "lr_decay_every",
+               "checkpoint_every", "keep_checkpoints"):
     value = c[name]
     _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
              f"{name}={value!r} must be a positive integer")

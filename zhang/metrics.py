@@ -42,18 +42,41 @@ def write_json(path: pathlib.Path, obj: Any) -> None:
 
 
 class Writer:
-  """Appends metric rows and rewrites the summary; a no-op on processes other than 0."""
+  """Appends metric rows and rewrites the summary; a no-op on processes other than 0.
 
-  def __init__(self, workdir: pathlib.Path, active: bool = True):
+  ``keep_until_step``: resuming from a checkpoint of that step, rows of later steps (written
+  after the checkpoint, before the run stopped) are dropped, so every (step, replica) row
+  appears exactly once. None starts a new file.
+  """
+
+  def __init__(self, workdir: pathlib.Path, active: bool = True,
+               keep_until_step: int | None = None):
     self.workdir = workdir
     self.active = active
-    self._metrics = open(workdir / METRICS, "w") if active else None
+    self._metrics = None
+    if not active:
+      return
+    path = workdir / METRICS
+    if keep_until_step is None or not path.exists():
+      self._metrics = open(path, "w")
+      return
+    kept = []
+    for line in path.read_text().splitlines():
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut off by a kill
+      if row.get("step", math.inf) <= keep_until_step:
+        kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    self._metrics = open(path, "a")
 
   def rows(self, rows: list[dict]) -> None:
     if not self.active:
       return
-    for row in rows:
-      self._metrics.write(json.dumps(_plain(row)) + "\n")
+    self._metrics.write("".join(json.dumps(_plain(row)) + "\n" for row in rows))
     self._metrics.flush()
 
   def summary(self, summary: dict) -> None:
@@ -63,3 +86,78 @@ class Writer:
   def close(self) -> None:
     if self._metrics:
       self._metrics.close()
+
+
+class FitTracker:
+  """Which replica fitted when, the last evaluation, and the rows and summary they make.
+
+  Its state round-trips through ``meta()``/``load()`` (JSON, saved in every checkpoint).
+  """
+
+  def __init__(self, replicas, label_noise, fit_threshold: float, batch_size: int,
+               n_train: int, header: dict):
+    self.replicas = replicas
+    self.label_noise = np.asarray(label_noise, np.float64)
+    self.fit_threshold = fit_threshold
+    self.batch_size = batch_size
+    self.n_train = n_train
+    self.header = header
+    self.fit_step: list[int | None] = [None] * len(replicas)
+    self.fit_test_acc: list[float | None] = [None] * len(replicas)
+    self.last: dict[str, np.ndarray] = {}
+    self.batch_loss = np.full(len(replicas), np.nan)
+    self.seconds_before = 0.0  # wall time of earlier sessions of a resumed run
+
+  def epoch(self, step: int) -> float:
+    return step * self.batch_size / self.n_train
+
+  def record(self, step: int, ev: dict, lr: float) -> list[dict]:
+    """Takes an evaluation of every replica; returns its metrics rows."""
+    self.last = {k: np.asarray(v) for k, v in ev.items()}
+    rows = []
+    for i, r in enumerate(self.replicas):
+      if self.fit_step[i] is None and ev["train_acc"][i] >= self.fit_threshold:
+        self.fit_step[i], self.fit_test_acc[i] = step, float(ev["test_acc"][i])
+      rows.append(dict(step=step, epoch=self.epoch(step), replica=r.index, kind=r.kind,
+                       corruption=r.corruption, seed=r.seed,
+                       **{k: v[i] for k, v in self.last.items()},
+                       batch_loss=self.batch_loss[i], lr=lr))
+    return rows
+
+  def num_fitted(self) -> int:
+    return sum(f is not None for f in self.fit_step)
+
+  def all_fitted(self) -> bool:
+    return self.num_fitted() == len(self.replicas)
+
+  def min_train_acc(self) -> float:
+    return float(np.min(self.last["train_acc"])) if self.last else 0.0
+
+  def meta(self, seconds: float) -> dict:
+    return _plain(dict(config_hash=self.header["config_hash"], fit_step=self.fit_step,
+                       fit_test_acc=self.fit_test_acc,
+                       last={k: v.tolist() for k, v in self.last.items()},
+                       batch_loss=self.batch_loss.tolist(),
+                       seconds=self.seconds_before + seconds))
+
+  def load(self, meta: dict) -> None:
+    self.fit_step = list(meta["fit_step"])
+    self.fit_test_acc = list(meta["fit_test_acc"])
+    self.last = {k: np.asarray(v, np.float64) for k, v in meta["last"].items()}
+    self.batch_loss = np.asarray([np.nan if v is None else v for v in meta["batch_loss"]])
+    self.seconds_before = float(meta["seconds"])
+
+  def summary(self, step: int, status: str, seconds: float) -> dict:
+    out = []
+    for i, r in enumerate(self.replicas):
+      fs = self.fit_step[i]
+      last = {k: v[i] for k, v in self.last.items()}
+      out.append(dict(
+          replica=r.index, kind=r.kind, corruption=r.corruption, seed=r.seed,
+          label_noise=float(self.label_noise[i]), fit_step=fs,
+          fit_epoch=None if fs is None else self.epoch(fs), fit_test_acc=self.fit_test_acc[i],
+          final_train_acc=last.get("train_acc"), final_test_acc=last.get("test_acc"),
+          final_train_loss=last.get("train_loss"), final_test_loss=last.get("test_loss"),
+          test_confidence=last.get("test_confidence"), test_entropy=last.get("test_entropy")))
+    return _plain(dict(self.header, status=status, steps_run=step,
+                       wall_seconds=round(self.seconds_before + seconds, 2), replicas=out))

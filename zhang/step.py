@@ -72,6 +72,7 @@ def gradient_transform(h: Hyper) -> optax.GradientTransformation:
 
 
 class Functions(NamedTuple):
+  hyper: Hyper
   init: Any  # (init_key, input_shape) -> TrainState
   train_chunk: Any  # (states, reps, data, step0, num_steps) -> (states, mean batch loss)
   evaluate: Any  # (states, reps, data) -> dict of (R,) metrics
@@ -182,4 +183,4 @@ def make_functions(module, h: Hyper, has_batch_norm: bool) -> Functions:
     out.update({f"test_{k}": v for k, v in test.items()})
     return out
 
-  return Functions(init_one, train_chunk, evaluate)
+  return Functions(h, init_one, train_chunk, evaluate)

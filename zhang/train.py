@@ -9,10 +9,13 @@ the test set, until every replica has fitted or ``max_steps``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import shutil
+import signal
 import sys
+import threading
 import time
 
 import jax
@@ -21,6 +24,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from zhang import checkpoint as checkpoint_lib
 from zhang import config as config_lib
 from zhang import data as data_lib
 from zhang import metrics as metrics_lib
@@ -114,102 +118,113 @@ def build(config, replicas, dataset):
 
 def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
         progress: bool = True) -> dict:
-  """Trains the config's grid in ``workdir``; returns the summary (also in summary.json)."""
+  """Trains the config's grid in ``workdir``; returns the summary (also in summary.json).
+
+  Resumes from the workdir's latest good checkpoint when it holds one of the same config;
+  ``restart`` deletes a previous run's files first. On SIGTERM, saves a checkpoint at the
+  next chunk boundary and returns with ``status == "preempted"``.
+  """
   start = time.time()
   workdir = pathlib.Path(workdir)
   config, replicas, dataset = prepare(config, workdir, restart)
-  n_train, n_test = len(dataset.train_labels), len(dataset.test_labels)
-  per_epoch = n_train // config.batch_size
-
+  n_train = len(dataset.train_labels)
   fns, d, reps, states = build(config, replicas, dataset)
+  primary = jax.process_index() == 0
+  config_dict = config_lib.to_json_dict(config)
+  if restart and primary:
+    _clear(workdir)
 
-  label_noise = np.asarray(jnp.mean(reps.labels != d_true(dataset), axis=1))
-  writer = _open_workdir(workdir, config, restart)
-  base = dict(model=config.model, dataset=config.dataset,
-              num_params=models.param_count(config.model, d.train_images.shape[1:],
-                                            dataset.num_classes),
-              n_train=n_train, n_test=n_test, num_classes=dataset.num_classes,
-              steps_per_epoch=per_epoch, batch_size=config.batch_size,
-              fit_threshold=config.fit_threshold)
-  fit_step = [None] * len(replicas)
-  fit_test_acc = [None] * len(replicas)
-  last = None
-  step = 0
-  bar = tqdm(total=config.max_steps, unit="step", disable=not progress, file=sys.stderr,
-             dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0, desc=f"{config.model}/{config.dataset} x{len(replicas)}")
-  batch_loss = np.full(len(replicas), np.nan)
+  ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+  restored = ckpt.restore_latest(states)
+  label_noise = np.asarray(jnp.mean(reps.labels != jnp.asarray(dataset.train_labels), axis=1))
+  tracker = metrics_lib.FitTracker(
+      replicas, label_noise, config.fit_threshold, config.batch_size, n_train,
+      header=dict(model=config.model, dataset=config.dataset,
+                  num_params=models.param_count(config.model, d.train_images.shape[1:],
+                                                dataset.num_classes),
+                  n_train=n_train, n_test=len(dataset.test_labels),
+                  num_classes=dataset.num_classes,
+                  steps_per_epoch=n_train // config.batch_size,
+                  batch_size=config.batch_size, fit_threshold=config.fit_threshold,
+                  config_hash=checkpoint_lib.config_hash(config_dict)))
+  step, saved_step = 0, None
+  if restored:
+    step, states, meta = restored
+    if meta.get("config_hash") != tracker.header["config_hash"]:
+      raise UsageError(f"the checkpoint of step {step} in {ckpt.directory} was written by "
+                       f"another config: pass --restart to start over")
+    tracker.load(meta)
+    saved_step = step
+    if primary:
+      print(f"zhang: resuming {workdir} from the checkpoint of step {step}", file=sys.stderr)
+  if primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    metrics_lib.write_json(workdir / metrics_lib.CONFIG, config_dict)
+  writer = metrics_lib.Writer(workdir, active=primary, keep_until_step=saved_step)
+
+  bar = tqdm(total=config.max_steps, initial=step, unit="step", disable=not progress,
+             file=sys.stderr, dynamic_ncols=True,
+             mininterval=1.0 if sys.stderr.isatty() else 30.0,
+             desc=f"{config.model}/{config.dataset} x{len(replicas)}")
+  evaluate_now = not restored
+  status = "running"
   try:
-    while True:
-      ev = jax.device_get(fns.evaluate(states, reps, d))
-      last = ev
-      rows = []
-      for i, r in enumerate(replicas):
-        if fit_step[i] is None and ev["train_acc"][i] >= config.fit_threshold:
-          fit_step[i], fit_test_acc[i] = step, ev["test_acc"][i]
-        rows.append(dict(
-            step=step, epoch=step * config.batch_size / n_train, replica=r.index,
-            kind=r.kind, corruption=r.corruption, seed=r.seed,
-            **{k: v[i] for k, v in ev.items()},
-            batch_loss=batch_loss[i],
-            lr=float(step_lib.learning_rate(fns_h(config), jnp.asarray(step)))))
-      writer.rows(rows)
-      fitted = sum(f is not None for f in fit_step)
-      done = fitted == len(replicas) or step >= config.max_steps
-      writer.summary(_summary(base, replicas, label_noise, fit_step, fit_test_acc, ev, step,
-                              per_epoch, config, "complete" if done else "running",
-                              time.time() - start))
-      bar.set_postfix(fitted=f"{fitted}/{len(replicas)}",
-                      min_train_acc=f"{float(np.min(ev['train_acc'])):.3f}")
-      if done:
-        break
-      n = min(config.eval_every, config.max_steps - step)
-      states, loss = fns.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
-                                     jnp.asarray(n, jnp.int32))
-      batch_loss = np.asarray(loss)
-      step += n
-      bar.update(n)
+    with _preemption_notice() as preempted:
+      while True:
+        if evaluate_now:
+          ev = jax.device_get(fns.evaluate(states, reps, d))
+          writer.rows(tracker.record(step, ev, float(step_lib.learning_rate(
+              fns.hyper, jnp.asarray(step)))))
+        done = tracker.all_fitted() or step >= config.max_steps
+        status = "complete" if done else ("preempted" if preempted() else "running")
+        at_checkpoint = step % config.checkpoint_every == 0 and step > 0
+        if (at_checkpoint or done or preempted()) and step != saved_step:
+          ckpt.save(step, states, tracker.meta(time.time() - start))
+          saved_step = step
+        writer.summary(tracker.summary(step, status, time.time() - start))
+        bar.set_postfix(fitted=f"{tracker.num_fitted()}/{len(replicas)}",
+                        min_train_acc=f"{tracker.min_train_acc():.3f}")
+        if done or preempted():
+          break
+        stop = min(_next_multiple(step, config.eval_every),
+                   _next_multiple(step, config.checkpoint_every), config.max_steps)
+        states, loss = fns.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
+                                       jnp.asarray(stop - step, jnp.int32))
+        tracker.batch_loss = np.asarray(loss)
+        bar.update(stop - step)
+        step = stop
+        evaluate_now = step % config.eval_every == 0 or step == config.max_steps
+      ckpt.wait()
   finally:
     bar.close()
     writer.close()
-  summary = _summary(base, replicas, label_noise, fit_step, fit_test_acc, last, step,
-                     per_epoch, config, "complete", time.time() - start)
-  return summary
+    ckpt.close()
+  if status == "preempted" and primary:
+    print(f"zhang: preempted (SIGTERM) at step {step}; the checkpoint is saved. Run the "
+          f"same command to resume.", file=sys.stderr)
+  return tracker.summary(step, status, time.time() - start)
 
 
-def d_true(dataset):
-  return jnp.asarray(dataset.train_labels)[None, :]
+def _next_multiple(step: int, every: int) -> int:
+  return (step // every + 1) * every
 
 
-def fns_h(config):
-  return step_lib.Hyper(config.batch_size, float(config.learning_rate), 0.0,
-                        float(config.lr_decay), config.lr_decay_every, 0.0, 1, ())
+@contextlib.contextmanager
+def _preemption_notice():
+  """Turns SIGTERM (Cloud TPU VMs' preemption notice) into a flag the loop polls."""
+  flag = []
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda: False
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
+  try:
+    yield lambda: bool(flag)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
-def _open_workdir(workdir: pathlib.Path, config, restart: bool) -> metrics_lib.Writer:
-  """Creates the workdir (after every check has passed) and writes config.json."""
-  primary = jax.process_index() == 0
-  if primary:
-    if restart:
-      for name in metrics_lib.RUN_FILES:
-        (workdir / name).unlink(missing_ok=True)
-      shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    metrics_lib.write_json(workdir / metrics_lib.CONFIG, config_lib.to_json_dict(config))
-  return metrics_lib.Writer(workdir, active=primary)
-
-
-def _summary(base, replicas, label_noise, fit_step, fit_test_acc, ev, step, per_epoch, config,
-             status, seconds) -> dict:
-  out = []
-  for i, r in enumerate(replicas):
-    fs = fit_step[i]
-    out.append(dict(
-        replica=r.index, kind=r.kind, corruption=r.corruption, seed=r.seed,
-        label_noise=float(label_noise[i]), fit_step=fs,
-        fit_epoch=None if fs is None else fs * config.batch_size / base["n_train"],
-        fit_test_acc=fit_test_acc[i],
-        final_train_acc=ev["train_acc"][i], final_test_acc=ev["test_acc"][i],
-        final_train_loss=ev["train_loss"][i], final_test_loss=ev["test_loss"][i],
-        test_confidence=ev["test_confidence"][i], test_entropy=ev["test_entropy"][i]))
-  return dict(base, status=status, steps_run=step, wall_seconds=round(seconds, 2),
-              replicas=out)
+def _clear(workdir: pathlib.Path) -> None:
+  """Deletes a previous run's files (``--restart``); leaves anything else alone."""
+  for name in metrics_lib.RUN_FILES:
+    (workdir / name).unlink(missing_ok=True)
+  shutil.rmtree(workdir / checkpoint_lib.DIRNAME, ignore_errors=True)
