@@ -94,7 +94,11 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         _check_finite_structure(restored.state, abstract)
         if failures:
-          _say(f"resuming from the previous good checkpoint, step {step}")
+          # The resumed run rewrites these steps, bit for bit, so nothing is lost.
+          for bad in failures:
+            self._manager.delete(bad)
+          _say(f"removed unreadable checkpoint(s) {', '.join(map(str, failures))}; resuming "
+               f"from the previous good checkpoint, step {step}")
         return step, restored.state, restored.meta
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__

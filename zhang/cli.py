@@ -11,7 +11,7 @@ import importlib
 import pathlib
 import sys
 
-from zhang.errors import UsageError
+from zhang.errors import RunError, UsageError
 
 # Modules that add their own sub-command with ``register(subparsers)``.
 _PLUGINS = ("zhang.kernel_cli", "zhang.analysis.cli")
@@ -28,6 +28,8 @@ def _train(args) -> int:
   summary = train.run(config, args.workdir, restart=args.restart,
                       progress=not args.no_progress)
   workdir = pathlib.Path(args.workdir)
+  if summary["status"] == "preempted":
+    return 0
   reps = summary["replicas"]
   fitted = sum(r["fit_step"] is not None for r in reps)
   print(f"{fitted}/{len(reps)} replicas fitted their training set in {summary['steps_run']} "
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max_steps", type=int, help="shorthand for --set max_steps=N")
   p.add_argument("--data_dir", help="dataset folder (IDX files or a tfds data_dir, gs:// ok)")
   p.add_argument("--restart", action="store_true",
-                 help="delete the workdir's previous run files and start over")
+                 help="delete the workdir's previous run files and checkpoints and start "
+                 "over (by default a workdir of the same config resumes)")
   p.add_argument("--no_progress", action="store_true", help="no progress bar")
   p.set_defaults(func=_train)
 
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
   except UsageError as e:
     print(f"zhang {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except RunError as e:
+    print(f"zhang {args.command}: error: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,170 @@
+"""Preemption and resume: a killed run ends exactly as an uninterrupted one."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from zhang import checkpoint, train
+from zhang.errors import UsageError
+
+ROOT = pathlib.Path(__file__).parent.parent
+# The digits grid (15 replicas), short: checkpoints at 250, 500, ..., and at the end.
+ARGS = ["--config", "configs/digits.py", "--set", "max_steps=1500", "--set", "eval_every=50",
+        "--set", "checkpoint_every=250", "--set", "keep_checkpoints=10", "--no_progress"]
+
+
+def _start(workdir):
+  return subprocess.Popen([sys.executable, "-m", "zhang", "train", *ARGS, "--workdir",
+                           str(workdir)], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: pathlib.Path, proc, timeout=300):
+  deadline = time.time() + timeout
+  while not path.exists():
+    assert proc.poll() is None, f"run ended before {path} appeared: {proc.stderr.read()}"
+    assert time.time() < deadline
+    time.sleep(0.02)
+
+
+def _final(workdir):
+  summary = json.loads((workdir / "summary.json").read_text())
+  summary.pop("wall_seconds")
+  rows = (workdir / "metrics.jsonl").read_text().splitlines()
+  return summary, rows, checkpoint.load(workdir)
+
+
+def _assert_same(a, b):
+  (sa, ra, ca), (sb, rb, cb) = a, b
+  assert sa == sb
+  assert ra == rb  # every (step, replica) row once, in order, with the same values
+  assert ca["step"] == cb["step"]
+  for x, y in zip(jax.tree.leaves(ca["params"]), jax.tree.leaves(cb["params"])):
+    np.testing.assert_array_equal(x, y)  # bit-identical
+  for x, y in zip(jax.tree.leaves(ca["momentum"]), jax.tree.leaves(cb["momentum"])):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  proc = _start(workdir)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err
+  return _final(workdir)
+
+
+@pytest.mark.parametrize("kill_after", [250, 1000])
+def test_sigkill_and_resume_is_bit_identical(uninterrupted, tmp_path, kill_after):
+  proc = _start(tmp_path)
+  _wait_for(tmp_path / "checkpoints" / str(kill_after), proc)
+  proc.kill()
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert json.loads((tmp_path / "summary.json").read_text())["status"] == "running"
+  resumed = _start(tmp_path)
+  out, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err
+  assert "resuming" in err
+  _assert_same(_final(tmp_path), uninterrupted)
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes(uninterrupted, tmp_path):
+  proc = _start(tmp_path)
+  _wait_for(tmp_path / "checkpoints" / "250", proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert "preempted" in err and "Traceback" not in err
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["status"] == "preempted"
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved[-1] == summary["steps_run"] > 0
+  resumed = _start(tmp_path)
+  out, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err
+  _assert_same(_final(tmp_path), uninterrupted)
+
+
+def _small(tiny_config):
+  tiny_config.max_steps = 60
+  tiny_config.checkpoint_every = 20
+  return tiny_config
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_config, tmp_path, capsys):
+  config = _small(tiny_config)
+  clean = tmp_path / "clean"
+  train.run(config, clean, progress=False)
+  damaged = tmp_path / "damaged"
+  train.run(config, damaged, progress=False)
+  # Damage the final checkpoint (60): remove its array data.
+  for f in (damaged / "checkpoints" / "60" / "state").rglob("*"):
+    if f.is_file() and "ocdbt" in str(f.relative_to(damaged)):
+      f.unlink()
+  capsys.readouterr()
+  summary = train.run(config, damaged, progress=False)
+  err = capsys.readouterr().err
+  assert "checkpoints/60 is unreadable" in err and "resuming" in err and "step 40" in err
+  assert summary["status"] == "complete"
+  _assert_same(_final(damaged), _final(clean))
+
+
+def test_no_readable_checkpoint_is_refused(tiny_config, tmp_path):
+  config = _small(tiny_config)
+  train.run(config, tmp_path, progress=False)
+  for step in ("20", "40", "60"):
+    for f in (tmp_path / "checkpoints" / step / "state").rglob("*"):
+      if f.is_file():
+        f.unlink()
+  before = (tmp_path / "metrics.jsonl").read_bytes()
+  with pytest.raises(UsageError, match="no readable checkpoint.*--restart"):
+    train.run(config, tmp_path, progress=False)
+  assert (tmp_path / "metrics.jsonl").read_bytes() == before
+  # Starting over explicitly works.
+  assert train.run(config, tmp_path, restart=True, progress=False)["status"] == "complete"
+
+
+def test_resume_drops_rows_written_after_the_checkpoint(tiny_config, tmp_path):
+  config = _small(tiny_config)
+  train.run(config, tmp_path, progress=False)
+  reference = (tmp_path / "metrics.jsonl").read_text()
+  # As if the run had died after writing the step-60 rows (and half a line) but before
+  # its final checkpoint.
+  import shutil
+  shutil.rmtree(tmp_path / "checkpoints" / "60")
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 80, "replica": 0, "trai')
+  train.run(config, tmp_path, progress=False)
+  assert (tmp_path / "metrics.jsonl").read_text() == reference
+
+
+def test_a_finished_run_rerun_changes_nothing(tiny_config, tmp_path):
+  config = _small(tiny_config)
+  first = train.run(config, tmp_path, progress=False)
+  rows = (tmp_path / "metrics.jsonl").read_text()
+  again = train.run(config, tmp_path, progress=False)
+  assert (tmp_path / "metrics.jsonl").read_text() == rows
+  first.pop("wall_seconds"), again.pop("wall_seconds")
+  assert first == again
+
+
+def test_load_for_analysis(tiny_config, tmp_path):
+  config = _small(tiny_config)
+  summary = train.run(config, tmp_path, progress=False)
+  ckpt = checkpoint.load(tmp_path, step=40)
+  assert ckpt["step"] == 40
+  kernel = ckpt["params"]["Dense_0"]["kernel"]
+  assert isinstance(kernel, np.ndarray) and kernel.shape == (7, 64, 512)
+  assert ckpt["meta"]["fit_step"] is not None
+  with pytest.raises(UsageError, match="no checkpoint of step 30"):
+    checkpoint.load(tmp_path, step=30)
+  assert checkpoint.load(tmp_path)["step"] == summary["steps_run"]
