@@ -49,8 +49,13 @@ def test_labels_are_fixed_across_epochs_of_training(tiny_config):
   config = config_lib.resolve(tiny_config)
   replicas = config_lib.expand_grid(config)
   dataset = data.load("digits").subset(256, 128)
-  _, reps1 = train.build_replicas(replicas, dataset)
-  _, reps2 = train.build_replicas(replicas, dataset)
+  from zhang import mesh as mesh_lib
+  sharding = mesh_lib.replica_sharding(mesh_lib.make_mesh((-1, 1)))
+  _, reps1, noise = train.build_replicas(replicas, dataset, sharding)
+  _, reps2, _ = train.build_replicas(replicas, dataset, sharding)
+  np.testing.assert_allclose(
+      np.asarray(noise),
+      np.mean(np.asarray(reps1.labels) != dataset.train_labels[None], axis=1))
   np.testing.assert_array_equal(np.asarray(reps1.labels), np.asarray(reps2.labels))
 
 

@@ -11,7 +11,7 @@ from zhang import data, train
 
 
 def _train(config, replicas, dataset, steps):
-  fns, d, reps, states = train.build(config, replicas, dataset)
+  fns, d, reps, states, _ = train.build(config, replicas, dataset)
   states, _ = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(steps))
   # Cross an epoch boundary with a second chunk that starts mid-epoch.
   states, _ = fns.train_chunk(states, reps, d, jnp.asarray(steps), jnp.asarray(steps))

@@ -19,8 +19,11 @@ _PLUGINS = ("zhang.kernel_cli", "zhang.analysis.cli")
 
 def _train(args) -> int:
   from zhang import config as config_lib
+  from zhang import mesh as mesh_lib
   from zhang import train
   config = config_lib.load(args.config, args.set or [])
+  mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes,
+                                  args.process_id, auto=args.distributed)
   if args.max_steps is not None:
     config_lib.apply_override(config, f"max_steps={args.max_steps}")
   if args.data_dir is not None:
@@ -28,7 +31,8 @@ def _train(args) -> int:
   summary = train.run(config, args.workdir, restart=args.restart,
                       progress=not args.no_progress)
   workdir = pathlib.Path(args.workdir)
-  if summary["status"] == "preempted":
+  import jax
+  if summary["status"] == "preempted" or jax.process_index() != 0:
     return 0
   reps = summary["replicas"]
   fitted = sum(r["fit_step"] is not None for r in reps)
@@ -77,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                  help="delete the workdir's previous run files and checkpoints and start "
                  "over (by default a workdir of the same config resumes)")
   p.add_argument("--no_progress", action="store_true", help="no progress bar")
+  g = p.add_argument_group("multi-host (one process per host, the same command on each)")
+  g.add_argument("--distributed", action="store_true",
+                 help="jax.distributed.initialize() with auto-detection (Cloud TPU VMs)")
+  g.add_argument("--coordinator_address", help="HOST:PORT of process 0 (CPU/GPU clusters; "
+                 "or $ZHANG_COORDINATOR_ADDRESS)")
+  g.add_argument("--num_processes", type=int, help="number of processes "
+                 "(or $ZHANG_NUM_PROCESSES)")
+  g.add_argument("--process_id", type=int, help="this process's rank (or $ZHANG_PROCESS_ID)")
   p.set_defaults(func=_train)
 
   p = sub.add_parser("models", help="list the models and their parameter counts")

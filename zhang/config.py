@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.fit_threshold = 1.0  # train accuracy at which a replica counts as having fitted
   c.checkpoint_every = 2000  # steps between checkpoints (and one at the end)
   c.keep_checkpoints = 3
+  # Device mesh (replica, data): -1 takes the remaining devices. The grid is padded with
+  # inert replicas to a multiple of the replica axis (they never appear in outputs).
+  c.mesh_shape = (-1, 1)
   # Replicas: the union of these products of kinds x corruptions x seeds.
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c

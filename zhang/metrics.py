@@ -113,7 +113,8 @@ class FitTracker:
 
   def record(self, step: int, ev: dict, lr: float) -> list[dict]:
     """Takes an evaluation of every replica; returns its metrics rows."""
-    self.last = {k: np.asarray(v) for k, v in ev.items()}
+    # Per-replica arrays may be longer than the grid (inert padding replicas): drop those.
+    self.last = {k: np.asarray(v)[:len(self.replicas)] for k, v in ev.items()}
     rows = []
     for i, r in enumerate(self.replicas):
       if self.fit_step[i] is None and ev["train_acc"][i] >= self.fit_threshold:

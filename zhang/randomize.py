@@ -44,17 +44,26 @@ def _stream(key, name: str):
   return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def replica_keys(seed: int, kind: str, corruption: float):
-  """The keys of one replica: (init, order, randomization).
+def randomization_salt(kind: str, corruption: float) -> int:
+  """A host integer naming a replica's randomization (kind and corruption level)."""
+  return zlib.crc32(f"randomize/{kind}/{round(corruption * 1_000_000)}".encode()) & 0x7FFFFFFF
+
+
+def keys(seed, salt):
+  """The keys of one replica: (init, order, randomization); works under vmap.
 
   Initialization and batch order depend on the seed alone, so replicas that share a seed
   differ only in their data (a paired comparison across corruption levels). The
-  randomization key also depends on kind and corruption, so randomizations are independent
-  between replicas.
+  randomization key also depends on kind and corruption (``salt``), so randomizations are
+  independent between replicas.
   """
   base = jax.random.key(seed)
-  rand = _stream(base, f"randomize/{kind}/{round(corruption * 1_000_000)}")
-  return _stream(base, "init"), _stream(base, "order"), rand
+  return _stream(base, "init"), _stream(base, "order"), jax.random.fold_in(base, salt)
+
+
+def replica_keys(seed: int, kind: str, corruption: float):
+  """``keys`` of one replica given by its grid coordinates."""
+  return keys(seed, randomization_salt(kind, corruption))
 
 
 def corrupt_labels(key, labels, p, num_classes: int):

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from zhang import data as data_lib
 from zhang import randomize
@@ -78,9 +79,32 @@ class Functions(NamedTuple):
   evaluate: Any  # (states, reps, data) -> dict of (R,) metrics
 
 
-def make_functions(module, h: Hyper, has_batch_norm: bool) -> Functions:
-  """The jit-compiled functions of a grid, for a Flax module and hyper-parameters."""
+def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None) -> Functions:
+  """The jit-compiled functions of a grid, for a Flax module and hyper-parameters.
+
+  With a ``mesh`` (axes ``replica``, ``data``), the state stays sharded on ``replica``, a
+  batch is split on ``data`` too, and the small outputs (losses, metrics) come back
+  replicated so every process can read them.
+  """
   tx = gradient_transform(h)
+  if mesh is not None:
+    by_replica = NamedSharding(mesh, P("replica"))
+    everywhere = NamedSharding(mesh, P())
+    split_batch = mesh.shape["data"] > 1
+    chunk_jit = functools.partial(jax.jit, donate_argnums=(0,),
+                                  out_shardings=(by_replica, everywhere))
+    eval_jit = functools.partial(jax.jit, out_shardings=everywhere)
+  else:
+    split_batch = False
+    chunk_jit = functools.partial(jax.jit, donate_argnums=(0,))
+    eval_jit = jax.jit
+
+  def constrain(x):
+    """Splits each replica's batch over the ``data`` axis (when it has several devices)."""
+    if not split_batch:
+      return x
+    spec = P("replica", "data", *([None] * (x.ndim - 2)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
   def init_one(init_key, sample):
     variables = module.init(init_key, sample, train=False)
@@ -125,7 +149,7 @@ def make_functions(module, h: Hyper, has_batch_norm: bool) -> Functions:
     return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
         reps.order_key)
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
+  @chunk_jit
   def train_chunk(states, reps: Replicas, d: Data, step0, num_steps):
     n = d.train_images.shape[0]
     per_epoch = n // h.batch_size  # the last partial batch of an epoch is dropped
@@ -138,8 +162,8 @@ def make_functions(module, h: Hyper, has_batch_norm: bool) -> Functions:
       orders = jax.lax.cond(pos == 0, lambda: epoch_orders(reps, step // per_epoch, n),
                             lambda: orders)
       indices = jax.lax.dynamic_slice_in_dim(orders, pos * h.batch_size, h.batch_size, 1)
-      x = inputs(reps, d, d.train_images, indices, randomize.TRAIN)
-      y = jnp.take_along_axis(reps.labels, indices, axis=1)
+      x = constrain(inputs(reps, d, d.train_images, indices, randomize.TRAIN))
+      y = constrain(jnp.take_along_axis(reps.labels, indices, axis=1))
       states, loss = jax.vmap(step_one, (0, 0, 0, None))(states, x, y, learning_rate(h, step))
       return states, orders, loss_sum + loss
 
@@ -174,7 +198,7 @@ def make_functions(module, h: Hyper, has_batch_norm: bool) -> Functions:
     sums = jnp.sum(jax.lax.map(batch, jnp.arange(num_batches)), axis=0) / n
     return dict(loss=sums[0], acc=sums[1], confidence=sums[2], entropy=sums[3])
 
-  @jax.jit
+  @eval_jit
   def evaluate(states, reps: Replicas, d: Data):
     train = eval_split(states, reps, d, d.train_images, reps.labels, randomize.TRAIN)
     test_labels = jnp.broadcast_to(d.test_labels, (reps.labels.shape[0],) + d.test_labels.shape)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from zhang import checkpoint as checkpoint_lib
 from zhang import config as config_lib
+from zhang import mesh as mesh_lib
 from zhang import data as data_lib
 from zhang import metrics as metrics_lib
 from zhang import models, randomize, step as step_lib
@@ -42,6 +43,7 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False):
   dataset = data_lib.load(config.dataset, config.data_dir or None)
   dataset = dataset.subset(config.n_train or None, config.n_test or None)
   config_lib.check_against_data(config, len(dataset.train_labels))
+  mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
   check_workdir(pathlib.Path(workdir), config, restart)
   return config, replicas, dataset
 
@@ -66,32 +68,36 @@ def check_workdir(workdir: pathlib.Path, config, restart: bool) -> None:
                      f"old run's files and start over")
 
 
-def _stack_keys(keys):
-  return jax.random.wrap_key_data(jnp.stack([jax.random.key_data(k) for k in keys]))
+def build_replicas(replicas, dataset, sharding):
+  """Per-replica constants, computed on the devices from seeds and sharded on ``replica``.
 
-
-def build_replicas(replicas, dataset):
-  """Per-replica constants: keys from seeds, corrupted labels, shuffle permutations."""
-  init, order, rand = zip(*(randomize.replica_keys(r.seed, r.kind, r.corruption)
-                            for r in replicas))
-  rand = _stack_keys(rand)
-  p = jnp.asarray([r.corruption for r in replicas], jnp.float32)
-  true = jnp.asarray(dataset.train_labels)
-  labels = jax.jit(jax.vmap(randomize.corrupt_labels, (0, None, 0, None)),
-                   static_argnums=3)(rand, true, p, dataset.num_classes)
+  Returns (init keys, step.Replicas, realized label noise per replica (replicated)).
+  """
+  seeds = np.asarray([r.seed for r in replicas], np.uint32)
+  salts = np.asarray([randomize.randomization_salt(r.kind, r.corruption) for r in replicas],
+                     np.uint32)
+  p = np.asarray([r.corruption for r in replicas], np.float32)
   h, w = data_lib.paper_crop(dataset.train_images[:1]).shape[1:3]
-  perms = jax.jit(jax.vmap(randomize.shared_permutation, (0, None)), static_argnums=1)(
-      rand, h * w)
-  reps = step_lib.Replicas(_stack_keys(order), rand, labels.astype(jnp.int32),
-                           perms.astype(jnp.int32))
-  return _stack_keys(init), reps
+  true = dataset.train_labels
+
+  def make(seeds, salts, p, true):
+    init, order, rand = jax.vmap(randomize.keys)(seeds, salts)
+    labels = jax.vmap(randomize.corrupt_labels, (0, None, 0, None))(
+        rand, true, p, dataset.num_classes).astype(jnp.int32)
+    perms = jax.vmap(randomize.shared_permutation, (0, None))(rand, h * w).astype(jnp.int32)
+    noise = jnp.mean(labels != true[None], axis=1)
+    return init, step_lib.Replicas(order, rand, labels, perms), noise
+
+  replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(make, out_shardings=(sharding, sharding, replicated))(seeds, salts, p, true)
 
 
-def device_data(dataset) -> step_lib.Data:
+def device_data(dataset, sharding) -> step_lib.Data:
+  """The dataset on the devices, once (replicated), centre-cropped, still uint8."""
   train = data_lib.paper_crop(dataset.train_images)
   mean, std = randomize.channel_stats(train)
-  return step_lib.Data(jnp.asarray(train), jnp.asarray(data_lib.paper_crop(dataset.test_images)),
-                       jnp.asarray(dataset.test_labels), jnp.asarray(mean), jnp.asarray(std))
+  arrays = (train, data_lib.paper_crop(dataset.test_images), dataset.test_labels, mean, std)
+  return step_lib.Data(*(mesh_lib.put(a, sharding) for a in arrays))
 
 
 def hyper(config, replicas) -> step_lib.Hyper:
@@ -101,19 +107,24 @@ def hyper(config, replicas) -> step_lib.Hyper:
                         randomize.segments([r.kind for r in replicas]))
 
 
-def build(config, replicas, dataset):
+def build(config, replicas, dataset, mesh=None):
   """The grid's compiled functions, device data, per-replica constants and initial state.
 
-  Returns (step.Functions, step.Data, step.Replicas, stacked TrainState).
+  The grid is padded to a multiple of the mesh's replica axis (``mesh_lib.pad``); every
+  per-replica array has the padded length, outputs use the first ``len(replicas)``.
+  Returns (step.Functions, step.Data, step.Replicas, stacked TrainState, label noise).
   """
   spec = models.get(config.model)
-  d = device_data(dataset)
-  init_keys, reps = build_replicas(replicas, dataset)
-  fns = step_lib.make_functions(spec.build(dataset.num_classes),
-                                hyper(config, replicas), spec.batch_norm)
+  mesh = mesh or mesh_lib.make_mesh(config.mesh_shape)
+  padded = mesh_lib.pad(replicas, mesh.shape["replica"])
+  by_replica = mesh_lib.replica_sharding(mesh)
+  d = device_data(dataset, mesh_lib.replicated(mesh))
+  init_keys, reps, label_noise = build_replicas(padded, dataset, by_replica)
+  fns = step_lib.make_functions(spec.build(dataset.num_classes), hyper(config, padded),
+                                spec.batch_norm, mesh)
   sample = jnp.zeros((1, *d.train_images.shape[1:]), jnp.float32)
-  states = jax.jit(jax.vmap(fns.init, (0, None)))(init_keys, sample)
-  return fns, d, reps, states
+  states = jax.jit(jax.vmap(fns.init, (0, None)), out_shardings=by_replica)(init_keys, sample)
+  return fns, d, reps, states, np.asarray(label_noise)[:len(replicas)]
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
@@ -128,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
   workdir = pathlib.Path(workdir)
   config, replicas, dataset = prepare(config, workdir, restart)
   n_train = len(dataset.train_labels)
-  fns, d, reps, states = build(config, replicas, dataset)
+  fns, d, reps, states, label_noise = build(config, replicas, dataset)
   primary = jax.process_index() == 0
   config_dict = config_lib.to_json_dict(config)
   if restart and primary:
@@ -136,7 +147,6 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
 
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   restored = ckpt.restore_latest(states)
-  label_noise = np.asarray(jnp.mean(reps.labels != jnp.asarray(dataset.train_labels), axis=1))
   tracker = metrics_lib.FitTracker(
       replicas, label_noise, config.fit_threshold, config.batch_size, n_train,
       header=dict(model=config.model, dataset=config.dataset,
@@ -162,7 +172,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
     metrics_lib.write_json(workdir / metrics_lib.CONFIG, config_dict)
   writer = metrics_lib.Writer(workdir, active=primary, keep_until_step=saved_step)
 
-  bar = tqdm(total=config.max_steps, initial=step, unit="step", disable=not progress,
+  bar = tqdm(total=config.max_steps, initial=step, unit="step",
+             disable=not progress or not primary,
              file=sys.stderr, dynamic_ncols=True,
              mininterval=1.0 if sys.stderr.isatty() else 30.0,
              desc=f"{config.model}/{config.dataset} x{len(replicas)}")
@@ -190,7 +201,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
                    _next_multiple(step, config.checkpoint_every), config.max_steps)
         states, loss = fns.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
                                        jnp.asarray(stop - step, jnp.int32))
-        tracker.batch_loss = np.asarray(loss)
+        tracker.batch_loss = np.asarray(loss)[:len(replicas)]
         bar.update(stop - step)
         step = stop
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps
