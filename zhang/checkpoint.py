@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pathlib
 import sys
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from zhang.errors import RunError, UsageError
+from zhang.metrics import workdir_path
 
 DIRNAME = "checkpoints"
 
@@ -42,7 +42,7 @@ class Checkpointer:
   """Saves and restores ``(state, meta)`` under ``workdir/checkpoints``."""
 
   def __init__(self, workdir, keep: int = 3):
-    self.directory = pathlib.Path(workdir).absolute() / DIRNAME
+    self.directory = workdir_path(workdir) / DIRNAME
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -66,7 +66,8 @@ class Checkpointer:
       raise self._error(None, e) from None
 
   def _error(self, step, e: Exception) -> RunError:
-    what = f"step {step}" if step is not None else "the last step"
+    what = f"step {step} (or an earlier one still being written)" if step is not None else (
+        "the last step")
     reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     if "No space left" in str(e):
       reason = "no space left on device"
@@ -124,7 +125,7 @@ def load(workdir, step: int | None = None) -> dict:
   Returns ``{"step", "params", "batch_stats", "momentum", "meta"}``; every array has the
   replica axis first (``summary.json``'s ``replica`` indexes it).
   """
-  directory = pathlib.Path(workdir).absolute() / DIRNAME
+  directory = workdir_path(workdir) / DIRNAME
   if not directory.is_dir():
     raise UsageError(f"{workdir} has no checkpoints/ folder: is it a run's workdir?")
   logging.getLogger("absl").setLevel(logging.ERROR)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 RUN_FILES = (CONFIG, METRICS, SUMMARY)
@@ -34,11 +34,21 @@ def _plain(x: Any):
   return x
 
 
-def write_json(path: pathlib.Path, obj: Any) -> None:
+def workdir_path(workdir) -> epath.Path:
+  """A workdir as an ``epath.Path``: local paths made absolute, ``gs://`` kept as is."""
+  text = os.fspath(workdir)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def is_local(path: epath.Path) -> bool:
+  return "://" not in os.fspath(path)
+
+
+def write_json(path: epath.Path, obj: Any) -> None:
   """Writes JSON atomically (a reader never sees half a file)."""
-  tmp = path.with_name(path.name + ".tmp")
+  tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(_plain(obj), indent=1) + "\n")
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 class Writer:
@@ -49,35 +59,41 @@ class Writer:
   appears exactly once. None starts a new file.
   """
 
-  def __init__(self, workdir: pathlib.Path, active: bool = True,
+  def __init__(self, workdir: epath.Path, active: bool = True,
                keep_until_step: int | None = None):
     self.workdir = workdir
     self.active = active
     self._metrics = None
+    self._text = ""  # the whole file, on object stores (gs://), which cannot append
     if not active:
       return
     path = workdir / METRICS
-    if keep_until_step is None or not path.exists():
-      self._metrics = open(path, "w")
-      return
-    kept = []
-    for line in path.read_text().splitlines():
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line cut off by a kill
-      if row.get("step", math.inf) <= keep_until_step:
-        kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
-    self._metrics = open(path, "a")
+    if keep_until_step is not None and path.exists():
+      kept = []
+      for line in path.read_text().splitlines():
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut off by a kill
+        if row.get("step", math.inf) <= keep_until_step:
+          kept.append(line + "\n")
+      self._text = "".join(kept)
+    tmp = workdir / (METRICS + ".tmp")
+    tmp.write_text(self._text)
+    tmp.replace(path)
+    if is_local(path):
+      self._metrics = open(os.fspath(path), "a")
 
   def rows(self, rows: list[dict]) -> None:
     if not self.active:
       return
-    self._metrics.write("".join(json.dumps(_plain(row)) + "\n" for row in rows))
-    self._metrics.flush()
+    text = "".join(json.dumps(_plain(row)) + "\n" for row in rows)
+    if self._metrics:
+      self._metrics.write(text)
+      self._metrics.flush()
+    else:
+      self._text += text
+      (self.workdir / METRICS).write_text(self._text)
 
   def summary(self, summary: dict) -> None:
     if self.active:

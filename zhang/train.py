@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pathlib
-import shutil
 import signal
 import sys
 import threading
@@ -44,11 +42,11 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False):
   dataset = dataset.subset(config.n_train or None, config.n_test or None)
   config_lib.check_against_data(config, len(dataset.train_labels))
   mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
-  check_workdir(pathlib.Path(workdir), config, restart)
+  check_workdir(metrics_lib.workdir_path(workdir), config, restart)
   return config, replicas, dataset
 
 
-def check_workdir(workdir: pathlib.Path, config, restart: bool) -> None:
+def check_workdir(workdir, config, restart: bool) -> None:
   """Refuses a workdir that holds a run of a different config (unless ``restart``)."""
   if workdir.exists() and not workdir.is_dir():
     raise UsageError(f"workdir {workdir} exists and is not a directory: choose another path")
@@ -136,7 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
   next chunk boundary and returns with ``status == "preempted"``.
   """
   start = time.time()
-  workdir = pathlib.Path(workdir)
+  workdir = metrics_lib.workdir_path(workdir)
   config, replicas, dataset = prepare(config, workdir, restart)
   n_train = len(dataset.train_labels)
   fns, d, reps, states, label_noise = build(config, replicas, dataset)
@@ -234,8 +232,9 @@ def _preemption_notice():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _clear(workdir: pathlib.Path) -> None:
+def _clear(workdir) -> None:
   """Deletes a previous run's files (``--restart``); leaves anything else alone."""
   for name in metrics_lib.RUN_FILES:
     (workdir / name).unlink(missing_ok=True)
-  shutil.rmtree(workdir / checkpoint_lib.DIRNAME, ignore_errors=True)
+  if (workdir / checkpoint_lib.DIRNAME).exists():
+    (workdir / checkpoint_lib.DIRNAME).rmtree()

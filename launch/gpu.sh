@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Train a zhang config on one GPU machine, this one or another over ssh. See -h.
+set -euo pipefail
+
+PROG=gpu.sh
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+usage() {
+  cat <<'EOF'
+Usage: launch/gpu.sh [--host [USER@]HOST] [options] [-- ARGS...]
+
+Train on one machine with one or more NVIDIA GPUs (one process sees all of them; the
+replica grid is sharded over them).
+
+Here (no --host), from the repository root:
+  1. create the venv (skipped if it exists),
+  2. pip install -e . "jax[cuda12]" (skipped if the installed `zhang` command is newer
+     than pyproject.toml; --jax none keeps a preinstalled jax),
+  3. env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python -m zhang train --config CONFIG --workdir WORKDIR ...
+With --host, over ssh:
+  1. copy a `git archive` tarball of HEAD to the host and unpack it in ~/zhang,
+  2. create ~/zhang-venv (once; Python >= 3.11) and pip install -e ~/zhang "jax[cuda12]",
+  3. stop a previous run still alive there (SIGTERM: it checkpoints), then run the same
+     train command in ~/zhang (output also in ~/zhang-train.log),
+  4. copy config.json, metrics.jsonl and summary.json back to --results.
+A rerun of the same command resumes from the workdir's checkpoint.
+
+Options (paths are relative to the repository root, or to ~/zhang on the host):
+  --host [USER@]HOST    run there over ssh (keys must already work: ssh HOST true)
+  --config CONFIG       config file, with :args (default configs/fig1.py)
+  --workdir DIR         run directory (default runs/fig1; gs:// ok)
+  --set FIELD=VALUE     config override (repeatable)
+  --data-dir DIR        tfds data_dir for cifar10/cifar100 (TFDS_DATA_DIR; gs:// ok)
+  --gpus LIST           CUDA_VISIBLE_DEVICES, e.g. 0 or 0,1 (default: all GPUs)
+  --mem-fraction F      XLA_PYTHON_CLIENT_MEM_FRACTION, the share of GPU memory JAX
+                        preallocates (default 0.9; JAX's own default is 0.75)
+  --jax SPEC            the jax to install (default "jax[cuda12]"; "none": use the jax already
+                        installed in the system Python, through --system-site-packages)
+  --venv DIR            virtual environment (default .venv here, ~/zhang-venv on the host)
+  --python PYTHON       interpreter that creates the venv here (default python3; >= 3.11)
+  --results DIR         with --host: local folder for the fetched files (default WORKDIR)
+  --skip-setup          with --host: do not copy the code or install (already done)
+  --reinstall           here: pip install even if the package looks installed
+  --dry-run             print the commands, one per line, and run none of them
+  -h, --help            this message
+  -- ARGS...            extra arguments for zhang train (e.g. --restart)
+EOF
+}
+
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
+# Quote one word for a POSIX shell, only if needed (--flag=VALUE: only the value).
+q() {
+  if [[ $1 =~ ^(--[A-Za-z0-9_-]+=)(.*[^A-Za-z0-9_@%+=:,./-].*)$ ]]; then
+    printf '%s' "${BASH_REMATCH[1]}"; q "${BASH_REMATCH[2]}"
+  elif [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+show() {
+  local out="" a
+  for a in "$@"; do out+="${out:+ }$(q "$a")"; done
+  printf '%s\n' "$out"
+}
+run() {
+  if ((DRY_RUN)); then show "$@"; return 0; fi
+  printf '+ %s\n' "$(show "$@")" >&2
+  "$@"
+}
+
+HOST="" CONFIG="configs/fig1.py" WORKDIR="runs/fig1" DATA_DIR="" GPUS="" MEM_FRACTION="0.9"
+JAX="jax[cuda12]" VENV="" PYTHON="python3" RESULTS="" SKIP_SETUP=0 REINSTALL=0 DRY_RUN=0
+SETS=() EXTRA=()
+
+need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
+while (($#)); do
+  if [[ $1 == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi
+  case $1 in
+    -h|--help) usage; exit 0 ;;
+    --host) need "$@"; HOST=$2; shift 2 ;;
+    --config) need "$@"; CONFIG=$2; shift 2 ;;
+    --workdir) need "$@"; WORKDIR=${2%/}; shift 2 ;;
+    --set) need "$@"; SETS+=("$2"); shift 2 ;;
+    --data-dir) need "$@"; DATA_DIR=$2; shift 2 ;;
+    --gpus) need "$@"; GPUS=$2; shift 2 ;;
+    --mem-fraction) need "$@"; MEM_FRACTION=$2; shift 2 ;;
+    --jax) need "$@"; JAX=$2; shift 2 ;;
+    --venv) need "$@"; VENV=${2%/}; shift 2 ;;
+    --python) need "$@"; PYTHON=$2; shift 2 ;;
+    --results) need "$@"; RESULTS=$2; shift 2 ;;
+    --skip-setup) SKIP_SETUP=1; shift ;;
+    --reinstall) REINSTALL=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -*) die "unknown option $1 (see -h)" ;;
+    *) die "unexpected argument $1 (see -h)" ;;
+  esac
+done
+[[ $MEM_FRACTION =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "--mem-fraction $MEM_FRACTION: need a number in (0, 1]"
+[[ -z $GPUS || $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus $GPUS: need indices like 0 or 0,1"
+[[ $HOST != -* ]] || die "--host $HOST: not a host name"
+
+venv_flags=()
+[[ $JAX != none ]] || venv_flags=(--system-site-packages)
+envs=(XLA_PYTHON_CLIENT_MEM_FRACTION="$MEM_FRACTION")
+[[ -z $GPUS ]] || envs+=(CUDA_VISIBLE_DEVICES="$GPUS")
+[[ -z $DATA_DIR ]] || envs+=(TFDS_DATA_DIR="$DATA_DIR")
+args=(-m zhang train --config "$CONFIG" --workdir "$WORKDIR")
+for s in "${SETS[@]+"${SETS[@]}"}"; do args+=(--set "$s"); done
+args+=("${EXTRA[@]+"${EXTRA[@]}"}")
+
+if [[ -z $HOST ]]; then
+  [[ -n $VENV ]] || VENV=.venv
+  install=("$VENV/bin/pip" install -q -e .)
+  [[ $JAX == none ]] || install+=("$JAX")
+  run cd "$REPO"
+  cd "$REPO"  # the checks below look at the repository's files, in a dry run too
+  [[ -x $VENV/bin/python ]] || run "$PYTHON" -m venv "${venv_flags[@]+"${venv_flags[@]}"}" "$VENV"
+  if ((REINSTALL)) || [[ ! -x $VENV/bin/zhang || pyproject.toml -nt $VENV/bin/zhang ]]; then
+    run "${install[@]}"
+  fi
+  run env "${envs[@]}" "$VENV/bin/python" "${args[@]}"
+  exit 0
+fi
+
+# --- over ssh ----------------------------------------------------------------------------------
+case $VENV in
+  "") V='~/zhang-venv' ;;
+  "~/"*) V="~/$(q "${VENV#"~/"}")" ;;
+  *) V=$(q "$VENV") ;;
+esac
+TARBALL="${TMPDIR:-/tmp}/zhang-gpu.tar.gz"
+uv_flags=""; [[ $JAX != none ]] || uv_flags=" --system-site-packages"
+VENV_SETUP="if [ ! -x $V/bin/pip ]; then py=; for p in python3.13 python3.12 python3.11 python3; do if command -v \$p >/dev/null && \$p -c \"import sys; sys.exit(sys.version_info < (3, 11))\" && \$p -m venv${venv_flags[*]:+ ${venv_flags[*]}} $V; then py=\$p; break; fi; rm -rf $V; done; if [ -z \"\$py\" ]; then curl -LsSf https://astral.sh/uv/install.sh | sh && ~/.local/bin/uv venv -q --seed$uv_flags --python 3.12 $V; fi; fi"
+PIP="$V/bin/pip install -q -U -e ~/zhang"
+[[ $JAX == none ]] || PIP+=" $(q "$JAX")"
+REMOTE_SETUP="set -e; rm -rf ~/zhang; mkdir -p ~/zhang; tar -xzf ~/zhang.tar.gz -C ~/zhang; $VENV_SETUP; $V/bin/pip install -q -U pip; $PIP"
+
+TRAIN="env"
+for e in "${envs[@]}"; do TRAIN+=" $(q "$e")"; done
+TRAIN+=" $V/bin/python"
+for a in "${args[@]}"; do TRAIN+=" $(q "$a")"; done
+STOP_PREVIOUS='if [ -s ~/zhang-train.pid ] && kill -0 "$(cat ~/zhang-train.pid)" 2>/dev/null; then echo "stopping the previous run"; kill -TERM "$(cat ~/zhang-train.pid)"; while kill -0 "$(cat ~/zhang-train.pid)" 2>/dev/null; do sleep 2; done; fi'
+REMOTE_RUN="cd ~/zhang || exit 1; $STOP_PREVIOUS; $TRAIN > >(tee -a ~/zhang-train.log) 2>&1 & echo \$! > ~/zhang-train.pid; wait \$!"
+
+if ((!SKIP_SETUP)); then
+  if [[ -e $REPO/.git ]]; then
+    run git -C "$REPO" archive --format=tar.gz -o "$TARBALL" HEAD
+  else  # not a git checkout: pack the folder, without local state
+    run tar -C "$REPO" --exclude=./.venv --exclude=./runs --exclude='*.egg-info' \
+      --exclude=__pycache__ -czf "$TARBALL" .
+  fi
+  run scp -q "$TARBALL" "$HOST:zhang.tar.gz"
+  run ssh "$HOST" "$REMOTE_SETUP"
+fi
+run ssh "$HOST" "$REMOTE_RUN"
+if [[ $WORKDIR == gs://* ]]; then
+  ((DRY_RUN)) || printf '%s: results in %s\n' "$PROG" "$WORKDIR" >&2
+  exit 0
+fi
+[[ $WORKDIR == /* ]] && remote=$WORKDIR || remote="zhang/$WORKDIR"
+[[ $WORKDIR == /* ]] && default_results="$REPO/runs/${WORKDIR##*/}" || default_results="$REPO/$WORKDIR"
+[[ -n $RESULTS ]] || RESULTS=$default_results
+run mkdir -p "$RESULTS"
+run scp -q "$HOST:$remote/config.json" "$HOST:$remote/metrics.jsonl" "$HOST:$remote/summary.json" \
+  "$RESULTS/"
