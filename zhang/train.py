@@ -18,6 +18,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -142,6 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
   config_dict = config_lib.to_json_dict(config)
   if restart and primary:
     _clear(workdir)
+  _sync("cleared")
 
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   restored = ckpt.restore_latest(states)
@@ -185,15 +187,16 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
           writer.rows(tracker.record(step, ev, float(step_lib.learning_rate(
               fns.hyper, jnp.asarray(step)))))
         done = tracker.all_fitted() or step >= config.max_steps
-        status = "complete" if done else ("preempted" if preempted() else "running")
+        stop_now = not done and preempted()
+        status = "complete" if done else ("preempted" if stop_now else "running")
         at_checkpoint = step % config.checkpoint_every == 0 and step > 0
-        if (at_checkpoint or done or preempted()) and step != saved_step:
+        if (at_checkpoint or done or stop_now) and step != saved_step:
           ckpt.save(step, states, tracker.meta(time.time() - start))
           saved_step = step
         writer.summary(tracker.summary(step, status, time.time() - start))
         bar.set_postfix(fitted=f"{tracker.num_fitted()}/{len(replicas)}",
                         min_train_acc=f"{tracker.min_train_acc():.3f}")
-        if done or preempted():
+        if done or stop_now:
           break
         stop = min(_next_multiple(step, config.eval_every),
                    _next_multiple(step, config.checkpoint_every), config.max_steps)
@@ -218,16 +221,31 @@ def _next_multiple(step: int, every: int) -> int:
   return (step // every + 1) * every
 
 
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 @contextlib.contextmanager
 def _preemption_notice():
-  """Turns SIGTERM (Cloud TPU VMs' preemption notice) into a flag the loop polls."""
+  """Turns SIGTERM (Cloud TPU VMs' preemption notice) into a flag the loop polls.
+
+  With several processes the flag is OR-ed over all of them, so every process stops at the
+  same chunk boundary even when the notices arrive at different moments.
+  """
   flag = []
+
+  def preempted() -> bool:
+    if jax.process_count() == 1:
+      return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
   if threading.current_thread() is not threading.main_thread():
-    yield lambda: False
+    yield preempted
     return
   previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
   try:
-    yield lambda: bool(flag)
+    yield preempted
   finally:
     signal.signal(signal.SIGTERM, previous)
 
