@@ -80,3 +80,25 @@ def test_end_to_end_digits_true_labels_generalize_random_labels_memorize(tmp_pat
   assert 0.85 < rand["label_noise"] < 0.95
   # Stops as soon as every replica has fitted.
   assert summary["steps_run"] == rand["fit_step"]
+
+
+def test_batch_norm_statistics_are_per_replica(tiny_config):
+  tiny_config.model = "inception_small"
+  tiny_config.n_train, tiny_config.n_test = 64, 32
+  tiny_config.batch_size = 16
+  tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0], seeds=[0, 1])]
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  dataset = data.load("digits").subset(64, 32)
+  fns, d, reps, states, _ = train.build(config, replicas, dataset)
+  before = jax.tree.map(np.asarray, states.batch_stats)
+  states, loss = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(2))
+  after = jax.tree.map(np.asarray, states.batch_stats)
+  means = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(after)[0]
+           if "mean" in str(path)]
+  assert len(means) == 19  # one batch norm per conv module
+  for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    assert a.shape[0] == 2 and not np.allclose(a, b)  # updated in training
+  # Each replica keeps statistics of its own batches.
+  assert all(not np.allclose(m[0], m[1]) for m in means)
+  assert np.all(np.isfinite(np.asarray(loss)))

@@ -39,11 +39,12 @@ def _train(args) -> int:
   print(f"{fitted}/{len(reps)} replicas fitted their training set in {summary['steps_run']} "
         f"steps ({summary['wall_seconds']:.0f} s).")
   print(f"{'replica':>7} {'kind':<16} {'p':>4} {'seed':>4} {'noise':>6} {'fit_step':>8} "
-        f"{'train':>6} {'test':>6} {'conf':>5}")
+        f"{'train':>7} {'test':>6} {'conf':>5}")
   for r in reps:
     fit = "-" if r["fit_step"] is None else str(r["fit_step"])
+    # Four decimals: 0.99975 (one example in 4000 wrong) must not print as 1.000.
     print(f"{r['replica']:>7} {r['kind']:<16} {r['corruption']:>4.2f} {r['seed']:>4} "
-          f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>6.3f} "
+          f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>7.4f} "
           f"{r['final_test_acc']:>6.3f} {r['test_confidence']:>5.2f}")
   print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
         f"summary.json (fit steps, final accuracies).")

@@ -195,7 +195,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
           saved_step = step
         writer.summary(tracker.summary(step, status, time.time() - start))
         bar.set_postfix(fitted=f"{tracker.num_fitted()}/{len(replicas)}",
-                        min_train_acc=f"{tracker.min_train_acc():.3f}")
+                        min_train_acc=f"{tracker.min_train_acc():.4f}")
         if done or stop_now:
           break
         stop = min(_next_multiple(step, config.eval_every),
