@@ -47,27 +47,8 @@ Options (paths are relative to the repository root, or to ~/zhang on the host):
 EOF
 }
 
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
-# Quote one word for a POSIX shell, only if needed (--flag=VALUE: only the value).
-q() {
-  if [[ $1 =~ ^(--[A-Za-z0-9_-]+=)(.*[^A-Za-z0-9_@%+=:,./-].*)$ ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"; q "${BASH_REMATCH[2]}"
-  elif [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-show() {
-  local out="" a
-  for a in "$@"; do out+="${out:+ }$(q "$a")"; done
-  printf '%s\n' "$out"
-}
-run() {
-  if ((DRY_RUN)); then show "$@"; return 0; fi
-  printf '+ %s\n' "$(show "$@")" >&2
-  "$@"
-}
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 HOST="" CONFIG="configs/fig1.py" WORKDIR="runs/fig1" DATA_DIR="" GPUS="" MEM_FRACTION="0.9"
 JAX="jax[cuda12]" VENV="" PYTHON="python3" RESULTS="" SKIP_SETUP=0 REINSTALL=0 DRY_RUN=0

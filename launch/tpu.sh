@@ -61,24 +61,9 @@ EOF
 
 # --- helpers ---------------------------------------------------------------------------------
 
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
-
-# Quote one word for a POSIX shell, only if needed (--flag=VALUE: only the value).
-q() {
-  if [[ $1 =~ ^(--[A-Za-z0-9_-]+=)(.*[^A-Za-z0-9_@%+=:,./-].*)$ ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"; q "${BASH_REMATCH[2]}"
-  elif [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-show() {
-  local out="" a
-  for a in "$@"; do out+="${out:+ }$(q "$a")"; done
-  printf '%s\n' "$out"
-}
-# Run a command (or, with --dry-run, print it). On failure say what to do next.
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# Its own run(): on failure, say what to do next.
 run() {
   if ((DRY_RUN)); then show "$@"; return 0; fi
   printf '+ %s\n' "$(show "$@")" >&2
