@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from zhang import analysis
-from zhang.analysis import cli, paper, plots, scaling, synthetic, tables
+from zhang.analysis import cli, paper, plots, report, scaling, synthetic, tables
 from zhang.errors import UsageError
 
 R = synthetic.replica
@@ -251,3 +251,82 @@ def test_compare_two_setups(tmp_path):
   assert table.index[0] == "true labels" and table.index[-1] == "gaussian"
   assert table.loc["labels p=0.2", "mlp_1x512"].startswith("≥ ")
   assert table.loc["true labels", "mlp_3x512"].startswith("1.00")
+
+
+def _legend(fig) -> list[str]:
+  return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_run_in_progress_before_true_labels_fit(tmp_path):
+  # Early in a run: nothing has fitted yet (true labels fit at step 40, 44, 48).
+  run = synthetic.write_example_run(tmp_path / "early", steps_run=30, status="running")
+  a = analysis.analyze(analysis.load_runs(run), n_boot=5)
+  assert a.fits.censored.all() and a.fits.slowdown.isna().all()
+  # Time-to-fit tables still show censored lower bounds; slowdowns are undefined.
+  s = a.fit_summary
+  assert s.lower_bound_epoch.all() and (s.mean_epoch == 3.0).all()
+  assert s.mean_slowdown.isna().all() and not s.lower_bound_slowdown.any()
+  # The scaling table keeps its columns, NaN with a reason.
+  assert list(a.scaling.columns) == list(scaling.COLUMNS)
+  assert a.scaling.t0.isna().all() and a.scaling.reason.str.contains("all are censored").all()
+  assert "no replica has fitted yet" in analysis.verdict(a.scaling, "mlp_1x512")
+  fig = plots.fig1b(a.fits, a.scaling, n_boot=5)
+  texts = [t.get_text() for t in fig.axes[0].texts]
+  assert "no true-label replica has fitted yet: slowdowns undefined" in texts
+  assert "not fitted: lower bound" not in _legend(fig)
+  out = tmp_path / "report"
+  assert _cli(["report", str(run), "--out", str(out), "--n-boot", "5"]) == 0
+  for name in (*report.FIGURES, "report.md"):
+    assert (out / name).stat().st_size > 0, name
+  text = (out / "report.md").read_text()
+  for needle in ("still in progress", "Slowdowns undefined (mlp_1x512)",
+                 "| mlp_1x512 | true labels | 0/3 | ≥ 3.0 [3.0, ∞] | – |",
+                 "no scaling law could be fitted (no replica has fitted yet",
+                 "Fig. 1b, mlp_1x512:** slowdown undefined"):
+    assert needle in text, needle
+
+
+def test_fit_scaling_columns_when_unfittable(tmp_path):
+  reps = [R("labels", 0.0, 0, 40, 0.9), R("labels", 0.0, 1, 60, 0.9)]
+  runs = analysis.load_runs(_write(tmp_path, replicas=reps))
+  laws = analysis.fit_scaling(analysis.time_to_fit(runs.metrics), n_boot=5)
+  assert list(laws.columns) == list(scaling.COLUMNS) and len(laws) == 2
+  assert laws.reason.str.startswith("only one corruption level").all()
+  assert laws[["t0", "b", "slowdown_p1", "r2", "aic", "delta_aic"]].isna().all().all()
+  fitted = analysis.fit_scaling(analysis.time_to_fit(analysis.load_runs(
+      _write(tmp_path, "ok")).metrics), n_boot=5)
+  assert list(fitted.columns) == list(scaling.COLUMNS) and fitted.reason.isna().all()
+  empty = analysis.fit_scaling(analysis.time_to_fit(analysis.load_runs(_write(
+      tmp_path, "px", replicas=[R("gaussian", 0.0, 0, 40, 0.1)])).metrics))
+  assert empty.empty and list(empty.columns) == list(scaling.COLUMNS)
+
+
+def test_fig1b_lower_bound_legend_only_when_censored(tmp_path):
+  for censor in (False, True):
+    runs = analysis.load_runs(synthetic.write_example_run(tmp_path / f"c{censor}",
+                                                          seeds=(0, 1), censor=censor))
+    fits = analysis.slowdown(analysis.time_to_fit(runs.metrics))
+    legend = _legend(plots.fig1b(fits, n_boot=5))
+    assert ("not fitted: lower bound" in legend) == censor
+
+
+def test_fig1a_coinciding_curves_stay_visible(tmp_path):
+  reps = [R("labels", 0.0, 0, 40, 0.9), R("shuffled_pixels", 0.0, 0, 40, 0.9),
+          R("random_pixels", 0.0, 0, 120, 0.1)]
+  runs = analysis.load_runs(_write(tmp_path, replicas=reps))
+  fig = plots.fig1a(runs.metrics)
+  lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+  top = lines["shuffled pixels (1 seed): on top of true labels"]
+  under = lines["true labels (1 seed)"]
+  assert top.get_linewidth() < under.get_linewidth() and top.get_zorder() > under.get_zorder()
+  assert "random pixels (1 seed)" in lines  # a different curve is not marked
+
+
+def test_report_states_epochs_as_examples_over_n_train(tmp_path):
+  run = _write(tmp_path, n_train=1000, batch_size=128)
+  out = tmp_path / "report"
+  assert _cli(["report", str(run), "--out", str(out), "--n-boot", "0"]) == 0
+  text = (out / "report.md").read_text()
+  assert "examples seen / n_train" in text
+  assert ("n_train = 1,000 / batch size 128 = 7.81 steps per epoch, so 200 steps are 25.60 "
+          "epochs") in text

@@ -94,7 +94,10 @@ def slowdown(fits: pd.DataFrame) -> pd.DataFrame:
     group["slowdown"] = ratio.where(~group["baseline_censored"])
     group["slowdown_censored"] = group["censored"] & group["slowdown"].notna()
     out.append(group)
-  return pd.concat(out, ignore_index=True) if out else fits.assign(slowdown=np.nan)
+  if out:
+    return pd.concat(out, ignore_index=True)
+  return fits.assign(baseline_step=np.nan, paired=False, baseline_censored=False,
+                     slowdown=np.nan, slowdown_censored=False)
 
 
 def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95,
@@ -116,8 +119,10 @@ def summarize(table: pd.DataFrame, value: str, censored: str | None = None,
 
   When `censored` names a boolean column and a group has censored rows, their values are
   lower bounds: the mean and the low end of the interval are lower bounds
-  (`lower_bound=True`) and the high end is +inf.
+  (`lower_bound=True`) and the high end is +inf. An empty `table` gives an empty frame with
+  the same columns.
   """
+  columns = [*by, "n", "n_censored", "mean", "std", "ci_lo", "ci_hi", "lower_bound"]
   rows = []
   for key, group in table.groupby(list(by), sort=True):
     vals = group[value].dropna().to_numpy(float)
@@ -129,7 +134,7 @@ def summarize(table: pd.DataFrame, value: str, censored: str | None = None,
                      mean=vals.mean() if len(vals) else np.nan,
                      std=vals.std(ddof=1) if len(vals) > 1 else np.nan,
                      ci_lo=lo, ci_hi=hi, lower_bound=n_cens > 0))
-  return pd.DataFrame(rows)
+  return pd.DataFrame(rows, columns=columns)
 
 
 def non_monotonic(summary: pd.DataFrame, min_ratio: float = 1.1) -> pd.DataFrame:

@@ -59,6 +59,20 @@ def _partial_note(table: pd.DataFrame) -> str:
       table["status"] != "complete").any() else ""
 
 
+def _coinciding(curve: pd.Series, drawn: dict[str, pd.Series], y_range: float,
+                tol: float = 0.01) -> str | None:
+  """The first drawn curve that `curve` would hide: within `tol` of the y range at 90% of
+  their common steps (an MLP cannot tell shuffled pixels from true labels)."""
+  for name, other in drawn.items():
+    common = curve.index.intersection(other.index)
+    if len(common) < 2:
+      continue
+    diff = (curve[common] - other[common]).abs().dropna()
+    if len(diff) and np.quantile(diff, 0.9) <= tol * max(y_range, 1e-12):
+      return name
+  return None
+
+
 def fig1a(metrics: pd.DataFrame, y: str = "train_loss",
           conditions: tuple[str, ...] = tables.FIG1A_CONDITIONS):
   """Figure 1a: training loss against steps, one curve per randomization, one panel per setup.
@@ -72,15 +86,27 @@ def fig1a(metrics: pd.DataFrame, y: str = "train_loss",
   scale = 1000 if metrics["step"].max() >= 5000 else 1
   for ax, setup in zip(axes, setups):
     c = curves[curves.setup == setup]
-    for cond in conditions:
+    drawn = {}  # condition -> mean curve, to spot curves that would hide one another
+    y_range = float(np.nanmax(c["mean"]) - min(np.nanmin(c["mean"]), 0)) if len(c) else 1.0
+    for i, cond in enumerate(conditions):
       d = c[c.condition == cond]
       if d.empty:
         continue
       color = CONDITION_COLORS.get(cond)
       n = int(d.n.max())
-      ax.plot(d.step / scale, d["mean"], color=color, lw=2,
-              ls=CONDITION_DASHES.get(cond, "-"),
-              label=f"{cond} ({n} seed{'s' * (n > 1)})")
+      curve = d.set_index("step")["mean"]
+      twin = _coinciding(curve, drawn, y_range)
+      label = f"{cond} ({n} seed{'s' * (n > 1)})"
+      if twin is not None:
+        # Drawn thin and dashed on top, so the curve underneath still shows around it.
+        label += f": on top of {twin}"
+        ax.plot(d.step / scale, d["mean"], color=color, lw=1.1, ls=(0, (3, 2)),
+                zorder=3 + i, label=label)
+      else:
+        # Earlier curves are wider, so a later one drawn over them leaves their edges.
+        ax.plot(d.step / scale, d["mean"], color=color, lw=max(3.0 - 0.4 * len(drawn), 1.4),
+                ls=CONDITION_DASHES.get(cond, "-"), zorder=2 + i, label=label)
+      drawn[cond] = curve
       if n > 1:
         ax.fill_between(d.step / scale, d.lo, d.hi, color=color, alpha=0.15, lw=0)
     ax.set_title(setup)
@@ -88,7 +114,7 @@ def fig1a(metrics: pd.DataFrame, y: str = "train_loss",
     ax.set_ylim(bottom=0)
   axes[0].set_ylabel({"train_loss": "training loss (cross-entropy, nats)"}.get(
       y, y.replace("_", " ")))
-  axes[0].legend(loc="upper right", frameon=False)
+  axes[0].legend(loc="best", frameon=False)
   fig.suptitle(f"Fig. 1a: fitting random labels and random pixels on {dataset}"
                f"{_partial_note(metrics)}", fontsize=12)
   return fig
@@ -118,15 +144,18 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
     scaling_fits: from `scaling.fit_scaling`; the better form per setup is drawn dashed.
   """
   dataset = require_one_dataset(slowdowns)
-  labels = slowdowns[(slowdowns.kind == "labels") & slowdowns.slowdown.notna()]
+  all_labels = slowdowns[slowdowns.kind == "labels"]
+  labels = all_labels[all_labels.slowdown.notna()]
   summary = tables.fit_summary(labels, n_boot=n_boot)
   fig, (ax,) = _figure()
-  colors = _setup_colors(summary.setup.unique())
+  colors = _setup_colors(all_labels.setup.unique())
+  any_bound = False
   for setup, s in summary.groupby("setup"):
     s = s.rename(columns={"mean_slowdown": "mean", "ci_lo_slowdown": "ci_lo",
                           "ci_hi_slowdown": "ci_hi", "lower_bound_slowdown": "lower_bound"})
     _errorbars(ax, s, colors[setup], setup)
     reps = labels[labels.setup == setup]
+    any_bound |= bool(s.lower_bound.any() or reps.slowdown_censored.any())
     jitter = (reps.seed.rank(method="dense") - 1) * 0.006
     for cens, marker in ((False, "."), (True, "^")):
       r = reps[reps.slowdown_censored == cens]
@@ -142,16 +171,30 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
         ax.plot(p, scaling.FORMS[best.form][1](p, best.t0, best.b) / base, "--",
                 color=colors[setup], lw=1.2, alpha=0.8,
                 label=f"{setup}: {best.form} law (better AIC), R²={best.r2:.2f}")
+  undefined = sorted(set(all_labels.setup) - set(labels.setup))
+  if len(all_labels) and not len(labels):
+    ax.text(0.5, 0.5, "no true-label replica has fitted yet: slowdowns undefined",
+            ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.3",
+            bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+  elif not len(all_labels):
+    ax.text(0.5, 0.5, "no label-corruption replicas in these runs", ha="center",
+            va="center", transform=ax.transAxes, fontsize=12, color="0.3")
+  else:
+    for setup in undefined:
+      ax.plot([], [], " ", label=f"{setup}: no true-label replica fitted yet, slowdown "
+              f"undefined")
   ax.axhline(1, color="black", lw=0.8)
   lo, hi = paper.paper_numbers()["figure1b"]["slowdown_range"]
   ax.axhspan(lo, hi, color="grey", alpha=0.08, lw=0, label="paper's axis range (CIFAR-10)")
-  ax.plot([], [], "^", mfc="white", color="grey", label="not fitted: lower bound")
+  if any_bound:
+    ax.plot([], [], "^", mfc="white", color="grey", label="not fitted: lower bound")
   ax.set_xlabel("label corruption p (fraction of labels redrawn at random)")
   ax.set_ylabel("time to fit / time on true labels (x)")
   ax.set_xlim(-0.05, 1.08)
   ax.set_ylim(bottom=0)
   ax.legend(loc="best", frameon=False)
-  crit = labels.criterion.iloc[0] if len(labels) else "train_acc >= 1"
+  crit = (slowdowns.criterion.iloc[0] if "criterion" in slowdowns and len(slowdowns)
+          else "train_acc >= 1")
   fig.suptitle(f"Fig. 1b: time to fit the training set ({crit}) on {dataset}, relative to "
                f"true labels{_partial_note(slowdowns)}\nmeans over seeds with 95% bootstrap "
                f"intervals; small markers are single replicas", fontsize=11)

@@ -68,6 +68,38 @@ def _md_table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
   return "\n".join(lines)
 
 
+def steps_per_epoch(run) -> float:
+  """Optimizer steps per epoch as metrics.jsonl counts epochs: examples seen / n_train, i.e.
+  n_train / batch_size, unrounded (summary.json's `steps_per_epoch` is rounded down)."""
+  summary = run.summary or {}
+  n_train, batch = summary.get("n_train"), run.config.get("batch_size",
+                                                          summary.get("batch_size"))
+  if n_train and batch:
+    return n_train / batch
+  m = run.metrics[(run.metrics["epoch"] > 0) & (run.metrics["step"] > 0)]
+  return float((m["step"] / m["epoch"]).median()) if len(m) else np.nan
+
+
+def _epochs_note(runs: Runs) -> list[str]:
+  parts = []
+  for r in runs.runs:
+    summary = r.summary or {}
+    spe = steps_per_epoch(r)
+    if not np.isfinite(spe):
+      continue
+    n_train, batch = summary.get("n_train"), r.config.get("batch_size")
+    src = (f"n_train = {n_train:,} / batch size {batch} = " if n_train and batch else "")
+    epochs = r.metrics["epoch"].max()
+    spe_text = f"{spe:.2f}".rstrip("0").rstrip(".")
+    parts.append(f"{r.name}: {src}{spe_text} steps per epoch, so {r.steps_run:,} steps are "
+                 f"{epochs:.2f} epochs")
+  if not parts:
+    return []
+  return ["Epochs are examples seen / n_train (step × batch size / n_train), as metrics.jsonl "
+          "counts them, so an epoch need not be a whole number of steps: " + "; ".join(parts)
+          + ".", ""]
+
+
 def _runs_section(runs: Runs) -> list[str]:
   rows = []
   for r in runs.runs:
@@ -79,13 +111,15 @@ def _runs_section(runs: Runs) -> list[str]:
                  if isinstance(r.config.get("max_steps"), int) else f"{r.steps_run:,}",
                  r.status])
   out = ["## Runs", "", _md_table(
-      ["run", "model", "dataset", "parameters", "replicas", "steps run / max", "status"], rows)]
+      ["run", "model", "dataset", "parameters", "replicas", "steps run / max", "status"], rows),
+      ""]
+  out += _epochs_note(runs)
   for r in runs.running():
-    out += ["", f"> **{r.name} is still in progress** (status: {r.status}, last evaluation at "
+    out += [f"> **{r.name} is still in progress** (status: {r.status}, last evaluation at "
             f"step {r.steps_run:,}). Its numbers are partial: replicas that have not fitted yet "
             f"appear as censored (time to fit > steps run), and final accuracies are the "
-            f"latest ones."]
-  return out + [""]
+            f"latest ones.", ""]
+  return out
 
 
 def _table1_section(a: Analysis) -> list[str]:
@@ -111,6 +145,26 @@ def _table1_section(a: Analysis) -> list[str]:
   return out
 
 
+def _no_slowdown_setups(a: Analysis) -> list[str]:
+  """Setups with label-corruption replicas but no defined slowdown (no fitted baseline)."""
+  labels = a.fits[a.fits.kind == "labels"]
+  return sorted(setup for setup, g in labels.groupby("setup") if not g.slowdown.notna().any())
+
+
+def _undefined_slowdown_notes(a: Analysis) -> list[str]:
+  out = []
+  for setup in _no_slowdown_setups(a):
+    base = a.fits[(a.fits.setup == setup) & (a.fits.kind == "labels")
+                  & (a.fits.corruption == 0)]
+    why = ("it has no true-label replica" if base.empty else
+           f"no true-label replica has fitted yet (all {len(base)} censored at ≥ "
+           f"{base.time_epoch.min():.1f} epochs)")
+    out += [f"**Slowdowns undefined ({setup}):** {why}, so there is no baseline to divide "
+            f"by; the slowdown column shows –. The epochs to fit above still hold: for "
+            f"censored replicas they are lower bounds (≥).", ""]
+  return out
+
+
 def _fit_section(a: Analysis) -> list[str]:
   s = a.fit_summary
   crit = a.fits.criterion.iloc[0]
@@ -128,6 +182,7 @@ def _fit_section(a: Analysis) -> list[str]:
          "the same setup and seed. Brackets: 95% bootstrap intervals across seeds.", "",
          _md_table(["setup", "labels / inputs", "fitted", "epochs to fit", "slowdown (x)"],
                    rows), ""]
+  out += _undefined_slowdown_notes(a)
   for setup, g in s[s.kind == "labels"].groupby("setup"):
     g = g.rename(columns={"mean_epoch": "mean", "lower_bound_epoch": "lower_bound"})
     nm = fit_time.non_monotonic(g)
@@ -147,10 +202,13 @@ def _scaling_section(a: Analysis) -> list[str]:
          "log-normal noise; a censored replica contributes P(time > epochs run) instead of "
          "being dropped or counted as fitted. Brackets: 95% bootstrap intervals over "
          "replicas. R² and RMSE (epochs) are on the fitted replicas; lower AIC is better.", ""]
-  if sc.empty or "t0" not in sc:
-    return out + ["No scaling law could be fitted (needs at least two corruption levels).", ""]
+  if sc.empty:
+    return out + ["No scaling law could be fitted (no label-corruption replicas).", ""]
+  if not sc.aic.notna().any():
+    return out + [
+        "- " + scaling.verdict(sc, setup) for setup in sorted(sc.setup.unique())] + [""]
   rows = []
-  for _, r in sc.iterrows():
+  for _, r in sc[sc.aic.notna()].iterrows():
     rows.append([r.setup, r.form, f"`{r.formula}`",
                  _interval(r.t0, r.t0_lo, r.t0_hi, digits=2),
                  _interval(r.b, r.b_lo, r.b_hi, digits=3),
@@ -179,6 +237,9 @@ def _paper_section(a: Analysis) -> list[str]:
     at1 = g[g.corruption == 1]
     worst = g.loc[g.mean_slowdown.idxmax()] if g.mean_slowdown.notna().any() else None
     if worst is None:
+      out += [f"- **Fig. 1b, {setup}:** slowdown undefined: no true-label replica has "
+              f"fitted yet, so there is nothing to compare with the paper's "
+              f"{lo:g}x–{hi:g}x."]
       continue
     ge = "≥ " if worst.lower_bound_slowdown else ""
     p1 = (f"{'≥ ' if at1.lower_bound_slowdown.iloc[0] else ''}"

@@ -26,6 +26,10 @@ FORMS = {
     "exponential": ("t0 * exp(b*p)", lambda p, t0, b: t0 * np.exp(b * p), np.exp,
                     (-30.0, 30.0)),
 }
+# Every row of `fit_scaling`, fitted or not, has these columns (NaN where undefined).
+COLUMNS = ("dataset", "setup", "time", "form", "formula", "n", "n_censored", "t0", "t0_lo",
+           "t0_hi", "b", "b_lo", "b_hi", "slowdown_p1", "slowdown_p1_lo", "slowdown_p1_hi",
+           "sigma", "loglik", "aic", "delta_aic", "r2", "rmse", "n_boot", "reason")
 _LOG_SIGMA_BOUNDS = (np.log(1e-4), np.log(100.0))
 _HALF_LOG_2PI = 0.5 * np.log(2 * np.pi)
 
@@ -67,8 +71,19 @@ def _initial(form, p, t, cens):
   return np.array([np.log(t0), float(b), np.log(sigma)])
 
 
+def _unfittable(p, cens) -> str | None:
+  """Why no law can be fitted to these replicas, or None if one can."""
+  if len(p) == 0:
+    return "no label-corruption replica"
+  if len(np.unique(p)) < 2:
+    return f"only one corruption level (p = {np.unique(p)[0]:g})"
+  if not (~cens).any():
+    return "no replica has fitted yet: all are censored"
+  return None
+
+
 def _fit_one(form, p, t, cens, start=None, tol=1e-7) -> _Fit | None:
-  if len(np.unique(p)) < 2 or (~cens).sum() < 1:
+  if _unfittable(p, cens) is not None:
     return None
   x0 = _initial(form, p, t, cens) if start is None else start
   log_t = np.log(t)
@@ -84,14 +99,22 @@ def _fit_one(form, p, t, cens, start=None, tol=1e-7) -> _Fit | None:
 
 def fit_form(p, t, censored, form: str, n_boot: int = 200, level: float = 0.95,
              seed: int = 0) -> dict:
-  """Fits one form to times `t` at corruptions `p`; `censored` marks lower bounds."""
+  """Fits one form to times `t` at corruptions `p`; `censored` marks lower bounds.
+
+  Returns a dict with every column of `COLUMNS` but dataset, setup, time and delta_aic: NaN
+  parameters and a `reason` when no law can be fitted, `reason=None` otherwise.
+  """
   p, t = np.asarray(p, float), np.asarray(t, float)
   cens = np.asarray(censored, bool)
   formula, f, slowdown_at_1, _ = FORMS[form]
   row = dict(form=form, formula=f"t(p) = {formula}", n=len(p), n_censored=int(cens.sum()))
+  row |= {c: np.nan for c in COLUMNS if c not in row and c not in (
+      "dataset", "setup", "time", "delta_aic", "reason")}
+  row["n_boot"] = 0
+  row["reason"] = _unfittable(p, cens)
+  if row["reason"] is not None:
+    return row
   fit = _fit_one(form, p, t, cens)
-  if fit is None:
-    return row | dict(note="too few corruption levels or no fitted replica")
   pred = f(p, fit.t0, fit.b)
   obs = ~cens
   ss_tot = np.sum((t[obs] - t[obs].mean()) ** 2)
@@ -128,9 +151,12 @@ def fit_scaling(fits: pd.DataFrame, time: str = "time_epoch",
     time: `time_epoch` or `time_step`.
 
   Returns:
-    One row per (setup, form): parameters with bootstrap intervals (`t0`, `b`,
-    `slowdown_p1`, each with `_lo`/`_hi`), `sigma`, `loglik`, `aic`, `r2` and `rmse` on the
-    fitted replicas, and `delta_aic` (to the best form of the setup; 0 for the best).
+    One row per (setup, form) with the columns of `COLUMNS`, whether or not a law could be
+    fitted: parameters with bootstrap intervals (`t0`, `b`, `slowdown_p1`, each with
+    `_lo`/`_hi`), `sigma`, `loglik`, `aic`, `r2` and `rmse` on the fitted replicas,
+    `delta_aic` (to the best form of the setup; 0 for the best), and `reason`: None when
+    fitted, else why not (the numbers are then NaN). No label-corruption replica at all gives
+    an empty frame with these columns.
   """
   rows = []
   labels = fits[fits["kind"] == "labels"]
@@ -139,20 +165,24 @@ def fit_scaling(fits: pd.DataFrame, time: str = "time_epoch",
       row = fit_form(group["corruption"], group[time], group["censored"], form,
                      n_boot=n_boot, seed=seed)
       rows.append(dict(dataset=dataset, setup=setup, time=time) | row)
-  out = pd.DataFrame(rows)
+  out = pd.DataFrame(rows, columns=list(COLUMNS))
   if out.empty:
     return out
-  if "aic" not in out.columns:
-    out["aic"] = np.nan
+  for c in COLUMNS:
+    if c not in ("dataset", "setup", "time", "form", "formula", "reason"):
+      out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
   out["delta_aic"] = out["aic"] - out.groupby("setup")["aic"].transform("min")
   return out
 
 
 def verdict(scaling: pd.DataFrame, setup: str) -> str:
   """One sentence on which form fits `setup` better, and how well."""
-  s = scaling[(scaling["setup"] == setup) & scaling["aic"].notna()].sort_values("aic")
+  rows = scaling[scaling["setup"] == setup]
+  s = rows[rows["aic"].notna()].sort_values("aic")
   if s.empty:
-    return f"{setup}: no scaling law could be fitted (too few corruption levels)."
+    reasons = rows["reason"].dropna().unique() if "reason" in rows else []
+    why = "; ".join(reasons) if len(reasons) else "too few corruption levels"
+    return f"{setup}: no scaling law could be fitted ({why})."
   best = s.iloc[0]
   msg = f"{setup}: the {best.form} form fits better"
   if len(s) > 1:
