@@ -59,14 +59,18 @@ def synthetic_dataset(n_train: int, input_shape, num_classes: int = 10) -> Datas
                  num_classes)
 
 
-def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int):
+def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
+          mesh_shape=None):
   """The trainer's own ``train.build`` for a grid of ``labels`` replicas (p = 0, seeds 0..R-1).
 
+  ``mesh_shape`` (replica, data) defaults to the config's, every device on ``replica``.
   Returns (step.Functions, step.Data, step.Replicas, stacked TrainState).
   """
   c = config_lib.base_config()
   c.model = model
   c.batch_size = batch_size
+  if mesh_shape is not None:
+    c.mesh_shape = tuple(mesh_shape)
   c.grid = [dict(kinds=["labels"], corruptions=[0.0], seeds=list(range(num_replicas)))]
   c = config_lib.resolve(c)
   replicas = config_lib.expand_grid(c)
@@ -74,19 +78,15 @@ def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int):
   return fns, d, reps, states
 
 
-def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
-            repeats: int, matmul_rate: float) -> dict:
-  fns, d, reps, states = setup(model, num_replicas, dataset, batch_size)
+def time_chunks(fns, d, reps, states, steps: int, repeats: int, name: str = ""):
+  """Compiles ``fns.train_chunk`` for ``steps`` steps, runs it once to warm up, then times
+  ``repeats`` chunks. Returns (compiled, compile seconds, per-chunk seconds)."""
   step0 = jnp.asarray(0, jnp.int32)
   num = jnp.asarray(steps, jnp.int32)
 
   t = time.perf_counter()
   compiled = fns.train_chunk.lower(states, reps, d, step0, num).compile()
   compile_s = time.perf_counter() - t
-  # XLA counts a while loop's body once, so one chunk's estimate is one step's.
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-  xla_flops = float(cost["flops"]) if cost and cost.get("flops", 0) > 0 else None
 
   states, loss = compiled(states, reps, d, step0, num)  # warm-up (donates states)
   loss.block_until_ready()
@@ -98,7 +98,18 @@ def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
     loss.block_until_ready()
     times.append(time.perf_counter() - t)
   if not np.all(np.isfinite(np.asarray(loss))):
-    raise RuntimeError(f"{model}: non-finite loss {loss}")
+    raise RuntimeError(f"{name}: non-finite loss {loss}")
+  return compiled, compile_s, times
+
+
+def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
+            repeats: int, matmul_rate: float) -> dict:
+  fns, d, reps, states = setup(model, num_replicas, dataset, batch_size)
+  compiled, compile_s, times = time_chunks(fns, d, reps, states, steps, repeats, model)
+  # XLA counts a while loop's body once, so one chunk's estimate is one step's.
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  xla_flops = float(cost["flops"]) if cost and cost.get("flops", 0) > 0 else None
 
   module = models.get(model).build(dataset.num_classes)
   shape = dataset.image_shape

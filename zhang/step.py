@@ -145,6 +145,24 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None) -> Functio
     params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
     return TrainState(params, batch_stats, momentum), loss
 
+  def grid_step(states, x, y, lr):
+    return jax.vmap(step_one, (0, 0, 0, None))(states, x, y, lr)
+
+  def grid_logits(states, x):
+    return jax.vmap(lambda s, x: apply(s, x, train=False)[0])(states, x)
+
+  if mesh is not None:
+    # Each device runs the model on its own replicas. Left to the automatic partitioner, a
+    # vmapped convolution becomes one grouped convolution that XLA does not split by group:
+    # it gathers every replica's weights and runs the whole grid on every device.
+    # shard_map makes the replica axis manual; the data axis stays automatic.
+    manual = functools.partial(jax.shard_map, mesh=mesh, axis_names={"replica"},
+                               check_vma=False)
+    grid_step = manual(grid_step, in_specs=(P("replica"), P("replica"), P("replica"), P()),
+                       out_specs=(P("replica"), P("replica")))
+    grid_logits = manual(grid_logits, in_specs=(P("replica"), P("replica")),
+                         out_specs=P("replica"))
+
   def epoch_orders(reps: Replicas, epoch, n):
     return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
         reps.order_key)
@@ -164,7 +182,7 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None) -> Functio
       indices = jax.lax.dynamic_slice_in_dim(orders, pos * h.batch_size, h.batch_size, 1)
       x = constrain(inputs(reps, d, d.train_images, indices, randomize.TRAIN))
       y = constrain(jnp.take_along_axis(reps.labels, indices, axis=1))
-      states, loss = jax.vmap(step_one, (0, 0, 0, None))(states, x, y, learning_rate(h, step))
+      states, loss = grid_step(states, x, y, learning_rate(h, step))
       return states, orders, loss_sum + loss
 
     orders = epoch_orders(reps, step0 // per_epoch, n)
@@ -183,7 +201,7 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None) -> Functio
       idx = jnp.minimum(b * eb + jnp.arange(eb), n - 1)
       valid = (b * eb + jnp.arange(eb) < n).astype(jnp.float32)
       x = inputs(reps, d, images_u8, jnp.broadcast_to(idx, (num_replicas, eb)), split)
-      logits = jax.vmap(lambda s, x: apply(s, x, train=False)[0])(states, x)
+      logits = grid_logits(states, x)
       y = labels[:, idx]
       logp = jax.nn.log_softmax(logits)
       prob = jnp.exp(logp)
