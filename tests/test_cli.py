@@ -26,6 +26,8 @@ DIGITS = "configs/digits.py"
     (["--set", "eval_every=0"], "eval_every=0 must be a positive integer"),
     (["--set", "no_such_field=1"], "unknown config field 'no_such_field'"),
     (["--set", "grid=oops"], "cannot set grid"),
+    (["--set", "replica_strategy=pmap"], "replica_strategy='pmap' must be auto, vmap or map"),
+    (["--set", "compute_dtype=float16"], "compute_dtype='float16' must be float32 or bfloat16"),
     (["--data_dir", "/nonexistent/folder", "--set", "dataset='fashion_mnist'"],
      "fashion_mnist"),
 ])

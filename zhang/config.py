@@ -47,6 +47,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Device mesh (replica, data): -1 takes the remaining devices. The grid is padded with
   # inert replicas to a multiple of the replica axis (they never appear in outputs).
   c.mesh_shape = (-1, 1)
+  # How each device runs its replicas: "vmap" (one batched program), "map" (a loop over
+  # replicas), or "auto" (the measured faster one for the model and backend, see
+  # zhang/train.py:STRATEGY). Results agree to float tolerance.
+  c.replica_strategy = "auto"
+  # "bfloat16": opt-in low-precision compute for accelerators (params, optimizer, metrics
+  # and the loss stay float32).
+  c.compute_dtype = "float32"
   # Replicas: the union of these products of kinds x corruptions x seeds.
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c
@@ -179,6 +186,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"weight_decay={c.weight_decay!r} must be >= 0")
   _require(_is_number(c.fit_threshold) and 0 < c.fit_threshold <= 1,
            f"fit_threshold={c.fit_threshold!r} must be in (0, 1]")
+  _require(c.replica_strategy in ("auto", "vmap", "map"),
+           f"replica_strategy={c.replica_strategy!r} must be auto, vmap or map")
+  _require(c.compute_dtype in ("float32", "bfloat16"),
+           f"compute_dtype={c.compute_dtype!r} must be float32 or bfloat16")
   expand_grid(c)
 
 

@@ -55,6 +55,8 @@ class Hyper(NamedTuple):
   weight_decay: float
   eval_batch_size: int
   segments: tuple[tuple[str, int, int], ...]  # (kind, start, stop): replicas grouped by kind
+  strategy: str = "vmap"  # how a device runs its replicas: "vmap" (batched) or "map" (a loop)
+  compute_dtype: str = "float32"  # "bfloat16": forward/backward in bf16, params and optimizer fp32
 
 
 def learning_rate(h: Hyper, step):
@@ -125,7 +127,17 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None) -> Functio
         for kind, lo, hi in h.segments]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
+  low_precision = h.compute_dtype != "float32"
+
   def apply(state: TrainState, x, train: bool):
+    if low_precision:  # master weights stay fp32; the gradient flows back through the cast
+      dtype = jnp.dtype(h.compute_dtype)
+      state = state._replace(params=jax.tree.map(lambda p: p.astype(dtype), state.params))
+      x = x.astype(dtype)
+    logits, batch_stats = _apply(state, x, train)
+    return logits.astype(jnp.float32), batch_stats
+
+  def _apply(state: TrainState, x, train: bool):
     variables = {"params": state.params}
     if has_batch_norm:
       variables["batch_stats"] = state.batch_stats
@@ -145,11 +157,21 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None) -> Functio
     params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
     return TrainState(params, batch_stats, momentum), loss
 
+  def over_replicas(fn, *args):
+    """fn applied to each replica's slice of ``args``: batched (vmap) or in a loop (map).
+
+    A vmapped convolution becomes one grouped convolution, which some backends run slowly;
+    a loop runs ordinary convolutions one replica after another.
+    """
+    if h.strategy == "map":
+      return jax.lax.map(lambda a: fn(*a), args)
+    return jax.vmap(fn)(*args)
+
   def grid_step(states, x, y, lr):
-    return jax.vmap(step_one, (0, 0, 0, None))(states, x, y, lr)
+    return over_replicas(lambda s, x, y: step_one(s, x, y, lr), states, x, y)
 
   def grid_logits(states, x):
-    return jax.vmap(lambda s, x: apply(s, x, train=False)[0])(states, x)
+    return over_replicas(lambda s, x: apply(s, x, train=False)[0], states, x)
 
   if mesh is not None:
     # Each device runs the model on its own replicas. Left to the automatic partitioner, a

@@ -99,11 +99,26 @@ def device_data(dataset, sharding) -> step_lib.Data:
   return step_lib.Data(*(mesh_lib.put(a, sharding) for a in arrays))
 
 
+# replica_strategy="auto": (backend, model family) -> strategy, from measurements
+# (benchmarks/RESULTS.md, "Replica strategies"); anything not listed uses vmap. On CPU the
+# two run inception_small at the same speed (1.57 vs 1.62 s a step, 4 replicas, batch 32);
+# GPU and TPU entries wait for benchmarks/device_check.sh on those machines.
+STRATEGY = {("cpu", "mlp"): "vmap", ("cpu", "conv"): "vmap"}
+
+
+def replica_strategy(config) -> str:
+  if config.replica_strategy != "auto":
+    return config.replica_strategy
+  family = "mlp" if config.model.startswith("mlp") else "conv"
+  return STRATEGY.get((jax.default_backend(), family), "vmap")
+
+
 def hyper(config, replicas) -> step_lib.Hyper:
   return step_lib.Hyper(config.batch_size, float(config.learning_rate), float(config.momentum),
                         float(config.lr_decay), config.lr_decay_every,
                         float(config.weight_decay), config.eval_batch_size,
-                        randomize.segments([r.kind for r in replicas]))
+                        randomize.segments([r.kind for r in replicas]),
+                        replica_strategy(config), config.compute_dtype)
 
 
 def build(config, replicas, dataset, mesh=None):
