@@ -4,6 +4,7 @@ Run (2-core CPU, about 2 minutes):
 
   python benchmarks/throughput.py                      # mlp_1x512 and mlp_3x512, R = 1, 8
   python benchmarks/throughput.py --models all --quick # every model, fewer steps
+  python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
 
 Prints one JSON object per (model, replicas). The timed program is the trainer's own
 ``train_chunk`` (batch gather, scaling, whitening, forward, backward, SGD momentum) on
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import jax
@@ -150,6 +152,9 @@ def main(argv=None) -> None:
   p.add_argument("--input_shape", default="28,28,3", help="H,W,C of the synthetic images")
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
   p.add_argument("--quick", action="store_true", help="few steps and repeats (a smoke run)")
+  p.add_argument("--max_seconds", type=float, default=None,
+                 help="time budget: skip a row (said on stderr) once it would end past it, "
+                 "predicted from the model's previous row")
   args = p.parse_args(argv)
 
   names = models.names() if args.models == "all" else args.models.split(",")
@@ -159,11 +164,23 @@ def main(argv=None) -> None:
   dataset = synthetic_dataset(args.n_train, shape)
   repeats = args.repeats or (2 if args.quick else 5)
   mm_repeats = 3 if args.quick else 10
+  start = time.perf_counter()
   for name in names:
     conv = name in CONV_NETS
     steps = args.steps or {(False, False): 50, (False, True): 10,
                            (True, False): 2, (True, True): 1}[conv, args.quick]
+    previous = None  # (replicas, seconds that stay, seconds that grow with R): last row
     for r in (int(s) for s in args.replicas.split(",")):
+      t_row = time.perf_counter()
+      if args.max_seconds is not None:
+        # The timed steps are taken to grow linearly with R; compilation, setup and the
+        # reference matmul to stay.
+        guess = 0.0 if previous is None else previous[1] + previous[2] * r / previous[0]
+        if t_row - start + guess > args.max_seconds:
+          print(f"throughput: skipped {name} R={r}: {t_row - start:.0f} s spent, about "
+                f"{guess:.0f} s more needed, budget {args.max_seconds:.0f} s",
+                file=sys.stderr, flush=True)
+          continue
       # On a shared machine the reference is timed on each side of the step and the faster
       # taken, so contention lowers the fraction rather than raising it.
       before = matmul_flops_per_s(args.matmul_n, mm_repeats)
@@ -174,6 +191,9 @@ def main(argv=None) -> None:
         row.update(matmul_flops_per_s=after, fraction_of_matmul=round(rate / after, 4),
                    needed_fraction_of_matmul=round(row["needed_flops_per_s"] / after, 4))
       print(json.dumps(row), flush=True)
+      wall = time.perf_counter() - t_row
+      grows = min(row["step_ms_median"] / 1e3 * steps * (repeats + 1), wall)  # + warm-up
+      previous = (r, wall - grows, grows)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ r"""The paper's Figure 1 grid for any model and dataset (default: small Inceptio
 Arguments (comma-separated after the colon):
   model=NAME      inception_small (default), inception_small_nobn, alexnet_small, mlp_1x512,
                   mlp_3x512; the learning rate is the paper's for the model.
-  dataset=NAME    cifar10 (default), cifar100, mnist, fashion_mnist, digits.
+  dataset=NAME    cifar10 (default), cifar100, mnist, fashion_mnist, digits,
+                  synthetic_cifar10 (no download; benchmarks/device_check.sh).
   levels=N        corruption levels 0, 1/(N-1), ..., 1 (default 6: 0, 0.2, ..., 1.0; the
                   issue-sized Figure 1b sweep is levels=11).
   seeds=N         seeds per corruption level (default 2).

@@ -99,3 +99,23 @@ def test_subset_bounds():
   assert len(d.subset(100, 50).train_labels) == 100
   with pytest.raises(UsageError, match="n_train=5000 is out of range"):
     d.subset(5000)
+
+
+def test_synthetic_cifar10_is_cifar_sized_deterministic_and_learnable():
+  a, b = data.load("synthetic_cifar10"), data.load("synthetic_cifar10")
+  assert a.train_images.shape == (50_000, 32, 32, 3) and a.train_images.dtype == np.uint8
+  assert a.test_images.shape == (10_000, 32, 32, 3) and a.test_images.dtype == np.uint8
+  assert a.train_labels.dtype == np.int32 and a.num_classes == 10
+  np.testing.assert_array_equal(np.bincount(a.train_labels), np.full(10, 5000))
+  np.testing.assert_array_equal(np.bincount(a.test_labels), np.full(10, 1000))
+  for x, y in ((a.train_images, b.train_images), (a.test_images, b.test_images),
+               (a.train_labels, b.train_labels)):
+    np.testing.assert_array_equal(x, y)
+  assert a.train_images.max() <= 254 and 0.4 < a.train_images.mean() / 255 < 0.6
+  assert data.paper_crop(a.test_images[:2]).shape == (2, 28, 28, 3)
+  # The labels carry a signal: class means of 5,000 training images classify the test set.
+  x = a.train_images[:5000].reshape(5000, -1).astype(np.float32)
+  means = np.stack([x[a.train_labels[:5000] == k].mean(0) for k in range(10)])
+  t = a.test_images[:1000].reshape(1000, -1).astype(np.float32)
+  pred = np.argmin((means ** 2).sum(1) - 2 * t @ means.T, axis=1)
+  assert (pred == a.test_labels[:1000]).mean() > 0.95

@@ -8,6 +8,15 @@ set on the accelerator once. Sources:
 - ``mnist``, ``fashion_mnist``: the standard IDX files from a local directory (``data_dir``,
   ``$ZHANG_DATA_DIR/<name>``, or Debian's ``/usr/share/datasets/<name>``), else tfds.
 - ``cifar10``, ``cifar100``: ``tfds.data_source`` (array_record; no TensorFlow at load time).
+- ``synthetic_cifar10``: CIFAR-10's shapes and sizes (50,000 train / 10,000 test uint8
+  32x32x3 images, 10 balanced classes) generated in about a second from a fixed seed, with no
+  download: for benchmarks and accelerator checks where CIFAR-10 is not prepared. Each image
+  is a quarter of its class's template plus three quarters of uniform noise of its own
+  (``(t >> 2) + (3 n >> 2)``, 0..254); the templates are uniform random 8x8x3 images blown up
+  to 32x32 (4x4 blocks, so they have spatial structure a conv net can use and the
+  random-pixel test destroys). True labels are therefore learnable and generalize (an easy
+  task: the training set's class means classify every test image right), random labels
+  are not, and fitting them is memorizing noise, as with real data.
 """
 
 from __future__ import annotations
@@ -210,6 +219,42 @@ def _tfds(name: str, data_dir: str | None, extra_hint: str = "") -> Dataset:
 
 register("cifar10")(lambda data_dir: _tfds("cifar10", data_dir))
 register("cifar100")(lambda data_dir: _tfds("cifar100", data_dir))
+
+
+# --------------------------------------------------------------------------- synthetic
+
+SYNTHETIC_SEED = 20170101
+
+
+def synthetic_templates_and_noise(n_train: int = 50_000, n_test: int = 10_000,
+                                  num_classes: int = 10, size: int = 32, block: int = 4,
+                                  seed: int = SYNTHETIC_SEED) -> Dataset:
+  """Class templates plus per-image noise, uint8 (see the module docstring)."""
+  rng = np.random.default_rng(seed)
+  cells = size // block
+  templates = rng.integers(0, 256, (num_classes, cells, cells, 3), dtype=np.uint8)
+  templates = templates.repeat(block, axis=1).repeat(block, axis=2) >> 2
+
+  def split(n):
+    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+    images = np.empty((n, size, size, 3), np.uint8)
+    for start in range(0, n, 10_000):  # bounds the uint16 temporary to ~60 MB
+      stop = min(start + 10_000, n)
+      noise = np.frombuffer(rng.bytes((stop - start) * size * size * 3), np.uint8)
+      noise = (noise.astype(np.uint16) * 3 >> 2).astype(np.uint8)
+      images[start:stop] = templates[labels[start:stop]] + noise.reshape(-1, size, size, 3)
+    return images, labels
+
+  train_images, train_labels = split(n_train)
+  test_images, test_labels = split(n_test)
+  return Dataset(f"synthetic_cifar{num_classes}", train_images, train_labels, test_images,
+                 test_labels, num_classes)
+
+
+@register("synthetic_cifar10")
+def _synthetic_cifar10(data_dir: str | None) -> Dataset:
+  del data_dir  # generated
+  return synthetic_templates_and_noise()
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Accelerator check: throughput of the replica grid and a short Figure 1 run, in 8 minutes.
+#
+#   benchmarks/device_check.sh           # on a GPU machine: at most 8 minutes (not yet run)
+#   benchmarks/device_check.sh --quick   # the same steps, tiny, on CPU (about 30 s on 2 cores)
+#
+# For a machine where jax, flax, optax, orbax-checkpoint and chex are installed and nothing
+# can be downloaded (the device tool's H200): from here, run benchmarks/fetch_wheels.sh once
+# and carry benchmarks/wheels; there, the command is this script, e.g.
+#   run(command="benchmarks/device_check.sh", carry=["benchmarks/wheels"], timeout_s=540)
+#
+# Steps, each under `timeout`, the whole within TOTAL_SECONDS (480):
+#   0. the backend (a full run refuses CPU); missing pure-Python dependencies installed from
+#      wheels in shared/wheels/ or benchmarks/wheels/ (else from an index, if one answers)
+#      into a scratch folder on PYTHONPATH, with the repository itself, so nothing is
+#      pip-installed into the environment (an editable install would need setuptools from
+#      an index for its build isolation);
+#   1. benchmarks/throughput.py, mlp_1x512 at R = 1, 8, 64, 256 replicas;
+#   2. benchmarks/throughput.py, inception_small at R = 1, 8, 64;
+#   3. zhang train --config configs/fig1.py:model=inception_small,dataset=synthetic_cifar10
+#      (18 replicas, 5,000 training images), 200 steps, evaluated every 100.
+# Writes under ${OUT:-results}/: throughput_mlp_1x512.jsonl and
+# throughput_inception_small.jsonl (throughput.py's rows), fig1_summary.json,
+# fig1_metrics.jsonl and fig1_config.json (the run's own files), device_check.json (machine,
+# per-step exit codes and seconds, the rows and the run's outcome in short) and
+# device_check.log (everything printed). Exits 0 when every step did, else 1; a step that
+# fails or times out does not stop the next ones. PYTHON picks the interpreter (python3).
+set -euo pipefail
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick|--cpu-smoke) quick=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "device_check.sh: unknown argument $arg (use --quick or --help)" >&2; exit 2 ;;
+  esac
+done
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+PYTHON=${PYTHON:-python3}
+out=${OUT:-results}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/zhang_device_check.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+: > "$out/device_check.log"
+exec > >(tee -a "$out/device_check.log") 2>&1
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+total=${TOTAL_SECONDS:-480}
+
+now() { date +%s%N; }  # nanoseconds
+left() { echo $(( total - ($(date +%s) - start) )); }
+
+# ---------------------------------------------------------------------------- 0. setup
+
+echo "== device_check: $(date -u +%FT%TZ), repo $repo, results in $out, quick=$quick"
+"$PYTHON" - "$scratch/env.json" <<'EOF'
+import json, os, platform, shutil, subprocess, sys
+import jax
+env = dict(backend=jax.default_backend(), device_count=jax.device_count(),
+           device_kind=jax.devices()[0].device_kind, jax_version=jax.__version__,
+           python=platform.python_version(), python_executable=sys.executable,
+           cpu_count=os.cpu_count())
+if shutil.which("nvidia-smi"):
+  q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                      "--format=csv,noheader"], capture_output=True, text=True)
+  env["nvidia_smi"] = q.stdout.strip() or q.stderr.strip()
+json.dump(env, open(sys.argv[1], "w"))
+print(json.dumps(env))
+EOF
+backend=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["backend"])' \
+  "$scratch/env.json")
+if [[ "$backend" == cpu && $quick == 0 ]]; then
+  echo "device_check.sh: jax sees no accelerator (backend cpu); the full check is for a GPU" \
+       "or TPU machine. On CPU run: benchmarks/device_check.sh --quick" >&2
+  exit 2
+fi
+
+# Modules of the dependencies that a machine may lack and that install from pure wheels
+# (module distribution); jax, flax, optax, orbax-checkpoint and chex must be there already.
+missing=$("$PYTHON" - <<'EOF'
+import importlib.util
+need = {"ml_collections": "ml_collections", "tqdm": "tqdm", "etils": "etils",
+        "absl": "absl_py", "yaml": "PyYAML"}
+print(" ".join(d for m, d in need.items() if importlib.util.find_spec(m) is None))
+EOF
+)
+site="$scratch/site"
+export PYTHONPATH="$repo:$site${PYTHONPATH:+:$PYTHONPATH}"
+if [[ -n "$missing" ]]; then
+  echo "== installing into $site: $missing"
+  wheels=() from_index=()
+  for dist in $missing; do
+    found=""
+    for dir in shared/wheels benchmarks/wheels; do
+      for w in "$dir"/*.whl; do
+        [[ -e "$w" ]] || continue
+        # Wheel names spell the distribution with underscores; compare case-blind.
+        name=$(basename "$w" | cut -d- -f1 | tr '[:upper:]' '[:lower:]')
+        if [[ "$name" == "$(echo "$dist" | tr '[:upper:]-' '[:lower:]_')" ]]; then
+          found=$w
+          break 2
+        fi
+      done
+    done
+    if [[ -n "$found" ]]; then wheels+=("$found"); else from_index+=("$dist"); fi
+  done
+  pip_target=("$PYTHON" -m pip install -q --no-deps --no-compile --no-cache-dir
+              --disable-pip-version-check --target "$site")
+  if (( ${#wheels[@]} )); then
+    "${pip_target[@]}" --no-index "${wheels[@]}"
+  fi
+  if (( ${#from_index[@]} )); then
+    echo "== no wheel for ${from_index[*]} in shared/wheels or benchmarks/wheels" \
+         "(benchmarks/fetch_wheels.sh makes them); trying an index"
+    timeout 60 "${pip_target[@]}" "${from_index[@]}" \
+      || echo "device_check.sh: could not install ${from_index[*]}" >&2
+  fi
+fi
+if ! "$PYTHON" -c 'import zhang.train, zhang.cli, zhang.data' 2>"$scratch/import.err"; then
+  cat "$scratch/import.err" >&2
+  echo "device_check.sh: the package does not import (above); carry the missing wheels:" \
+       "benchmarks/fetch_wheels.sh here, then carry=[\"benchmarks/wheels\"]" >&2
+  exit 1
+fi
+
+# ---------------------------------------------------------------------------- steps
+
+: > "$scratch/steps.tsv"
+# run_step NAME LIMIT STDOUT_FILE|- COMMAND...: runs under timeout (capped to the seconds
+# left of the total), records "name rc seconds limit"; never stops the script.
+run_step() {
+  local name=$1 limit=$2 dest=$3 rc=0 t0 t1  # t0, t1 in ns; steps.tsv holds ms
+  shift 3
+  local remaining
+  remaining=$(left)
+  (( limit > remaining - 15 )) && limit=$(( remaining - 15 ))
+  if (( limit < 10 )); then
+    echo "== $name: skipped, $remaining s left of $total"
+    printf '%s\t%s\t%s\t%s\n' "$name" skipped 0 "$limit" >> "$scratch/steps.tsv"
+    return 0
+  fi
+  echo "== $name (limit ${limit} s): $*"
+  t0=$(now)
+  if [[ "$dest" == - ]]; then
+    timeout -k 10 "$limit" "$@" || rc=$?
+  else
+    timeout -k 10 "$limit" "$@" > "$dest" || rc=$?
+    cat "$dest"
+  fi
+  t1=$(now)
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" $(( (t1 - t0) / 1000000 )) "$limit" \
+    >> "$scratch/steps.tsv"
+  echo "== $name: exit $rc"
+}
+
+tp=("$PYTHON" benchmarks/throughput.py)
+if (( quick )); then
+  tiny=(--steps 1 --repeats 1 --n_train 256 --batch_size 4 --matmul_n 256 --quick)
+  run_step throughput_mlp_1x512 60 "$out/throughput_mlp_1x512.jsonl" "${tp[@]}" \
+    --models mlp_1x512 --replicas 1,4 "${tiny[@]}" --max_seconds 20
+  # One compile of the Inception step is most of this (about 10 s on 2 CPU cores).
+  run_step throughput_inception_small 90 "$out/throughput_inception_small.jsonl" "${tp[@]}" \
+    --models inception_small --replicas 1 "${tiny[@]}" --batch_size 2 --max_seconds 30
+  fig1_arg="model=mlp_1x512,dataset=synthetic_cifar10,levels=2,seeds=1,n_train=256"
+  fig1_set=(--max_steps 20 --set eval_every=10 --set n_test=128 --set batch_size=32
+            --set eval_batch_size=128)
+  fig1_limit=90
+else
+  # The reference matmul is 8192^3: a 2048^3 one takes tens of microseconds on an H200.
+  run_step throughput_mlp_1x512 120 "$out/throughput_mlp_1x512.jsonl" "${tp[@]}" \
+    --models mlp_1x512 --replicas 1,8,64,256 --matmul_n 8192 --max_seconds 100
+  run_step throughput_inception_small 150 "$out/throughput_inception_small.jsonl" \
+    "${tp[@]}" --models inception_small --replicas 1,8,64 --matmul_n 8192 --max_seconds 125
+  fig1_arg="model=inception_small,dataset=synthetic_cifar10,n_train=5000"
+  fig1_set=(--max_steps 200 --set eval_every=100 --set n_test=1000
+            --set checkpoint_every=1000)
+  fig1_limit=170
+fi
+workdir="$scratch/fig1"
+run_step fig1_synthetic_cifar10 "$fig1_limit" - "$PYTHON" -m zhang train \
+  --config "configs/fig1.py:$fig1_arg" --workdir "$workdir" --no_progress --restart \
+  "${fig1_set[@]}"
+# summary.json is rewritten after every evaluation: a run cut short still leaves one.
+for f in summary.json metrics.jsonl config.json; do
+  if [[ -f "$workdir/$f" ]]; then cp "$workdir/$f" "$out/fig1_$f"; fi
+done
+
+# ---------------------------------------------------------------------------- summary
+
+"$PYTHON" - "$scratch/env.json" "$scratch/steps.tsv" "$out" "$quick" "$start" \
+  "$fig1_arg ${fig1_set[*]}" <<'EOF'
+import json, pathlib, sys, time
+env_file, steps_file, out, quick, start, fig1_command = sys.argv[1:]
+out = pathlib.Path(out)
+steps = {}
+for line in open(steps_file):
+  name, rc, seconds, limit = line.rstrip("\n").split("\t")
+  steps[name] = dict(rc=None if rc == "skipped" else int(rc), skipped=rc == "skipped",
+                     seconds=round(int(seconds) / 1000, 1), limit_s=int(limit))
+
+def rows(path):
+  if not path.exists():
+    return []
+  return [json.loads(l) for l in path.read_text().splitlines() if l.startswith("{")]
+
+keep = ("model", "replicas", "batch_size", "step_ms", "compile_s", "examples_per_s",
+        "flops_per_s", "needed_flops_per_s", "fraction_of_matmul",
+        "needed_fraction_of_matmul", "matmul_flops_per_s")
+throughput = [{k: r.get(k) for k in keep}
+              for f in ("throughput_mlp_1x512.jsonl", "throughput_inception_small.jsonl")
+              for r in rows(out / f)]
+fig1 = None
+summary_file = out / "fig1_summary.json"
+if summary_file.exists():
+  s = json.loads(summary_file.read_text())
+  reps = s.get("replicas", [])
+  fig1 = dict(config=f"configs/fig1.py:{fig1_command}", status=s.get("status"),
+              steps_run=s.get("steps_run"), wall_seconds=s.get("wall_seconds"),
+              replicas=[{k: r.get(k) for k in ("kind", "corruption", "seed", "fit_step",
+                                                "final_train_acc", "final_test_acc")}
+                        for r in reps])
+result = dict(env=json.load(open(env_file)), quick=quick == "1", steps=steps,
+              throughput=throughput, fig1=fig1,
+              total_seconds=round(time.time() - int(start), 1),
+              ok=all(v["rc"] == 0 for v in steps.values()))
+(out / "device_check.json").write_text(json.dumps(result, indent=1) + "\n")
+
+e = result["env"]
+print(f"\n== device_check summary: {e['backend']} ({e['device_kind']} x{e['device_count']}), "
+      f"jax {e['jax_version']}, {result['total_seconds']:.0f} s in all")
+for name, v in steps.items():
+  state = "skipped" if v["skipped"] else f"exit {v['rc']}"
+  print(f"  {name:<28} {state:<8} {v['seconds']:>7.1f} s (limit {v['limit_s']} s)")
+print(f"  {'model':<16} {'R':>4} {'step ms':>9} {'compile s':>9} {'ex/s':>11} "
+      f"{'TF/s':>7} {'x matmul':>8}")
+for r in throughput:
+  print(f"  {r['model']:<16} {r['replicas']:>4} {r['step_ms']:>9.2f} {r['compile_s']:>9.1f} "
+        f"{r['examples_per_s']:>11,.0f} {r['flops_per_s'] / 1e12:>7.2f} "
+        f"{r['fraction_of_matmul']:>8.3f}")
+if fig1:
+  print(f"  fig1: status {fig1['status']}, {fig1['steps_run']} steps, "
+        f"{fig1['wall_seconds']:.0f} s, {len(fig1['replicas'])} replicas")
+  for r in fig1["replicas"]:
+    print(f"    {r['kind']:<16} p={r['corruption']:.2f} seed {r['seed']} "
+          f"train {r['final_train_acc']:.3f} test {r['final_test_acc']:.3f}")
+else:
+  print("  fig1: no summary.json")
+print(f"  results: {out}")
+EOF
+ok=$("$PYTHON" -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["ok"]))' \
+  "$out/device_check.json")
+[[ "$ok" == 1 ]]

@@ -1,0 +1,48 @@
+"""benchmarks/device_check.sh --quick: every step of the accelerator check, tiny, on CPU."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_quick_device_check_writes_parsable_results(tmp_path):
+  env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable,
+             TMPDIR=str(tmp_path))
+  proc = subprocess.run(["bash", str(REPO / "benchmarks" / "device_check.sh"), "--quick"],
+                        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  out = tmp_path / "out"
+
+  result = json.loads((out / "device_check.json").read_text())
+  assert result["ok"] and result["quick"] and result["env"]["backend"] == "cpu"
+  assert set(result["steps"]) == {"throughput_mlp_1x512", "throughput_inception_small",
+                                  "fig1_synthetic_cifar10"}
+  assert all(s["rc"] == 0 and s["seconds"] > 0 for s in result["steps"].values())
+
+  for model, replicas in (("mlp_1x512", [1, 4]), ("inception_small", [1])):
+    rows = [json.loads(line) for line in
+            (out / f"throughput_{model}.jsonl").read_text().splitlines()]
+    assert [r["replicas"] for r in rows] == replicas
+    assert all(r["model"] == model and r["step_ms"] > 0 and r["examples_per_s"] > 0
+               for r in rows)
+
+  summary = json.loads((out / "fig1_summary.json").read_text())
+  assert summary["status"] == "complete" and summary["steps_run"] == 20
+  assert len(summary["replicas"]) == 5  # labels p = 0, 1 and the three pixel kinds, 1 seed
+  assert json.loads((out / "fig1_config.json").read_text())["dataset"] == "synthetic_cifar10"
+  steps = [json.loads(line)["step"] for line in (out / "fig1_metrics.jsonl").open()]
+  assert steps == [0] * 5 + [10] * 5 + [20] * 5  # 5 replicas, evaluated at 0, 10 and 20
+  assert "device_check summary" in (out / "device_check.log").read_text()
+  assert not list(tmp_path.glob("zhang_device_check.*"))  # its scratch folder is removed
+
+
+def test_full_check_refuses_cpu(tmp_path):
+  env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable,
+             TMPDIR=str(tmp_path), JAX_PLATFORMS="cpu")
+  proc = subprocess.run(["bash", str(REPO / "benchmarks" / "device_check.sh")],
+                        capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+  assert proc.returncode == 2 and "--quick" in proc.stdout + proc.stderr
