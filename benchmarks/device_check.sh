@@ -16,7 +16,7 @@
 #      pip-installed into the environment (an editable install would need setuptools from
 #      an index for its build isolation);
 #   1. benchmarks/throughput.py, mlp_1x512 at R = 1, 8, 64, 256 replicas;
-#   2. benchmarks/throughput.py, inception_small at R = 1, 8, 64;
+#   2. benchmarks/throughput.py, inception_small at R = 1, 8, 64, vmap and map strategies;
 #   3. zhang train --config configs/fig1.py:model=inception_small,dataset=synthetic_cifar10
 #      (18 replicas, 5,000 training images), 200 steps, evaluated every 100.
 # Writes under ${OUT:-results}/: throughput_mlp_1x512.jsonl and
@@ -173,7 +173,8 @@ else
   run_step throughput_mlp_1x512 120 "$out/throughput_mlp_1x512.jsonl" "${tp[@]}" \
     --models mlp_1x512 --replicas 1,8,64,256 --matmul_n 8192 --max_seconds 100
   run_step throughput_inception_small 150 "$out/throughput_inception_small.jsonl" \
-    "${tp[@]}" --models inception_small --replicas 1,8,64 --matmul_n 8192 --max_seconds 125
+    "${tp[@]}" --models inception_small --replicas 1,8,64 --strategy vmap,map --matmul_n 8192 \
+    --max_seconds 125
   fig1_arg="model=inception_small,dataset=synthetic_cifar10,n_train=5000"
   fig1_set=(--max_steps 200 --set eval_every=100 --set n_test=1000
             --set checkpoint_every=1000)
@@ -206,7 +207,7 @@ def rows(path):
     return []
   return [json.loads(l) for l in path.read_text().splitlines() if l.startswith("{")]
 
-keep = ("model", "replicas", "batch_size", "step_ms", "compile_s", "examples_per_s",
+keep = ("model", "strategy", "replicas", "batch_size", "step_ms", "compile_s", "examples_per_s",
         "flops_per_s", "needed_flops_per_s", "fraction_of_matmul",
         "needed_fraction_of_matmul", "matmul_flops_per_s")
 throughput = [{k: r.get(k) for k in keep}

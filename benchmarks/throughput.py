@@ -62,7 +62,7 @@ def synthetic_dataset(n_train: int, input_shape, num_classes: int = 10) -> Datas
 
 
 def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
-          mesh_shape=None):
+          mesh_shape=None, strategy: str = "auto", compute_dtype: str = "float32"):
   """The trainer's own ``train.build`` for a grid of ``labels`` replicas (p = 0, seeds 0..R-1).
 
   ``mesh_shape`` (replica, data) defaults to the config's, every device on ``replica``.
@@ -71,6 +71,8 @@ def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
   c = config_lib.base_config()
   c.model = model
   c.batch_size = batch_size
+  c.replica_strategy = strategy
+  c.compute_dtype = compute_dtype
   if mesh_shape is not None:
     c.mesh_shape = tuple(mesh_shape)
   c.grid = [dict(kinds=["labels"], corruptions=[0.0], seeds=list(range(num_replicas)))]
@@ -105,8 +107,10 @@ def time_chunks(fns, d, reps, states, steps: int, repeats: int, name: str = ""):
 
 
 def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
-            repeats: int, matmul_rate: float) -> dict:
-  fns, d, reps, states = setup(model, num_replicas, dataset, batch_size)
+            repeats: int, matmul_rate: float, strategy: str = "auto",
+            compute_dtype: str = "float32") -> dict:
+  fns, d, reps, states = setup(model, num_replicas, dataset, batch_size,
+                               strategy=strategy, compute_dtype=compute_dtype)
   compiled, compile_s, times = time_chunks(fns, d, reps, states, steps, repeats, model)
   # XLA counts a while loop's body once, so one chunk's estimate is one step's.
   cost = compiled.cost_analysis()
@@ -123,6 +127,7 @@ def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
   device = jax.devices()[0]
   return dict(
       model=model, replicas=num_replicas, batch_size=batch_size, input_shape=list(shape),
+      strategy=fns.hyper.strategy, compute_dtype=compute_dtype,
       n_train=len(dataset.train_labels), steps=steps, repeats=repeats,
       step_ms=round(best * 1e3, 3),
       step_ms_median=round(statistics.median(times) / steps * 1e3, 3),
@@ -152,6 +157,10 @@ def main(argv=None) -> None:
   p.add_argument("--input_shape", default="28,28,3", help="H,W,C of the synthetic images")
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
   p.add_argument("--quick", action="store_true", help="few steps and repeats (a smoke run)")
+  p.add_argument("--strategy", default="auto",
+                 help="how replicas run on a device (config field replica_strategy): auto, "
+                 "vmap or map; comma-separated to compare")
+  p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
                  "predicted from the model's previous row")
@@ -165,7 +174,11 @@ def main(argv=None) -> None:
   repeats = args.repeats or (2 if args.quick else 5)
   mm_repeats = 3 if args.quick else 10
   start = time.perf_counter()
-  for name in names:
+  strategies = args.strategy.split(",")
+  for strategy in strategies:
+    if strategy not in ("auto", "vmap", "map"):
+      p.error(f"--strategy {strategy!r}: use auto, vmap or map (comma-separated)")
+  for name, strategy in [(n, s) for n in names for s in strategies]:
     conv = name in CONV_NETS
     steps = args.steps or {(False, False): 50, (False, True): 10,
                            (True, False): 2, (True, True): 1}[conv, args.quick]
@@ -184,7 +197,8 @@ def main(argv=None) -> None:
       # On a shared machine the reference is timed on each side of the step and the faster
       # taken, so contention lowers the fraction rather than raising it.
       before = matmul_flops_per_s(args.matmul_n, mm_repeats)
-      row = measure(name, r, dataset, args.batch_size, steps, repeats, before)
+      row = measure(name, r, dataset, args.batch_size, steps, repeats, before,
+                    strategy, args.compute_dtype)
       after = matmul_flops_per_s(args.matmul_n, mm_repeats)
       if after > before:
         rate = row["flops_per_s"]
