@@ -2,7 +2,6 @@
 
 import os
 import pathlib
-import time
 
 import pytest
 
@@ -15,27 +14,34 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 
 
-def test_analysis_notebook_runs(tmp_path, monkeypatch):
-  # A synthetic run until the trainer can make a real one in seconds; the notebook reads
-  # whatever ZHANG_RUN_DIR points at.
-  run_a = synthetic.write_example_run(tmp_path / "mlp_1x512")
-  run_b = synthetic.write_example_run(tmp_path / "mlp_3x512", model="mlp_3x512", scale=1.5)
-  monkeypatch.setenv("ZHANG_RUN_DIR", str(run_a))
-  monkeypatch.setenv("ZHANG_RUN_DIR_B", str(run_b))
-  monkeypatch.setenv("ZHANG_N_BOOT", "10")
+def _execute(tmp_path, monkeypatch, run, run_b=None, n_boot="10"):
+  """Runs the notebook on ``run`` (and ``run_b`` to compare); returns (outputs, stream text)."""
+  monkeypatch.setenv("ZHANG_RUN_DIR", str(run))
+  if run_b is None:
+    monkeypatch.delenv("ZHANG_RUN_DIR_B", raising=False)
+  else:
+    monkeypatch.setenv("ZHANG_RUN_DIR_B", str(run_b))
+  monkeypatch.setenv("ZHANG_N_BOOT", n_boot)
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  start = time.time()
   nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}}).execute()
-  assert time.time() - start < 60
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-  assert not [o for o in outputs if o.output_type == "error"]
+  errors = [o for o in outputs if o.output_type == "error"]
+  assert not errors, "\n".join(f"{o.ename}: {o.evalue}" for o in errors)
+  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  return outputs, text
+
+
+def test_analysis_notebook_runs(tmp_path, monkeypatch):
+  # Two synthetic runs with known curves: the notebook also compares them.
+  run_a = synthetic.write_example_run(tmp_path / "mlp_1x512")
+  run_b = synthetic.write_example_run(tmp_path / "mlp_3x512", model="mlp_3x512", scale=1.5)
+  outputs, text = _execute(tmp_path, monkeypatch, run_a, run_b)
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) >= 5  # fig1a, 1b, 1c, confidence, and the comparison's fig1b
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
   assert "mlp_1x512: " in text and "status complete" in text
 
 
@@ -81,23 +87,9 @@ def real_run(tmp_path_factory):
 
 
 def test_analysis_notebook_runs_on_real_run(real_run, tmp_path, monkeypatch):
-  monkeypatch.setenv("ZHANG_RUN_DIR", str(real_run))
-  monkeypatch.delenv("ZHANG_RUN_DIR_B", raising=False)
-  monkeypatch.setenv("ZHANG_N_BOOT", "10")
-  monkeypatch.setenv("MPLBACKEND", "Agg")
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-  nb = nbformat.read(NOTEBOOK, as_version=4)
-  start = time.time()
-  nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                          resources={"metadata": {"path": str(tmp_path)}}).execute()
-  assert time.time() - start < 60
-  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-  errors = [o for o in outputs if o.output_type == "error"]
-  assert not errors, "\n".join(f"{o.ename}: {o.evalue}" for o in errors)
+  outputs, text = _execute(tmp_path, monkeypatch, real_run)
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) >= 4  # fig1a, 1b, 1c, confidence (no second run to compare)
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
   assert "mlp_1x512: mlp_1x512 on digits, status complete, 60 steps, 9 replicas" in text
   assert "Set ZHANG_RUN_DIR_B" in text
 
@@ -144,17 +136,5 @@ def test_report_cli_when_true_labels_never_fit(real_run, tmp_path, monkeypatch, 
 def test_analysis_notebook_runs_before_anything_fits(tmp_path, monkeypatch):
   # Early in a run: no replica has fitted, so slowdowns and scaling laws are undefined.
   run = synthetic.write_example_run(tmp_path / "early", steps_run=30, status="running")
-  monkeypatch.setenv("ZHANG_RUN_DIR", str(run))
-  monkeypatch.delenv("ZHANG_RUN_DIR_B", raising=False)
-  monkeypatch.setenv("ZHANG_N_BOOT", "5")
-  monkeypatch.setenv("MPLBACKEND", "Agg")
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-  nb = nbformat.read(NOTEBOOK, as_version=4)
-  nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                          resources={"metadata": {"path": str(tmp_path)}}).execute()
-  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-  errors = [o for o in outputs if o.output_type == "error"]
-  assert not errors, "\n".join(f"{o.ename}: {o.evalue}" for o in errors)
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  _, text = _execute(tmp_path, monkeypatch, run, n_boot="5")
   assert "status running" in text and "no scaling law could be fitted" in text
