@@ -37,11 +37,11 @@ CONV_NETS = ("alexnet_small", "inception_small", "inception_small_nobn")
 DEFAULT_MODELS = ("mlp_1x512", "mlp_3x512")
 
 
-def matmul_flops_per_s(n: int, repeats: int) -> float:
-  """Best rate of an (n, n) @ (n, n) fp32 product, in FLOP/s."""
+def matmul_flops_per_s(n: int, repeats: int, dtype=jnp.float32) -> float:
+  """Best rate of an (n, n) @ (n, n) product (fp32 by default), in FLOP/s."""
   keys = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(keys[0], (n, n), jnp.float32)
-  b = jax.random.normal(keys[1], (n, n), jnp.float32)
+  a = jax.random.normal(keys[0], (n, n), dtype)
+  b = jax.random.normal(keys[1], (n, n), dtype)
   dot = jax.jit(jnp.dot)
   dot(a, b).block_until_ready()
   best = float("inf")
@@ -106,6 +106,22 @@ def time_chunks(fns, d, reps, states, steps: int, repeats: int, name: str = ""):
   return compiled, compile_s, times
 
 
+def _memory(compiled) -> dict:
+  """Device memory of the compiled chunk: XLA's static estimate, and the allocator's peak
+  where the backend reports one (GPU, TPU; not CPU)."""
+  out = {}
+  try:
+    m = compiled.memory_analysis()
+    out["xla_memory_bytes"] = int(m.argument_size_in_bytes + m.output_size_in_bytes
+                                  + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # noqa: BLE001 - not every backend answers
+    pass
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["peak_bytes_in_use"] = int(stats["peak_bytes_in_use"])
+  return out
+
+
 def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
             repeats: int, matmul_rate: float, strategy: str = "auto",
             compute_dtype: str = "float32") -> dict:
@@ -113,6 +129,7 @@ def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
                                strategy=strategy, compute_dtype=compute_dtype)
   compiled, compile_s, times = time_chunks(fns, d, reps, states, steps, repeats, model)
   # XLA counts a while loop's body once, so one chunk's estimate is one step's.
+  memory = _memory(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
   xla_flops = float(cost["flops"]) if cost and cost.get("flops", 0) > 0 else None
@@ -139,6 +156,7 @@ def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
       matmul_flops_per_s=matmul_rate,
       fraction_of_matmul=round(flops_per_s / matmul_rate, 4),
       needed_fraction_of_matmul=round(needed / best / matmul_rate, 4),
+      **memory,
       backend=jax.default_backend(), device_kind=device.device_kind,
       jax_version=jax.__version__, cpu_count=os.cpu_count(),
       load_avg_1m=round(os.getloadavg()[0], 2))  # > cpu_count: others shared the machine
@@ -204,6 +222,9 @@ def main(argv=None) -> None:
         rate = row["flops_per_s"]
         row.update(matmul_flops_per_s=after, fraction_of_matmul=round(rate / after, 4),
                    needed_fraction_of_matmul=round(row["needed_flops_per_s"] / after, 4))
+      if jax.default_backend() != "cpu":  # bf16 matmul units; CPU has none worth timing
+        row["matmul_bf16_flops_per_s"] = matmul_flops_per_s(args.matmul_n, mm_repeats,
+                                                            jnp.bfloat16)
       print(json.dumps(row), flush=True)
       wall = time.perf_counter() - t_row
       grows = min(row["step_ms_median"] / 1e3 * steps * (repeats + 1), wall)  # + warm-up
