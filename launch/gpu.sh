@@ -54,7 +54,6 @@ HOST="" CONFIG="configs/fig1.py" WORKDIR="runs/fig1" DATA_DIR="" GPUS="" MEM_FRA
 JAX="jax[cuda12]" VENV="" PYTHON="python3" RESULTS="" SKIP_SETUP=0 REINSTALL=0 DRY_RUN=0
 SETS=() EXTRA=()
 
-need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 while (($#)); do
   if [[ $1 == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi
   case $1 in

@@ -1,6 +1,8 @@
 # Shared by the launch scripts: error exit, shell quoting, and dry-run-aware execution.
 # Callers set PROG and DRY_RUN.
 
+# An option that takes a value: need "$@" before reading $2.
+need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
 # Quote one word for a POSIX shell, only if needed (--flag=VALUE: only the value).
 q() {

@@ -35,7 +35,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CONFIG="configs/digits.py" WORKDIR="runs/digits" DATA_DIR="" VENV=".venv" PYTHON="python3"
 REINSTALL=0 DRY_RUN=0 SETS=() EXTRA=()
 
-need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 while (($#)); do
   if [[ $1 == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi
   case $1 in

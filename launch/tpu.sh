@@ -84,7 +84,6 @@ NAME="" ZONE="" WORKDIR="" ACCEL="v4-8" VERSION="" PROJECT="" CAPACITY="" QUEUED
 CONFIG="configs/fig1.py" DATA_DIR="" RESULTS="" WITH_CKPT=0 REF="HEAD" KEEP=0 DRY_RUN=0
 SETS=() EXTRA=() PHASES=()
 
-need() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 while (($#)); do
   if [[ $1 == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi
   case $1 in
