@@ -17,7 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zhang import conv as conv_lib
 from zhang.errors import UsageError
+
+# How convolution gradients are computed: "jax" (JAX's own rules) or "canonical"
+# (zhang/conv.py, which XLA CPU runs fast inside loops).
+CONV_GRADIENTS = {"jax": None, "canonical": conv_lib.conv_general_dilated}
 
 
 class MLP(nn.Module):
@@ -47,12 +52,13 @@ def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.7
 class AlexNetSmall(nn.Module):
   """Two [conv 5x5x64, ReLU, max-pool 3x3/2, LRN] modules, Dense 384, Dense 192, Dense 10."""
   num_classes: int
+  conv_fn: Callable | None = None  # nn.Conv's conv_general_dilated (None: lax's)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
     for _ in range(2):
-      x = nn.relu(nn.Conv(64, (5, 5), padding="SAME")(x))
+      x = nn.relu(nn.Conv(64, (5, 5), padding="SAME", conv_general_dilated=self.conv_fn)(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
       x = local_response_norm(x)
     x = x.reshape(x.shape[0], -1)
@@ -67,11 +73,12 @@ class ConvModule(nn.Module):
   kernel: int
   stride: int = 1
   batch_norm: bool = True
+  conv_fn: Callable | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                padding="SAME")(x)
+                padding="SAME", conv_general_dilated=self.conv_fn)(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
     return nn.relu(x)
@@ -81,10 +88,11 @@ class InceptionSmall(nn.Module):
   """The small Inception of the paper's Appendix A (with or without batch norm)."""
   num_classes: int
   batch_norm: bool = True
+  conv_fn: Callable | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = lambda c, k, s=1: ConvModule(c, k, s, self.batch_norm)
+    conv = lambda c, k, s=1: ConvModule(c, k, s, self.batch_norm, self.conv_fn)
 
     def inception(x, c1, c3):
       return jnp.concatenate([conv(c1, 1)(x, train), conv(c3, 3)(x, train)], axis=-1)
@@ -109,19 +117,27 @@ class InceptionSmall(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   name: str
-  build: Callable[[int], nn.Module]  # num_classes -> module
+  make: Callable[[int, Callable | None], nn.Module]  # (num_classes, conv_fn) -> module
   learning_rate: float  # the paper's
   batch_norm: bool
   description: str
 
+  def build(self, num_classes: int, conv_gradient: str = "jax") -> nn.Module:
+    """The module; ``conv_gradient`` ("jax" or "canonical", see CONV_GRADIENTS) changes
+    only how convolution gradients are evaluated, never the parameters or the forward."""
+    if conv_gradient not in CONV_GRADIENTS:
+      raise UsageError(f"conv_gradient={conv_gradient!r} must be one of "
+                       f"{', '.join(CONV_GRADIENTS)}")
+    return self.make(num_classes, CONV_GRADIENTS[conv_gradient])
+
 
 _MODELS = {m.name: m for m in [
-    ModelSpec("mlp_1x512", lambda k: MLP(1, k), 0.01, False, "MLP, one hidden layer of 512"),
-    ModelSpec("mlp_3x512", lambda k: MLP(3, k), 0.01, False, "MLP, three hidden layers of 512"),
-    ModelSpec("alexnet_small", AlexNetSmall, 0.01, False, "small AlexNet with LRN"),
-    ModelSpec("inception_small", lambda k: InceptionSmall(k, True), 0.1, True,
+    ModelSpec("mlp_1x512", lambda k, _: MLP(1, k), 0.01, False, "MLP, one hidden layer of 512"),
+    ModelSpec("mlp_3x512", lambda k, _: MLP(3, k), 0.01, False, "MLP, three hidden layers of 512"),
+    ModelSpec("alexnet_small", lambda k, c: AlexNetSmall(k, c), 0.01, False, "small AlexNet with LRN"),
+    ModelSpec("inception_small", lambda k, c: InceptionSmall(k, True, c), 0.1, True,
               "small Inception"),
-    ModelSpec("inception_small_nobn", lambda k: InceptionSmall(k, False), 0.1, False,
+    ModelSpec("inception_small_nobn", lambda k, c: InceptionSmall(k, False, c), 0.1, False,
               "small Inception without batch norm"),
 ]}
 

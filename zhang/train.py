@@ -60,6 +60,10 @@ def check_workdir(workdir, config, restart: bool) -> None:
     raise UsageError(f"{old_file} is unreadable: use a new --workdir, or --restart to "
                      f"delete the old run's files and start over") from None
   new = config_lib.to_json_dict(config)
+  # A field added to the config after the old run started counts as unchanged while it
+  # keeps its default (the old run ran with what the default means).
+  added = config_lib.to_json_dict(config_lib.base_config())
+  old = {**{k: v for k, v in added.items() if k not in old and new.get(k) == v}, **old}
   if old != new:
     fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise UsageError(f"workdir {workdir} holds a run with a different config (differs in "
@@ -114,6 +118,20 @@ def replica_strategy(config) -> str:
   return STRATEGY.get((jax.default_backend(), family), "vmap")
 
 
+# conv_gradient="auto": backend -> how convolution gradients are evaluated. XLA CPU runs
+# JAX's own convolution gradients 10-70x slower inside a loop body than outside
+# (benchmarks/RESULTS.md, "Convolutions inside loops"); zhang/conv.py states them as
+# canonical convolutions, which it runs at full speed. Accelerators keep JAX's rules (cuDNN
+# has kernels for both gradients) until benchmarks/device_check.sh says otherwise.
+CONV_GRADIENT = {"cpu": "canonical"}
+
+
+def conv_gradient(config) -> str:
+  if config.conv_gradient != "auto":
+    return config.conv_gradient
+  return CONV_GRADIENT.get(jax.default_backend(), "jax")
+
+
 def hyper(config, replicas) -> step_lib.Hyper:
   return step_lib.Hyper(config.batch_size, float(config.learning_rate), float(config.momentum),
                         float(config.lr_decay), config.lr_decay_every,
@@ -135,7 +153,8 @@ def build(config, replicas, dataset, mesh=None):
   by_replica = mesh_lib.replica_sharding(mesh)
   d = device_data(dataset, mesh_lib.replicated(mesh))
   init_keys, reps, label_noise = build_replicas(padded, dataset, by_replica)
-  fns = step_lib.make_functions(spec.build(dataset.num_classes), hyper(config, padded),
+  module = spec.build(dataset.num_classes, conv_gradient(config))
+  fns = step_lib.make_functions(module, hyper(config, padded),
                                 spec.batch_norm, mesh)
   sample = jnp.zeros((1, *d.train_images.shape[1:]), jnp.float32)
   states = jax.jit(jax.vmap(fns.init, (0, None)), out_shardings=by_replica)(init_keys, sample)
