@@ -5,14 +5,22 @@ Run (2-core CPU, about 2 minutes):
   python benchmarks/throughput.py                      # mlp_1x512 and mlp_3x512, R = 1, 8
   python benchmarks/throughput.py --models all --quick # every model, fewer steps
   python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
+  python benchmarks/throughput.py --models alexnet_small --conv_gradient jax,canonical
+  python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
 
-Prints one JSON object per (model, replicas). The timed program is the trainer's own
-``train_chunk`` (batch gather, scaling, whitening, forward, backward, SGD momentum) on
-synthetic uint8 images, for a grid of ``labels`` replicas (corruption 0, seeds 0..R-1).
-``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
+Prints one JSON object per (model, strategy, conv_gradient, replicas). The timed program is
+the trainer's own ``train_chunk`` (batch gather, scaling, whitening, forward, backward, SGD
+momentum) on synthetic uint8 images, for a grid of ``labels`` replicas (corruption 0, seeds
+0..R-1). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
 ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never computes,
 and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the
-best rate of a large ``jnp.dot`` timed in the same process just before and after each row. Results: benchmarks/RESULTS.md.
+best rate of a large ``jnp.dot`` timed in the same process just before and after each row.
+``conv_gradient`` is the resolved config field (``jax`` or ``canonical``; MLPs have no
+convolutions). ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
+compiled chunk (``xla_memory_bytes``, checked before the row runs; the next row's first
+predicted in proportion to R) stays within ``memory_limit_bytes``: ``--memory_fraction`` of
+the device's memory (GPU, TPU: the allocator's limit; CPU: physical RAM). Every row skipped
+or stop of the sweep is said on stderr. Results: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,38 +70,49 @@ def synthetic_dataset(n_train: int, input_shape, num_classes: int = 10) -> Datas
                  num_classes)
 
 
-def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
-          mesh_shape=None, strategy: str = "auto", compute_dtype: str = "float32"):
-  """The trainer's own ``train.build`` for a grid of ``labels`` replicas (p = 0, seeds 0..R-1).
-
-  ``mesh_shape`` (replica, data) defaults to the config's, every device on ``replica``.
-  Returns (step.Functions, step.Data, step.Replicas, stacked TrainState).
-  """
+def make_config(model: str, num_replicas: int, batch_size: int, mesh_shape=None,
+                strategy: str = "auto", compute_dtype: str = "float32",
+                conv_gradient: str = "auto"):
+  """The resolved config of a grid of ``labels`` replicas (p = 0, seeds 0..R-1)."""
   c = config_lib.base_config()
   c.model = model
   c.batch_size = batch_size
   c.replica_strategy = strategy
   c.compute_dtype = compute_dtype
+  c.conv_gradient = conv_gradient
   if mesh_shape is not None:
     c.mesh_shape = tuple(mesh_shape)
   c.grid = [dict(kinds=["labels"], corruptions=[0.0], seeds=list(range(num_replicas)))]
-  c = config_lib.resolve(c)
-  replicas = config_lib.expand_grid(c)
-  fns, d, reps, states = train_lib.build(c, replicas, dataset)[:4]
-  return fns, d, reps, states
+  return config_lib.resolve(c)
 
 
-def time_chunks(fns, d, reps, states, steps: int, repeats: int, name: str = ""):
-  """Compiles ``fns.train_chunk`` for ``steps`` steps, runs it once to warm up, then times
-  ``repeats`` chunks. Returns (compiled, compile seconds, per-chunk seconds)."""
+def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
+          mesh_shape=None, strategy: str = "auto", compute_dtype: str = "float32",
+          conv_gradient: str = "auto"):
+  """The trainer's own ``train.build`` for a grid of ``labels`` replicas (p = 0, seeds 0..R-1).
+
+  ``mesh_shape`` (replica, data) defaults to the config's, every device on ``replica``.
+  Returns (step.Functions, step.Data, step.Replicas, stacked TrainState).
+  """
+  c = make_config(model, num_replicas, batch_size, mesh_shape, strategy, compute_dtype,
+                  conv_gradient)
+  return tuple(train_lib.build(c, config_lib.expand_grid(c), dataset)[:4])
+
+
+def compile_chunk(fns, d, reps, states, steps: int):
+  """Compiles ``fns.train_chunk`` for ``steps`` steps. Returns (compiled, compile seconds)."""
   step0 = jnp.asarray(0, jnp.int32)
   num = jnp.asarray(steps, jnp.int32)
-
   t = time.perf_counter()
   compiled = fns.train_chunk.lower(states, reps, d, step0, num).compile()
-  compile_s = time.perf_counter() - t
+  return compiled, time.perf_counter() - t
 
-  states, loss = compiled(states, reps, d, step0, num)  # warm-up (donates states)
+
+def run_chunks(compiled, d, reps, states, steps: int, repeats: int, name: str = ""):
+  """Runs a compiled chunk of ``steps`` steps once to warm up, then times ``repeats``
+  chunks. Donates ``states``. Returns the per-chunk seconds."""
+  num = jnp.asarray(steps, jnp.int32)
+  states, loss = compiled(states, reps, d, jnp.asarray(0, jnp.int32), num)  # warm-up
   loss.block_until_ready()
   times = []
   for i in range(repeats):
@@ -103,7 +123,14 @@ def time_chunks(fns, d, reps, states, steps: int, repeats: int, name: str = ""):
     times.append(time.perf_counter() - t)
   if not np.all(np.isfinite(np.asarray(loss))):
     raise RuntimeError(f"{name}: non-finite loss {loss}")
-  return compiled, compile_s, times
+  return times
+
+
+def time_chunks(fns, d, reps, states, steps: int, repeats: int, name: str = ""):
+  """Compiles ``fns.train_chunk`` for ``steps`` steps, runs it once to warm up, then times
+  ``repeats`` chunks. Returns (compiled, compile seconds, per-chunk seconds)."""
+  compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
+  return compiled, compile_s, run_chunks(compiled, d, reps, states, steps, repeats, name)
 
 
 def _memory(compiled) -> dict:
@@ -122,12 +149,60 @@ def _memory(compiled) -> dict:
   return out
 
 
-def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
-            repeats: int, matmul_rate: float, strategy: str = "auto",
-            compute_dtype: str = "float32") -> dict:
-  fns, d, reps, states = setup(model, num_replicas, dataset, batch_size,
-                               strategy=strategy, compute_dtype=compute_dtype)
-  compiled, compile_s, times = time_chunks(fns, d, reps, states, steps, repeats, model)
+def device_memory_bytes() -> int | None:
+  """The first device's memory: the allocator's limit on GPU and TPU (None when it reports
+  none), the machine's physical RAM on CPU."""
+  if jax.default_backend() == "cpu":
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001 - not every backend answers
+    stats = {}
+  return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
+
+
+def _size(n: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if abs(n) < 1024 or unit == "GiB":
+      return f"{n:.1f} {unit}"
+    n /= 1024
+
+
+class Prepared(NamedTuple):
+  """One row, built and compiled but not yet run: what ``measure`` times."""
+  model: str
+  num_replicas: int
+  dataset: Dataset
+  batch_size: int
+  steps: int
+  compute_dtype: str
+  conv_gradient: str  # resolved: "jax" or "canonical"
+  fns: object
+  d: object
+  reps: object
+  states: object
+  compiled: object
+  compile_s: float
+
+
+def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
+            strategy: str = "auto", compute_dtype: str = "float32",
+            conv_gradient: str = "auto") -> Prepared:
+  """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it."""
+  c = make_config(model, num_replicas, batch_size, strategy=strategy,
+                  compute_dtype=compute_dtype, conv_gradient=conv_gradient)
+  fns, d, reps, states = train_lib.build(c, config_lib.expand_grid(c), dataset)[:4]
+  compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
+  return Prepared(model, num_replicas, dataset, batch_size, steps, compute_dtype,
+                  train_lib.conv_gradient(c), fns, d, reps, states, compiled, compile_s)
+
+
+def measure(prep: Prepared, repeats: int, matmul_rate: float,
+            memory_limit: int | None = None) -> dict:
+  """Times a prepared row (it donates the row's states) and returns its JSON row."""
+  model, num_replicas, dataset, batch_size, steps = prep[:5]
+  times = run_chunks(prep.compiled, prep.d, prep.reps, prep.states, steps, repeats, model)
+  compiled = prep.compiled
   # XLA counts a while loop's body once, so one chunk's estimate is one step's.
   memory = _memory(compiled)
   cost = compiled.cost_analysis()
@@ -144,11 +219,12 @@ def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
   device = jax.devices()[0]
   return dict(
       model=model, replicas=num_replicas, batch_size=batch_size, input_shape=list(shape),
-      strategy=fns.hyper.strategy, compute_dtype=compute_dtype,
+      strategy=prep.fns.hyper.strategy, compute_dtype=prep.compute_dtype,
+      conv_gradient=prep.conv_gradient,
       n_train=len(dataset.train_labels), steps=steps, repeats=repeats,
       step_ms=round(best * 1e3, 3),
       step_ms_median=round(statistics.median(times) / steps * 1e3, 3),
-      compile_s=round(compile_s, 3),
+      compile_s=round(prep.compile_s, 3),
       examples_per_s=round(num_replicas * batch_size / best, 1),
       flops_per_step=per_step, needed_flops_per_step=needed,
       xla_flops_per_step=xla_flops,
@@ -156,10 +232,20 @@ def measure(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
       matmul_flops_per_s=matmul_rate,
       fraction_of_matmul=round(flops_per_s / matmul_rate, 4),
       needed_fraction_of_matmul=round(needed / best / matmul_rate, 4),
-      **memory,
+      **memory, memory_limit_bytes=memory_limit,
       backend=jax.default_backend(), device_kind=device.device_kind,
       jax_version=jax.__version__, cpu_count=os.cpu_count(),
       load_avg_1m=round(os.getloadavg()[0], 2))  # > cpu_count: others shared the machine
+
+
+def replica_counts(listed, up_to_memory: bool):
+  """(replicas, part of the sweep): the listed counts, then with ``up_to_memory`` doubles of
+  the last, without end (the caller stops)."""
+  yield from ((r, False) for r in listed)
+  r = listed[-1]
+  while up_to_memory:
+    r *= 2
+    yield r, True
 
 
 def main(argv=None) -> None:
@@ -178,45 +264,105 @@ def main(argv=None) -> None:
   p.add_argument("--strategy", default="auto",
                  help="how replicas run on a device (config field replica_strategy): auto, "
                  "vmap or map; comma-separated to compare")
+  p.add_argument("--conv_gradient", default="auto",
+                 help="how convolution gradients are evaluated (config field conv_gradient): "
+                 "auto, jax or canonical; comma-separated to compare")
   p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
                  "predicted from the model's previous row")
+  p.add_argument("--up_to_memory", action="store_true",
+                 help="after the --replicas rows, keep doubling R while XLA's memory "
+                 "estimate of the compiled chunk stays within --memory_fraction of the "
+                 "device's memory (and R within --max_replicas, time within --max_seconds)")
+  p.add_argument("--memory_fraction", type=float, default=0.8,
+                 help="share of the device's memory (GPU/TPU: the allocator's limit; CPU: "
+                 "physical RAM) that a row may take with --up_to_memory")
+  p.add_argument("--max_replicas", type=int, default=4096,
+                 help="largest R the --up_to_memory sweep tries")
   args = p.parse_args(argv)
 
   names = models.names() if args.models == "all" else args.models.split(",")
   for name in names:
     models.get(name)  # fails early on a typo
+  strategies = args.strategy.split(",")
+  for strategy in strategies:
+    if strategy not in ("auto", "vmap", "map"):
+      p.error(f"--strategy {strategy!r}: use auto, vmap or map (comma-separated)")
+  conv_gradients = args.conv_gradient.split(",")
+  for conv_gradient in conv_gradients:
+    if conv_gradient not in ("auto", "jax", "canonical"):
+      p.error(f"--conv_gradient {conv_gradient!r}: use auto, jax or canonical "
+              "(comma-separated)")
+  listed = [int(s) for s in args.replicas.split(",")]
+  if not 0 < args.memory_fraction:
+    p.error(f"--memory_fraction {args.memory_fraction}: must be positive")
+  device_memory = device_memory_bytes()
+  limit = None if device_memory is None else int(args.memory_fraction * device_memory)
+  if args.up_to_memory and limit is None:
+    p.error(f"--up_to_memory: {jax.devices()[0].device_kind} reports no memory limit")
   shape = tuple(int(s) for s in args.input_shape.split(","))
   dataset = synthetic_dataset(args.n_train, shape)
   repeats = args.repeats or (2 if args.quick else 5)
   mm_repeats = 3 if args.quick else 10
   start = time.perf_counter()
-  strategies = args.strategy.split(",")
-  for strategy in strategies:
-    if strategy not in ("auto", "vmap", "map"):
-      p.error(f"--strategy {strategy!r}: use auto, vmap or map (comma-separated)")
-  for name, strategy in [(n, s) for n in names for s in strategies]:
+  for name, strategy, conv_gradient in [(n, s, g) for n in names for s in strategies
+                                        for g in conv_gradients]:
     conv = name in CONV_NETS
     steps = args.steps or {(False, False): 50, (False, True): 10,
                            (True, False): 2, (True, True): 1}[conv, args.quick]
     previous = None  # (replicas, seconds that stay, seconds that grow with R): last row
-    for r in (int(s) for s in args.replicas.split(",")):
+    memory = None  # (replicas, XLA's estimate in bytes): the last row compiled
+    for r, sweep in replica_counts(listed, args.up_to_memory):
+      # A listed row that does not fit is skipped; the sweep stops at the first.
+      def give_up(reason: str) -> None:
+        print(f"throughput: {'stopped' if sweep else 'skipped'} {name} R={r}: {reason}",
+              file=sys.stderr, flush=True)
+
+      if sweep and r > args.max_replicas:
+        give_up(f"above --max_replicas {args.max_replicas}")
+        break
       t_row = time.perf_counter()
       if args.max_seconds is not None:
         # The timed steps are taken to grow linearly with R; compilation, setup and the
         # reference matmul to stay.
         guess = 0.0 if previous is None else previous[1] + previous[2] * r / previous[0]
         if t_row - start + guess > args.max_seconds:
-          print(f"throughput: skipped {name} R={r}: {t_row - start:.0f} s spent, about "
-                f"{guess:.0f} s more needed, budget {args.max_seconds:.0f} s",
-                file=sys.stderr, flush=True)
+          give_up(f"{t_row - start:.0f} s spent, about {guess:.0f} s more needed, budget "
+                  f"{args.max_seconds:.0f} s")
+          if sweep:
+            break
+          continue
+      if sweep and memory is None:
+        give_up("no memory estimate from XLA for an earlier row to go by")
+        break
+      if args.up_to_memory and memory is not None:
+        # Taken as proportional to R: an over-estimate by the part that does not grow.
+        predicted = memory[1] * r / memory[0]
+        if predicted > limit:
+          give_up(f"predicted {_size(predicted)} from R={memory[0]}'s {_size(memory[1])}, "
+                  f"above the limit {_size(limit)} ({args.memory_fraction:g} of "
+                  f"{_size(device_memory)})")
+          if sweep:
+            break
+          continue
+      prep = prepare(name, r, dataset, args.batch_size, steps, strategy, args.compute_dtype,
+                     conv_gradient)
+      if args.up_to_memory:
+        estimate = _memory(prep.compiled).get("xla_memory_bytes")
+        memory = None if estimate is None else (r, estimate)
+        if estimate is not None and estimate > limit:
+          give_up(f"XLA's estimate {_size(estimate)} is above the limit {_size(limit)} "
+                  f"({args.memory_fraction:g} of {_size(device_memory)}); not run")
+          del prep
+          if sweep:
+            break
           continue
       # On a shared machine the reference is timed on each side of the step and the faster
       # taken, so contention lowers the fraction rather than raising it.
       before = matmul_flops_per_s(args.matmul_n, mm_repeats)
-      row = measure(name, r, dataset, args.batch_size, steps, repeats, before,
-                    strategy, args.compute_dtype)
+      row = measure(prep, repeats, before, limit)
+      del prep  # the row's device buffers, before the next row's are made
       after = matmul_flops_per_s(args.matmul_n, mm_repeats)
       if after > before:
         rate = row["flops_per_s"]

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from zhang import cli
+from zhang import cli, train
+from zhang import config as config_lib
+from zhang.errors import UsageError
 
 DIGITS = "configs/digits.py"
 
@@ -28,6 +30,7 @@ DIGITS = "configs/digits.py"
     (["--set", "grid=oops"], "cannot set grid"),
     (["--set", "replica_strategy=pmap"], "replica_strategy='pmap' must be auto, vmap or map"),
     (["--set", "compute_dtype=float16"], "compute_dtype='float16' must be float32 or bfloat16"),
+    (["--set", "conv_gradient=fast"], "conv_gradient='fast' must be auto, jax or canonical"),
     (["--data_dir", "/nonexistent/folder", "--set", "dataset='fashion_mnist'"],
      "fashion_mnist"),
 ])
@@ -63,6 +66,21 @@ def test_workdir_with_a_different_config_is_refused_untouched(tmp_path, capsys):
   err = capsys.readouterr().err
   assert code == 2 and "holds a run with a different config" in err and "--restart" in err
   assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
+
+
+def test_workdir_from_before_a_new_config_field_still_resumes(tmp_path):
+  """A run whose config.json predates a field (here conv_gradient) resumes while the field
+  keeps its default, and is refused once it is set to something else."""
+  config = config_lib.load(DIGITS)
+  old = config_lib.to_json_dict(config)
+  del old["conv_gradient"]
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(old))
+  train.check_workdir(workdir, config, restart=False)
+  config.conv_gradient = "jax"
+  with pytest.raises(UsageError, match="differs in conv_gradient"):
+    train.check_workdir(workdir, config, restart=False)
 
 
 def test_models_table(capsys):

@@ -1,0 +1,97 @@
+"""zhang/conv.py: the same convolution and gradients as JAX's, in a form XLA CPU keeps fast
+inside the step loop."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from zhang import config as config_lib
+from zhang import conv, data, train
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((2, 7, 7, 3), 3, 1, "SAME"),     # inception's 3x3
+    ((2, 8, 8, 3), 3, 2, "SAME"),     # its stride-2 downsampling, even size
+    ((2, 7, 9, 3), 3, 2, "SAME"),     # odd and unequal sizes
+    ((3, 12, 12, 4), 5, 1, "SAME"),   # alexnet's 5x5
+    ((2, 9, 9, 4), 1, 1, "SAME"),     # 1x1
+    ((2, 9, 9, 4), 3, 2, "VALID"),
+    ((2, 10, 10, 4), 5, 3, "SAME"),
+    ((1, 6, 6, 2), 2, 1, "SAME"),     # even kernel: asymmetric padding
+    ((2, 6, 6, 2), 3, 1, ((2, 0), (1, 3))),  # explicit padding
+])
+def test_value_and_gradients_equal_jax(shape, kernel, stride, padding):
+  kx, kw, kc = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kw, (kernel, kernel, shape[-1], 5))
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                              dimension_numbers=DN)
+  ours = lambda x, w: conv.conv_general_dilated(x, w, (stride, stride), padding,
+                                                dimension_numbers=DN)
+  y = ref(x, w)
+  np.testing.assert_array_equal(ours(x, w), y)
+  cot = jax.random.normal(kc, y.shape)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) * cot)
+  for g_ref, g_ours in zip(jax.grad(loss(ref), (0, 1))(x, w),
+                           jax.grad(loss(ours), (0, 1))(x, w)):
+    assert g_ours.shape == g_ref.shape
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_other_convolutions_are_passed_to_lax():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 2, 6))  # two feature groups
+  args = ((1, 1), "SAME")
+  kw = dict(dimension_numbers=DN, feature_group_count=2)
+  f = lambda x, w: jnp.sum(conv.conv_general_dilated(x, w, *args, **kw) ** 2)
+  g = lambda x, w: jnp.sum(lax.conv_general_dilated(x, w, *args, **kw) ** 2)
+  for a, b in zip(jax.grad(f, (0, 1))(x, w), jax.grad(g, (0, 1))(x, w)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _grid(tiny_config, conv_gradient, image_size=8):
+  """Inception on 64 images: digits (8x8), or random CIFAR-sized (28x28x3) ones."""
+  tiny_config.model = "inception_small_nobn"
+  tiny_config.n_train, tiny_config.n_test, tiny_config.batch_size = 64, 32, 8
+  tiny_config.learning_rate = 0.001
+  tiny_config.conv_gradient = conv_gradient
+  tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  dataset = data.load("digits").subset(64, 32)
+  if image_size != 8:
+    rng = np.random.default_rng(0)
+    images = lambda n: rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
+    dataset = data.Dataset("random", images(64), dataset.train_labels, images(32),
+                           dataset.test_labels, dataset.num_classes)
+  return train.build(config, replicas, dataset)[:4]
+
+
+def test_training_with_either_gradient_agrees(tiny_config):
+  results = {}
+  for how in ("jax", "canonical"):
+    fns, d, reps, states = _grid(tiny_config, how)
+    states, _ = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(3))
+    results[how] = jax.device_get((states.params, fns.evaluate(states, reps, d)))
+  for a, b in zip(jax.tree.leaves(results["jax"]), jax.tree.leaves(results["canonical"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU's compiled program")
+def test_every_convolution_in_the_cpu_step_loop_is_canonical(tiny_config):
+  """The property behind the speed: inside the compiled step loop XLA CPU runs a convolution
+  fast only in the canonical NHWC x HWIO layout (benchmarks/RESULTS.md). On CIFAR-sized
+  images: where a layer's input is no larger than its kernel (8x8 digits), XLA rewrites the
+  convolution its own way."""
+  fns, d, reps, states = _grid(tiny_config, "auto", image_size=28)
+  hlo = fns.train_chunk.lower(states, reps, d, jnp.asarray(0), jnp.asarray(2)).compile()
+  labels = re.findall(r"convolution\(.*?dim_labels=(\S+?),", hlo.as_text())
+  # 19 conv layers: forward, input gradient (except the first layer) and weight gradient.
+  assert len(labels) >= 3 * 19 - 1
+  assert set(labels) == {"b01f_01io->b01f"}

@@ -1,0 +1,74 @@
+"""benchmarks/throughput.py in-process, tiny: --conv_gradient and the --up_to_memory sweep."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+throughput = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(throughput)
+
+TINY = ["--models", "mlp_1x512", "--replicas", "1", "--steps", "1", "--repeats", "1",
+        "--n_train", "256", "--batch_size", "4", "--matmul_n", "128", "--quick"]
+RAM = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # the limit's base on CPU
+
+
+def run(capsys, *args):
+  throughput.main([*TINY, *args])
+  out, err = capsys.readouterr()
+  rows = [json.loads(line) for line in out.splitlines()]
+  return rows, [line for line in err.splitlines() if line.startswith("throughput:")]
+
+
+def test_conv_gradient_rows_report_the_resolved_value(capsys):
+  rows, _ = run(capsys, "--models", "alexnet_small", "--batch_size", "2",
+                "--conv_gradient", "jax,canonical")
+  assert [(r["model"], r["replicas"], r["conv_gradient"]) for r in rows] == [
+      ("alexnet_small", 1, "jax"), ("alexnet_small", 1, "canonical")]
+  assert all(r["step_ms"] > 0 and r["memory_limit_bytes"] == int(0.8 * RAM) for r in rows)
+
+
+def test_up_to_memory_doubles_while_the_estimate_fits(capsys):
+  (one,), _ = run(capsys)
+  m1 = one["xla_memory_bytes"]
+  assert one["backend"] == "cpu" and m1 > 0
+
+  # A limit of 2.5 x R=1's estimate: R=2 (about 2x) fits, R=4 (about 4x) does not.
+  rows, stops = run(capsys, "--up_to_memory", "--memory_fraction", str(2.5 * m1 / RAM))
+  assert [r["replicas"] for r in rows] == [1, 2]
+  limit = rows[0]["memory_limit_bytes"]
+  assert abs(limit - 2.5 * m1) < 1e-3 * m1
+  assert rows[0]["xla_memory_bytes"] == m1
+  assert 1.5 * m1 < rows[1]["xla_memory_bytes"] <= limit  # grows with R, within the limit
+  assert len(stops) == 1 and stops[0].startswith("throughput: stopped mlp_1x512 R=4:")
+  assert "predicted" in stops[0] and "above the limit" in stops[0]
+
+  # Below R=1's own estimate: R=1 is compiled and checked but not run; the sweep stops.
+  rows, stops = run(capsys, "--up_to_memory", "--memory_fraction", str(0.9 * m1 / RAM))
+  assert rows == []
+  assert stops[0].startswith("throughput: skipped mlp_1x512 R=1: XLA's estimate")
+  assert stops[0].endswith("not run")
+  assert stops[1].startswith("throughput: stopped mlp_1x512 R=2: predicted")
+  assert len(stops) == 2
+
+
+def test_up_to_memory_stops_at_max_replicas(capsys):
+  rows, stops = run(capsys, "--up_to_memory", "--max_replicas", "1")
+  assert [r["replicas"] for r in rows] == [1]
+  assert stops == ["throughput: stopped mlp_1x512 R=2: above --max_replicas 1"]
+
+
+def test_bad_conv_gradient_exits_2_with_one_line(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    throughput.main([*TINY, "--conv_gradient", "jax,cudnn"])
+  assert exit_info.value.code == 2
+  out, err = capsys.readouterr()
+  errors = [line for line in err.splitlines() if "error:" in line]
+  assert out == "" and "Traceback" not in err
+  assert len(errors) == 1  # argparse names the program after sys.argv[0]
+  assert errors[0].endswith(" error: --conv_gradient 'cudnn': use auto, jax or canonical "
+                            "(comma-separated)")
