@@ -56,10 +56,16 @@ def test_up_to_memory_doubles_while_the_estimate_fits(capsys):
   assert len(stops) == 2
 
 
-def test_up_to_memory_stops_at_max_replicas(capsys):
+def test_up_to_memory_stops_at_max_replicas_and_the_time_budget(capsys):
   rows, stops = run(capsys, "--up_to_memory", "--max_replicas", "1")
   assert [r["replicas"] for r in rows] == [1]
   assert stops == ["throughput: stopped mlp_1x512 R=2: above --max_replicas 1"]
+
+  rows, stops = run(capsys, "--up_to_memory", "--max_seconds", "0")  # nothing compiled
+  assert rows == [] and len(stops) == 2
+  assert stops[0].startswith("throughput: skipped mlp_1x512 R=1: ")
+  assert stops[1].startswith("throughput: stopped mlp_1x512 R=2: ")
+  assert all(s.endswith("budget 0 s") for s in stops)
 
 
 def test_bad_conv_gradient_exits_2_with_one_line(capsys):
