@@ -20,10 +20,14 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   result = json.loads((out / "device_check.json").read_text())
   assert result["ok"] and result["quick"] and result["env"]["backend"] == "cpu"
   assert set(result["steps"]) == {"throughput_mlp_1x512", "throughput_inception_small",
-                                  "fig1_synthetic_cifar10"}
-  assert all(s["rc"] == 0 and s["seconds"] > 0 for s in result["steps"].values())
+                                  "throughput_alexnet_small", "fig1_synthetic_cifar10",
+                                  "fig1b_estimate"}
+  assert all(s["rc"] == 0 and not s["skipped"] for s in result["steps"].values())
+  # The estimate reads a few files (well under 0.05 s, which rounds to 0.0).
+  assert all(s["seconds"] > 0 for n, s in result["steps"].items() if n != "fig1b_estimate")
 
-  for model, replicas in (("mlp_1x512", [1, 4]), ("inception_small", [1])):
+  for model, replicas in (("mlp_1x512", [1, 4]), ("inception_small", [1]),
+                          ("alexnet_small", [1])):
     rows = [json.loads(line) for line in
             (out / f"throughput_{model}.jsonl").read_text().splitlines()]
     assert [r["replicas"] for r in rows] == replicas
@@ -36,7 +40,22 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert json.loads((out / "fig1_config.json").read_text())["dataset"] == "synthetic_cifar10"
   steps = [json.loads(line)["step"] for line in (out / "fig1_metrics.jsonl").open()]
   assert steps == [0] * 5 + [10] * 5 + [20] * 5  # 5 replicas, evaluated at 0, 10 and 20
-  assert "device_check summary" in (out / "device_check.log").read_text()
+
+  # The Figure 1b estimate from the rows above (CPU rows at batch 2 and 4: extrapolated to
+  # 33 replicas and scaled to batch 128), with the script's assumed steps-to-fit.
+  estimate = json.loads((out / "fig1b_estimate.json").read_text())
+  assert [m["model"] for m in estimate["models"]] == ["inception_small", "alexnet_small",
+                                                      "mlp_1x512"]
+  assert [m["fit_steps"] for m in estimate["models"]] == [16_600, 16_000, 16_000]
+  assert estimate["extrapolated"] and estimate["batch_scaled"] and not estimate["lower_bound"]
+  assert estimate["total_seconds"] == sum(m["seconds"] for m in estimate["models"])
+  assert estimate["device_kind"] == "cpu" and estimate["under_budget"] is False
+  short = result["fig1b_estimate"]
+  assert short["total_seconds"] == estimate["total_seconds"] and set(short["models"]) == {
+      "inception_small", "alexnet_small", "mlp_1x512"}
+  assert f"**{estimate['total_seconds']:,.0f}**" in (out / "fig1b_estimate.md").read_text()
+  log = (out / "device_check.log").read_text()
+  assert "device_check summary" in log and "fig1b estimate (CIFAR-10" in log
   assert not list(tmp_path.glob("zhang_device_check.*"))  # its scratch folder is removed
 
 
