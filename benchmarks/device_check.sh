@@ -11,9 +11,7 @@
 #   run(command="benchmarks/device_check.sh", carry=["benchmarks/wheels"], timeout_s=540)
 #
 # Steps, each under `timeout` (capped to what is left), the whole within TOTAL_SECONDS (480);
-# the limits (seconds) are 60, 140, 80, 130 and 20: 430, and 30-50 s of setup. To make room
-# for steps 3 and 5, step 1 went from 120 to 60 (its 4 MLP rows need far less), step 2 from
-# 150 to 140 and step 4 from 170 to 130:
+# the limits (seconds) are 60, 140, 80, 130 and 20: 430, and 30-50 s of setup:
 #   0. the backend (a full run refuses CPU); missing pure-Python dependencies installed from
 #      wheels in shared/wheels/ or benchmarks/wheels/ (else from an index, if one answers)
 #      into a scratch folder on PYTHONPATH, with the repository itself, so nothing is
