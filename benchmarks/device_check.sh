@@ -19,9 +19,9 @@
 #      an index for its build isolation);
 #   1. benchmarks/throughput.py, mlp_1x512 at R = 1, 8, 64, 256 replicas;
 #   2. benchmarks/throughput.py, inception_small at R = 1, 8, 64, vmap and map strategies,
-#      each with --conv_gradient jax and canonical (12 rows: --max_seconds skips, on stderr,
+#      each with --conv_gradient jax and explicit (12 rows: --max_seconds skips, on stderr,
 #      those predicted to end past 115 s; the GPU defaults vmap and jax come first);
-#   3. the same for alexnet_small at R = 1, 8, 64, jax and canonical, within 65 s;
+#   3. the same for alexnet_small at R = 1, 8, 64, jax and explicit, within 65 s;
 #   4. zhang train --config configs/fig1.py:model=inception_small,dataset=synthetic_cifar10
 #      (18 replicas, 5,000 training images), 200 steps, evaluated every 100;
 #   5. benchmarks/estimate_fig1b.py on the rows of steps 1-3: the whole Figure 1b grid on
@@ -198,9 +198,9 @@ else
   # the estimate takes the fastest variant measured at R >= 33 (here 64).
   run_step throughput_inception_small 140 "$out/throughput_inception_small.jsonl" \
     "${tp[@]}" --models inception_small --replicas 1,8,64 --strategy vmap,map \
-    --conv_gradient jax,canonical --matmul_n 8192 --max_seconds 115
+    --conv_gradient jax,explicit --matmul_n 8192 --max_seconds 115
   run_step throughput_alexnet_small 80 "$out/throughput_alexnet_small.jsonl" "${tp[@]}" \
-    --models alexnet_small --replicas 1,8,64 --conv_gradient jax,canonical --matmul_n 8192 \
+    --models alexnet_small --replicas 1,8,64 --conv_gradient jax,explicit --matmul_n 8192 \
     --max_seconds 65
   fig1_arg="model=inception_small,dataset=synthetic_cifar10,n_train=5000"
   fig1_set=(--max_steps 200 --set eval_every=100 --set n_test=1000

@@ -158,7 +158,7 @@ def fit_steps_from_summaries(paths) -> dict[str, dict]:
 def measure_command(model: str) -> str:
   replicas = "1,8,64"
   gpu = " --matmul_n 8192"
-  variants = " --conv_gradient jax,canonical" if model in CONV_NETS else ""
+  variants = " --conv_gradient jax,explicit" if model in CONV_NETS else ""
   return (f"python benchmarks/throughput.py --models {model} --replicas {replicas}"
           f"{variants}{gpu} > throughput_{model}.jsonl")
 
@@ -265,7 +265,7 @@ def estimate(rows: list[dict], fits: dict[str, dict], a) -> dict:
       f"scaled by {a.levels * a.seeds}/R (from a larger R this is optimistic where the "
       f"per-replica cost falls with R).",
       "Each model runs with the variant of the row used (config fields replica_strategy and "
-      "conv_gradient, e.g. --set conv_gradient=canonical, where it is not what auto picks).",
+      "conv_gradient, e.g. --set conv_gradient=explicit, where it is not what auto picks).",
       f"Evaluation (at step 0 and every {a.eval_every} steps, whole train and test sets: "
       f"{a.n_train + a.n_test:,} images per replica) costs {a.eval_cost:.3g} of a training "
       f"example per image (a forward pass).",

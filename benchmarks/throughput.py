@@ -5,7 +5,7 @@ Run (2-core CPU, about 2 minutes):
   python benchmarks/throughput.py                      # mlp_1x512 and mlp_3x512, R = 1, 8
   python benchmarks/throughput.py --models all --quick # every model, fewer steps
   python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
-  python benchmarks/throughput.py --models alexnet_small --conv_gradient jax,canonical
+  python benchmarks/throughput.py --models alexnet_small --conv_gradient jax,explicit
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
 
 Prints one JSON object per (model, strategy, conv_gradient, replicas). The timed program is
@@ -15,7 +15,7 @@ momentum) on synthetic uint8 images, for a grid of ``labels`` replicas (corrupti
 ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never computes,
 and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the
 best rate of a large ``jnp.dot`` timed in the same process just before and after each row.
-``conv_gradient`` is the resolved config field (``jax`` or ``canonical``; MLPs have no
+``conv_gradient`` is the resolved config field (``jax`` or ``explicit``; MLPs have no
 convolutions). ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
 compiled chunk (``xla_memory_bytes``, checked before the row runs; the next row's first
 predicted in proportion to R) stays within ``memory_limit_bytes``: ``--memory_fraction`` of
@@ -176,7 +176,7 @@ class Prepared(NamedTuple):
   batch_size: int
   steps: int
   compute_dtype: str
-  conv_gradient: str  # resolved: "jax" or "canonical"
+  conv_gradient: str  # resolved: "jax" or "explicit"
   fns: object
   d: object
   reps: object
@@ -266,7 +266,7 @@ def main(argv=None) -> None:
                  "vmap or map; comma-separated to compare")
   p.add_argument("--conv_gradient", default="auto",
                  help="how convolution gradients are evaluated (config field conv_gradient): "
-                 "auto, jax or canonical; comma-separated to compare")
+                 "auto, jax or explicit; comma-separated to compare")
   p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
@@ -291,8 +291,8 @@ def main(argv=None) -> None:
       p.error(f"--strategy {strategy!r}: use auto, vmap or map (comma-separated)")
   conv_gradients = args.conv_gradient.split(",")
   for conv_gradient in conv_gradients:
-    if conv_gradient not in ("auto", "jax", "canonical"):
-      p.error(f"--conv_gradient {conv_gradient!r}: use auto, jax or canonical "
+    if conv_gradient not in ("auto", "jax", "explicit"):
+      p.error(f"--conv_gradient {conv_gradient!r}: use auto, jax or explicit "
               "(comma-separated)")
   listed = [int(s) for s in args.replicas.split(",")]
   if not 0 < args.memory_fraction:

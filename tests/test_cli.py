@@ -30,7 +30,7 @@ DIGITS = "configs/digits.py"
     (["--set", "grid=oops"], "cannot set grid"),
     (["--set", "replica_strategy=pmap"], "replica_strategy='pmap' must be auto, vmap or map"),
     (["--set", "compute_dtype=float16"], "compute_dtype='float16' must be float32 or bfloat16"),
-    (["--set", "conv_gradient=fast"], "conv_gradient='fast' must be auto, jax or canonical"),
+    (["--set", "conv_gradient=fast"], "conv_gradient='fast' must be auto, jax or explicit"),
     (["--data_dir", "/nonexistent/folder", "--set", "dataset='fashion_mnist'"],
      "fashion_mnist"),
 ])

@@ -61,20 +61,20 @@ def variant(base, **changes):
 
 
 def conv_file(tmp_path, base):
-  """inception_small: vmap/jax at R = 1, 8, 64, 128 and vmap/canonical at 64 (slower): the
+  """inception_small: vmap/jax at R = 1, 8, 64, 128 and vmap/explicit at 64 (slower): the
   R = 64 jax row is the one to use. alexnet_small: jax only at R = 1, 2 (fast but too few
-  replicas), canonical at 1, 2, 64: the measured canonical R = 64 row wins."""
+  replicas), explicit at 1, 2, 64: the measured explicit R = 64 row wins."""
   rows = []
   for r, ms in ((1, 30.0), (8, 60.0), (64, 400.0), (128, 700.0)):
     rows.append(variant(base, model="inception_small", replicas=r, conv_gradient="jax",
                         step_ms=ms, compile_s=20.0 + r / 100))
-  rows.append(variant(base, model="inception_small", replicas=64, conv_gradient="canonical",
+  rows.append(variant(base, model="inception_small", replicas=64, conv_gradient="explicit",
                       step_ms=900.0, compile_s=11.0))
   for r, ms in ((1, 2.0), (2, 3.0)):
     rows.append(variant(base, model="alexnet_small", replicas=r, conv_gradient="jax",
                         step_ms=ms, compile_s=3.0))
   for r, ms in ((1, 5.0), (2, 8.0), (64, 120.0)):
-    rows.append(variant(base, model="alexnet_small", replicas=r, conv_gradient="canonical",
+    rows.append(variant(base, model="alexnet_small", replicas=r, conv_gradient="explicit",
                         step_ms=ms, compile_s=4.0 + r / 64))
   return write(tmp_path / "throughput_conv.jsonl", rows)
 
@@ -98,10 +98,10 @@ def test_cli_total_is_the_sum_of_the_models(tmp_path, mlp_file):
   assert proc.returncode == 0, proc.stderr
   e = json.loads(out_json.read_text())
 
-  # inception_small: the smallest R >= 33 (64, not 128), jax (faster than canonical),
+  # inception_small: the smallest R >= 33 (64, not 128), jax (faster than explicit),
   # median step time, scaled by 33/64; 16.6k steps -> 17,000 (a multiple of 500).
   inc = expected_seconds(1.1 * 400.0 * 33 / 64, 20.64, 16_600)
-  # alexnet_small: canonical at R = 64, measured, beats jax extrapolated from R = 2.
+  # alexnet_small: explicit at R = 64, measured, beats jax extrapolated from R = 2.
   alex = expected_seconds(1.1 * 120.0 * 33 / 64, 5.0, 16_000)
   # mlp_1x512: the genuine R = 2 row, extrapolated to 33.
   mlp2 = mlp[1]
@@ -119,7 +119,7 @@ def test_cli_total_is_the_sum_of_the_models(tmp_path, mlp_file):
   assert (inception["step"]["row_replicas"], inception["step"]["conv_gradient"]) == (64, "jax")
   assert not inception["extrapolated"] and inception["replicas"] == 33
   assert (by_model["alexnet_small"]["step"]["conv_gradient"], by_model["alexnet_small"][
-      "step"]["row_replicas"]) == ("canonical", 64)
+      "step"]["row_replicas"]) == ("explicit", 64)
   assert by_model["mlp_1x512"]["extrapolated"] and by_model["mlp_1x512"]["step"][
       "row_replicas"] == 2
   assert e["extrapolated"] and not e["lower_bound"] and not e["batch_scaled"]

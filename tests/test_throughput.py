@@ -26,9 +26,9 @@ def run(capsys, *args):
 
 def test_conv_gradient_rows_report_the_resolved_value(capsys):
   rows, _ = run(capsys, "--models", "alexnet_small", "--batch_size", "2",
-                "--conv_gradient", "jax,canonical")
+                "--conv_gradient", "jax,explicit")
   assert [(r["model"], r["replicas"], r["conv_gradient"]) for r in rows] == [
-      ("alexnet_small", 1, "jax"), ("alexnet_small", 1, "canonical")]
+      ("alexnet_small", 1, "jax"), ("alexnet_small", 1, "explicit")]
   assert all(r["step_ms"] > 0 and r["memory_limit_bytes"] == int(0.8 * RAM) for r in rows)
 
 
@@ -76,5 +76,5 @@ def test_bad_conv_gradient_exits_2_with_one_line(capsys):
   errors = [line for line in err.splitlines() if "error:" in line]
   assert out == "" and "Traceback" not in err
   assert len(errors) == 1  # argparse names the program after sys.argv[0]
-  assert errors[0].endswith(" error: --conv_gradient 'cudnn': use auto, jax or canonical "
+  assert errors[0].endswith(" error: --conv_gradient 'cudnn': use auto, jax or explicit "
                             "(comma-separated)")

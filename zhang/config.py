@@ -54,10 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
   # "bfloat16": opt-in low-precision compute for accelerators (params, optimizer, metrics
   # and the loss stay float32).
   c.compute_dtype = "float32"
-  # How convolution gradients are evaluated: "jax" (JAX's own rules), "canonical"
-  # (zhang/conv.py: the same sums as canonical convolutions, which XLA CPU runs 10-70x
-  # faster inside the step loop), or "auto" (zhang/train.py:CONV_GRADIENT). Results agree
-  # to float tolerance; the parameters and the forward pass are the same.
+  # How the conv nets' layers (convolution, max pool, local response norm) are
+  # differentiated: "jax" (JAX's own rules), "explicit" (zhang/layers.py: the same gradients
+  # in forms that XLA CPU runs 30-40x faster inside the step loop), or "auto"
+  # (zhang/train.py:CONV_GRADIENT). Results agree to float tolerance; the parameters and the
+  # forward pass are the same.
   c.conv_gradient = "auto"
   # Replicas: the union of these products of kinds x corruptions x seeds.
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
@@ -195,8 +196,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"replica_strategy={c.replica_strategy!r} must be auto, vmap or map")
   _require(c.compute_dtype in ("float32", "bfloat16"),
            f"compute_dtype={c.compute_dtype!r} must be float32 or bfloat16")
-  _require(c.conv_gradient in ("auto", "jax", "canonical"),
-           f"conv_gradient={c.conv_gradient!r} must be auto, jax or canonical")
+  _require(c.conv_gradient in ("auto", "jax", "explicit"),
+           f"conv_gradient={c.conv_gradient!r} must be auto, jax or explicit")
   expand_grid(c)
 
 

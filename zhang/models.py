@@ -10,19 +10,36 @@ pins them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zhang import conv as conv_lib
+from zhang import layers
 from zhang.errors import UsageError
 
-# How convolution gradients are computed: "jax" (JAX's own rules) or "canonical"
-# (zhang/conv.py, which XLA CPU runs fast inside loops).
-CONV_GRADIENTS = {"jax": None, "canonical": conv_lib.conv_general_dilated}
+
+class LayerOps(NamedTuple):
+  """The conv nets' convolution, max pool and local response norm: one forward computation,
+  two ways to differentiate it (``GRADIENTS``)."""
+  conv: Callable | None  # nn.Conv's conv_general_dilated (None: lax's)
+  max_pool: Callable  # (x, window, strides) -> SAME max pooling
+  lrn: Callable  # x -> local response normalization
+
+
+def _flax_max_pool(x, window, strides):
+  return nn.max_pool(x, window, strides=strides, padding="SAME")
+
+
+# Config field conv_gradient: "jax" (JAX's own rules) or "explicit" (zhang/layers.py: the
+# same gradients in forms that XLA CPU runs fast inside the step loop).
+GRADIENTS = {
+    "jax": LayerOps(None, _flax_max_pool, layers.lrn_forward),
+    "explicit": LayerOps(layers.conv_general_dilated, layers.max_pool,
+                         layers.local_response_norm),
+}
 
 
 class MLP(nn.Module):
@@ -40,27 +57,18 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
-  """Local response normalization across channels, as ``tf.nn.lrn`` defines it."""
-  sq = jnp.square(x)
-  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(depth_radius, depth_radius)])
-  c = x.shape[-1]
-  window = sum(padded[..., i:i + c] for i in range(2 * depth_radius + 1))
-  return x / (bias + alpha * window) ** beta
-
-
 class AlexNetSmall(nn.Module):
   """Two [conv 5x5x64, ReLU, max-pool 3x3/2, LRN] modules, Dense 384, Dense 192, Dense 10."""
   num_classes: int
-  conv_fn: Callable | None = None  # nn.Conv's conv_general_dilated (None: lax's)
+  ops: LayerOps = GRADIENTS["jax"]
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
     for _ in range(2):
-      x = nn.relu(nn.Conv(64, (5, 5), padding="SAME", conv_general_dilated=self.conv_fn)(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-      x = local_response_norm(x)
+      x = nn.relu(nn.Conv(64, (5, 5), padding="SAME", conv_general_dilated=self.ops.conv)(x))
+      x = self.ops.max_pool(x, (3, 3), (2, 2))
+      x = self.ops.lrn(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(384)(x))
     x = nn.relu(nn.Dense(192)(x))
@@ -73,12 +81,12 @@ class ConvModule(nn.Module):
   kernel: int
   stride: int = 1
   batch_norm: bool = True
-  conv_fn: Callable | None = None
+  ops: LayerOps = GRADIENTS["jax"]
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                padding="SAME", conv_general_dilated=self.conv_fn)(x)
+                padding="SAME", conv_general_dilated=self.ops.conv)(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
     return nn.relu(x)
@@ -88,17 +96,17 @@ class InceptionSmall(nn.Module):
   """The small Inception of the paper's Appendix A (with or without batch norm)."""
   num_classes: int
   batch_norm: bool = True
-  conv_fn: Callable | None = None
+  ops: LayerOps = GRADIENTS["jax"]
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = lambda c, k, s=1: ConvModule(c, k, s, self.batch_norm, self.conv_fn)
+    conv = lambda c, k, s=1: ConvModule(c, k, s, self.batch_norm, self.ops)
 
     def inception(x, c1, c3):
       return jnp.concatenate([conv(c1, 1)(x, train), conv(c3, 3)(x, train)], axis=-1)
 
     def downsample(x, c3):
-      pooled = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      pooled = self.ops.max_pool(x, (3, 3), (2, 2))
       return jnp.concatenate([conv(c3, 3, 2)(x, train), pooled], axis=-1)
 
     x = conv(96, 3)(x, train)
@@ -117,18 +125,18 @@ class InceptionSmall(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   name: str
-  make: Callable[[int, Callable | None], nn.Module]  # (num_classes, conv_fn) -> module
+  make: Callable[[int, LayerOps], nn.Module]  # (num_classes, layer ops) -> module
   learning_rate: float  # the paper's
   batch_norm: bool
   description: str
 
   def build(self, num_classes: int, conv_gradient: str = "jax") -> nn.Module:
-    """The module; ``conv_gradient`` ("jax" or "canonical", see CONV_GRADIENTS) changes
-    only how convolution gradients are evaluated, never the parameters or the forward."""
-    if conv_gradient not in CONV_GRADIENTS:
+    """The module; ``conv_gradient`` ("jax" or "explicit", see GRADIENTS) changes only how
+    the conv layers' gradients are evaluated, never the parameters or the forward pass."""
+    if conv_gradient not in GRADIENTS:
       raise UsageError(f"conv_gradient={conv_gradient!r} must be one of "
-                       f"{', '.join(CONV_GRADIENTS)}")
-    return self.make(num_classes, CONV_GRADIENTS[conv_gradient])
+                       f"{', '.join(GRADIENTS)}")
+    return self.make(num_classes, GRADIENTS[conv_gradient])
 
 
 _MODELS = {m.name: m for m in [

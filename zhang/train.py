@@ -118,12 +118,13 @@ def replica_strategy(config) -> str:
   return STRATEGY.get((jax.default_backend(), family), "vmap")
 
 
-# conv_gradient="auto": backend -> how convolution gradients are evaluated. XLA CPU runs
-# JAX's own convolution gradients 10-70x slower inside a loop body than outside
-# (benchmarks/RESULTS.md, "Convolutions inside loops"); zhang/conv.py states them as
-# canonical convolutions, which it runs at full speed. Accelerators keep JAX's rules (cuDNN
-# has kernels for both gradients) until benchmarks/device_check.sh says otherwise.
-CONV_GRADIENT = {"cpu": "canonical"}
+# conv_gradient="auto": backend -> how the conv nets' layers are differentiated. XLA CPU runs
+# JAX's own convolution gradients 10-70x slower inside a loop body than outside, and
+# expands max-pool gradients into index arrays and a scatter (benchmarks/RESULTS.md,
+# "Convolutions inside loops"); zhang/layers.py states them in forms it runs at full speed.
+# Accelerators keep JAX's rules (cuDNN has kernels for both convolution gradients) until
+# benchmarks/device_check.sh, which times both, says otherwise.
+CONV_GRADIENT = {"cpu": "explicit"}
 
 
 def conv_gradient(config) -> str:

@@ -1,5 +1,5 @@
-"""zhang/conv.py: the same convolution and gradients as JAX's, in a form XLA CPU keeps fast
-inside the step loop."""
+"""zhang/layers.py: the same layers and gradients as JAX's, in forms XLA CPU keeps fast inside
+the step loop."""
 
 import re
 
@@ -10,7 +10,9 @@ import pytest
 from jax import lax
 
 from zhang import config as config_lib
-from zhang import conv, data, train
+import flax.linen as nn
+
+from zhang import data, layers, train
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -32,7 +34,7 @@ def test_value_and_gradients_equal_jax(shape, kernel, stride, padding):
   w = jax.random.normal(kw, (kernel, kernel, shape[-1], 5))
   ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding,
                                               dimension_numbers=DN)
-  ours = lambda x, w: conv.conv_general_dilated(x, w, (stride, stride), padding,
+  ours = lambda x, w: layers.conv_general_dilated(x, w, (stride, stride), padding,
                                                 dimension_numbers=DN)
   y = ref(x, w)
   np.testing.assert_array_equal(ours(x, w), y)
@@ -49,15 +51,42 @@ def test_other_convolutions_are_passed_to_lax():
   w = jax.random.normal(jax.random.key(1), (3, 3, 2, 6))  # two feature groups
   args = ((1, 1), "SAME")
   kw = dict(dimension_numbers=DN, feature_group_count=2)
-  f = lambda x, w: jnp.sum(conv.conv_general_dilated(x, w, *args, **kw) ** 2)
+  f = lambda x, w: jnp.sum(layers.conv_general_dilated(x, w, *args, **kw) ** 2)
   g = lambda x, w: jnp.sum(lax.conv_general_dilated(x, w, *args, **kw) ** 2)
   for a, b in zip(jax.grad(f, (0, 1))(x, w), jax.grad(g, (0, 1))(x, w)):
     np.testing.assert_array_equal(a, b)
 
 
-def _grid(tiny_config, conv_gradient, image_size=8):
-  """Inception on 64 images: digits (8x8), or random CIFAR-sized (28x28x3) ones."""
-  tiny_config.model = "inception_small_nobn"
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 9, 5), (2, 28, 28, 4), (1, 2, 2, 3)])
+def test_max_pool_value_and_gradient_equal_jax(shape):
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))
+  x = jnp.round(x * 4) / 4  # many ties (zeros from the ReLU, and repeated values)
+  ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+  ours = lambda x: layers.max_pool(x, (3, 3), (2, 2))
+  y = ref(x)
+  np.testing.assert_array_equal(ours(x), y)
+  cot = jax.random.normal(jax.random.key(1), y.shape)
+  g_ref = jax.grad(lambda x: jnp.sum(ref(x) * cot))(x)
+  g_ours = jax.grad(lambda x: jnp.sum(ours(x) * cot))(x)
+  # Ties go to the same (first) element: a different choice would differ by a whole cot.
+  np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-5)
+  assert np.count_nonzero(g_ours) == np.count_nonzero(g_ref)
+
+
+def test_local_response_norm_value_and_gradient_equal_jax():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 12)) * 3
+  cot = jax.random.normal(jax.random.key(1), x.shape)
+  args = (2, 1.5, 0.3, 0.75)  # depth_radius, bias, alpha, beta: large enough to matter
+  np.testing.assert_array_equal(layers.local_response_norm(x, *args),
+                                layers.lrn_forward(x, *args))
+  g_ref = jax.grad(lambda x: jnp.sum(layers.lrn_forward(x, *args) * cot))(x)
+  g_ours = jax.grad(lambda x: jnp.sum(layers.local_response_norm(x, *args) * cot))(x)
+  np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def _grid(tiny_config, conv_gradient, image_size=8, model="inception_small_nobn"):
+  """A conv net on 64 images: digits (8x8), or random CIFAR-sized (28x28x3) ones."""
+  tiny_config.model = model
   tiny_config.n_train, tiny_config.n_test, tiny_config.batch_size = 64, 32, 8
   tiny_config.learning_rate = 0.001
   tiny_config.conv_gradient = conv_gradient
@@ -73,13 +102,14 @@ def _grid(tiny_config, conv_gradient, image_size=8):
   return train.build(config, replicas, dataset)[:4]
 
 
-def test_training_with_either_gradient_agrees(tiny_config):
+@pytest.mark.parametrize("model", ["inception_small_nobn", "alexnet_small"])
+def test_training_with_either_gradient_agrees(tiny_config, model):
   results = {}
-  for how in ("jax", "canonical"):
-    fns, d, reps, states = _grid(tiny_config, how)
+  for how in ("jax", "explicit"):
+    fns, d, reps, states = _grid(tiny_config, how, model=model)
     states, _ = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(3))
     results[how] = jax.device_get((states.params, fns.evaluate(states, reps, d)))
-  for a, b in zip(jax.tree.leaves(results["jax"]), jax.tree.leaves(results["canonical"])):
+  for a, b in zip(jax.tree.leaves(results["jax"]), jax.tree.leaves(results["explicit"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -95,3 +125,13 @@ def test_every_convolution_in_the_cpu_step_loop_is_canonical(tiny_config):
   # 19 conv layers: forward, input gradient (except the first layer) and weight gradient.
   assert len(labels) >= 3 * 19 - 1
   assert set(labels) == {"b01f_01io->b01f"}
+
+
+
+def test_max_pool_gradient_has_no_select_and_scatter(tiny_config):
+  """JAX's max-pool gradient is a select_and_scatter (XLA CPU expands it into index arrays
+  and a scatter); the explicit one routes dy with slices and pads."""
+  for how, expected in (("jax", True), ("explicit", False)):
+    fns, d, reps, states = _grid(tiny_config, how)
+    text = fns.train_chunk.lower(states, reps, d, jnp.asarray(0), jnp.asarray(2)).as_text()
+    assert ("select_and_scatter" in text) == expected, how

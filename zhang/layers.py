@@ -1,0 +1,191 @@
+"""The conv nets' layers with explicit gradients, in forms XLA CPU runs fast inside loops.
+
+The trainer runs its steps inside a ``while`` body (``fori_loop``; ``lax.map`` over replicas is
+another). There XLA CPU runs some of JAX's own gradients far slower than outside a loop
+(benchmarks/RESULTS.md, "Convolutions inside loops"):
+
+- ``conv_general_dilated``: JAX differentiates a convolution into two more with unusual
+  dimension labels (the weight gradient is ``f01b_i01o->01bf``). Outside a loop XLA CPU
+  rewrites them into its canonical NHWC x HWIO form and runs its fast kernels; inside one it
+  does not, and falls back to a naive loop nest 10-70x slower (upstream: jax-ml/jax#12868).
+  Here both gradients are stated directly as canonical convolutions over explicitly
+  transposed operands. A drop-in for ``flax.linen.Conv(conv_general_dilated=...)``; only
+  NHWC x HWIO convolutions without dilation or feature groups (every one in
+  ``zhang.models``) take this path, anything else goes to ``lax``.
+- ``max_pool``: JAX's gradient is a ``select_and_scatter``, which XLA CPU expands into a
+  reduce-window carrying index arrays plus a scatter. Here it is one pass per window offset
+  that routes dy to the first maximum of each window, the same choice on ties.
+- ``local_response_norm``: the analytic gradient, in two elementwise passes and one window
+  sum, instead of autodiff through the power.
+
+Forward computations are the ones of ``lax``/``flax`` (bit for bit). The gradients are the
+same sums in a different order, so they agree with JAX's to float rounding
+(``tests/test_layers.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_canonical(dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  return tuple(dimension_numbers) == _NHWC
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """``lax.conv_general_dilated``'s signature; NHWC x HWIO, undilated, ungrouped
+  convolutions get gradients written as canonical convolutions (module docstring)."""
+  plain = (lhs.ndim == 4 and _is_canonical(dimension_numbers) and feature_group_count == 1
+           and batch_group_count == 1 and preferred_element_type is None
+           and all(d == 1 for d in (lhs_dilation or (1, 1)))
+           and all(d == 1 for d in (rhs_dilation or (1, 1))))
+  if not plain:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type)
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _conv(lhs, rhs, strides, padding, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, padding, precision):
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+def _conv_fwd(x, w, strides, padding, precision):
+  return _conv(x, w, strides, padding, precision), (x, w)
+
+
+def _conv_bwd(strides, padding, precision, residuals, dy):
+  x, w = residuals
+  (kh, kw), (sh, sw) = w.shape[:2], strides
+  (oh, ow) = dy.shape[1:3]
+
+  # Weight gradient: dW[i, j, c, o] = sum over (b, h, w) of xpad[b, s h + i, s w + j, c]
+  # dy[b, h, w, o]. As a canonical convolution: the input's channels are its batch, the
+  # images its features, and dy (dilated by the stride) the kernel. The padding stays
+  # inside the convolution (XLA CPU runs it 2x slower on an explicitly padded operand).
+  dw = lax.conv_general_dilated(
+      jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), (1, 1), padding,
+      rhs_dilation=(sh, sw), dimension_numbers=_NHWC, precision=precision)
+  dw = jnp.transpose(dw[:, :kh, :kw, :], (1, 2, 0, 3)).astype(w.dtype)
+
+  # Input gradient: dy dilated by the stride, padded so that a stride-1 convolution with
+  # the flipped kernel (inputs and outputs swapped) lands on x's shape.
+  def pads(n, m, k, s, lo):
+    return (k - 1 - lo, n - (m - 1) * s - 1 + lo)
+
+  w_flip = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+  dx = lax.conv_general_dilated(
+      dy, w_flip, (1, 1), (pads(x.shape[1], oh, kh, sh, padding[0][0]),
+                           pads(x.shape[2], ow, kw, sw, padding[1][0])),
+      lhs_dilation=(sh, sw), dimension_numbers=_NHWC, precision=precision).astype(x.dtype)
+  return dx, dw
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+# ------------------------------------------------------------------------------- max pool
+
+def _same_pads(n: int, k: int, s: int):
+  """Output size and (low, high) padding of a SAME window."""
+  out = -(-n // s)
+  total = max((out - 1) * s + k - n, 0)
+  return out, (total // 2, total - total // 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x, window, strides):
+  """``flax.linen.max_pool(x, window, strides, padding="SAME")`` on NHWC inputs."""
+  return nn.max_pool(x, window, strides=strides, padding="SAME")
+
+
+def _max_pool_fwd(x, window, strides):
+  y = max_pool(x, window, strides)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, residuals, dy):
+  x, y = residuals
+  (kh, kw), (sh, sw) = window, strides
+  b, h, w, c = x.shape
+  oh, ph = _same_pads(h, kh, sh)
+  ow, pw = _same_pads(w, kw, sw)
+  xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
+  hp, wp = xp.shape[1:3]
+  zero = jnp.zeros((), dy.dtype)
+  taken = jnp.zeros(y.shape, bool)  # the window's maximum has been routed already
+  dxp = jnp.zeros(xp.shape, dy.dtype)
+  span_h, span_w = (oh - 1) * sh + 1, (ow - 1) * sw + 1
+  for i in range(kh):  # window offsets in row-major order: the first maximum wins
+    for j in range(kw):
+      xs = lax.slice(xp, (0, i, j, 0), (b, i + span_h, j + span_w, c), (1, sh, sw, 1))
+      hit = (xs == y) & ~taken
+      taken = taken | hit
+      dxp = dxp + lax.pad(jnp.where(hit, dy, zero), zero,
+                          ((0, 0, 0), (i, hp - i - span_h, sh - 1),
+                           (j, wp - j - span_w, sw - 1), (0, 0, 0)))
+  return (dxp[:, ph[0]:ph[0] + h, pw[0]:pw[0] + w, :],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# ------------------------------------------------------------------ local response norm
+
+def _channel_window_sum(v, radius: int):
+  """sum over c' in [c - radius, c + radius] of v[..., c'] (zeros past the ends)."""
+  padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(radius, radius)])
+  c = v.shape[-1]
+  return sum(padded[..., i:i + c] for i in range(2 * radius + 1))
+
+
+def _lrn_denominator(x, depth_radius, bias, alpha):
+  return bias + alpha * _channel_window_sum(jnp.square(x), depth_radius)
+
+
+def lrn_forward(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
+  """Local response normalization across channels, as ``tf.nn.lrn`` defines it:
+  x / (bias + alpha * sum of x^2 over the 2 r + 1 nearest channels)^beta."""
+  return x / _lrn_denominator(x, depth_radius, bias, alpha) ** beta
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
+  """``lrn_forward`` with its analytic gradient (the window is symmetric, so its transpose
+  is itself): dx = dy d^-b - 2 a b x W(dy x d^(-b-1)), d the denominator, W the window sum."""
+  return lrn_forward(x, depth_radius, bias, alpha, beta)
+
+
+def _lrn_fwd(x, depth_radius, bias, alpha, beta):
+  d = _lrn_denominator(x, depth_radius, bias, alpha)
+  return x / d ** beta, (x, d)
+
+
+def _lrn_bwd(depth_radius, bias, alpha, beta, residuals, dy):
+  del bias
+  x, d = residuals
+  scale = d ** -beta
+  inner = _channel_window_sum(dy * x * scale / d, depth_radius)
+  return (dy * scale - (2 * alpha * beta) * x * inner,)
+
+
+local_response_norm.defvjp(_lrn_fwd, _lrn_bwd)
