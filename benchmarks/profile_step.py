@@ -1,0 +1,116 @@
+"""Where a train step's time goes: XLA ops of the trainer's compiled chunk, by time.
+
+Run (2-core CPU, a minute or two for a conv net):
+
+  python benchmarks/profile_step.py --model inception_small --batch_size 32
+  python benchmarks/profile_step.py --model alexnet_small --batch_size 128 --conv_gradient jax
+
+Builds the grid as ``benchmarks/throughput.py`` does (synthetic 28x28x3 images, R ``labels``
+replicas), runs one chunk to warm up, traces one more with ``jax.profiler`` and reads the
+trace back (``jax.profiler.ProfileData``). Prints the step time, the time per op kind
+(fusion names without their numeric suffix) and the slowest convolutions and dots with their
+shapes and dimension labels from the compiled HLO. Per step: the traced chunk's times divided
+by its steps. Op times are summed over threads, so on several cores they can add up to more
+than the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import throughput  # noqa: E402  (this folder's benchmark helpers)
+
+_WRAPPERS = ("ThunkExecutor", "$", "SlinkyThreadPool", "while", "PjitFunction",
+             "CommonPjRt", "ParseArguments")
+
+
+def op_times(trace_dir: str) -> collections.Counter:
+  """Total nanoseconds per event name in the trace written under ``trace_dir``."""
+  files = sorted(pathlib.Path(trace_dir).rglob("*.xplane.pb"))
+  if not files:
+    raise SystemExit(f"profile_step: no trace was written under {trace_dir}")
+  data = jax.profiler.ProfileData.from_file(str(files[-1]))
+  totals = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      for event in line.events:
+        totals[event.name] += event.duration_ns
+  return totals
+
+
+def fusion_contents(hlo: str) -> dict:
+  """fusion name -> (result shape, 'conv' | 'dot' | '', window and dim_labels if a conv)."""
+  out = {}
+  for m in re.finditer(r"%([\w.-]+) = (\S+) fusion\(.*?calls=%([\w.-]+)", hlo):
+    body = hlo.split(f"%{m.group(3)} ", 1)[-1].split("\n}\n", 1)[0]
+    conv = re.search(r"convolution\(.*?window=\{([^}]*)\}, dim_labels=([^,\s]+)", body)
+    kind = "conv" if conv else ("dot" if " dot(" in body else "")
+    out[m.group(1)] = (m.group(2).split("{")[0], kind,
+                       f"{conv.group(2)} {conv.group(1)}" if conv else "")
+  return out
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", default="inception_small")
+  p.add_argument("--replicas", type=int, default=1)
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--steps", type=int, default=2, help="steps in the traced chunk")
+  p.add_argument("--strategy", default="auto", choices=("auto", "vmap", "map"))
+  p.add_argument("--conv_gradient", default="auto", choices=("auto", "jax", "explicit"))
+  p.add_argument("--top", type=int, default=15, help="rows of each table")
+  args = p.parse_args(argv)
+
+  dataset = throughput.synthetic_dataset(max(512, args.batch_size), (28, 28, 3))
+  fns, d, reps, states = throughput.setup(args.model, args.replicas, dataset, args.batch_size,
+                                          strategy=args.strategy,
+                                          conv_gradient=args.conv_gradient)
+  compiled, _ = throughput.compile_chunk(fns, d, reps, states, args.steps)
+  num = jnp.asarray(args.steps, jnp.int32)
+  states, loss = compiled(states, reps, d, jnp.asarray(0, jnp.int32), num)  # warm-up
+  loss.block_until_ready()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    t = time.perf_counter()
+    states, loss = compiled(states, reps, d, num, num)
+    loss.block_until_ready()
+    step_ms = (time.perf_counter() - t) / args.steps * 1e3
+    jax.profiler.stop_trace()
+    totals = op_times(trace_dir)
+
+  per_step = lambda ns: ns / 1e6 / args.steps
+  ops = {k: v for k, v in totals.items() if not k.startswith(_WRAPPERS)}
+  kinds = collections.Counter()
+  for name, ns in ops.items():
+    kinds[re.sub(r"\.\d+$", "", name)] += ns
+  whole = sum(kinds.values())
+  print(f"{args.model}, R = {args.replicas}, batch {args.batch_size}, strategy "
+        f"{fns.hyper.strategy}: {step_ms:.1f} ms per step (traced), ops {per_step(whole):.1f} ms")
+  print("\nms/step   share  op kind")
+  for name, ns in kinds.most_common(args.top):
+    print(f"{per_step(ns):7.1f}  {100 * ns / whole:5.1f}%  {name}")
+
+  contents = fusion_contents(compiled.as_text())
+  rows = [(per_step(ops.get(name, 0)), name, *c) for name, c in contents.items() if c[1]]
+  rows.sort(reverse=True)
+  for kind in ("conv", "dot"):
+    chosen = [r for r in rows if r[3] == kind]
+    if chosen:
+      total = sum(r[0] for r in chosen)
+      print(f"\n{kind}s: {total:.1f} ms/step ({100 * total / per_step(whole):.0f}% of ops)")
+      for ms, name, shape, _, labels in chosen[:args.top]:
+        print(f"{ms:7.1f}  {name:<18} {shape:<24} {labels}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,32 @@
+"""The profiling benchmarks run and report what they say, on tiny shapes (no timing asserted)."""
+
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import layers_in_loops  # noqa: E402
+import profile_step  # noqa: E402
+
+
+def test_layers_in_loops_reports_every_variant(capsys):
+  layers_in_loops.main(["--batch", "2", "--size", "6", "--cin", "3", "--cout", "4",
+                        "--repeats", "1"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(r["layer"], r["how"]) for r in rows] == [
+      ("conv3x3", "plain"), ("conv3x3", "loop_jax"), ("conv3x3", "loop_explicit"),
+      ("conv3x3", "loop_im2col"), ("conv3x3", "loop_slices"),
+      ("max_pool3x3s2", "loop_jax"), ("max_pool3x3s2", "loop_explicit")]
+  assert all(r["weight_grad_gflops"] > 0 for r in rows[:5])
+  assert all(r["gradient_ms"] > 0 for r in rows[5:])
+
+
+def test_profile_step_finds_the_convolutions(capsys):
+  profile_step.main(["--model", "alexnet_small", "--batch_size", "2", "--steps", "1",
+                     "--conv_gradient", "explicit", "--top", "3"])
+  out = capsys.readouterr().out
+  assert "alexnet_small, R = 1, batch 2, strategy" in out and "ms per step" in out
+  # Every convolution in the explicit step is canonical (tests/test_layers.py says why).
+  conv_rows = out.split("\nconvs:")[1].split("\n\n")[0].splitlines()[1:]
+  assert conv_rows and all("b01f_01io->b01f" in row for row in conv_rows)
