@@ -140,12 +140,15 @@ class ModelSpec:
 
 
 _MODELS = {m.name: m for m in [
-    ModelSpec("mlp_1x512", lambda k, _: MLP(1, k), 0.01, False, "MLP, one hidden layer of 512"),
-    ModelSpec("mlp_3x512", lambda k, _: MLP(3, k), 0.01, False, "MLP, three hidden layers of 512"),
-    ModelSpec("alexnet_small", lambda k, c: AlexNetSmall(k, c), 0.01, False, "small AlexNet with LRN"),
-    ModelSpec("inception_small", lambda k, c: InceptionSmall(k, True, c), 0.1, True,
+    ModelSpec("mlp_1x512", lambda k, _: MLP(1, k), 0.01, False,
+              "MLP, one hidden layer of 512"),
+    ModelSpec("mlp_3x512", lambda k, _: MLP(3, k), 0.01, False,
+              "MLP, three hidden layers of 512"),
+    ModelSpec("alexnet_small", lambda k, ops: AlexNetSmall(k, ops), 0.01, False,
+              "small AlexNet with LRN"),
+    ModelSpec("inception_small", lambda k, ops: InceptionSmall(k, True, ops), 0.1, True,
               "small Inception"),
-    ModelSpec("inception_small_nobn", lambda k, c: InceptionSmall(k, False, c), 0.1, False,
+    ModelSpec("inception_small_nobn", lambda k, ops: InceptionSmall(k, False, ops), 0.1, False,
               "small Inception without batch norm"),
 ]}
 

@@ -105,7 +105,7 @@ def device_data(dataset, sharding) -> step_lib.Data:
 
 # replica_strategy="auto": (backend, model family) -> strategy, from measurements
 # (benchmarks/RESULTS.md, "Replica strategies"); anything not listed uses vmap. On CPU a
-# loop over replicas runs the conv nets 2.4-3.6x faster than vmap's grouped convolutions;
+# loop over replicas runs the conv nets 3.3-4.4x faster than vmap's grouped convolutions;
 # the MLPs' batched matmuls are as fast either way. GPU and TPU entries wait for
 # benchmarks/device_check.sh on those machines (it times both strategies).
 STRATEGY = {("cpu", "mlp"): "vmap", ("cpu", "conv"): "map"}
