@@ -18,17 +18,18 @@
 #      pip-installed into the environment (an editable install would need setuptools from
 #      an index for its build isolation);
 #   1. benchmarks/throughput.py, mlp_1x512 at R = 1, 8, 64, 256 replicas;
-#   2. benchmarks/throughput.py, inception_small at R = 1, 8, 64, vmap and map strategies,
-#      each with --conv_gradient jax and explicit (12 rows: --max_seconds skips, on stderr,
-#      those predicted to end past 115 s; the GPU defaults vmap and jax come first);
-#   3. the same for alexnet_small at R = 1, 8, 64, jax and explicit, within 65 s;
+#   2. benchmarks/throughput.py, inception_small at R = 1, 8, 64, map then vmap (6 rows;
+#      --max_seconds skips, on stderr, those predicted to end past 115 s: on the H200 a
+#      vmapped R = 64 compile alone took 60 s). Explicit gradients were as fast as JAX's on
+#      the H200 (alexnet_small) and are no longer compared here; see benchmarks/RESULTS.md;
+#   3. the same for alexnet_small at R = 1, 8, 64, within 65 s;
 #   4. zhang train --config configs/fig1.py:model=inception_small,dataset=synthetic_cifar10
 #      (18 replicas, 5,000 training images), 200 steps, evaluated every 100;
 #   5. benchmarks/estimate_fig1b.py on the rows of steps 1-3: the whole Figure 1b grid on
 #      CIFAR-10 (3 models x 11 corruption levels x 3 seeds) on this device, with the
 #      steps-to-fit assumed below (FIT_STEPS). It is given 20 s that the steps before it
 #      leave alone.
-# --quick runs the same with the defaults (no conv_gradient comparison): mlp_1x512 R = 1, 4;
+# --quick runs the same with the defaults (one strategy): mlp_1x512 R = 1, 4;
 # inception_small and alexnet_small R = 1 at batch 2; a 20-step MLP grid on 256 images.
 # Writes under ${OUT:-results}/: throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl
 # (throughput.py's rows), fig1_summary.json, fig1_metrics.jsonl and fig1_config.json (the
@@ -197,10 +198,10 @@ else
   # Strategies and convolution gradients compared (rows carry strategy and conv_gradient);
   # the estimate takes the fastest variant measured at R >= 33 (here 64).
   run_step throughput_inception_small 140 "$out/throughput_inception_small.jsonl" \
-    "${tp[@]}" --models inception_small --replicas 1,8,64 --strategy vmap,map \
-    --conv_gradient jax,explicit --matmul_n 8192 --max_seconds 115
+    "${tp[@]}" --models inception_small --replicas 1,8,64 --strategy map,vmap \
+    --matmul_n 8192 --max_seconds 115
   run_step throughput_alexnet_small 80 "$out/throughput_alexnet_small.jsonl" "${tp[@]}" \
-    --models alexnet_small --replicas 1,8,64 --conv_gradient jax,explicit --matmul_n 8192 \
+    --models alexnet_small --replicas 1,8,64 --strategy map,vmap --matmul_n 8192 \
     --max_seconds 65
   fig1_arg="model=inception_small,dataset=synthetic_cifar10,n_train=5000"
   fig1_set=(--max_steps 200 --set eval_every=100 --set n_test=1000

@@ -37,6 +37,11 @@ from zhang import layers
 DN = ("NHWC", "HWIO", "NHWC")
 
 
+def sig(x: float) -> float:
+  """Three significant digits (tiny test shapes run at well under 0.1 GF/s)."""
+  return float(f"{x:.3g}")
+
+
 def best_seconds(fn, *args, repeats: int) -> float:
   jax.block_until_ready(fn(*args))
   best = float("inf")
@@ -88,9 +93,9 @@ def main(argv=None) -> None:
   for name, fns in rows.items():
     extra = () if name == "plain" else (one,)
     rates = [flops / best_seconds(f, x, w, *extra, repeats=args.repeats) / 1e9 for f in fns]
-    print(json.dumps(dict(layer="conv3x3", how=name, forward_gflops=round(rates[0], 1),
-                          weight_grad_gflops=round(rates[1], 1),
-                          input_grad_gflops=round(rates[2], 1), **info)), flush=True)
+    print(json.dumps(dict(layer="conv3x3", how=name, forward_gflops=sig(rates[0]),
+                          weight_grad_gflops=sig(rates[1]),
+                          input_grad_gflops=sig(rates[2]), **info)), flush=True)
 
   pad = ((0, 0), (1, 1), (1, 1), (0, 0))
 
@@ -106,7 +111,7 @@ def main(argv=None) -> None:
 
   for name, fn in (("im2col", im2col_dw), ("slices", slices_dw)):
     rate = flops / best_seconds(in_loop(fn), x, dy, one, repeats=args.repeats) / 1e9
-    print(json.dumps(dict(layer="conv3x3", how=f"loop_{name}", weight_grad_gflops=round(rate, 1),
+    print(json.dumps(dict(layer="conv3x3", how=f"loop_{name}", weight_grad_gflops=sig(rate),
                           **info)), flush=True)
 
   xp = jax.nn.relu(jax.random.normal(jax.random.key(3), (b, s, s, 64)))
@@ -118,7 +123,7 @@ def main(argv=None) -> None:
     grad = jax.grad(lambda x, c: jnp.sum(pool(x) * c))
     ms = best_seconds(in_loop(grad), xp, cot, one, repeats=args.repeats) * 1e3
     print(json.dumps(dict(layer="max_pool3x3s2", how=name, channels=64,
-                          gradient_ms=round(ms, 2), **info)), flush=True)
+                          gradient_ms=sig(ms), **info)), flush=True)
 
 
 if __name__ == "__main__":
