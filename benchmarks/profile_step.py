@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import pathlib
 import re
 import sys
@@ -48,15 +49,32 @@ def op_times(trace_dir: str) -> collections.Counter:
   return totals
 
 
+def _dims(shape: str) -> list[int]:
+  return [int(v) for v in re.findall(r"\d+", shape.split("[", 1)[1].split("]", 1)[0])]
+
+
 def fusion_contents(hlo: str) -> dict:
-  """fusion name -> (result shape, 'conv' | 'dot' | '', window and dim_labels if a conv)."""
+  """fusion name -> (result shape, 'conv' | 'dot' | '', window and dim_labels if a conv,
+  the conv's role: 'forward', 'input grad' or 'weight grad', its multiply-adds x 2)."""
   out = {}
   for m in re.finditer(r"%([\w.-]+) = (\S+) fusion\(.*?calls=%([\w.-]+)", hlo):
     body = hlo.split(f"%{m.group(3)} ", 1)[-1].split("\n}\n", 1)[0]
-    conv = re.search(r"convolution\(.*?window=\{([^}]*)\}, dim_labels=([^,\s]+)", body)
-    kind = "conv" if conv else ("dot" if " dot(" in body else "")
-    out[m.group(1)] = (m.group(2).split("{")[0], kind,
-                       f"{conv.group(2)} {conv.group(1)}" if conv else "")
+    conv = re.search(r"= (\S+) convolution\(%([\w.-]+), %([\w.-]+)\), window=\{([^}]*)\}, "
+                     r"dim_labels=([^,\s]+)(.*)", body)
+    if not conv:
+      out[m.group(1)] = (m.group(2).split("{")[0], "dot" if " dot(" in body else "", "", "", 0)
+      continue
+    params = dict(re.findall(r"%([\w.-]+) = (\S+) parameter\(", body))
+    window = [int(v) for v in re.search(r"size=([\dx]+)", conv.group(4)).group(1).split("x")]
+    result = _dims(conv.group(1))
+    lhs = _dims(params.get(conv.group(2), "f32[0]"))
+    flops = 2 * math.prod(result) * math.prod(window) * (lhs[-1] if lhs else 0)
+    if "transpose(" not in conv.group(6):
+      role = "forward"
+    else:
+      role = "weight grad" if math.prod(window) > math.prod(result[1:3]) else "input grad"
+    out[m.group(1)] = (m.group(2).split("{")[0], "conv",
+                       f"{conv.group(5)} {conv.group(4)}", role, flops)
   return out
 
 
@@ -103,14 +121,25 @@ def main(argv=None) -> None:
   contents = fusion_contents(compiled.as_text())
   rows = [(per_step(ops.get(name, 0)), name, *c) for name, c in contents.items() if c[1]]
   rows.sort(reverse=True)
+  gflops = lambda flops, ms: flops / args.steps / (ms * 1e6) if ms else 0.0
   for kind in ("conv", "dot"):
     chosen = [r for r in rows if r[3] == kind]
     if chosen:
       total = sum(r[0] for r in chosen)
       print(f"\n{kind}s: {total:.1f} ms/step ({100 * total / per_step(whole):.0f}% of ops)")
-      for ms, name, shape, _, labels in chosen[:args.top]:
-        print(f"{ms:7.1f}  {name:<18} {shape:<24} {labels}")
-
+      if kind == "conv":
+        roles = collections.defaultdict(lambda: [0.0, 0, 0])
+        for ms, _, _, _, _, role, flops in chosen:
+          roles[role][0] += ms
+          roles[role][1] += flops
+          roles[role][2] += 1
+        for role, (ms, flops, n) in sorted(roles.items(), key=lambda kv: -kv[1][0]):
+          print(f"{ms:7.1f}  {role:<12} {n:4d} ops  {gflops(flops, ms):6.1f} GF/s "
+                "(nominal: dilation zeros counted)")
+        print()
+      for ms, name, shape, _, labels, role, flops in chosen[:args.top]:
+        rate = f"{gflops(flops, ms):6.1f} GF/s  {role:<12}" if kind == "conv" else ""
+        print(f"{ms:7.1f}  {name:<18} {shape:<24} {rate}{labels}")
 
 if __name__ == "__main__":
   main()

@@ -28,12 +28,26 @@ DN = ("NHWC", "HWIO", "NHWC")
     ((1, 6, 6, 2), 2, 1, "SAME"),     # even kernel: asymmetric padding
     ((2, 6, 6, 2), 3, 1, ((2, 0), (1, 3))),  # explicit padding
 ])
-def test_value_and_gradients_equal_jax(shape, kernel, stride, padding):
+@pytest.mark.parametrize("chunk_images", [None, 1, 2])
+def test_value_and_gradients_equal_jax(monkeypatch, shape, kernel, stride, padding,
+                                       chunk_images):
+  """Also with the gradients' batch cut into chunks of 1 or 2 images (a remainder chunk
+  where the batch is odd)."""
   kx, kw, kc = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, shape)
+  x = jax.random.normal(kx, (shape[0] + 1,) + shape[1:]) if chunk_images else \
+      jax.random.normal(kx, shape)
   w = jax.random.normal(kw, (kernel, kernel, shape[-1], 5))
   ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding,
                                               dimension_numbers=DN)
+  if chunk_images:
+    # Both gradients size their chunks by x's and dy's elements per image.
+    per_image = 4 * (np.prod(x.shape[1:]) + np.prod(jax.eval_shape(ref, x, w).shape[1:]))
+    for name in ("INPUT_GRAD_CHUNK_BYTES", "WEIGHT_GRAD_CHUNK_BYTES"):
+      monkeypatch.setattr(layers, name, int(chunk_images * per_image))
+    expected = [(lo, min(lo + chunk_images, x.shape[0]))
+                for lo in range(0, x.shape[0], chunk_images)]
+    assert layers.batch_chunks(x.shape[0], per_image // 4, 4,
+                               layers.WEIGHT_GRAD_CHUNK_BYTES) == expected
   ours = lambda x, w: layers.conv_general_dilated(x, w, (stride, stride), padding,
                                                 dimension_numbers=DN)
   y = ref(x, w)
@@ -44,6 +58,14 @@ def test_value_and_gradients_equal_jax(shape, kernel, stride, padding):
                            jax.grad(loss(ours), (0, 1))(x, w)):
     assert g_ours.shape == g_ref.shape
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_batch_chunks_cover_the_batch_within_the_budget():
+  # 10 elements of 4 bytes per image: a 100-byte budget holds 2 images.
+  assert layers.batch_chunks(5, 10, 4, 100) == [(0, 2), (2, 4), (4, 5)]
+  assert layers.batch_chunks(5, 10, 4, 10_000) == [(0, 5)]
+  assert layers.batch_chunks(3, 10, 4, 1) == [(0, 1), (1, 2), (2, 3)]  # at least one image
+  assert layers.batch_chunks(7, 10, 4, None) == [(0, 7)]
 
 
 def test_other_convolutions_are_passed_to_lax():
