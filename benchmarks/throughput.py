@@ -6,9 +6,10 @@ Run (2-core CPU, about 2 minutes):
   python benchmarks/throughput.py --models all --quick # every model, fewer steps
   python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
   python benchmarks/throughput.py --models alexnet_small --conv_gradient jax,explicit
+  python benchmarks/throughput.py --models inception_small --replicas 1 --grad_chunks off,on
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
 
-Prints one JSON object per (model, strategy, conv_gradient, replicas). The timed program is
+Prints one JSON object per (model, strategy, conv_gradient, grad_chunks, replicas). The timed program is
 the trainer's own ``train_chunk`` (batch gather, scaling, whitening, forward, backward, SGD
 momentum) on synthetic uint8 images, for a grid of ``labels`` replicas (corruption 0, seeds
 0..R-1). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
@@ -16,7 +17,8 @@ momentum) on synthetic uint8 images, for a grid of ``labels`` replicas (corrupti
 and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the
 best rate of a large ``jnp.dot`` timed in the same process just before and after each row.
 ``conv_gradient`` is the resolved config field (``jax`` or ``explicit``; MLPs have no
-convolutions). ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
+convolutions); ``grad_chunk_bytes`` the batch-chunk budgets of the explicit input and weight
+gradients (``zhang/layers.py``), null with ``--grad_chunks off``. ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
 compiled chunk (``xla_memory_bytes``, checked before the row runs; the next row's first
 predicted in proportion to R) stays within ``memory_limit_bytes``: ``--memory_fraction`` of
 the device's memory (GPU, TPU: the allocator's limit; CPU: physical RAM). Every row skipped
@@ -39,7 +41,7 @@ import numpy as np
 
 from zhang import config as config_lib
 from zhang import flops as flops_lib
-from zhang import models, train as train_lib
+from zhang import layers, models, train as train_lib
 from zhang.data import Dataset
 
 CONV_NETS = ("alexnet_small", "inception_small", "inception_small_nobn")
@@ -177,6 +179,7 @@ class Prepared(NamedTuple):
   steps: int
   compute_dtype: str
   conv_gradient: str  # resolved: "jax" or "explicit"
+  grad_chunk_bytes: list | None  # [input, weight] gradient chunk budgets; None: off
   fns: object
   d: object
   reps: object
@@ -187,14 +190,24 @@ class Prepared(NamedTuple):
 
 def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
             strategy: str = "auto", compute_dtype: str = "float32",
-            conv_gradient: str = "auto") -> Prepared:
-  """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it."""
+            conv_gradient: str = "auto", grad_chunks: bool = True) -> Prepared:
+  """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it.
+  ``grad_chunks=False`` traces the explicit conv gradients without zhang/layers.py's batch
+  chunks (the whole batch in one convolution)."""
   c = make_config(model, num_replicas, batch_size, strategy=strategy,
                   compute_dtype=compute_dtype, conv_gradient=conv_gradient)
-  fns, d, reps, states = train_lib.build(c, config_lib.expand_grid(c), dataset)[:4]
-  compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
+  budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
+  chunk_bytes = list(budgets) if grad_chunks else None
+  try:
+    if not grad_chunks:
+      layers.INPUT_GRAD_CHUNK_BYTES = layers.WEIGHT_GRAD_CHUNK_BYTES = None
+    fns, d, reps, states = train_lib.build(c, config_lib.expand_grid(c), dataset)[:4]
+    compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
+  finally:
+    layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES = budgets
   return Prepared(model, num_replicas, dataset, batch_size, steps, compute_dtype,
-                  train_lib.conv_gradient(c), fns, d, reps, states, compiled, compile_s)
+                  train_lib.conv_gradient(c), chunk_bytes, fns, d, reps, states, compiled,
+                  compile_s)
 
 
 def measure(prep: Prepared, repeats: int, matmul_rate: float,
@@ -220,7 +233,7 @@ def measure(prep: Prepared, repeats: int, matmul_rate: float,
   return dict(
       model=model, replicas=num_replicas, batch_size=batch_size, input_shape=list(shape),
       strategy=prep.fns.hyper.strategy, compute_dtype=prep.compute_dtype,
-      conv_gradient=prep.conv_gradient,
+      conv_gradient=prep.conv_gradient, grad_chunk_bytes=prep.grad_chunk_bytes,
       n_train=len(dataset.train_labels), steps=steps, repeats=repeats,
       step_ms=round(best * 1e3, 3),
       step_ms_median=round(statistics.median(times) / steps * 1e3, 3),
@@ -267,6 +280,9 @@ def main(argv=None) -> None:
   p.add_argument("--conv_gradient", default="auto",
                  help="how convolution gradients are evaluated (config field conv_gradient): "
                  "auto, jax or explicit; comma-separated to compare")
+  p.add_argument("--grad_chunks", default="on",
+                 help="explicit conv gradients: on (zhang/layers.py's batch chunks) or off "
+                 "(the whole batch in one convolution); comma-separated to compare")
   p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
@@ -294,6 +310,10 @@ def main(argv=None) -> None:
     if conv_gradient not in ("auto", "jax", "explicit"):
       p.error(f"--conv_gradient {conv_gradient!r}: use auto, jax or explicit "
               "(comma-separated)")
+  grad_chunks = args.grad_chunks.split(",")
+  for chunks in grad_chunks:
+    if chunks not in ("on", "off"):
+      p.error(f"--grad_chunks {chunks!r}: use on or off (comma-separated)")
   listed = [int(s) for s in args.replicas.split(",")]
   if not 0 < args.memory_fraction:
     p.error(f"--memory_fraction {args.memory_fraction}: must be positive")
@@ -306,8 +326,9 @@ def main(argv=None) -> None:
   repeats = args.repeats or (2 if args.quick else 5)
   mm_repeats = 3 if args.quick else 10
   start = time.perf_counter()
-  for name, strategy, conv_gradient in [(n, s, g) for n in names for s in strategies
-                                        for g in conv_gradients]:
+  for name, strategy, conv_gradient, chunks in [
+      (n, s, g, c) for n in names for s in strategies for g in conv_gradients
+      for c in grad_chunks]:
     conv = name in CONV_NETS
     steps = args.steps or {(False, False): 50, (False, True): 10,
                            (True, False): 2, (True, True): 1}[conv, args.quick]
@@ -347,7 +368,7 @@ def main(argv=None) -> None:
             break
           continue
       prep = prepare(name, r, dataset, args.batch_size, steps, strategy, args.compute_dtype,
-                     conv_gradient)
+                     conv_gradient, chunks == "on")
       if args.up_to_memory:
         estimate = _memory(prep.compiled).get("xla_memory_bytes")
         memory = None if estimate is None else (r, estimate)

@@ -51,7 +51,10 @@ def test_value_and_gradients_equal_jax(monkeypatch, shape, kernel, stride, paddi
   ours = lambda x, w: layers.conv_general_dilated(x, w, (stride, stride), padding,
                                                 dimension_numbers=DN)
   y = ref(x, w)
-  np.testing.assert_array_equal(ours(x, w), y)
+  if kernel == 1 and stride == 1:  # a matrix product: the same sums, perhaps reordered
+    np.testing.assert_allclose(ours(x, w), y, rtol=1e-6, atol=1e-6)
+  else:
+    np.testing.assert_array_equal(ours(x, w), y)
   cot = jax.random.normal(kc, y.shape)
   loss = lambda f: lambda x, w: jnp.sum(f(x, w) * cot)
   for g_ref, g_ours in zip(jax.grad(loss(ref), (0, 1))(x, w),
@@ -144,8 +147,9 @@ def test_every_convolution_in_the_cpu_step_loop_is_canonical(tiny_config):
   fns, d, reps, states = _grid(tiny_config, "auto", image_size=28)
   hlo = fns.train_chunk.lower(states, reps, d, jnp.asarray(0), jnp.asarray(2)).compile()
   labels = re.findall(r"convolution\(.*?dim_labels=(\S+?),", hlo.as_text())
-  # 19 conv layers: forward, input gradient (except the first layer) and weight gradient.
-  assert len(labels) >= 3 * 19 - 1
+  # 19 conv layers, 8 of them 1x1 (matrix products). Each of the other 11: a forward, an
+  # input gradient (except the first layer's) and weight gradients (one per batch chunk).
+  assert len(labels) >= 3 * 11 - 1
   assert set(labels) == {"b01f_01io->b01f"}
 
 

@@ -18,9 +18,10 @@ another). There XLA CPU runs some of JAX's own gradients far slower than outside
 - ``local_response_norm``: the analytic gradient, in two elementwise passes and one window
   sum, instead of autodiff through the power.
 
-Forward computations are the ones of ``lax``/``flax`` (bit for bit). The gradients are the
-same sums in a different order, so they agree with JAX's to float rounding
-(``tests/test_layers.py``).
+Forward computations are the ones of ``lax``/``flax`` (bit for bit), except that a 1x1
+stride-1 convolution is computed as the matrix product it is (XLA CPU runs it 3-5x faster
+that way; the same sums, perhaps in another order). The gradients are the same sums in a
+different order, so they agree with JAX's to float rounding (``tests/test_layers.py``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if rhs.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
+    # A 1x1 convolution is a matrix product over the channels. XLA CPU runs it as one
+    # 3-5x faster than as a convolution; JAX's gradients of a dot stay fast inside loops.
+    return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
   return _conv(lhs, rhs, strides, padding, precision)
 
 
