@@ -18,7 +18,8 @@ and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` div
 best rate of a large ``jnp.dot`` timed in the same process just before and after each row.
 ``conv_gradient`` is the resolved config field (``jax`` or ``explicit``; MLPs have no
 convolutions); ``grad_chunk_bytes`` the batch-chunk budgets of the explicit input and weight
-gradients (``zhang/layers.py``), null with ``--grad_chunks off``. ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
+gradients (``zhang/layers.py``), null with ``--grad_chunks off`` and off CPU (no chunks
+there). ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
 compiled chunk (``xla_memory_bytes``, checked before the row runs; the next row's first
 predicted in proportion to R) stays within ``memory_limit_bytes``: ``--memory_fraction`` of
 the device's memory (GPU, TPU: the allocator's limit; CPU: physical RAM). Every row skipped
@@ -197,7 +198,7 @@ def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
   c = make_config(model, num_replicas, batch_size, strategy=strategy,
                   compute_dtype=compute_dtype, conv_gradient=conv_gradient)
   budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
-  chunk_bytes = list(budgets) if grad_chunks else None
+  chunk_bytes = list(budgets) if grad_chunks and jax.default_backend() == "cpu" else None
   try:
     if not grad_chunks:
       layers.INPUT_GRAD_CHUNK_BYTES = layers.WEIGHT_GRAD_CHUNK_BYTES = None

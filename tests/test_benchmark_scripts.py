@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -28,5 +29,13 @@ def test_profile_step_finds_the_convolutions(capsys):
   out = capsys.readouterr().out
   assert "alexnet_small, R = 1, batch 2, strategy" in out and "ms per step" in out
   # Every convolution in the explicit step is canonical (tests/test_layers.py says why).
-  conv_rows = out.split("\nconvs:")[1].split("\n\n")[0].splitlines()[1:]
-  assert conv_rows and all("b01f_01io->b01f" in row for row in conv_rows)
+  roles, conv_rows = out.split("\nconvs:")[1].split("\n\n")[:2]
+  # alexnet_small's two conv layers: two forwards, two weight gradients, and one input
+  # gradient (the first layer's input needs none).
+  parsed = [re.match(r"\s*([\d.]+)  (.+?) +(\d+) ops +([\d.]+) GF/s", r)
+            for r in roles.splitlines()[1:]]
+  assert {m.group(2): int(m.group(3)) for m in parsed} == {
+      "forward": 2, "weight grad": 2, "input grad": 1}
+  assert all(float(m.group(4)) > 0 for m in parsed)
+  conv_rows = conv_rows.splitlines()
+  assert len(conv_rows) == 3 and all("b01f_01io->b01f" in row for row in conv_rows)

@@ -1,4 +1,5 @@
-"""benchmarks/throughput.py in-process, tiny: --conv_gradient and the --up_to_memory sweep."""
+"""benchmarks/throughput.py in-process, tiny: --conv_gradient, --grad_chunks and the
+--up_to_memory sweep."""
 
 import importlib.util
 import json
@@ -30,6 +31,31 @@ def test_conv_gradient_rows_report_the_resolved_value(capsys):
   assert [(r["model"], r["replicas"], r["conv_gradient"]) for r in rows] == [
       ("alexnet_small", 1, "jax"), ("alexnet_small", 1, "explicit")]
   assert all(r["step_ms"] > 0 and r["memory_limit_bytes"] == int(0.8 * RAM) for r in rows)
+
+
+def test_grad_chunks_off_compiles_one_weight_gradient_per_layer(capsys):
+  """alexnet_small at batch 8: its first layer's x and dy take 210 KB per image, so the
+  0.75 MiB weight-gradient budget makes chunks of 3 images, 3 convolutions instead of 1."""
+  from zhang import layers
+  budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
+  dataset = throughput.synthetic_dataset(64, (28, 28, 3))
+  count = {}
+  for chunks in (False, True):
+    prep = throughput.prepare("alexnet_small", 1, dataset, 8, 1, conv_gradient="explicit",
+                              grad_chunks=chunks)
+    assert prep.grad_chunk_bytes == (list(budgets) if chunks else None)
+    assert (layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES) == budgets
+    count[chunks] = prep.compiled.as_text().count(" convolution(")
+  assert count[True] > count[False] + 1
+
+  rows, _ = run(capsys, "--models", "alexnet_small", "--batch_size", "2",
+                "--grad_chunks", "off,on")
+  assert [r["grad_chunk_bytes"] for r in rows] == [None, list(budgets)]
+  with pytest.raises(SystemExit) as exit_info:
+    throughput.main([*TINY, "--grad_chunks", "on,sometimes"])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.strip().endswith(
+      "error: --grad_chunks 'sometimes': use on or off (comma-separated)")
 
 
 def test_up_to_memory_doubles_while_the_estimate_fits(capsys):

@@ -75,7 +75,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 # by side on the cores (RESULTS.md, "Gradients in batch chunks"). The input gradient of an
 # image does not depend on the chunk; the weight gradient adds the chunks' sums. The forward
 # pass is not chunked: XLA picks its algorithm by batch size, so a chunked forward pass
-# would not be lax's bit for bit. None: the whole batch at once.
+# would not be lax's bit for bit. None: the whole batch at once. Only on CPU: elsewhere
+# (explicit gradients chosen by hand) a convolution has the whole chip to itself.
 INPUT_GRAD_CHUNK_BYTES: int | None = 3 * 2**20
 WEIGHT_GRAD_CHUNK_BYTES: int | None = 3 * 2**18
 
@@ -88,6 +89,10 @@ def batch_chunks(batch: int, per_image_elements: int, itemsize: int,
     return [(0, batch)]
   size = max(1, min(batch, budget // (itemsize * per_image_elements)))
   return [(lo, min(lo + size, batch)) for lo in range(0, batch, size)]
+
+
+def _on_cpu(budget: int | None) -> int | None:
+  return budget if jax.default_backend() == "cpu" else None
 
 
 def _per_image(*arrays) -> int:
@@ -130,7 +135,7 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
 
   dw = None
   for lo, hi in batch_chunks(x.shape[0], _per_image(x, dy), x.dtype.itemsize,
-                             WEIGHT_GRAD_CHUNK_BYTES):
+                             _on_cpu(WEIGHT_GRAD_CHUNK_BYTES)):
     part = chunk_dw(x[lo:hi], dy[lo:hi]).astype(jnp.promote_types(x.dtype, jnp.float32))
     dw = part if dw is None else dw + part
   dw = jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
@@ -145,7 +150,7 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
              pads(x.shape[2], ow, kw, sw, padding[1][0]))
   dx = _chunked(lambda dyc: lax.conv_general_dilated(
       dyc, w_flip, (1, 1), dx_pads, lhs_dilation=(sh, sw), dimension_numbers=_NHWC,
-      precision=precision), dy, x, INPUT_GRAD_CHUNK_BYTES).astype(x.dtype)
+      precision=precision), dy, x, _on_cpu(INPUT_GRAD_CHUNK_BYTES)).astype(x.dtype)
   return dx, dw
 
 
