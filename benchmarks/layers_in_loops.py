@@ -4,6 +4,7 @@ Run (2-core CPU, about a minute):
 
   python benchmarks/layers_in_loops.py
   python benchmarks/layers_in_loops.py --batch 128 --size 28 --cin 96 --cout 32
+  python benchmarks/layers_in_loops.py --batch 128 --kernel 1   # a 1x1 layer (no max pool)
 
 The trainer's steps run inside a ``while`` body, where XLA CPU runs JAX's own convolution
 gradients with a naive loop nest (jax-ml/jax#12868). This times, for one 3x3 SAME convolution
@@ -11,11 +12,13 @@ gradients with a naive loop nest (jax-ml/jax#12868). This times, for one 3x3 SAM
 
 - ``plain``: under ``jit``;
 - ``loop_jax``: inside a ``fori_loop``, JAX's gradients;
-- ``loop_explicit``: inside a ``fori_loop``, ``zhang/layers.py``'s gradients;
+- ``loop_explicit_whole``: inside a ``fori_loop``, ``zhang/layers.py``'s gradients without
+  their batch chunks (the whole batch in one convolution per gradient);
+- ``loop_explicit``: the same with them, as the trainer runs them;
 
-and two other ways to write the weight gradient inside a loop that were tried and are slower
-(``im2col``: one matmul over stacked shifted inputs; ``slices``: one matmul per kernel
-offset). Then the gradient of a 3x3/2 SAME max pool after the layer (batch, size, 64
+and, for 3x3 only, two other ways to write the weight gradient inside a loop that were tried
+and are slower (``im2col``: one matmul over stacked shifted inputs; ``slices``: one matmul per
+kernel offset). Then the gradient of a 3x3/2 SAME max pool after the layer (batch, size, 64
 channels), in ms, JAX's and ours, inside a loop. One JSON object per line; results:
 benchmarks/RESULTS.md, "Convolutions inside loops".
 """
@@ -68,9 +71,12 @@ def main(argv=None) -> None:
   p.add_argument("--size", type=int, default=28, help="height and width")
   p.add_argument("--cin", type=int, default=96)
   p.add_argument("--cout", type=int, default=32)
+  p.add_argument("--kernel", type=int, default=3, choices=(1, 3),
+                 help="1: a 1x1 layer, which zhang/layers.py computes as a matrix product")
   p.add_argument("--repeats", type=int, default=3)
   args = p.parse_args(argv)
-  b, s, cin, cout, k = args.batch, args.size, args.cin, args.cout, 3
+  b, s, cin, cout, k = args.batch, args.size, args.cin, args.cout, args.kernel
+  layer = f"conv{k}x{k}"
   x = jax.random.normal(jax.random.key(0), (b, s, s, cin))
   w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.05
   dy = jax.random.normal(jax.random.key(2), (b, s, s, cout))
@@ -89,14 +95,25 @@ def main(argv=None) -> None:
                                                       dimension_numbers=DN)
   rows = {"plain": (jax.jit(jax_conv), *(jax.jit(g) for g in grads(jax_conv))),
           "loop_jax": (in_loop(jax_conv), *(in_loop(g) for g in grads(jax_conv))),
+          "loop_explicit_whole": (in_loop(our_conv), *(in_loop(g) for g in grads(our_conv))),
           "loop_explicit": (in_loop(our_conv), *(in_loop(g) for g in grads(our_conv)))}
+  budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
   for name, fns in rows.items():
     extra = () if name == "plain" else (one,)
-    rates = [flops / best_seconds(f, x, w, *extra, repeats=args.repeats) / 1e9 for f in fns]
-    print(json.dumps(dict(layer="conv3x3", how=name, forward_gflops=sig(rates[0]),
+    whole = name == "loop_explicit_whole"  # traced (on first call) without batch chunks
+    try:
+      if whole:
+        layers.INPUT_GRAD_CHUNK_BYTES = layers.WEIGHT_GRAD_CHUNK_BYTES = None
+      rates = [flops / best_seconds(f, x, w, *extra, repeats=args.repeats) / 1e9
+               for f in fns]
+    finally:
+      layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES = budgets
+    print(json.dumps(dict(layer=layer, how=name, forward_gflops=sig(rates[0]),
                           weight_grad_gflops=sig(rates[1]),
                           input_grad_gflops=sig(rates[2]), **info)), flush=True)
 
+  if k != 3:  # the alternatives below are written for 3x3
+    return
   pad = ((0, 0), (1, 1), (1, 1), (0, 0))
 
   def im2col_dw(x, dy):

@@ -16,11 +16,19 @@ def test_layers_in_loops_reports_every_variant(capsys):
                         "--repeats", "1"])
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [(r["layer"], r["how"]) for r in rows] == [
-      ("conv3x3", "plain"), ("conv3x3", "loop_jax"), ("conv3x3", "loop_explicit"),
-      ("conv3x3", "loop_im2col"), ("conv3x3", "loop_slices"),
+      ("conv3x3", "plain"), ("conv3x3", "loop_jax"), ("conv3x3", "loop_explicit_whole"),
+      ("conv3x3", "loop_explicit"), ("conv3x3", "loop_im2col"), ("conv3x3", "loop_slices"),
       ("max_pool3x3s2", "loop_jax"), ("max_pool3x3s2", "loop_explicit")]
-  assert all(r["weight_grad_gflops"] > 0 for r in rows[:5])
-  assert all(r["gradient_ms"] > 0 for r in rows[5:])
+  assert all(r["weight_grad_gflops"] > 0 for r in rows[:6])
+  assert all(r["gradient_ms"] > 0 for r in rows[6:])
+
+  layers_in_loops.main(["--batch", "2", "--size", "6", "--cin", "3", "--cout", "4",
+                        "--repeats", "1", "--kernel", "1"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(r["layer"], r["how"]) for r in rows] == [
+      ("conv1x1", "plain"), ("conv1x1", "loop_jax"), ("conv1x1", "loop_explicit_whole"),
+      ("conv1x1", "loop_explicit")]
+  assert all(r["forward_gflops"] > 0 and r["kernel"] == 1 for r in rows)
 
 
 def test_profile_step_finds_the_convolutions(capsys):

@@ -71,13 +71,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
 # XLA CPU runs each convolution on one core, and slower once its operands outgrow that
 # core's L2 cache (2 MiB on the Sapphire Rapids CPUs measured). So both gradients cut the
-# batch into chunks of about this many bytes of operands: the chunks fit in L2 and run side
-# by side on the cores (RESULTS.md, "Gradients in batch chunks"). The input gradient of an
-# image does not depend on the chunk; the weight gradient adds the chunks' sums. The forward
-# pass is not chunked: XLA picks its algorithm by batch size, so a chunked forward pass
-# would not be lax's bit for bit. None: the whole batch at once. Only on CPU: elsewhere
-# (explicit gradients chosen by hand) a convolution has the whole chip to itself.
-INPUT_GRAD_CHUNK_BYTES: int | None = 3 * 2**20
+# batch into chunks of about this many bytes of x and dy: the chunks run side by side on the
+# cores, and the weight gradient's fit in L2 (budgets from sweeps of the step time: RESULTS.md,
+# "Gradients in batch chunks"). The input gradient of an image does not depend on the chunk;
+# the weight gradient adds the chunks' sums. The forward pass is not chunked: XLA picks its
+# algorithm by batch size, so a chunked forward pass would not be lax's bit for bit. None:
+# the whole batch at once. Only on CPU: elsewhere (explicit gradients chosen by hand) a
+# convolution has the whole chip to itself.
+INPUT_GRAD_CHUNK_BYTES: int | None = 6 * 2**20
 WEIGHT_GRAD_CHUNK_BYTES: int | None = 3 * 2**18
 
 
