@@ -7,6 +7,7 @@ Run (2-core CPU, about 2 minutes):
   python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
   python benchmarks/throughput.py --models alexnet_small --conv_gradient jax,explicit
   python benchmarks/throughput.py --models inception_small --replicas 1 --grad_chunks off,on
+  python benchmarks/throughput.py --models alexnet_small --replicas 1 --grad_chunks 3145728:786432,6291456:786432
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
 
 Prints one JSON object per (model, strategy, conv_gradient, grad_chunks, replicas). The timed program is
@@ -18,8 +19,8 @@ and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` div
 best rate of a large ``jnp.dot`` timed in the same process just before and after each row.
 ``conv_gradient`` is the resolved config field (``jax`` or ``explicit``; MLPs have no
 convolutions); ``grad_chunk_bytes`` the batch-chunk budgets of the explicit input and weight
-gradients (``zhang/layers.py``), null with ``--grad_chunks off`` and off CPU (no chunks
-there). ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
+gradients (``zhang/layers.py``; ``--grad_chunks INPUT:WEIGHT`` sets others), null with
+``--grad_chunks off`` and off CPU (no chunks there). ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
 compiled chunk (``xla_memory_bytes``, checked before the row runs; the next row's first
 predicted in proportion to R) stays within ``memory_limit_bytes``: ``--memory_fraction`` of
 the device's memory (GPU, TPU: the allocator's limit; CPU: physical RAM). Every row skipped
@@ -191,17 +192,19 @@ class Prepared(NamedTuple):
 
 def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
             strategy: str = "auto", compute_dtype: str = "float32",
-            conv_gradient: str = "auto", grad_chunks: bool = True) -> Prepared:
+            conv_gradient: str = "auto", grad_chunks: bool | tuple = True) -> Prepared:
   """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it.
-  ``grad_chunks=False`` traces the explicit conv gradients without zhang/layers.py's batch
-  chunks (the whole batch in one convolution)."""
+  ``grad_chunks``: True for zhang/layers.py's batch chunks of the explicit conv gradients,
+  False for none (the whole batch in one convolution), or (input, weight) budgets in bytes."""
   c = make_config(model, num_replicas, batch_size, strategy=strategy,
                   compute_dtype=compute_dtype, conv_gradient=conv_gradient)
   budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
-  chunk_bytes = list(budgets) if grad_chunks and jax.default_backend() == "cpu" else None
+  chosen = (budgets if grad_chunks is True else (None, None) if grad_chunks is False
+            else tuple(grad_chunks))
+  on_cpu = jax.default_backend() == "cpu"
+  chunk_bytes = list(chosen) if on_cpu and chosen != (None, None) else None
   try:
-    if not grad_chunks:
-      layers.INPUT_GRAD_CHUNK_BYTES = layers.WEIGHT_GRAD_CHUNK_BYTES = None
+    layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES = chosen
     fns, d, reps, states = train_lib.build(c, config_lib.expand_grid(c), dataset)[:4]
     compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
   finally:
@@ -282,8 +285,9 @@ def main(argv=None) -> None:
                  help="how convolution gradients are evaluated (config field conv_gradient): "
                  "auto, jax or explicit; comma-separated to compare")
   p.add_argument("--grad_chunks", default="on",
-                 help="explicit conv gradients: on (zhang/layers.py's batch chunks) or off "
-                 "(the whole batch in one convolution); comma-separated to compare")
+                 help="explicit conv gradients on CPU: on (zhang/layers.py's batch chunks), "
+                 "off (the whole batch in one convolution) or INPUT:WEIGHT (chunk budgets in "
+                 "bytes of the input and weight gradients); comma-separated to compare")
   p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
@@ -311,10 +315,16 @@ def main(argv=None) -> None:
     if conv_gradient not in ("auto", "jax", "explicit"):
       p.error(f"--conv_gradient {conv_gradient!r}: use auto, jax or explicit "
               "(comma-separated)")
-  grad_chunks = args.grad_chunks.split(",")
-  for chunks in grad_chunks:
-    if chunks not in ("on", "off"):
-      p.error(f"--grad_chunks {chunks!r}: use on or off (comma-separated)")
+  grad_chunks = []
+  for chunks in args.grad_chunks.split(","):
+    budgets = chunks.split(":")
+    if chunks in ("on", "off"):
+      grad_chunks.append(chunks == "on")
+    elif len(budgets) == 2 and all(b.isdigit() and int(b) > 0 for b in budgets):
+      grad_chunks.append(tuple(int(b) for b in budgets))
+    else:
+      p.error(f"--grad_chunks {chunks!r}: use on, off or INPUT:WEIGHT (positive byte "
+              "counts), comma-separated")
   listed = [int(s) for s in args.replicas.split(",")]
   if not 0 < args.memory_fraction:
     p.error(f"--memory_fraction {args.memory_fraction}: must be positive")
@@ -369,7 +379,7 @@ def main(argv=None) -> None:
             break
           continue
       prep = prepare(name, r, dataset, args.batch_size, steps, strategy, args.compute_dtype,
-                     conv_gradient, chunks == "on")
+                     conv_gradient, chunks)
       if args.up_to_memory:
         estimate = _memory(prep.compiled).get("xla_memory_bytes")
         memory = None if estimate is None else (r, estimate)

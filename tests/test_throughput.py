@@ -48,14 +48,22 @@ def test_grad_chunks_off_compiles_one_weight_gradient_per_layer(capsys):
     count[chunks] = prep.compiled.as_text().count(" convolution(")
   assert count[True] > count[False] + 1
 
+  # Budgets of one image's x and dy (first layer): one convolution per image.
+  prep = throughput.prepare("alexnet_small", 1, dataset, 8, 1, conv_gradient="explicit",
+                            grad_chunks=(1, 1))
+  assert prep.grad_chunk_bytes == [1, 1]
+  assert prep.compiled.as_text().count(" convolution(") > count[True]
+
   rows, _ = run(capsys, "--models", "alexnet_small", "--batch_size", "2",
-                "--grad_chunks", "off,on")
-  assert [r["grad_chunk_bytes"] for r in rows] == [None, list(budgets)]
-  with pytest.raises(SystemExit) as exit_info:
-    throughput.main([*TINY, "--grad_chunks", "on,sometimes"])
-  assert exit_info.value.code == 2
-  assert capsys.readouterr().err.strip().endswith(
-      "error: --grad_chunks 'sometimes': use on or off (comma-separated)")
+                "--grad_chunks", "off,on,4096:2048")
+  assert [r["grad_chunk_bytes"] for r in rows] == [None, list(budgets), [4096, 2048]]
+  for bad in ("sometimes", "4096", "0:10", "a:b"):
+    with pytest.raises(SystemExit) as exit_info:
+      throughput.main([*TINY, "--grad_chunks", f"on,{bad}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: --grad_chunks {bad!r}: use on, off or INPUT:WEIGHT (positive byte counts), "
+        "comma-separated")
 
 
 def test_up_to_memory_doubles_while_the_estimate_fits(capsys):
