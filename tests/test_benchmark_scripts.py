@@ -7,6 +7,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import batched_matmul  # noqa: E402
 import layers_in_loops  # noqa: E402
 import profile_step  # noqa: E402
 
@@ -47,3 +48,13 @@ def test_profile_step_finds_the_convolutions(capsys):
   assert all(float(m.group(4)) > 0 for m in parsed)
   conv_rows = conv_rows.splitlines()
   assert len(conv_rows) == 3 and all("b01f_01io->b01f" in row for row in conv_rows)
+
+
+def test_batched_matmul_reports_each_replica_count_and_the_reference(capsys):
+  batched_matmul.main(["--replicas", "1,3", "--batch", "4", "--din", "6", "--dout", "5",
+                       "--matmul_n", "16", "--repeats", "1"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r.get("replicas") for r in rows] == [1, 3, None]
+  assert [r["weight_bytes"] for r in rows[:2]] == [4 * 6 * 5, 3 * 4 * 6 * 5]
+  assert all(r["batched_gflops"] > 0 and r["loop_gflops"] > 0 for r in rows[:2])
+  assert rows[2]["reference"] == "16^3" and rows[2]["gflops"] > 0
