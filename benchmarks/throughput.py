@@ -7,24 +7,25 @@ Run (2-core CPU, about 2 minutes):
   python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
   python benchmarks/throughput.py --models alexnet_small --conv_gradient jax,explicit
   python benchmarks/throughput.py --models inception_small --replicas 1 --grad_chunks off,on
-  python benchmarks/throughput.py --models alexnet_small --replicas 1 --grad_chunks 3145728:786432,6291456:786432
+  python benchmarks/throughput.py --models alexnet_small --grad_chunks 6291456:786432,off
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
 
-Prints one JSON object per (model, strategy, conv_gradient, grad_chunks, replicas). The timed program is
-the trainer's own ``train_chunk`` (batch gather, scaling, whitening, forward, backward, SGD
-momentum) on synthetic uint8 images, for a grid of ``labels`` replicas (corruption 0, seeds
-0..R-1). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
+Prints one JSON object per (model, strategy, conv_gradient, grad_chunks, replicas). The timed
+program is the trainer's own ``train_chunk`` (batch gather, scaling, whitening, forward,
+backward, SGD momentum) on synthetic uint8 images, for a grid of ``labels`` replicas (corruption
+0, seeds 0..R-1). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
 ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never computes,
-and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the
-best rate of a large ``jnp.dot`` timed in the same process just before and after each row.
+and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the best
+rate of a large ``jnp.dot`` timed in the same process just before and after each row.
 ``conv_gradient`` is the resolved config field (``jax`` or ``explicit``; MLPs have no
 convolutions); ``grad_chunk_bytes`` the batch-chunk budgets of the explicit input and weight
 gradients (``zhang/layers.py``; ``--grad_chunks INPUT:WEIGHT`` sets others), null with
-``--grad_chunks off`` and off CPU (no chunks there). ``--up_to_memory`` doubles R after the listed rows while XLA's estimate of the
-compiled chunk (``xla_memory_bytes``, checked before the row runs; the next row's first
-predicted in proportion to R) stays within ``memory_limit_bytes``: ``--memory_fraction`` of
-the device's memory (GPU, TPU: the allocator's limit; CPU: physical RAM). Every row skipped
-or stop of the sweep is said on stderr. Results: benchmarks/RESULTS.md.
+``--grad_chunks off`` and off CPU (no chunks there). ``--up_to_memory`` doubles R after the
+listed rows while XLA's estimate of the compiled chunk (``xla_memory_bytes``, checked before the
+row runs; the next row's first predicted in proportion to R) stays within
+``memory_limit_bytes``: ``--memory_fraction`` of the device's memory (GPU, TPU: the allocator's
+limit; CPU: physical RAM). Every row skipped or stop of the sweep is said on stderr. Results:
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -317,11 +318,11 @@ def main(argv=None) -> None:
               "(comma-separated)")
   grad_chunks = []
   for chunks in args.grad_chunks.split(","):
-    budgets = chunks.split(":")
+    parts = chunks.split(":")
     if chunks in ("on", "off"):
       grad_chunks.append(chunks == "on")
-    elif len(budgets) == 2 and all(b.isdigit() and int(b) > 0 for b in budgets):
-      grad_chunks.append(tuple(int(b) for b in budgets))
+    elif len(parts) == 2 and all(b.isdigit() and int(b) > 0 for b in parts):
+      grad_chunks.append(tuple(int(b) for b in parts))
     else:
       p.error(f"--grad_chunks {chunks!r}: use on, off or INPUT:WEIGHT (positive byte "
               "counts), comma-separated")
