@@ -14,7 +14,8 @@ another). There XLA CPU runs some of JAX's own gradients far slower than outside
   ``zhang.models``) take this path, anything else goes to ``lax``.
 - ``max_pool``: JAX's gradient is a ``select_and_scatter``, which XLA CPU expands into a
   reduce-window carrying index arrays plus a scatter. Here it is one pass per window offset
-  that routes dy to the first maximum of each window, the same choice on ties.
+  that routes dy to the first maximum of each window, the same choice on ties, summed per
+  stride phase at the output's resolution and interleaved into the input's shape once.
 - ``local_response_norm``: the analytic gradient, in two elementwise passes and one window
   sum, instead of autodiff through the power.
 
@@ -187,17 +188,27 @@ def _max_pool_bwd(window, strides, residuals, dy):
   xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
   hp, wp = xp.shape[1:3]
   zero = jnp.zeros((), dy.dtype)
+  # Window offset (i, j) of output (u, v) is xp's (sh u + i, sw v + j): on the lattice of
+  # phase (i % sh, j % sw), shifted by (i // sh, j // sw). Each phase's routed dy is summed
+  # at the output's resolution, and the phases are interleaved once at the input's.
+  hc = max(-(-hp // sh), oh + (kh - 1) // sh)
+  wc = max(-(-wp // sw), ow + (kw - 1) // sw)
+  phases = {(a, e): jnp.zeros((b, hc, wc, c), dy.dtype) for a in range(sh) for e in range(sw)}
   taken = jnp.zeros(y.shape, bool)  # the window's maximum has been routed already
-  dxp = jnp.zeros(xp.shape, dy.dtype)
   span_h, span_w = (oh - 1) * sh + 1, (ow - 1) * sw + 1
   for i in range(kh):  # window offsets in row-major order: the first maximum wins
     for j in range(kw):
       xs = lax.slice(xp, (0, i, j, 0), (b, i + span_h, j + span_w, c), (1, sh, sw, 1))
       hit = (xs == y) & ~taken
       taken = taken | hit
-      dxp = dxp + lax.pad(jnp.where(hit, dy, zero), zero,
-                          ((0, 0, 0), (i, hp - i - span_h, sh - 1),
-                           (j, wp - j - span_w, sw - 1), (0, 0, 0)))
+      di, dj = i // sh, j // sw
+      phases[i % sh, j % sw] += lax.pad(jnp.where(hit, dy, zero), zero,
+                                        ((0, 0, 0), (di, hc - oh - di, 0),
+                                         (dj, wc - ow - dj, 0), (0, 0, 0)))
+  # dxp[:, sh U + a, sw V + e] = phases[a, e][:, U, V]
+  grid = jnp.stack([jnp.stack([phases[a, e] for e in range(sw)], axis=3)
+                    for a in range(sh)], axis=2)  # (b, hc, sh, wc, sw, c)
+  dxp = grid.reshape(b, hc * sh, wc * sw, c)
   return (dxp[:, ph[0]:ph[0] + h, pw[0]:pw[0] + w, :],)
 
 
