@@ -97,17 +97,14 @@ def main(argv=None) -> None:
           "loop_jax": (in_loop(jax_conv), *(in_loop(g) for g in grads(jax_conv))),
           "loop_explicit_whole": (in_loop(our_conv), *(in_loop(g) for g in grads(our_conv))),
           "loop_explicit": (in_loop(our_conv), *(in_loop(g) for g in grads(our_conv)))}
-  budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
   for name, fns in rows.items():
     extra = () if name == "plain" else (one,)
-    whole = name == "loop_explicit_whole"  # traced (on first call) without batch chunks
-    try:
-      if whole:
-        layers.INPUT_GRAD_CHUNK_BYTES = layers.WEIGHT_GRAD_CHUNK_BYTES = None
+    # loop_explicit_whole is traced (on its first call) without batch chunks.
+    budgets = ((None, None) if name == "loop_explicit_whole" else
+               (layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES))
+    with layers.grad_chunk_budgets(*budgets):
       rates = [flops / best_seconds(f, x, w, *extra, repeats=args.repeats) / 1e9
                for f in fns]
-    finally:
-      layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES = budgets
     print(json.dumps(dict(layer=layer, how=name, forward_gflops=sig(rates[0]),
                           weight_grad_gflops=sig(rates[1]),
                           input_grad_gflops=sig(rates[2]), **info)), flush=True)

@@ -204,12 +204,9 @@ def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
             else tuple(grad_chunks))
   on_cpu = jax.default_backend() == "cpu"
   chunk_bytes = list(chosen) if on_cpu and chosen != (None, None) else None
-  try:
-    layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES = chosen
+  with layers.grad_chunk_budgets(*chosen):
     fns, d, reps, states = train_lib.build(c, config_lib.expand_grid(c), dataset)[:4]
     compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
-  finally:
-    layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES = budgets
   return Prepared(model, num_replicas, dataset, batch_size, steps, compute_dtype,
                   train_lib.conv_gradient(c), chunk_bytes, fns, d, reps, states, compiled,
                   compile_s)

@@ -27,6 +27,7 @@ different order, so they agree with JAX's to float rounding (``tests/test_layers
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -81,6 +82,19 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 # convolution has the whole chip to itself.
 INPUT_GRAD_CHUNK_BYTES: int | None = 6 * 2**20
 WEIGHT_GRAD_CHUNK_BYTES: int | None = 3 * 2**18
+
+
+@contextlib.contextmanager
+def grad_chunk_budgets(input_bytes: int | None, weight_bytes: int | None):
+  """Within the block, gradients traced use these chunk budgets (None: no chunks); the
+  module's own are restored after. For benchmarks comparing budgets."""
+  global INPUT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_CHUNK_BYTES
+  saved = INPUT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_CHUNK_BYTES
+  INPUT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_CHUNK_BYTES = input_bytes, weight_bytes
+  try:
+    yield
+  finally:
+    INPUT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_CHUNK_BYTES = saved
 
 
 def batch_chunks(batch: int, per_image_elements: int, itemsize: int,
