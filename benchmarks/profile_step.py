@@ -4,6 +4,7 @@ Run (2-core CPU, a minute or two for a conv net):
 
   python benchmarks/profile_step.py --model inception_small --batch_size 32
   python benchmarks/profile_step.py --model alexnet_small --batch_size 128 --conv_gradient jax
+  python benchmarks/profile_step.py --model inception_small --batch_size 128 --cpu_kernels default
 
 Builds the grid as ``benchmarks/throughput.py`` does (synthetic 28x28x3 images, R ``labels``
 replicas), runs one chunk to warm up, traces one more with ``jax.profiler`` and reads the
@@ -53,28 +54,53 @@ def _dims(shape: str) -> list[int]:
   return [int(v) for v in re.findall(r"\d+", shape.split("[", 1)[1].split("]", 1)[0])]
 
 
+def _conv_row(conv: re.Match, shapes: dict, label: str) -> tuple:
+  """(label, 'conv', window and dim_labels, role, multiply-adds x 2) of a convolution line
+  matched by ``_CONV``; ``shapes`` maps its operands' names to their shapes."""
+  window = [int(v) for v in re.search(r"size=([\dx]+)", conv.group(4)).group(1).split("x")]
+  result = _dims(conv.group(1))
+  lhs = _dims(shapes.get(conv.group(2), "f32[0]"))
+  flops = 2 * math.prod(result) * math.prod(window) * (lhs[-1] if lhs else 0)
+  if "transpose(" not in conv.group(6):
+    role = "forward"
+  else:
+    role = "weight grad" if math.prod(window) > math.prod(result[1:3]) else "input grad"
+  return (label, "conv", f"{conv.group(5)} {conv.group(4)}", role, flops)
+
+
+_CONV = (r"= (\S+) convolution\(%([\w.-]+), %([\w.-]+)\), window=\{([^}]*)\}, "
+         r"dim_labels=([^,\s]+)(.*)")
+
+
 def fusion_contents(hlo: str) -> dict:
-  """fusion name -> (result shape, 'conv' | 'dot' | '', window and dim_labels if a conv,
-  the conv's role: 'forward', 'input grad' or 'weight grad', its multiply-adds x 2)."""
+  """op name -> (result shape, 'conv' | 'dot' | '', window and dim_labels if a conv,
+  the conv's role: 'forward', 'input grad' or 'weight grad', its multiply-adds x 2).
+
+  Covers fusions (YNNPACK's convolutions and dots are fusions) and the convolutions XLA
+  runs unfused (Eigen's, when YNNPACK's are off: ``--cpu_kernels``)."""
   out = {}
+  fused = set()
   for m in re.finditer(r"%([\w.-]+) = (\S+) fusion\(.*?calls=%([\w.-]+)", hlo):
+    fused.add(m.group(3))
     body = hlo.split(f"%{m.group(3)} ", 1)[-1].split("\n}\n", 1)[0]
-    conv = re.search(r"= (\S+) convolution\(%([\w.-]+), %([\w.-]+)\), window=\{([^}]*)\}, "
-                     r"dim_labels=([^,\s]+)(.*)", body)
+    conv = re.search(_CONV, body)
     if not conv:
       out[m.group(1)] = (m.group(2).split("{")[0], "dot" if " dot(" in body else "", "", "", 0)
       continue
     params = dict(re.findall(r"%([\w.-]+) = (\S+) parameter\(", body))
-    window = [int(v) for v in re.search(r"size=([\dx]+)", conv.group(4)).group(1).split("x")]
-    result = _dims(conv.group(1))
-    lhs = _dims(params.get(conv.group(2), "f32[0]"))
-    flops = 2 * math.prod(result) * math.prod(window) * (lhs[-1] if lhs else 0)
-    if "transpose(" not in conv.group(6):
-      role = "forward"
-    else:
-      role = "weight grad" if math.prod(window) > math.prod(result[1:3]) else "input grad"
-    out[m.group(1)] = (m.group(2).split("{")[0], "conv",
-                       f"{conv.group(5)} {conv.group(4)}", role, flops)
+    out[m.group(1)] = _conv_row(conv, params, m.group(2).split("{")[0])
+  # Unfused convolutions: those outside every fused computation.
+  shapes = dict(re.findall(r"%([\w.-]+) = (\w+\[[\d,]*\])", hlo))
+  computation = None
+  for line in hlo.splitlines():
+    head = re.match(r"(?:ENTRY )?%([\w.-]+) .*\{$", line)
+    if head and not line.startswith(" "):
+      computation = head.group(1)
+      continue
+    conv = re.search(r"%([\w.-]+) " + _CONV, line)
+    if conv and computation not in fused:
+      inner = re.search(_CONV, line)
+      out[conv.group(1)] = _conv_row(inner, shapes, inner.group(1).split("{")[0])
   return out
 
 
@@ -86,13 +112,15 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=2, help="steps in the traced chunk")
   p.add_argument("--strategy", default="auto", choices=("auto", "vmap", "map"))
   p.add_argument("--conv_gradient", default="auto", choices=("auto", "jax", "explicit"))
+  p.add_argument("--cpu_kernels", default="auto", choices=("auto", "default", "eigen"))
   p.add_argument("--top", type=int, default=15, help="rows of each table")
   args = p.parse_args(argv)
 
   dataset = throughput.synthetic_dataset(max(512, args.batch_size), (28, 28, 3))
   fns, d, reps, states = throughput.setup(args.model, args.replicas, dataset, args.batch_size,
                                           strategy=args.strategy,
-                                          conv_gradient=args.conv_gradient)
+                                          conv_gradient=args.conv_gradient,
+                                          cpu_kernels=args.cpu_kernels)
   compiled, _ = throughput.compile_chunk(fns, d, reps, states, args.steps)
   num = jnp.asarray(args.steps, jnp.int32)
   states, loss = compiled(states, reps, d, jnp.asarray(0, jnp.int32), num)  # warm-up

@@ -7,25 +7,27 @@ Run (2-core CPU, about 2 minutes):
   python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
   python benchmarks/throughput.py --models alexnet_small --conv_gradient jax,explicit
   python benchmarks/throughput.py --models inception_small --replicas 1 --grad_chunks off,on
+  python benchmarks/throughput.py --models inception_small,alexnet_small --cpu_kernels default,eigen
   python benchmarks/throughput.py --models alexnet_small --grad_chunks 6291456:786432,off
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
 
-Prints one JSON object per (model, strategy, conv_gradient, grad_chunks, replicas). The timed
-program is the trainer's own ``train_chunk`` (batch gather, scaling, whitening, forward,
-backward, SGD momentum) on synthetic uint8 images, for a grid of ``labels`` replicas (corruption
-0, seeds 0..R-1). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
-``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never computes,
-and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the best
-rate of a large ``jnp.dot`` timed in the same process just before and after each row.
-``conv_gradient`` is the resolved config field (``jax`` or ``explicit``; MLPs have no
-convolutions); ``grad_chunk_bytes`` the batch-chunk budgets of the explicit input and weight
-gradients (``zhang/layers.py``; ``--grad_chunks INPUT:WEIGHT`` sets others), null with
-``--grad_chunks off`` and off CPU (no chunks there). ``--up_to_memory`` doubles R after the
-listed rows while XLA's estimate of the compiled chunk (``xla_memory_bytes``, checked before the
-row runs; the next row's first predicted in proportion to R) stays within
-``memory_limit_bytes``: ``--memory_fraction`` of the device's memory (GPU, TPU: the allocator's
-limit; CPU: physical RAM). Every row skipped or stop of the sweep is said on stderr. Results:
-benchmarks/RESULTS.md.
+Prints one JSON object per (model, strategy, conv_gradient, cpu_kernels, grad_chunks, replicas).
+The timed program is the trainer's own ``train_chunk`` (batch gather, scaling, whitening,
+forward, backward, SGD momentum) on synthetic uint8 images, for a grid of ``labels`` replicas
+(corruption 0, seeds 0..R-1). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x
+forward); ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never
+computes, and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides
+by the best rate of a large ``jnp.dot`` timed in the same process just before and after each row
+(on CPU the faster of XLA's default and Eigen's kernels). ``conv_gradient`` is the resolved
+config field (``jax`` or ``explicit``; MLPs have no convolutions); ``grad_chunk_bytes`` the
+batch-chunk budgets of the explicit input and weight gradients (``zhang/layers.py``;
+``--grad_chunks INPUT:WEIGHT`` sets others), null with ``--grad_chunks off``, with Eigen's
+kernels and off CPU (no chunks there). ``cpu_kernels`` is the resolved config field (``default``
+or ``eigen``; null off CPU). ``--up_to_memory`` doubles R after the listed rows while XLA's
+estimate of the compiled chunk (``xla_memory_bytes``, checked before the row runs; the next
+row's first predicted in proportion to R) stays within ``memory_limit_bytes``:
+``--memory_fraction`` of the device's memory (GPU, TPU: the allocator's limit; CPU: physical
+RAM). Every row skipped or stop of the sweep is said on stderr. Results: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -52,17 +54,22 @@ DEFAULT_MODELS = ("mlp_1x512", "mlp_3x512")
 
 
 def matmul_flops_per_s(n: int, repeats: int, dtype=jnp.float32) -> float:
-  """Best rate of an (n, n) @ (n, n) product (fp32 by default), in FLOP/s."""
+  """Best rate of an (n, n) @ (n, n) product (fp32 by default), in FLOP/s. On CPU, the
+  better of XLA's default kernels and Eigen's (``zhang/train.py:CPU_KERNELS``): a step may be
+  compiled with either, and the reference should be the faster."""
   keys = jax.random.split(jax.random.key(0))
   a = jax.random.normal(keys[0], (n, n), dtype)
   b = jax.random.normal(keys[1], (n, n), dtype)
-  dot = jax.jit(jnp.dot)
-  dot(a, b).block_until_ready()
+  kernel_sets = (train_lib.COMPILER_OPTIONS.values() if jax.default_backend() == "cpu"
+                 else [{}])
   best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
+  for options in kernel_sets:
+    dot = jax.jit(jnp.dot).lower(a, b).compile(dict(options) or None)
     dot(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
+    for _ in range(repeats):
+      t = time.perf_counter()
+      dot(a, b).block_until_ready()
+      best = min(best, time.perf_counter() - t)
   return 2 * n ** 3 / best
 
 
@@ -77,7 +84,7 @@ def synthetic_dataset(n_train: int, input_shape, num_classes: int = 10) -> Datas
 
 def make_config(model: str, num_replicas: int, batch_size: int, mesh_shape=None,
                 strategy: str = "auto", compute_dtype: str = "float32",
-                conv_gradient: str = "auto"):
+                conv_gradient: str = "auto", cpu_kernels: str = "auto"):
   """The resolved config of a grid of ``labels`` replicas (p = 0, seeds 0..R-1)."""
   c = config_lib.base_config()
   c.model = model
@@ -85,6 +92,7 @@ def make_config(model: str, num_replicas: int, batch_size: int, mesh_shape=None,
   c.replica_strategy = strategy
   c.compute_dtype = compute_dtype
   c.conv_gradient = conv_gradient
+  c.cpu_kernels = cpu_kernels
   if mesh_shape is not None:
     c.mesh_shape = tuple(mesh_shape)
   c.grid = [dict(kinds=["labels"], corruptions=[0.0], seeds=list(range(num_replicas)))]
@@ -93,14 +101,14 @@ def make_config(model: str, num_replicas: int, batch_size: int, mesh_shape=None,
 
 def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
           mesh_shape=None, strategy: str = "auto", compute_dtype: str = "float32",
-          conv_gradient: str = "auto"):
+          conv_gradient: str = "auto", cpu_kernels: str = "auto"):
   """The trainer's own ``train.build`` for a grid of ``labels`` replicas (p = 0, seeds 0..R-1).
 
   ``mesh_shape`` (replica, data) defaults to the config's, every device on ``replica``.
   Returns (step.Functions, step.Data, step.Replicas, stacked TrainState).
   """
   c = make_config(model, num_replicas, batch_size, mesh_shape, strategy, compute_dtype,
-                  conv_gradient)
+                  conv_gradient, cpu_kernels)
   return tuple(train_lib.build(c, config_lib.expand_grid(c), dataset)[:4])
 
 
@@ -182,6 +190,7 @@ class Prepared(NamedTuple):
   steps: int
   compute_dtype: str
   conv_gradient: str  # resolved: "jax" or "explicit"
+  cpu_kernels: str | None  # resolved: "default" or "eigen"; None off CPU
   grad_chunk_bytes: list | None  # [input, weight] gradient chunk budgets; None: off
   fns: object
   d: object
@@ -193,23 +202,29 @@ class Prepared(NamedTuple):
 
 def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
             strategy: str = "auto", compute_dtype: str = "float32",
-            conv_gradient: str = "auto", grad_chunks: bool | tuple = True) -> Prepared:
+            conv_gradient: str = "auto", grad_chunks: bool | tuple = True,
+            cpu_kernels: str = "auto") -> Prepared:
   """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it.
   ``grad_chunks``: True for zhang/layers.py's batch chunks of the explicit conv gradients,
-  False for none (the whole batch in one convolution), or (input, weight) budgets in bytes."""
+  False for none (the whole batch in one convolution), or (input, weight) budgets in bytes.
+  The trainer uses chunks only with ``cpu_kernels`` "default" (zhang/train.py:CPU_KERNELS);
+  with "eigen" there are none, whatever ``grad_chunks`` says."""
   c = make_config(model, num_replicas, batch_size, strategy=strategy,
-                  compute_dtype=compute_dtype, conv_gradient=conv_gradient)
+                  compute_dtype=compute_dtype, conv_gradient=conv_gradient,
+                  cpu_kernels=cpu_kernels)
   budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
   chosen = (budgets if grad_chunks is True else (None, None) if grad_chunks is False
             else tuple(grad_chunks))
   on_cpu = jax.default_backend() == "cpu"
-  chunk_bytes = list(chosen) if on_cpu and chosen != (None, None) else None
+  kernels = train_lib.cpu_kernels(c) if on_cpu else None
+  chunked = on_cpu and chosen != (None, None) and kernels == "default"
+  chunk_bytes = list(chosen) if chunked else None
   with layers.grad_chunk_budgets(*chosen):
     fns, d, reps, states = train_lib.build(c, config_lib.expand_grid(c), dataset)[:4]
     compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
   return Prepared(model, num_replicas, dataset, batch_size, steps, compute_dtype,
-                  train_lib.conv_gradient(c), chunk_bytes, fns, d, reps, states, compiled,
-                  compile_s)
+                  train_lib.conv_gradient(c), kernels, chunk_bytes, fns, d, reps, states,
+                  compiled, compile_s)
 
 
 def measure(prep: Prepared, repeats: int, matmul_rate: float,
@@ -235,7 +250,8 @@ def measure(prep: Prepared, repeats: int, matmul_rate: float,
   return dict(
       model=model, replicas=num_replicas, batch_size=batch_size, input_shape=list(shape),
       strategy=prep.fns.hyper.strategy, compute_dtype=prep.compute_dtype,
-      conv_gradient=prep.conv_gradient, grad_chunk_bytes=prep.grad_chunk_bytes,
+      conv_gradient=prep.conv_gradient, cpu_kernels=prep.cpu_kernels,
+      grad_chunk_bytes=prep.grad_chunk_bytes,
       n_train=len(dataset.train_labels), steps=steps, repeats=repeats,
       step_ms=round(best * 1e3, 3),
       step_ms_median=round(statistics.median(times) / steps * 1e3, 3),
@@ -285,7 +301,11 @@ def main(argv=None) -> None:
   p.add_argument("--grad_chunks", default="on",
                  help="explicit conv gradients on CPU: on (zhang/layers.py's batch chunks), "
                  "off (the whole batch in one convolution) or INPUT:WEIGHT (chunk budgets in "
-                 "bytes of the input and weight gradients); comma-separated to compare")
+                 "bytes of the input and weight gradients); comma-separated to compare. "
+                 "They apply with --cpu_kernels default only, as in the trainer")
+  p.add_argument("--cpu_kernels", default="auto",
+                 help="XLA CPU's convolution and matmul kernels (config field cpu_kernels): "
+                 "auto, default (YNNPACK) or eigen; comma-separated to compare")
   p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
@@ -313,6 +333,10 @@ def main(argv=None) -> None:
     if conv_gradient not in ("auto", "jax", "explicit"):
       p.error(f"--conv_gradient {conv_gradient!r}: use auto, jax or explicit "
               "(comma-separated)")
+  kernel_sets = args.cpu_kernels.split(",")
+  for kernels in kernel_sets:
+    if kernels not in ("auto", "default", "eigen"):
+      p.error(f"--cpu_kernels {kernels!r}: use auto, default or eigen (comma-separated)")
   grad_chunks = []
   for chunks in args.grad_chunks.split(","):
     parts = chunks.split(":")
@@ -335,9 +359,9 @@ def main(argv=None) -> None:
   repeats = args.repeats or (2 if args.quick else 5)
   mm_repeats = 3 if args.quick else 10
   start = time.perf_counter()
-  for name, strategy, conv_gradient, chunks in [
-      (n, s, g, c) for n in names for s in strategies for g in conv_gradients
-      for c in grad_chunks]:
+  for name, strategy, conv_gradient, kernels, chunks in [
+      (n, s, g, k, c) for n in names for s in strategies for g in conv_gradients
+      for k in kernel_sets for c in grad_chunks]:
     conv = name in CONV_NETS
     steps = args.steps or {(False, False): 50, (False, True): 10,
                            (True, False): 2, (True, True): 1}[conv, args.quick]
@@ -377,7 +401,7 @@ def main(argv=None) -> None:
             break
           continue
       prep = prepare(name, r, dataset, args.batch_size, steps, strategy, args.compute_dtype,
-                     conv_gradient, chunks)
+                     conv_gradient, chunks, kernels)
       if args.up_to_memory:
         estimate = _memory(prep.compiled).get("xla_memory_bytes")
         memory = None if estimate is None else (r, estimate)

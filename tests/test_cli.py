@@ -31,6 +31,7 @@ DIGITS = "configs/digits.py"
     (["--set", "replica_strategy=pmap"], "replica_strategy='pmap' must be auto, vmap or map"),
     (["--set", "compute_dtype=float16"], "compute_dtype='float16' must be float32 or bfloat16"),
     (["--set", "conv_gradient=fast"], "conv_gradient='fast' must be auto, jax or explicit"),
+    (["--set", "cpu_kernels=mkl"], "cpu_kernels='mkl' must be auto, default or eigen"),
     (["--data_dir", "/nonexistent/folder", "--set", "dataset='fashion_mnist'"],
      "fashion_mnist"),
 ])

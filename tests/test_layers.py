@@ -109,12 +109,14 @@ def test_local_response_norm_value_and_gradient_equal_jax():
   np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-6)
 
 
-def _grid(tiny_config, conv_gradient, image_size=8, model="inception_small_nobn"):
+def _grid(tiny_config, conv_gradient, image_size=8, model="inception_small_nobn",
+          cpu_kernels="auto"):
   """A conv net on 64 images: digits (8x8), or random CIFAR-sized (28x28x3) ones."""
   tiny_config.model = model
   tiny_config.n_train, tiny_config.n_test, tiny_config.batch_size = 64, 32, 8
   tiny_config.learning_rate = 0.001
   tiny_config.conv_gradient = conv_gradient
+  tiny_config.cpu_kernels = cpu_kernels
   tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   config = config_lib.resolve(tiny_config)
   replicas = config_lib.expand_grid(config)
@@ -152,6 +154,39 @@ def test_every_convolution_in_the_cpu_step_loop_is_canonical(tiny_config):
   assert len(labels) >= 3 * 11 - 1
   assert set(labels) == {"b01f_01io->b01f"}
 
+
+
+def _convolutions(hlo: str) -> tuple[int, int]:
+  """(convolutions XLA runs as its own instructions, convolutions inside library fusions)."""
+  fused = set(re.findall(r"fusion\(.*?calls=%([\w.-]+)", hlo))
+  inside, outside, computation = 0, 0, None
+  for line in hlo.splitlines():
+    head = re.match(r"(?:ENTRY )?%([\w.-]+) .*\{$", line)
+    if head:
+      computation = head.group(1)
+    elif " convolution(" in line:
+      inside, outside = inside + (computation in fused), outside + (computation not in fused)
+  return outside, inside
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU's compiled program")
+def test_cpu_kernels_choose_the_convolution_library_and_agree(tiny_config):
+  """cpu_kernels="default": YNNPACK's convolutions (library fusions), the gradients in batch
+  chunks; "eigen": XLA's own convolution instructions (Eigen's), the whole batch in one, so
+  fewer of them. Training agrees to float rounding."""
+  results, counts = {}, {}
+  for kernels in ("default", "eigen"):
+    fns, d, reps, states = _grid(tiny_config, "explicit", image_size=28,
+                                 model="alexnet_small", cpu_kernels=kernels)
+    compiled = fns.train_chunk.lower(states, reps, d, jnp.asarray(0), jnp.asarray(3)).compile()
+    counts[kernels] = _convolutions(compiled.as_text())
+    states, _ = compiled(states, reps, d, jnp.asarray(0), jnp.asarray(3))
+    results[kernels] = jax.device_get((states.params, fns.evaluate(states, reps, d)))
+  # alexnet_small: 2 forwards, 2 weight gradients, 1 input gradient without chunks.
+  assert counts["eigen"] == (5, 0)
+  assert counts["default"][0] == 0 and counts["default"][1] > 5
+  for a, b in zip(jax.tree.leaves(results["default"]), jax.tree.leaves(results["eigen"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_max_pool_gradient_has_no_select_and_scatter(tiny_config):

@@ -1,5 +1,5 @@
-"""benchmarks/throughput.py in-process, tiny: --conv_gradient, --grad_chunks and the
---up_to_memory sweep."""
+"""benchmarks/throughput.py in-process, tiny: --conv_gradient, --cpu_kernels, --grad_chunks
+and the --up_to_memory sweep."""
 
 import importlib.util
 import json
@@ -35,14 +35,16 @@ def test_conv_gradient_rows_report_the_resolved_value(capsys):
 
 def test_grad_chunks_off_compiles_one_weight_gradient_per_layer(capsys):
   """alexnet_small at batch 8: its first layer's x and dy take 210 KB per image, so the
-  0.75 MiB weight-gradient budget makes chunks of 3 images, 3 convolutions instead of 1."""
+  0.75 MiB weight-gradient budget makes chunks of 3 images, 3 convolutions instead of 1.
+  Chunks are for YNNPACK's kernels (cpu_kernels "default"); with Eigen's there are none."""
   from zhang import layers
   budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
   dataset = throughput.synthetic_dataset(64, (28, 28, 3))
   count = {}
   for chunks in (False, True):
     prep = throughput.prepare("alexnet_small", 1, dataset, 8, 1, conv_gradient="explicit",
-                              grad_chunks=chunks)
+                              grad_chunks=chunks, cpu_kernels="default")
+    assert prep.cpu_kernels == "default"
     assert prep.grad_chunk_bytes == (list(budgets) if chunks else None)
     assert (layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES) == budgets
     count[chunks] = prep.compiled.as_text().count(" convolution(")
@@ -50,13 +52,21 @@ def test_grad_chunks_off_compiles_one_weight_gradient_per_layer(capsys):
 
   # Budgets of one image's x and dy (first layer): one convolution per image.
   prep = throughput.prepare("alexnet_small", 1, dataset, 8, 1, conv_gradient="explicit",
-                            grad_chunks=(1, 1))
+                            grad_chunks=(1, 1), cpu_kernels="default")
   assert prep.grad_chunk_bytes == [1, 1]
   assert prep.compiled.as_text().count(" convolution(") > count[True]
 
+  # Eigen's kernels (what "auto" picks for conv nets on CPU): no chunks, whatever is asked.
+  prep = throughput.prepare("alexnet_small", 1, dataset, 8, 1, conv_gradient="explicit",
+                            grad_chunks=(1, 1), cpu_kernels="auto")
+  assert prep.cpu_kernels == "eigen" and prep.grad_chunk_bytes is None
+  assert prep.compiled.as_text().count(" convolution(") == count[False]
+
   rows, _ = run(capsys, "--models", "alexnet_small", "--batch_size", "2",
-                "--grad_chunks", "off,on,4096:2048")
-  assert [r["grad_chunk_bytes"] for r in rows] == [None, list(budgets), [4096, 2048]]
+                "--grad_chunks", "off,on,4096:2048", "--cpu_kernels", "default,eigen")
+  assert [(r["cpu_kernels"], r["grad_chunk_bytes"]) for r in rows] == [
+      ("default", None), ("default", list(budgets)), ("default", [4096, 2048]),
+      ("eigen", None), ("eigen", None), ("eigen", None)]
   for bad in ("sometimes", "4096", "0:10", "a:b"):
     with pytest.raises(SystemExit) as exit_info:
       throughput.main([*TINY, "--grad_chunks", f"on,{bad}"])
@@ -102,13 +112,18 @@ def test_up_to_memory_stops_at_max_replicas_and_the_time_budget(capsys):
   assert all(s.endswith("budget 0 s") for s in stops)
 
 
-def test_bad_conv_gradient_exits_2_with_one_line(capsys):
+@pytest.mark.parametrize("args,message", [
+    (["--conv_gradient", "jax,cudnn"],
+     "--conv_gradient 'cudnn': use auto, jax or explicit (comma-separated)"),
+    (["--cpu_kernels", "eigen,mkl"],
+     "--cpu_kernels 'mkl': use auto, default or eigen (comma-separated)"),
+])
+def test_bad_choice_exits_2_with_one_line(capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
-    throughput.main([*TINY, "--conv_gradient", "jax,cudnn"])
+    throughput.main([*TINY, *args])
   assert exit_info.value.code == 2
   out, err = capsys.readouterr()
   errors = [line for line in err.splitlines() if "error:" in line]
   assert out == "" and "Traceback" not in err
   assert len(errors) == 1  # argparse names the program after sys.argv[0]
-  assert errors[0].endswith(" error: --conv_gradient 'cudnn': use auto, jax or explicit "
-                            "(comma-separated)")
+  assert errors[0].endswith(f" error: {message}")

@@ -60,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   # (zhang/train.py:CONV_GRADIENT). Results agree to float tolerance; the parameters and the
   # forward pass are the same.
   c.conv_gradient = "auto"
+  # Which kernels XLA CPU runs the convolutions and matrix products with (ignored on
+  # accelerators): "default" (XLA's own choice: YNNPACK's in jax 0.10), "eigen" (Eigen's,
+  # which use every core on one convolution; YNNPACK keeps the reductions), or "auto"
+  # (zhang/train.py:CPU_KERNELS). Results agree to float tolerance.
+  c.cpu_kernels = "auto"
   # Replicas: the union of these products of kinds x corruptions x seeds.
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c
@@ -198,6 +203,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"compute_dtype={c.compute_dtype!r} must be float32 or bfloat16")
   _require(c.conv_gradient in ("auto", "jax", "explicit"),
            f"conv_gradient={c.conv_gradient!r} must be auto, jax or explicit")
+  _require(c.cpu_kernels in ("auto", "default", "eigen"),
+           f"cpu_kernels={c.cpu_kernels!r} must be auto, default or eigen")
   expand_grid(c)
 
 

@@ -49,9 +49,12 @@ def _is_canonical(dimension_numbers) -> bool:
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         batch_group_count=1, precision=None, preferred_element_type=None):
+                         batch_group_count=1, precision=None, preferred_element_type=None,
+                         *, grad_chunks: bool = True):
   """``lax.conv_general_dilated``'s signature; NHWC x HWIO, undilated, ungrouped
-  convolutions get gradients written as canonical convolutions (module docstring)."""
+  convolutions get gradients written as canonical convolutions (module docstring).
+  ``grad_chunks``: cut the gradients into batch chunks on CPU (``batch_chunks``); for
+  YNNPACK's single-threaded convolutions, not for Eigen's (``zhang/train.py:CPU_KERNELS``)."""
   plain = (lhs.ndim == 4 and _is_canonical(dimension_numbers) and feature_group_count == 1
            and batch_group_count == 1 and preferred_element_type is None
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
@@ -68,18 +71,22 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     # A 1x1 convolution is a matrix product over the channels. XLA CPU runs it as one
     # 3-5x faster than as a convolution; JAX's gradients of a dot stay fast inside loops.
     return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
-  return _conv(lhs, rhs, strides, padding, precision)
+  budgets = ((_on_cpu(INPUT_GRAD_CHUNK_BYTES), _on_cpu(WEIGHT_GRAD_CHUNK_BYTES))
+             if grad_chunks else (None, None))
+  return _conv(lhs, rhs, strides, padding, precision, budgets)
 
 
-# XLA CPU runs each convolution on one core, and slower once its operands outgrow that
-# core's L2 cache (2 MiB on the Sapphire Rapids CPUs measured). So both gradients cut the
-# batch into chunks of about this many bytes of x and dy: the chunks run side by side on the
-# cores, and the weight gradient's fit in L2 (budgets from sweeps of the step time: RESULTS.md,
-# "Gradients in batch chunks"). The input gradient of an image does not depend on the chunk;
-# the weight gradient adds the chunks' sums. The forward pass is not chunked: XLA picks its
-# algorithm by batch size, so a chunked forward pass would not be lax's bit for bit. None:
-# the whole batch at once. Only on CPU: elsewhere (explicit gradients chosen by hand) a
-# convolution has the whole chip to itself.
+# XLA CPU's YNNPACK kernels run each convolution on one core, and slower once its operands
+# outgrow that core's L2 cache (2 MiB on the Sapphire Rapids CPUs measured). So with them
+# both gradients cut the batch into chunks of about this many bytes of x and dy: the chunks
+# run side by side on the cores, and the weight gradient's fit in L2 (budgets from sweeps of
+# the step time: RESULTS.md, "Gradients in batch chunks"). The input gradient of an image
+# does not depend on the chunk; the weight gradient adds the chunks' sums. Eigen's kernels
+# (zhang/train.py:CPU_KERNELS) use every core on one convolution and run the whole batch
+# faster, so the trainer builds the model with ``grad_chunks=False`` for them. The forward
+# pass is never chunked: XLA picks its algorithm by batch size, so a chunked forward pass
+# would not be lax's bit for bit. None: the whole batch at once. Only on CPU: elsewhere
+# (explicit gradients chosen by hand) a convolution has the whole chip to itself.
 INPUT_GRAD_CHUNK_BYTES: int | None = 6 * 2**20
 WEIGHT_GRAD_CHUNK_BYTES: int | None = 3 * 2**18
 
@@ -123,17 +130,19 @@ def _chunked(fn, x, out_like, budget):
   return jnp.concatenate([fn(x[lo:hi]) for lo, hi in chunks], axis=0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, padding, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, padding, precision, budgets):
+  """``budgets``: (input, weight) gradient chunk budgets in bytes, None for no chunks."""
+  del budgets
   return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC,
                                   precision=precision)
 
 
-def _conv_fwd(x, w, strides, padding, precision):
-  return _conv(x, w, strides, padding, precision), (x, w)
+def _conv_fwd(x, w, strides, padding, precision, budgets):
+  return _conv(x, w, strides, padding, precision, budgets), (x, w)
 
 
-def _conv_bwd(strides, padding, precision, residuals, dy):
+def _conv_bwd(strides, padding, precision, budgets, residuals, dy):
   x, w = residuals
   (kh, kw), (sh, sw) = w.shape[:2], strides
   (oh, ow) = dy.shape[1:3]
@@ -150,8 +159,7 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
     return dw[:, :kh, :kw, :]
 
   dw = None
-  for lo, hi in batch_chunks(x.shape[0], _per_image(x, dy), x.dtype.itemsize,
-                             _on_cpu(WEIGHT_GRAD_CHUNK_BYTES)):
+  for lo, hi in batch_chunks(x.shape[0], _per_image(x, dy), x.dtype.itemsize, budgets[1]):
     part = chunk_dw(x[lo:hi], dy[lo:hi]).astype(jnp.promote_types(x.dtype, jnp.float32))
     dw = part if dw is None else dw + part
   dw = jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
@@ -166,7 +174,7 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
              pads(x.shape[2], ow, kw, sw, padding[1][0]))
   dx = _chunked(lambda dyc: lax.conv_general_dilated(
       dyc, w_flip, (1, 1), dx_pads, lhs_dilation=(sh, sw), dimension_numbers=_NHWC,
-      precision=precision), dy, x, _on_cpu(INPUT_GRAD_CHUNK_BYTES)).astype(x.dtype)
+      precision=precision), dy, x, budgets[0]).astype(x.dtype)
   return dx, dw
 
 

@@ -10,6 +10,7 @@ pins them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
@@ -130,13 +131,20 @@ class ModelSpec:
   batch_norm: bool
   description: str
 
-  def build(self, num_classes: int, conv_gradient: str = "jax") -> nn.Module:
+  def build(self, num_classes: int, conv_gradient: str = "jax",
+            grad_chunks: bool = True) -> nn.Module:
     """The module; ``conv_gradient`` ("jax" or "explicit", see GRADIENTS) changes only how
-    the conv layers' gradients are evaluated, never the parameters or the forward pass."""
+    the conv layers' gradients are evaluated, never the parameters or the forward pass.
+    ``grad_chunks=False``: explicit convolution gradients over the whole batch at once
+    (``zhang.layers.batch_chunks``)."""
     if conv_gradient not in GRADIENTS:
       raise UsageError(f"conv_gradient={conv_gradient!r} must be one of "
                        f"{', '.join(GRADIENTS)}")
-    return self.make(num_classes, GRADIENTS[conv_gradient])
+    ops = GRADIENTS[conv_gradient]
+    if conv_gradient == "explicit" and not grad_chunks:
+      ops = ops._replace(conv=functools.partial(layers.conv_general_dilated,
+                                                grad_chunks=False))
+    return self.make(num_classes, ops)
 
 
 _MODELS = {m.name: m for m in [

@@ -81,25 +81,28 @@ class Functions(NamedTuple):
   evaluate: Any  # (states, reps, data) -> dict of (R,) metrics
 
 
-def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None) -> Functions:
+def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
+                   compiler_options: dict | None = None) -> Functions:
   """The jit-compiled functions of a grid, for a Flax module and hyper-parameters.
 
   With a ``mesh`` (axes ``replica``, ``data``), the state stays sharded on ``replica``, a
   batch is split on ``data`` too, and the small outputs (losses, metrics) come back
-  replicated so every process can read them.
+  replicated so every process can read them. ``compiler_options``: XLA options for the
+  train chunk and the evaluation (``zhang.train.compiler_options``).
   """
   tx = gradient_transform(h)
+  jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
   if mesh is not None:
     by_replica = NamedSharding(mesh, P("replica"))
     everywhere = NamedSharding(mesh, P())
     split_batch = mesh.shape["data"] > 1
-    chunk_jit = functools.partial(jax.jit, donate_argnums=(0,),
+    chunk_jit = functools.partial(jit, donate_argnums=(0,),
                                   out_shardings=(by_replica, everywhere))
-    eval_jit = functools.partial(jax.jit, out_shardings=everywhere)
+    eval_jit = functools.partial(jit, out_shardings=everywhere)
   else:
     split_batch = False
-    chunk_jit = functools.partial(jax.jit, donate_argnums=(0,))
-    eval_jit = jax.jit
+    chunk_jit = functools.partial(jit, donate_argnums=(0,))
+    eval_jit = jit
 
   def constrain(x):
     """Splits each replica's batch over the ``data`` axis (when it has several devices)."""

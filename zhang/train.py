@@ -133,6 +133,33 @@ def conv_gradient(config) -> str:
   return CONV_GRADIENT.get(jax.default_backend(), "jax")
 
 
+# cpu_kernels="auto": model family -> the kernels XLA CPU runs the step with. YNNPACK
+# (XLA's default in jax 0.10) runs each convolution on one core; Eigen's spatial convolution
+# uses every core, and ran the conv nets' steps 1.1-1.25x faster on 2 vCPUs, with the
+# gradients unchunked (benchmarks/RESULTS.md, "Eigen's convolutions"). The MLPs' products
+# were no faster either way. "eigen" leaves YNNPACK only the reductions (max-pool windows):
+# without it XLA's own reduce-window is slower still.
+CPU_KERNELS = {"conv": "eigen"}
+COMPILER_OPTIONS = {
+    "default": {},
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}}
+
+
+def cpu_kernels(config) -> str:
+  """"default" or "eigen": what the step is compiled with on CPU (no effect elsewhere)."""
+  if config.cpu_kernels != "auto":
+    return config.cpu_kernels
+  family = "mlp" if config.model.startswith("mlp") else "conv"
+  return CPU_KERNELS.get(family, "default")
+
+
+def compiler_options(config) -> dict:
+  """XLA options for the grid's compiled functions: ``cpu_kernels``'s, on CPU only."""
+  if jax.default_backend() != "cpu":
+    return {}
+  return dict(COMPILER_OPTIONS[cpu_kernels(config)])
+
+
 def hyper(config, replicas) -> step_lib.Hyper:
   return step_lib.Hyper(config.batch_size, float(config.learning_rate), float(config.momentum),
                         float(config.lr_decay), config.lr_decay_every,
@@ -154,9 +181,12 @@ def build(config, replicas, dataset, mesh=None):
   by_replica = mesh_lib.replica_sharding(mesh)
   d = device_data(dataset, mesh_lib.replicated(mesh))
   init_keys, reps, label_noise = build_replicas(padded, dataset, by_replica)
-  module = spec.build(dataset.num_classes, conv_gradient(config))
+  options = compiler_options(config)
+  # Gradient chunks suit YNNPACK's one-core convolutions, not Eigen's (zhang/layers.py).
+  chunks = options == COMPILER_OPTIONS["default"]
+  module = spec.build(dataset.num_classes, conv_gradient(config), grad_chunks=chunks)
   fns = step_lib.make_functions(module, hyper(config, padded),
-                                spec.batch_norm, mesh)
+                                spec.batch_norm, mesh, compiler_options=options)
   sample = jnp.zeros((1, *d.train_images.shape[1:]), jnp.float32)
   states = jax.jit(jax.vmap(fns.init, (0, None)), out_shardings=by_replica)(init_keys, sample)
   return fns, d, reps, states, np.asarray(label_noise)[:len(replicas)]
