@@ -12,7 +12,8 @@ trace back (``jax.profiler.ProfileData``). Prints the step time, the time per op
 (fusion names without their numeric suffix) and the slowest convolutions and dots with their
 shapes and dimension labels from the compiled HLO. Per step: the traced chunk's times divided
 by its steps. Op times are summed over threads, so on several cores they can add up to more
-than the step.
+than the step. With Eigen's convolutions (``--cpu_kernels eigen``, what conv nets get on CPU)
+the trace shows only their dispatch: compare ``--cpu_kernels default`` for a per-op view.
 """
 
 from __future__ import annotations
@@ -155,6 +156,10 @@ def main(argv=None) -> None:
     if chosen:
       total = sum(r[0] for r in chosen)
       print(f"\n{kind}s: {total:.1f} ms/step ({100 * total / per_step(whole):.0f}% of ops)")
+      if kind == "conv" and any("fusion" not in r[1] for r in chosen):
+        print("(Eigen's convolutions, unfused, run on the thread pool after their trace event "
+              "ends: their times here are mostly dispatch, and the step's time beyond the "
+              f"ops, {step_ms - per_step(whole):.0f} ms, is mostly theirs)")
       if kind == "conv":
         roles = collections.defaultdict(lambda: [0.0, 0, 0])
         for ms, _, _, _, _, role, flops in chosen:
