@@ -156,10 +156,6 @@ def main(argv=None) -> None:
     if chosen:
       total = sum(r[0] for r in chosen)
       print(f"\n{kind}s: {total:.1f} ms/step ({100 * total / per_step(whole):.0f}% of ops)")
-      if kind == "conv" and any("fusion" not in r[1] for r in chosen):
-        print("(Eigen's convolutions, unfused, run on the thread pool after their trace event "
-              "ends: their times here are mostly dispatch, and the step's time beyond the "
-              f"ops, {step_ms - per_step(whole):.0f} ms, is mostly theirs)")
       if kind == "conv":
         roles = collections.defaultdict(lambda: [0.0, 0, 0])
         for ms, _, _, _, _, role, flops in chosen:
@@ -173,6 +169,10 @@ def main(argv=None) -> None:
       for ms, name, shape, _, labels, role, flops in chosen[:args.top]:
         rate = f"{gflops(flops, ms):6.1f} GF/s  {role:<12}" if kind == "conv" else ""
         print(f"{ms:7.1f}  {name:<18} {shape:<24} {rate}{labels}")
+  if any(c[1] == "conv" and "fusion" not in name for name, c in contents.items()):
+    print("\nEigen's convolutions (unfused) run on the thread pool after their trace event "
+          "ends: their times above are mostly dispatch, and the step's time beyond the ops, "
+          f"{step_ms - per_step(whole):.0f} ms, is mostly theirs.")
 
 if __name__ == "__main__":
   main()
