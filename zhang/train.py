@@ -105,9 +105,10 @@ def device_data(dataset, sharding) -> step_lib.Data:
 
 # replica_strategy="auto": (backend, model family) -> strategy, from measurements
 # (benchmarks/RESULTS.md, "Replica strategies" and "H200"); anything not listed uses vmap.
-# On CPU a loop over replicas runs the conv nets 3.3-4.4x faster than vmap's grouped
-# convolutions; on an H200 1.37x (inception_small, R = 64), with a 4x shorter compile. The
-# MLPs' batched matmuls are as fast either way. TPU entries wait for a TPU measurement.
+# On CPU a loop over replicas runs the conv nets 1.3-1.5x faster than vmap's grouped
+# convolutions (3.2-4.4x with YNNPACK's kernels, cpu_kernels="default"); on an H200 1.37x
+# (inception_small, R = 64), with a 4x shorter compile. The MLPs' batched matmuls are as fast
+# either way. TPU entries wait for a TPU measurement.
 STRATEGY = {("cpu", "mlp"): "vmap", ("cpu", "conv"): "map", ("gpu", "conv"): "map"}
 
 
@@ -135,10 +136,10 @@ def conv_gradient(config) -> str:
 
 # cpu_kernels="auto": model family -> the kernels XLA CPU runs the step with. YNNPACK
 # (XLA's default in jax 0.10) runs each convolution on one core; Eigen's spatial convolution
-# uses every core, and ran the conv nets' steps 1.1-1.25x faster on 2 vCPUs, with the
-# gradients unchunked (benchmarks/RESULTS.md, "Eigen's convolutions"). The MLPs' products
-# were no faster either way. "eigen" leaves YNNPACK only the reductions (max-pool windows):
-# without it XLA's own reduce-window is slower still.
+# uses every core, and ran the conv nets' steps 1.03-1.27x faster on 2 vCPUs, with the
+# gradients unchunked (benchmarks/RESULTS.md, "Eigen's convolutions"). The MLPs keep XLA's
+# default: Eigen's products were slower at R = 1 and faster only at large R. "eigen" leaves
+# YNNPACK the reductions (max-pool windows): XLA's own reduce-window is slower still.
 CPU_KERNELS = {"conv": "eigen"}
 COMPILER_OPTIONS = {
     "default": {},
