@@ -55,7 +55,7 @@ DEFAULT_MODELS = ("mlp_1x512", "mlp_3x512")
 
 def matmul_flops_per_s(n: int, repeats: int, dtype=jnp.float32) -> float:
   """Best rate of an (n, n) @ (n, n) product (fp32 by default), in FLOP/s. On CPU, the
-  better of XLA's default kernels and Eigen's (``zhang/train.py:CPU_KERNELS``): a step may be
+  better of XLA's default kernels and Eigen's (``zhang/train.py:cpu_kernels``): a step may be
   compiled with either, and the reference should be the faster."""
   keys = jax.random.split(jax.random.key(0))
   a = jax.random.normal(keys[0], (n, n), dtype)
@@ -207,7 +207,7 @@ def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
   """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it.
   ``grad_chunks``: True for zhang/layers.py's batch chunks of the explicit conv gradients,
   False for none (the whole batch in one convolution), or (input, weight) budgets in bytes.
-  The trainer uses chunks only with ``cpu_kernels`` "default" (zhang/train.py:CPU_KERNELS);
+  The trainer uses chunks only with ``cpu_kernels`` "default" (zhang/train.py:cpu_kernels);
   with "eigen" there are none, whatever ``grad_chunks`` says."""
   c = make_config(model, num_replicas, batch_size, strategy=strategy,
                   compute_dtype=compute_dtype, conv_gradient=conv_gradient,
@@ -216,7 +216,8 @@ def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
   chosen = (budgets if grad_chunks is True else (None, None) if grad_chunks is False
             else tuple(grad_chunks))
   on_cpu = jax.default_backend() == "cpu"
-  kernels = train_lib.cpu_kernels(c) if on_cpu else None
+  per_device = train_lib.replicas_per_device(c, num_replicas)
+  kernels = train_lib.cpu_kernels(c, per_device) if on_cpu else None
   chunked = on_cpu and chosen != (None, None) and kernels == "default"
   chunk_bytes = list(chosen) if chunked else None
   with layers.grad_chunk_budgets(*chosen):

@@ -142,3 +142,22 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_config):
   np.testing.assert_allclose(ev16["train_loss"], ev32["train_loss"], rtol=0.03)
   np.testing.assert_allclose(ev16["train_acc"], ev32["train_acc"], atol=0.03)
   assert not np.array_equal(ev16["train_loss"], ev32["train_loss"])  # bf16 really ran
+
+
+def test_cpu_kernels_auto_follows_the_measurements(tiny_config):
+  """auto: Eigen's kernels for the conv nets, and for the MLPs from MLP_EIGEN_FROM replicas
+  per device on (benchmarks/RESULTS.md, "Eigen's convolutions"); a set value wins."""
+  cases = [("mlp_1x512", 1, "default"), ("mlp_3x512", train.MLP_EIGEN_FROM - 1, "default"),
+           ("mlp_1x512", train.MLP_EIGEN_FROM, "eigen"), ("alexnet_small", 1, "eigen"),
+           ("inception_small", 64, "eigen")]
+  for model, per_device, expected in cases:
+    tiny_config.model = model
+    assert train.cpu_kernels(tiny_config, per_device) == expected, (model, per_device)
+  tiny_config.cpu_kernels = "default"
+  assert train.cpu_kernels(tiny_config, 64) == "default"
+  if jax.default_backend() == "cpu":
+    assert train.compiler_options(tiny_config, 64) == {}
+    tiny_config.cpu_kernels = "eigen"
+    assert train.compiler_options(tiny_config, 1) == train.COMPILER_OPTIONS["eigen"]
+  # The mesh's replica axis divides the grid, padded: 15 replicas on 1 device, 15 per device.
+  assert train.replicas_per_device(tiny_config, 15) == -(-15 // jax.device_count())

@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Which kernels XLA CPU runs the convolutions and matrix products with (ignored on
   # accelerators): "default" (XLA's own choice: YNNPACK's in jax 0.10), "eigen" (Eigen's,
   # which use every core on one convolution; YNNPACK keeps the reductions), or "auto"
-  # (zhang/train.py:CPU_KERNELS). Results agree to float tolerance.
+  # (zhang/train.py:cpu_kernels: eigen for the conv nets, and for the MLPs from 8 replicas
+  # per device on). Results agree to float tolerance.
   c.cpu_kernels = "auto"
   # Replicas: the union of these products of kinds x corruptions x seeds.
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]

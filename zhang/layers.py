@@ -54,7 +54,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """``lax.conv_general_dilated``'s signature; NHWC x HWIO, undilated, ungrouped
   convolutions get gradients written as canonical convolutions (module docstring).
   ``grad_chunks``: cut the gradients into batch chunks on CPU (``batch_chunks``); for
-  YNNPACK's single-threaded convolutions, not for Eigen's (``zhang/train.py:CPU_KERNELS``)."""
+  YNNPACK's single-threaded convolutions, not for Eigen's (``zhang/train.py:cpu_kernels``)."""
   plain = (lhs.ndim == 4 and _is_canonical(dimension_numbers) and feature_group_count == 1
            and batch_group_count == 1 and preferred_element_type is None
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
@@ -82,7 +82,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 # run side by side on the cores, and the weight gradient's fit in L2 (budgets from sweeps of
 # the step time: RESULTS.md, "Gradients in batch chunks"). The input gradient of an image
 # does not depend on the chunk; the weight gradient adds the chunks' sums. Eigen's kernels
-# (zhang/train.py:CPU_KERNELS) use every core on one convolution and run the whole batch
+# (zhang/train.py:cpu_kernels) use every core on one convolution and run the whole batch
 # faster, so the trainer builds the model with ``grad_chunks=False`` for them. The forward
 # pass is never chunked: XLA picks its algorithm by batch size, so a chunked forward pass
 # would not be lax's bit for bit. None: the whole batch at once. Only on CPU: elsewhere

@@ -134,31 +134,38 @@ def conv_gradient(config) -> str:
   return CONV_GRADIENT.get(jax.default_backend(), "jax")
 
 
-# cpu_kernels="auto": model family -> the kernels XLA CPU runs the step with. YNNPACK
-# (XLA's default in jax 0.10) runs each convolution on one core; Eigen's spatial convolution
-# uses every core, and ran the conv nets' steps 1.03-1.27x faster on 2 vCPUs, with the
-# gradients unchunked (benchmarks/RESULTS.md, "Eigen's convolutions"). The MLPs keep XLA's
-# default: Eigen's products were slower at R = 1 and faster only at large R. "eigen" leaves
-# YNNPACK the reductions (max-pool windows): XLA's own reduce-window is slower still.
-CPU_KERNELS = {"conv": "eigen"}
+# cpu_kernels="auto": the kernels XLA CPU runs the step with. YNNPACK (XLA's default in jax
+# 0.10) runs each convolution on one core; Eigen's spatial convolution uses every core, and
+# ran the conv nets' steps 1.03-1.27x faster on 2 vCPUs, with the gradients unchunked
+# (benchmarks/RESULTS.md, "Eigen's convolutions"). For the MLPs Eigen's batched products were
+# 1.02-1.14x faster from 8 replicas per device on, and 4-15% slower for one replica. "eigen"
+# leaves YNNPACK the reductions (max-pool windows): XLA's own reduce-window is slower still.
+MLP_EIGEN_FROM = 8  # replicas per device
 COMPILER_OPTIONS = {
     "default": {},
     "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}}
 
 
-def cpu_kernels(config) -> str:
+def cpu_kernels(config, replicas_per_device: int) -> str:
   """"default" or "eigen": what the step is compiled with on CPU (no effect elsewhere)."""
   if config.cpu_kernels != "auto":
     return config.cpu_kernels
-  family = "mlp" if config.model.startswith("mlp") else "conv"
-  return CPU_KERNELS.get(family, "default")
+  if not config.model.startswith("mlp"):
+    return "eigen"
+  return "eigen" if replicas_per_device >= MLP_EIGEN_FROM else "default"
 
 
-def compiler_options(config) -> dict:
+def replicas_per_device(config, num_replicas: int) -> int:
+  """Replicas each device runs: the grid padded to the config's mesh (``mesh_lib.pad``)."""
+  shape = mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
+  return -(-num_replicas // shape[0])
+
+
+def compiler_options(config, replicas_per_device: int) -> dict:
   """XLA options for the grid's compiled functions: ``cpu_kernels``'s, on CPU only."""
   if jax.default_backend() != "cpu":
     return {}
-  return dict(COMPILER_OPTIONS[cpu_kernels(config)])
+  return dict(COMPILER_OPTIONS[cpu_kernels(config, replicas_per_device)])
 
 
 def hyper(config, replicas) -> step_lib.Hyper:
@@ -182,7 +189,7 @@ def build(config, replicas, dataset, mesh=None):
   by_replica = mesh_lib.replica_sharding(mesh)
   d = device_data(dataset, mesh_lib.replicated(mesh))
   init_keys, reps, label_noise = build_replicas(padded, dataset, by_replica)
-  options = compiler_options(config)
+  options = compiler_options(config, len(padded) // mesh.shape["replica"])
   # Gradient chunks suit YNNPACK's one-core convolutions, not Eigen's (zhang/layers.py).
   chunks = options == COMPILER_OPTIONS["default"]
   module = spec.build(dataset.num_classes, conv_gradient(config), grad_chunks=chunks)
