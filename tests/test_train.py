@@ -8,6 +8,7 @@ import pytest
 
 from zhang import config as config_lib
 from zhang import data, train
+from zhang.errors import UsageError
 
 
 def _train(config, replicas, dataset, steps):
@@ -161,3 +162,18 @@ def test_cpu_kernels_auto_follows_the_measurements(tiny_config):
     assert train.compiler_options(tiny_config, 1) == train.COMPILER_OPTIONS["eigen"]
   # The mesh's replica axis divides the grid, padded: 15 replicas on 1 device, 15 per device.
   assert train.replicas_per_device(tiny_config, 15) == -(-15 // jax.device_count())
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_cpu_kernels_options_this_jaxlib_refuses(tiny_config, monkeypatch):
+  """An XLA option a future jaxlib drops: auto falls back to XLA's default kernels, an explicit
+  choice is one UsageError line."""
+  assert train.accepted(train.COMPILER_OPTIONS["eigen"])  # this jaxlib takes it
+  gone = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_GONE"}
+  assert not train.accepted(gone)
+  monkeypatch.setitem(train.COMPILER_OPTIONS, "eigen", gone)
+  tiny_config.model = "alexnet_small"
+  assert train.compiler_options(tiny_config, 1) == {}
+  tiny_config.cpu_kernels = "eigen"
+  with pytest.raises(UsageError, match="cpu_kernels='eigen' needs the XLA option"):
+    train.compiler_options(tiny_config, 1)

@@ -10,6 +10,7 @@ the test set, until every replica has fitted or ``max_steps``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import signal
 import sys
@@ -161,11 +162,34 @@ def replicas_per_device(config, num_replicas: int) -> int:
   return -(-num_replicas // shape[0])
 
 
+@functools.cache
+def _accepted(options: tuple) -> bool:
+  try:
+    jax.jit(lambda x: x + 1).lower(jnp.zeros(())).compile(dict(options))
+    return True
+  except Exception:  # noqa: BLE001 - XLA answers an unknown option or value with an error
+    return False
+
+
+def accepted(options: dict) -> bool:
+  """Whether this jaxlib's XLA takes these compiler options (an experimental one may go)."""
+  return not options or _accepted(tuple(sorted(options.items())))
+
+
 def compiler_options(config, replicas_per_device: int) -> dict:
-  """XLA options for the grid's compiled functions: ``cpu_kernels``'s, on CPU only."""
+  """XLA options for the grid's compiled functions: ``cpu_kernels``'s, on CPU only. Where
+  this jaxlib refuses them, ``auto`` falls back to XLA's default kernels, and an explicit
+  ``eigen`` is a UsageError."""
   if jax.default_backend() != "cpu":
     return {}
-  return dict(COMPILER_OPTIONS[cpu_kernels(config, replicas_per_device)])
+  kernels = cpu_kernels(config, replicas_per_device)
+  options = dict(COMPILER_OPTIONS[kernels])
+  if accepted(options):
+    return options
+  if config.cpu_kernels == kernels:
+    raise UsageError(f"cpu_kernels={kernels!r} needs the XLA option(s) {options}, which "
+                     f"jaxlib {jax.__version__} refuses: use cpu_kernels=auto or default")
+  return {}
 
 
 def hyper(config, replicas) -> step_lib.Hyper:
