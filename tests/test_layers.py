@@ -155,7 +155,6 @@ def test_every_convolution_in_the_cpu_step_loop_is_canonical(tiny_config):
   assert set(labels) == {"b01f_01io->b01f"}
 
 
-
 def _convolutions(hlo: str) -> tuple[int, int]:
   """(convolutions XLA runs as its own instructions, convolutions inside library fusions)."""
   fused = set(re.findall(r"fusion\(.*?calls=%([\w.-]+)", hlo))
