@@ -1,7 +1,9 @@
 """zhang/layers.py: the same layers and gradients as JAX's, in forms XLA CPU keeps fast inside
 the step loop."""
 
+import pathlib
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,9 @@ from zhang import config as config_lib
 import flax.linen as nn
 
 from zhang import data, layers, train
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import profile_step  # noqa: E402  (its reading of compiled HLO)
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -156,16 +161,11 @@ def test_every_convolution_in_the_cpu_step_loop_is_canonical(tiny_config):
 
 
 def _convolutions(hlo: str) -> tuple[int, int]:
-  """(convolutions XLA runs as its own instructions, convolutions inside library fusions)."""
-  fused = set(re.findall(r"fusion\(.*?calls=%([\w.-]+)", hlo))
-  inside, outside, computation = 0, 0, None
-  for line in hlo.splitlines():
-    head = re.match(r"(?:ENTRY )?%([\w.-]+) .*\{$", line)
-    if head:
-      computation = head.group(1)
-    elif " convolution(" in line:
-      inside, outside = inside + (computation in fused), outside + (computation not in fused)
-  return outside, inside
+  """(convolutions XLA runs as its own instructions, convolutions inside library fusions),
+  as benchmarks/profile_step.py finds them."""
+  convs = [name for name, c in profile_step.fusion_contents(hlo).items() if c[1] == "conv"]
+  outside = sum("fusion" not in name for name in convs)
+  return outside, len(convs) - outside
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU's compiled program")

@@ -214,7 +214,8 @@ def build(config, replicas, dataset, mesh=None):
   d = device_data(dataset, mesh_lib.replicated(mesh))
   init_keys, reps, label_noise = build_replicas(padded, dataset, by_replica)
   options = compiler_options(config, len(padded) // mesh.shape["replica"])
-  # Gradient chunks suit YNNPACK's one-core convolutions, not Eigen's (zhang/layers.py).
+  # Gradient chunks suit YNNPACK's one-core convolutions, not Eigen's (zhang/layers.py). The
+  # options say which kernels the step really gets (a refused option falls back to XLA's).
   chunks = options == COMPILER_OPTIONS["default"]
   module = spec.build(dataset.num_classes, conv_gradient(config), grad_chunks=chunks)
   fns = step_lib.make_functions(module, hyper(config, padded),
