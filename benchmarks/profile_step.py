@@ -98,10 +98,10 @@ def fusion_contents(hlo: str) -> dict:
     if head and not line.startswith(" "):
       computation = head.group(1)
       continue
-    conv = re.search(r"%([\w.-]+) " + _CONV, line)
+    conv = re.search(_CONV, line)
     if conv and computation not in fused:
-      inner = re.search(_CONV, line)
-      out[conv.group(1)] = _conv_row(inner, shapes, inner.group(1).split("{")[0])
+      name = line.split(" = ", 1)[0].split("%")[-1]
+      out[name] = _conv_row(conv, shapes, conv.group(1).split("{")[0])
   return out
 
 
@@ -173,6 +173,7 @@ def main(argv=None) -> None:
     print("\nEigen's convolutions (unfused) run on the thread pool after their trace event "
           "ends: their times above are mostly dispatch, and the step's time beyond the ops, "
           f"{step_ms - per_step(whole):.0f} ms, is mostly theirs.")
+
 
 if __name__ == "__main__":
   main()
