@@ -30,6 +30,8 @@ DN = ("NHWC", "HWIO", "NHWC")
     ((2, 9, 9, 4), 1, 1, "SAME"),     # 1x1
     ((2, 9, 9, 4), 3, 2, "VALID"),
     ((2, 10, 10, 4), 5, 3, "SAME"),
+    ((2, 9, 9, 4), 1, 2, "SAME"),     # kernel smaller than the stride: inputs no tap reaches
+    ((2, 8, 7, 3), 2, 2, "VALID"),    # one tap per stride phase
     ((1, 6, 6, 2), 2, 1, "SAME"),     # even kernel: asymmetric padding
     ((2, 6, 6, 2), 3, 1, ((2, 0), (1, 3))),  # explicit padding
 ])

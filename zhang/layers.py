@@ -9,7 +9,8 @@ another). There XLA CPU runs some of JAX's own gradients far slower than outside
   rewrites them into its canonical NHWC x HWIO form and runs its fast kernels; inside one it
   does not, and falls back to a naive loop nest 10-70x slower (upstream: jax-ml/jax#12868).
   Here both gradients are stated directly as canonical convolutions over explicitly
-  transposed operands. A drop-in for ``flax.linen.Conv(conv_general_dilated=...)``; only
+  transposed operands; a strided layer's input gradient as one undilated convolution per
+  stride phase. A drop-in for ``flax.linen.Conv(conv_general_dilated=...)``; only
   NHWC x HWIO convolutions without dilation or feature groups (every one in
   ``zhang.models``) take this path, anything else goes to ``lax``.
 - ``max_pool``: JAX's gradient is a ``select_and_scatter``, which XLA CPU expands into a
@@ -145,7 +146,6 @@ def _conv_fwd(x, w, strides, padding, precision, budgets):
 def _conv_bwd(strides, padding, precision, budgets, residuals, dy):
   x, w = residuals
   (kh, kw), (sh, sw) = w.shape[:2], strides
-  (oh, ow) = dy.shape[1:3]
 
   # Weight gradient: dW[i, j, c, o] = sum over (b, h, w) of xpad[b, s h + i, s w + j, c]
   # dy[b, h, w, o]. As a canonical convolution: the input's channels are its batch, the
@@ -164,21 +164,54 @@ def _conv_bwd(strides, padding, precision, budgets, residuals, dy):
     dw = part if dw is None else dw + part
   dw = jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
 
-  # Input gradient: dy dilated by the stride, padded so that a stride-1 convolution with
-  # the flipped kernel (inputs and outputs swapped) lands on x's shape.
-  def pads(n, m, k, s, lo):
-    return (k - 1 - lo, n - (m - 1) * s - 1 + lo)
-
-  w_flip = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-  dx_pads = (pads(x.shape[1], oh, kh, sh, padding[0][0]),
-             pads(x.shape[2], ow, kw, sw, padding[1][0]))
-  dx = _chunked(lambda dyc: lax.conv_general_dilated(
-      dyc, w_flip, (1, 1), dx_pads, lhs_dilation=(sh, sw), dimension_numbers=_NHWC,
-      precision=precision), dy, x, budgets[0]).astype(x.dtype)
+  dx = _chunked(lambda dyc: _input_grad(dyc, w, x.shape[1:3], strides, padding, precision),
+                dy, x, budgets[0]).astype(x.dtype)
   return dx, dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _phase(n: int, m: int, k: int, s: int, lo: int, a: int):
+  """One axis of the input gradient's stride phase ``a``: the rows r = s t + a (t < size)
+  of an input of ``n`` rows (forward: ``m`` outputs, kernel ``k``, stride ``s``, low padding
+  ``lo``) receive dy through the taps first, first + s, ... (``taps`` of them), as a
+  stride-1 convolution of dy padded by (low, high). Returns (first, taps, low, high, size)."""
+  first = (a + lo) % s
+  taps = len(range(first, k, s))
+  low = taps - 1 - (a + lo - first) // s
+  size = -(-(n - a) // s)
+  return first, taps, low, size - m - low + taps - 1, size
+
+
+def _input_grad(dy, w, hw, strides, padding, precision):
+  """dx of an NHWC x HWIO convolution: a stride-1 convolution of dy with the flipped kernel
+  (inputs and outputs swapped). With a stride s > 1, one such convolution per stride phase
+  of the input, each with the taps that reach it (2x2, 2x1, 1x2 and 1x1 of a 3x3 kernel at
+  s = 2), interleaved once. Convolving a dy dilated by s instead multiplies zeros 3 times in
+  4 at s = 2, and XLA CPU runs a dilated convolution outside its fast kernels."""
+  (kh, kw), (sh, sw), (oh, ow) = w.shape[:2], strides, dy.shape[1:3]
+  rows = [_phase(hw[0], oh, kh, sh, padding[0][0], a) for a in range(sh)]
+  cols = [_phase(hw[1], ow, kw, sw, padding[1][0], b) for b in range(sw)]
+  whole_h, whole_w = rows[0][4], cols[0][4]
+  parts = []
+  for fh, th, loh, hih, nh in rows:
+    line = []
+    for fw, tw, low, hiw, nw in cols:
+      if th == 0 or tw == 0:  # no tap reaches these inputs (a kernel smaller than the stride)
+        part = jnp.zeros((dy.shape[0], nh, nw, w.shape[2]), dy.dtype)
+      else:
+        sub = jnp.transpose(w[fh::sh, fw::sw][::-1, ::-1], (0, 1, 3, 2))
+        part = lax.conv_general_dilated(dy, sub, (1, 1), ((loh, hih), (low, hiw)),
+                                        dimension_numbers=_NHWC, precision=precision)
+      line.append(jnp.pad(part, ((0, 0), (0, whole_h - nh), (0, whole_w - nw), (0, 0))))
+    parts.append(line)
+  if sh == sw == 1:
+    return parts[0][0]
+  # (B, rows / s, s, cols / s, s, C) -> (B, rows, cols, C), then the padding rows cut off.
+  dx = jnp.stack([jnp.stack(line, axis=3) for line in parts], axis=2)
+  dx = dx.reshape(dx.shape[0], whole_h * sh, whole_w * sw, dx.shape[-1])
+  return dx[:, :hw[0], :hw[1]]
 
 
 # ------------------------------------------------------------------------------- max pool
