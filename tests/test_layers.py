@@ -34,6 +34,8 @@ DN = ("NHWC", "HWIO", "NHWC")
     ((2, 8, 7, 3), 2, 2, "VALID"),    # one tap per stride phase
     ((1, 6, 6, 2), 2, 1, "SAME"),     # even kernel: asymmetric padding
     ((2, 6, 6, 2), 3, 1, ((2, 0), (1, 3))),  # explicit padding
+    ((2, 7, 6, 8), 3, 1, "SAME"),     # fewer output than input channels: dy is transposed
+    ((2, 6, 7, 8), 3, 1, ((2, 0), (1, 3))),
 ])
 @pytest.mark.parametrize("chunk_images", [None, 1, 2])
 def test_value_and_gradients_equal_jax(monkeypatch, shape, kernel, stride, padding,

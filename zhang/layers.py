@@ -151,8 +151,20 @@ def _conv_bwd(strides, padding, precision, budgets, residuals, dy):
   # dy[b, h, w, o]. As a canonical convolution: the input's channels are its batch, the
   # images its features, and dy (dilated by the stride) the kernel. The padding stays
   # inside the convolution (XLA CPU runs it 2x slower on an explicitly padded operand).
+  # The operand whose channels become the batch is transposed from NHWC to CHWN, an
+  # order XLA CPU copies slowly (every element a new cache line); with stride 1 and fewer
+  # output than input channels, dy takes that role instead and x is the kernel.
   # Summed over batch chunks of about WEIGHT_GRAD_CHUNK_BYTES, in float32 at least.
+  dy_as_batch = (sh, sw) == (1, 1) and dy.shape[3] < x.shape[3]
+
   def chunk_dw(xc, dyc):
+    if dy_as_batch:  # dW[i] = sum over u of x[u] dy[u + lo - i]: reversed taps of a correlation
+      (lo_h, hi_h), (lo_w, hi_w) = padding
+      dw = lax.conv_general_dilated(
+          jnp.transpose(dyc, (3, 1, 2, 0)), jnp.transpose(xc, (1, 2, 0, 3)), (1, 1),
+          ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)),
+          dimension_numbers=_NHWC, precision=precision)
+      return jnp.transpose(dw[:, ::-1, ::-1, :], (3, 1, 2, 0))
     dw = lax.conv_general_dilated(
         jnp.transpose(xc, (3, 1, 2, 0)), jnp.transpose(dyc, (1, 2, 0, 3)), (1, 1), padding,
         rhs_dilation=(sh, sw), dimension_numbers=_NHWC, precision=precision)
