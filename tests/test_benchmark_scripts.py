@@ -5,8 +5,13 @@ import pathlib
 import re
 import sys
 
+import pytest
+
+from zhang import layers
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import ab_source  # noqa: E402
 import batched_matmul  # noqa: E402
 import layers_in_loops  # noqa: E402
 import profile_step  # noqa: E402
@@ -58,3 +63,27 @@ def test_batched_matmul_reports_each_replica_count_and_the_reference(capsys):
   assert [r["weight_bytes"] for r in rows[:2]] == [4 * 6 * 5, 3 * 4 * 6 * 5]
   assert all(r["batched_gflops"] > 0 and r["loop_gflops"] > 0 for r in rows[:2])
   assert rows[2]["reference"] == "16^3" and rows[2]["gflops"] > 0
+
+
+def test_ab_source_times_each_variant_then_restores_the_module(capsys):
+  budget = layers.INPUT_GRAD_CHUNK_BYTES
+  ab_source.main([
+      "--model", "alexnet_small", "--batch_size", "2", "--steps", "1", "--rounds", "3",
+      "--variant", "as_is",
+      "--variant", "no_chunks=INPUT_GRAD_CHUNK_BYTES: int | None = 6 * 2**20>>>"
+                   "INPUT_GRAD_CHUNK_BYTES: int | None = None"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["variant"] for r in rows] == ["as_is", "no_chunks"]
+  for r in rows:
+    assert len(r["rounds_ms"]) == 3 and 0 < r["best_ms"] <= r["median_ms"]
+    assert r["module"] == "zhang.layers" and r["compile_s"] > 0
+  assert layers.INPUT_GRAD_CHUNK_BYTES == budget  # the edited source was undone
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("x=text that is not in the source>>>y", "occurs 0 times"),
+    ("x=no arrow", "write NAME=OLD>>>NEW"),
+])
+def test_ab_source_refuses_an_edit_it_cannot_apply(spec, message):
+  with pytest.raises(SystemExit, match=message):
+    ab_source.main(["--variant", "as_is", "--variant", spec])
