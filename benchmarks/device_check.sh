@@ -181,7 +181,7 @@ reserve=35  # for step 5, the estimate (it needs a few seconds; run_step keeps 1
 if (( quick )); then
   tiny=(--steps 1 --repeats 1 --n_train 256 --batch_size 4 --matmul_n 256 --quick)
   run_step throughput_mlp_1x512 60 "$out/throughput_mlp_1x512.jsonl" "${tp[@]}" \
-    --models mlp_1x512 --replicas 1,4 "${tiny[@]}" --max_seconds 20
+    --models mlp_1x512 --replicas 1,4 "${tiny[@]}" --max_seconds 45
   # One compile of the Inception step is most of this (about 10 s on 2 CPU cores).
   run_step throughput_inception_small 90 "$out/throughput_inception_small.jsonl" "${tp[@]}" \
     --models inception_small --replicas 1 "${tiny[@]}" --batch_size 2 --max_seconds 30

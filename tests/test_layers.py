@@ -22,7 +22,7 @@ import profile_step  # noqa: E402  (its reading of compiled HLO)
 DN = ("NHWC", "HWIO", "NHWC")
 
 
-@pytest.mark.parametrize("shape,kernel,stride,padding", [
+CONVS = [
     ((2, 7, 7, 3), 3, 1, "SAME"),     # inception's 3x3
     ((2, 8, 8, 3), 3, 2, "SAME"),     # its stride-2 downsampling, even size
     ((2, 7, 9, 3), 3, 2, "SAME"),     # odd and unequal sizes
@@ -36,8 +36,15 @@ DN = ("NHWC", "HWIO", "NHWC")
     ((2, 6, 6, 2), 3, 1, ((2, 0), (1, 3))),  # explicit padding
     ((2, 7, 6, 8), 3, 1, "SAME"),     # fewer output than input channels: dy is transposed
     ((2, 6, 7, 8), 3, 1, ((2, 0), (1, 3))),
-])
-@pytest.mark.parametrize("chunk_images", [None, 1, 2])
+]
+# Batch chunks (for YNNPACK's kernels) on one case of each gradient form: stride 1 with x or
+# dy transposed, and the stride phases with an odd size.
+CHUNKED = [CONVS[0], CONVS[2], CONVS[12]]
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,stride,padding,chunk_images",
+    [c + (None,) for c in CONVS] + [c + (k,) for c in CHUNKED for k in (1, 2)])
 def test_value_and_gradients_equal_jax(monkeypatch, shape, kernel, stride, padding,
                                        chunk_images):
   """Also with the gradients' batch cut into chunks of 1 or 2 images (a remainder chunk
