@@ -5,9 +5,28 @@ import os
 # Keep each test process to the cores it was given (pytest-xdist runs two).
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
 
 from zhang import config as config_lib  # noqa: E402
+
+
+def pytest_configure(config):
+  """Many tests build the same small programs, and the kill-and-resume tests compile them
+  again in child processes. JAX's persistent compilation cache compiles each once per test
+  run: in a fresh folder that the xdist workers and their children inherit through the
+  environment (they start after this hook), removed at the end."""
+  if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  folder = tempfile.mkdtemp(prefix="zhang-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+  import jax  # already imported without xdist: tell it too
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture
