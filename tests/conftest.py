@@ -26,7 +26,8 @@ def pytest_configure(config):
   config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
   import jax  # already imported without xdist: tell it too
   jax.config.update("jax_compilation_cache_dir", folder)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 @pytest.fixture

@@ -280,9 +280,9 @@ def whiten(x):
   """Per-image whitening: (x - mean) / max(std, 1/sqrt(num_elements)), over H, W, C.
 
   The statistics are taken over the flattened image, one contiguous row per image. Reducing
-  over (H, W, C) directly, with C = 3 the innermost axis, compiled to a reduction 2-3x slower
-  on XLA CPU: at 32 replicas of batch 128 it was 14% of the MLP's train step
-  (benchmarks/RESULTS.md, "The input pipeline at 32 replicas").
+  over (H, W, C) directly, with C = 3 the innermost axis, compiled to a slower reduction on
+  XLA CPU: the MLP's train step at 32 replicas of batch 128 ran 1.09x faster this way
+  (benchmarks/RESULTS.md, "The input pipeline, stride phases and transposes").
   """
   import jax.numpy as jnp
   shape = x.shape
