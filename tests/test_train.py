@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from zhang import config as config_lib
-from zhang import data, train
+from zhang import data, models, randomize, train
 from zhang.errors import UsageError
 
 
@@ -35,6 +35,44 @@ def test_vmapped_equals_separate(tiny_config):
   # And the replicas really differ from each other.
   params = jax.tree.leaves(together)[0]
   assert not np.allclose(params[0], params[1])
+
+
+def test_evaluate_equals_a_direct_computation(tiny_config):
+  """The compiled evaluation (both splits' batches in one loop, the last batch of each
+  split partial, the test split smaller than a batch's worth of the train split) against
+  each replica's model applied to its randomized train and test images in one go."""
+  tiny_config.n_train, tiny_config.n_test, tiny_config.eval_batch_size = 70, 45, 32
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  dataset = data.load("digits").subset(70, 45)
+  fns, d, reps, states, _ = train.build(config, replicas, dataset)
+  states, _ = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(5))
+  ev = jax.device_get(fns.evaluate(states, reps, d))
+  module = models.get(config.model).build(dataset.num_classes)
+  for i, r in enumerate(replicas):
+    rep = jax.tree.map(lambda a: a[i], reps)
+    params = jax.tree.map(lambda a: a[i], states.params)
+    for split, images, labels, prefix in (
+        (randomize.TRAIN, d.train_images, rep.labels, "train"),
+        (randomize.TEST, d.test_images, d.test_labels, "test")):
+      x = randomize.randomize_inputs(r.kind, rep.rand_key, data.scale(images),
+                                     jnp.arange(images.shape[0]), split, rep.shared_perm,
+                                     d.gauss_mean, d.gauss_std)
+      logits = np.asarray(module.apply({"params": params}, data.whiten(x), train=False),
+                          np.float64)
+      logp = logits - logits.max(-1, keepdims=True)
+      logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+      labels = np.asarray(labels)
+      expected = {"loss": -logp[np.arange(len(labels)), labels].mean(),
+                  "acc": (logits.argmax(-1) == labels).mean()}
+      if prefix == "test":
+        expected["confidence"] = np.exp(logp).max(-1).mean()
+        expected["entropy"] = -(np.exp(logp) * logp).sum(-1).mean()
+      for k, v in expected.items():
+        np.testing.assert_allclose(ev[f"{prefix}_{k}"][i], v, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{r.kind} {prefix}_{k}")
+  # Not all equal: the replicas and splits really were evaluated on their own inputs.
+  assert len(set(np.round(ev["test_loss"], 4))) == len(replicas)
 
 
 def test_run_writes_the_contract(tiny_config, tmp_path):

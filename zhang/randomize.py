@@ -98,7 +98,7 @@ def randomize_inputs(kind: str, key, images, indices, split: int, shared_perm,
     key: the replica's randomization key.
     images: float32 (B, H, W, C) in [0, 1], the examples ``indices`` of ``split``.
     indices: int32 (B,) example indices within the split.
-    split: TRAIN or TEST (static).
+    split: TRAIN or TEST (a Python int, or a traced int32 scalar).
     shared_perm: int32 (H*W,), the replica's shuffled-pixels permutation.
     gauss_mean, gauss_std: float32 (C,), the training set's per-channel statistics.
   Returns:

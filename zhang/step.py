@@ -116,18 +116,25 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
     params = variables["params"]
     return TrainState(params, variables.get("batch_stats", {}), tx.init(params))
 
-  def inputs_one(kind, rep: Replicas, d: Data, images_u8, indices, split):
-    """One replica's scaled, randomized, whitened inputs of the examples ``indices``."""
-    x = data_lib.scale(images_u8[indices])
-    x = randomize.randomize_inputs(kind, rep.rand_key, x, indices, split, rep.shared_perm,
-                                   d.gauss_mean, d.gauss_std)
+  def inputs_one(kind, rep: Replicas, d: Data, x_u8, indices, split):
+    """One replica's scaled, randomized, whitened inputs: ``x_u8`` holds the examples
+    ``indices`` of ``split``."""
+    x = randomize.randomize_inputs(kind, rep.rand_key, data_lib.scale(x_u8), indices, split,
+                                   rep.shared_perm, d.gauss_mean, d.gauss_std)
     return data_lib.whiten(x)
 
-  def inputs(reps: Replicas, d: Data, images_u8, indices, split):
-    """Every replica's inputs (R, B, H, W, C); each kind's group computes only its own."""
-    parts = [jax.vmap(functools.partial(inputs_one, kind), (0, None, None, 0, None))(
-        jax.tree.map(lambda a: a[lo:hi], reps), d, images_u8, indices[lo:hi], split)
-        for kind, lo, hi in h.segments]
+  def inputs(reps: Replicas, d: Data, x_u8, indices, split):
+    """Every replica's inputs (R, B, H, W, C); each kind's group computes only its own.
+
+    ``x_u8`` (R, B, H, W, C) and ``indices`` (R, B) are each replica's examples, or both
+    come without the replica axis when every replica sees the same examples (evaluation).
+    """
+    shared = indices.ndim == 1
+    axes = (0, None) + ((None, None) if shared else (0, 0)) + (None,)
+    own = (lambda a, lo, hi: a) if shared else (lambda a, lo, hi: a[lo:hi])
+    parts = [jax.vmap(functools.partial(inputs_one, kind), axes)(
+        jax.tree.map(lambda a: a[lo:hi], reps), d, own(x_u8, lo, hi), own(indices, lo, hi),
+        split) for kind, lo, hi in h.segments]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
   low_precision = h.compute_dtype != "float32"
@@ -205,7 +212,8 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
       orders = jax.lax.cond(pos == 0, lambda: epoch_orders(reps, step // per_epoch, n),
                             lambda: orders)
       indices = jax.lax.dynamic_slice_in_dim(orders, pos * h.batch_size, h.batch_size, 1)
-      x = constrain(inputs(reps, d, d.train_images, indices, randomize.TRAIN))
+      x = constrain(inputs(reps, d, jnp.take(d.train_images, indices, axis=0), indices,
+                           randomize.TRAIN))
       y = constrain(jnp.take_along_axis(reps.labels, indices, axis=1))
       states, loss = grid_step(states, x, y, learning_rate(h, step))
       return states, orders, loss_sum + loss
@@ -215,19 +223,29 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
     states, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (states, orders, zeros))
     return states, loss_sum / num_steps
 
-  def eval_split(states, reps: Replicas, d: Data, images_u8, labels, split):
-    """Mean loss, accuracy, max-softmax confidence and entropy of every replica."""
-    n = images_u8.shape[0]
-    eb = min(h.eval_batch_size, n)
-    num_batches = -(-n // eb)
-    num_replicas = reps.labels.shape[0]
+  @eval_jit
+  def evaluate(states, reps: Replicas, d: Data):
+    """Mean loss, accuracy, max-softmax confidence and entropy of every replica on the train
+    and test splits. One loop runs the batches of both splits (train, then test): the
+    model's forward pass and each randomization are compiled once, not once per split."""
+    n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
+    eb = min(h.eval_batch_size, max(n_train, n_test))
+    train_batches = -(-n_train // eb)
+    num_batches = train_batches + -(-n_test // eb)
 
     def batch(b):
-      idx = jnp.minimum(b * eb + jnp.arange(eb), n - 1)
-      valid = (b * eb + jnp.arange(eb) < n).astype(jnp.float32)
-      x = inputs(reps, d, images_u8, jnp.broadcast_to(idx, (num_replicas, eb)), split)
-      logits = grid_logits(states, x)
-      y = labels[:, idx]
+      is_test = b >= train_batches
+      n = jnp.where(is_test, n_test, n_train)
+      pos = (b - jnp.where(is_test, train_batches, 0)) * eb + jnp.arange(eb)
+      valid = (pos < n).astype(jnp.float32)
+      idx = jnp.minimum(pos, n - 1)
+      # Both gathers are eb rows; the split's is kept (idx is in range for it).
+      x_u8 = jnp.where(is_test, d.test_images[jnp.minimum(idx, n_test - 1)],
+                       d.train_images[jnp.minimum(idx, n_train - 1)])
+      y = jnp.where(is_test, d.test_labels[jnp.minimum(idx, n_test - 1)][None],
+                    reps.labels[:, jnp.minimum(idx, n_train - 1)])  # (R, eb)
+      split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
+      logits = grid_logits(states, inputs(reps, d, x_u8, idx, split))
       logp = jax.nn.log_softmax(logits)
       prob = jnp.exp(logp)
       per_example = jnp.stack([
@@ -238,16 +256,11 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
       ])  # (4, R, eb)
       return jnp.sum(per_example * valid, axis=-1)
 
-    sums = jnp.sum(jax.lax.map(batch, jnp.arange(num_batches)), axis=0) / n
-    return dict(loss=sums[0], acc=sums[1], confidence=sums[2], entropy=sums[3])
-
-  @eval_jit
-  def evaluate(states, reps: Replicas, d: Data):
-    train = eval_split(states, reps, d, d.train_images, reps.labels, randomize.TRAIN)
-    test_labels = jnp.broadcast_to(d.test_labels, (reps.labels.shape[0],) + d.test_labels.shape)
-    test = eval_split(states, reps, d, d.test_images, test_labels, randomize.TEST)
-    out = {"train_loss": train["loss"], "train_acc": train["acc"]}
-    out.update({f"test_{k}": v for k, v in test.items()})
+    sums = jax.lax.map(batch, jnp.arange(num_batches))  # (batches, 4, R)
+    train = jnp.sum(sums[:train_batches], axis=0) / n_train
+    test = jnp.sum(sums[train_batches:], axis=0) / n_test
+    out = {"train_loss": train[0], "train_acc": train[1]}
+    out.update({f"test_{k}": v for k, v in zip(("loss", "acc", "confidence", "entropy"), test)})
     return out
 
   return Functions(h, init_one, train_chunk, evaluate)
