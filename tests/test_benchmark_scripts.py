@@ -15,6 +15,7 @@ import ab_source  # noqa: E402
 import batched_matmul  # noqa: E402
 import layers_in_loops  # noqa: E402
 import profile_step  # noqa: E402
+import roofline  # noqa: E402
 
 
 def test_layers_in_loops_reports_every_variant(capsys):
@@ -87,3 +88,33 @@ def test_ab_source_times_each_variant_then_restores_the_module(capsys):
 def test_ab_source_refuses_an_edit_it_cannot_apply(spec, message):
   with pytest.raises(SystemExit, match=message):
     ab_source.main(["--variant", "as_is", "--variant", spec])
+
+
+def test_roofline_counts_the_mlps_bytes_and_its_floor(tmp_path, capsys):
+  # mlp_1x512 on 28x28x3: Dense 2352 -> 512 and 512 -> 10, with biases.
+  params = 2352 * 512 + 512 + 512 * 10 + 10
+  # Per example: each layer's input and output twice, the second layer's input gradient.
+  elements = (2 * 2352 + 2 * 512) + (2 * 512 + 2 * 10 + 512)
+  row = dict(model="mlp_1x512", replicas=4, batch_size=16, input_shape=[28, 28, 3],
+             strategy="vmap", compute_dtype="float32", flops_per_step=3 * 2 * 16 * 4 * (
+                 2352 * 512 + 512 * 10), matmul_flops_per_s=1e12, step_ms_median=2.0,
+             fraction_of_matmul=0.1)
+  r = roofline.analyse(row, bandwidth=1e10)
+  assert r["params_per_replica"] == params
+  assert r["state_bytes"] == 7 * 4 * params * 4
+  assert r["layer_bytes"] == 4 * elements * 16 * 4
+  memory_ms = (r["state_bytes"] + r["layer_bytes"]) / 1e10 * 1e3
+  assert r["bound"] == "memory" and r["floor_ms"] == pytest.approx(memory_ms)
+  assert r["best_fraction"] == pytest.approx(row["flops_per_step"] / 1e12 * 1e3 / memory_ms)
+  assert r["of_floor"] == pytest.approx(memory_ms / 2.0)
+  assert roofline.analyse(row, 1e10, state_passes=5)["state_bytes"] == 5 * 4 * params * 4
+
+  rows = tmp_path / "rows.jsonl"
+  rows.write_text("a log line\n" + json.dumps(row) + "\n")
+  roofline.main([str(rows), "--bandwidth_gbps", "10", "--json", str(tmp_path / "r.json")])
+  table = capsys.readouterr().out
+  assert "| mlp_1x512 | 4 | vmap / float32 |" in table and f"{memory_ms:.3f} (memory)" in table
+  assert json.loads((tmp_path / "r.json").read_text())[0]["floor_ms"] == pytest.approx(memory_ms)
+  with pytest.raises(SystemExit):
+    roofline.main([str(tmp_path / "missing.jsonl"), "--bandwidth_gbps", "10"])
+  assert "no such file" in capsys.readouterr().err
