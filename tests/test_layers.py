@@ -125,6 +125,28 @@ def test_local_response_norm_value_and_gradient_equal_jax():
   np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("features_in,features_out", [(512, 10), (64, 512), (24, 31)])
+def test_dense_value_and_gradients_equal_jax(features_in, features_out):
+  """Narrow layers (fewer than NARROW_DENSE outputs) take the (out, in) weight gradient;
+  under vmap over replicas and inside a loop too, as the trainer runs them."""
+  x = jax.random.normal(jax.random.key(0), (3, 16, features_in))
+  w = jax.random.normal(jax.random.key(1), (3, features_in, features_out))
+  cot = jax.random.normal(jax.random.key(2), (3, 16, features_out))
+  dims = (((1,), (0,)), ((), ()))
+  ref = lambda x, w: jnp.sum(jax.vmap(lambda x, w: x @ w)(x, w) * cot)
+  ours = lambda x, w: jnp.sum(jax.vmap(
+      lambda x, w: layers.dense_dot_general(x, w, dims))(x, w) * cot)
+  np.testing.assert_array_equal(jax.vmap(lambda x, w: layers.dense_dot_general(x, w, dims))(
+      x, w), jax.vmap(lambda x, w: x @ w)(x, w))
+  g_ref = jax.jit(jax.grad(ref, (0, 1)))(x, w)
+  looped = jax.jit(lambda x, w: jax.lax.fori_loop(
+      0, 2, lambda i, g: jax.tree.map(jnp.add, g, jax.grad(ours, (0, 1))(x, w)),
+      jax.tree.map(jnp.zeros_like, (x, w))))
+  for a, b in zip(looped(x, w), g_ref):
+    np.testing.assert_allclose(a, 2 * b, rtol=1e-5, atol=1e-4)
+  assert (features_out < layers.NARROW_DENSE) == (features_out in (10, 31))
+
+
 def _grid(tiny_config, conv_gradient, image_size=8, model="inception_small_nobn",
           cpu_kernels="auto"):
   """A conv net on 64 images: digits (8x8), or random CIFAR-sized (28x28x3) ones."""

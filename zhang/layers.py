@@ -19,6 +19,12 @@ another). There XLA CPU runs some of JAX's own gradients far slower than outside
   stride phase at the output's resolution and interleaved into the input's shape once.
 - ``local_response_norm``: the analytic gradient, in two elementwise passes and one window
   sum, instead of autodiff through the power.
+- ``dense_dot_general``: a Dense layer's product. Where the layer has few outputs (under
+  ``NARROW_DENSE``: the logits' layer, 512 -> 10), its weight gradient is computed as
+  (out, in) and transposed afterwards, behind an optimization barrier: XLA CPU runs the
+  (in, out) product with only 10 output columns 6-8x slower (benchmarks/RESULTS.md, "The
+  logits' weight gradient"). Wider layers keep JAX's form: for 2352 -> 512 the (out, in) form
+  was no faster.
 
 Forward computations are the ones of ``lax``/``flax`` (bit for bit), except that a 1x1
 stride-1 convolution is computed as the matrix product it is (XLA CPU runs it 3-5x faster
@@ -322,3 +328,49 @@ def _lrn_bwd(depth_radius, bias, alpha, beta, residuals, dy):
 
 
 local_response_norm.defvjp(_lrn_fwd, _lrn_bwd)
+
+
+# ---------------------------------------------------------------------------- dense
+
+
+NARROW_DENSE = 32  # output features below which the weight gradient is computed as (out, in)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                      preferred_element_type=None):
+  """``flax.linen.Dense(dot_general=...)``: x (B, in) @ kernel (in, out), with the explicit
+  weight gradient described in the module docstring; any other product goes to ``lax``."""
+  if (lhs.ndim == 2 and rhs.ndim == 2 and preferred_element_type is None
+      and tuple(map(tuple, dimension_numbers[0])) == ((1,), (0,))
+      and dimension_numbers[1] == ((), ())):
+    return _dense(lhs, rhs, precision)
+  return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                         preferred_element_type=preferred_element_type)
+
+
+def _matmul(a, b, contract, precision):
+  return lax.dot_general(a, b, (contract, ((), ())), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense(x, w, precision):
+  return _matmul(x, w, ((1,), (0,)), precision)
+
+
+def _dense_fwd(x, w, precision):
+  return _dense(x, w, precision), (x, w)
+
+
+def _dense_bwd(precision, residuals, dy):
+  x, w = residuals
+  dx = _matmul(dy, w, ((1,), (1,)), precision)
+  if w.shape[1] < NARROW_DENSE:
+    # (out, in), then transposed; without the barrier XLA folds the transpose back into the
+    # product's layout and runs the slow one.
+    dw = lax.optimization_barrier(_matmul(dy, x, ((0,), (0,)), precision)).T
+  else:
+    dw = _matmul(x, dy, ((0,), (0,)), precision)
+  return dx, dw
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)

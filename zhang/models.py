@@ -23,11 +23,12 @@ from zhang.errors import UsageError
 
 
 class LayerOps(NamedTuple):
-  """The conv nets' convolution, max pool and local response norm: one forward computation,
-  two ways to differentiate it (``GRADIENTS``)."""
+  """The models' convolution, max pool, local response norm and dense product: one forward
+  computation, two ways to differentiate it (``GRADIENTS``)."""
   conv: Callable | None  # nn.Conv's conv_general_dilated (None: lax's)
   max_pool: Callable  # (x, window, strides) -> SAME max pooling
   lrn: Callable  # x -> local response normalization
+  dense: Callable | None = None  # nn.Dense's dot_general (None: lax's)
 
 
 def _flax_max_pool(x, window, strides):
@@ -35,12 +36,19 @@ def _flax_max_pool(x, window, strides):
 
 
 # Config field conv_gradient: "jax" (JAX's own rules) or "explicit" (zhang/layers.py: the
-# same gradients in forms that XLA CPU runs fast inside the step loop).
+# same gradients in forms that XLA CPU runs fast inside the step loop). The MLPs take only
+# the dense product from it.
 GRADIENTS = {
     "jax": LayerOps(None, _flax_max_pool, layers.lrn_forward),
     "explicit": LayerOps(layers.conv_general_dilated, layers.max_pool,
-                         layers.local_response_norm),
+                         layers.local_response_norm, layers.dense_dot_general),
 }
+
+
+def _dense(features: int, ops: "LayerOps"):
+  if ops.dense is None:
+    return nn.Dense(features)
+  return nn.Dense(features, dot_general=ops.dense)
 
 
 class MLP(nn.Module):
@@ -48,14 +56,15 @@ class MLP(nn.Module):
   depth: int
   num_classes: int
   width: int = 512
+  ops: LayerOps = GRADIENTS["jax"]
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
     x = x.reshape(x.shape[0], -1)
     for _ in range(self.depth):
-      x = nn.relu(nn.Dense(self.width)(x))
-    return nn.Dense(self.num_classes)(x)
+      x = nn.relu(_dense(self.width, self.ops)(x))
+    return _dense(self.num_classes, self.ops)(x)
 
 
 class AlexNetSmall(nn.Module):
@@ -71,9 +80,9 @@ class AlexNetSmall(nn.Module):
       x = self.ops.max_pool(x, (3, 3), (2, 2))
       x = self.ops.lrn(x)
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(384)(x))
-    x = nn.relu(nn.Dense(192)(x))
-    return nn.Dense(self.num_classes)(x)
+    x = nn.relu(_dense(384, self.ops)(x))
+    x = nn.relu(_dense(192, self.ops)(x))
+    return _dense(self.num_classes, self.ops)(x)
 
 
 class ConvModule(nn.Module):
@@ -120,7 +129,7 @@ class InceptionSmall(nn.Module):
     x = inception(x, 176, 160)
     x = inception(x, 176, 160)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return _dense(self.num_classes, self.ops)(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +157,9 @@ class ModelSpec:
 
 
 _MODELS = {m.name: m for m in [
-    ModelSpec("mlp_1x512", lambda k, _: MLP(1, k), 0.01, False,
+    ModelSpec("mlp_1x512", lambda k, ops: MLP(1, k, ops=ops), 0.01, False,
               "MLP, one hidden layer of 512"),
-    ModelSpec("mlp_3x512", lambda k, _: MLP(3, k), 0.01, False,
+    ModelSpec("mlp_3x512", lambda k, ops: MLP(3, k, ops=ops), 0.01, False,
               "MLP, three hidden layers of 512"),
     ModelSpec("alexnet_small", lambda k, ops: AlexNetSmall(k, ops), 0.01, False,
               "small AlexNet with LRN"),
