@@ -22,9 +22,9 @@ another). There XLA CPU runs some of JAX's own gradients far slower than outside
 - ``dense_dot_general``: a Dense layer's product. Where the layer has few outputs (under
   ``NARROW_DENSE``: the logits' layer, 512 -> 10), its weight gradient is computed as
   (out, in) and transposed afterwards, behind an optimization barrier: XLA CPU runs the
-  (in, out) product with only 10 output columns 6-8x slower (benchmarks/RESULTS.md, "The
-  logits' weight gradient"). Wider layers keep JAX's form: for 2352 -> 512 the (out, in) form
-  was no faster.
+  (in, out) product with only 10 output columns several times slower, and the README's
+  digits step takes 1.4x as long with it (benchmarks/RESULTS.md, "The logits' weight
+  gradient"). Wider layers keep JAX's form: for 2352 -> 512 the (out, in) form was no faster.
 
 Forward computations are the ones of ``lax``/``flax`` (bit for bit), except that a 1x1
 stride-1 convolution is computed as the matrix product it is (XLA CPU runs it 3-5x faster
