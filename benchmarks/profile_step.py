@@ -5,9 +5,10 @@ Run (2-core CPU, a minute or two for a conv net):
   python benchmarks/profile_step.py --model inception_small --batch_size 32
   python benchmarks/profile_step.py --model alexnet_small --batch_size 128 --conv_gradient jax
   python benchmarks/profile_step.py --model inception_small --batch_size 128 --cpu_kernels default
+  python benchmarks/profile_step.py --model mlp_1x512 --input_shape 8,8,1 --replicas 15 --batch_size 128 --steps 100
 
-Builds the grid as ``benchmarks/throughput.py`` does (synthetic 28x28x3 images, R ``labels``
-replicas), runs one chunk to warm up, traces one more with ``jax.profiler`` and reads the
+Builds the grid as ``benchmarks/throughput.py`` does (synthetic images, 28x28x3 unless
+``--input_shape`` says otherwise; R ``labels`` replicas), runs one chunk to warm up, traces one more with ``jax.profiler`` and reads the
 trace back (``jax.profiler.ProfileData``). Prints the step time, the time per op kind
 (fusion names without their numeric suffix) and the slowest convolutions and dots with their
 shapes and dimension labels from the compiled HLO. Per step: the traced chunk's times divided
@@ -73,12 +74,16 @@ _CONV = (r"= (\S+) convolution\(%([\w.-]+), %([\w.-]+)\), window=\{([^}]*)\}, "
          r"dim_labels=([^,\s]+)(.*)")
 
 
+_DOT = r"= (\S+) dot\(.*?\), (lhs_batch_dims=.*?rhs_contracting_dims=\{[\d,]*\})"
+
+
 def fusion_contents(hlo: str) -> dict:
   """op name -> (result shape, 'conv' | 'dot' | '', window and dim_labels if a conv,
   the conv's role: 'forward', 'input grad' or 'weight grad', its multiply-adds x 2).
 
-  Covers fusions (YNNPACK's convolutions and dots are fusions) and the convolutions XLA
-  runs unfused (Eigen's, when YNNPACK's are off: ``--cpu_kernels``)."""
+  Covers fusions (YNNPACK's convolutions and dots are fusions) and the convolutions and dots
+  XLA runs unfused (Eigen's, when YNNPACK's are off: ``--cpu_kernels``); an unfused dot's
+  third field is its dimension numbers (lb, lc, rb, rc: lhs/rhs batch/contracting)."""
   out = {}
   fused = set()
   for m in re.finditer(r"%([\w.-]+) = (\S+) fusion\(.*?calls=%([\w.-]+)", hlo):
@@ -98,10 +103,18 @@ def fusion_contents(hlo: str) -> dict:
     if head and not line.startswith(" "):
       computation = head.group(1)
       continue
+    if computation in fused:
+      continue
     conv = re.search(_CONV, line)
-    if conv and computation not in fused:
+    dot = re.search(_DOT, line)
+    if conv:
       name = line.split(" = ", 1)[0].split("%")[-1]
       out[name] = _conv_row(conv, shapes, conv.group(1).split("{")[0])
+    elif dot:  # Eigen's products (the MLPs' with cpu_kernels eigen)
+      name = line.split(" = ", 1)[0].split("%")[-1]
+      dims = re.sub(r"(lhs|rhs)_(batch|contracting)_dims=", lambda m: m.group(1)[0] +
+                    m.group(2)[0], dot.group(2)).replace(", ", " ")
+      out[name] = (dot.group(1).split("{")[0], "dot", dims, "", 0)
   return out
 
 
@@ -114,10 +127,12 @@ def main(argv=None) -> None:
   p.add_argument("--strategy", default="auto", choices=("auto", "vmap", "map"))
   p.add_argument("--conv_gradient", default="auto", choices=("auto", "jax", "explicit"))
   p.add_argument("--cpu_kernels", default="auto", choices=("auto", "default", "eigen"))
+  p.add_argument("--input_shape", default="28,28,3", help="H,W,C of the synthetic images")
   p.add_argument("--top", type=int, default=15, help="rows of each table")
   args = p.parse_args(argv)
 
-  dataset = throughput.synthetic_dataset(max(512, args.batch_size), (28, 28, 3))
+  shape = tuple(int(v) for v in args.input_shape.split(","))
+  dataset = throughput.synthetic_dataset(max(512, args.batch_size), shape)
   fns, d, reps, states = throughput.setup(args.model, args.replicas, dataset, args.batch_size,
                                           strategy=args.strategy,
                                           conv_gradient=args.conv_gradient,

@@ -56,6 +56,19 @@ def test_profile_step_finds_the_convolutions(capsys):
   assert len(conv_rows) == 3 and all("b01f_01io->b01f" in row for row in conv_rows)
 
 
+def test_profile_step_lists_eigens_unfused_dots(capsys):
+  profile_step.main(["--model", "mlp_1x512", "--input_shape", "8,8,1", "--replicas", "3",
+                     "--batch_size", "4", "--steps", "1", "--cpu_kernels", "eigen"])
+  out = capsys.readouterr().out
+  rows = out.split("\ndots:")[1].strip().splitlines()[1:]
+  # Forward: two products; backward: two weight gradients and the second layer's input
+  # gradient. The logits' weight gradient comes as (out, in) = (10, 512) (zhang/layers.py).
+  shapes = sorted(row.split()[2] for row in rows)
+  assert shapes == sorted(["f32[3,4,512]", "f32[3,4,10]", "f32[3,4,512]", "f32[3,64,512]",
+                           "f32[3,10,512]"])
+  assert all(re.search(r"lb\{0\} lc\{\d\} rb\{0\} rc\{\d\}", row) for row in rows)
+
+
 def test_batched_matmul_reports_each_replica_count_and_the_reference(capsys):
   batched_matmul.main(["--replicas", "1,3", "--batch", "4", "--din", "6", "--dout", "5",
                        "--matmul_n", "16", "--repeats", "1"])
