@@ -8,8 +8,9 @@ Run (2-core CPU, a minute or two for a conv net):
   python benchmarks/profile_step.py --model mlp_1x512 --input_shape 8,8,1 --replicas 15 --batch_size 128 --steps 100
 
 Builds the grid as ``benchmarks/throughput.py`` does (synthetic images, 28x28x3 unless
-``--input_shape`` says otherwise; R ``labels`` replicas), runs one chunk to warm up, traces one more with ``jax.profiler`` and reads the
-trace back (``jax.profiler.ProfileData``). Prints the step time, the time per op kind
+``--input_shape`` says otherwise; R ``labels`` replicas), runs one chunk to warm up, traces
+one more with ``jax.profiler`` and reads the trace back (``jax.profiler.ProfileData``).
+Prints the step time, the time per op kind
 (fusion names without their numeric suffix) and the slowest convolutions and dots with their
 shapes and dimension labels from the compiled HLO. Per step: the traced chunk's times divided
 by its steps. Op times are summed over threads, so on several cores they can add up to more
