@@ -1,6 +1,7 @@
 """How fast a measured train step could be: its FLOPs against its unavoidable memory traffic.
 
   python benchmarks/roofline.py results/h200_2026-11-28/throughput_*.jsonl --bandwidth_gbps 4800
+  python benchmarks/roofline.py OUT/throughput_*.jsonl   # rows with a measured bandwidth
 
 For every throughput row (benchmarks/throughput.py, JSON lines) it counts, per step:
 
@@ -20,7 +21,9 @@ For every throughput row (benchmarks/throughput.py, JSON lines) it counts, per s
               also casts the fp32 weights every step; that traffic is not counted.)
 
 and from these, at the row's own matrix-product rate (``matmul_flops_per_s``, measured in the
-same process) and the memory bandwidth given (``--bandwidth_gbps``; there is no measured one):
+same process) and memory bandwidth: ``--bandwidth_gbps`` where given, else the row's
+``memory_bytes_per_s`` (an elementwise pass timed in the same process; rows from before
+session 6 have none):
 
   floor_ms    max(FLOPs / matmul rate, bytes / bandwidth): the step if compute and memory
               overlapped perfectly.
@@ -73,7 +76,11 @@ def traffic(model: str, input_shape, batch_size: int, replicas: int,
               bytes=state + activations)
 
 
-def analyse(row: dict, bandwidth: float, state_passes: int = 7) -> dict:
+def analyse(row: dict, bandwidth: float | None = None, state_passes: int = 7) -> dict:
+  """The row against its floor; ``bandwidth`` (bytes/s) None: the row's measured one."""
+  measured = bandwidth is None
+  if measured:
+    bandwidth = row["memory_bytes_per_s"]
   t = traffic(row["model"], row["input_shape"], row["batch_size"], row["replicas"],
               row.get("compute_dtype", "float32"), state_passes)
   matmul = row["matmul_flops_per_s"]
@@ -85,21 +92,26 @@ def analyse(row: dict, bandwidth: float, state_passes: int = 7) -> dict:
       model=row["model"], replicas=row["replicas"], batch_size=row["batch_size"],
       strategy=row.get("strategy"), compute_dtype=row.get("compute_dtype", "float32"),
       device_kind=row.get("device_kind"), **t, flops=row["flops_per_step"],
+      bandwidth_bytes_per_s=bandwidth, bandwidth_measured=measured,
       compute_ms=compute_s * 1e3, memory_ms=memory_s * 1e3, floor_ms=floor_s * 1e3,
       bound="memory" if memory_s > compute_s else "compute",
       step_ms=row["step_ms_median"], best_fraction=row["flops_per_step"] / floor_s / matmul,
       fraction_of_matmul=row["fraction_of_matmul"], of_floor=floor_s / step_s)
 
 
-def markdown(results: list[dict], bandwidth: float, state_passes: int) -> str:
-  lines = [f"Bandwidth {bandwidth / 1e9:,.0f} GB/s (given); parameter state {state_passes} "
-           "passes; matmul rate: each row's own.", "",
-           "| model | R | strategy / dtype | state MB | layers MB | compute ms | memory ms "
-           "| floor ms (bound) | step ms | best fraction | measured fraction | of floor |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def markdown(results: list[dict], bandwidth: float | None, state_passes: int) -> str:
+  said = (f"{bandwidth / 1e9:,.0f} GB/s (given)" if bandwidth else
+          "each row's own (measured, GB/s in the table)")
+  lines = [f"Bandwidth {said}; parameter state {state_passes} passes; matmul rate: each "
+           "row's own.", "",
+           "| model | R | strategy / dtype | GB/s | state MB | layers MB | compute ms "
+           "| memory ms | floor ms (bound) | step ms | best fraction | measured fraction "
+           "| of floor |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     lines.append(
         f"| {r['model']} | {r['replicas']} | {r['strategy']} / {r['compute_dtype']} | "
+        f"{r['bandwidth_bytes_per_s'] / 1e9:,.0f} | "
         f"{r['state_bytes'] / 1e6:,.1f} | {r['layer_bytes'] / 1e6:,.1f} | "
         f"{r['compute_ms']:.3f} | {r['memory_ms']:.3f} | {r['floor_ms']:.3f} ({r['bound']}) | "
         f"{r['step_ms']:.3f} | {r['best_fraction']:.3f} | {r['fraction_of_matmul']:.3f} | "
@@ -110,14 +122,15 @@ def markdown(results: list[dict], bandwidth: float, state_passes: int) -> str:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("rows", nargs="+", help="throughput.py JSON-lines files")
-  p.add_argument("--bandwidth_gbps", type=float, required=True,
-                 help="memory bandwidth in GB/s (the H200's specification: 4800)")
+  p.add_argument("--bandwidth_gbps", type=float, default=None,
+                 help="memory bandwidth in GB/s (default: each row's measured "
+                      "memory_bytes_per_s; the H200's specification is 4800)")
   p.add_argument("--state_passes", type=int, default=7,
                  help="passes over the fp32 parameters per step (7; 5 with a fused update)")
   p.add_argument("--models", default=None, help="only these models (comma-separated)")
   p.add_argument("--json", default=None, help="also write the numbers here")
   args = p.parse_args(argv)
-  if args.bandwidth_gbps <= 0 or args.state_passes < 1:
+  if (args.bandwidth_gbps is not None and args.bandwidth_gbps <= 0) or args.state_passes < 1:
     p.error("--bandwidth_gbps must be positive and --state_passes at least 1")
   rows = []
   for path in args.rows:
@@ -133,7 +146,10 @@ def main(argv=None) -> None:
     rows = [r for r in rows if r["model"] in wanted]
   if not rows:
     p.error("no throughput rows in the files given (for the models asked)")
-  bandwidth = args.bandwidth_gbps * 1e9
+  bandwidth = args.bandwidth_gbps * 1e9 if args.bandwidth_gbps else None
+  if bandwidth is None and any("memory_bytes_per_s" not in r for r in rows):
+    p.error("some rows have no measured memory_bytes_per_s (throughput.py before session 6): "
+            "give the device's bandwidth with --bandwidth_gbps")
   results = [analyse(r, bandwidth, args.state_passes) for r in rows]
   print(markdown(results, bandwidth, args.state_passes))
   if args.json:

@@ -18,8 +18,10 @@ forward, backward, SGD momentum) on synthetic uint8 images, for a grid of ``labe
 forward); ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never
 computes, and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides
 by the best rate of a large ``jnp.dot`` timed in the same process just before and after each row
-(on CPU the faster of XLA's default and Eigen's kernels). ``conv_gradient`` is the resolved
-config field (``jax`` or ``explicit``; MLPs have no convolutions); ``grad_chunk_bytes`` the
+(on CPU the faster of XLA's default and Eigen's kernels). ``memory_bytes_per_s`` is the rate
+of an elementwise pass over ``--memory_mb`` of fp32 timed after the row (the bandwidth
+benchmarks/roofline.py takes). ``conv_gradient`` is the resolved config field (``jax`` or
+``explicit``; for MLPs it changes only the logits' layer's weight gradient); ``grad_chunk_bytes`` the
 batch-chunk budgets of the explicit input and weight gradients (``zhang/layers.py``;
 ``--grad_chunks INPUT:WEIGHT`` sets others), null with ``--grad_chunks off``, with Eigen's
 kernels and off CPU (no chunks there). ``cpu_kernels`` is the resolved config field (``default``
@@ -71,6 +73,23 @@ def matmul_flops_per_s(n: int, repeats: int, dtype=jnp.float32) -> float:
       dot(a, b).block_until_ready()
       best = min(best, time.perf_counter() - t)
   return 2 * n ** 3 / best
+
+
+def memory_bytes_per_s(n_bytes: int, repeats: int, passes: int = 10) -> float:
+  """Best rate of elementwise passes over ``n_bytes`` of fp32 (each reads and writes them
+  once), in bytes/s: the same-process reference for memory-bound work
+  (benchmarks/roofline.py). The passes run in one loop, on one buffer: a fresh output per call
+  would time the CPU's page faults (about 4 GB/s on 2 cores) instead of its memory."""
+  x = jnp.ones((n_bytes // 4,), jnp.float32)
+  scale = jax.jit(lambda x: jax.lax.fori_loop(
+      0, passes, lambda i, x: x * 1.0001 + 0.5, x)).lower(x).compile()
+  scale(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    scale(x).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * x.size * 4 * passes / best
 
 
 def synthetic_dataset(n_train: int, input_shape, num_classes: int = 10) -> Dataset:
@@ -292,6 +311,8 @@ def main(argv=None) -> None:
   p.add_argument("--n_train", type=int, default=2048)
   p.add_argument("--input_shape", default="28,28,3", help="H,W,C of the synthetic images")
   p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
+  p.add_argument("--memory_mb", type=int, default=None,
+                 help="MB of the reference elementwise pass (default 512; 16 with --quick)")
   p.add_argument("--quick", action="store_true", help="few steps and repeats (a smoke run)")
   p.add_argument("--strategy", default="auto",
                  help="how replicas run on a device (config field replica_strategy): auto, "
@@ -359,6 +380,7 @@ def main(argv=None) -> None:
   dataset = synthetic_dataset(args.n_train, shape)
   repeats = args.repeats or (2 if args.quick else 5)
   mm_repeats = 3 if args.quick else 10
+  memory_mb = args.memory_mb or (16 if args.quick else 512)
   start = time.perf_counter()
   for name, strategy, conv_gradient, kernels, chunks in [
       (n, s, g, k, c) for n in names for s in strategies for g in conv_gradients
@@ -423,6 +445,7 @@ def main(argv=None) -> None:
         rate = row["flops_per_s"]
         row.update(matmul_flops_per_s=after, fraction_of_matmul=round(rate / after, 4),
                    needed_fraction_of_matmul=round(row["needed_flops_per_s"] / after, 4))
+      row["memory_bytes_per_s"] = memory_bytes_per_s(memory_mb << 20, mm_repeats)
       if jax.default_backend() != "cpu":  # bf16 matmul units; CPU has none worth timing
         row["matmul_bf16_flops_per_s"] = matmul_flops_per_s(args.matmul_n, mm_repeats,
                                                             jnp.bfloat16)

@@ -131,3 +131,10 @@ def test_roofline_counts_the_mlps_bytes_and_its_floor(tmp_path, capsys):
   with pytest.raises(SystemExit):
     roofline.main([str(tmp_path / "missing.jsonl"), "--bandwidth_gbps", "10"])
   assert "no such file" in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # no bandwidth given and none measured in the row
+    roofline.main([str(rows)])
+  assert "--bandwidth_gbps" in capsys.readouterr().err
+  # A row with throughput.py's measured bandwidth: taken when none is given.
+  measured = roofline.analyse(dict(row, memory_bytes_per_s=2e10))
+  assert measured["bandwidth_measured"] and measured["memory_ms"] == pytest.approx(memory_ms / 2)
+  assert not roofline.analyse(dict(row, memory_bytes_per_s=2e10), 1e10)["bandwidth_measured"]

@@ -31,6 +31,8 @@ def test_conv_gradient_rows_report_the_resolved_value(capsys):
   assert [(r["model"], r["replicas"], r["conv_gradient"]) for r in rows] == [
       ("alexnet_small", 1, "jax"), ("alexnet_small", 1, "explicit")]
   assert all(r["step_ms"] > 0 and r["memory_limit_bytes"] == int(0.8 * RAM) for r in rows)
+  # The same-process references: matmul rate and elementwise bandwidth (--quick: 16 MB).
+  assert all(r["matmul_flops_per_s"] > 0 and r["memory_bytes_per_s"] > 0 for r in rows)
 
 
 def test_grad_chunks_off_compiles_one_weight_gradient_per_layer(capsys):
