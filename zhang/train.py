@@ -126,6 +126,8 @@ def replica_strategy(config) -> str:
 # "Convolutions inside loops"); zhang/layers.py states them in forms it runs at full speed.
 # Accelerators keep JAX's rules: on an H200 alexnet_small's explicit gradients were no
 # faster (benchmarks/RESULTS.md, "H200"); cuDNN has kernels for both convolution gradients.
+# "explicit" also gives every model's logits' layer a faster weight gradient on CPU
+# (zhang/layers.py:dense_dot_general; the MLPs take only that).
 CONV_GRADIENT = {"cpu": "explicit"}
 
 
