@@ -6,7 +6,7 @@ import os
 # suite's time is XLA compiling small programs: LLVM's optimization of XLA's CPU code is off
 # (the HLO passes and XLA's kernel choices are unchanged), which took the suite from 14.5 to
 # 9.7 minutes on 2 AVX2 cores. Results differ from an optimized build only in float rounding
-# (about 1e-5 in 300 digits steps); every comparison a test makes is between runs under the
+# (about 2e-5 in 300 digits steps); every comparison a test makes is between runs under the
 # same flags. Benchmarks and users' runs keep the default optimization.
 os.environ.setdefault("XLA_FLAGS",
                       "--xla_cpu_multi_thread_eigen=false --xla_backend_optimization_level=0")
