@@ -45,11 +45,6 @@ GRADIENTS = {
 }
 
 
-def _dense(features: int, ops: "LayerOps"):
-  if ops.dense is None:
-    return nn.Dense(features)
-  return nn.Dense(features, dot_general=ops.dense)
-
 
 class MLP(nn.Module):
   """Flatten, ``depth`` x (Dense(width), ReLU), Dense(num_classes)."""
@@ -63,8 +58,8 @@ class MLP(nn.Module):
     del train
     x = x.reshape(x.shape[0], -1)
     for _ in range(self.depth):
-      x = nn.relu(_dense(self.width, self.ops)(x))
-    return _dense(self.num_classes, self.ops)(x)
+      x = nn.relu(nn.Dense(self.width, dot_general=self.ops.dense)(x))
+    return nn.Dense(self.num_classes, dot_general=self.ops.dense)(x)
 
 
 class AlexNetSmall(nn.Module):
@@ -80,9 +75,9 @@ class AlexNetSmall(nn.Module):
       x = self.ops.max_pool(x, (3, 3), (2, 2))
       x = self.ops.lrn(x)
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(_dense(384, self.ops)(x))
-    x = nn.relu(_dense(192, self.ops)(x))
-    return _dense(self.num_classes, self.ops)(x)
+    x = nn.relu(nn.Dense(384, dot_general=self.ops.dense)(x))
+    x = nn.relu(nn.Dense(192, dot_general=self.ops.dense)(x))
+    return nn.Dense(self.num_classes, dot_general=self.ops.dense)(x)
 
 
 class ConvModule(nn.Module):
@@ -129,7 +124,7 @@ class InceptionSmall(nn.Module):
     x = inception(x, 176, 160)
     x = inception(x, 176, 160)
     x = jnp.mean(x, axis=(1, 2))
-    return _dense(self.num_classes, self.ops)(x)
+    return nn.Dense(self.num_classes, dot_general=self.ops.dense)(x)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -240,10 +240,9 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
       valid = (pos < n).astype(jnp.float32)
       idx = jnp.minimum(pos, n - 1)
       # Both gathers are eb rows; the split's is kept (idx is in range for it).
-      x_u8 = jnp.where(is_test, d.test_images[jnp.minimum(idx, n_test - 1)],
-                       d.train_images[jnp.minimum(idx, n_train - 1)])
-      y = jnp.where(is_test, d.test_labels[jnp.minimum(idx, n_test - 1)][None],
-                    reps.labels[:, jnp.minimum(idx, n_train - 1)])  # (R, eb)
+      i_test, i_train = jnp.minimum(idx, n_test - 1), jnp.minimum(idx, n_train - 1)
+      x_u8 = jnp.where(is_test, d.test_images[i_test], d.train_images[i_train])
+      y = jnp.where(is_test, d.test_labels[i_test][None], reps.labels[:, i_train])  # (R, eb)
       split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
       logits = grid_logits(states, inputs(reps, d, x_u8, idx, split))
       logp = jax.nn.log_softmax(logits)
