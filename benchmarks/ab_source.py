@@ -63,6 +63,7 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=2, help="steps per timed chunk")
   p.add_argument("--rounds", type=int, default=8)
   p.add_argument("--input_shape", default="28,28,3")
+  p.add_argument("--kind", default="labels", help="the replicas' randomization (throughput.py)")
   args = p.parse_args(argv)
 
   module = importlib.import_module(args.module)
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     for name, text in variants.items():
       exec(compile(text, module.__file__, "exec"), module.__dict__)  # noqa: S102
       fns, d, reps, states = throughput.setup(args.model, args.replicas, dataset,
-                                              args.batch_size)
+                                              args.batch_size, kind=args.kind)
       compiled, compile_s = throughput.compile_chunk(fns, d, reps, states, args.steps)
       states, loss = compiled(states, reps, d, jnp.asarray(0, jnp.int32), num)  # warm-up
       loss.block_until_ready()
@@ -96,6 +97,7 @@ def main(argv=None) -> None:
       entry[3] = states
   for name, ms in times.items():
     print(json.dumps({"variant": name, "module": args.module, "model": args.model,
+                      "kind": args.kind, "input_shape": list(shape),
                       "replicas": args.replicas, "batch_size": args.batch_size,
                       "steps": args.steps, "best_ms": round(min(ms), 2),
                       "median_ms": round(float(np.median(ms)), 2),

@@ -10,11 +10,12 @@ Run (2-core CPU, about 2 minutes):
   python benchmarks/throughput.py --models inception_small,alexnet_small --cpu_kernels default,eigen
   python benchmarks/throughput.py --models alexnet_small --grad_chunks 6291456:786432,off
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
+  python benchmarks/throughput.py --models mlp_1x512 --replicas 8 --kind labels,random_pixels
 
-Prints one JSON object per (model, strategy, conv_gradient, cpu_kernels, grad_chunks, replicas).
-The timed program is the trainer's own ``train_chunk`` (batch gather, scaling, whitening,
-forward, backward, SGD momentum) on synthetic uint8 images, for a grid of ``labels`` replicas
-(corruption 0, seeds 0..R-1). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x
+Prints one JSON object per (model, strategy, conv_gradient, cpu_kernels, grad_chunks, kind,
+replicas). The timed program is the trainer's own ``train_chunk`` (batch gather, scaling,
+randomization, whitening, forward, backward, SGD momentum) on synthetic uint8 images, for a grid
+of R replicas of one ``--kind`` (corruption 0, seeds 0..R-1; ``labels`` unless said). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x
 forward); ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never
 computes, and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides
 by the best rate of a large ``jnp.dot`` timed in the same process just before and after each row
@@ -48,7 +49,7 @@ import numpy as np
 
 from zhang import config as config_lib
 from zhang import flops as flops_lib
-from zhang import layers, models, train as train_lib
+from zhang import layers, models, randomize, train as train_lib
 from zhang.data import Dataset
 
 CONV_NETS = ("alexnet_small", "inception_small", "inception_small_nobn")
@@ -103,8 +104,10 @@ def synthetic_dataset(n_train: int, input_shape, num_classes: int = 10) -> Datas
 
 def make_config(model: str, num_replicas: int, batch_size: int, mesh_shape=None,
                 strategy: str = "auto", compute_dtype: str = "float32",
-                conv_gradient: str = "auto", cpu_kernels: str = "auto"):
-  """The resolved config of a grid of ``labels`` replicas (p = 0, seeds 0..R-1)."""
+                conv_gradient: str = "auto", cpu_kernels: str = "auto",
+                kind: str = "labels"):
+  """The resolved config of a grid of R replicas of one randomization ``kind`` (corruption
+  0, seeds 0..R-1)."""
   c = config_lib.base_config()
   c.model = model
   c.batch_size = batch_size
@@ -114,20 +117,21 @@ def make_config(model: str, num_replicas: int, batch_size: int, mesh_shape=None,
   c.cpu_kernels = cpu_kernels
   if mesh_shape is not None:
     c.mesh_shape = tuple(mesh_shape)
-  c.grid = [dict(kinds=["labels"], corruptions=[0.0], seeds=list(range(num_replicas)))]
+  c.grid = [dict(kinds=[kind], corruptions=[0.0], seeds=list(range(num_replicas)))]
   return config_lib.resolve(c)
 
 
 def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
           mesh_shape=None, strategy: str = "auto", compute_dtype: str = "float32",
-          conv_gradient: str = "auto", cpu_kernels: str = "auto"):
-  """The trainer's own ``train.build`` for a grid of ``labels`` replicas (p = 0, seeds 0..R-1).
+          conv_gradient: str = "auto", cpu_kernels: str = "auto", kind: str = "labels"):
+  """The trainer's own ``train.build`` for a grid of R replicas of one randomization ``kind``
+  (p = 0, seeds 0..R-1).
 
   ``mesh_shape`` (replica, data) defaults to the config's, every device on ``replica``.
   Returns (step.Functions, step.Data, step.Replicas, stacked TrainState).
   """
   c = make_config(model, num_replicas, batch_size, mesh_shape, strategy, compute_dtype,
-                  conv_gradient, cpu_kernels)
+                  conv_gradient, cpu_kernels, kind)
   return tuple(train_lib.build(c, config_lib.expand_grid(c), dataset)[:4])
 
 
@@ -211,6 +215,7 @@ class Prepared(NamedTuple):
   conv_gradient: str  # resolved: "jax" or "explicit"
   cpu_kernels: str | None  # resolved: "default" or "eigen"; None off CPU
   grad_chunk_bytes: list | None  # [input, weight] gradient chunk budgets; None: off
+  kind: str  # the replicas' randomization (zhang/randomize.py)
   fns: object
   d: object
   reps: object
@@ -222,7 +227,7 @@ class Prepared(NamedTuple):
 def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
             strategy: str = "auto", compute_dtype: str = "float32",
             conv_gradient: str = "auto", grad_chunks: bool | tuple = True,
-            cpu_kernels: str = "auto") -> Prepared:
+            cpu_kernels: str = "auto", kind: str = "labels") -> Prepared:
   """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it.
   ``grad_chunks``: True for zhang/layers.py's batch chunks of the explicit conv gradients,
   False for none (the whole batch in one convolution), or (input, weight) budgets in bytes.
@@ -230,7 +235,7 @@ def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
   with "eigen" there are none, whatever ``grad_chunks`` says."""
   c = make_config(model, num_replicas, batch_size, strategy=strategy,
                   compute_dtype=compute_dtype, conv_gradient=conv_gradient,
-                  cpu_kernels=cpu_kernels)
+                  cpu_kernels=cpu_kernels, kind=kind)
   budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
   chosen = (budgets if grad_chunks is True else (None, None) if grad_chunks is False
             else tuple(grad_chunks))
@@ -243,8 +248,8 @@ def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, st
     fns, d, reps, states = train_lib.build(c, config_lib.expand_grid(c), dataset)[:4]
     compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
   return Prepared(model, num_replicas, dataset, batch_size, steps, compute_dtype,
-                  train_lib.conv_gradient(c), kernels, chunk_bytes, fns, d, reps, states,
-                  compiled, compile_s)
+                  train_lib.conv_gradient(c), kernels, chunk_bytes, kind, fns, d, reps,
+                  states, compiled, compile_s)
 
 
 def measure(prep: Prepared, repeats: int, matmul_rate: float,
@@ -268,7 +273,8 @@ def measure(prep: Prepared, repeats: int, matmul_rate: float,
   flops_per_s = per_step / best
   device = jax.devices()[0]
   return dict(
-      model=model, replicas=num_replicas, batch_size=batch_size, input_shape=list(shape),
+      model=model, kind=prep.kind, replicas=num_replicas, batch_size=batch_size,
+      input_shape=list(shape),
       strategy=prep.fns.hyper.strategy, compute_dtype=prep.compute_dtype,
       conv_gradient=prep.conv_gradient, cpu_kernels=prep.cpu_kernels,
       grad_chunk_bytes=prep.grad_chunk_bytes,
@@ -329,6 +335,10 @@ def main(argv=None) -> None:
                  help="XLA CPU's convolution and matmul kernels (config field cpu_kernels): "
                  "auto, default (YNNPACK) or eigen; comma-separated to compare")
   p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--kind", default="labels",
+                 help="the replicas' randomization: labels (the true labels; the default), "
+                 "shuffled_pixels, random_pixels or gaussian (their inputs are made in the "
+                 "step); comma-separated to compare")
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
                  "predicted from the model's previous row")
@@ -359,6 +369,10 @@ def main(argv=None) -> None:
   for kernels in kernel_sets:
     if kernels not in ("auto", "default", "eigen"):
       p.error(f"--cpu_kernels {kernels!r}: use auto, default or eigen (comma-separated)")
+  kinds = args.kind.split(",")
+  for kind in kinds:
+    if kind not in randomize.KINDS:
+      p.error(f"--kind {kind!r}: use {', '.join(randomize.KINDS)} (comma-separated)")
   grad_chunks = []
   for chunks in args.grad_chunks.split(","):
     parts = chunks.split(":")
@@ -382,9 +396,9 @@ def main(argv=None) -> None:
   mm_repeats = 3 if args.quick else 10
   memory_mb = args.memory_mb or (16 if args.quick else 512)
   start = time.perf_counter()
-  for name, strategy, conv_gradient, kernels, chunks in [
-      (n, s, g, k, c) for n in names for s in strategies for g in conv_gradients
-      for k in kernel_sets for c in grad_chunks]:
+  for name, strategy, conv_gradient, kernels, chunks, kind in [
+      (n, s, g, k, c, kd) for n in names for s in strategies for g in conv_gradients
+      for k in kernel_sets for c in grad_chunks for kd in kinds]:
     conv = name in CONV_NETS
     steps = args.steps or {(False, False): 50, (False, True): 10,
                            (True, False): 2, (True, True): 1}[conv, args.quick]
@@ -424,7 +438,7 @@ def main(argv=None) -> None:
             break
           continue
       prep = prepare(name, r, dataset, args.batch_size, steps, strategy, args.compute_dtype,
-                     conv_gradient, chunks, kernels)
+                     conv_gradient, chunks, kernels, kind)
       if args.up_to_memory:
         estimate = _memory(prep.compiled).get("xla_memory_bytes")
         memory = None if estimate is None else (r, estimate)

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -100,6 +101,48 @@ def test_random_pixels_permute_each_image_differently_and_keep_its_values(rgb):
   # Fixed: regenerated from (key, index), the same image gets the same permutation.
   again = _inputs("random_pixels", 2, rgb[[5, 3]], np.array([5, 3]))
   np.testing.assert_array_equal(again, out[[5, 3]])
+
+
+@pytest.mark.parametrize("n", [1, 2, 30, 64, 784, 3000, 70_000])
+def test_example_permutation_is_a_permutation_and_a_function_of_its_key(n):
+  keys = jax.random.split(jax.random.key(3), 4)
+  perms = np.asarray(jax.jit(jax.vmap(lambda k: randomize.example_permutation(k, n)))(keys))
+  assert perms.dtype == np.int32 and perms.shape == (4, n)
+  for perm in perms:
+    np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+  again = np.asarray(randomize.example_permutation(keys[2], n))
+  np.testing.assert_array_equal(again, perms[2])
+  if n >= 30:
+    assert len({p.tobytes() for p in perms}) == 4
+
+
+def test_example_permutation_rounds_bound_ties():
+  # Any two items tie in every round's random bits with probability <= 2**-11.
+  for n in [2, 64, 784, 1024, 3072, 50_176, 2**24]:
+    b = (n - 1).bit_length()
+    rounds = randomize.permutation_rounds(n)
+    assert rounds * (32 - b) >= 2 * b + 10
+    assert (rounds - 1) * (32 - b) < 2 * b + 10  # no round more than that needs
+  assert [randomize.permutation_rounds(n) for n in (64, 784, 1024)] == [1, 2, 2]
+  with pytest.raises(ValueError, match="2\\*\\*24"):
+    randomize.permutation_rounds(2**24 + 1)
+
+
+@pytest.mark.parametrize("n", [4, 784])
+def test_example_permutation_is_uniform(n):
+  keys = jax.random.split(jax.random.key(11), 4800)
+  perms = np.asarray(jax.jit(jax.vmap(lambda k: randomize.example_permutation(k, n)))(keys))
+  if n == 4:  # all 24 orders equally often: chi-square, 23 degrees of freedom
+    codes = perms @ (4 ** np.arange(4))
+    counts = np.unique(codes, return_counts=True)[1]
+    assert len(counts) == 24
+    assert np.sum((counts - 200) ** 2 / 200) < 49.7  # its 99.9% quantile
+  else:  # where item 0 goes, in 16 bins of 49 positions; fixed points: Poisson(1)
+    where = np.argmax(perms == 0, axis=1)
+    counts = np.bincount(where // 49, minlength=16)
+    assert np.sum((counts - 300) ** 2 / 300) < 37.7  # chi-square, 15 dof, 99.9%
+    fixed = np.mean(np.sum(perms == np.arange(n), axis=1))
+    assert abs(fixed - 1) < 4 / np.sqrt(4800)
 
 
 def test_gaussian_matches_per_channel_mean_and_variance(digits):

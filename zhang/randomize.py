@@ -79,6 +79,36 @@ def shared_permutation(key, num_pixels: int):
   return jax.random.permutation(_stream(key, "shuffled_pixels"), num_pixels)
 
 
+def permutation_rounds(n: int) -> int:
+  """Sorts ``example_permutation`` needs for ``n`` items (see there)."""
+  b = max(1, (n - 1).bit_length())
+  if b > 24:
+    raise ValueError(f"example_permutation: {n} items is more than 2**24")
+  return -(-(2 * b + 10) // (32 - b))
+
+
+def example_permutation(key, n: int):
+  """A random permutation of ``range(n)`` (int32), drawn with one-operand sorts.
+
+  ``jax.random.permutation`` sorts (random key, index) pairs; XLA CPU sorts a pair of arrays
+  several times slower than one array, and random pixels need a permutation per image per
+  step. Here each round sorts one uint32 array: random bits above, the current position in
+  the low b = bit_length(n - 1) bits, which the sort carries along. Equal random bits keep
+  the previous round's order, so the rounds together sort by one key of rounds x (32 - b)
+  random bits. ``permutation_rounds`` takes enough of them that any two items tie in every
+  round with probability at most 2**-11 per permutation (2 rounds for 28x28 or 32x32
+  images, 1 for 8x8); without such a tie every permutation is equally likely.
+  """
+  b = max(1, (n - 1).bit_length())
+  position = jnp.arange(n, dtype=jnp.uint32)
+  perm = None
+  for r in range(permutation_rounds(n)):
+    bits = jax.random.bits(jax.random.fold_in(key, r), (n,), jnp.uint32)
+    order = (jnp.sort((bits >> b << b) | position) & ((1 << b) - 1)).astype(jnp.int32)
+    perm = order if perm is None else perm[order]
+  return perm
+
+
 def _example_key(key, kind: str, split: int, index):
   return jax.random.fold_in(jax.random.fold_in(_stream(key, kind), split), index)
 
@@ -110,7 +140,7 @@ def randomize_inputs(kind: str, key, images, indices, split: int, shared_perm,
     return jax.vmap(_permute_pixels, (0, None))(images, shared_perm)
   if kind == "random_pixels":
     n = images.shape[1] * images.shape[2]
-    perms = jax.vmap(lambda i: jax.random.permutation(
+    perms = jax.vmap(lambda i: example_permutation(
         _example_key(key, "random_pixels", split, i), n))(indices)
     return jax.vmap(_permute_pixels)(images, perms)
   if kind == "gaussian":
