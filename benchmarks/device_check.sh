@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Accelerator check: throughput of the replica grid, a short Figure 1 run and the estimated
-# wall time of the whole Figure 1b grid on CIFAR-10, in 8 minutes.
+# Accelerator check: throughput of the replica grid, a short Figure 1 run, the estimated
+# wall time of the whole Figure 1b grid on CIFAR-10 and each row against its roofline, in 8
+# minutes.
 #
 #   benchmarks/device_check.sh           # on a GPU machine: at most 8 minutes (not yet run)
 #   benchmarks/device_check.sh --quick   # the same steps, tiny, on CPU (about a minute on 2 cores)
@@ -11,7 +12,8 @@
 #   run(command="benchmarks/device_check.sh", carry=["benchmarks/wheels"], timeout_s=540)
 #
 # Steps, each under `timeout` (capped to what is left), the whole within TOTAL_SECONDS (480);
-# the limits (seconds) are 60, 140, 80, 130 and 20: 430, and 30-50 s of setup:
+# the limits (seconds) are 60, 140, 80, 130, 20 and 30: 460, and 30-50 s of setup (on the
+# H200, steps 1-5 took 357 s in all):
 #   0. the backend (a full run refuses CPU); missing pure-Python dependencies installed from
 #      wheels in shared/wheels/ or benchmarks/wheels/ (else from an index, if one answers)
 #      into a scratch folder on PYTHONPATH, with the repository itself, so nothing is
@@ -28,13 +30,17 @@
 #   5. benchmarks/estimate_fig1b.py on the rows of steps 1-3: the whole Figure 1b grid on
 #      CIFAR-10 (3 models x 11 corruption levels x 3 seeds) on this device, with the
 #      steps-to-fit assumed below (FIT_STEPS). It is given 20 s that the steps before it
-#      leave alone.
+#      leave alone;
+#   6. benchmarks/roofline.py on the same rows: each step's floor, from its FLOPs at the
+#      same-process matmul rate and its unavoidable bytes at the same-process bandwidth
+#      (the rows' memory_bytes_per_s), and how close the measured step is to it. Given 30 s
+#      that the steps before it leave alone (it traces each model abstractly).
 # --quick runs the same with the defaults (one strategy): mlp_1x512 R = 1, 4;
 # inception_small and alexnet_small R = 1 at batch 2; a 20-step MLP grid on 256 images.
 # Writes under ${OUT:-results}/: throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl
 # (throughput.py's rows), fig1_summary.json, fig1_metrics.jsonl and fig1_config.json (the
 # run's own files), fig1b_estimate.md and fig1b_estimate.json (the estimate and its
-# arithmetic), device_check.json (machine, per-step exit codes and seconds, the rows, the
+# arithmetic), roofline.md and roofline.json (step 6), device_check.json (machine, per-step exit codes and seconds, the rows, the
 # run's outcome and the estimate in short) and device_check.log (everything printed). Exits 0
 # when every step did, else 1; a step that fails or times out does not stop the next ones.
 # PYTHON picks the interpreter (python3).
@@ -146,7 +152,7 @@ fi
 # writes none): the estimate, above all, must read only this machine's rows.
 rm -f "$out"/throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl \
   "$out"/fig1_{summary.json,metrics.jsonl,config.json} "$out"/fig1b_estimate.{md,json} \
-  "$out/device_check.json"
+  "$out"/roofline.{md,json} "$out/device_check.json"
 # run_step NAME LIMIT STDOUT_FILE|- COMMAND...: runs under timeout (capped to the seconds
 # left of the total, less $reserve kept for the steps after it), records "name rc seconds
 # limit"; never stops the script.
@@ -177,7 +183,7 @@ run_step() {
 }
 
 tp=("$PYTHON" benchmarks/throughput.py)
-reserve=35  # for step 5, the estimate (it needs a few seconds; run_step keeps 15 more)
+reserve=65  # for steps 5 and 6, the estimate and the roofline (run_step keeps 15 more)
 if (( quick )); then
   tiny=(--steps 1 --repeats 1 --n_train 256 --batch_size 4 --matmul_n 256 --quick)
   run_step throughput_mlp_1x512 60 "$out/throughput_mlp_1x512.jsonl" "${tp[@]}" \
@@ -231,10 +237,22 @@ FIT_STEPS=inception_small=16600,alexnet_small=16000,mlp_1x512=16000
 FIT_SOURCE="inception_small: PAPER.md's reproduction (random labels, loss <= 0.1 at 16.6k \
 steps); alexnet_small and mlp_1x512: 4 x Inception's 4.0k true-label steps (Figure 1b: random \
 labels take up to about 4x as long)"
-reserve=0
+reserve=30
 run_step fig1b_estimate 20 "$out/fig1b_estimate.md" "$PYTHON" benchmarks/estimate_fig1b.py \
   "$out"/throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl --fit_steps "$FIT_STEPS" \
   --fit_source "$FIT_SOURCE" --json "$out/fig1b_estimate.json"
+reserve=0
+rows=()
+for f in "$out"/throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl; do
+  if [[ -s "$f" ]]; then rows+=("$f"); fi
+done
+if (( ${#rows[@]} )); then
+  run_step roofline 30 "$out/roofline.md" "$PYTHON" benchmarks/roofline.py "${rows[@]}" \
+    --json "$out/roofline.json"
+else
+  echo "== roofline: skipped, no throughput rows"
+  printf '%s\t%s\t%s\t%s\n' roofline skipped 0 30 >> "$scratch/steps.tsv"
+fi
 
 # ---------------------------------------------------------------------------- summary
 
@@ -285,8 +303,16 @@ if estimate_file.exists():
                                            conv_gradient=m["step"]["conv_gradient"])
                           for m in e["models"]},
                   files=["fig1b_estimate.md", "fig1b_estimate.json"])
+roofline = None
+roofline_file = out / "roofline.json"
+if roofline_file.exists():
+  roofline = [{k: r.get(k) for k in ("model", "strategy", "compute_dtype", "replicas",
+                                     "step_ms", "floor_ms", "bound", "of_floor",
+                                     "best_fraction", "fraction_of_matmul",
+                                     "bandwidth_bytes_per_s", "bandwidth_measured")}
+              for r in json.loads(roofline_file.read_text())]
 result = dict(env=json.load(open(env_file)), quick=quick == "1", steps=steps,
-              throughput=throughput, fig1=fig1, fig1b_estimate=estimate,
+              throughput=throughput, fig1=fig1, fig1b_estimate=estimate, roofline=roofline,
               total_seconds=round(time.time() - int(start), 1),
               ok=all(v["rc"] == 0 for v in steps.values()))
 (out / "device_check.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -325,6 +351,15 @@ if estimate:
           f"(R = {m['row_replicas']} row, {m['strategy']}/{m['conv_gradient']})")
 else:
   print("  fig1b estimate: none (see fig1b_estimate step)")
+if roofline:
+  print(f"  roofline (roofline.md): {'model':<16} {'variant':<14} {'R':>4} {'bound':<8} "
+        f"{'floor ms':>9} {'of floor':>8} {'best':>5}")
+  for r in roofline:
+    variant = f"{r['strategy']}/{r['compute_dtype']}"
+    print(f"  {'':<24}{r['model']:<16} {variant:<14} {r['replicas']:>4} {r['bound']:<8} "
+          f"{r['floor_ms']:>9.3f} {r['of_floor']:>8.3f} {r['best_fraction']:>5.2f}")
+else:
+  print("  roofline: none (see roofline step)")
 print(f"  results: {out}")
 EOF
 ok=$("$PYTHON" -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["ok"]))' \

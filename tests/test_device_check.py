@@ -21,10 +21,11 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert result["ok"] and result["quick"] and result["env"]["backend"] == "cpu"
   assert set(result["steps"]) == {"throughput_mlp_1x512", "throughput_inception_small",
                                   "throughput_alexnet_small", "fig1_synthetic_cifar10",
-                                  "fig1b_estimate"}
+                                  "fig1b_estimate", "roofline"}
   assert all(s["rc"] == 0 and not s["skipped"] for s in result["steps"].values())
   # The estimate reads a few files (well under 0.05 s, which rounds to 0.0).
   assert all(s["seconds"] > 0 for n, s in result["steps"].items() if n != "fig1b_estimate")
+  assert [s["limit_s"] for s in result["steps"].values()][-2:] == [20, 30]
 
   for model, replicas in (("mlp_1x512", [1, 4]), ("inception_small", [1]),
                           ("alexnet_small", [1])):
@@ -54,6 +55,14 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert short["total_seconds"] == estimate["total_seconds"] and set(short["models"]) == {
       "inception_small", "alexnet_small", "mlp_1x512"}
   assert f"**{estimate['total_seconds']:,.0f}**" in (out / "fig1b_estimate.md").read_text()
+  # Every row against its floor, at the bandwidth measured in the row's process.
+  roofline = json.loads((out / "roofline.json").read_text())
+  assert [(r["model"], r["replicas"]) for r in roofline] == [
+      ("mlp_1x512", 1), ("mlp_1x512", 4), ("inception_small", 1), ("alexnet_small", 1)]
+  assert all(r["bandwidth_measured"] and 0 < r["of_floor"] and r["floor_ms"] > 0
+             for r in roofline)
+  assert [r["of_floor"] for r in result["roofline"]] == [r["of_floor"] for r in roofline]
+  assert "| mlp_1x512 |" in (out / "roofline.md").read_text()
   log = (out / "device_check.log").read_text()
   assert "device_check summary" in log and "fig1b estimate (CIFAR-10" in log
   assert not list(tmp_path.glob("zhang_device_check.*"))  # its scratch folder is removed

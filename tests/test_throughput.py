@@ -1,5 +1,5 @@
-"""benchmarks/throughput.py in-process, tiny: --conv_gradient, --cpu_kernels, --grad_chunks
-and the --up_to_memory sweep."""
+"""benchmarks/throughput.py in-process, tiny: --conv_gradient, --cpu_kernels, --grad_chunks,
+--kind and the --up_to_memory sweep."""
 
 import importlib.util
 import json
@@ -33,6 +33,14 @@ def test_conv_gradient_rows_report_the_resolved_value(capsys):
   assert all(r["step_ms"] > 0 and r["memory_limit_bytes"] == int(0.8 * RAM) for r in rows)
   # The same-process references: matmul rate and elementwise bandwidth (--quick: 16 MB).
   assert all(r["matmul_flops_per_s"] > 0 and r["memory_bytes_per_s"] > 0 for r in rows)
+
+
+def test_kind_rows_time_the_randomized_grid(capsys):
+  rows, _ = run(capsys, "--replicas", "2", "--kind", "labels,random_pixels")
+  assert [(r["kind"], r["replicas"]) for r in rows] == [("labels", 2), ("random_pixels", 2)]
+  # The same model and batch: the same FLOP count, whatever the inputs.
+  assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"] > 0
+  assert all(r["step_ms"] > 0 for r in rows)
 
 
 def test_grad_chunks_off_compiles_one_weight_gradient_per_layer(capsys):
@@ -118,6 +126,8 @@ def test_up_to_memory_stops_at_max_replicas_and_the_time_budget(capsys):
      "--conv_gradient 'cudnn': use auto, jax or explicit (comma-separated)"),
     (["--cpu_kernels", "eigen,mkl"],
      "--cpu_kernels 'mkl': use auto, default or eigen (comma-separated)"),
+    (["--kind", "labels,noise"], "--kind 'noise': use labels, shuffled_pixels, random_pixels, "
+     "gaussian (comma-separated)"),
 ])
 def test_bad_choice_exits_2_with_one_line(capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
