@@ -114,6 +114,9 @@ def test_example_permutation_is_a_permutation_and_a_function_of_its_key(n):
   np.testing.assert_array_equal(again, perms[2])
   if n >= 30:
     assert len({p.tobytes() for p in perms}) == 4
+  # Keys of another implementation (jax_default_prng_impl) go through jax.random.bits.
+  other = np.asarray(randomize.example_permutation(jax.random.key(3, impl="rbg"), n))
+  np.testing.assert_array_equal(np.sort(other), np.arange(n))
 
 
 def test_example_permutation_rounds_bound_ties():

@@ -86,8 +86,12 @@ def words(key, n: int):
   """``n`` random uint32 of ``key``: Threefry-2x32 of the counters 0 .. n-1, two words per
   hash (``jax.random.bits``'s stream before ``jax_threefry_partitionable``). The
   partitionable ``jax.random.bits`` hashes once per word and took 5x as long on XLA CPU for
-  a batch of images' worth."""
-  return threefry_2x32(jax.random.key_data(key), jnp.arange(n, dtype=jnp.uint32))
+  a batch of images' worth. Keys of another implementation (``jax_default_prng_impl``) get
+  ``jax.random.bits``."""
+  data = jax.random.key_data(key)
+  if data.shape != (2,):
+    return jax.random.bits(key, (n,), jnp.uint32)
+  return threefry_2x32(data, jnp.arange(n, dtype=jnp.uint32))
 
 
 def example_normal(key, shape):
