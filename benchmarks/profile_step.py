@@ -6,12 +6,13 @@ Run (2-core CPU, a minute or two for a conv net):
   python benchmarks/profile_step.py --model alexnet_small --batch_size 128 --conv_gradient jax
   python benchmarks/profile_step.py --model inception_small --batch_size 128 --cpu_kernels default
   python benchmarks/profile_step.py --model mlp_1x512 --input_shape 8,8,1 --replicas 15 --batch_size 128 --steps 100
+  python benchmarks/profile_step.py --model mlp_1x512 --input_shape 28,28,1 --replicas 4 --batch_size 128 --steps 20 --kind random_pixels
 
 Builds the grid as ``benchmarks/throughput.py`` does (synthetic images, 28x28x3 unless
-``--input_shape`` says otherwise; R ``labels`` replicas), runs one chunk to warm up, traces
-one more with ``jax.profiler`` and reads the trace back (``jax.profiler.ProfileData``).
-Prints the step time, the time per op kind
-(fusion names without their numeric suffix) and the slowest convolutions and dots with their
+``--input_shape`` says otherwise; R replicas of ``--kind``, ``labels`` unless said), runs one
+chunk to warm up, traces one more with ``jax.profiler`` and reads the trace back
+(``jax.profiler.ProfileData``). Prints the step time, the time per op kind (fusion names
+without their numeric suffix) and the slowest convolutions and dots with their
 shapes and dimension labels from the compiled HLO. Per step: the traced chunk's times divided
 by its steps. Op times are summed over threads, so on several cores they can add up to more
 than the step. With Eigen's convolutions (``--cpu_kernels eigen``, what conv nets get on CPU)
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (this folder's benchmark helpers)
+from zhang import randomize  # noqa: E402
 
 _WRAPPERS = ("ThunkExecutor", "$", "SlinkyThreadPool", "while", "PjitFunction",
              "CommonPjRt", "ParseArguments")
@@ -129,6 +131,9 @@ def main(argv=None) -> None:
   p.add_argument("--conv_gradient", default="auto", choices=("auto", "jax", "explicit"))
   p.add_argument("--cpu_kernels", default="auto", choices=("auto", "default", "eigen"))
   p.add_argument("--input_shape", default="28,28,3", help="H,W,C of the synthetic images")
+  p.add_argument("--kind", default="labels", choices=randomize.KINDS,
+                 help="the replicas' randomization (the pixel kinds' inputs are made in the "
+                 "step)")
   p.add_argument("--top", type=int, default=15, help="rows of each table")
   args = p.parse_args(argv)
 
@@ -137,7 +142,7 @@ def main(argv=None) -> None:
   fns, d, reps, states = throughput.setup(args.model, args.replicas, dataset, args.batch_size,
                                           strategy=args.strategy,
                                           conv_gradient=args.conv_gradient,
-                                          cpu_kernels=args.cpu_kernels)
+                                          cpu_kernels=args.cpu_kernels, kind=args.kind)
   compiled, _ = throughput.compile_chunk(fns, d, reps, states, args.steps)
   num = jnp.asarray(args.steps, jnp.int32)
   states, loss = compiled(states, reps, d, jnp.asarray(0, jnp.int32), num)  # warm-up
