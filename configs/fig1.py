@@ -1,7 +1,7 @@
 r"""The paper's Figure 1 grid for any model and dataset (default: small Inception, CIFAR-10).
 
   zhang train --config configs/fig1.py --workdir runs/fig1
-  zhang train --config configs/fig1.py:model=mlp_1x512,dataset=fashion_mnist --workdir runs/fm
+  zhang train --config configs/fig1.py:model=mlp_1x512,dataset=fashion_mnist,n_train=4000 --workdir runs/fm
 
 Arguments (comma-separated after the colon):
   model=NAME      inception_small (default), inception_small_nobn, alexnet_small, mlp_1x512,
@@ -11,7 +11,9 @@ Arguments (comma-separated after the colon):
   levels=N        corruption levels 0, 1/(N-1), ..., 1 (default 6: 0, 0.2, ..., 1.0; the
                   issue-sized Figure 1b sweep is levels=11).
   seeds=N         seeds per corruption level (default 2).
-  n_train=N       train on the first N examples only (0 = all).
+  n_train=N       train on the first N examples only (0 = all). With the paper's schedule
+                  MLP 1x512 fits every replica of 4,000 Fashion-MNIST images in 6,500 steps,
+                  but no label replica of all 60,000 in 60,000 (benchmarks/RESULTS.md).
   max_steps=N     default 60000 (about 150 CIFAR-10 epochs; random labels need ~20k).
   quick           a smoke-test variant: 512 examples, 300 steps.
 
