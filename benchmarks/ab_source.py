@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (this folder's benchmark helpers)
+from zhang import randomize  # noqa: E402
 
 
 def variant(spec: str, source: str) -> tuple[str, str]:
@@ -63,7 +64,8 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=2, help="steps per timed chunk")
   p.add_argument("--rounds", type=int, default=8)
   p.add_argument("--input_shape", default="28,28,3")
-  p.add_argument("--kind", default="labels", help="the replicas' randomization (throughput.py)")
+  p.add_argument("--kind", default="labels", choices=randomize.KINDS,
+                 help="the replicas' randomization (throughput.py --kind)")
   args = p.parse_args(argv)
 
   module = importlib.import_module(args.module)

@@ -3,7 +3,7 @@
 # wall time of the whole Figure 1b grid on CIFAR-10 and each row against its roofline, in 8
 # minutes.
 #
-#   benchmarks/device_check.sh           # on a GPU machine: at most 8 minutes (not yet run)
+#   benchmarks/device_check.sh           # on a GPU machine: at most 8 minutes
 #   benchmarks/device_check.sh --quick   # the same steps, tiny, on CPU (about a minute on 2 cores)
 #
 # For a machine where jax, flax, optax, orbax-checkpoint and chex are installed and nothing
@@ -40,8 +40,9 @@
 # Writes under ${OUT:-results}/: throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl
 # (throughput.py's rows), fig1_summary.json, fig1_metrics.jsonl and fig1_config.json (the
 # run's own files), fig1b_estimate.md and fig1b_estimate.json (the estimate and its
-# arithmetic), roofline.md and roofline.json (step 6), device_check.json (machine, per-step exit codes and seconds, the rows, the
-# run's outcome and the estimate in short) and device_check.log (everything printed). Exits 0
+# arithmetic), roofline.md and roofline.json (step 6), device_check.json (machine, per-step
+# exit codes and seconds, the rows, the run's outcome, the estimate and the roofline in short)
+# and device_check.log (everything printed). Exits 0
 # when every step did, else 1; a step that fails or times out does not stop the next ones.
 # PYTHON picks the interpreter (python3).
 set -euo pipefail

@@ -15,22 +15,24 @@ Run (2-core CPU, about 2 minutes):
 Prints one JSON object per (model, strategy, conv_gradient, cpu_kernels, grad_chunks, kind,
 replicas). The timed program is the trainer's own ``train_chunk`` (batch gather, scaling,
 randomization, whitening, forward, backward, SGD momentum) on synthetic uint8 images, for a grid
-of R replicas of one ``--kind`` (corruption 0, seeds 0..R-1; ``labels`` unless said). ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x
-forward); ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never
-computes, and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides
-by the best rate of a large ``jnp.dot`` timed in the same process just before and after each row
-(on CPU the faster of XLA's default and Eigen's kernels). ``memory_bytes_per_s`` is the rate
-of an elementwise pass over ``--memory_mb`` of fp32 timed after the row (the bandwidth
+of R replicas of one ``--kind`` (corruption 0, seeds 0..R-1; ``labels`` unless said).
+``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
+``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never computes,
+and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the best
+rate of a large ``jnp.dot`` timed in the same process just before and after each row (on CPU the
+faster of XLA's default and Eigen's kernels). ``memory_bytes_per_s`` is the rate of an
+elementwise pass over ``--memory_mb`` of fp32 timed after the row (the bandwidth
 benchmarks/roofline.py takes). ``conv_gradient`` is the resolved config field (``jax`` or
-``explicit``; for MLPs it changes only the logits' layer's weight gradient); ``grad_chunk_bytes`` the
-batch-chunk budgets of the explicit input and weight gradients (``zhang/layers.py``;
-``--grad_chunks INPUT:WEIGHT`` sets others), null with ``--grad_chunks off``, with Eigen's
-kernels and off CPU (no chunks there). ``cpu_kernels`` is the resolved config field (``default``
-or ``eigen``; null off CPU). ``--up_to_memory`` doubles R after the listed rows while XLA's
-estimate of the compiled chunk (``xla_memory_bytes``, checked before the row runs; the next
-row's first predicted in proportion to R) stays within ``memory_limit_bytes``:
-``--memory_fraction`` of the device's memory (GPU, TPU: the allocator's limit; CPU: physical
-RAM). Every row skipped or stop of the sweep is said on stderr. Results: benchmarks/RESULTS.md.
+``explicit``; for MLPs it changes only the logits' layer's weight gradient);
+``grad_chunk_bytes`` the batch-chunk budgets of the explicit input and weight gradients
+(``zhang/layers.py``; ``--grad_chunks INPUT:WEIGHT`` sets others), null with ``--grad_chunks
+off``, with Eigen's kernels and off CPU (no chunks there). ``cpu_kernels`` is the resolved
+config field (``default`` or ``eigen``; null off CPU). ``--up_to_memory`` doubles R after the
+listed rows while XLA's estimate of the compiled chunk (``xla_memory_bytes``, checked before the
+row runs; the next row's first predicted in proportion to R) stays within
+``memory_limit_bytes``: ``--memory_fraction`` of the device's memory (GPU, TPU: the allocator's
+limit; CPU: physical RAM). Every row skipped or stop of the sweep is said on stderr. Results:
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
