@@ -108,3 +108,31 @@ def test_missing_tfds_dataset_is_one_line(tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and "tfds build cifar10" in lines[0]
   assert not (tmp_path / "w").exists()
+
+
+def _summary(steps, fit_steps):
+  return {"steps_run": steps, "replicas": [{"fit_step": f} for f in fit_steps]}
+
+
+def test_decay_note_only_when_unfitted_replicas_met_a_decayed_learning_rate():
+  config = config_lib.resolve(config_lib.load(DIGITS, ["max_steps=4000", "lr_decay_every=390"]))
+  lr0 = config.learning_rate
+  assert lr0 == 0.01 and config.lr_decay == 0.95
+  # 3999 // 390 = 10 decays: 0.95**10 = 60% of the start, nothing to say.
+  assert cli.decay_note(_summary(4000, [None, 300]), config) is None
+  config.max_steps, config.lr_decay_every = 4000, 40  # 99 decays: 0.62% of the start
+  note = cli.decay_note(_summary(4000, [None, 300, None]), config)
+  assert note.startswith("2 replicas did not reach train accuracy 1 in max_steps=4000. "
+                         f"The learning rate had decayed to {lr0 * 0.95 ** 99:.2g} (0.62% of")
+  assert cli.decay_note(_summary(4000, [200, 300]), config) is None  # every replica fitted
+  assert cli.decay_note(_summary(3000, [None]), config) is None  # stopped early (preempted)
+
+
+def test_train_says_when_the_learning_rate_decayed_before_replicas_fitted(tmp_path, capsys):
+  code = cli.main(["train", "--config", DIGITS, "--workdir", str(tmp_path / "w"),
+                   "--max_steps", "20", "--no_progress", "--set", "eval_every=10",
+                   "--set", "lr_decay=0.5", "--set", "lr_decay_every=2"])
+  out = capsys.readouterr().out
+  assert code == 0
+  lines = [l for l in out.splitlines() if "did not reach train accuracy" in l]
+  assert len(lines) == 1 and "max_steps=20" in lines[0] and "(0.2% of 0.01" in lines[0]

@@ -46,9 +46,31 @@ def _train(args) -> int:
     print(f"{r['replica']:>7} {r['kind']:<16} {r['corruption']:>4.2f} {r['seed']:>4} "
           f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>7.4f} "
           f"{r['final_test_acc']:>6.3f} {r['test_confidence']:>5.2f}")
+  note = decay_note(summary, config_lib.resolve(config))
+  if note:
+    print(note)
   print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
         f"summary.json (fit steps, final accuracies).")
   return 0
+
+
+def decay_note(summary: dict, config) -> str | None:
+  """A line for a run that ended at max_steps with replicas short of ``fit_threshold`` after
+  the learning rate had decayed below 1% of its start: running longer would not fit them
+  (on all of Fashion-MNIST no label replica of MLP 1x512 fits; benchmarks/RESULTS.md)."""
+  short = sum(r["fit_step"] is None for r in summary["replicas"])
+  steps = summary["steps_run"]
+  if not short or steps < config.max_steps:
+    return None
+  lr0 = float(config.learning_rate)
+  lr = lr0 * float(config.lr_decay) ** ((steps - 1) // config.lr_decay_every)
+  if lr >= 0.01 * lr0:
+    return None
+  return (f"{short} replica{'s' if short > 1 else ''} did not reach train accuracy "
+          f"{config.fit_threshold:g} in max_steps={config.max_steps}. The learning rate had "
+          f"decayed to {lr:.2g} ({100 * lr / lr0:.2g}% of {lr0:g}; x{config.lr_decay:g} every "
+          f"{config.lr_decay_every} steps), so more steps would change little; fewer training "
+          f"images (n_train) or a slower decay (lr_decay, lr_decay_every) would.")
 
 
 def _models(args) -> int:
