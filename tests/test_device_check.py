@@ -21,11 +21,12 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert result["ok"] and result["quick"] and result["env"]["backend"] == "cpu"
   assert set(result["steps"]) == {"throughput_mlp_1x512", "throughput_inception_small",
                                   "throughput_alexnet_small", "fig1_synthetic_cifar10",
-                                  "fig1b_estimate", "roofline"}
+                                  "fig1b_estimate", "fig1b_estimate_unfitted", "roofline"}
   assert all(s["rc"] == 0 and not s["skipped"] for s in result["steps"].values())
   # The estimate reads a few files (well under 0.05 s, which rounds to 0.0).
-  assert all(s["seconds"] > 0 for n, s in result["steps"].items() if n != "fig1b_estimate")
-  assert [s["limit_s"] for s in result["steps"].values()][-2:] == [20, 30]
+  assert all(s["seconds"] > 0 for n, s in result["steps"].items()
+             if not n.startswith("fig1b_estimate"))
+  assert [s["limit_s"] for s in result["steps"].values()][-3:] == [20, 10, 30]
 
   for model, replicas in (("mlp_1x512", [1, 4]), ("inception_small", [1]),
                           ("alexnet_small", [1])):
@@ -55,6 +56,12 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert short["total_seconds"] == estimate["total_seconds"] and set(short["models"]) == {
       "inception_small", "alexnet_small", "mlp_1x512"}
   assert f"**{estimate['total_seconds']:,.0f}**" in (out / "fig1b_estimate.md").read_text()
+  # The case where AlexNet's and the MLP's replicas never fit: their grids run 60,000 steps.
+  unfitted = json.loads((out / "fig1b_estimate_unfitted.json").read_text())
+  steps = {m["model"]: m["steps"] for m in unfitted["models"]}
+  assert steps == {"inception_small": 17_000, "alexnet_small": 60_000, "mlp_1x512": 60_000}
+  assert unfitted["total_seconds"] > estimate["total_seconds"]
+  assert short["if_alexnet_and_mlp_never_fit"]["total_seconds"] == unfitted["total_seconds"]
   # Every row against its floor, at the bandwidth measured in the row's process.
   roofline = json.loads((out / "roofline.json").read_text())
   assert [(r["model"], r["replicas"]) for r in roofline] == [
