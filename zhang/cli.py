@@ -56,7 +56,7 @@ def _train(args) -> int:
 
 def decay_note(summary: dict, config) -> str | None:
   """A line for a run that ended at max_steps with replicas short of ``fit_threshold`` after
-  the learning rate had decayed below 1% of its start: running longer would not fit them
+  the learning rate had decayed below 1% of its start, when running longer would change little
   (on all of Fashion-MNIST no label replica of MLP 1x512 fits; benchmarks/RESULTS.md)."""
   short = sum(r["fit_step"] is None for r in summary["replicas"])
   steps = summary["steps_run"]
