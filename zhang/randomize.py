@@ -104,9 +104,14 @@ def example_normal(key, shape):
   return lax.erf_inv(u) * jnp.float32(math.sqrt(2.0))
 
 
+def _position_bits(n: int) -> int:
+  """Low bits of ``example_permutation``'s packed words that hold a position in range(n)."""
+  return max(1, (n - 1).bit_length())
+
+
 def permutation_rounds(n: int) -> int:
   """Sorts ``example_permutation`` needs for ``n`` items (see there)."""
-  b = max(1, (n - 1).bit_length())
+  b = _position_bits(n)
   if b > 24:
     raise ValueError(f"example_permutation: {n} items is more than 2**24")
   return -(-(2 * b + 10) // (32 - b))
@@ -124,7 +129,7 @@ def example_permutation(key, n: int):
   round with probability at most 2**-11 per permutation (2 rounds for 28x28 or 32x32
   images, 1 for 8x8); without such a tie every permutation is equally likely.
   """
-  b = max(1, (n - 1).bit_length())
+  b = _position_bits(n)
   position = jnp.arange(n, dtype=jnp.uint32)
   perm = None
   for r in range(permutation_rounds(n)):
