@@ -29,7 +29,8 @@
 #      (18 replicas, 5,000 training images), 200 steps, evaluated every 100;
 #   5. benchmarks/estimate_fig1b.py on the rows of steps 1-3: the whole Figure 1b grid on
 #      CIFAR-10 (3 models x 11 corruption levels x 3 seeds) on this device, with the
-#      steps-to-fit assumed below (FIT_STEPS). It is given 20 s that the steps before it
+#      steps-to-fit assumed below (FIT_STEPS), and step 4's model's evaluation cost measured
+#      by that run (its summary.json's timing; the other models' assumed, 1/3). It is given 20 s that the steps before it
 #      leave alone. Then the same with alexnet_small and mlp_1x512 run to max_steps
 #      (fig1b_estimate_unfitted, 10 s): the case where their label replicas never reach
 #      100% train accuracy (benchmarks/RESULTS.md, "Steps-to-fit at full size");
@@ -241,10 +242,18 @@ FIT_STEPS=inception_small=16600,alexnet_small=16000,mlp_1x512=16000
 FIT_SOURCE="inception_small: PAPER.md's reproduction (random labels, loss <= 0.1 at 16.6k \
 steps); alexnet_small and mlp_1x512: 4 x Inception's 4.0k true-label steps (Figure 1b: random \
 labels take up to about 4x as long)"
+# The step-4 run's summary.json times its train chunks and evaluations: its model's
+# evaluation cost (per image, in training examples) is then measured on this device, not
+# assumed (1/3), when both were timed past their first, compiling calls.
+eval_cost_from=()
+if "$PYTHON" -c 'import json, sys; sys.exit(json.load(open(sys.argv[1])).get("timing", {}).get(
+    "eval_cost") is None)' "$out/fig1_summary.json" 2>/dev/null; then
+  eval_cost_from=(--eval_cost_from "$out/fig1_summary.json")
+fi
 reserve=40
 run_step fig1b_estimate 20 "$out/fig1b_estimate.md" "$PYTHON" benchmarks/estimate_fig1b.py \
   "$out"/throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl --fit_steps "$FIT_STEPS" \
-  --fit_source "$FIT_SOURCE" --json "$out/fig1b_estimate.json"
+  --fit_source "$FIT_SOURCE" "${eval_cost_from[@]}" --json "$out/fig1b_estimate.json"
 # The same rows if AlexNet's and the MLP's label replicas never fit: Table 1 has them at
 # 99.82% and 99.34% train accuracy on random labels, and on all of Fashion-MNIST no MLP label
 # replica fit in 60,000 steps. Those grids then run to configs/fig1.py's max_steps.
@@ -254,7 +263,7 @@ run_step fig1b_estimate_unfitted 10 "$out/fig1b_estimate_unfitted.md" "$PYTHON" 
   "$out"/throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl \
   --fit_steps inception_small=16600,alexnet_small=60000,mlp_1x512=60000 \
   --fit_source "inception_small as above; alexnet_small and mlp_1x512 never fit and run to \
-max_steps (benchmarks/RESULTS.md, Steps-to-fit at full size)" \
+max_steps (benchmarks/RESULTS.md, Steps-to-fit at full size)" "${eval_cost_from[@]}" \
   --json "$out/fig1b_estimate_unfitted.json"
 reserve=0
 rows=()
@@ -301,6 +310,7 @@ if summary_file.exists():
   reps = s.get("replicas", [])
   fig1 = dict(config=f"configs/fig1.py:{fig1_command}", status=s.get("status"),
               steps_run=s.get("steps_run"), wall_seconds=s.get("wall_seconds"),
+              timing=s.get("timing"),
               replicas=[{k: r.get(k) for k in ("kind", "corruption", "seed", "fit_step",
                                                 "final_train_acc", "final_test_acc")}
                         for r in reps])
@@ -315,7 +325,9 @@ if estimate_file.exists():
                                            steps=m["steps"], row_replicas=m["step"][
                                                "row_replicas"],
                                            strategy=m["step"]["strategy"],
-                                           conv_gradient=m["step"]["conv_gradient"])
+                                           conv_gradient=m["step"]["conv_gradient"],
+                                           eval_cost=m["eval_cost"],
+                                           eval_cost_measured=m["eval_cost_measured"])
                           for m in e["models"]},
                   files=["fig1b_estimate.md", "fig1b_estimate.json"])
 unfitted_file = out / "fig1b_estimate_unfitted.json"
@@ -354,6 +366,11 @@ for r in throughput:
 if fig1:
   print(f"  fig1: status {fig1['status']}, {fig1['steps_run']} steps, "
         f"{fig1['wall_seconds']:.0f} s, {len(fig1['replicas'])} replicas")
+  t = fig1["timing"] or {}
+  if t.get("eval_cost") is not None:
+    print(f"    timing: {t['train_ms_per_step']:.2f} ms per step, {t['eval_seconds_each']:.2f} s "
+          f"per evaluation of {t['eval_images']:,} images: eval cost {t['eval_cost']:.3f} "
+          f"training examples per image")
   for r in fig1["replicas"]:
     print(f"    {r['kind']:<16} p={r['corruption']:.2f} seed {r['seed']} "
           f"train {r['final_train_acc']:.3f} test {r['final_test_acc']:.3f}")
@@ -368,8 +385,9 @@ if estimate:
         f"{verdict} {estimate['budget_hours']:g} h{' (' + ', '.join(flags) + ')' if flags else ''}"
         f"; fig1b_estimate.md")
   for name, m in estimate["models"].items():
+    cost = f"eval cost {m['eval_cost']:.3f} {'measured' if m['eval_cost_measured'] else 'assumed'}"
     print(f"    {name:<16} {m['seconds']:>9,.0f} s: {m['steps']:,} steps x {m['step_ms']:,.2f} ms "
-          f"(R = {m['row_replicas']} row, {m['strategy']}/{m['conv_gradient']})")
+          f"(R = {m['row_replicas']} row, {m['strategy']}/{m['conv_gradient']}; {cost})")
   never = estimate.get("if_alexnet_and_mlp_never_fit")
   if never:
     print(f"    if alexnet_small and mlp_1x512 never fit (run to max_steps): "

@@ -22,12 +22,19 @@ after another on one device. Per model:
               (zhang train's: the latest ``fit_step`` of the model's ``labels`` replicas; a
               replica that never fitted counts with its ``steps_run`` and makes the estimate
               a lower bound) or ``--fit_steps model=N`` (an assumption, stated as such).
-  evaluation  at step 0 and every ``--eval_every`` steps, every replica on the whole train and
-              test sets (``--n_train + --n_test`` = 60,000 images), each image costing
-              ``--eval_cost`` (1/3: a forward pass) of a training example at R = 33.
+  evaluation  at step 0 and every ``--eval_every`` steps (1,000, configs/fig1.py's), every
+              replica on the whole train and test sets (``--n_train + --n_test`` = 60,000
+              images), each image costing ``eval_cost`` training examples: measured, from
+              the ``timing`` of a zhang train run of the model on the same device kind
+              (``--eval_cost_from summary.json``, or a ``--fit_from`` one), else
+              ``--eval_cost`` (1/3, a forward pass: an assumption, stated as such).
   compile     twice the row's ``compile_s`` (the train chunk and the evaluation program).
 
-  seconds = compile + steps x step + (steps / eval_every + 1) x (60,000 / batch) x step x 1/3
+  seconds = compile + steps x step + (steps / eval_every + 1) x (60,000 / batch) x step x eval_cost
+
+The defaults are configs/fig1.py's (batch 128, evaluation every 1,000 steps, max_steps 60,000)
+at levels=11, seeds=3: the grid that ``zhang train --config configs/fig1.py:levels=11,seeds=3``
+runs for one model.
 
 Prints a markdown block (stdout) and writes the same numbers with ``--json``. Exit 2, with one
 line on stderr, when a model has no rows (the line says how to measure it), when the rows
@@ -153,6 +160,42 @@ def fit_steps_from_summaries(paths) -> dict[str, dict]:
   return out
 
 
+def eval_costs_from_summaries(paths, fit_paths=(), kind: str | None = None) -> dict[str, dict]:
+  """model -> measured evaluation cost (``timing.eval_cost`` of zhang train's summary.json):
+  from ``--eval_cost_from`` files, else from ``--fit_from`` ones that carry it and were run
+  on ``kind`` (the throughput rows' device kind). Where a model has several, their mean."""
+  found: dict[str, list] = {}
+  for path, explicit in [(p, True) for p in paths or ()] + [(p, False) for p in fit_paths or ()]:
+    s = json.loads(pathlib.Path(path).read_text())
+    cost = (s.get("timing") or {}).get("eval_cost")
+    where = s.get("device_kind")
+    if not explicit and (cost is None or (kind is not None and where != kind)):
+      continue
+    if cost is None:
+      raise EstimateError(
+          f"--eval_cost_from {path}: no timing.eval_cost (a summary.json of zhang train "
+          f"from before timing was recorded, or a run with one train chunk or one "
+          f"evaluation after the first, compiling ones): rerun with max_steps >= "
+          f"3 x eval_every")
+    if not s.get("model"):
+      raise EstimateError(f"--eval_cost_from {path}: no model: not a zhang train summary.json")
+    if kind is not None and where != kind:
+      raise EstimateError(f"--eval_cost_from {path}: measured on {where}, the throughput rows "
+                          f"on {kind}: give a summary.json of a run on {kind}, or leave it "
+                          f"out (--eval_cost)")
+    found.setdefault(s["model"], []).append(
+        dict(cost=float(cost), file=str(path), device_kind=where,
+             replicas=len(s.get("replicas", [])), explicit=explicit))
+  out = {}
+  for model, entries in found.items():
+    chosen = [e for e in entries if e["explicit"]] or entries
+    out[model] = dict(cost=sum(e["cost"] for e in chosen) / len(chosen),
+                      files=[e["file"] for e in chosen],
+                      device_kinds=sorted({str(e["device_kind"]) for e in chosen}),
+                      replicas=sorted({e["replicas"] for e in chosen}))
+  return out
+
+
 # ---------------------------------------------------------------------------- arithmetic
 
 def measure_command(model: str) -> str:
@@ -218,8 +261,10 @@ def scaling_text(st: dict, replicas: int, batch_size: int) -> str:
   return text + f" = {st['step_ms']:,.3f} ms"
 
 
-def estimate_model(model: str, st: dict, fit: dict, a) -> dict:
+def estimate_model(model: str, st: dict, fit: dict, a, eval_cost: dict | None = None) -> dict:
+  """One model's seconds. ``eval_cost``: its measured evaluation cost, if any."""
   replicas = a.levels * a.seeds
+  cost = a.eval_cost if eval_cost is None else eval_cost["cost"]
   step_s = st["step_ms"] / 1e3
   fit_steps = int(fit["steps"])
   steps = math.ceil(fit_steps / a.eval_every) * a.eval_every
@@ -227,7 +272,7 @@ def estimate_model(model: str, st: dict, fit: dict, a) -> dict:
   steps = min(steps, a.max_steps)
   evaluations = math.ceil(steps / a.eval_every) + 1  # and one at step 0 (and at max_steps)
   eval_examples = a.n_train + a.n_test
-  eval_one_s = eval_examples / a.batch_size * step_s * a.eval_cost
+  eval_one_s = eval_examples / a.batch_size * step_s * cost
   train_s = steps * step_s
   eval_s = evaluations * eval_one_s
   compile_s = 2 * st["compile_s"]
@@ -238,13 +283,20 @@ def estimate_model(model: str, st: dict, fit: dict, a) -> dict:
       fit_steps=fit_steps, fit_source=fit["source"], fit_assumed=fit["assumed"],
       lower_bound=bool(fit["lower_bound"]) or capped, capped_at_max_steps=capped,
       unfitted=fit.get("unfitted", []), fit_notes=fit.get("notes", []),
+      eval_cost=cost, eval_cost_measured=eval_cost is not None,
+      eval_cost_source=(f"--eval_cost {a.eval_cost:.3g} (assumed)" if eval_cost is None else
+                        f"measured: timing.eval_cost of {', '.join(eval_cost['files'])} "
+                        f"({', '.join(eval_cost['device_kinds'])}, "
+                        f"{'/'.join(map(str, eval_cost['replicas']))} replicas)"),
       steps=steps, evaluations=evaluations, eval_one_s=eval_one_s, train_s=train_s,
       eval_s=eval_s, eval_overhead=eval_s / train_s, compile_s=compile_s, seconds=seconds,
       extrapolated=st["extrapolated"], batch_scaled=st["batch_scaled"])
 
 
-def estimate(rows: list[dict], fits: dict[str, dict], a) -> dict:
+def estimate(rows: list[dict], fits: dict[str, dict], a,
+             eval_costs: dict[str, dict] | None = None) -> dict:
   kind = device_kind(rows)
+  eval_costs = eval_costs or {}
   missing = [m for m in a.models if m not in fits]
   if missing:
     raise EstimateError(f"no steps-to-fit for {', '.join(missing)}: give --fit_from "
@@ -253,7 +305,7 @@ def estimate(rows: list[dict], fits: dict[str, dict], a) -> dict:
   for model in a.models:
     st = step_time(rows, model, a.levels * a.seeds, a.batch_size, a.compute_dtype,
                    a.step_stat)
-    per_model.append(estimate_model(model, st, fits[model], a))
+    per_model.append(estimate_model(model, st, fits[model], a, eval_costs.get(model)))
   total = sum(m["seconds"] for m in per_model)
   lower_bound = any(m["lower_bound"] for m in per_model)
   budget_s = a.budget_hours * 3600
@@ -267,8 +319,11 @@ def estimate(rows: list[dict], fits: dict[str, dict], a) -> dict:
       "Each model runs with the variant of the row used (config fields replica_strategy and "
       "conv_gradient, e.g. --set conv_gradient=explicit, where it is not what auto picks).",
       f"Evaluation (at step 0 and every {a.eval_every} steps, whole train and test sets: "
-      f"{a.n_train + a.n_test:,} images per replica) costs {a.eval_cost:.3g} of a training "
-      f"example per image (a forward pass).",
+      f"{a.n_train + a.n_test:,} images per replica) costs, per image, "
+      + "; ".join(f"{m['model']} {m['eval_cost']:.3g} ({m['eval_cost_source']})"
+                  for m in per_model)
+      + " of a training example. A measured cost comes from the run's own grid and "
+      "evaluation set, and is taken to carry over to this one.",
       "Compilation: twice the row's compile_s (train chunk and evaluation program); data "
       "loading and start-up are not counted.",
       f"The run stops at the first evaluation where every replica has fitted "
@@ -344,7 +399,8 @@ def markdown(e: dict) -> str:
                  f"{' (capped at max_steps)' if m['capped_at_max_steps'] else ''}; "
                  f"train {m['steps']:,} x {m['step_ms']:,.3f} ms = {m['train_s']:,.1f} s; "
                  f"evaluation {m['evaluations']} x ({images:,} / {s['batch_size']} x "
-                 f"{m['step_ms']:,.3f} ms x {s['eval_cost']:.3g}) = {m['eval_s']:,.1f} s; "
+                 f"{m['step_ms']:,.3f} ms x {m['eval_cost']:.3g}"
+                 f"{'' if m['eval_cost_measured'] else ' assumed'}) = {m['eval_s']:,.1f} s; "
                  f"compile 2 x {st['compile_s']:,.1f} s; total {m['seconds']:,.1f} s.")
     others = [v for v in st["variants"]
               if (v["strategy"], v["conv_gradient"]) != (st["strategy"], st["conv_gradient"])]
@@ -390,9 +446,13 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--n_train", type=int, default=50_000, help="CIFAR-10 training images")
   p.add_argument("--n_test", type=int, default=10_000, help="CIFAR-10 test images")
-  p.add_argument("--eval_every", type=int, default=500)
+  p.add_argument("--eval_every", type=int, default=1000, help="configs/fig1.py's default")
   p.add_argument("--eval_cost", type=float, default=1 / 3,
-                 help="cost of evaluating an image, as a fraction of a training example")
+                 help="assumed cost of evaluating an image, as a fraction of a training "
+                 "example, for models with no measured one")
+  p.add_argument("--eval_cost_from", action="append", default=[], metavar="SUMMARY",
+                 help="summary.json of a zhang train run (repeatable): its model's measured "
+                 "evaluation cost (timing.eval_cost), on the rows' device kind")
   p.add_argument("--max_steps", type=int, default=60_000, help="configs/fig1.py's default")
   p.add_argument("--step_stat", choices=("median", "best"), default="median",
                  help="the rows' step_ms_median or step_ms (the fastest chunk)")
@@ -404,6 +464,8 @@ def parse(argv=None) -> argparse.Namespace:
   for name in ("levels", "seeds", "batch_size", "n_train", "eval_every", "max_steps"):
     if getattr(a, name) <= 0:
       p.error(f"--{name} must be positive")
+  if not a.eval_cost > 0:
+    p.error("--eval_cost must be positive")
   return a
 
 
@@ -419,7 +481,8 @@ def main(argv=None) -> int:
       print(f"estimate_fig1b.py: {model}: --fit_steps {explicit[model]['steps']} replaces "
             f"{fits[model]['steps']} from --fit_from", file=sys.stderr)
     fits.update(explicit)
-    result = estimate(rows, fits, a)
+    eval_costs = eval_costs_from_summaries(a.eval_cost_from, a.fit_from, device_kind(rows))
+    result = estimate(rows, fits, a, eval_costs)
   except (EstimateError, OSError, json.JSONDecodeError) as err:
     print(f"estimate_fig1b.py: {err}", file=sys.stderr)
     return 2

@@ -38,6 +38,7 @@ def _wait_for(path: pathlib.Path, proc, timeout=300):
 def _final(workdir):
   summary = json.loads((workdir / "summary.json").read_text())
   summary.pop("wall_seconds")
+  summary.pop("timing")  # seconds, and calls counted per session (first calls compile)
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
   return summary, rows, checkpoint.load(workdir)
 
@@ -74,7 +75,13 @@ def test_sigkill_and_resume_is_bit_identical(uninterrupted, tmp_path, kill_after
   out, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err
   assert "resuming" in err
+  timing = json.loads((tmp_path / "summary.json").read_text())["timing"]
   _assert_same(_final(tmp_path), uninterrupted)
+  # Timing adds up over both sessions; each session's first chunk (50 steps) and first
+  # evaluation compile and count apart.
+  steps = uninterrupted[0]["steps_run"]
+  assert timing["train_steps"] == steps - 2 * 50
+  assert timing["evaluations"] == steps // 50 + 1 - 2
 
 
 def test_sigterm_saves_exits_cleanly_and_resumes(uninterrupted, tmp_path):

@@ -42,6 +42,10 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert json.loads((out / "fig1_config.json").read_text())["dataset"] == "synthetic_cifar10"
   steps = [json.loads(line)["step"] for line in (out / "fig1_metrics.jsonl").open()]
   assert steps == [0] * 5 + [10] * 5 + [20] * 5  # 5 replicas, evaluated at 0, 10 and 20
+  # Its timing: the chunk 10-20 and the evaluations at 10 and 20 (the first ones compile).
+  timing = summary["timing"]
+  assert (timing["train_steps"], timing["evaluations"]) == (10, 2) and timing["eval_cost"] > 0
+  assert result["fig1"]["timing"] == timing
 
   # The Figure 1b estimate from the rows above (CPU rows at batch 2 and 4: extrapolated to
   # 33 replicas and scaled to batch 128), with the script's assumed steps-to-fit.
@@ -52,6 +56,11 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert estimate["extrapolated"] and estimate["batch_scaled"] and not estimate["lower_bound"]
   assert estimate["total_seconds"] == sum(m["seconds"] for m in estimate["models"])
   assert estimate["device_kind"] == "cpu" and estimate["under_budget"] is False
+  # The run's model (mlp_1x512) is evaluated at the cost its run measured; the others at
+  # the assumed 1/3 of a training example per image.
+  cost = {m["model"]: (m["eval_cost_measured"], m["eval_cost"]) for m in estimate["models"]}
+  assert cost == {"inception_small": (False, 1 / 3), "alexnet_small": (False, 1 / 3),
+                  "mlp_1x512": (True, timing["eval_cost"])}
   short = result["fig1b_estimate"]
   assert short["total_seconds"] == estimate["total_seconds"] and set(short["models"]) == {
       "inception_small", "alexnet_small", "mlp_1x512"}
@@ -72,6 +81,7 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert "| mlp_1x512 |" in (out / "roofline.md").read_text()
   log = (out / "device_check.log").read_text()
   assert "device_check summary" in log and "fig1b estimate (CIFAR-10" in log
+  assert "eval cost 0.333 assumed" in log and "training examples per image" in log
   assert not list(tmp_path.glob("zhang_device_check.*"))  # its scratch folder is removed
 
 

@@ -79,7 +79,7 @@ def conv_file(tmp_path, base):
   return write(tmp_path / "throughput_conv.jsonl", rows)
 
 
-def expected_seconds(step_ms, compile_s, fit_steps, eval_every=500, batch=128,
+def expected_seconds(step_ms, compile_s, fit_steps, eval_every=1000, batch=128,
                      images=60_000, eval_cost=1 / 3):
   """The estimate's arithmetic, written out again."""
   steps = -(-fit_steps // eval_every) * eval_every
@@ -99,7 +99,7 @@ def test_cli_total_is_the_sum_of_the_models(tmp_path, mlp_file):
   e = json.loads(out_json.read_text())
 
   # inception_small: the smallest R >= 33 (64, not 128), jax (faster than explicit),
-  # median step time, scaled by 33/64; 16.6k steps -> 17,000 (a multiple of 500).
+  # median step time, scaled by 33/64; 16.6k steps -> 17,000 (a multiple of 1,000).
   inc = expected_seconds(1.1 * 400.0 * 33 / 64, 20.64, 16_600)
   # alexnet_small: explicit at R = 64, measured, beats jax extrapolated from R = 2.
   alex = expected_seconds(1.1 * 120.0 * 33 / 64, 5.0, 16_000)
@@ -115,7 +115,8 @@ def test_cli_total_is_the_sum_of_the_models(tmp_path, mlp_file):
   assert e["total_hours"] == pytest.approx(e["total_seconds"] / 3600)
 
   inception = by_model["inception_small"]
-  assert inception["steps"] == 17_000 and inception["evaluations"] == 35
+  assert inception["steps"] == 17_000 and inception["evaluations"] == 18
+  assert not any(m["eval_cost_measured"] for m in e["models"]) and "0.333 assumed" in proc.stdout
   assert (inception["step"]["row_replicas"], inception["step"]["conv_gradient"]) == (64, "jax")
   assert not inception["extrapolated"] and inception["replicas"] == 33
   assert (by_model["alexnet_small"]["step"]["conv_gradient"], by_model["alexnet_small"][
@@ -133,20 +134,28 @@ def test_cli_total_is_the_sum_of_the_models(tmp_path, mlp_file):
   assert ("under 1 hour" if e["under_budget"] else "over 1 hour") in text
 
 
-def summary_file(path, model, fit_at, steps_run, eval_every=1000):
+def summary_file(path, model, fit_at, steps_run, eval_every=1000, device_kind="cpu",
+                 step_s=None, eval_s=None):
   """A summary.json of the Figure 1b grid (11 levels x 3 seeds, and the pixel kinds), written
   by the trainer's FitTracker from simulated evaluations. ``fit_at(replica)``: its fit step,
-  or None (never fitted)."""
+  or None (never fitted). With ``step_s`` and ``eval_s``, every chunk and evaluation is
+  timed as taking those seconds per step and per evaluation (the first of each compiling:
+  10 s)."""
   c = config_lib.load(f"{REPO / 'configs' / 'fig1.py'}:model={model},levels=11,seeds=3")
   replicas = config_lib.expand_grid(c)
   tracker = metrics_lib.FitTracker(
       replicas, np.zeros(len(replicas)), 1.0, 128, 50_000,
       header=dict(model=model, dataset="cifar10", num_params=1, n_train=50_000, n_test=10_000,
                   num_classes=10, steps_per_epoch=390, batch_size=128, fit_threshold=1.0,
-                  config_hash="0"))
+                  config_hash="0", device_kind=device_kind))
   fits = [fit_at(r) for r in replicas]
   for step in range(0, steps_run + 1, eval_every):
     acc = np.array([1.0 if f is not None and step >= f else 0.5 for f in fits])
+    if step_s is not None:
+      if step:
+        tracker.time_call("train", 10.0 if step == eval_every else eval_every * step_s,
+                          eval_every)
+      tracker.time_call("eval", 10.0 if step == 0 else eval_s)
     tracker.record(step, dict(train_acc=acc, test_acc=acc / 2, train_loss=1 - acc), 0.01)
   metrics_lib.write_json(metrics_lib.workdir_path(path),
                          tracker.summary(steps_run, "complete", 100.0))
@@ -235,3 +244,64 @@ def test_missing_fit_steps_and_bad_values_exit_2(tmp_path, mlp_file, capsys):
   assert est.main([str(mlp_file), "--models", "mlp_1x512", "--fit_steps", "mlp_1x512"]) == 2
   assert "use model=STEPS" in capsys.readouterr().err
   assert math.isclose(est._count("16.6k"), 16_600)
+
+
+def test_defaults_are_the_fig1_configs(mlp_file):
+  """The estimated grid is what configs/fig1.py runs at levels=11, seeds=3."""
+  c = config_lib.resolve(config_lib.load(
+      f"{REPO / 'configs' / 'fig1.py'}:model=alexnet_small,levels=11,seeds=3"))
+  a = est.parse([str(mlp_file)])
+  assert (a.eval_every, a.max_steps, a.batch_size) == (c.eval_every, c.max_steps,
+                                                       c.batch_size)
+  assert a.n_train // a.batch_size == c.lr_decay_every  # one CIFAR-10 epoch per decay
+  labels = [r for r in config_lib.expand_grid(c) if r.kind == "labels"]
+  assert len(labels) == a.levels * a.seeds
+
+
+def test_eval_cost_measured_in_a_summary(tmp_path, mlp_file, capsys):
+  mlp = read(mlp_file)
+  conv = conv_file(tmp_path, mlp[0])
+  # A run of alexnet_small on the rows' device kind: 0.02 s a step (128 examples) and 3 s
+  # an evaluation of its 60,000 images: (3 / 60,000) / (0.02 / 128) = 0.32 per image.
+  timed = summary_file(tmp_path / "alex_timed.json", "alexnet_small", lambda r: 8000, 10_000,
+                       step_s=0.02, eval_s=3.0)
+  t = json.loads(timed.read_text())["timing"]
+  assert (t["train_steps"], t["evaluations"]) == (9000, 10)
+  assert t["eval_cost"] == pytest.approx(0.32)
+  out = tmp_path / "e.json"
+  rc = est.main([str(mlp_file), str(conv), "--fit_steps", FIT, "--eval_cost_from", str(timed),
+                 "--json", str(out)])
+  text = capsys.readouterr().out
+  assert rc == 0
+  by_model = {m["model"]: m for m in json.loads(out.read_text())["models"]}
+  alex = by_model["alexnet_small"]
+  assert alex["eval_cost_measured"] and alex["eval_cost"] == pytest.approx(0.32)
+  assert alex["seconds"] == pytest.approx(
+      expected_seconds(1.1 * 120.0 * 33 / 64, 5.0, 16_000, eval_cost=0.32), rel=1e-9)
+  assert not by_model["inception_small"]["eval_cost_measured"]
+  assert by_model["inception_small"]["seconds"] == pytest.approx(
+      expected_seconds(1.1 * 400.0 * 33 / 64, 20.64, 16_600), rel=1e-9)
+  assert "x 0.32) =" in text and "alexnet_small 0.32 (measured: timing.eval_cost of" in text
+
+  # The same run as a --fit_from source gives its cost too; from another device kind, it
+  # is left out there, and refused when asked for by name.
+  rc = est.main([str(mlp_file), str(conv), "--fit_from", str(timed), "--fit_steps",
+                 "inception_small=16600,mlp_1x512=16000", "--json", str(out)])
+  capsys.readouterr()
+  assert rc == 0 and json.loads(out.read_text())["models"][1]["eval_cost"] == pytest.approx(0.32)
+  elsewhere = summary_file(tmp_path / "alex_h200.json", "alexnet_small", lambda r: 8000,
+                           10_000, device_kind="NVIDIA H200", step_s=0.02, eval_s=3.0)
+  rc = est.main([str(mlp_file), str(conv), "--fit_from", str(elsewhere), "--fit_steps",
+                 "inception_small=16600,mlp_1x512=16000", "--json", str(out)])
+  capsys.readouterr()
+  assert rc == 0 and not json.loads(out.read_text())["models"][1]["eval_cost_measured"]
+  rc = est.main([str(mlp_file), str(conv), "--fit_steps", FIT, "--eval_cost_from",
+                 str(elsewhere)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "measured on NVIDIA H200" in err[0]
+  # A summary with no timed calls (one chunk) is refused with what to do.
+  untimed = summary_file(tmp_path / "short.json", "alexnet_small", lambda r: 8000, 1000)
+  rc = est.main([str(mlp_file), str(conv), "--fit_steps", FIT, "--eval_cost_from",
+                 str(untimed)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "no timing.eval_cost" in err[0]

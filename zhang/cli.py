@@ -46,12 +46,24 @@ def _train(args) -> int:
     print(f"{r['replica']:>7} {r['kind']:<16} {r['corruption']:>4.2f} {r['seed']:>4} "
           f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>7.4f} "
           f"{r['final_test_acc']:>6.3f} {r['test_confidence']:>5.2f}")
-  note = decay_note(summary, config_lib.resolve(config))
-  if note:
-    print(note)
+  for line in (timing_line(summary), decay_note(summary, config_lib.resolve(config))):
+    if line:
+      print(line)
   print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
         f"summary.json (fit steps, final accuracies).")
   return 0
+
+
+def timing_line(summary: dict) -> str | None:
+  """Where the run's time went (summary.json's ``timing``), once both a train chunk and an
+  evaluation have been timed after their first, compiling, calls."""
+  t = summary.get("timing") or {}
+  if t.get("train_ms_per_step") is None or t.get("eval_seconds_each") is None:
+    return None
+  return (f"Time: training {t['train_ms_per_step']:.3g} ms per step, evaluation "
+          f"{t['eval_seconds_each']:.3g} s each ({t['eval_images']:,} images per replica; "
+          f"{100 * t['eval_share']:.0f}% of the timed time, eval_every sets how often), "
+          f"compilation and first calls {t['first_call_seconds']:.0f} s.")
 
 
 def decay_note(summary: dict, config) -> str | None:

@@ -123,6 +123,12 @@ class FitTracker:
     self.last: dict[str, np.ndarray] = {}
     self.batch_loss = np.full(len(replicas), np.nan)
     self.seconds_before = 0.0  # wall time of earlier sessions of a resumed run
+    # Where the time goes, summed over the sessions of a run: the train chunks and the
+    # evaluations, each call timed to its result. A process's first call of each compiles
+    # it, so those count apart, in first_call_seconds.
+    self.timing = dict(train_seconds=0.0, train_steps=0, eval_seconds=0.0, evaluations=0,
+                       first_call_seconds=0.0)
+    self._called: set[str] = set()
 
   def epoch(self, step: int) -> float:
     return step * self.batch_size / self.n_train
@@ -141,6 +147,41 @@ class FitTracker:
                        batch_loss=self.batch_loss[i], lr=lr))
     return rows
 
+  def time_call(self, what: str, seconds: float, steps: int = 0) -> None:
+    """Counts one call of the train chunk (``what="train"``, ``steps`` long) or of the
+    evaluation (``"eval"``) that took ``seconds``, result included."""
+    if what not in ("train", "eval"):
+      raise ValueError(f"time_call: {what!r} is neither 'train' nor 'eval'")
+    if what not in self._called:
+      self._called.add(what)
+      self.timing["first_call_seconds"] += seconds
+    elif what == "train":
+      self.timing["train_seconds"] += seconds
+      self.timing["train_steps"] += steps
+    else:
+      self.timing["eval_seconds"] += seconds
+      self.timing["evaluations"] += 1
+
+  def timing_summary(self) -> dict:
+    """``timing`` with what follows from it: ms per train step, seconds per evaluation,
+    evaluation's share of the timed seconds, and ``eval_cost``: the seconds of evaluating one
+    image (train and test sets, every replica) over those of training on one example. A
+    value is None until its calls have been timed (a process's first calls compile)."""
+    t = dict(self.timing)
+    train_steps, evaluations = t["train_steps"], t["evaluations"]
+    per_step = t["train_seconds"] / train_steps if train_steps else None
+    per_eval = t["eval_seconds"] / evaluations if evaluations else None
+    images = self.n_train + int(self.header.get("n_test", 0))
+    t.update(
+        train_ms_per_step=None if per_step is None else 1e3 * per_step,
+        eval_seconds_each=per_eval,
+        eval_images=images,
+        eval_cost=(None if per_step is None or per_eval is None
+                   else (per_eval / images) / (per_step / self.batch_size)))
+    timed = t["train_seconds"] + t["eval_seconds"]
+    t["eval_share"] = t["eval_seconds"] / timed if timed else None
+    return t
+
   def num_fitted(self) -> int:
     return sum(f is not None for f in self.fit_step)
 
@@ -155,7 +196,7 @@ class FitTracker:
                        fit_test_acc=self.fit_test_acc,
                        last={k: v.tolist() for k, v in self.last.items()},
                        batch_loss=self.batch_loss.tolist(),
-                       seconds=self.seconds_before + seconds))
+                       seconds=self.seconds_before + seconds, timing=self.timing))
 
   def load(self, meta: dict) -> None:
     self.fit_step = list(meta["fit_step"])
@@ -163,6 +204,8 @@ class FitTracker:
     self.last = {k: np.asarray(v, np.float64) for k, v in meta["last"].items()}
     self.batch_loss = np.asarray([np.nan if v is None else v for v in meta["batch_loss"]])
     self.seconds_before = float(meta["seconds"])
+    # Checkpoints written before timing was recorded have none: it starts from zero.
+    self.timing.update(meta.get("timing", {}))
 
   def summary(self, step: int, status: str, seconds: float) -> dict:
     out = []
@@ -177,4 +220,5 @@ class FitTracker:
           final_train_loss=last.get("train_loss"), final_test_loss=last.get("test_loss"),
           test_confidence=last.get("test_confidence"), test_entropy=last.get("test_entropy")))
     return _plain(dict(self.header, status=status, steps_run=step,
-                       wall_seconds=round(self.seconds_before + seconds, 2), replicas=out))
+                       wall_seconds=round(self.seconds_before + seconds, 2),
+                       timing=self.timing_summary(), replicas=out))

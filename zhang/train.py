@@ -257,7 +257,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
                   num_classes=dataset.num_classes,
                   steps_per_epoch=n_train // config.batch_size,
                   batch_size=config.batch_size, fit_threshold=config.fit_threshold,
-                  config_hash=checkpoint_lib.config_hash(config_dict)))
+                  config_hash=checkpoint_lib.config_hash(config_dict),
+                  # Where ``timing`` was measured (this session's machine).
+                  backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
+                  device_count=jax.device_count()))
   step, saved_step = 0, None
   if restored:
     step, states, meta = restored
@@ -284,7 +287,9 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
     with _preemption_notice() as preempted:
       while True:
         if evaluate_now:
+          t0 = time.perf_counter()
           ev = jax.device_get(fns.evaluate(states, reps, d))
+          tracker.time_call("eval", time.perf_counter() - t0)
           writer.rows(tracker.record(step, ev, float(step_lib.learning_rate(
               fns.hyper, jnp.asarray(step)))))
         done = tracker.all_fitted() or step >= config.max_steps
@@ -301,9 +306,11 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
           break
         stop = min(_next_multiple(step, config.eval_every),
                    _next_multiple(step, config.checkpoint_every), config.max_steps)
+        t0 = time.perf_counter()
         states, loss = fns.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
                                        jnp.asarray(stop - step, jnp.int32))
-        tracker.batch_loss = np.asarray(loss)[:len(replicas)]
+        tracker.batch_loss = np.asarray(loss)[:len(replicas)]  # waits for the chunk
+        tracker.time_call("train", time.perf_counter() - t0, stop - step)
         bar.update(stop - step)
         step = stop
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps
