@@ -50,6 +50,7 @@ import pathlib
 import sys
 
 MODELS = ("inception_small", "alexnet_small", "mlp_1x512")
+DTYPES = ("float32", "bfloat16")
 CONV_NETS = ("alexnet_small", "inception_small", "inception_small_nobn")
 
 
@@ -198,12 +199,12 @@ def eval_costs_from_summaries(paths, fit_paths=(), kind: str | None = None) -> d
 
 # ---------------------------------------------------------------------------- arithmetic
 
-def measure_command(model: str) -> str:
+def measure_command(model: str, extra: str = "") -> str:
   replicas = "1,8,64"
   gpu = " --matmul_n 8192"
   variants = " --conv_gradient jax,explicit" if model in CONV_NETS else ""
   return (f"python benchmarks/throughput.py --models {model} --replicas {replicas}"
-          f"{variants}{gpu} > throughput_{model}.jsonl")
+          f"{variants}{gpu}{extra} >> throughput_{model}.jsonl")
 
 
 def _variant(row: dict) -> tuple:
@@ -221,7 +222,7 @@ def step_time(rows: list[dict], model: str, replicas: int, batch_size: int,
   mine = [r for r in mine if (r.get("compute_dtype") or "float32") == compute_dtype]
   if not mine:
     raise EstimateError(f"no {compute_dtype} throughput rows for {model}; measure them "
-                        f"with: {measure_command(model)}")
+                        f"with: {measure_command(model, ' --compute_dtype ' + compute_dtype)}")
   batch_sizes = {int(r["batch_size"]) for r in mine}
   row_batch = batch_size if batch_size in batch_sizes else max(batch_sizes)
   mine = [r for r in mine if int(r["batch_size"]) == row_batch]
@@ -251,9 +252,10 @@ def step_time(rows: list[dict], model: str, replicas: int, batch_size: int,
 
 def scaling_text(st: dict, replicas: int, batch_size: int) -> str:
   """How the step time at ``replicas`` came from its row, in words and numbers."""
+  dtype = "" if st["compute_dtype"] == "float32" else f", {st['compute_dtype']}"
   text = (f"{st['row_step_ms']:,.3f} ms ({st['step_stat']}, R = {st['row_replicas']}, "
           f"batch {st['row_batch_size']}, {st['strategy']}, conv_gradient "
-          f"{st['conv_gradient']})")
+          f"{st['conv_gradient']}{dtype})")
   if st["row_replicas"] != replicas:
     text += f" x {replicas}/{st['row_replicas']}"
   if st["batch_scaled"]:
@@ -303,7 +305,7 @@ def estimate(rows: list[dict], fits: dict[str, dict], a,
                         f"summary.json of a run of it, or --fit_steps {missing[0]}=N")
   per_model = []
   for model in a.models:
-    st = step_time(rows, model, a.levels * a.seeds, a.batch_size, a.compute_dtype,
+    st = step_time(rows, model, a.levels * a.seeds, a.batch_size, a.dtypes.get(model, "float32"),
                    a.step_stat)
     per_model.append(estimate_model(model, st, fits[model], a, eval_costs.get(model)))
   total = sum(m["seconds"] for m in per_model)
@@ -329,6 +331,11 @@ def estimate(rows: list[dict], fits: dict[str, dict], a,
       f"The run stops at the first evaluation where every replica has fitted "
       f"(train accuracy 1.0), at most max_steps {a.max_steps:,}.",
   ]
+  low = [m["model"] for m in per_model if m["step"]["compute_dtype"] != "float32"]
+  if low:
+    assumptions.append(f"{', '.join(low)} in bfloat16 (--compute_dtype; config field "
+                       f"compute_dtype=bfloat16): an opt-in mode whose curves are close to "
+                       f"float32's, not the same, so its steps-to-fit may differ too.")
   if any(m["fit_assumed"] for m in per_model):
     assumptions.append("Steps-to-fit given with --fit_steps are assumptions, not "
                        "measurements" + (f": {a.fit_source}" if a.fit_source else "."))
@@ -456,7 +463,11 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--max_steps", type=int, default=60_000, help="configs/fig1.py's default")
   p.add_argument("--step_stat", choices=("median", "best"), default="median",
                  help="the rows' step_ms_median or step_ms (the fastest chunk)")
-  p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--compute_dtype", default="float32", metavar="DTYPE|MODEL=DTYPE[,...]",
+                 help="the rows' compute_dtype to use: float32 (default) or bfloat16 for "
+                 "every model, or per model (e.g. inception_small=bfloat16; the others "
+                 "float32). bfloat16 is an opt-in mode with its own numerics "
+                 "(config field compute_dtype)")
   p.add_argument("--budget_hours", type=float, default=1.0)
   p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
   a = p.parse_args(argv)
@@ -466,6 +477,13 @@ def parse(argv=None) -> argparse.Namespace:
       p.error(f"--{name} must be positive")
   if not a.eval_cost > 0:
     p.error("--eval_cost must be positive")
+  a.dtypes = {}
+  for item in filter(None, (t.strip() for t in a.compute_dtype.split(","))):
+    model, sep, dtype = item.rpartition("=")
+    if dtype not in DTYPES or (sep and model not in a.models):
+      p.error(f"--compute_dtype {item!r}: use float32, bfloat16 or MODEL=DTYPE with MODEL "
+              f"one of {', '.join(a.models)}")
+    a.dtypes.update({model: dtype} if sep else {m: dtype for m in a.models})
   return a
 
 

@@ -305,3 +305,37 @@ def test_eval_cost_measured_in_a_summary(tmp_path, mlp_file, capsys):
                  str(untimed)])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and len(err) == 1 and "no timing.eval_cost" in err[0]
+
+
+def test_compute_dtype_per_model(tmp_path, mlp_file, capsys):
+  mlp = read(mlp_file)
+  conv = conv_file(tmp_path, mlp[0])
+  bf16 = write(tmp_path / "bf16.jsonl", [variant(mlp[0], model="inception_small", replicas=64,
+                                                 compute_dtype="bfloat16", conv_gradient="jax",
+                                                 step_ms=250.0,
+                                                 compile_s=30.0)])
+  out = tmp_path / "e.json"
+  rc = est.main([str(mlp_file), str(conv), str(bf16), "--fit_steps", FIT, "--compute_dtype",
+                 "inception_small=bfloat16", "--json", str(out)])
+  text = capsys.readouterr().out
+  assert rc == 0
+  by_model = {m["model"]: m for m in json.loads(out.read_text())["models"]}
+  # Inception from its bfloat16 row; the others float32, as without the flag.
+  assert by_model["inception_small"]["seconds"] == pytest.approx(
+      expected_seconds(1.1 * 250.0 * 33 / 64, 30.0, 16_600), rel=1e-9)
+  assert by_model["alexnet_small"]["seconds"] == pytest.approx(
+      expected_seconds(1.1 * 120.0 * 33 / 64, 5.0, 16_000), rel=1e-9)
+  assert [by_model[m]["step"]["compute_dtype"] for m in est.MODELS] == [
+      "bfloat16", "float32", "float32"]
+  assert "conv_gradient jax, bfloat16) x 33/64" in text and "inception_small in bfloat16" in text
+  # bfloat16 for every model: alexnet_small has no such rows, and the line says how to
+  # measure them; an unknown dtype or model is a usage error.
+  rc = est.main([str(mlp_file), str(conv), str(bf16), "--fit_steps", FIT, "--compute_dtype",
+                 "bfloat16"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "no bfloat16 throughput rows for alexnet_small" in err[0]
+  assert "--compute_dtype bfloat16 >> throughput_alexnet_small.jsonl" in err[0]
+  for bad in ("inception_small=fp16", "resnet=bfloat16"):
+    with pytest.raises(SystemExit) as exit_info:
+      est.main([str(mlp_file), "--fit_steps", FIT, "--compute_dtype", bad])
+    assert exit_info.value.code == 2 and "--compute_dtype" in capsys.readouterr().err
