@@ -176,8 +176,8 @@ def eval_costs_from_summaries(paths, fit_paths=(), kind: str | None = None) -> d
       raise EstimateError(
           f"--eval_cost_from {path}: no timing.eval_cost (a summary.json of zhang train "
           f"from before timing was recorded, or a run with one train chunk or one "
-          f"evaluation after the first, compiling ones): rerun with max_steps >= "
-          f"3 x eval_every")
+          f"evaluation after the first, compiling ones): rerun with max_steps of at least "
+          f"2 x eval_every")
     if not s.get("model"):
       raise EstimateError(f"--eval_cost_from {path}: no model: not a zhang train summary.json")
     if kind is not None and where != kind:
