@@ -31,8 +31,8 @@
 #      CIFAR-10 (3 models x 11 corruption levels x 3 seeds) on this device, with the
 #      steps-to-fit assumed below (FIT_STEPS), and step 4's model's evaluation cost measured
 #      by that run (its summary.json's timing; the other models' assumed, 1/3). It is
-#      given 20 s that the steps before it leave alone. Then the same with alexnet_small and mlp_1x512 run to max_steps
-#      (fig1b_estimate_unfitted, 10 s): the case where their label replicas never reach
+#      given 20 s that the steps before it leave alone. Then the same with alexnet_small
+#      and mlp_1x512 run to max_steps (fig1b_estimate_unfitted, 10 s): the case where their label replicas never reach
 #      100% train accuracy (benchmarks/RESULTS.md, "Steps-to-fit at full size");
 #   6. benchmarks/roofline.py on the same rows: each step's floor, from its FLOPs at the
 #      same-process matmul rate and its unavoidable bytes at the same-process bandwidth
