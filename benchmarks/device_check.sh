@@ -32,8 +32,9 @@
 #      steps-to-fit assumed below (FIT_STEPS), and step 4's model's evaluation cost measured
 #      by that run (its summary.json's timing; the other models' assumed, 1/3). It is
 #      given 20 s that the steps before it leave alone. Then the same with alexnet_small
-#      and mlp_1x512 run to max_steps (fig1b_estimate_unfitted, 10 s): the case where their label replicas never reach
-#      100% train accuracy (benchmarks/RESULTS.md, "Steps-to-fit at full size");
+#      and mlp_1x512 run to max_steps (fig1b_estimate_unfitted, 10 s): the case where
+#      their label replicas never reach 100% train accuracy (benchmarks/RESULTS.md,
+#      "Steps-to-fit at full size");
 #   6. benchmarks/roofline.py on the same rows: each step's floor, from its FLOPs at the
 #      same-process matmul rate and its unavoidable bytes at the same-process bandwidth
 #      (the rows' memory_bytes_per_s), and how close the measured step is to it. Given 30 s
