@@ -39,16 +39,24 @@
 #      same-process matmul rate and its unavoidable bytes at the same-process bandwidth
 #      (the rows' memory_bytes_per_s), and how close the measured step is to it. Given 30 s
 #      that the steps before it leave alone (it traces each model abstractly).
+#   7-9, optional, with the time steps 1-6 leave unused (skipped, or failing, they do not
+#      fail the check): 7. inception_small at R = 64, map, bfloat16 (45 s); 8. the two
+#      estimates of step 5 with inception_small in bf16 (10 s each); 9. benchmarks/
+#      profile_step.py, inception_small at R = 8, map: its step's op kinds and kernels by
+#      time (60 s).
 # --quick runs the same with the defaults (one strategy): mlp_1x512 R = 1, 4;
-# inception_small and alexnet_small R = 1 at batch 2; a 20-step MLP grid on 256 images.
+# inception_small and alexnet_small R = 1 at batch 2; a 20-step MLP grid on 256 images;
+# and for steps 7-9, mlp_1x512's bf16 row at R = 1 and a profile of mlp_1x512 at R = 2.
 # Writes under ${OUT:-results}/: throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl
 # (throughput.py's rows), fig1_summary.json, fig1_metrics.jsonl and fig1_config.json (the
 # run's own files), fig1b_estimate.md and fig1b_estimate.json (the estimate and its
 # arithmetic), fig1b_estimate_unfitted.{md,json} (its max_steps case), roofline.md and
-# roofline.json (step 6), device_check.json (machine, per-step
-# exit codes and seconds, the rows, the run's outcome, the estimate and the roofline in short)
-# and device_check.log (everything printed). Exits 0
-# when every step did, else 1; a step that fails or times out does not stop the next ones.
+# roofline.json (step 6), throughput_bf16.jsonl,
+# fig1b_estimate{,_unfitted}_bf16.{md,json} and profile.txt (steps 7-9), device_check.json
+# (machine, per-step exit codes and seconds, the rows, the run's outcome, the estimates, the
+# roofline and the profile's headline in short) and device_check.log (everything printed).
+# Exits 0 when every required step (1-6) did, else 1; a step that fails or times out does
+# not stop the next ones.
 # PYTHON picks the interpreter (python3).
 set -euo pipefail
 
@@ -158,11 +166,14 @@ fi
 # writes none): the estimate, above all, must read only this machine's rows.
 rm -f "$out"/throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl \
   "$out"/fig1_{summary.json,metrics.jsonl,config.json} "$out"/fig1b_estimate.{md,json} \
-  "$out"/fig1b_estimate_unfitted.{md,json} "$out"/roofline.{md,json} "$out/device_check.json"
+  "$out"/fig1b_estimate_unfitted.{md,json} "$out"/roofline.{md,json} "$out/device_check.json" \
+  "$out"/throughput_bf16.jsonl "$out"/fig1b_estimate{,_unfitted}_bf16.{md,json} \
+  "$out/profile.txt"
 # run_step NAME LIMIT STDOUT_FILE|- COMMAND...: runs under timeout (capped to the seconds
 # left of the total, less $reserve kept for the steps after it), records "name rc seconds
 # limit"; never stops the script.
 reserve=0
+optional=0  # 1: the steps after the required ones, run with the time those leave unused
 run_step() {
   local name=$1 limit=$2 dest=$3 rc=0 t0 t1  # t0, t1 in ns; steps.tsv holds ms
   shift 3
@@ -171,7 +182,8 @@ run_step() {
   (( limit > remaining - 15 )) && limit=$(( remaining - 15 ))
   if (( limit < 10 )); then
     echo "== $name: skipped, $remaining s left of $total (less $reserve s reserved)"
-    printf '%s\t%s\t%s\t%s\n' "$name" skipped 0 "$limit" >> "$scratch/steps.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" skipped 0 "$limit" "$optional" \
+      >> "$scratch/steps.tsv"
     return 0
   fi
   echo "== $name (limit ${limit} s): $*"
@@ -183,8 +195,8 @@ run_step() {
     cat "$dest"
   fi
   t1=$(now)
-  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" $(( (t1 - t0) / 1000000 )) "$limit" \
-    >> "$scratch/steps.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" $(( (t1 - t0) / 1000000 )) "$limit" \
+    "$optional" >> "$scratch/steps.tsv"
   echo "== $name: exit $rc"
 }
 
@@ -276,8 +288,45 @@ if (( ${#rows[@]} )); then
     --json "$out/roofline.json"
 else
   echo "== roofline: skipped, no throughput rows"
-  printf '%s\t%s\t%s\t%s\n' roofline skipped 0 30 >> "$scratch/steps.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' roofline skipped 0 30 0 >> "$scratch/steps.tsv"
 fi
+
+# ---------------------------------------------------------------------------- 7-9, optional
+
+# With the time the steps above leave (on the H200 in 2026-11, about 100 s), in this order:
+# 7. inception_small at R = 64, map, in bfloat16: the row the estimate lacked (map was 1.37x
+#    vmap in fp32, and bf16 1.52x fp32 under vmap); --quick: mlp_1x512 at R = 1;
+# 8. the two estimates again with that model's bf16 rows (--compute_dtype MODEL=bfloat16);
+# 9. a profile of inception_small's step (map, R = 8): its op kinds and kernels by time;
+#    --quick: mlp_1x512 at R = 2.
+optional=1
+if (( quick )); then
+  bf16_model=mlp_1x512
+  run_step throughput_bf16 60 "$out/throughput_bf16.jsonl" "${tp[@]}" --models mlp_1x512 \
+    --replicas 1 "${tiny[@]}" --compute_dtype bfloat16
+  profile=(--model mlp_1x512 --replicas 2 --batch_size 4 --steps 1 --input_shape 8,8,1)
+else
+  bf16_model=inception_small
+  run_step throughput_bf16 45 "$out/throughput_bf16.jsonl" "${tp[@]}" \
+    --models inception_small --replicas 64 --strategy map --compute_dtype bfloat16 \
+    --matmul_n 8192
+  profile=(--model inception_small --replicas 8 --batch_size 128 --steps 2 --strategy map
+           --top 20)
+fi
+if [[ -s "$out/throughput_bf16.jsonl" ]]; then
+  bf16_rows=("$out"/throughput_{mlp_1x512,inception_small,alexnet_small,bf16}.jsonl)
+  run_step fig1b_estimate_bf16 10 "$out/fig1b_estimate_bf16.md" "$PYTHON" \
+    benchmarks/estimate_fig1b.py "${bf16_rows[@]}" --fit_steps "$FIT_STEPS" \
+    --fit_source "$FIT_SOURCE" "${eval_cost_from[@]}" \
+    --compute_dtype "$bf16_model=bfloat16" --json "$out/fig1b_estimate_bf16.json"
+  run_step fig1b_estimate_unfitted_bf16 10 "$out/fig1b_estimate_unfitted_bf16.md" "$PYTHON" \
+    benchmarks/estimate_fig1b.py "${bf16_rows[@]}" \
+    --fit_steps inception_small=16600,alexnet_small=60000,mlp_1x512=60000 \
+    --fit_source "as fig1b_estimate_unfitted.md" "${eval_cost_from[@]}" \
+    --compute_dtype "$bf16_model=bfloat16" --json "$out/fig1b_estimate_unfitted_bf16.json"
+fi
+run_step profile 60 "$out/profile.txt" "$PYTHON" benchmarks/profile_step.py "${profile[@]}"
+optional=0
 
 # ---------------------------------------------------------------------------- summary
 
@@ -288,21 +337,23 @@ env_file, steps_file, out, quick, start, fig1_command = sys.argv[1:]
 out = pathlib.Path(out)
 steps = {}
 for line in open(steps_file):
-  name, rc, seconds, limit = line.rstrip("\n").split("\t")
+  name, rc, seconds, limit, optional = line.rstrip("\n").split("\t")
   steps[name] = dict(rc=None if rc == "skipped" else int(rc), skipped=rc == "skipped",
-                     seconds=round(int(seconds) / 1000, 1), limit_s=int(limit))
+                     seconds=round(int(seconds) / 1000, 1), limit_s=int(limit),
+                     optional=optional == "1")
 
 def rows(path):
   if not path.exists():
     return []
   return [json.loads(l) for l in path.read_text().splitlines() if l.startswith("{")]
 
-keep = ("model", "strategy", "conv_gradient", "replicas", "batch_size", "step_ms",
+keep = ("model", "strategy", "conv_gradient", "compute_dtype", "replicas", "batch_size",
+        "step_ms",
         "compile_s", "examples_per_s", "flops_per_s", "needed_flops_per_s",
         "fraction_of_matmul", "needed_fraction_of_matmul", "matmul_flops_per_s")
 throughput = [{k: r.get(k) for k in keep}
               for f in ("throughput_mlp_1x512.jsonl", "throughput_inception_small.jsonl",
-                        "throughput_alexnet_small.jsonl")
+                        "throughput_alexnet_small.jsonl", "throughput_bf16.jsonl")
               for r in rows(out / f)]
 fig1 = None
 summary_file = out / "fig1_summary.json"
@@ -337,6 +388,19 @@ if estimate and unfitted_file.exists():
   estimate["if_alexnet_and_mlp_never_fit"] = {
       k: u[k] for k in ("total_seconds", "total_hours", "under_budget")}
   estimate["files"] += ["fig1b_estimate_unfitted.md", "fig1b_estimate_unfitted.json"]
+# Steps 7-8: the estimates with one model (inception_small; --quick: mlp_1x512) in bf16.
+for name, key in (("fig1b_estimate_bf16", "with_bf16"),
+                  ("fig1b_estimate_unfitted_bf16", "with_bf16_if_never_fit")):
+  if estimate and (out / f"{name}.json").exists():
+    b = json.loads((out / f"{name}.json").read_text())
+    low = [m["model"] for m in b["models"] if m["step"]["compute_dtype"] == "bfloat16"]
+    estimate[key] = dict({k: b[k] for k in ("total_seconds", "total_hours", "under_budget")},
+                         bf16_models=low)
+    estimate["files"] += [f"{name}.md", f"{name}.json"]
+profile = None
+profile_file = out / "profile.txt"
+if profile_file.exists() and profile_file.stat().st_size:
+  profile = dict(file="profile.txt", headline=profile_file.read_text().splitlines()[0])
 roofline = None
 roofline_file = out / "roofline.json"
 if roofline_file.exists():
@@ -345,10 +409,11 @@ if roofline_file.exists():
                                      "best_fraction", "fraction_of_matmul",
                                      "bandwidth_bytes_per_s", "bandwidth_measured")}
               for r in json.loads(roofline_file.read_text())]
+# ok: every required step ran and exited 0; the optional ones (7-9) may be skipped or fail.
 result = dict(env=json.load(open(env_file)), quick=quick == "1", steps=steps,
               throughput=throughput, fig1=fig1, fig1b_estimate=estimate, roofline=roofline,
-              total_seconds=round(time.time() - int(start), 1),
-              ok=all(v["rc"] == 0 for v in steps.values()))
+              profile=profile, total_seconds=round(time.time() - int(start), 1),
+              ok=all(v["rc"] == 0 for v in steps.values() if not v["optional"]))
 (out / "device_check.json").write_text(json.dumps(result, indent=1) + "\n")
 
 e = result["env"]
@@ -356,12 +421,14 @@ print(f"\n== device_check summary: {e['backend']} ({e['device_kind']} x{e['devic
       f"jax {e['jax_version']}, {result['total_seconds']:.0f} s in all")
 for name, v in steps.items():
   state = "skipped" if v["skipped"] else f"exit {v['rc']}"
-  print(f"  {name:<28} {state:<8} {v['seconds']:>7.1f} s (limit {v['limit_s']} s)")
-print(f"  {'model':<16} {'variant':<15} {'R':>4} {'step ms':>9} {'compile s':>9} "
+  print(f"  {name:<30} {state:<8} {v['seconds']:>7.1f} s (limit {v['limit_s']} s)"
+        f"{', optional' if v['optional'] else ''}")
+print(f"  {'model':<16} {'variant':<20} {'R':>4} {'step ms':>9} {'compile s':>9} "
       f"{'ex/s':>11} {'TF/s':>7} {'x matmul':>8}")
 for r in throughput:
-  variant = f"{r['strategy']}/{r['conv_gradient'] or '-'}"
-  print(f"  {r['model']:<16} {variant:<15} {r['replicas']:>4} {r['step_ms']:>9.2f} "
+  dtype = "" if (r["compute_dtype"] or "float32") == "float32" else "/bf16"
+  variant = f"{r['strategy']}/{r['conv_gradient'] or '-'}{dtype}"
+  print(f"  {r['model']:<16} {variant:<20} {r['replicas']:>4} {r['step_ms']:>9.2f} "
         f"{r['compile_s']:>9.1f} {r['examples_per_s']:>11,.0f} "
         f"{r['flops_per_s'] / 1e12:>7.2f} {r['fraction_of_matmul']:>8.3f}")
 if fig1:
@@ -394,6 +461,13 @@ if estimate:
     print(f"    if alexnet_small and mlp_1x512 never fit (run to max_steps): "
           f"{never['total_seconds']:,.0f} s = {never['total_hours']:.2f} h; "
           f"fig1b_estimate_unfitted.md")
+  for key, what, f in (("with_bf16", "with {} in bf16", "fig1b_estimate_bf16.md"),
+                       ("with_bf16_if_never_fit", "with {} in bf16, if they never fit",
+                        "fig1b_estimate_unfitted_bf16.md")):
+    if estimate.get(key):
+      e = estimate[key]
+      print(f"    {what.format(', '.join(e['bf16_models']))}: {e['total_seconds']:,.0f} s = "
+            f"{e['total_hours']:.2f} h; {f}")
 else:
   print("  fig1b estimate: none (see fig1b_estimate step)")
 if roofline:
@@ -405,6 +479,7 @@ if roofline:
           f"{r['floor_ms']:>9.3f} {r['of_floor']:>8.3f} {r['best_fraction']:>5.2f}")
 else:
   print("  roofline: none (see roofline step)")
+print(f"  profile: {profile['headline']} (profile.txt)" if profile else "  profile: none")
 print(f"  results: {out}")
 EOF
 ok=$("$PYTHON" -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["ok"]))' \

@@ -17,6 +17,16 @@ shapes and dimension labels from the compiled HLO. Per step: the traced chunk's 
 by its steps. Op times are summed over threads, so on several cores they can add up to more
 than the step. With Eigen's convolutions (``--cpu_kernels eigen``, what conv nets get on CPU)
 the trace shows only their dispatch: compare ``--cpu_kernels default`` for a per-op view.
+
+On a GPU (or TPU) only the device's own timeline counts: each kernel is charged to the HLO op
+it ran for (its ``hlo_op`` stat), and a table of the kernels themselves follows, which says
+which convolution algorithms cuDNN picked. On GPU, XLA runs runs of kernels as CUDA graphs
+("command buffers"), whose kernels the profiler cannot charge to HLO ops; this script turns
+them off (``--xla_gpu_enable_command_buffer=``, unless XLA_FLAGS sets it), so its traced step
+can be a little slower than ``throughput.py``'s. The flag is read when the backend starts: a
+process that has already used jax keeps its setting.
+
+  python benchmarks/profile_step.py --model inception_small --replicas 8 --batch_size 128 --strategy map
 """
 
 from __future__ import annotations
@@ -24,11 +34,13 @@ from __future__ import annotations
 import argparse
 import collections
 import math
+import os
 import pathlib
 import re
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,18 +53,56 @@ _WRAPPERS = ("ThunkExecutor", "$", "SlinkyThreadPool", "while", "PjitFunction",
              "CommonPjRt", "ParseArguments")
 
 
-def op_times(trace_dir: str) -> collections.Counter:
-  """Total nanoseconds per event name in the trace written under ``trace_dir``."""
+_ACCELERATORS = ("/device:GPU", "/device:TPU")
+_DERIVED_LINES = ("XLA Modules", "Steps", "Launch Stats", "Source code", "XLA TraceMe",
+                  "Async XLA Ops", "TensorFlow Ops", "TensorFlow Name Scope")
+
+
+class Trace(NamedTuple):
+  ops: collections.Counter  # nanoseconds per op: HLO op names, or CPU thunk and fusion names
+  kernels: collections.Counter  # nanoseconds per accelerator kernel name (empty on CPU)
+  calls: collections.Counter  # launches per kernel name
+  source: str  # which planes and lines were read
+
+
+def op_times(trace_dir: str) -> Trace:
+  """Nanoseconds per op in the trace written under ``trace_dir``.
+
+  On CPU: every event of every plane, by name. With an accelerator plane (``/device:GPU:N``
+  or ``/device:TPU:N``): only those planes' kernel timelines (their ``XLA Ops`` line where
+  the trace has one, else their ``Stream`` lines, else every line but the derived ones);
+  each event is charged to its ``hlo_op`` stat (falling back to its name) and also counted
+  by its own name, the kernel's."""
   files = sorted(pathlib.Path(trace_dir).rglob("*.xplane.pb"))
   if not files:
     raise SystemExit(f"profile_step: no trace was written under {trace_dir}")
-  data = jax.profiler.ProfileData.from_file(str(files[-1]))
-  totals = collections.Counter()
-  for plane in data.planes:
-    for line in plane.lines:
+  return trace_times(jax.profiler.ProfileData.from_file(str(files[-1])))
+
+
+def trace_times(data) -> Trace:
+  """``op_times`` of a loaded ``jax.profiler.ProfileData``."""
+  ops, kernels, calls = (collections.Counter() for _ in range(3))
+  device = [p for p in data.planes if p.name.startswith(_ACCELERATORS)]
+  if not device:
+    for plane in data.planes:
+      for line in plane.lines:
+        for event in line.events:
+          ops[event.name] += event.duration_ns
+    return Trace(ops, kernels, calls, "every host event")
+  used = []
+  for plane in device:
+    lines = list(plane.lines)
+    chosen = ([l for l in lines if l.name == "XLA Ops"]
+              or [l for l in lines if l.name.startswith("Stream")]
+              or [l for l in lines if l.name not in _DERIVED_LINES])
+    used.append(f"{plane.name}: {', '.join(sorted({l.name for l in chosen}))}")
+    for line in chosen:
       for event in line.events:
-        totals[event.name] += event.duration_ns
-  return totals
+        op = dict(event.stats).get("hlo_op") or event.name
+        ops[op] += event.duration_ns
+        kernels[event.name] += event.duration_ns
+        calls[event.name] += 1
+  return Trace(ops, kernels, calls, "; ".join(used))
 
 
 def _dims(shape: str) -> list[int]:
@@ -79,6 +129,36 @@ _CONV = (r"= (\S+) convolution\(%([\w.-]+), %([\w.-]+)\), window=\{([^}]*)\}, "
 
 _DOT = r"= (\S+) dot\(.*?\), (lhs_batch_dims=.*?rhs_contracting_dims=\{[\d,]*\})"
 
+# cuDNN's convolutions on GPU: custom calls that keep the forward convolution's window and
+# dim_labels whatever their kind (forward, or the input or weight gradient).
+_CUDNN = (r"%([\w.-]+) = \(?(\w+\[[\d,]*\])\S* .*?custom-call\(([^)]*)\), "
+          r"window=\{([^}]*)\}, dim_labels=([^,\s]+)(.*?)"
+          r"custom_call_target=\"__cudnn\$conv(\w*)\"")
+# cuBLAS's products on GPU (XLA's own, Triton's, are fusions with a dot inside).
+_CUBLAS = (r"%([\w.-]+) = \(?(\w+\[[\d,]*\])\S* .*?custom-call\(.*?"
+           r"custom_call_target=\"(__cublas\S*?)\"")
+
+
+def _cudnn_row(conv: re.Match, shapes: dict) -> tuple:
+  """(result shape, 'conv', window and dim_labels, role, multiply-adds x 2) of a cuDNN
+  convolution matched by ``_CUDNN``; ``shapes`` maps operand names to their shapes."""
+  _, result, operands, window, labels, rest, kind = conv.groups()
+  inline = {n: sh for sh, n in re.findall(r"(\w+\[[\d,]*\])(?:\{[^}]*\})? %([\w.-]+)",
+                                          operands)}
+  dims = [_dims(inline.get(n) or shapes.get(n, "f32[]"))
+          for n in re.findall(r"%([\w.-]+)", operands)[:2]] + [[], []]
+  role = {"BackwardInput": "input grad", "BackwardFilter": "weight grad"}.get(kind, "forward")
+  # The forward convolution's output and filter, wherever this kind has them.
+  output, kernel = {"forward": (_dims(result), dims[1]), "input grad": (dims[0], dims[1]),
+                    "weight grad": (dims[1], _dims(result))}[role]
+  rhs = labels.split("->")[0].split("_")[-1]
+  flops = 0
+  if output and "o" in rhs and len(kernel) == len(rhs) and all(kernel):
+    flops = 2 * math.prod(output) * math.prod(kernel) // kernel[rhs.index("o")]
+  groups = re.search(r"feature_group_count=(\d+)", rest)
+  return (result, "conv", f"{labels} {window}" + (f" groups={groups.group(1)}" if groups else ""),
+          role, flops)
+
 
 def fusion_contents(hlo: str) -> dict:
   """op name -> (result shape, 'conv' | 'dot' | '', window and dim_labels if a conv,
@@ -100,6 +180,11 @@ def fusion_contents(hlo: str) -> dict:
     out[m.group(1)] = _conv_row(conv, params, m.group(2).split("{")[0])
   # Unfused convolutions: those outside every fused computation.
   shapes = dict(re.findall(r"%([\w.-]+) = (\w+\[[\d,]*\])", hlo))
+  for line in hlo.splitlines():  # GPU: cuDNN's convolutions and cuBLAS's products
+    if "custom_call_target=\"__cudnn$conv" in line and (conv := re.search(_CUDNN, line)):
+      out[conv.group(1)] = _cudnn_row(conv, shapes)
+    elif "custom_call_target=\"__cublas" in line and (gemm := re.search(_CUBLAS, line)):
+      out[gemm.group(1)] = (gemm.group(2), "dot", gemm.group(3), "", 0)
   computation = None
   for line in hlo.splitlines():
     head = re.match(r"(?:ENTRY )?%([\w.-]+) .*\{$", line)
@@ -134,13 +219,18 @@ def main(argv=None) -> None:
   p.add_argument("--kind", default="labels", choices=randomize.KINDS,
                  help="the replicas' randomization (the pixel kinds' inputs are made in the "
                  "step)")
+  p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--top", type=int, default=15, help="rows of each table")
   args = p.parse_args(argv)
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_gpu_enable_command_buffer" not in flags:  # read when the backend starts
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_command_buffer=".strip()
 
   shape = tuple(int(v) for v in args.input_shape.split(","))
   dataset = throughput.synthetic_dataset(max(512, args.batch_size), shape)
   fns, d, reps, states = throughput.setup(args.model, args.replicas, dataset, args.batch_size,
                                           strategy=args.strategy,
+                                          compute_dtype=args.compute_dtype,
                                           conv_gradient=args.conv_gradient,
                                           cpu_kernels=args.cpu_kernels, kind=args.kind)
   compiled, _ = throughput.compile_chunk(fns, d, reps, states, args.steps)
@@ -154,19 +244,28 @@ def main(argv=None) -> None:
     loss.block_until_ready()
     step_ms = (time.perf_counter() - t) / args.steps * 1e3
     jax.profiler.stop_trace()
-    totals = op_times(trace_dir)
+    trace = op_times(trace_dir)
 
   per_step = lambda ns: ns / 1e6 / args.steps
-  ops = {k: v for k, v in totals.items() if not k.startswith(_WRAPPERS)}
+  ops = {k: v for k, v in trace.ops.items() if not k.startswith(_WRAPPERS)}
   kinds = collections.Counter()
   for name, ns in ops.items():
     kinds[re.sub(r"\.\d+$", "", name)] += ns
   whole = sum(kinds.values())
+  dtype = "" if args.compute_dtype == "float32" else f", {args.compute_dtype}"
   print(f"{args.model}, R = {args.replicas}, batch {args.batch_size}, strategy "
-        f"{fns.hyper.strategy}: {step_ms:.1f} ms per step (traced), ops {per_step(whole):.1f} ms")
+        f"{fns.hyper.strategy}{dtype}, {jax.default_backend()} ({jax.devices()[0].device_kind}): "
+        f"{step_ms:.1f} ms per step (traced), ops {per_step(whole):.1f} ms")
+  print(f"trace: {trace.source}")
   print("\nms/step   share  op kind")
   for name, ns in kinds.most_common(args.top):
     print(f"{per_step(ns):7.1f}  {100 * ns / whole:5.1f}%  {name}")
+  if trace.kernels:
+    total = sum(trace.kernels.values())
+    print("\nms/step   share  calls/step  kernel")
+    for name, ns in trace.kernels.most_common(args.top):
+      print(f"{per_step(ns):7.2f}  {100 * ns / total:5.1f}%  {trace.calls[name] / args.steps:10.1f}"
+            f"  {name[:110]}")
 
   contents = fusion_contents(compiled.as_text())
   rows = [(per_step(ops.get(name, 0)), name, *c) for name, c in contents.items() if c[1]]

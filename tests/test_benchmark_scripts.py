@@ -138,3 +138,81 @@ def test_roofline_counts_the_mlps_bytes_and_its_floor(tmp_path, capsys):
   measured = roofline.analyse(dict(row, memory_bytes_per_s=2e10))
   assert measured["bandwidth_measured"] and measured["memory_ms"] == pytest.approx(memory_ms / 2)
   assert not roofline.analyse(dict(row, memory_bytes_per_s=2e10), 1e10)["bandwidth_measured"]
+
+
+def _xspace(planes: str, names: list[str]) -> str:
+  """A text-format XSpace: ``planes`` with event metadata ids 1.. for ``names`` and stat
+  metadata id 100 for ``hlo_op`` added to every plane."""
+  meta = "".join(f'event_metadata {{ key: {i} value {{ id: {i} name: "{n}" }} }}\n'
+                 for i, n in enumerate(names, 1))
+  meta += 'stat_metadata { key: 100 value { id: 100 name: "hlo_op" } }\n'
+  return planes.replace("META", meta)
+
+
+def _event(meta_id: int, ns: int, hlo_op: str | None = None) -> str:
+  stat = f' stats {{ metadata_id: 100 str_value: "{hlo_op}" }}' if hlo_op else ""
+  return f"events {{ metadata_id: {meta_id} duration_ps: {ns * 1000}{stat} }}\n"
+
+
+def test_profile_step_charges_gpu_kernels_to_their_hlo_ops():
+  from jax.profiler import ProfileData
+  names = ["PjitFunction(train_chunk)", "sm90_xmma_fprop_tf32", "loop_add_fusion",
+           "sm90_xmma_wgrad_tf32", "jit_train_chunk"]
+  host = ('planes { id: 1 name: "/host:CPU" META lines { id: 1 name: "python" '
+          + _event(1, 50_000) + "} }\n")
+  streams = ('lines { id: 1 name: "Stream #13(XLA Ops)" ' + _event(2, 700, "cudnn-conv.1")
+             + _event(3, 100, "loop_add_fusion.2") + _event(2, 300, "cudnn-conv.1") + "}\n"
+             'lines { id: 2 name: "Stream #14" ' + _event(4, 900, "cudnn-conv-bw-filter.3")
+             + "}\n"
+             'lines { id: 3 name: "XLA Modules" ' + _event(5, 2_000) + "}\n")
+  gpu = 'planes { id: 2 name: "/device:GPU:0" META ' + streams + "}\n"
+  trace = profile_step.trace_times(ProfileData.from_text_proto(_xspace(host + gpu, names)))
+  # Only the device's kernels count (not the host's events, nor the module line over them).
+  assert trace.ops == {"cudnn-conv.1": 1000, "loop_add_fusion.2": 100,
+                       "cudnn-conv-bw-filter.3": 900}
+  assert trace.kernels == {"sm90_xmma_fprop_tf32": 1000, "loop_add_fusion": 100,
+                           "sm90_xmma_wgrad_tf32": 900}
+  assert trace.calls["sm90_xmma_fprop_tf32"] == 2
+  assert "Stream #13(XLA Ops)" in trace.source and "XLA Modules" not in trace.source
+
+  # Where the trace has an "XLA Ops" line (events named by HLO op), only that line is read;
+  # an event without an hlo_op stat is charged to its own name.
+  ops_line = ('lines { id: 4 name: "XLA Ops" ' + _event(2, 400, "fusion.7") + _event(3, 50)
+              + "}\n")
+  gpu = 'planes { id: 2 name: "/device:GPU:0" META ' + streams + ops_line + "}\n"
+  trace = profile_step.trace_times(ProfileData.from_text_proto(_xspace(gpu, names)))
+  assert trace.ops == {"fusion.7": 400, "loop_add_fusion": 50}
+
+  # On CPU (no device plane) every event counts, by name.
+  trace = profile_step.trace_times(ProfileData.from_text_proto(_xspace(host, names)))
+  assert trace.ops == {"PjitFunction(train_chunk)": 50_000} and not trace.kernels
+
+
+def test_profile_step_reads_cudnn_convolutions_and_cublas_products():
+  n, h, w, cin, cout, groups = 128, 28, 28, 3, 96, 8
+  fwd = 2 * n * h * w * cout * 3 * 3 * cin  # one replica's 3x3 convolution
+  hlo = f"""ENTRY %main (p0: f32[{n},{h},{w},{cin}]) -> f32[{n},{h},{w},{cin}] {{
+  %p0 = f32[{n},{h},{w},{cin}]{{3,2,1,0}} parameter(0)
+  %p1 = f32[3,3,{cin},{cout}]{{3,2,1,0}} parameter(1)
+  %dy = f32[{n},{h},{w},{cout}]{{3,2,1,0}} parameter(2)
+  %cudnn-conv.1 = (f32[{n},{h},{w},{cout}]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%p0, %p1), window={{size=3x3 pad=1_1x1_1}}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convForward", backend_config={{}}
+  %cudnn-conv-bw-filter.2 = (f32[3,3,{cin},{cout}]{{3,2,1,0}}, u8[0]{{0}}) custom-call(f32[{n},{h},{w},{cin}]{{3,2,1,0}} %p0, f32[{n},{h},{w},{cout}]{{3,2,1,0}} %dy), window={{size=3x3 pad=1_1x1_1}}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %cudnn-conv-bw-input.3 = (f32[{n},{h},{w},{cin}]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%dy, %p1), window={{size=3x3 pad=1_1x1_1}}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %pg = f32[{n},{h},{w},{groups * cin}]{{3,2,1,0}} parameter(3)
+  %kg = f32[3,3,{cin},{groups * cout}]{{3,2,1,0}} parameter(4)
+  %cudnn-conv.4 = (f32[{n},{h},{w},{groups * cout}]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%pg, %kg), window={{size=3x3 pad=1_1x1_1}}, dim_labels=b01f_01io->b01f, feature_group_count={groups}, custom_call_target="__cudnn$convForward"
+  %a = f32[{n},512]{{1,0}} parameter(5)
+  %b = f32[512,10]{{1,0}} parameter(6)
+  ROOT %gemm.5 = (f32[{n},10]{{1,0}}, s8[0]{{0}}) custom-call(%a, %b), custom_call_target="__cublas$gemm", backend_config={{}}
+}}
+"""
+  rows = profile_step.fusion_contents(hlo)
+  assert {k: (v[1], v[3], v[4]) for k, v in rows.items()} == {
+      "cudnn-conv.1": ("conv", "forward", fwd),
+      "cudnn-conv-bw-filter.2": ("conv", "weight grad", fwd),
+      "cudnn-conv-bw-input.3": ("conv", "input grad", fwd),
+      "cudnn-conv.4": ("conv", "forward", groups * fwd),  # grouped: 8 replicas' products
+      "gemm.5": ("dot", "", 0)}
+  assert rows["cudnn-conv.1"][0] == f"f32[{n},{h},{w},{cout}]"
+  assert rows["cudnn-conv.4"][2].endswith(f"groups={groups}")
+  assert rows["gemm.5"][2] == "__cublas$gemm"

@@ -19,14 +19,17 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
 
   result = json.loads((out / "device_check.json").read_text())
   assert result["ok"] and result["quick"] and result["env"]["backend"] == "cpu"
-  assert set(result["steps"]) == {"throughput_mlp_1x512", "throughput_inception_small",
-                                  "throughput_alexnet_small", "fig1_synthetic_cifar10",
-                                  "fig1b_estimate", "fig1b_estimate_unfitted", "roofline"}
+  required = ["throughput_mlp_1x512", "throughput_inception_small", "throughput_alexnet_small",
+              "fig1_synthetic_cifar10", "fig1b_estimate", "fig1b_estimate_unfitted", "roofline"]
+  optional = ["throughput_bf16", "fig1b_estimate_bf16", "fig1b_estimate_unfitted_bf16",
+              "profile"]
+  assert list(result["steps"]) == required + optional
+  assert [s["optional"] for s in result["steps"].values()] == [False] * 7 + [True] * 4
   assert all(s["rc"] == 0 and not s["skipped"] for s in result["steps"].values())
   # The estimate reads a few files (well under 0.05 s, which rounds to 0.0).
   assert all(s["seconds"] > 0 for n, s in result["steps"].items()
              if not n.startswith("fig1b_estimate"))
-  assert [s["limit_s"] for s in result["steps"].values()][-3:] == [20, 10, 30]
+  assert [s["limit_s"] for s in result["steps"].values()][4:7] == [20, 10, 30]
 
   for model, replicas in (("mlp_1x512", [1, 4]), ("inception_small", [1]),
                           ("alexnet_small", [1])):
@@ -79,6 +82,27 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
              for r in roofline)
   assert [r["of_floor"] for r in result["roofline"]] == [r["of_floor"] for r in roofline]
   assert "| mlp_1x512 |" in (out / "roofline.md").read_text()
+  # Steps 7-9: mlp_1x512's bf16 row, the estimates with it, and a profile.
+  (bf16,) = [json.loads(line) for line in (out / "throughput_bf16.jsonl").open()]
+  assert (bf16["model"], bf16["compute_dtype"], bf16["replicas"]) == ("mlp_1x512", "bfloat16", 1)
+  for name, fitted in (("fig1b_estimate_bf16", estimate), ("fig1b_estimate_unfitted_bf16",
+                                                           unfitted)):
+    low = json.loads((out / f"{name}.json").read_text())
+    dtypes = {m["model"]: m["step"]["compute_dtype"] for m in low["models"]}
+    assert dtypes == {"inception_small": "float32", "alexnet_small": "float32",
+                      "mlp_1x512": "bfloat16"}
+    # Only the MLP's term changes, to its bf16 row's step time.
+    assert [m["seconds"] for m in low["models"][:2]] == [
+        m["seconds"] for m in fitted["models"][:2]]
+    step = low["models"][2]["step"]
+    assert step["row_replicas"] == 1 and step["row_step_ms"] == bf16["step_ms_median"]
+    assert low["models"][2]["seconds"] != fitted["models"][2]["seconds"]
+  assert short["with_bf16"]["bf16_models"] == ["mlp_1x512"]
+  assert short["with_bf16_if_never_fit"]["total_seconds"] == json.loads(
+      (out / "fig1b_estimate_unfitted_bf16.json").read_text())["total_seconds"]
+  profile = (out / "profile.txt").read_text()
+  assert profile.startswith("mlp_1x512, R = 2, batch 4, strategy vmap, cpu")
+  assert result["profile"]["headline"] == profile.splitlines()[0]
   log = (out / "device_check.log").read_text()
   assert "device_check summary" in log and "fig1b estimate (CIFAR-10" in log
   assert "eval cost 0.333 assumed" in log and "training examples per image" in log
