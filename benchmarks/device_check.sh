@@ -42,21 +42,22 @@
 #   7-9, optional, with the time steps 1-6 leave unused (skipped, or failing, they do not
 #      fail the check): 7. inception_small at R = 64, map, bfloat16 (45 s); 8. the two
 #      estimates of step 5 with inception_small in bf16 (10 s each); 9. benchmarks/
-#      profile_step.py, inception_small at R = 8, map: its step's op kinds and kernels by
-#      time (60 s).
+#      profile_step.py: each step's op kinds and kernels by time, mlp_1x512 at R = 256
+#      (30 s) and inception_small at R = 8, map (60 s).
 # --quick runs the same with the defaults (one strategy): mlp_1x512 R = 1, 4;
 # inception_small and alexnet_small R = 1 at batch 2; a 20-step MLP grid on 256 images;
-# and for steps 7-9, mlp_1x512's bf16 row at R = 1 and a profile of mlp_1x512 at R = 2.
+# and for steps 7-9, mlp_1x512's bf16 row at R = 1 and profiles of mlp_1x512 at R = 2 and
+# alexnet_small at R = 1, batch 2.
 # Writes under ${OUT:-results}/: throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl
 # (throughput.py's rows), fig1_summary.json, fig1_metrics.jsonl and fig1_config.json (the
 # run's own files), fig1b_estimate.md and fig1b_estimate.json (the estimate and its
 # arithmetic), fig1b_estimate_unfitted.{md,json} (its max_steps case), roofline.md and
 # roofline.json (step 6), throughput_bf16.jsonl,
-# fig1b_estimate{,_unfitted}_bf16.{md,json} and profile.txt (steps 7-9), device_check.json
-# (machine, per-step exit codes and seconds, the rows, the run's outcome, the estimates, the
-# roofline and the profile's headline in short) and device_check.log (everything printed).
-# Exits 0 when every required step (1-6) did, else 1; a step that fails or times out does
-# not stop the next ones.
+# fig1b_estimate{,_unfitted}_bf16.{md,json} and profile_{mlp,conv}.txt (steps 7-9),
+# device_check.json (machine, per-step exit codes and seconds, the rows, the run's outcome,
+# the estimates, the roofline and the profiles' headlines in short) and device_check.log
+# (everything printed). Exits 0 when every required step (1-6) did, else 1; a step that
+# fails or times out does not stop the next ones.
 # PYTHON picks the interpreter (python3).
 set -euo pipefail
 
@@ -168,7 +169,7 @@ rm -f "$out"/throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl \
   "$out"/fig1_{summary.json,metrics.jsonl,config.json} "$out"/fig1b_estimate.{md,json} \
   "$out"/fig1b_estimate_unfitted.{md,json} "$out"/roofline.{md,json} "$out/device_check.json" \
   "$out"/throughput_bf16.jsonl "$out"/fig1b_estimate{,_unfitted}_bf16.{md,json} \
-  "$out/profile.txt"
+  "$out"/profile_{mlp,conv}.txt
 # run_step NAME LIMIT STDOUT_FILE|- COMMAND...: runs under timeout (capped to the seconds
 # left of the total, less $reserve kept for the steps after it), records "name rc seconds
 # limit"; never stops the script.
@@ -297,21 +298,25 @@ fi
 # 7. inception_small at R = 64, map, in bfloat16: the row the estimate lacked (map was 1.37x
 #    vmap in fp32, and bf16 1.52x fp32 under vmap); --quick: mlp_1x512 at R = 1;
 # 8. the two estimates again with that model's bf16 rows (--compute_dtype MODEL=bfloat16);
-# 9. a profile of inception_small's step (map, R = 8): its op kinds and kernels by time;
-#    --quick: mlp_1x512 at R = 2.
+# 9. profiles of two steps, their op kinds and kernels by time: mlp_1x512 at R = 256 (is its
+#    SGD-momentum update one fused pass on the GPU?) and inception_small at R = 8, map
+#    (where do its 0.11 of the matmul rate go?); --quick: mlp_1x512 at R = 2 and
+#    alexnet_small at R = 1.
 optional=1
 if (( quick )); then
   bf16_model=mlp_1x512
   run_step throughput_bf16 60 "$out/throughput_bf16.jsonl" "${tp[@]}" --models mlp_1x512 \
     --replicas 1 "${tiny[@]}" --compute_dtype bfloat16
-  profile=(--model mlp_1x512 --replicas 2 --batch_size 4 --steps 1 --input_shape 8,8,1)
+  profile_mlp=(--model mlp_1x512 --replicas 2 --batch_size 4 --steps 1 --input_shape 8,8,1)
+  profile_conv=(--model alexnet_small --replicas 1 --batch_size 2 --steps 1)
 else
   bf16_model=inception_small
   run_step throughput_bf16 45 "$out/throughput_bf16.jsonl" "${tp[@]}" \
     --models inception_small --replicas 64 --strategy map --compute_dtype bfloat16 \
     --matmul_n 8192
-  profile=(--model inception_small --replicas 8 --batch_size 128 --steps 2 --strategy map
-           --top 20)
+  profile_mlp=(--model mlp_1x512 --replicas 256 --batch_size 128 --steps 10)
+  profile_conv=(--model inception_small --replicas 8 --batch_size 128 --steps 2
+                --strategy map --top 20)
 fi
 if [[ -s "$out/throughput_bf16.jsonl" ]]; then
   bf16_rows=("$out"/throughput_{mlp_1x512,inception_small,alexnet_small,bf16}.jsonl)
@@ -325,7 +330,10 @@ if [[ -s "$out/throughput_bf16.jsonl" ]]; then
     --fit_source "as fig1b_estimate_unfitted.md" "${eval_cost_from[@]}" \
     --compute_dtype "$bf16_model=bfloat16" --json "$out/fig1b_estimate_unfitted_bf16.json"
 fi
-run_step profile 60 "$out/profile.txt" "$PYTHON" benchmarks/profile_step.py "${profile[@]}"
+run_step profile_mlp 30 "$out/profile_mlp.txt" "$PYTHON" benchmarks/profile_step.py \
+  "${profile_mlp[@]}"
+run_step profile_conv 60 "$out/profile_conv.txt" "$PYTHON" benchmarks/profile_step.py \
+  "${profile_conv[@]}"
 optional=0
 
 # ---------------------------------------------------------------------------- summary
@@ -397,10 +405,11 @@ for name, key in (("fig1b_estimate_bf16", "with_bf16"),
     estimate[key] = dict({k: b[k] for k in ("total_seconds", "total_hours", "under_budget")},
                          bf16_models=low)
     estimate["files"] += [f"{name}.md", f"{name}.json"]
-profile = None
-profile_file = out / "profile.txt"
-if profile_file.exists() and profile_file.stat().st_size:
-  profile = dict(file="profile.txt", headline=profile_file.read_text().splitlines()[0])
+profiles = {}
+for name in ("profile_mlp", "profile_conv"):
+  f = out / f"{name}.txt"
+  if f.exists() and f.stat().st_size:
+    profiles[name] = dict(file=f.name, headline=f.read_text().splitlines()[0])
 roofline = None
 roofline_file = out / "roofline.json"
 if roofline_file.exists():
@@ -412,7 +421,7 @@ if roofline_file.exists():
 # ok: every required step ran and exited 0; the optional ones (7-9) may be skipped or fail.
 result = dict(env=json.load(open(env_file)), quick=quick == "1", steps=steps,
               throughput=throughput, fig1=fig1, fig1b_estimate=estimate, roofline=roofline,
-              profile=profile, total_seconds=round(time.time() - int(start), 1),
+              profiles=profiles, total_seconds=round(time.time() - int(start), 1),
               ok=all(v["rc"] == 0 for v in steps.values() if not v["optional"]))
 (out / "device_check.json").write_text(json.dumps(result, indent=1) + "\n")
 
@@ -479,7 +488,10 @@ if roofline:
           f"{r['floor_ms']:>9.3f} {r['of_floor']:>8.3f} {r['best_fraction']:>5.2f}")
 else:
   print("  roofline: none (see roofline step)")
-print(f"  profile: {profile['headline']} (profile.txt)" if profile else "  profile: none")
+for name, v in profiles.items():
+  print(f"  {name}: {v['headline']} ({v['file']})")
+if not profiles:
+  print("  profiles: none")
 print(f"  results: {out}")
 EOF
 ok=$("$PYTHON" -c 'import json, sys; print(int(json.load(open(sys.argv[1]))["ok"]))' \

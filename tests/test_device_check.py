@@ -22,9 +22,9 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   required = ["throughput_mlp_1x512", "throughput_inception_small", "throughput_alexnet_small",
               "fig1_synthetic_cifar10", "fig1b_estimate", "fig1b_estimate_unfitted", "roofline"]
   optional = ["throughput_bf16", "fig1b_estimate_bf16", "fig1b_estimate_unfitted_bf16",
-              "profile"]
+              "profile_mlp", "profile_conv"]
   assert list(result["steps"]) == required + optional
-  assert [s["optional"] for s in result["steps"].values()] == [False] * 7 + [True] * 4
+  assert [s["optional"] for s in result["steps"].values()] == [False] * 7 + [True] * 5
   assert all(s["rc"] == 0 and not s["skipped"] for s in result["steps"].values())
   # The estimate reads a few files (well under 0.05 s, which rounds to 0.0).
   assert all(s["seconds"] > 0 for n, s in result["steps"].items()
@@ -82,7 +82,7 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
              for r in roofline)
   assert [r["of_floor"] for r in result["roofline"]] == [r["of_floor"] for r in roofline]
   assert "| mlp_1x512 |" in (out / "roofline.md").read_text()
-  # Steps 7-9: mlp_1x512's bf16 row, the estimates with it, and a profile.
+  # Steps 7-9: mlp_1x512's bf16 row, the estimates with it, and two profiles.
   (bf16,) = [json.loads(line) for line in (out / "throughput_bf16.jsonl").open()]
   assert (bf16["model"], bf16["compute_dtype"], bf16["replicas"]) == ("mlp_1x512", "bfloat16", 1)
   for name, fitted in (("fig1b_estimate_bf16", estimate), ("fig1b_estimate_unfitted_bf16",
@@ -100,9 +100,12 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert short["with_bf16"]["bf16_models"] == ["mlp_1x512"]
   assert short["with_bf16_if_never_fit"]["total_seconds"] == json.loads(
       (out / "fig1b_estimate_unfitted_bf16.json").read_text())["total_seconds"]
-  profile = (out / "profile.txt").read_text()
-  assert profile.startswith("mlp_1x512, R = 2, batch 4, strategy vmap, cpu")
-  assert result["profile"]["headline"] == profile.splitlines()[0]
+  for name, head in (("profile_mlp", "mlp_1x512, R = 2, batch 4, strategy vmap, cpu"),
+                     ("profile_conv", "alexnet_small, R = 1, batch 2, strategy map, cpu")):
+    profile = (out / f"{name}.txt").read_text()
+    assert profile.startswith(head)
+    assert ("\nconvs:" in profile) == (name == "profile_conv")  # the MLP has no convolution
+    assert result["profiles"][name]["headline"] == profile.splitlines()[0]
   log = (out / "device_check.log").read_text()
   assert "device_check summary" in log and "fig1b estimate (CIFAR-10" in log
   assert "eval cost 0.333 assumed" in log and "training examples per image" in log
