@@ -20,11 +20,11 @@ the trace shows only their dispatch: compare ``--cpu_kernels default`` for a per
 
 On a GPU (or TPU) only the device's own timeline counts: each kernel is charged to the HLO op
 it ran for (its ``hlo_op`` stat), and a table of the kernels themselves follows, which says
-which convolution algorithms cuDNN picked. On GPU, XLA runs runs of kernels as CUDA graphs
-("command buffers"), whose kernels the profiler cannot charge to HLO ops; this script turns
-them off (``--xla_gpu_enable_command_buffer=``, unless XLA_FLAGS sets it), so its traced step
-can be a little slower than ``throughput.py``'s. The flag is read when the backend starts: a
-process that has already used jax keeps its setting.
+which convolution algorithms cuDNN picked. On GPU, XLA runs sequences of kernels as CUDA
+graphs ("command buffers"), whose kernels the profiler cannot charge to HLO ops; this script
+turns them off (``--xla_gpu_enable_command_buffer=``, unless XLA_FLAGS sets it), so its
+traced step can be a little slower than ``throughput.py``'s. The flag is read when the
+backend starts: a process that has already used jax keeps its setting.
 
   python benchmarks/profile_step.py --model inception_small --replicas 8 --batch_size 128 --strategy map
 """
@@ -166,7 +166,9 @@ def fusion_contents(hlo: str) -> dict:
 
   Covers fusions (YNNPACK's convolutions and dots are fusions) and the convolutions and dots
   XLA runs unfused (Eigen's, when YNNPACK's are off: ``--cpu_kernels``); an unfused dot's
-  third field is its dimension numbers (lb, lc, rb, rc: lhs/rhs batch/contracting)."""
+  third field is its dimension numbers (lb, lc, rb, rc: lhs/rhs batch/contracting). On GPU,
+  cuDNN's convolutions (FLOPs from their operands' shapes) and cuBLAS's products (third
+  field: the custom-call target)."""
   out = {}
   fused = set()
   for m in re.finditer(r"%([\w.-]+) = (\S+) fusion\(.*?calls=%([\w.-]+)", hlo):
