@@ -271,11 +271,12 @@ run_step fig1b_estimate 20 "$out/fig1b_estimate.md" "$PYTHON" benchmarks/estimat
 # The same rows if AlexNet's and the MLP's label replicas never fit: Table 1 has them at
 # 99.82% and 99.34% train accuracy on random labels, and on all of Fashion-MNIST no MLP label
 # replica fit in 60,000 steps. Those grids then run to configs/fig1.py's max_steps.
+UNFITTED_STEPS=inception_small=16600,alexnet_small=60000,mlp_1x512=60000
 reserve=30
 run_step fig1b_estimate_unfitted 10 "$out/fig1b_estimate_unfitted.md" "$PYTHON" \
   benchmarks/estimate_fig1b.py \
   "$out"/throughput_{mlp_1x512,inception_small,alexnet_small}.jsonl \
-  --fit_steps inception_small=16600,alexnet_small=60000,mlp_1x512=60000 \
+  --fit_steps "$UNFITTED_STEPS" \
   --fit_source "inception_small as above; alexnet_small and mlp_1x512 never fit and run to \
 max_steps (benchmarks/RESULTS.md, Steps-to-fit at full size)" "${eval_cost_from[@]}" \
   --json "$out/fig1b_estimate_unfitted.json"
@@ -294,7 +295,9 @@ fi
 
 # ---------------------------------------------------------------------------- 7-9, optional
 
-# With the time the steps above leave (on the H200 in 2026-11, about 100 s), in this order:
+# With the time the steps above leave, in this order (on the H200 on 2026-11-28, steps 1-5
+# took 357 s: with the setup and step 6, perhaps 60 s are left; TOTAL_SECONDS=540 gives these
+# steps all their limits):
 # 7. inception_small at R = 64, map, in bfloat16: the row the estimate lacked (map was 1.37x
 #    vmap in fp32, and bf16 1.52x fp32 under vmap); --quick: mlp_1x512 at R = 1;
 # 8. the two estimates again with that model's bf16 rows (--compute_dtype MODEL=bfloat16);
@@ -326,7 +329,7 @@ if [[ -s "$out/throughput_bf16.jsonl" ]]; then
     --compute_dtype "$bf16_model=bfloat16" --json "$out/fig1b_estimate_bf16.json"
   run_step fig1b_estimate_unfitted_bf16 10 "$out/fig1b_estimate_unfitted_bf16.md" "$PYTHON" \
     benchmarks/estimate_fig1b.py "${bf16_rows[@]}" \
-    --fit_steps inception_small=16600,alexnet_small=60000,mlp_1x512=60000 \
+    --fit_steps "$UNFITTED_STEPS" \
     --fit_source "as fig1b_estimate_unfitted.md" "${eval_cost_from[@]}" \
     --compute_dtype "$bf16_model=bfloat16" --json "$out/fig1b_estimate_unfitted_bf16.json"
 fi
