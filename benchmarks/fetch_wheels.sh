@@ -5,7 +5,9 @@
 #   benchmarks/fetch_wheels.sh            # into benchmarks/wheels/ (git-ignored)
 #   benchmarks/fetch_wheels.sh tqdm==4.67.1   # more packages, NAME==VERSION
 #
-# Then carry the folder with the device tool: carry=["benchmarks/wheels"].
+# Then carry the folder with the device tool: carry=["benchmarks/wheels"]. It also copies
+# Debian's Fashion-MNIST into benchmarks/data/ (git-ignored) for device_check.sh --followup:
+# carry=["benchmarks/wheels", "benchmarks/data"].
 #
 # Which packages: the modules that `import zhang.train`, `zhang.cli` and
 # benchmarks/throughput.py load (python -X importtime -c "import zhang.train"), less what
@@ -27,3 +29,13 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --platform manylinux2014_x86_64 --platform any -d "$dest" "${packages[@]}"
 ls -l "$dest"
 du -sh "$dest"
+# device_check.sh --followup trains on all of Fashion-MNIST, which the GPU machine lacks:
+# Debian's IDX files (dataset-fashion-mnist, 30 MB), carried as benchmarks/data.
+fm=/usr/share/datasets/fashion-mnist
+if [[ -d "$fm" ]]; then
+  mkdir -p data/fashion_mnist
+  cp "$fm"/*-ubyte* data/fashion_mnist/
+  du -sh data
+else
+  echo "fetch_wheels.sh: no $fm (apt-get install dataset-fashion-mnist) for --followup" >&2
+fi

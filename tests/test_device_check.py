@@ -112,6 +112,39 @@ def test_quick_device_check_writes_parsable_results(tmp_path):
   assert not list(tmp_path.glob("zhang_device_check.*"))  # its scratch folder is removed
 
 
+def test_quick_followup_measures_what_the_first_check_left(tmp_path):
+  env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable,
+             TMPDIR=str(tmp_path))
+  proc = subprocess.run(["bash", str(REPO / "benchmarks" / "device_check.sh"), "--quick",
+                         "--followup"],
+                        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  out = tmp_path / "out"
+  result = json.loads((out / "device_check.json").read_text())
+  assert result["ok"] and result["quick"] and result["followup"]
+  assert list(result["steps"]) == ["throughput_alexnet_small", "throughput_bf16", "profile_mlp",
+                                   "profile_conv", "fit_fashion_mnist"]
+  assert [s["optional"] for s in result["steps"].values()] == [False] * 4 + [True]
+  assert all(s["rc"] == 0 for s in result["steps"].values())
+  # alexnet_small's rows under both strategies, then the bf16 row.
+  assert [(r["model"], r["strategy"], r["compute_dtype"]) for r in result["throughput"]] == [
+      ("alexnet_small", "map", "float32"), ("alexnet_small", "vmap", "float32"),
+      ("mlp_1x512", "vmap", "bfloat16")]
+  assert set(result["profiles"]) == {"profile_mlp", "profile_conv"}
+  # The Fashion-MNIST grid: 2 label replicas (p = 0, 1) and the 3 pixel kinds, 1 seed.
+  summary = json.loads((out / "fit_summary.json").read_text())
+  assert summary["status"] == "complete" and summary["steps_run"] == 20
+  assert [(r["kind"], r["corruption"]) for r in summary["replicas"]] == [
+      ("labels", 0.0), ("labels", 1.0), ("shuffled_pixels", 0.0), ("random_pixels", 0.0),
+      ("gaussian", 0.0)]
+  assert json.loads((out / "fit_config.json").read_text())["dataset"] == "fashion_mnist"
+  assert result["fit"]["replicas"] == [
+      {k: r[k] for k in ("kind", "corruption", "seed", "fit_step", "final_train_acc",
+                         "final_test_acc")} for r in summary["replicas"]]
+  assert result["fig1"] is None and result["fig1b_estimate"] is None
+  assert not (out / "fig1b_estimate.json").exists()
+
+
 def test_full_check_refuses_cpu(tmp_path):
   env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable,
              TMPDIR=str(tmp_path), JAX_PLATFORMS="cpu")
