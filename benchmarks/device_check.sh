@@ -232,6 +232,18 @@ fig1_arg="" fig1_set=()  # step 4's run (none with --followup)
 #    SGD-momentum update one fused pass on the GPU?) and inception_small at R = 8, map
 #    (where do its 0.11 of the matmul rate go?); --quick: mlp_1x512 at R = 2 and
 #    alexnet_small at R = 1.
+# train_run STEP LIMIT PREFIX ARG [FLAG...]: zhang train --config configs/fig1.py:ARG as step
+# STEP; its summary.json (rewritten after every evaluation: a run cut short still leaves
+# one), metrics.jsonl and config.json are copied to $out/PREFIX_*.
+train_run() {
+  local name=$1 limit=$2 prefix=$3 arg=$4 dir="$scratch/$3"
+  shift 4
+  run_step "$name" "$limit" - "$PYTHON" -m zhang train --config "configs/fig1.py:$arg" \
+    --workdir "$dir" --no_progress --restart "$@"
+  for f in summary.json metrics.jsonl config.json; do
+    if [[ -f "$dir/$f" ]]; then cp "$dir/$f" "$out/${prefix}_$f"; fi
+  done
+}
 bf16_row() {
   if (( quick )); then
     bf16_model=mlp_1x512
@@ -285,13 +297,7 @@ if (( followup )); then
   bf16_row
   profiles
   optional=1
-  workdir="$scratch/fit"
-  run_step fit_fashion_mnist "$total" - "$PYTHON" -m zhang train \
-    --config "configs/fig1.py:$fit_arg" --workdir "$workdir" --no_progress --restart \
-    "${fit_set[@]}"
-  for f in summary.json metrics.jsonl config.json; do
-    if [[ -f "$workdir/$f" ]]; then cp "$workdir/$f" "$out/fit_$f"; fi
-  done
+  train_run fit_fashion_mnist "$total" fit "$fit_arg" "${fit_set[@]}"
   optional=0
 else
   reserve=75  # for steps 5 and 6, the estimates and the roofline (run_step keeps 15 more)
@@ -324,14 +330,7 @@ else
               --set checkpoint_every=1000)
     fig1_limit=130
   fi
-  workdir="$scratch/fig1"
-  run_step fig1_synthetic_cifar10 "$fig1_limit" - "$PYTHON" -m zhang train \
-    --config "configs/fig1.py:$fig1_arg" --workdir "$workdir" --no_progress --restart \
-    "${fig1_set[@]}"
-  # summary.json is rewritten after every evaluation: a run cut short still leaves one.
-  for f in summary.json metrics.jsonl config.json; do
-    if [[ -f "$workdir/$f" ]]; then cp "$workdir/$f" "$out/fig1_$f"; fi
-  done
+  train_run fig1_synthetic_cifar10 "$fig1_limit" fig1 "$fig1_arg" "${fig1_set[@]}"
 
   # Steps until each model's slowest replica (random labels) fits CIFAR-10, assumed here until
   # a real run's summary.json measures them (estimate_fig1b.py --fit_from):
