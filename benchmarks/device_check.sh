@@ -225,13 +225,6 @@ tp=("$PYTHON" benchmarks/throughput.py)
 tiny=(--steps 1 --repeats 1 --n_train 256 --batch_size 4 --matmul_n 256 --quick)  # --quick
 fig1_arg="" fig1_set=()  # step 4's run (none with --followup)
 
-# Steps 7 and 9, also the core of --followup:
-# 7. inception_small at R = 64, map, in bfloat16: the row the estimate lacked (map was 1.37x
-#    vmap in fp32, and bf16 1.52x fp32 under vmap); --quick: mlp_1x512 at R = 1;
-# 9. profiles of two steps, their op kinds and kernels by time: mlp_1x512 at R = 256 (is its
-#    SGD-momentum update one fused pass on the GPU?) and inception_small at R = 8, map
-#    (where do its 0.11 of the matmul rate go?); --quick: mlp_1x512 at R = 2 and
-#    alexnet_small at R = 1.
 # train_run STEP LIMIT PREFIX ARG [FLAG...]: zhang train --config configs/fig1.py:ARG as step
 # STEP; its summary.json (rewritten after every evaluation: a run cut short still leaves
 # one), metrics.jsonl and config.json are copied to $out/PREFIX_*.
@@ -244,6 +237,14 @@ train_run() {
     if [[ -f "$dir/$f" ]]; then cp "$dir/$f" "$out/${prefix}_$f"; fi
   done
 }
+
+# Steps 7 and 9, also the core of --followup:
+# 7. inception_small at R = 64, map, in bfloat16: the row the estimate lacked (map was 1.37x
+#    vmap in fp32, and bf16 1.52x fp32 under vmap); --quick: mlp_1x512 at R = 1;
+# 9. profiles of two steps, their op kinds and kernels by time: mlp_1x512 at R = 256 (is its
+#    SGD-momentum update one fused pass on the GPU?) and inception_small at R = 8, map
+#    (where do its 0.11 of the matmul rate go?); --quick: mlp_1x512 at R = 2 and
+#    alexnet_small at R = 1.
 bf16_row() {
   if (( quick )); then
     bf16_model=mlp_1x512
