@@ -182,11 +182,6 @@ def fusion_contents(hlo: str) -> dict:
     out[m.group(1)] = _conv_row(conv, params, m.group(2).split("{")[0])
   # Unfused convolutions: those outside every fused computation.
   shapes = dict(re.findall(r"%([\w.-]+) = (\w+\[[\d,]*\])", hlo))
-  for line in hlo.splitlines():  # GPU: cuDNN's convolutions and cuBLAS's products
-    if "custom_call_target=\"__cudnn$conv" in line and (conv := re.search(_CUDNN, line)):
-      out[conv.group(1)] = _cudnn_row(conv, shapes)
-    elif "custom_call_target=\"__cublas" in line and (gemm := re.search(_CUBLAS, line)):
-      out[gemm.group(1)] = (gemm.group(2), "dot", gemm.group(3), "", 0)
   computation = None
   for line in hlo.splitlines():
     head = re.match(r"(?:ENTRY )?%([\w.-]+) .*\{$", line)
@@ -194,6 +189,12 @@ def fusion_contents(hlo: str) -> dict:
       computation = head.group(1)
       continue
     if computation in fused:
+      continue
+    if "custom_call_target=\"__cudnn$conv" in line and (cudnn := re.search(_CUDNN, line)):
+      out[cudnn.group(1)] = _cudnn_row(cudnn, shapes)  # GPU: cuDNN's convolutions
+      continue
+    if "custom_call_target=\"__cublas" in line and (gemm := re.search(_CUBLAS, line)):
+      out[gemm.group(1)] = (gemm.group(2), "dot", gemm.group(3), "", 0)  # cuBLAS's products
       continue
     conv = re.search(_CONV, line)
     dot = re.search(_DOT, line)
