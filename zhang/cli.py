@@ -38,13 +38,19 @@ def _train(args) -> int:
   fitted = sum(r["fit_step"] is not None for r in reps)
   print(f"{fitted}/{len(reps)} replicas fitted their training set in {summary['steps_run']} "
         f"steps ({summary['wall_seconds']:.0f} s).")
-  print(f"{'replica':>7} {'kind':<16} {'p':>4} {'seed':>4} {'noise':>6} {'fit_step':>8} "
-        f"{'train':>7} {'test':>6} {'conf':>5}")
+  # Hyper-parameter columns only for the axes that vary in this grid.
+  extra = [(key, head, width) for key, head, width in HYPER_COLUMNS
+           if len({r.get(key) for r in reps}) > 1]
+  print(f"{'replica':>7} {'kind':<16} {'p':>4} {'seed':>4} "
+        + "".join(f"{head:>{width}} " for _, head, width in extra)
+        + f"{'noise':>6} {'fit_step':>8} {'train':>7} {'test':>6} {'conf':>5}")
   for r in reps:
     fit = "-" if r["fit_step"] is None else str(r["fit_step"])
     # Four decimals: 0.99975 (one example in 4000 wrong) must not print as 1.000.
     print(f"{r['replica']:>7} {r['kind']:<16} {r['corruption']:>4.2f} {r['seed']:>4} "
-          f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>7.4f} "
+          + "".join(f"{r[key]:>{width}{'g' if key != 'augmentation' else ''}} "
+                    for key, _, width in extra)
+          + f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>7.4f} "
           f"{r['final_test_acc']:>6.3f} {r['test_confidence']:>5.2f}")
   for line in (timing_line(summary), decay_note(summary, config_lib.resolve(config))):
     if line:
@@ -52,6 +58,10 @@ def _train(args) -> int:
   print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
         f"summary.json (fit steps, final accuracies).")
   return 0
+
+
+HYPER_COLUMNS = (("learning_rate", "lr", 7), ("weight_decay", "wd", 7),
+                 ("augmentation", "augment", 10))
 
 
 def timing_line(summary: dict) -> str | None:
@@ -74,13 +84,13 @@ def decay_note(summary: dict, config) -> str | None:
   steps = summary["steps_run"]
   if not short or steps < config.max_steps:
     return None
-  lr0 = float(config.learning_rate)
-  lr = lr0 * float(config.lr_decay) ** ((steps - 1) // config.lr_decay_every)
-  if lr >= 0.01 * lr0:
+  from zhang import step as step_lib
+  factor = float(step_lib.schedule(config.lr_decay, config.lr_decay_every)(steps - 1))
+  if factor >= 0.01:
     return None
   return (f"{short} replica{'s' if short > 1 else ''} did not reach train accuracy "
           f"{config.fit_threshold:g} in max_steps={config.max_steps}. The learning rate had "
-          f"decayed to {lr:.2g} ({100 * lr / lr0:.2g}% of {lr0:g}; x{config.lr_decay:g} every "
+          f"decayed to {100 * factor:.2g}% of its start (x{config.lr_decay:g} every "
           f"{config.lr_decay_every} steps), so more steps would change little; fewer training "
           f"images (n_train) or a slower decay (lr_decay, lr_decay_every) would.")
 
@@ -108,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="configs/NAME.py[:ARGS], e.g. configs/fig1.py:model=mlp_1x512")
   p.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and "
                  "summary.json are written")
+  p.add_argument("--config.FIELD", dest="set", action="append", metavar="VALUE",
+                 help="override a config field, typed by the field (repeatable), e.g. "
+                 "--config.max_steps=2000 --config.learning_rate=0.03")
   p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                 help="override a config field (repeatable), e.g. --set max_steps=2000")
+                 help="the same as --config.FIELD=VALUE")
   p.add_argument("--max_steps", type=int, help="shorthand for --set max_steps=N")
   p.add_argument("--data_dir", help="dataset folder (IDX files or a tfds data_dir, gs:// ok)")
   p.add_argument("--restart", action="store_true",
@@ -143,8 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _config_overrides(argv: list[str]) -> list[str]:
+  """``--config.FIELD=VALUE`` and ``--config.FIELD VALUE`` (ml_collections' config_flags
+  spelling) as ``--set FIELD=VALUE``, which argparse can take."""
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config.") and len(arg) > len("--config."):
+      field, sep, value = arg[len("--config."):].partition("=")
+      if not sep and i + 1 < len(argv):
+        i, value, sep = i + 1, argv[i + 1], "="
+      out += ["--set", f"{field}{sep}{value}"]
+    else:
+      out.append(arg)
+    i += 1
+  return out
+
+
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = build_parser().parse_args(_config_overrides(argv))
   try:
     return args.func(args)
   except UsageError as e:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import pathlib
 
 import ml_collections
 
-from zhang import data, models, randomize
+from zhang import augment, data, models, randomize
 from zhang.errors import UsageError
 
 
@@ -30,44 +31,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.n_train = 0  # use the first n training examples; 0 = all
   c.n_test = 0  # 0 = all
   c.batch_size = 128
-  # The paper's rate for the model when left at None (0.1 Inception, 0.01 AlexNet and MLPs).
+  # The paper's rate for the model when left at None (0.1 Inception, 0.01 AlexNet and MLPs);
+  # what a grid entry without `learning_rates` takes.
   c.learning_rate = ml_collections.config_dict.placeholder(float)
   c.momentum = 0.9
   # x0.95 every 390 steps: one CIFAR-10 epoch of batch 128, the paper's schedule. It is in
   # steps, not epochs, on purpose: decayed per epoch of a small dataset, it starves training.
   c.lr_decay = 0.95
   c.lr_decay_every = 390
-  c.weight_decay = 0.0
+  c.weight_decay = 0.0  # L2, added to the gradient (what an entry without `weight_decays` takes)
   c.max_steps = 30_000
   c.eval_every = 500  # steps between evaluations on the whole train and test sets
   c.eval_batch_size = 1000
   c.fit_threshold = 1.0  # train accuracy at which a replica counts as having fitted
   c.checkpoint_every = 2000  # steps between checkpoints (and one at the end)
   c.keep_checkpoints = 3
+  c.augmentation = "none"  # zhang/augment.py: what an entry without `augmentations` takes
   # Device mesh (replica, data): -1 takes the remaining devices. The grid is padded with
   # inert replicas to a multiple of the replica axis (they never appear in outputs).
   c.mesh_shape = (-1, 1)
-  # How each device runs its replicas: "vmap" (one batched program), "map" (a loop over
-  # replicas), or "auto" (the measured faster one for the model and backend, see
-  # zhang/train.py:STRATEGY). Results agree to float tolerance.
-  c.replica_strategy = "auto"
   # "bfloat16": opt-in low-precision compute for accelerators (params, optimizer, metrics
-  # and the loss stay float32).
+  # and the loss stay float32). It changes results, so it is part of the experiment; how a
+  # device runs the grid (vmap or a loop, which gradients, which kernels) is not: that is
+  # the execution plan's (zhang/plan.py).
   c.compute_dtype = "float32"
-  # How the conv nets' layers (convolution, max pool, local response norm) and every model's
-  # narrow Dense layers (the logits') are differentiated: "jax" (JAX's own rules), "explicit"
-  # (zhang/layers.py: the same gradients in forms that XLA CPU runs 30-40x faster inside the
-  # step loop for the conv nets, 1.4x for the digits MLP grid), or "auto"
-  # (zhang/train.py:CONV_GRADIENT). Results agree to float tolerance; the parameters and the
-  # forward pass are the same.
-  c.conv_gradient = "auto"
-  # Which kernels XLA CPU runs the convolutions and matrix products with (ignored on
-  # accelerators): "default" (XLA's own choice: YNNPACK's in jax 0.10), "eigen" (Eigen's,
-  # which use every core on one convolution; YNNPACK keeps the reductions), or "auto"
-  # (zhang/train.py:cpu_kernels: eigen for the conv nets, and for the MLPs from 8 replicas
-  # per device on). Results agree to float tolerance.
-  c.cpu_kernels = "auto"
-  # Replicas: the union of these products of kinds x corruptions x seeds.
+  # Replicas: the union of these products of kinds x corruptions x seeds (and optionally
+  # x learning_rates x weight_decays x augmentations, else the scalars above).
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c
 
@@ -89,27 +78,15 @@ def parse_arg(arg: str | None, **defaults):
       values[key] = True
       continue
     try:
-      values[key] = _cast(raw.strip(), default)
-    except ValueError:
+      values[key] = _parse_value(raw.strip(), type(default))
+    except (ValueError, SyntaxError):
       raise UsageError(f"config argument {key}={raw!r} is not a valid "
                        f"{type(default).__name__}") from None
   return ml_collections.ConfigDict(values)
 
 
-def _cast(raw: str, like):
-  if isinstance(like, bool):
-    if raw.lower() in ("1", "true", "yes"):
-      return True
-    if raw.lower() in ("0", "false", "no"):
-      return False
-    raise ValueError(raw)
-  if isinstance(like, (int, float)):
-    return type(like)(raw)
-  return raw
-
-
 def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-  """Loads ``path.py[:arg]`` and applies ``key=value`` overrides (values as Python literals)."""
+  """Loads ``path.py[:arg]`` and applies ``FIELD=VALUE`` overrides (``apply_override``)."""
   path, arg = spec, None
   if ".py:" in spec:
     path, arg = spec.split(".py:", 1)
@@ -129,23 +106,87 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+  """``FIELD=VALUE`` (``--config.FIELD=VALUE``, ``--set FIELD=VALUE``), the value read as the
+  field's type, as ml_collections' ``config_flags`` read it: a number for a number, a word
+  for a string (quotes optional), true/false for a bool, a Python literal for a list."""
   key, sep, raw = item.partition("=")
+  key = key.strip()
   if not sep:
-    raise UsageError(f"override {item!r} is not key=value (e.g. --set max_steps=100)")
+    raise UsageError(f"override {item!r} is not FIELD=VALUE (e.g. --config.max_steps=100)")
+  if key in FORMER_PLAN_FIELDS:
+    raise UsageError(_plan_field_message(key))
   if key not in config:
     raise UsageError(f"unknown config field {key!r}: fields are {', '.join(config.keys())}")
+  field_type = _field_type(config, key)
   try:
-    value = ast.literal_eval(raw)
+    value = _parse_value(raw.strip(), field_type)
   except (ValueError, SyntaxError):
-    value = raw  # a bare string such as model=mlp_1x512
-  try:
-    with config.unlocked():
-      config[key] = value
-  except TypeError:
-    raise UsageError(f"cannot set {key} to {raw!r}: give a Python literal of the field's type "
-                     f"({type(config[key]).__name__}), e.g. "
-                     f"grid=[{{'kinds': ['labels'], 'corruptions': [0.0], 'seeds': [0]}}]"
-                     ) from None
+    example = FIELD_EXAMPLES.get(key, {int: "100", float: "0.01", bool: "true",
+                                       str: "NAME"}.get(field_type, "..."))
+    raise UsageError(f"cannot set {key} to {raw!r}: it takes a {_type_name(field_type)}, "
+                     f"e.g. --config.{key}={example}") from None
+  with config.unlocked():
+    config[key] = value
+
+
+FIELD_EXAMPLES = {
+    "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
+    "mesh_shape": "'(-1, 1)'"}
+
+
+def _field_type(config, key):
+  field = config._fields[key]  # noqa: SLF001 - a placeholder's type is only here
+  if isinstance(field, ml_collections.FieldReference):
+    return field.get_type()
+  return type(field)
+
+
+def _type_name(t) -> str:
+  return {int: "integer", float: "number", bool: "true/false", str: "string",
+          list: "list", tuple: "tuple"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def _parse_value(raw: str, field_type):
+  if field_type is bool:
+    if raw.lower() in ("1", "true", "yes"):
+      return True
+    if raw.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(raw)
+  if field_type is str:
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+      return raw[1:-1]
+    return raw
+  if raw.lower() in ("none", "null"):
+    if field_type in (int, float):
+      return None  # a placeholder (learning_rate) back to its default
+    raise ValueError(raw)
+  if field_type is int:
+    return int(raw)
+  if field_type is float:
+    value = float(raw)
+    if not math.isfinite(value):
+      raise ValueError(raw)
+    return value
+  value = _literal(raw)
+  if field_type in (list, tuple) and not isinstance(value, (list, tuple)):
+    raise ValueError(raw)
+  return field_type(value) if field_type in (list, tuple) else value
+
+
+def _literal(raw: str):
+  """A Python literal; ``dict(a=1)`` is read as ``{'a': 1}`` (the configs' own spelling)."""
+  tree = ast.parse(raw, mode="eval")
+
+  class DictCalls(ast.NodeTransformer):
+    def visit_Call(self, node):
+      self.generic_visit(node)
+      if isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+        return ast.Dict([ast.Constant(k.arg) for k in node.keywords],
+                        [k.value for k in node.keywords])
+      return node
+
+  return ast.literal_eval(ast.fix_missing_locations(DictCalls().visit(tree)))
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -164,14 +205,54 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
 
 # --------------------------------------------------------------------------- validation
 
+def choices() -> dict[str, tuple[str, ...]]:
+  """The allowed values of every config field (and grid axis) that takes a name: what
+  validation checks, the CLI lists and the benchmarks offer."""
+  return {"model": tuple(models.names()), "dataset": tuple(data.names()),
+          "compute_dtype": ("float32", "bfloat16"), "augmentation": augment.NAMES,
+          "kind": randomize.KINDS}
+
+
+# Fields that once chose how a device runs the grid; now the execution plan does.
+FORMER_PLAN_FIELDS = {"replica_strategy": "replicas", "conv_gradient": "gradients",
+                "cpu_kernels": "cpu_kernels"}
+
+
+def _plan_field_message(name: str) -> str:
+  return (f"{name} is no longer a config field: the execution plan (zhang/plan.py) picks it "
+          f"from the backend; to force it for a benchmark set ZHANG_PLAN="
+          f"{FORMER_PLAN_FIELDS[name]}=... (it changes speed, not results)")
+
+
 def _require(ok: bool, message: str) -> None:
   if not ok:
     raise UsageError(message)
 
 
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_choice(field: str, value) -> None:
+  allowed = choices()[field]
+  _require(value in allowed, f"{field}={value!r} must be one of {', '.join(allowed)}")
+
+
+def check_learning_rate(value, where: str = "learning_rate") -> None:
+  _require(_is_number(value) and value > 0,
+           f"{where}={value!r} must be a positive finite number, e.g. 0.01")
+
+
+def check_weight_decay(value, where: str = "weight_decay") -> None:
+  _require(_is_number(value) and value >= 0,
+           f"{where}={value!r} must be a finite number >= 0 (0 = none), e.g. 5e-4")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises UsageError (one line: what is wrong, how to fix it) for a bad config."""
   known = set(base_config().keys())
+  for name in set(c.keys()) & set(FORMER_PLAN_FIELDS):
+    raise UsageError(_plan_field_message(name))
   unknown = set(c.keys()) - known
   _require(not unknown, f"unknown config field(s) {', '.join(sorted(unknown))}: "
            f"known fields are {', '.join(sorted(known))}")
@@ -180,6 +261,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"start from zhang.config.base_config()")
   models.get(c.model)
   data.check_name(c.dataset)
+  _check_choice("compute_dtype", c.compute_dtype)
+  augment.check_name(c.augmentation)
   for name in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "lr_decay_every",
                "checkpoint_every", "keep_checkpoints"):
     value = c[name]
@@ -188,30 +271,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name in ("n_train", "n_test"):
     _require(isinstance(c[name], int) and c[name] >= 0,
              f"{name}={c[name]!r} must be an integer >= 0 (0 means the whole split)")
-  lr = c.learning_rate
-  _require(lr is None or (_is_number(lr) and lr > 0),
-           f"learning_rate={lr!r} must be positive (or None for the paper's)")
+  if c.learning_rate is not None:
+    check_learning_rate(c.learning_rate)
   _require(_is_number(c.momentum) and 0 <= c.momentum < 1,
            f"momentum={c.momentum!r} must be in [0, 1)")
   _require(_is_number(c.lr_decay) and 0 < c.lr_decay <= 1,
            f"lr_decay={c.lr_decay!r} must be in (0, 1] (1 = no decay)")
-  _require(_is_number(c.weight_decay) and c.weight_decay >= 0,
-           f"weight_decay={c.weight_decay!r} must be >= 0")
+  check_weight_decay(c.weight_decay)
   _require(_is_number(c.fit_threshold) and 0 < c.fit_threshold <= 1,
            f"fit_threshold={c.fit_threshold!r} must be in (0, 1]")
-  _require(c.replica_strategy in ("auto", "vmap", "map"),
-           f"replica_strategy={c.replica_strategy!r} must be auto, vmap or map")
-  _require(c.compute_dtype in ("float32", "bfloat16"),
-           f"compute_dtype={c.compute_dtype!r} must be float32 or bfloat16")
-  _require(c.conv_gradient in ("auto", "jax", "explicit"),
-           f"conv_gradient={c.conv_gradient!r} must be auto, jax or explicit")
-  _require(c.cpu_kernels in ("auto", "default", "eigen"),
-           f"cpu_kernels={c.cpu_kernels!r} must be auto, default or eigen")
   expand_grid(c)
-
-
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def check_against_data(c: ml_collections.ConfigDict, n_train: int) -> None:
@@ -223,40 +292,75 @@ def check_against_data(c: ml_collections.ConfigDict, n_train: int) -> None:
 
 # --------------------------------------------------------------------------- the grid
 
+AXES = ("kinds", "corruptions", "seeds", "learning_rates", "weight_decays", "augmentations")
+
+
 @dataclasses.dataclass(frozen=True)
 class Replica:
+  """One replica's coordinates in the grid."""
   index: int
   kind: str
   corruption: float
   seed: int
+  learning_rate: float
+  weight_decay: float
+  augmentation: str = "none"
+
+
+def _axis(entry: dict, name: str, default) -> list:
+  values = entry.get(name, [default])
+  _require(isinstance(values, (list, tuple)) and len(values) > 0,
+           f"grid entry field {name}={values!r} must be a non-empty list")
+  return list(values)
 
 
 def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
-  """The replicas of the config's grid: each entry's kinds x corruptions x seeds, grouped
-  by kind (in ``randomize.KINDS`` order) and numbered in that order."""
+  """The replicas of the config's grid: each entry's product of its axes (``AXES``; kinds,
+  corruptions and seeds required, the others default to the config's scalars), grouped by
+  kind (in ``randomize.KINDS`` order) and numbered in that order."""
   grid = c.grid
   _require(isinstance(grid, (list, tuple)) and len(grid) > 0,
            "grid must be a non-empty list of dict(kinds=[...], corruptions=[...], seeds=[...])")
+  lr = c.learning_rate if c.learning_rate is not None else models.get(c.model).learning_rate
   replicas, seen = [], set()
   for entry in grid:
+    _require(isinstance(entry, dict) or hasattr(entry, "keys"),
+             f"grid entry {entry!r} must be a dict(kinds=[...], corruptions=[...], seeds=[...])")
     entry = dict(entry)
-    _require(set(entry) == {"kinds", "corruptions", "seeds"},
-             f"grid entry {entry} must have exactly the keys kinds, corruptions, seeds")
-    for kind in entry["kinds"]:
+    unknown = set(entry) - set(AXES)
+    _require(not unknown, f"grid entry field(s) {', '.join(sorted(unknown))} unknown: an "
+             f"entry takes {', '.join(AXES)}")
+    lacking = {"kinds", "corruptions", "seeds"} - set(entry)
+    _require(not lacking, f"grid entry {entry} lacks {', '.join(sorted(lacking))}: kinds, "
+             f"corruptions and seeds are required")
+    kinds = _axis(entry, "kinds", None)
+    corruptions = _axis(entry, "corruptions", None)
+    seeds = _axis(entry, "seeds", None)
+    lrs = _axis(entry, "learning_rates", lr)
+    wds = _axis(entry, "weight_decays", c.weight_decay)
+    augs = _axis(entry, "augmentations", c.augmentation)
+    for kind in kinds:
       randomize.kind_id(kind)
-      for p in entry["corruptions"]:
-        _require(_is_number(p) and 0.0 <= p <= 1.0,
-                 f"corruption level {p!r} is outside [0, 1]: use a probability such as 0.2")
-        for seed in entry["seeds"]:
-          _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31,
-                   f"seed {seed!r} must be an integer in [0, 2**31)")
-          key = (kind, float(p), seed)
-          _require(key not in seen, f"replica kind={kind}, corruption={p}, seed={seed} "
-                   f"appears twice in the grid: remove the duplicate")
-          seen.add(key)
-          replicas.append(Replica(len(replicas), kind, float(p), seed))
-  _require(bool(replicas), "the grid has no replicas: give every entry at least one kind, "
-           "corruption and seed")
+    for p in corruptions:
+      _require(_is_number(p) and 0.0 <= p <= 1.0,
+               f"corruption level {p!r} is outside [0, 1]: use a probability such as 0.2")
+    for seed in seeds:
+      _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31,
+               f"seed {seed!r} must be an integer in [0, 2**31)")
+    for value in lrs:
+      check_learning_rate(value, "grid learning rate")
+    for value in wds:
+      check_weight_decay(value, "grid weight decay")
+    for name in augs:
+      augment.check_name(name)
+    for values in itertools.product(kinds, corruptions, seeds, lrs, wds, augs):
+      kind, p, seed, rate, wd, aug = values
+      key = (kind, float(p), seed, float(rate), float(wd), aug)
+      _require(key not in seen, f"replica kind={kind}, corruption={p}, seed={seed}, "
+               f"learning rate={rate}, weight decay={wd}, augmentation={aug} appears twice "
+               f"in the grid: remove the duplicate")
+      seen.add(key)
+      replicas.append(Replica(len(replicas), *key))
   # Replicas of one kind sit next to each other, so each kind's input randomization is
   # compiled once for its group (see zhang/step.py); within a kind, grid order is kept.
   replicas.sort(key=lambda r: randomize.KINDS.index(r.kind))

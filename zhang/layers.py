@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from zhang import models
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -56,12 +57,9 @@ def _is_canonical(dimension_numbers) -> bool:
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         batch_group_count=1, precision=None, preferred_element_type=None,
-                         *, grad_chunks: bool = True):
+                         batch_group_count=1, precision=None, preferred_element_type=None):
   """``lax.conv_general_dilated``'s signature; NHWC x HWIO, undilated, ungrouped
-  convolutions get gradients written as canonical convolutions (module docstring).
-  ``grad_chunks``: cut the gradients into batch chunks on CPU (``batch_chunks``); for
-  YNNPACK's single-threaded convolutions, not for Eigen's (``zhang/train.py:cpu_kernels``)."""
+  convolutions get gradients written as canonical convolutions (module docstring)."""
   plain = (lhs.ndim == 4 and _is_canonical(dimension_numbers) and feature_group_count == 1
            and batch_group_count == 1 and preferred_element_type is None
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
@@ -78,78 +76,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     # A 1x1 convolution is a matrix product over the channels. XLA CPU runs it as one
     # 3-5x faster than as a convolution; JAX's gradients of a dot stay fast inside loops.
     return lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
-  budgets = ((_on_cpu(INPUT_GRAD_CHUNK_BYTES), _on_cpu(WEIGHT_GRAD_CHUNK_BYTES))
-             if grad_chunks else (None, None))
-  return _conv(lhs, rhs, strides, padding, precision, budgets)
+  return _conv(lhs, rhs, strides, padding, precision)
 
 
-# XLA CPU's YNNPACK kernels run each convolution on one core, and slower once its operands
-# outgrow that core's L2 cache (2 MiB on the Sapphire Rapids CPUs measured). So with them
-# both gradients cut the batch into chunks of about this many bytes of x and dy: the chunks
-# run side by side on the cores, and the weight gradient's fit in L2 (budgets from sweeps of
-# the step time: RESULTS.md, "Gradients in batch chunks"). The input gradient of an image
-# does not depend on the chunk; the weight gradient adds the chunks' sums. Eigen's kernels
-# (zhang/train.py:cpu_kernels) use every core on one convolution and run the whole batch
-# faster, so the trainer builds the model with ``grad_chunks=False`` for them. The forward
-# pass is never chunked: XLA picks its algorithm by batch size, so a chunked forward pass
-# would not be lax's bit for bit. None: the whole batch at once. Only on CPU: elsewhere
-# (explicit gradients chosen by hand) a convolution has the whole chip to itself.
-INPUT_GRAD_CHUNK_BYTES: int | None = 6 * 2**20
-WEIGHT_GRAD_CHUNK_BYTES: int | None = 3 * 2**18
-
-
-@contextlib.contextmanager
-def grad_chunk_budgets(input_bytes: int | None, weight_bytes: int | None):
-  """Within the block, gradients traced use these chunk budgets (None: no chunks); the
-  module's own are restored after. For benchmarks comparing budgets."""
-  global INPUT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_CHUNK_BYTES
-  saved = INPUT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_CHUNK_BYTES
-  INPUT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_CHUNK_BYTES = input_bytes, weight_bytes
-  try:
-    yield
-  finally:
-    INPUT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_CHUNK_BYTES = saved
-
-
-def batch_chunks(batch: int, per_image_elements: int, itemsize: int,
-                 budget: int | None) -> list[tuple[int, int]]:
-  """``(lo, hi)`` batch ranges of as many images as fit in ``budget`` bytes (at least one
-  image per chunk); the last chunk takes the remainder."""
-  if budget is None or batch == 0:
-    return [(0, batch)]
-  size = max(1, min(batch, budget // (itemsize * per_image_elements)))
-  return [(lo, min(lo + size, batch)) for lo in range(0, batch, size)]
-
-
-def _on_cpu(budget: int | None) -> int | None:
-  return budget if jax.default_backend() == "cpu" else None
-
-
-def _per_image(*arrays) -> int:
-  return sum(math.prod(a.shape[1:]) for a in arrays)
-
-
-def _chunked(fn, x, out_like, budget):
-  """``fn`` applied to batch chunks of ``x``, results concatenated along the batch."""
-  chunks = batch_chunks(x.shape[0], _per_image(x, out_like), x.dtype.itemsize, budget)
-  if len(chunks) == 1:
-    return fn(x)
-  return jnp.concatenate([fn(x[lo:hi]) for lo, hi in chunks], axis=0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv(x, w, strides, padding, precision, budgets):
-  """``budgets``: (input, weight) gradient chunk budgets in bytes, None for no chunks."""
-  del budgets
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, padding, precision):
   return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC,
                                   precision=precision)
 
 
-def _conv_fwd(x, w, strides, padding, precision, budgets):
-  return _conv(x, w, strides, padding, precision, budgets), (x, w)
+def _conv_fwd(x, w, strides, padding, precision):
+  return _conv(x, w, strides, padding, precision), (x, w)
 
 
-def _conv_bwd(strides, padding, precision, budgets, residuals, dy):
+def _conv_bwd(strides, padding, precision, residuals, dy):
   x, w = residuals
   (kh, kw), (sh, sw) = w.shape[:2], strides
 
@@ -160,10 +100,10 @@ def _conv_bwd(strides, padding, precision, budgets, residuals, dy):
   # The operand whose channels become the batch is transposed from NHWC to CHWN, an
   # order XLA CPU copies slowly (every element a new cache line); with stride 1 and fewer
   # output than input channels, dy takes that role instead and x is the kernel.
-  # Summed over batch chunks of about WEIGHT_GRAD_CHUNK_BYTES, in float32 at least.
+  # Accumulated in float32 at least.
   dy_as_batch = (sh, sw) == (1, 1) and dy.shape[3] < x.shape[3]
 
-  def chunk_dw(xc, dyc):
+  def weight_grad(xc, dyc):
     if dy_as_batch:  # dW[i] = sum over u of x[u] dy[u + lo - i]: reversed taps of a correlation
       (lo_h, hi_h), (lo_w, hi_w) = padding
       dw = lax.conv_general_dilated(
@@ -176,14 +116,9 @@ def _conv_bwd(strides, padding, precision, budgets, residuals, dy):
         rhs_dilation=(sh, sw), dimension_numbers=_NHWC, precision=precision)
     return dw[:, :kh, :kw, :]
 
-  dw = None
-  for lo, hi in batch_chunks(x.shape[0], _per_image(x, dy), x.dtype.itemsize, budgets[1]):
-    part = chunk_dw(x[lo:hi], dy[lo:hi]).astype(jnp.promote_types(x.dtype, jnp.float32))
-    dw = part if dw is None else dw + part
+  dw = weight_grad(x, dy).astype(jnp.promote_types(x.dtype, jnp.float32))
   dw = jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
-
-  dx = _chunked(lambda dyc: _input_grad(dyc, w, x.shape[1:3], strides, padding, precision),
-                dy, x, budgets[0]).astype(x.dtype)
+  dx = _input_grad(dy, w, x.shape[1:3], strides, padding, precision).astype(x.dtype)
   return dx, dw
 
 
@@ -301,17 +236,11 @@ def _lrn_denominator(x, depth_radius, bias, alpha):
   return bias + alpha * _channel_window_sum(jnp.square(x), depth_radius)
 
 
-def lrn_forward(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
-  """Local response normalization across channels, as ``tf.nn.lrn`` defines it:
-  x / (bias + alpha * sum of x^2 over the 2 r + 1 nearest channels)^beta."""
-  return x / _lrn_denominator(x, depth_radius, bias, alpha) ** beta
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
-  """``lrn_forward`` with its analytic gradient (the window is symmetric, so its transpose
+  """``zhang.models.local_response_norm`` with its analytic gradient (the window is symmetric, so its transpose
   is itself): dx = dy d^-b - 2 a b x W(dy x d^(-b-1)), d the denominator, W the window sum."""
-  return lrn_forward(x, depth_radius, bias, alpha, beta)
+  return models.local_response_norm(x, depth_radius, bias, alpha, beta)
 
 
 def _lrn_fwd(x, depth_radius, bias, alpha, beta):
@@ -374,3 +303,34 @@ def _dense_bwd(precision, residuals, dy):
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+# ------------------------------------------------------------------- the plain models
+
+def _intercept(next_fun, args, kwargs, context):
+  """Runs the models' layers (``zhang.models``) through the functions above."""
+  module = context.module
+  if context.method_name != "__call__":
+    return next_fun(*args, **kwargs)
+  if isinstance(module, models.MaxPool):
+    return max_pool(args[0], tuple(module.window), tuple(module.strides))
+  if isinstance(module, models.LocalResponseNorm):
+    return local_response_norm(args[0])
+  hooks = {nn.Conv: ("conv_general_dilated", conv_general_dilated),
+           nn.Dense: ("dot_general", dense_dot_general)}
+  hook = hooks.get(type(module))
+  if hook is None or getattr(module, hook[0]) is not None or module.is_initializing():
+    return next_fun(*args, **kwargs)
+  # The same layer with Flax's own hook set, applied to the bound layer's parameters: a
+  # pure function of them, so gradients reach them as through the layer itself.
+  plain = module.clone(parent=None, **{hook[0]: hook[1]})
+  return plain.apply({"params": module.variables["params"]}, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def explicit_gradients():
+  """Within the block, ``zhang.models``' convolutions, max pools, local response norms and
+  dense layers applied (``module.apply``, traced) are differentiated as above. Parameters,
+  initialization and forward values are unchanged."""
+  with nn.intercept_methods(_intercept):
+    yield

@@ -104,6 +104,13 @@ class Writer:
       self._metrics.close()
 
 
+def _coordinates(r) -> dict:
+  """A replica's place in the grid, as every row and summary entry names it."""
+  return dict(replica=r.index, kind=r.kind, corruption=r.corruption, seed=r.seed,
+              learning_rate=r.learning_rate, weight_decay=r.weight_decay,
+              augmentation=r.augmentation)
+
+
 class FitTracker:
   """Which replica fitted when, the last evaluation, and the rows and summary they make.
 
@@ -133,18 +140,19 @@ class FitTracker:
   def epoch(self, step: int) -> float:
     return step * self.batch_size / self.n_train
 
-  def record(self, step: int, ev: dict, lr: float) -> list[dict]:
-    """Takes an evaluation of every replica; returns its metrics rows."""
+  def record(self, step: int, ev: dict, lr) -> list[dict]:
+    """Takes an evaluation of every replica and each one's learning rate at ``step``
+    (after the schedule); returns its metrics rows."""
+    lr = np.broadcast_to(np.asarray(lr, np.float64), (len(self.replicas),))
     # Per-replica arrays may be longer than the grid (inert padding replicas): drop those.
     self.last = {k: np.asarray(v)[:len(self.replicas)] for k, v in ev.items()}
     rows = []
     for i, r in enumerate(self.replicas):
       if self.fit_step[i] is None and ev["train_acc"][i] >= self.fit_threshold:
         self.fit_step[i], self.fit_test_acc[i] = step, float(ev["test_acc"][i])
-      rows.append(dict(step=step, epoch=self.epoch(step), replica=r.index, kind=r.kind,
-                       corruption=r.corruption, seed=r.seed,
+      rows.append(dict(step=step, epoch=self.epoch(step), **_coordinates(r),
                        **{k: v[i] for k, v in self.last.items()},
-                       batch_loss=self.batch_loss[i], lr=lr))
+                       batch_loss=self.batch_loss[i], lr=float(lr[i])))
     return rows
 
   def time_call(self, what: str, seconds: float, steps: int = 0) -> None:
@@ -213,8 +221,7 @@ class FitTracker:
       fs = self.fit_step[i]
       last = {k: v[i] for k, v in self.last.items()}
       out.append(dict(
-          replica=r.index, kind=r.kind, corruption=r.corruption, seed=r.seed,
-          label_noise=float(self.label_noise[i]), fit_step=fs,
+          **_coordinates(r), label_noise=float(self.label_noise[i]), fit_step=fs,
           fit_epoch=None if fs is None else self.epoch(fs), fit_test_acc=self.fit_test_acc[i],
           final_train_acc=last.get("train_acc"), final_test_acc=last.get("test_acc"),
           final_train_loss=last.get("train_loss"), final_test_loss=last.get("test_loss"),

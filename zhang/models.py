@@ -4,46 +4,47 @@ Plain parameter pytrees (``init``/``apply``) keep ``jax.vmap`` over a stack of r
 simple. Every model takes ``(B, H, W, C)`` float inputs and ``train`` (batch-norm mode) and
 returns logits. Parameter counts for 28x28x3 inputs and 10 classes match the paper exactly
 (batch-norm scales and offsets excluded, as the paper counts them); ``tests/test_models.py``
-pins them.
+pins them. They are plain Flax modules: how a backend differentiates them fastest is the
+execution plan's business (``zhang/plan.py``), applied around ``apply``, never inside them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zhang import layers
 from zhang.errors import UsageError
 
 
-class LayerOps(NamedTuple):
-  """The models' convolution, max pool, local response norm and dense product: one forward
-  computation, two ways to differentiate it (``GRADIENTS``)."""
-  conv: Callable | None  # nn.Conv's conv_general_dilated (None: lax's)
-  max_pool: Callable  # (x, window, strides) -> SAME max pooling
-  lrn: Callable  # x -> local response normalization
-  dense: Callable | None = None  # nn.Dense's dot_general (None: lax's)
+def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
+  """Local response normalization across channels, as ``tf.nn.lrn`` defines it:
+  x / (bias + alpha * sum of x^2 over the 2 r + 1 nearest channels)^beta."""
+  c = x.shape[-1]
+  padded = jnp.pad(jnp.square(x), [(0, 0)] * (x.ndim - 1) + [(depth_radius, depth_radius)])
+  window = sum(padded[..., i:i + c] for i in range(2 * depth_radius + 1))
+  return x / (bias + alpha * window) ** beta
 
 
-def _flax_max_pool(x, window, strides):
-  return nn.max_pool(x, window, strides=strides, padding="SAME")
+class MaxPool(nn.Module):
+  """``nn.max_pool`` with SAME padding, as a module: a layer the execution plan can find
+  (``zhang.layers.explicit_gradients``)."""
+  window: tuple[int, int]
+  strides: tuple[int, int]
+
+  def __call__(self, x):
+    return nn.max_pool(x, self.window, strides=self.strides, padding="SAME")
 
 
-# Config field conv_gradient: "jax" (JAX's own rules) or "explicit" (zhang/layers.py: the
-# same gradients in forms that XLA CPU runs fast inside the step loop). The MLPs take only
-# the dense product from it.
-GRADIENTS = {
-    "jax": LayerOps(None, _flax_max_pool, layers.lrn_forward),
-    "explicit": LayerOps(layers.conv_general_dilated, layers.max_pool,
-                         layers.local_response_norm, layers.dense_dot_general),
-}
+class LocalResponseNorm(nn.Module):
+  """``local_response_norm`` with its defaults (the paper's AlexNet), as a module."""
 
+  def __call__(self, x):
+    return local_response_norm(x)
 
 
 class MLP(nn.Module):
@@ -51,33 +52,31 @@ class MLP(nn.Module):
   depth: int
   num_classes: int
   width: int = 512
-  ops: LayerOps = GRADIENTS["jax"]
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
     x = x.reshape(x.shape[0], -1)
     for _ in range(self.depth):
-      x = nn.relu(nn.Dense(self.width, dot_general=self.ops.dense)(x))
-    return nn.Dense(self.num_classes, dot_general=self.ops.dense)(x)
+      x = nn.relu(nn.Dense(self.width)(x))
+    return nn.Dense(self.num_classes)(x)
 
 
 class AlexNetSmall(nn.Module):
   """Two [conv 5x5x64, ReLU, max-pool 3x3/2, LRN] modules, Dense 384, Dense 192, Dense 10."""
   num_classes: int
-  ops: LayerOps = GRADIENTS["jax"]
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
     for _ in range(2):
-      x = nn.relu(nn.Conv(64, (5, 5), padding="SAME", conv_general_dilated=self.ops.conv)(x))
-      x = self.ops.max_pool(x, (3, 3), (2, 2))
-      x = self.ops.lrn(x)
+      x = nn.relu(nn.Conv(64, (5, 5), padding="SAME")(x))
+      x = MaxPool((3, 3), (2, 2))(x)
+      x = LocalResponseNorm()(x)
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(384, dot_general=self.ops.dense)(x))
-    x = nn.relu(nn.Dense(192, dot_general=self.ops.dense)(x))
-    return nn.Dense(self.num_classes, dot_general=self.ops.dense)(x)
+    x = nn.relu(nn.Dense(384)(x))
+    x = nn.relu(nn.Dense(192)(x))
+    return nn.Dense(self.num_classes)(x)
 
 
 class ConvModule(nn.Module):
@@ -86,12 +85,11 @@ class ConvModule(nn.Module):
   kernel: int
   stride: int = 1
   batch_norm: bool = True
-  ops: LayerOps = GRADIENTS["jax"]
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                padding="SAME", conv_general_dilated=self.ops.conv)(x)
+                padding="SAME")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
     return nn.relu(x)
@@ -101,17 +99,16 @@ class InceptionSmall(nn.Module):
   """The small Inception of the paper's Appendix A (with or without batch norm)."""
   num_classes: int
   batch_norm: bool = True
-  ops: LayerOps = GRADIENTS["jax"]
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = lambda c, k, s=1: ConvModule(c, k, s, self.batch_norm, self.ops)
+    conv = lambda c, k, s=1: ConvModule(c, k, s, self.batch_norm)
 
     def inception(x, c1, c3):
       return jnp.concatenate([conv(c1, 1)(x, train), conv(c3, 3)(x, train)], axis=-1)
 
     def downsample(x, c3):
-      pooled = self.ops.max_pool(x, (3, 3), (2, 2))
+      pooled = MaxPool((3, 3), (2, 2))(x)
       return jnp.concatenate([conv(c3, 3, 2)(x, train), pooled], axis=-1)
 
     x = conv(96, 3)(x, train)
@@ -124,43 +121,34 @@ class InceptionSmall(nn.Module):
     x = inception(x, 176, 160)
     x = inception(x, 176, 160)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dot_general=self.ops.dense)(x)
+    return nn.Dense(self.num_classes)(x)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   name: str
-  make: Callable[[int, LayerOps], nn.Module]  # (num_classes, layer ops) -> module
+  make: Callable[[int], nn.Module]  # num_classes -> module
   learning_rate: float  # the paper's
   batch_norm: bool
   description: str
 
-  def build(self, num_classes: int, conv_gradient: str = "jax",
-            grad_chunks: bool = True) -> nn.Module:
-    """The module; ``conv_gradient`` ("jax" or "explicit", see GRADIENTS) changes only how
-    the conv layers' gradients are evaluated, never the parameters or the forward pass.
-    ``grad_chunks=False``: explicit convolution gradients over the whole batch at once
-    (``zhang.layers.batch_chunks``)."""
-    if conv_gradient not in GRADIENTS:
-      raise UsageError(f"conv_gradient={conv_gradient!r} must be one of "
-                       f"{', '.join(GRADIENTS)}")
-    ops = GRADIENTS[conv_gradient]
-    if conv_gradient == "explicit" and not grad_chunks:
-      ops = ops._replace(conv=functools.partial(layers.conv_general_dilated,
-                                                grad_chunks=False))
-    return self.make(num_classes, ops)
+  @property
+  def family(self) -> str:
+    """"mlp" or "conv": what the execution plan's measurements are grouped by."""
+    return "mlp" if self.name.startswith("mlp") else "conv"
+
+  def build(self, num_classes: int) -> nn.Module:
+    return self.make(num_classes)
 
 
 _MODELS = {m.name: m for m in [
-    ModelSpec("mlp_1x512", lambda k, ops: MLP(1, k, ops=ops), 0.01, False,
-              "MLP, one hidden layer of 512"),
-    ModelSpec("mlp_3x512", lambda k, ops: MLP(3, k, ops=ops), 0.01, False,
+    ModelSpec("mlp_1x512", lambda k: MLP(1, k), 0.01, False, "MLP, one hidden layer of 512"),
+    ModelSpec("mlp_3x512", lambda k: MLP(3, k), 0.01, False,
               "MLP, three hidden layers of 512"),
-    ModelSpec("alexnet_small", lambda k, ops: AlexNetSmall(k, ops), 0.01, False,
-              "small AlexNet with LRN"),
-    ModelSpec("inception_small", lambda k, ops: InceptionSmall(k, True, ops), 0.1, True,
+    ModelSpec("alexnet_small", AlexNetSmall, 0.01, False, "small AlexNet with LRN"),
+    ModelSpec("inception_small", lambda k: InceptionSmall(k, True), 0.1, True,
               "small Inception"),
-    ModelSpec("inception_small_nobn", lambda k, ops: InceptionSmall(k, False, ops), 0.1, False,
+    ModelSpec("inception_small_nobn", lambda k: InceptionSmall(k, False), 0.1, False,
               "small Inception without batch norm"),
 ]}
 

@@ -1,42 +1,54 @@
-"""One replica's train step and evaluation; ``jax.vmap`` makes them a grid's.
+"""One replica's train step and evaluation, and the grid program that runs them for all.
 
-Everything here is a pure function of (state, per-replica data, global step). The global
-step is shared by all replicas (they train in lockstep), so the learning rate, the epoch and
-the position in the epoch's batch order are functions of it alone, which makes a run
-resumable to the same bits. Per-replica things (keys, labels, kind) live in a ``Replicas``
-pytree whose leaves have the replica axis first, like the train state's.
+Everything here is a pure function of (state, per-replica constants, global step). The
+global step is shared by all replicas (they train in lockstep), so the schedule, the epoch
+and the position in the epoch's batch order are functions of it alone, which makes a run
+resumable to the same bits. Per-replica things (keys, labels, learning rate, weight decay,
+augmentation) live in ``ReplicaConstants``, whose leaves have the replica axis first like
+the train state's: they are traced arrays, so one compiled program trains every
+combination of them.
+
+Top-level pieces, in the order a step uses them: ``replica_inputs`` (one replica's
+randomized, augmented, whitened inputs), ``apply_model``, ``train_step`` (one replica),
+``eval_batch`` (one batch of the train or test split, every replica), and ``over_grid``,
+which runs a per-replica function over the grid (the plan's vmap or loop, and the mesh's
+replica axis). ``compile_grid`` jit-compiles the chunk of steps and the evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from zhang import data as data_lib
-from zhang import randomize
+from zhang import augment, data as data_lib, randomize
+from zhang.plan import Plan
 
 
 class TrainState(NamedTuple):
   """One replica's state (a leading replica axis when stacked)."""
   params: Any
   batch_stats: Any  # {} for models without batch norm
-  momentum: Any  # optax state of the gradient transformation
+  opt_state: Any  # optax state of the gradient transformation (momentum)
 
 
-class Replicas(NamedTuple):
-  """Per-replica constants of the grid, each with a leading replica axis."""
+class ReplicaConstants(NamedTuple):
+  """What makes each replica of the grid itself, each with a leading replica axis."""
   order_key: jax.Array  # batch order
-  rand_key: jax.Array  # randomization
+  rand_key: jax.Array  # randomization (and augmentation)
   labels: jax.Array  # int32 (N_train,), the replica's (possibly corrupted) training labels
   shared_perm: jax.Array  # int32 (H*W,), the shuffled-pixels permutation
+  learning_rate: jax.Array  # float32 (), before the schedule
+  weight_decay: jax.Array  # float32 ()
+  augmentation: jax.Array  # int32 (), index into augment.NAMES
 
 
-class Data(NamedTuple):
+class DeviceDataset(NamedTuple):
   """Arrays shared by every replica; on the device once."""
   train_images: jax.Array  # uint8 (N, H, W, C), centre-cropped
   test_images: jax.Array
@@ -45,64 +57,190 @@ class Data(NamedTuple):
   gauss_std: jax.Array
 
 
-class Hyper(NamedTuple):
-  """Static hyper-parameters of the step (hashable, so jit can close over them)."""
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What every replica shares and the program is compiled for (static)."""
   batch_size: int
-  learning_rate: float
   momentum: float
   lr_decay: float
   lr_decay_every: int
-  weight_decay: float
   eval_batch_size: int
   segments: tuple[tuple[str, int, int], ...]  # (kind, start, stop): replicas grouped by kind
-  strategy: str = "vmap"  # how a device runs its replicas: "vmap" (batched) or "map" (a loop)
-  compute_dtype: str = "float32"  # "bfloat16": forward/backward in bf16, params and optimizer fp32
+  augmentations: tuple[str, ...] = ("none",)  # the names the grid uses
+  compute_dtype: str = "float32"  # "bfloat16": forward/backward in bf16, params fp32
+
+  @classmethod
+  def from_config(cls, config, replicas) -> "StepSettings":
+    return cls(config.batch_size, float(config.momentum), float(config.lr_decay),
+               config.lr_decay_every, config.eval_batch_size,
+               randomize.segments([r.kind for r in replicas]),
+               augment.used([r.augmentation for r in replicas]), config.compute_dtype)
 
 
-def learning_rate(h: Hyper, step):
-  """The paper's staircase schedule: lr x decay^(step // decay_every)."""
-  return h.learning_rate * h.lr_decay ** (step // h.lr_decay_every).astype(jnp.float32)
+def schedule(lr_decay: float, lr_decay_every: int) -> optax.Schedule:
+  """The paper's staircase decay as a multiplier of a replica's own rate: its learning rate
+  at step t is ``learning_rate * schedule(t)`` = lr x decay^(t // decay_every)."""
+  return optax.exponential_decay(1.0, transition_steps=lr_decay_every, decay_rate=lr_decay,
+                                 staircase=True)
 
 
-def gradient_transform(h: Hyper) -> optax.GradientTransformation:
-  """SGD momentum (TensorFlow's form: v = m v + g; w -= lr v) with optional L2 decay.
+def learning_rate_at(step, learning_rate, lr_decay: float, lr_decay_every: int):
+  """A replica's learning rate at ``step`` (numbers or arrays)."""
+  return learning_rate * schedule(lr_decay, lr_decay_every)(step)
 
-  The learning rate is applied outside, from the global step, so the optimizer state holds
-  no step counter of its own.
+
+def optimizer(weight_decay, momentum: float) -> optax.GradientTransformation:
+  """SGD momentum in TensorFlow's form (v = m v + g + wd w; the step is -lr v), before the
+  learning rate, which the step applies from the global step: the optimizer state holds no
+  step counter. ``weight_decay`` may be a traced per-replica value."""
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum))
+
+
+def init_state(module, key, sample, momentum: float) -> TrainState:
+  """One replica's initial state from its init key."""
+  variables = module.init(key, sample, train=False)
+  params = variables["params"]
+  return TrainState(params, variables.get("batch_stats", {}),
+                    optimizer(0.0, momentum).init(params))
+
+
+def replica_inputs(kind: str, s: StepSettings, rep: ReplicaConstants, d: DeviceDataset,
+                   x_u8, indices, split, step=None):
+  """One replica's scaled, randomized, augmented (training only: ``step`` given), whitened
+  inputs; ``x_u8`` holds the examples ``indices`` of ``split``."""
+  x = randomize.randomize_inputs(kind, rep.rand_key, data_lib.scale(x_u8), indices, split,
+                                 rep.shared_perm, d.gauss_mean, d.gauss_std)
+  if step is not None:
+    x = augment.apply(s.augmentations, rep.augmentation, rep.rand_key, step, indices, x)
+  return data_lib.whiten(x)
+
+
+def grid_inputs(s: StepSettings, reps: ReplicaConstants, d: DeviceDataset, x_u8, indices,
+                split, step=None):
+  """Every replica's inputs (R, B, H, W, C); each kind's group computes only its own.
+
+  ``x_u8`` (R, B, H, W, C) and ``indices`` (R, B) are each replica's examples, or both
+  come without the replica axis when every replica sees the same examples (evaluation).
   """
-  parts = [optax.add_decayed_weights(h.weight_decay)] if h.weight_decay else []
-  return optax.chain(*parts, optax.trace(decay=h.momentum))
+  shared = indices.ndim == 1
+  axes = (0, None) + ((None, None) if shared else (0, 0))
+  own = (lambda a, lo, hi: a) if shared else (lambda a, lo, hi: a[lo:hi])
+  parts = [jax.vmap(lambda r, dd, x, i, k=kind: replica_inputs(k, s, r, dd, x, i, split, step),
+                    axes)(jax.tree.map(lambda a: a[lo:hi], reps), d, own(x_u8, lo, hi),
+                          own(indices, lo, hi))
+           for kind, lo, hi in s.segments]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
-class Functions(NamedTuple):
-  hyper: Hyper
-  init: Any  # (init_key, input_shape) -> TrainState
-  train_chunk: Any  # (states, reps, data, step0, num_steps) -> (states, mean batch loss)
-  evaluate: Any  # (states, reps, data) -> dict of (R,) metrics
+def apply_model(module, plan: Plan, s: StepSettings, has_batch_norm: bool,
+                state: TrainState, x, train: bool):
+  """Logits (float32) and the new batch statistics of one replica, traced under the plan."""
+  params = state.params
+  if s.compute_dtype != "float32":  # master weights stay fp32; the gradient flows back
+    dtype = jnp.dtype(s.compute_dtype)
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    x = x.astype(dtype)
+  variables = {"params": params}
+  with plan.model_context():
+    if has_batch_norm:
+      variables["batch_stats"] = state.batch_stats
+      if train:
+        logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+        return logits.astype(jnp.float32), updates["batch_stats"]
+    logits = module.apply(variables, x, train=train)
+  return logits.astype(jnp.float32), state.batch_stats
 
 
-def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
-                   compiler_options: dict | None = None) -> Functions:
-  """The jit-compiled functions of a grid, for a Flax module and hyper-parameters.
+def train_step(apply: Callable, s: StepSettings, state: TrainState, x, y, learning_rate,
+               weight_decay, schedule_factor):
+  """One replica's SGD step on a batch; returns (new state, batch loss)."""
+  def loss_fn(params):
+    logits, batch_stats = apply(state._replace(params=params), x, train=True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, batch_stats
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer(weight_decay, s.momentum).update(
+      grads, state.opt_state, state.params)
+  lr = learning_rate * schedule_factor
+  params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+  return TrainState(params, batch_stats, opt_state), loss
+
+
+def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaConstants,
+               d: DeviceDataset, b, train_batches: int, eb: int):
+  """Batch ``b`` of the evaluation (the train split's batches, then the test split's):
+  per replica the sums over its valid examples of loss, accuracy, max-softmax confidence
+  and entropy, (4, R). One loop runs both splits, so the model and each randomization are
+  compiled once, not once per split."""
+  n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
+  is_test = b >= train_batches
+  n = jnp.where(is_test, n_test, n_train)
+  pos = (b - jnp.where(is_test, train_batches, 0)) * eb + jnp.arange(eb)
+  valid = (pos < n).astype(jnp.float32)
+  idx = jnp.minimum(pos, n - 1)
+  # Both gathers are eb rows; the split's is kept (idx is in range for it).
+  i_test, i_train = jnp.minimum(idx, n_test - 1), jnp.minimum(idx, n_train - 1)
+  x_u8 = jnp.where(is_test, d.test_images[i_test], d.train_images[i_train])
+  y = jnp.where(is_test, d.test_labels[i_test][None], reps.labels[:, i_train])  # (R, eb)
+  split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
+  logits = grid_logits(states, grid_inputs(s, reps, d, x_u8, idx, split))
+  logp = jax.nn.log_softmax(logits)
+  prob = jnp.exp(logp)
+  per_example = jnp.stack([
+      -jnp.take_along_axis(logp, y[..., None], -1)[..., 0],
+      (jnp.argmax(logits, -1) == y).astype(jnp.float32),
+      jnp.max(prob, -1),
+      -jnp.sum(prob * logp, -1),
+  ])  # (4, R, eb)
+  return jnp.sum(per_example * valid, axis=-1)
+
+
+def over_grid(plan: Plan, mesh, fn: Callable, replicated: tuple = ()) -> Callable:
+  """``fn(*per_replica_args, *replicated)`` for one replica -> the grid's function of
+  stacked arguments: the plan's vmap or loop on each device, and with a ``mesh`` each device
+  running only its own replicas (the replica axis manual; the data axis left automatic)."""
+  def grid(*args):
+    split = len(args) - len(replicated)
+    per, rest = args[:split], args[split:]
+    return plan.over_replicas(lambda *a: fn(*a, *rest), *per)
+
+  if mesh is None:
+    return grid
+  # Left to the automatic partitioner, a vmapped convolution becomes one grouped convolution
+  # that XLA does not split by group: it gathers every replica's weights to every device.
+  return lambda *args: jax.shard_map(
+      grid, mesh=mesh, axis_names={"replica"}, check_vma=False,
+      in_specs=(P("replica"),) * (len(args) - len(replicated)) + (P(),) * len(replicated),
+      out_specs=P("replica"))(*args)
+
+
+class GridProgram(NamedTuple):
+  """A grid's compiled functions and the plan they were compiled under."""
+  settings: StepSettings
+  plan: Plan
+  init: Callable  # (init key, sample input) -> TrainState
+  train_chunk: Callable  # (states, reps, data, step0, num_steps) -> (states, mean batch loss)
+  evaluate: Callable  # (states, reps, data) -> dict of (R,) metrics
+
+
+def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
+                 mesh=None) -> GridProgram:
+  """The jit-compiled train chunk and evaluation of a grid.
 
   With a ``mesh`` (axes ``replica``, ``data``), the state stays sharded on ``replica``, a
   batch is split on ``data`` too, and the small outputs (losses, metrics) come back
-  replicated so every process can read them. ``compiler_options``: XLA options for the
-  train chunk and the evaluation (``zhang.train.compiler_options``).
+  replicated so every process can read them.
   """
-  tx = gradient_transform(h)
-  jit = functools.partial(jax.jit, compiler_options=compiler_options or None)
+  jit = functools.partial(jax.jit, compiler_options=plan.compiler_options() or None)
+  split_batch = mesh is not None and mesh.shape["data"] > 1
   if mesh is not None:
-    by_replica = NamedSharding(mesh, P("replica"))
-    everywhere = NamedSharding(mesh, P())
-    split_batch = mesh.shape["data"] > 1
+    by_replica, everywhere = NamedSharding(mesh, P("replica")), NamedSharding(mesh, P())
     chunk_jit = functools.partial(jit, donate_argnums=(0,),
                                   out_shardings=(by_replica, everywhere))
     eval_jit = functools.partial(jit, out_shardings=everywhere)
   else:
-    split_batch = False
-    chunk_jit = functools.partial(jit, donate_argnums=(0,))
-    eval_jit = jit
+    chunk_jit, eval_jit = functools.partial(jit, donate_argnums=(0,)), jit
 
   def constrain(x):
     """Splits each replica's batch over the ``data`` axis (when it has several devices)."""
@@ -111,98 +249,19 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
     spec = P("replica", "data", *([None] * (x.ndim - 2)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-  def init_one(init_key, sample):
-    variables = module.init(init_key, sample, train=False)
-    params = variables["params"]
-    return TrainState(params, variables.get("batch_stats", {}), tx.init(params))
+  apply = functools.partial(apply_model, module, plan, s, has_batch_norm)
+  grid_step = over_grid(plan, mesh, functools.partial(train_step, apply, s), replicated=(1,))
+  grid_logits = over_grid(plan, mesh, lambda st, x: apply(st, x, train=False)[0])
+  factor = schedule(s.lr_decay, s.lr_decay_every)
 
-  def inputs_one(kind, rep: Replicas, d: Data, x_u8, indices, split):
-    """One replica's scaled, randomized, whitened inputs: ``x_u8`` holds the examples
-    ``indices`` of ``split``."""
-    x = randomize.randomize_inputs(kind, rep.rand_key, data_lib.scale(x_u8), indices, split,
-                                   rep.shared_perm, d.gauss_mean, d.gauss_std)
-    return data_lib.whiten(x)
-
-  def inputs(reps: Replicas, d: Data, x_u8, indices, split):
-    """Every replica's inputs (R, B, H, W, C); each kind's group computes only its own.
-
-    ``x_u8`` (R, B, H, W, C) and ``indices`` (R, B) are each replica's examples, or both
-    come without the replica axis when every replica sees the same examples (evaluation).
-    """
-    shared = indices.ndim == 1
-    axes = (0, None) + ((None, None) if shared else (0, 0)) + (None,)
-    own = (lambda a, lo, hi: a) if shared else (lambda a, lo, hi: a[lo:hi])
-    parts = [jax.vmap(functools.partial(inputs_one, kind), axes)(
-        jax.tree.map(lambda a: a[lo:hi], reps), d, own(x_u8, lo, hi), own(indices, lo, hi),
-        split) for kind, lo, hi in h.segments]
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
-
-  low_precision = h.compute_dtype != "float32"
-
-  def apply(state: TrainState, x, train: bool):
-    if low_precision:  # master weights stay fp32; the gradient flows back through the cast
-      dtype = jnp.dtype(h.compute_dtype)
-      state = state._replace(params=jax.tree.map(lambda p: p.astype(dtype), state.params))
-      x = x.astype(dtype)
-    logits, batch_stats = _apply(state, x, train)
-    return logits.astype(jnp.float32), batch_stats
-
-  def _apply(state: TrainState, x, train: bool):
-    variables = {"params": state.params}
-    if has_batch_norm:
-      variables["batch_stats"] = state.batch_stats
-      if train:
-        logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
-        return logits, updates["batch_stats"]
-    return module.apply(variables, x, train=train), state.batch_stats
-
-  def step_one(state: TrainState, x, y, lr):
-    def loss_fn(params):
-      logits, batch_stats = apply(state._replace(params=params), x, train=True)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return loss, batch_stats
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, momentum = tx.update(grads, state.momentum, state.params)
-    params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
-    return TrainState(params, batch_stats, momentum), loss
-
-  def over_replicas(fn, *args):
-    """fn applied to each replica's slice of ``args``: batched (vmap) or in a loop (map).
-
-    A vmapped convolution becomes one grouped convolution, which some backends run slowly;
-    a loop runs ordinary convolutions one replica after another.
-    """
-    if h.strategy == "map":
-      return jax.lax.map(lambda a: fn(*a), args)
-    return jax.vmap(fn)(*args)
-
-  def grid_step(states, x, y, lr):
-    return over_replicas(lambda s, x, y: step_one(s, x, y, lr), states, x, y)
-
-  def grid_logits(states, x):
-    return over_replicas(lambda s, x: apply(s, x, train=False)[0], states, x)
-
-  if mesh is not None:
-    # Each device runs the model on its own replicas. Left to the automatic partitioner, a
-    # vmapped convolution becomes one grouped convolution that XLA does not split by group:
-    # it gathers every replica's weights and runs the whole grid on every device.
-    # shard_map makes the replica axis manual; the data axis stays automatic.
-    manual = functools.partial(jax.shard_map, mesh=mesh, axis_names={"replica"},
-                               check_vma=False)
-    grid_step = manual(grid_step, in_specs=(P("replica"), P("replica"), P("replica"), P()),
-                       out_specs=(P("replica"), P("replica")))
-    grid_logits = manual(grid_logits, in_specs=(P("replica"), P("replica")),
-                         out_specs=P("replica"))
-
-  def epoch_orders(reps: Replicas, epoch, n):
+  def epoch_orders(reps, epoch, n):
     return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
         reps.order_key)
 
   @chunk_jit
-  def train_chunk(states, reps: Replicas, d: Data, step0, num_steps):
+  def train_chunk(states, reps: ReplicaConstants, d: DeviceDataset, step0, num_steps):
     n = d.train_images.shape[0]
-    per_epoch = n // h.batch_size  # the last partial batch of an epoch is dropped
+    per_epoch = n // s.batch_size  # the last partial batch of an epoch is dropped
 
     def body(i, carry):
       states, orders, loss_sum = carry
@@ -211,11 +270,12 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
       # A new epoch's order when one starts (the step is shared: this stays a real branch).
       orders = jax.lax.cond(pos == 0, lambda: epoch_orders(reps, step // per_epoch, n),
                             lambda: orders)
-      indices = jax.lax.dynamic_slice_in_dim(orders, pos * h.batch_size, h.batch_size, 1)
-      x = constrain(inputs(reps, d, jnp.take(d.train_images, indices, axis=0), indices,
-                           randomize.TRAIN))
+      indices = jax.lax.dynamic_slice_in_dim(orders, pos * s.batch_size, s.batch_size, 1)
+      x = constrain(grid_inputs(s, reps, d, jnp.take(d.train_images, indices, axis=0),
+                                indices, randomize.TRAIN, step))
       y = constrain(jnp.take_along_axis(reps.labels, indices, axis=1))
-      states, loss = grid_step(states, x, y, learning_rate(h, step))
+      states, loss = grid_step(states, x, y, reps.learning_rate, reps.weight_decay,
+                               factor(step))
       return states, orders, loss_sum + loss
 
     orders = epoch_orders(reps, step0 // per_epoch, n)
@@ -224,42 +284,21 @@ def make_functions(module, h: Hyper, has_batch_norm: bool, mesh=None,
     return states, loss_sum / num_steps
 
   @eval_jit
-  def evaluate(states, reps: Replicas, d: Data):
-    """Mean loss, accuracy, max-softmax confidence and entropy of every replica on the train
-    and test splits. One loop runs the batches of both splits (train, then test): the
-    model's forward pass and each randomization are compiled once, not once per split."""
+  def evaluate(states, reps: ReplicaConstants, d: DeviceDataset):
+    """Mean loss, accuracy, max-softmax confidence and entropy of every replica on its
+    training set and the test set."""
     n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
-    eb = min(h.eval_batch_size, max(n_train, n_test))
+    eb = min(s.eval_batch_size, max(n_train, n_test))
     train_batches = -(-n_train // eb)
     num_batches = train_batches + -(-n_test // eb)
-
-    def batch(b):
-      is_test = b >= train_batches
-      n = jnp.where(is_test, n_test, n_train)
-      pos = (b - jnp.where(is_test, train_batches, 0)) * eb + jnp.arange(eb)
-      valid = (pos < n).astype(jnp.float32)
-      idx = jnp.minimum(pos, n - 1)
-      # Both gathers are eb rows; the split's is kept (idx is in range for it).
-      i_test, i_train = jnp.minimum(idx, n_test - 1), jnp.minimum(idx, n_train - 1)
-      x_u8 = jnp.where(is_test, d.test_images[i_test], d.train_images[i_train])
-      y = jnp.where(is_test, d.test_labels[i_test][None], reps.labels[:, i_train])  # (R, eb)
-      split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
-      logits = grid_logits(states, inputs(reps, d, x_u8, idx, split))
-      logp = jax.nn.log_softmax(logits)
-      prob = jnp.exp(logp)
-      per_example = jnp.stack([
-          -jnp.take_along_axis(logp, y[..., None], -1)[..., 0],
-          (jnp.argmax(logits, -1) == y).astype(jnp.float32),
-          jnp.max(prob, -1),
-          -jnp.sum(prob * logp, -1),
-      ])  # (4, R, eb)
-      return jnp.sum(per_example * valid, axis=-1)
-
-    sums = jax.lax.map(batch, jnp.arange(num_batches))  # (batches, 4, R)
+    sums = jax.lax.map(lambda b: eval_batch(grid_logits, s, states, reps, d, b,
+                                            train_batches, eb),
+                       jnp.arange(num_batches))  # (batches, 4, R)
     train = jnp.sum(sums[:train_batches], axis=0) / n_train
     test = jnp.sum(sums[train_batches:], axis=0) / n_test
     out = {"train_loss": train[0], "train_acc": train[1]}
     out.update({f"test_{k}": v for k, v in zip(("loss", "acc", "confidence", "entropy"), test)})
     return out
 
-  return Functions(h, init_one, train_chunk, evaluate)
+  init = functools.partial(init_state, module, momentum=s.momentum)
+  return GridProgram(s, plan, init, train_chunk, evaluate)

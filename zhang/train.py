@@ -10,8 +10,8 @@ the test set, until every replica has fitted or ``max_steps``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -29,7 +29,8 @@ from zhang import config as config_lib
 from zhang import mesh as mesh_lib
 from zhang import data as data_lib
 from zhang import metrics as metrics_lib
-from zhang import models, randomize, step as step_lib
+from zhang import augment, models, randomize, step as step_lib
+from zhang import plan as plan_lib
 from zhang.errors import UsageError
 
 
@@ -40,6 +41,7 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False):
   """
   config = config_lib.resolve(config)
   replicas = config_lib.expand_grid(config)
+  plan_lib.parse(os.environ.get(plan_lib.ENV))  # a bad $ZHANG_PLAN, before any data
   dataset = data_lib.load(config.dataset, config.data_dir or None)
   dataset = dataset.subset(config.n_train or None, config.n_test or None)
   config_lib.check_against_data(config, len(dataset.train_labels))
@@ -65,6 +67,8 @@ def check_workdir(workdir, config, restart: bool) -> None:
   # keeps its default (the old run ran with what the default means).
   added = config_lib.to_json_dict(config_lib.base_config())
   old = {**{k: v for k, v in added.items() if k not in old and new.get(k) == v}, **old}
+  # Fields that once held the execution plan do not make another experiment.
+  old = {k: v for k, v in old.items() if k not in config_lib.FORMER_PLAN_FIELDS}
   if old != new:
     fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise UsageError(f"workdir {workdir} holds a run with a different config (differs in "
@@ -72,90 +76,41 @@ def check_workdir(workdir, config, restart: bool) -> None:
                      f"old run's files and start over")
 
 
-def build_replicas(replicas, dataset, sharding):
+def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding):
   """Per-replica constants, computed on the devices from seeds and sharded on ``replica``.
 
-  Returns (init keys, step.Replicas, realized label noise per replica (replicated)).
+  Returns (init keys, step.ReplicaConstants, realized label noise per replica (replicated)).
   """
   seeds = np.asarray([r.seed for r in replicas], np.uint32)
   salts = np.asarray([randomize.randomization_salt(r.kind, r.corruption) for r in replicas],
                      np.uint32)
   p = np.asarray([r.corruption for r in replicas], np.float32)
+  hyper = (np.asarray([r.learning_rate for r in replicas], np.float32),
+           np.asarray([r.weight_decay for r in replicas], np.float32),
+           np.asarray([augment.index(settings.augmentations, r.augmentation)
+                       for r in replicas], np.int32))
   h, w = data_lib.paper_crop(dataset.train_images[:1]).shape[1:3]
   true = dataset.train_labels
 
-  def make(seeds, salts, p, true):
+  def make(seeds, salts, p, true, hyper):
     init, order, rand = jax.vmap(randomize.keys)(seeds, salts)
     labels = jax.vmap(randomize.corrupt_labels, (0, None, 0, None))(
         rand, true, p, dataset.num_classes).astype(jnp.int32)
     perms = jax.vmap(randomize.shared_permutation, (0, None))(rand, h * w).astype(jnp.int32)
     noise = jnp.mean(labels != true[None], axis=1)
-    return init, step_lib.Replicas(order, rand, labels, perms), noise
+    return init, step_lib.ReplicaConstants(order, rand, labels, perms, *hyper), noise
 
   replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(make, out_shardings=(sharding, sharding, replicated))(seeds, salts, p, true)
+  return jax.jit(make, out_shardings=(sharding, sharding, replicated))(
+      seeds, salts, p, true, hyper)
 
 
-def device_data(dataset, sharding) -> step_lib.Data:
+def device_data(dataset, sharding) -> step_lib.DeviceDataset:
   """The dataset on the devices, once (replicated), centre-cropped, still uint8."""
   train = data_lib.paper_crop(dataset.train_images)
   mean, std = randomize.channel_stats(train)
   arrays = (train, data_lib.paper_crop(dataset.test_images), dataset.test_labels, mean, std)
-  return step_lib.Data(*(mesh_lib.put(a, sharding) for a in arrays))
-
-
-# replica_strategy="auto": (backend, model family) -> strategy, from measurements
-# (benchmarks/RESULTS.md, "Replica strategies" and "H200"); anything not listed uses vmap.
-# On CPU a loop over replicas runs the conv nets 1.3-1.5x faster than vmap's grouped
-# convolutions (3.2-4.4x with YNNPACK's kernels, cpu_kernels="default"); on an H200 1.37x
-# (inception_small, R = 64), with a 4x shorter compile. The MLPs' batched matmuls are as fast
-# either way. TPU entries wait for a TPU measurement.
-STRATEGY = {("cpu", "mlp"): "vmap", ("cpu", "conv"): "map", ("gpu", "conv"): "map"}
-
-
-def replica_strategy(config) -> str:
-  if config.replica_strategy != "auto":
-    return config.replica_strategy
-  family = "mlp" if config.model.startswith("mlp") else "conv"
-  return STRATEGY.get((jax.default_backend(), family), "vmap")
-
-
-# conv_gradient="auto": backend -> how the conv nets' layers are differentiated. XLA CPU runs
-# JAX's own convolution gradients 10-70x slower inside a loop body than outside, and
-# expands max-pool gradients into index arrays and a scatter (benchmarks/RESULTS.md,
-# "Convolutions inside loops"); zhang/layers.py states them in forms it runs at full speed.
-# Accelerators keep JAX's rules: on an H200 alexnet_small's explicit gradients were no
-# faster (benchmarks/RESULTS.md, "H200"); cuDNN has kernels for both convolution gradients.
-# "explicit" also gives every model's logits' layer a faster weight gradient on CPU
-# (zhang/layers.py:dense_dot_general; the MLPs take only that).
-CONV_GRADIENT = {"cpu": "explicit"}
-
-
-def conv_gradient(config) -> str:
-  if config.conv_gradient != "auto":
-    return config.conv_gradient
-  return CONV_GRADIENT.get(jax.default_backend(), "jax")
-
-
-# cpu_kernels="auto": the kernels XLA CPU runs the step with. YNNPACK (XLA's default in jax
-# 0.10) runs each convolution on one core; Eigen's spatial convolution uses every core, and
-# ran the conv nets' steps 1.03-1.27x faster on 2 vCPUs, with the gradients unchunked
-# (benchmarks/RESULTS.md, "Eigen's convolutions"). For the MLPs Eigen's batched products were
-# 1.02-1.14x faster from 8 replicas per device on, and 4-15% slower for one replica. "eigen"
-# leaves YNNPACK the reductions (max-pool windows): XLA's own reduce-window is slower still.
-MLP_EIGEN_FROM = 8  # replicas per device
-COMPILER_OPTIONS = {
-    "default": {},
-    "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}}
-
-
-def cpu_kernels(config, replicas_per_device: int) -> str:
-  """"default" or "eigen": what the step is compiled with on CPU (no effect elsewhere)."""
-  if config.cpu_kernels != "auto":
-    return config.cpu_kernels
-  if not config.model.startswith("mlp"):
-    return "eigen"
-  return "eigen" if replicas_per_device >= MLP_EIGEN_FROM else "default"
+  return step_lib.DeviceDataset(*(mesh_lib.put(a, sharding) for a in arrays))
 
 
 def replicas_per_device(config, num_replicas: int) -> int:
@@ -164,82 +119,54 @@ def replicas_per_device(config, num_replicas: int) -> int:
   return -(-num_replicas // shape[0])
 
 
-@functools.cache
-def _accepted(options: tuple) -> bool:
-  try:
-    jax.jit(lambda x: x + 1).lower(jnp.zeros(())).compile(dict(options))
-    return True
-  except Exception:  # noqa: BLE001 - XLA answers an unknown option or value with an error
-    return False
+def choose_plan(config, num_replicas: int, plan=None) -> plan_lib.Plan:
+  """The execution plan for the config's grid: ``plan`` (a Plan, or overrides as a string
+  or dict), else the measured one for this backend, with ``$ZHANG_PLAN`` over it."""
+  if isinstance(plan, plan_lib.Plan):
+    return plan
+  return plan_lib.choose(config.model, replicas_per_device(config, num_replicas),
+                         override=plan)
 
 
-def accepted(options: dict) -> bool:
-  """Whether this jaxlib's XLA takes these compiler options (an experimental one may go)."""
-  return not options or _accepted(tuple(sorted(options.items())))
-
-
-def compiler_options(config, replicas_per_device: int) -> dict:
-  """XLA options for the grid's compiled functions: ``cpu_kernels``'s, on CPU only. Where
-  this jaxlib refuses them, ``auto`` falls back to XLA's default kernels, and an explicit
-  ``eigen`` is a UsageError."""
-  if jax.default_backend() != "cpu":
-    return {}
-  kernels = cpu_kernels(config, replicas_per_device)
-  options = dict(COMPILER_OPTIONS[kernels])
-  if accepted(options):
-    return options
-  if config.cpu_kernels == kernels:
-    raise UsageError(f"cpu_kernels={kernels!r} needs the XLA option(s) {options}, which "
-                     f"jaxlib {jax.__version__} refuses: use cpu_kernels=auto or default")
-  return {}
-
-
-def hyper(config, replicas) -> step_lib.Hyper:
-  return step_lib.Hyper(config.batch_size, float(config.learning_rate), float(config.momentum),
-                        float(config.lr_decay), config.lr_decay_every,
-                        float(config.weight_decay), config.eval_batch_size,
-                        randomize.segments([r.kind for r in replicas]),
-                        replica_strategy(config), config.compute_dtype)
-
-
-def build(config, replicas, dataset, mesh=None):
-  """The grid's compiled functions, device data, per-replica constants and initial state.
+def build(config, replicas, dataset, mesh=None, plan=None):
+  """The grid's compiled program, device data, per-replica constants and initial state.
 
   The grid is padded to a multiple of the mesh's replica axis (``mesh_lib.pad``); every
   per-replica array has the padded length, outputs use the first ``len(replicas)``.
-  Returns (step.Functions, step.Data, step.Replicas, stacked TrainState, label noise).
+  ``plan``: see ``choose_plan``. Returns (step.GridProgram, step.DeviceDataset,
+  step.ReplicaConstants, stacked TrainState, label noise).
   """
   spec = models.get(config.model)
   mesh = mesh or mesh_lib.make_mesh(config.mesh_shape)
   padded = mesh_lib.pad(replicas, mesh.shape["replica"])
+  chosen = choose_plan(config, len(replicas), plan)
   by_replica = mesh_lib.replica_sharding(mesh)
+  settings = step_lib.StepSettings.from_config(config, padded)
   d = device_data(dataset, mesh_lib.replicated(mesh))
-  init_keys, reps, label_noise = build_replicas(padded, dataset, by_replica)
-  options = compiler_options(config, len(padded) // mesh.shape["replica"])
-  # Gradient chunks suit YNNPACK's one-core convolutions, not Eigen's (zhang/layers.py). The
-  # options say which kernels the step really gets (a refused option falls back to XLA's).
-  chunks = options == COMPILER_OPTIONS["default"]
-  module = spec.build(dataset.num_classes, conv_gradient(config), grad_chunks=chunks)
-  fns = step_lib.make_functions(module, hyper(config, padded),
-                                spec.batch_norm, mesh, compiler_options=options)
+  init_keys, reps, label_noise = build_replicas(padded, dataset, settings, by_replica)
+  program = step_lib.compile_grid(spec.build(dataset.num_classes), settings, spec.batch_norm,
+                                  chosen, mesh)
   sample = jnp.zeros((1, *d.train_images.shape[1:]), jnp.float32)
-  states = jax.jit(jax.vmap(fns.init, (0, None)), out_shardings=by_replica)(init_keys, sample)
-  return fns, d, reps, states, np.asarray(label_noise)[:len(replicas)]
+  states = jax.jit(jax.vmap(program.init, (0, None)), out_shardings=by_replica)(
+      init_keys, sample)
+  return program, d, reps, states, np.asarray(label_noise)[:len(replicas)]
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
-        progress: bool = True) -> dict:
+        progress: bool = True, plan=None) -> dict:
   """Trains the config's grid in ``workdir``; returns the summary (also in summary.json).
 
   Resumes from the workdir's latest good checkpoint when it holds one of the same config;
   ``restart`` deletes a previous run's files first. On SIGTERM, saves a checkpoint at the
-  next chunk boundary and returns with ``status == "preempted"``.
+  next chunk boundary and returns with ``status == "preempted"``. ``plan``: the execution
+  plan's overrides (``choose_plan``); speed only.
   """
   start = time.time()
   workdir = metrics_lib.workdir_path(workdir)
   config, replicas, dataset = prepare(config, workdir, restart)
   n_train = len(dataset.train_labels)
-  fns, d, reps, states, label_noise = build(config, replicas, dataset)
+  program, d, reps, states, label_noise = build(config, replicas, dataset, plan=plan)
+  base_lr = np.asarray([r.learning_rate for r in replicas], np.float32)
   primary = jax.process_index() == 0
   config_dict = config_lib.to_json_dict(config)
   if restart and primary:
@@ -258,9 +185,9 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
                   steps_per_epoch=n_train // config.batch_size,
                   batch_size=config.batch_size, fit_threshold=config.fit_threshold,
                   config_hash=checkpoint_lib.config_hash(config_dict),
-                  # Where ``timing`` was measured (this session's machine).
+                  # Where and how ``timing`` was measured (this process's machine).
                   backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-                  device_count=jax.device_count()))
+                  device_count=jax.device_count(), plan=str(program.plan)))
   step, saved_step = 0, None
   if restored:
     step, states, meta = restored
@@ -288,10 +215,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
       while True:
         if evaluate_now:
           t0 = time.perf_counter()
-          ev = jax.device_get(fns.evaluate(states, reps, d))
+          ev = jax.device_get(program.evaluate(states, reps, d))
           tracker.time_call("eval", time.perf_counter() - t0)
-          writer.rows(tracker.record(step, ev, float(step_lib.learning_rate(
-              fns.hyper, jnp.asarray(step)))))
+          writer.rows(tracker.record(step, ev, np.asarray(step_lib.learning_rate_at(
+              step, base_lr, config.lr_decay, config.lr_decay_every))))
         done = tracker.all_fitted() or step >= config.max_steps
         stop_now = not done and preempted()
         status = "complete" if done else ("preempted" if stop_now else "running")
@@ -307,7 +234,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
         stop = min(_next_multiple(step, config.eval_every),
                    _next_multiple(step, config.checkpoint_every), config.max_steps)
         t0 = time.perf_counter()
-        states, loss = fns.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
+        states, loss = program.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
                                        jnp.asarray(stop - step, jnp.int32))
         tracker.batch_loss = np.asarray(loss)[:len(replicas)]  # waits for the chunk
         tracker.time_call("train", time.perf_counter() - t0, stop - step)
