@@ -164,7 +164,7 @@ def test_mixed_datasets_refused(tmp_path):
 
 def test_setups_and_regularizers(tmp_path):
   a = _write(tmp_path, "a", model="inception_small", config=dict(weight_decay=5e-4))
-  b = _write(tmp_path, "b", model="inception_small_nobn", config=dict(augment="crop"))
+  b = _write(tmp_path, "b", model="inception_small_nobn", config=dict(augmentation="crop"))
   runs = analysis.load_runs([a, b])
   setups = set(runs.replicas.setup)
   assert setups == {"inception_small + weight decay + batch norm",
@@ -195,7 +195,7 @@ def test_report_writes_every_file(tmp_path):
   b = synthetic.write_example_run(tmp_path / "mlp3", model="mlp_3x512", scale=1.5,
                                   test_acc_p0=0.95)
   out = tmp_path / "report"
-  assert _cli(["report", str(a), str(b), "--out", str(out), "--n-boot", "10"]) == 0
+  assert _cli(["report", str(a), str(b), "--out", str(out), "--n_boot", "10"]) == 0
   for name in ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png"):
     image = matplotlib.image.imread(out / name)
     width, height = plots.FIGSIZE[0] * plots.DPI, plots.FIGSIZE[1] * plots.DPI
@@ -275,7 +275,7 @@ def test_run_in_progress_before_true_labels_fit(tmp_path):
   assert "no true-label replica has fitted yet: slowdowns undefined" in texts
   assert "not fitted: lower bound" not in _legend(fig)
   out = tmp_path / "report"
-  assert _cli(["report", str(run), "--out", str(out), "--n-boot", "5"]) == 0
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "5"]) == 0
   for name in (*report.FIGURES, "report.md"):
     assert (out / name).stat().st_size > 0, name
   text = (out / "report.md").read_text()
@@ -325,8 +325,161 @@ def test_fig1a_coinciding_curves_stay_visible(tmp_path):
 def test_report_states_epochs_as_examples_over_n_train(tmp_path):
   run = _write(tmp_path, n_train=1000, batch_size=128)
   out = tmp_path / "report"
-  assert _cli(["report", str(run), "--out", str(out), "--n-boot", "0"]) == 0
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
   text = (out / "report.md").read_text()
   assert "examples seen / n_train" in text
   assert ("n_train = 1,000 / batch size 128 = 7.81 steps per epoch, so 200 steps are 25.60 "
           "epochs") in text
+
+
+# A grid over learning rate x weight decay x corruption x seed. Replica time to fit is
+# BASE[lr, wd] * (1 + GROWTH[wd] * p) * (1 + seed) steps: each combination has its own
+# true-label time and its own slowdown, and seed 1 takes twice as long as seed 0.
+BASE = {(0.01, 0.0): 40, (0.01, 5e-4): 60, (0.03, 0.0): 20, (0.03, 5e-4): 40}
+GROWTH = {0.0: 2.0, 5e-4: 1.0}
+COMBOS = ["lr 0.01, wd 0", "lr 0.01, wd 0.0005", "lr 0.03, wd 0", "lr 0.03, wd 0.0005"]
+
+
+def _grid_run(tmp_path, name="grid", **kwargs):
+  reps = [R("labels", p, s, int(BASE[lr, wd] * (1 + GROWTH[wd] * p) * (1 + s)), 0.9 - 0.8 * p,
+            learning_rate=lr, weight_decay=wd)
+          for (lr, wd) in BASE for p in (0.0, 0.5, 1.0) for s in (0, 1)]
+  return synthetic.write_run(tmp_path / name, reps, max_steps=300, **kwargs)
+
+
+def test_grid_hparams_are_replica_columns(tmp_path):
+  runs = analysis.load_runs(_grid_run(tmp_path))
+  r = runs.replicas
+  assert len(r) == 24 and set(r.augmentation) == {"none"}
+  assert sorted(set(zip(r.learning_rate, r.weight_decay))) == sorted(BASE)
+  # Only the axes that vary are named; augmentation does not.
+  assert sorted(set(r.hparams)) == COMBOS
+  assert set(r.base_setup) == {"mlp_1x512"}
+  assert set(r.setup) == {f"mlp_1x512 ({c})" for c in COMBOS}
+  wd = r.set_index("replica").weight_decay
+  regs = r.set_index("replica").regularizers
+  assert (regs[wd > 0] == "weight decay").all() and (regs[wd == 0] == "none").all()
+  # The per-row lr is the replica's own scheduled rate.
+  m = runs.metrics
+  first = m[m.step == 0]
+  assert (first.lr == first.learning_rate).all()
+
+
+def test_grid_fit_times_and_slowdowns_per_combination(tmp_path):
+  a = analysis.analyze(analysis.load_runs(_grid_run(tmp_path)), n_boot=20)
+  s = a.fits
+  # Each combination against its own true-label replica of the same seed: 1 + GROWTH p.
+  assert s.paired.all()
+  expected_step = [BASE[lr, wd] * (1 + GROWTH[wd] * p) * (1 + seed)
+                   for lr, wd, p, seed in zip(s.learning_rate, s.weight_decay, s.corruption,
+                                              s.seed)]
+  assert s.time_step.tolist() == expected_step
+  assert s.baseline_step.tolist() == [BASE[lr, wd] * (1 + seed) for lr, wd, seed in
+                                      zip(s.learning_rate, s.weight_decay, s.seed)]
+  assert np.allclose(s.slowdown, 1 + s.weight_decay.map(GROWTH) * s.corruption)
+  # One fit-summary row per (combination, corruption), in numeric order.
+  f = a.fit_summary
+  assert len(f) == 12 and not f.duplicated(["learning_rate", "weight_decay",
+                                            "corruption"]).any()
+  assert list(f.hparams.unique()) == COMBOS
+  for r in f.itertuples():
+    # Mean over seeds 0 and 1 of BASE (1 + GROWTH p) (1 + seed) steps, 10 steps an epoch.
+    steps = BASE[r.learning_rate, r.weight_decay] * (1 + GROWTH[r.weight_decay] * r.corruption)
+    assert r.mean_epoch == pytest.approx(steps * 1.5 / 10)
+    assert r.mean_slowdown == pytest.approx(1 + GROWTH[r.weight_decay] * r.corruption)
+    assert r.n == 2 and r.n_censored == 0
+  # A scaling law per combination: the linear form recovers its growth rate, and t0 is the
+  # combination's true-label time (geometric mean over the seeds, in epochs).
+  lin = a.scaling[a.scaling.form == "linear"]
+  assert list(lin.hparams) == COMBOS
+  for r in lin.itertuples():
+    assert r.b == pytest.approx(GROWTH[r.weight_decay], rel=1e-3)
+    assert r.t0 == pytest.approx(BASE[r.learning_rate, r.weight_decay] * math.sqrt(2) / 10,
+                                 rel=1e-3)
+  # Table 1: a row per combination and condition.
+  t1 = a.table1
+  assert len(t1) == 12 and list(t1.hparams.unique()) == COMBOS
+  assert set(t1[t1.weight_decay > 0].regularizers) == {"weight decay"}
+  assert (t1.n == 2).all() and (t1.n_fitted == 2).all()
+
+
+def test_grid_fig1b_draws_one_curve_per_combination(tmp_path):
+  a = analysis.analyze(analysis.load_runs(_grid_run(tmp_path)), n_boot=5)
+  fig = plots.fig1b(a.fits, a.scaling, n_boot=5)
+  curves = [l for l in fig.axes[0].get_lines() if l.get_label() in COMBOS]
+  assert [l.get_label() for l in curves] == COMBOS
+  # Each curve is its combination's mean slowdown at p = 0, 0.5, 1.
+  for line, (lr, wd) in zip(curves, BASE):
+    assert np.allclose(line.get_ydata(), [1, 1 + GROWTH[wd] / 2, 1 + GROWTH[wd]])
+  laws = [t for t in _legend(fig) if "law (better AIC)" in t]
+  assert len(laws) == 4 and all(t.split(":")[0] in COMBOS for t in laws)
+
+
+def test_grid_report_lists_combinations(tmp_path):
+  out = tmp_path / "report"
+  assert _cli(["report", str(_grid_run(tmp_path)), "--out", str(out), "--n_boot", "0"]) == 0
+  text = (out / "report.md").read_text()
+  assert "## Hyper-parameter combinations" in text and "4 combinations" in text
+  assert "| mlp_1x512 (lr 0.03, wd 0.0005) | 0.03 | 0.0005 | none | 6 | 0, 1 |" in text
+  assert "| model | hyper-parameters | parameters |" in text
+  assert ("| mlp_1x512 (lr 0.03, wd 0) | labels p=0.5 | 2/2 | 6.0 [4.0, 8.0] | "
+          "2.00 [2.00, 2.00] |") in text
+  assert "| mlp_1x512 (lr 0.01, wd 0.0005) | linear | `t(p) = t0 * (1 + b*p)` |" in text
+  for name in report.FIGURES:
+    assert (out / name).stat().st_size > 0
+  # One learning rate and weight decay: no combination appears anywhere.
+  single = tmp_path / "single"
+  assert _cli(["report", str(_write(tmp_path)), "--out", str(single), "--n_boot", "0"]) == 0
+  text = (single / "report.md").read_text()
+  assert "Hyper-parameter" not in text and "hyper-parameters" not in text
+  assert "| mlp_1x512 | true labels | 2/2 |" in text
+
+
+def test_old_run_without_hparams_takes_config_scalars(tmp_path):
+  old = _write(tmp_path, "old", old_format=True,
+               config=dict(learning_rate=0.05, weight_decay=5e-4))
+  rows = [json.loads(l) for l in (old / "metrics.jsonl").read_text().splitlines()]
+  assert not {"learning_rate", "weight_decay", "augmentation"} & set(rows[0])
+  assert "augmentation" not in json.loads((old / "config.json").read_text())
+  runs = analysis.load_runs(old)
+  for table in (runs.metrics, runs.replicas):
+    assert (table.learning_rate == 0.05).all() and (table.weight_decay == 5e-4).all()
+    assert (table.augmentation == "none").all()
+  assert set(runs.replicas.setup) == {"mlp_1x512 + weight decay"}
+  assert set(runs.replicas.hparams) == {""}
+  s = analysis.slowdown(analysis.time_to_fit(runs.metrics)).set_index("replica")
+  assert s.slowdown[2] == pytest.approx(120 / 40)
+  # Beside a grid run of the same setup family, the old run's replicas are named by theirs.
+  both = analysis.load_runs([old, _grid_run(tmp_path)])
+  assert set(both.replicas[both.replicas.run == "old"].setup) == {
+      "mlp_1x512 (lr 0.05, wd 0.0005)"}
+  assert both.replicas.setup.nunique() == 5
+
+
+def test_table1_per_replica_augmentation_and_weight_decay(tmp_path):
+  reps = [R("labels", 0.0, 0, 40, 0.9), R("labels", 0.0, 0, 60, 0.9, weight_decay=5e-4),
+          R("labels", 0.0, 0, 80, 0.9, augmentation="crop"),
+          R("labels", 1.0, 0, 120, 0.1)]
+  runs = analysis.load_runs(_write(tmp_path, replicas=reps, dataset="cifar10"))
+  t1 = tables.table1(runs).set_index(["weight_decay", "augmentation", "condition"])
+  assert t1.regularizers[5e-4, "none", "true labels"] == "weight decay"
+  assert t1.regularizers[0.0, "crop", "true labels"] == "augmentation (crop)"
+  assert t1.regularizers[0.0, "none", "true labels"] == "none"
+  # The paper's Table 1 row that matches each replica's own crop and weight decay.
+  assert t1.paper_test_acc[0.0, "none", "true labels"] == pytest.approx(0.5051)
+  assert t1.paper_test_acc[5e-4, "none", "true labels"] == pytest.approx(0.5039)
+  assert math.isnan(t1.paper_test_acc[0.0, "crop", "true labels"])  # no MLP + crop row
+  # The random-label replica (wd 0, no augmentation) is slowed against the true-label
+  # replica of its own combination (40 steps), not the mean of all three (60).
+  s = analysis.slowdown(analysis.time_to_fit(runs.metrics)).set_index("replica")
+  assert s.slowdown[3] == pytest.approx(120 / 40) and s.baseline_step[3] == 40
+  assert s.slowdown[[0, 1, 2]].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_flags_have_one_spelling(tmp_path, capsys):
+  run = _write(tmp_path)
+  with pytest.raises(SystemExit):
+    _cli(["report", str(run), "--out", str(tmp_path / "o"), "--n-boot", "0"])
+  assert "unrecognized arguments: --n-boot" in capsys.readouterr().err
+  assert _cli(["report", str(run), "--out", str(tmp_path / "o"), "--n_boot", "0",
+               "--loss_below", "0.1"]) == 0

@@ -156,7 +156,7 @@ def _cli(argv):
 
 
 def test_cli_json(digits, capsys):
-  code = _cli(["kernel", "--dataset", "digits", "--n", "300", "--n-test", "100",
+  code = _cli(["kernel", "--dataset", "digits", "--n", "300", "--n_test", "100",
                "--features", "gabor", "--json"])
   assert code == 0
   result = json.loads(capsys.readouterr().out)
@@ -172,7 +172,8 @@ def test_cli_json(digits, capsys):
     (["--n", "5000"], "out of range"),
     (["--kernel", "linear"], "--ridge"),
     (["--ridge", "-1"], "--ridge"),
-    (["--memory-gb", "0.001"], "--memory-gb"),
+    (["--memory_gb", "0.001"], "--memory_gb"),
+    (["--memory_gb", "0"], "--memory_gb must be > 0"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(capsys, argv, needle):
   assert _cli(["kernel", "--dataset", "digits", *argv]) == 2

@@ -53,7 +53,7 @@ def _tiny_real_config():
 
   At the paper's lr 0.01 no replica fits in 60 steps. At 0.05 the true-label and pixel
   replicas fit (step 40-50) and the corrupted-label ones stay censored, so both the fitted and
-  the censored paths of the analysis run; `--loss-below 1e-12` (below) censors them all.
+  the censored paths of the analysis run; `--loss_below 1e-12` (below) censors them all.
   """
   from zhang import config as config_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
@@ -99,7 +99,7 @@ def test_report_cli_on_real_run(real_run, tmp_path, monkeypatch, capsys):
   from zhang.analysis import report  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("MPLBACKEND", "Agg")
   out = tmp_path / "report"
-  assert cli.main(["report", str(real_run), "--out", str(out), "--n-boot", "10"]) == 0
+  assert cli.main(["report", str(real_run), "--out", str(out), "--n_boot", "10"]) == 0
   printed = capsys.readouterr().out.split()
   for name in (*report.FIGURES, "report.md"):
     path = out / name
@@ -120,7 +120,7 @@ def test_report_cli_when_true_labels_never_fit(real_run, tmp_path, monkeypatch, 
   out = tmp_path / "report"
   # A loss no replica reaches: every replica censored, as early in a long run.
   assert cli.main(["report", str(real_run), "--out", str(out),
-                   "--loss-below", "1e-12", "--n-boot", "10"]) == 0
+                   "--loss_below", "1e-12", "--n_boot", "10"]) == 0
   printed = capsys.readouterr().out.split()
   for name in (*report.FIGURES, "report.md"):
     path = out / name

@@ -1,26 +1,32 @@
 import dataclasses
+import functools
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from zhang import config as config_lib
-from zhang import data, models, randomize, train
-from zhang.errors import UsageError
+from zhang import data, models, randomize, step, train
+from zhang import plan as plan_lib
 
 
 def _train(config, replicas, dataset, steps):
-  fns, d, reps, states, _ = train.build(config, replicas, dataset)
-  states, _ = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(steps))
+  program, d, reps, states, _ = train.build(config, replicas, dataset)
+  states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(steps))
   # Cross an epoch boundary with a second chunk that starts mid-epoch.
-  states, _ = fns.train_chunk(states, reps, d, jnp.asarray(steps), jnp.asarray(steps))
-  return states, jax.device_get(fns.evaluate(states, reps, d))
+  states, _ = program.train_chunk(states, reps, d, jnp.asarray(steps), jnp.asarray(steps))
+  return states, jax.device_get(program.evaluate(states, reps, d))
 
 
 def test_vmapped_equals_separate(tiny_config):
-  tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 0.5], seeds=[1]),
+  """Replicas trained together equal each trained alone, with different kinds, corruption
+  levels, learning rates and weight decays in one grid."""
+  tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.5], seeds=[1],
+                           learning_rates=[0.003, 0.05], weight_decays=[0.0, 0.01]),
+                      dict(kinds=["labels"], corruptions=[0.0], seeds=[1]),
                       dict(kinds=["random_pixels", "gaussian"], corruptions=[0.0], seeds=[3])]
   config = config_lib.resolve(tiny_config)
   replicas = config_lib.expand_grid(config)
@@ -32,9 +38,65 @@ def test_vmapped_equals_separate(tiny_config):
       np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b[0]), rtol=2e-4, atol=2e-5)
     for k in ev:
       np.testing.assert_allclose(ev[k][i], ev1[k][0], rtol=1e-4, atol=1e-5)
-  # And the replicas really differ from each other.
+  # And the replicas really differ from each other, the hyper-parameters included.
   params = jax.tree.leaves(together)[0]
-  assert not np.allclose(params[0], params[1])
+  assert len(replicas) == 7
+  assert not any(np.allclose(params[i], params[j]) for i in range(4) for j in range(i))
+
+
+def test_a_hyper_parameter_differs_only_in_itself(tiny_config):
+  """Replicas that differ only in learning rate or weight decay start from the same
+  parameters with the same labels and batch order (a paired comparison), and one compiled
+  chunk trains new values without recompiling."""
+  tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.5], seeds=[2],
+                           learning_rates=[0.01, 0.03], weight_decays=[0.0, 1e-3])]
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  assert [(r.learning_rate, r.weight_decay) for r in replicas] == [
+      (0.01, 0.0), (0.01, 1e-3), (0.03, 0.0), (0.03, 1e-3)]
+  dataset = data.load("digits").subset(256, 128)
+  program, d, reps, states, _ = train.build(config, replicas, dataset)
+  for leaf in jax.tree.leaves(states.params):
+    assert all(np.array_equal(leaf[0], leaf[i]) for i in range(4))
+  assert all(np.array_equal(reps.labels[0], reps.labels[i]) for i in range(4))
+  np.testing.assert_allclose(np.asarray(reps.learning_rate), [0.01, 0.01, 0.03, 0.03])
+  trained, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(5))
+  first = jax.tree.leaves(trained.params)[0]
+  assert not np.allclose(first[0], first[2]) and not np.allclose(first[0], first[1])
+  # Other rates and decays: the same compiled chunk.
+  _, again = program.train_chunk(
+      jax.tree.map(jnp.copy, trained), reps._replace(learning_rate=reps.learning_rate * 2,
+                                                      weight_decay=reps.weight_decay + 1e-4),
+      d, jnp.asarray(5), jnp.asarray(5))
+  assert program.train_chunk._cache_size() == 1
+  assert np.all(np.isfinite(np.asarray(again)))
+
+
+def test_train_step_is_sgd_momentum_with_l2_on_the_replicas_own_rate():
+  """One replica's step, two steps deep, against the update written out: v = m v + g + wd w,
+  w -= lr * schedule(step) * v."""
+  module = models.get("mlp_1x512").build(3)
+  settings = step.StepSettings(batch_size=4, momentum=0.9, lr_decay=0.5, lr_decay_every=1,
+                               eval_batch_size=4, segments=(("labels", 0, 1),))
+  x = jax.random.normal(jax.random.key(1), (4, 2, 2, 1))
+  y = jnp.asarray([0, 1, 2, 1])
+  state = step.init_state(module, jax.random.key(0), x[:1], 0.9)
+  apply = functools.partial(step.apply_model, module, plan_lib.Plan(), settings, False)
+  lr, wd = 0.1, 0.01
+  w, v = state.params, jax.tree.map(jnp.zeros_like, state.params)
+
+  def loss(p):
+    logits = module.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  for t in range(2):
+    state, _ = step.train_step(apply, settings, state, x, y, lr, wd,
+                               step.schedule(0.5, 1)(t))
+    g = jax.grad(loss)(w)
+    v = jax.tree.map(lambda v, g, w: 0.9 * v + g + wd * w, v, g, w)
+    w = jax.tree.map(lambda w, v: w - lr * 0.5 ** t * v, w, v)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_evaluate_equals_a_direct_computation(tiny_config):
@@ -45,9 +107,9 @@ def test_evaluate_equals_a_direct_computation(tiny_config):
   config = config_lib.resolve(tiny_config)
   replicas = config_lib.expand_grid(config)
   dataset = data.load("digits").subset(70, 45)
-  fns, d, reps, states, _ = train.build(config, replicas, dataset)
-  states, _ = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(5))
-  ev = jax.device_get(fns.evaluate(states, reps, d))
+  program, d, reps, states, _ = train.build(config, replicas, dataset)
+  states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(5))
+  ev = jax.device_get(program.evaluate(states, reps, d))
   module = models.get(config.model).build(dataset.num_classes)
   for i, r in enumerate(replicas):
     rep = jax.tree.map(lambda a: a[i], reps)
@@ -85,15 +147,23 @@ def test_run_writes_the_contract(tiny_config, tmp_path):
   assert steps[0] == 0 and steps[-1] == summary["steps_run"]
   assert len(rows) == r * len(steps)
   assert len({(row["step"], row["replica"]) for row in rows}) == len(rows)
-  for key in ("step", "epoch", "replica", "kind", "corruption", "seed", "train_loss",
-              "train_acc", "test_loss", "test_acc", "test_confidence"):
+  for key in ("step", "epoch", "replica", "kind", "corruption", "seed", "learning_rate",
+              "weight_decay", "augmentation", "train_loss", "train_acc", "test_loss",
+              "test_acc", "test_confidence"):
     assert key in rows[-1]
+  # Each row's lr is the replica's rate after the schedule (x0.95 every 25 steps here).
+  for row in rows:
+    assert row["lr"] == pytest.approx(row["learning_rate"] * 0.95 ** (row["step"] // 25))
+  assert on_disk_plan(tmp_path) == str(plan_lib.choose("mlp_1x512", 7))
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert on_disk["status"] == "complete"
   for rep in on_disk["replicas"]:
-    for key in ("replica", "kind", "corruption", "seed", "label_noise", "fit_step",
-                "fit_epoch", "final_train_acc", "final_test_acc", "test_confidence"):
+    for key in ("replica", "kind", "corruption", "seed", "learning_rate", "weight_decay",
+                "augmentation", "label_noise", "fit_step", "fit_epoch", "final_train_acc",
+                "final_test_acc", "test_confidence"):
       assert key in rep
+    assert (rep["learning_rate"], rep["weight_decay"], rep["augmentation"]) == (
+        0.01, 0.0, "none")
   kinds = [rep["kind"] for rep in on_disk["replicas"]]
   assert kinds == ["labels"] * 4 + ["shuffled_pixels", "random_pixels", "gaussian"]
   clean = [rep for rep in on_disk["replicas"] if rep["corruption"] == 0.0]
@@ -116,6 +186,10 @@ def test_run_writes_the_contract(tiny_config, tmp_path):
   assert t["eval_cost"] == pytest.approx(per_image / per_example)
   assert t["eval_share"] == pytest.approx(
       t["eval_seconds"] / (t["eval_seconds"] + t["train_seconds"]))
+
+
+def on_disk_plan(workdir):
+  return json.loads((workdir / "summary.json").read_text())["plan"]
 
 
 def test_end_to_end_digits_true_labels_generalize_random_labels_memorize(tmp_path):
@@ -141,9 +215,9 @@ def test_batch_norm_statistics_are_per_replica(tiny_config):
   config = config_lib.resolve(tiny_config)
   replicas = config_lib.expand_grid(config)
   dataset = data.load("digits").subset(64, 32)
-  fns, d, reps, states, _ = train.build(config, replicas, dataset)
+  program, d, reps, states, _ = train.build(config, replicas, dataset)
   before = jax.tree.map(np.asarray, states.batch_stats)
-  states, loss = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(2))
+  states, loss = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(2))
   after = jax.tree.map(np.asarray, states.batch_stats)
   means = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(after)[0]
            if "mean" in str(path)]
@@ -155,32 +229,34 @@ def test_batch_norm_statistics_are_per_replica(tiny_config):
   assert np.all(np.isfinite(np.asarray(loss)))
 
 
-def _short_run(config, steps):
+def _short_run(config, steps, plan=None):
   config = config_lib.resolve(config)
   replicas = config_lib.expand_grid(config)
   dataset = data.load("digits").subset(config.n_train, config.n_test)
-  fns, d, reps, states, _ = train.build(config, replicas, dataset)
-  states, _ = fns.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(steps))
-  return jax.device_get(fns.evaluate(states, reps, d)), states
+  program, d, reps, states, _ = train.build(config, replicas, dataset, plan=plan)
+  states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(steps))
+  return jax.device_get(program.evaluate(states, reps, d)), states
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,steps,tol", [("mlp_1x512", 40, 1e-5),
                                               ("inception_small_nobn", 2, 1e-3)])
-def test_replica_strategies_give_the_same_results(tiny_config, model, steps, tol):
+def test_execution_plans_give_the_same_results(tiny_config, model, steps, tol):
+  """The plan changes speed, not results: vmap against a loop over replicas, JAX's
+  gradients against zhang/layers.py's."""
   tiny_config.model = model
   tiny_config.learning_rate = 0.001
   if model != "mlp_1x512":
     tiny_config.n_train, tiny_config.n_test, tiny_config.batch_size = 64, 32, 8
   tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0]),
                       dict(kinds=["random_pixels"], corruptions=[0.0], seeds=[1])]
-  tiny_config.replica_strategy = "vmap"
-  ev_vmap, s_vmap = _short_run(tiny_config, steps)
-  tiny_config.replica_strategy = "map"
-  ev_map, s_map = _short_run(tiny_config, steps)
-  for k in ev_vmap:
-    np.testing.assert_allclose(ev_vmap[k], ev_map[k], rtol=tol, atol=tol)
-  for a, b in zip(jax.tree.leaves(s_vmap.params), jax.tree.leaves(s_map.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+  ev_ref, s_ref = _short_run(tiny_config, steps, "replicas=vmap,gradients=jax")
+  for plan in ("replicas=map,gradients=jax", "replicas=vmap,gradients=explicit"):
+    ev, s = _short_run(tiny_config, steps, plan)
+    for k in ev_ref:
+      np.testing.assert_allclose(ev[k], ev_ref[k], rtol=tol, atol=tol, err_msg=plan)
+    for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(s_ref.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
 
 
 def test_bfloat16_compute_stays_close_to_float32(tiny_config):
@@ -193,37 +269,3 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_config):
   np.testing.assert_allclose(ev16["train_loss"], ev32["train_loss"], rtol=0.03)
   np.testing.assert_allclose(ev16["train_acc"], ev32["train_acc"], atol=0.03)
   assert not np.array_equal(ev16["train_loss"], ev32["train_loss"])  # bf16 really ran
-
-
-def test_cpu_kernels_auto_follows_the_measurements(tiny_config):
-  """auto: Eigen's kernels for the conv nets, and for the MLPs from MLP_EIGEN_FROM replicas
-  per device on (benchmarks/RESULTS.md, "Eigen's convolutions"); a set value wins."""
-  cases = [("mlp_1x512", 1, "default"), ("mlp_3x512", train.MLP_EIGEN_FROM - 1, "default"),
-           ("mlp_1x512", train.MLP_EIGEN_FROM, "eigen"), ("alexnet_small", 1, "eigen"),
-           ("inception_small", 64, "eigen")]
-  for model, per_device, expected in cases:
-    tiny_config.model = model
-    assert train.cpu_kernels(tiny_config, per_device) == expected, (model, per_device)
-  tiny_config.cpu_kernels = "default"
-  assert train.cpu_kernels(tiny_config, 64) == "default"
-  if jax.default_backend() == "cpu":
-    assert train.compiler_options(tiny_config, 64) == {}
-    tiny_config.cpu_kernels = "eigen"
-    assert train.compiler_options(tiny_config, 1) == train.COMPILER_OPTIONS["eigen"]
-  # The mesh's replica axis divides the grid, padded: 15 replicas on 1 device, 15 per device.
-  assert train.replicas_per_device(tiny_config, 15) == -(-15 // jax.device_count())
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
-def test_cpu_kernels_options_this_jaxlib_refuses(tiny_config, monkeypatch):
-  """An XLA option a future jaxlib drops: auto falls back to XLA's default kernels, an explicit
-  choice is one UsageError line."""
-  assert train.accepted(train.COMPILER_OPTIONS["eigen"])  # this jaxlib takes it
-  gone = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_GONE"}
-  assert not train.accepted(gone)
-  monkeypatch.setitem(train.COMPILER_OPTIONS, "eigen", gone)
-  tiny_config.model = "alexnet_small"
-  assert train.compiler_options(tiny_config, 1) == {}
-  tiny_config.cpu_kernels = "eigen"
-  with pytest.raises(UsageError, match="cpu_kernels='eigen' needs the XLA option"):
-    train.compiler_options(tiny_config, 1)

@@ -150,7 +150,7 @@ def random_conv(image_shape, num_filters: int, seed: int = 0) -> FeatureMap:
   Dimension: 4 * num_filters.
   """
   if num_filters < 1:
-    raise UsageError(f"--num-filters must be >= 1; got {num_filters}")
+    raise UsageError(f"--num_filters must be >= 1; got {num_filters}")
   h, w, c = image_shape
   p = _patch_size(h)
   rng = np.random.default_rng(seed)

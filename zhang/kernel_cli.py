@@ -28,18 +28,18 @@ def register(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--n", type=int, default=None,
                  help=f"training examples, the first ones (default: min({_DEFAULT_N}, all); "
                       f"0: all)")
-  p.add_argument("--n-test", type=int, default=0, help="test examples (default 0: all)")
+  p.add_argument("--n_test", type=int, default=0, help="test examples (default 0: all)")
   p.add_argument("--kernel", choices=kernels.KERNELS, default="rbf")
   p.add_argument("--features", choices=features_lib.NAMES, default="raw")
-  p.add_argument("--num-filters", type=int, default=256,
+  p.add_argument("--num_filters", type=int, default=256,
                  help="random filters for --features random_conv (paper: 32000)")
   p.add_argument("--ridge", type=float, default=0.0,
                  help="added to K's diagonal (default 0: exact interpolation)")
   p.add_argument("--gamma", type=float, default=None,
                  help="rbf kernel exp(-gamma |x - x'|^2); default 1 / median squared distance")
   p.add_argument("--seed", type=int, default=0, help="random filters and bandwidth sample")
-  p.add_argument("--data-dir", default=None, help="where the dataset files are")
-  p.add_argument("--memory-gb", type=float, default=None,
+  p.add_argument("--data_dir", default=None, help="where the dataset files are")
+  p.add_argument("--memory_gb", type=float, default=None,
                  help="memory budget (default: 80%% of MemAvailable)")
   p.add_argument("--json", action="store_true", help="print one JSON object")
   p.set_defaults(func=run_kernel_command)
@@ -55,13 +55,13 @@ def run_kernel_command(args) -> int:
   from zhang import data  # deferred: the parser must build without loading datasets
   try:
     if args.memory_gb is not None and not args.memory_gb > 0:
-      raise UsageError(f"--memory-gb must be > 0; got {args.memory_gb}")
+      raise UsageError(f"--memory_gb must be > 0; got {args.memory_gb}")
     ds = data.load(args.dataset, args.data_dir)
     have_train, have_test = len(ds.train_labels), len(ds.test_labels)
     n = min(_DEFAULT_N, have_train) if args.n is None else (args.n or have_train)
     n_test = args.n_test or have_test
     if n < 0 or args.n_test < 0:
-      raise UsageError("--n and --n-test must be >= 0 (0 means the whole split)")
+      raise UsageError("--n and --n_test must be >= 0 (0 means the whole split)")
     budget = None if args.memory_gb is None else int(args.memory_gb * 1e9)
     result = kernels.evaluate(
         ds, n, n_test, kernel=args.kernel, features=args.features,

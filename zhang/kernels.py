@@ -288,21 +288,21 @@ def evaluate(ds, n_train: int, n_test: int, kernel: str = "rbf", features: str =
   if not 1 <= n_train <= have_train:
     raise UsageError(f"--n {n_train} is out of range for {ds.name}: use 1..{have_train}")
   if not 0 <= n_test <= have_test:
-    raise UsageError(f"--n-test {n_test} is out of range for {ds.name}: use 0..{have_test}")
+    raise UsageError(f"--n_test {n_test} is out of range for {ds.name}: use 0..{have_test}")
   fmap = features_lib.get(features, ds.train_images.shape[1:], num_filters, seed)
   mem = plan_memory(n_train, n_test, fmap.max_block_dim, ds.num_classes, memory_budget_bytes)
   log(f"memory: {mem.describe()}")
   if not mem.fits and mem.max_n_train == 0:
     raise KernelMemoryError(
         f"the memory budget of {mem.budget_bytes / _GB:.2f} GB is below the fixed "
-        f"{_OVERHEAD_BYTES / _GB:.1f} GB overhead plus the test kernel: raise --memory-gb "
-        f"or lower --n-test")
+        f"{_OVERHEAD_BYTES / _GB:.1f} GB overhead plus the test kernel: raise --memory_gb "
+        f"or lower --n_test")
   if not mem.fits:
     raise KernelMemoryError(
         f"--n {n_train} needs {mem.total_bytes / _GB:.1f} GB (the kernel alone "
         f"{mem.kernel_bytes / _GB:.1f} GB) but the memory budget is "
         f"{mem.budget_bytes / _GB:.1f} GB: use --n {mem.max_n_train} or less (the largest "
-        f"that fits), lower --n-test, or raise the budget with --memory-gb")
+        f"that fits), lower --n_test, or raise the budget with --memory_gb")
   if kernel == "linear" and fmap.dim < n_train and ridge == 0:
     raise SingularKernelError(
         f"the linear kernel on {features} features has rank <= {fmap.dim} < n = {n_train}, "

@@ -20,10 +20,10 @@ def register(subparsers) -> argparse.ArgumentParser:
   parser.add_argument("--threshold", type=float, default=None,
                       help="train accuracy that counts as fitted, in (0, 1] (default: the "
                       "runs' fit_threshold, usually 1.0)")
-  parser.add_argument("--loss-below", type=float, default=None,
+  parser.add_argument("--loss_below", type=float, default=None,
                       help="count a replica as fitted when its train loss falls to this "
                       "value instead")
-  parser.add_argument("--n-boot", type=int, default=200,
+  parser.add_argument("--n_boot", type=int, default=200,
                       help="bootstrap resamples for the scaling-law intervals (default 200)")
   parser.set_defaults(func=run_report_command)
   return parser
@@ -36,7 +36,7 @@ def run_report_command(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0 < args.threshold <= 1:
       raise UsageError(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.n_boot < 0:
-      raise UsageError(f"--n-boot must be >= 0, got {args.n_boot}")
+      raise UsageError(f"--n_boot must be >= 0, got {args.n_boot}")
     written = report.write_report(args.dirs, args.out, threshold=args.threshold,
                                   loss_below=args.loss_below, n_boot=args.n_boot)
   except UsageError as e:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from zhang.analysis.load import SETUP_COLUMNS
 from zhang.errors import UsageError
 
-_ID = ["run", "replica", "dataset", "model", "setup", "kind", "corruption", "seed",
+_ID = ["run", "replica", "dataset", "model", *SETUP_COLUMNS, "kind", "corruption", "seed",
        "condition"]
+# Default grouping of `summarize`: one group per setup (a hyper-parameter combination) and
+# randomization; the setup columns besides `setup` are carried, not split on.
+SUMMARY_BY = ("dataset", *SETUP_COLUMNS, "kind", "corruption")
 
 
 def time_to_fit(metrics: pd.DataFrame, threshold: float | None = 1.0,
@@ -64,8 +68,10 @@ def _is_baseline(fits: pd.DataFrame) -> pd.Series:
 def slowdown(fits: pd.DataFrame) -> pd.DataFrame:
   """Time to fit of each replica relative to the true-label replicas of the same setup.
 
-  The baseline for a replica with seed s is the mean fit step of the true-label replicas of
-  its setup with seed s (`paired=True`), or of all of them when none has seed s. A censored
+  A setup includes the hyper-parameter combination (learning rate, weight decay,
+  augmentation), so each combination is compared with its own true-label replicas. The
+  baseline for a replica with seed s is the mean fit step of the true-label replicas of its
+  setup with seed s (`paired=True`), or of all of them when none has seed s. A censored
   replica gets a lower bound (`slowdown_censored=True`); a censored baseline makes the ratio
   undefined (NaN, `baseline_censored=True`).
 
@@ -113,18 +119,20 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.9
 
 
 def summarize(table: pd.DataFrame, value: str, censored: str | None = None,
-              by: tuple[str, ...] = ("dataset", "setup", "kind", "corruption"),
-              n_boot: int = 2000, level: float = 0.95) -> pd.DataFrame:
+              by: tuple[str, ...] = SUMMARY_BY, n_boot: int = 2000,
+              level: float = 0.95) -> pd.DataFrame:
   """Mean of `value` across seeds per group, with a bootstrap interval.
 
   When `censored` names a boolean column and a group has censored rows, their values are
   lower bounds: the mean and the low end of the interval are lower bounds
   (`lower_bound=True`) and the high end is +inf. An empty `table` gives an empty frame with
-  the same columns.
+  the same columns. Columns of `by` that `table` lacks are skipped.
   """
+  by = tuple(c for c in by if c in table.columns)
   columns = [*by, "n", "n_censored", "mean", "std", "ci_lo", "ci_hi", "lower_bound"]
   rows = []
-  for key, group in table.groupby(list(by), sort=True):
+  # dropna=False: a run without a recorded learning rate (NaN) still forms its group.
+  for key, group in table.groupby(list(by), sort=True, dropna=False):
     vals = group[value].dropna().to_numpy(float)
     n_cens = int(group[censored].sum()) if censored else 0
     lo, hi = bootstrap_mean_ci(vals, n_boot=n_boot, level=level)

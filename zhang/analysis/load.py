@@ -17,10 +17,19 @@ from etils import epath
 from zhang.errors import UsageError
 
 KINDS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
-# Config fields that change how training behaves; two runs that agree on all of them are
-# replicas of the same setup and may share a true-label baseline.
-_SETUP_FIELDS = ("model", "dataset", "batch_size", "learning_rate", "momentum", "lr_decay",
-                 "lr_decay_every", "weight_decay", "augment")
+# Run-level config fields that change how training behaves; two runs that agree on all of
+# them (and replicas that agree on HPARAMS) are replicas of the same setup and may share a
+# true-label baseline.
+_SETUP_FIELDS = ("model", "dataset", "batch_size", "momentum", "lr_decay", "lr_decay_every")
+# Per-replica hyper-parameters (grid axes). Runs written before they were grid axes lack them
+# in metrics.jsonl and summary.json; their config.json scalars (or these defaults) apply.
+HPARAMS = ("learning_rate", "weight_decay", "augmentation")
+_HPARAM_DEFAULTS = {"learning_rate": math.nan, "weight_decay": 0.0, "augmentation": "none"}
+_HPARAM_SHORT = {"learning_rate": "lr", "weight_decay": "wd", "augmentation": "aug"}
+# Columns that name a setup; all are functions of `setup`, carried so tables can show and sort
+# by them. `hparams` names only the axes that vary among runs of the same setup family ("" if
+# none), so a run with one learning rate and weight decay is named as before they were axes.
+SETUP_COLUMNS = ("setup", "base_setup", "hparams", *HPARAMS)
 
 
 @dataclasses.dataclass
@@ -30,7 +39,7 @@ class Run:
   path: str
   config: dict[str, Any]
   summary: dict[str, Any] | None
-  metrics: pd.DataFrame  # raw rows of metrics.jsonl
+  metrics: pd.DataFrame  # rows of metrics.jsonl; HPARAMS filled in for old runs
 
   @property
   def status(self) -> str:
@@ -49,9 +58,14 @@ class Runs:
   Attributes:
     runs: the runs, in the order given.
     metrics: one row per replica per evaluation, with run-level columns (`run`, `model`,
-      `dataset`, `setup`, `condition`) joined in.
-    replicas: one row per replica: its randomization, its final metrics (from the curves) and
-      what summary.json said about it.
+      `dataset`) and replica-level ones (`learning_rate`, `weight_decay`, `augmentation`,
+      `setup`, `base_setup`, `hparams`, `regularizers`, `condition`) joined in.
+    replicas: one row per replica: its randomization and hyper-parameters, its final metrics
+      (from the curves) and what summary.json said about it.
+
+  A setup is a run-level training setup (`base_setup`: model, regularizers, run name when
+  ambiguous) plus the replica's hyper-parameter combination (`hparams`, e.g. "lr 0.01, wd 0"),
+  so every table grouped by `setup` is per combination.
   """
   runs: list[Run]
   metrics: pd.DataFrame
@@ -85,11 +99,15 @@ def condition_order(kind: str, corruption: float) -> tuple[int, float]:
 
 
 def regularizers(config: dict[str, Any]) -> list[str]:
-  """Explicit and implicit regularizers a config turns on, as in the paper's Table 1."""
+  """Explicit and implicit regularizers a config turns on, as in the paper's Table 1.
+
+  `config` is a run's config, or one merged with a replica's hyper-parameters
+  (`{**config, **replica}`), since weight decay and augmentation are per replica.
+  """
   regs = []
-  augment = config.get("augment")
-  if augment:
-    regs.append(f"augmentation ({augment})" if isinstance(augment, str) else "augmentation")
+  augmentation = config.get("augmentation") or "none"
+  if augmentation != "none":
+    regs.append(f"augmentation ({augmentation})")
   if (config.get("weight_decay") or 0) > 0:
     regs.append("weight decay")
   model = str(config.get("model", ""))
@@ -142,6 +160,25 @@ def _not_a_run_message(path: epath.Path) -> str:
   return msg
 
 
+def _fill_hparams(metrics: pd.DataFrame, config: dict[str, Any],
+                  summary: dict[str, Any] | None) -> pd.DataFrame:
+  """Gives every row its replica's HPARAMS: from the row, else summary.json, else config."""
+  metrics = metrics.copy()
+  summary_reps = [r for r in (summary or {}).get("replicas", []) if "replica" in r]
+  for field in HPARAMS:
+    default = config.get(field)
+    default = _HPARAM_DEFAULTS[field] if default is None else default
+    if field in metrics.columns:
+      col = metrics[field].astype(object)
+    else:
+      col = pd.Series([None] * len(metrics), index=metrics.index, dtype=object)
+    from_summary = {r["replica"]: r[field] for r in summary_reps if r.get(field) is not None}
+    col = col.where(col.notna(), metrics["replica"].map(from_summary))
+    col = col.where(col.notna(), default)
+    metrics[field] = col.astype(str if field == "augmentation" else float)
+  return metrics
+
+
 _METRIC_COLUMNS = ("step", "epoch", "replica", "kind", "corruption", "seed", "train_loss",
                    "train_acc", "test_loss", "test_acc")
 
@@ -167,6 +204,7 @@ def load_run(path: str | epath.Path, name: str | None = None) -> Run:
       config[key] = summary[key]
     if key not in config:
       raise UsageError(f"{path}/config.json has no '{key}' field")
+  metrics = _fill_hparams(metrics, config, summary)
   return Run(name=name or path.name, path=str(path), config=config, summary=summary,
              metrics=metrics)
 
@@ -180,31 +218,88 @@ def _unique_names(paths: Sequence[epath.Path]) -> list[str]:
   return [str(p) for p in paths]
 
 
-def _setup_labels(runs: Sequence[Run]) -> dict[str, str]:
-  """Names each run's training setup: model, plus regularizers, plus run name if ambiguous."""
+def _hparam_text(field: str, value: Any) -> str:
+  return f"{_HPARAM_SHORT[field]} {value:g}" if isinstance(value, float) else (
+      f"{_HPARAM_SHORT[field]} {value}")
+
+
+def hparams_label(row: dict[str, Any], axes: Sequence[str]) -> str:
+  """Names a hyper-parameter combination by the axes that vary: 'lr 0.01, wd 0.0005'."""
+  return ", ".join(_hparam_text(a, row[a]) for a in axes)
+
+
+def _combinations(run: Run) -> pd.DataFrame:
+  """One row per replica: `replica` and its HPARAMS."""
+  return run.metrics.groupby("replica", as_index=False)[list(HPARAMS)].first()
+
+
+def varying_axes(runs: Sequence[Run]) -> list[str]:
+  """The HPARAMS that take more than one value across the replicas of `runs`."""
+  combos = pd.concat([_combinations(r) for r in runs], ignore_index=True)
+  return [a for a in HPARAMS if combos[a].nunique(dropna=False) > 1]
+
+
+def _run_key(run: Run) -> tuple[str, ...]:
+  return tuple(json.dumps(run.config.get(f), sort_keys=True) for f in _SETUP_FIELDS)
+
+
+def _setup_labels(runs: Sequence[Run]) -> dict[str, tuple[str, list[str]]]:
+  """Names each run's training setup and the HPARAMS that vary among its replicas.
+
+  Runs that agree on `_SETUP_FIELDS` are one setup family; an axis varies when it takes more
+  than one value within the family, and regularizers it sets are left out of the name (the
+  replica's `hparams` names them). Returns run name -> (base setup name, varying axes): the
+  model, plus fixed regularizers, plus the run name if that is ambiguous.
+  """
+  families: dict[tuple[str, ...], list[Run]] = {}
+  for run in runs:
+    families.setdefault(_run_key(run), []).append(run)
+  varying = {key: varying_axes(family) for key, family in families.items()}
   labels, keys = {}, {}
   for run in runs:
+    key = _run_key(run)
+    fixed = _combinations(run).iloc[0].to_dict()  # same for every replica unless varying
+    config = {**run.config, **{a: fixed[a] for a in HPARAMS if a not in varying[key]}}
+    for a in varying[key]:
+      config.pop(a, None)
     label = run.config["model"]
-    regs = regularizers(run.config)
+    regs = regularizers(config)
     if regs:
       label += " + " + " + ".join(regs)
-    key = tuple(json.dumps(run.config.get(f), sort_keys=True) for f in _SETUP_FIELDS)
     keys.setdefault(label, set()).add(key)
     labels[run.name] = (label, key)
   out = {}
   for name, (label, key) in labels.items():
     if len(keys[label]) > 1:  # same model, different hyper-parameters: keep them apart
       label = f"{label} [{name}]"
-    out[name] = label
+    out[name] = (label, varying[key])
   return out
 
 
-def _replica_table(run: Run, setup: str) -> pd.DataFrame:
+def _replica_setups(run: Run, base: str, varying: Sequence[str]) -> pd.DataFrame:
+  """One row per replica: `replica`, `setup`, `base_setup`, `hparams`, `regularizers`."""
+  combos = _combinations(run)
+  rows = []
+  for row in combos.to_dict("records"):
+    hp = hparams_label(row, varying)
+    rows.append(dict(replica=row["replica"], setup=f"{base} ({hp})" if hp else base,
+                     base_setup=base, hparams=hp,
+                     regularizers=", ".join(regularizers({**run.config, **row})) or "none"))
+  return pd.DataFrame(rows, columns=["replica", "setup", "base_setup", "hparams",
+                                     "regularizers"])
+
+
+def setup_sort_columns(table: pd.DataFrame) -> list[str]:
+  """Columns to sort setups by: base setup, then hyper-parameters numerically."""
+  return [c for c in ("base_setup", *HPARAMS, "setup") if c in table.columns]
+
+
+def _replica_table(run: Run, setups: pd.DataFrame) -> pd.DataFrame:
   """One row per replica: identity, last evaluated metrics, and summary.json fields."""
   m = run.metrics.sort_values("step")
   last = m.groupby("replica", as_index=False).last()
-  cols = ["replica", "kind", "corruption", "seed", "step", "epoch", "train_loss", "train_acc",
-          "test_loss", "test_acc"]
+  cols = ["replica", "kind", "corruption", "seed", *HPARAMS, "step", "epoch", "train_loss",
+          "train_acc", "test_loss", "test_acc"]
   cols += [c for c in ("test_confidence", "test_entropy") if c in last.columns]
   table = last[cols].rename(columns={
       "step": "steps_run", "epoch": "epochs_run", "train_loss": "final_train_loss",
@@ -222,8 +317,7 @@ def _replica_table(run: Run, setup: str) -> pd.DataFrame:
   table.insert(0, "run", run.name)
   table["model"] = run.config["model"]
   table["dataset"] = run.config["dataset"]
-  table["setup"] = setup
-  table["regularizers"] = ", ".join(regularizers(run.config)) or "none"
+  table = table.merge(setups, on="replica", how="left")
   table["num_params"] = summary.get("num_params", math.nan)
   table["num_classes"] = summary.get("num_classes", math.nan)
   table["status"] = run.status
@@ -240,17 +334,18 @@ def load_runs(paths: str | epath.Path | Iterable[str | epath.Path]) -> Runs:
     raise UsageError("no run directories given")
   names = _unique_names(paths)
   runs = [load_run(p, n) for p, n in zip(paths, names)]
-  setups = _setup_labels(runs)
+  bases = _setup_labels(runs)
   metrics, replicas = [], []
   for run in runs:
+    setups = _replica_setups(run, *bases[run.name])
     m = run.metrics.copy()
     m.insert(0, "run", run.name)
     m["model"] = run.config["model"]
     m["dataset"] = run.config["dataset"]
-    m["setup"] = setups[run.name]
+    m = m.merge(setups, on="replica", how="left")
     m["condition"] = [condition_name(k, p) for k, p in zip(m.kind, m.corruption)]
     metrics.append(m)
-    replicas.append(_replica_table(run, setups[run.name]))
+    replicas.append(_replica_table(run, setups))
   metrics = pd.concat(metrics, ignore_index=True).sort_values(
       ["run", "replica", "step"], ignore_index=True)
   return Runs(runs=runs, metrics=metrics, replicas=pd.concat(replicas, ignore_index=True))

@@ -26,13 +26,16 @@ def matches_paper_dataset(dataset: str) -> bool:
 
 def table1_match(model: str, dataset: str, condition: str, config: dict[str, Any]
                  ) -> dict[str, Any] | None:
-  """The paper's Table 1 row for this experiment, or None when the paper has none."""
+  """The paper's Table 1 row for this experiment, or None when the paper has none.
+
+  `config` holds the replica's `weight_decay` and `augmentation` ("crop", "crop+flip", ...).
+  """
   if not matches_paper_dataset(dataset):
     return None
   labels = {"true labels": "true", "random labels": "random"}.get(condition)
   if labels is None:
     return None
-  crop = bool(config.get("augment"))
+  crop = "crop" in str(config.get("augmentation") or "none").split("+")
   wd = (config.get("weight_decay") or 0) > 0
   for row in paper_numbers()["table1"]:
     if (row["model"], row["labels"], row["crop"], row["weight_decay"]) == (

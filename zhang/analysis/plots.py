@@ -16,7 +16,7 @@ from etils import epath
 from matplotlib.figure import Figure
 
 from zhang.analysis import paper, scaling, tables
-from zhang.analysis.load import require_one_dataset
+from zhang.analysis.load import require_one_dataset, setup_sort_columns
 
 FIGSIZE = (9.0, 5.0)  # inches
 DPI = 110  # so every figure is 990 x 550 pixels
@@ -30,19 +30,49 @@ CONDITION_DASHES = {"true labels": "-", "shuffled pixels": (0, (5, 3)),
                     "random labels": "-"}
 
 
-def _figure(ncols: int = 1, sharey: bool = False):
+def _figure(npanels: int = 1, sharey: bool = False):
+  """A figure with `npanels` axes: one row up to three, then rows of up to four."""
+  nrows = 1 if npanels <= 3 else math.ceil(npanels / 4)
+  ncols = math.ceil(npanels / nrows)
   fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-  axes = fig.subplots(1, ncols, squeeze=False, sharey=sharey)
-  for ax in axes[0]:
+  axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey, sharex=nrows > 1)
+  axes = list(axes.flat)
+  for ax in axes[npanels:]:
+    ax.set_visible(False)
+  for ax in axes[:npanels]:
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(alpha=0.3)
-  return fig, list(axes[0])
+  return fig, axes[:npanels]
+
+
+def setup_labels(table: pd.DataFrame) -> dict[str, str]:
+  """Legend label of each setup, in display order (hyper-parameters sorted numerically).
+
+  When the setups differ only in hyper-parameters, the label names just the varying ones
+  ("lr 0.01, wd 0.0005"); otherwise it is the whole setup name.
+  """
+  if "setup" not in table or table.empty:
+    return {}
+  firsts = table.drop_duplicates("setup").sort_values(setup_sort_columns(table),
+                                                       kind="stable")
+  one_base = "base_setup" in firsts and firsts.base_setup.nunique() == 1
+  if one_base and "hparams" in firsts and (firsts.hparams != "").all():
+    return dict(zip(firsts.setup, firsts.hparams))
+  return {s: s for s in firsts.setup}
 
 
 def _setup_colors(setups) -> dict[str, str]:
   cycle = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f"]
-  return {s: cycle[i % len(cycle)] for i, s in enumerate(sorted(setups))}
+           "#7f7f7f", "#bcbd22", "#17becf"]
+  return {s: cycle[i % len(cycle)] for i, s in enumerate(setups)}
+
+
+def _legend(ax, **kwargs):
+  """A legend that shrinks its font as entries pile up (one curve per combination)."""
+  n = len(ax.get_legend_handles_labels()[1])
+  if n > 6:
+    kwargs.setdefault("fontsize", 8 if n <= 12 else 6.5)
+  ax.legend(frameon=False, **kwargs)
 
 
 def save(fig, path: str | epath.Path) -> epath.Path:
@@ -75,13 +105,14 @@ def _coinciding(curve: pd.Series, drawn: dict[str, pd.Series], y_range: float,
 
 def fig1a(metrics: pd.DataFrame, y: str = "train_loss",
           conditions: tuple[str, ...] = tables.FIG1A_CONDITIONS):
-  """Figure 1a: training loss against steps, one curve per randomization, one panel per setup.
+  """Figure 1a: training loss against steps, one curve per randomization, one panel per setup
+  (hyper-parameter combinations are setups).
 
   Lines are means over seeds; the band spans the lowest and highest seed.
   """
   dataset = require_one_dataset(metrics)
   curves = tables.learning_curves(metrics, y=y, conditions=conditions)
-  setups = sorted(curves["setup"].unique()) or ["(no data)"]
+  setups = list(setup_labels(curves)) or ["(no data)"]
   fig, axes = _figure(len(setups), sharey=True)
   scale = 1000 if metrics["step"].max() >= 5000 else 1
   for ax, setup in zip(axes, setups):
@@ -109,12 +140,12 @@ def fig1a(metrics: pd.DataFrame, y: str = "train_loss",
       drawn[cond] = curve
       if n > 1:
         ax.fill_between(d.step / scale, d.lo, d.hi, color=color, alpha=0.15, lw=0)
-    ax.set_title(setup)
+    ax.set_title(setup, fontsize=12 if len(setups) <= 3 else 8)
     ax.set_xlabel("optimizer steps" + (" (thousands)" if scale > 1 else ""))
     ax.set_ylim(bottom=0)
   axes[0].set_ylabel({"train_loss": "training loss (cross-entropy, nats)"}.get(
       y, y.replace("_", " ")))
-  axes[0].legend(loc="best", frameon=False)
+  _legend(axes[0], loc="best", **({} if len(setups) <= 3 else dict(fontsize=6)))
   fig.suptitle(f"Fig. 1a: fitting random labels and random pixels on {dataset}"
                f"{_partial_note(metrics)}", fontsize=12)
   return fig
@@ -137,7 +168,8 @@ def _errorbars(ax, s: pd.DataFrame, color: str, label: str, scale: float = 1.0):
 
 def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
           n_boot: int = 2000):
-  """Figure 1b: time to fit relative to true labels against label corruption, per setup.
+  """Figure 1b: time to fit relative to true labels against label corruption, one curve per
+  setup (each hyper-parameter combination is a setup; the legend names the varying axes).
 
   Args:
     slowdowns: per-replica table from `fit_time.slowdown`.
@@ -148,12 +180,14 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
   labels = all_labels[all_labels.slowdown.notna()]
   summary = tables.fit_summary(labels, n_boot=n_boot)
   fig, (ax,) = _figure()
-  colors = _setup_colors(all_labels.setup.unique())
+  names = setup_labels(all_labels)
+  colors = _setup_colors(names)
   any_bound = False
-  for setup, s in summary.groupby("setup"):
-    s = s.rename(columns={"mean_slowdown": "mean", "ci_lo_slowdown": "ci_lo",
-                          "ci_hi_slowdown": "ci_hi", "lower_bound_slowdown": "lower_bound"})
-    _errorbars(ax, s, colors[setup], setup)
+  for setup in [n for n in names if n in set(summary.setup)]:
+    s = summary[summary.setup == setup].rename(columns={
+        "mean_slowdown": "mean", "ci_lo_slowdown": "ci_lo", "ci_hi_slowdown": "ci_hi",
+        "lower_bound_slowdown": "lower_bound"})
+    _errorbars(ax, s, colors[setup], names[setup])
     reps = labels[labels.setup == setup]
     any_bound |= bool(s.lower_bound.any() or reps.slowdown_censored.any())
     jitter = (reps.seed.rank(method="dense") - 1) * 0.006
@@ -170,8 +204,8 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
         p = np.linspace(0, 1, 101)
         ax.plot(p, scaling.FORMS[best.form][1](p, best.t0, best.b) / base, "--",
                 color=colors[setup], lw=1.2, alpha=0.8,
-                label=f"{setup}: {best.form} law (better AIC), R²={best.r2:.2f}")
-  undefined = sorted(set(all_labels.setup) - set(labels.setup))
+                label=f"{names[setup]}: {best.form} law (better AIC), R²={best.r2:.2f}")
+  undefined = [n for n in names if n not in set(labels.setup)]
   if len(all_labels) and not len(labels):
     ax.text(0.5, 0.5, "no true-label replica has fitted yet: slowdowns undefined",
             ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.3",
@@ -181,8 +215,8 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
             va="center", transform=ax.transAxes, fontsize=12, color="0.3")
   else:
     for setup in undefined:
-      ax.plot([], [], " ", label=f"{setup}: no true-label replica fitted yet, slowdown "
-              f"undefined")
+      ax.plot([], [], " ", label=f"{names[setup]}: no true-label replica fitted yet, "
+              f"slowdown undefined")
   ax.axhline(1, color="black", lw=0.8)
   lo, hi = paper.paper_numbers()["figure1b"]["slowdown_range"]
   ax.axhspan(lo, hi, color="grey", alpha=0.08, lw=0, label="paper's axis range (CIFAR-10)")
@@ -192,7 +226,7 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
   ax.set_ylabel("time to fit / time on true labels (x)")
   ax.set_xlim(-0.05, 1.08)
   ax.set_ylim(bottom=0)
-  ax.legend(loc="best", frameon=False)
+  _legend(ax, loc="best")
   crit = (slowdowns.criterion.iloc[0] if "criterion" in slowdowns and len(slowdowns)
           else "train_acc >= 1")
   fig.suptitle(f"Fig. 1b: time to fit the training set ({crit}) on {dataset}, relative to "
@@ -206,9 +240,10 @@ def fig1c(replicas: pd.DataFrame, show_paper: bool = True, n_boot: int = 2000):
   dataset = require_one_dataset(replicas)
   err = tables.per_corruption(replicas, "test_error", n_boot=n_boot)
   fig, (ax,) = _figure()
-  colors = _setup_colors(err.setup.unique())
-  for setup, s in err.groupby("setup"):
-    _errorbars(ax, s, colors[setup], setup, scale=100)
+  names = setup_labels(err)
+  colors = _setup_colors(names)
+  for setup, label in names.items():
+    _errorbars(ax, err[err.setup == setup], colors[setup], label, scale=100)
   k = replicas.num_classes.dropna()
   k = int(k.iloc[0]) if len(k) else 10
   ax.axhline(100 * (1 - 1 / k), color="black", ls=":", lw=1,
@@ -223,7 +258,7 @@ def fig1c(replicas: pd.DataFrame, show_paper: bool = True, n_boot: int = 2000):
   ax.set_ylabel("test error (%)")
   ax.set_xlim(-0.05, 1.05)
   ax.set_ylim(0, 100)
-  ax.legend(loc="lower right", frameon=False)
+  _legend(ax, loc="lower right")
   fig.suptitle(f"Fig. 1c: test error at the end of training on {dataset}"
                f"{_partial_note(replicas)}\nmeans over seeds with 95% bootstrap intervals",
                fontsize=11)
@@ -236,13 +271,14 @@ def confidence(replicas: pd.DataFrame, n_boot: int = 2000):
   fig, (ax1, ax2) = _figure(2)
   k = replicas.num_classes.dropna()
   k = int(k.iloc[0]) if len(k) else 10
-  colors = _setup_colors(replicas.setup.unique())
+  names = setup_labels(replicas)
+  colors = _setup_colors(names)
   have = "final_test_confidence" in replicas
   if have:
     conf = tables.per_corruption(replicas, "final_test_confidence", n_boot=n_boot)
     acc = tables.per_corruption(replicas, "final_test_acc", n_boot=n_boot)
-    for setup in sorted(conf.setup.unique()):
-      _errorbars(ax1, conf[conf.setup == setup], colors[setup], setup, scale=100)
+    for setup in [n for n in names if n in set(conf.setup)]:
+      _errorbars(ax1, conf[conf.setup == setup], colors[setup], names[setup], scale=100)
       a = acc[acc.setup == setup].sort_values("corruption")
       ax1.plot(a.corruption, 100 * a["mean"], "--", color=colors[setup], lw=1.2)
     ax1.plot([], [], "--", color="grey", label="test accuracy")
@@ -253,8 +289,8 @@ def confidence(replicas: pd.DataFrame, n_boot: int = 2000):
   ax1.legend(loc="best", fontsize=8, frameon=False)
   if "final_test_entropy" in replicas:
     ent = tables.per_corruption(replicas, "final_test_entropy", n_boot=n_boot)
-    for setup in sorted(ent.setup.unique()):
-      _errorbars(ax2, ent[ent.setup == setup], colors[setup], setup)
+    for setup in [n for n in names if n in set(ent.setup)]:
+      _errorbars(ax2, ent[ent.setup == setup], colors[setup], names[setup])
     ax2.axhline(math.log(k), color="black", ls=":", lw=1,
                 label=f"uniform prediction (ln {k} = {math.log(k):.2f})")
     ax2.set_ylim(0, 1.1 * math.log(k))

@@ -10,7 +10,8 @@ import pandas as pd
 from etils import epath
 
 from zhang.analysis import fit_time, paper, plots, scaling, tables
-from zhang.analysis.load import Runs, condition_name, load_runs, require_one_dataset
+from zhang.analysis.load import (HPARAMS, Runs, condition_name, condition_order, load_runs,
+                                 require_one_dataset)
 
 FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
 
@@ -20,9 +21,30 @@ class Analysis:
   """Everything the report shows, as tables a notebook can reuse."""
   runs: Runs
   fits: pd.DataFrame  # per replica, with slowdown columns
-  fit_summary: pd.DataFrame  # per (setup, condition)
+  fit_summary: pd.DataFrame  # per (setup, condition); a setup is one hyper-parameter combo
   scaling: pd.DataFrame  # per (setup, form)
   table1: pd.DataFrame
+
+  def combinations(self) -> pd.DataFrame:
+    """One row per setup: its hyper-parameters and replicas, in display order."""
+    return combinations(self.runs)
+
+
+def combinations(runs: Runs) -> pd.DataFrame:
+  """One row per setup (hyper-parameter combination): setup, base_setup, hparams,
+  learning_rate, weight_decay, augmentation, n_replicas, seeds, conditions."""
+  r = runs.replicas
+  rows = []
+  for setup in plots.setup_labels(r):
+    g = r[r.setup == setup]
+    first = g.iloc[0]
+    conds = sorted({(k, p) for k, p in zip(g.kind, g.corruption)},
+                   key=lambda c: condition_order(*c))
+    rows.append(dict(setup=setup, base_setup=first.base_setup, hparams=first.hparams,
+                     **{h: first[h] for h in HPARAMS}, n_replicas=len(g),
+                     seeds=sorted(int(x) for x in g.seed.unique()),
+                     conditions=[condition_name(k, p) for k, p in conds]))
+  return pd.DataFrame(rows)
 
 
 def analyze(runs: Runs, threshold: float | None = None, loss_below: float | None = None,
@@ -122,25 +144,44 @@ def _runs_section(runs: Runs) -> list[str]:
   return out
 
 
+def _combinations_section(a: Analysis) -> list[str]:
+  """The hyper-parameter combinations, when a grid varies any (else nothing)."""
+  c = a.combinations()
+  if c.empty or not (c.hparams != "").any():
+    return []
+  rows = [[r.setup, f"{r.learning_rate:g}", f"{r.weight_decay:g}", r.augmentation, r.n_replicas,
+           ", ".join(str(x) for x in r.seeds), ", ".join(r.conditions)]
+          for r in c.itertuples()]
+  return ["## Hyper-parameter combinations", "",
+          f"{len(c)} combinations of learning rate, weight decay and augmentation. Each is "
+          "its own setup: its time to fit, its slowdown (against the true-label replicas of "
+          "the same combination and seed), its scaling law and its Table 1 rows are computed "
+          "apart, and Fig. 1b draws one curve per combination.", "",
+          _md_table(["setup", "learning rate", "weight decay", "augmentation", "replicas",
+                     "seeds", "labels / inputs"], rows), ""]
+
+
 def _table1_section(a: Analysis) -> list[str]:
   t = a.table1
+  varies = "hparams" in t and (t.hparams != "").any()
   rows = []
   for _, r in t.iterrows():
     fitted = f"{r.n_fitted}/{r.n}" if "n_fitted" in t else str(r.n)
-    rows.append([r.model, f"{int(r.parameters):,}" if np.isfinite(r.parameters) else "–",
+    rows.append([r.model, *([r.hparams] if varies else []),
+                 f"{int(r.parameters):,}" if np.isfinite(r.parameters) else "–",
                  r.regularizers, r.condition, fitted, _pct(r.train_acc), _pct(r.test_acc),
                  _pct(r.paper_train_acc), _pct(r.paper_test_acc)])
   out = ["## Table 1: training and test accuracy", "",
          "Means over seeds at the last evaluation. *fitted*: replicas that reached the fit "
          "criterion / replicas. *paper*: Zhang et al. (2017) Table 1, where the experiment "
          "matches (same model, dataset, crop and weight decay).", "",
-         _md_table(["model", "parameters", "regularizers", "labels / inputs", "fitted",
-                    "train acc (%)", "test acc (%)", "paper train (%)", "paper test (%)"],
-                   rows), ""]
+         _md_table(["model", *(["hyper-parameters"] if varies else []), "parameters",
+                    "regularizers", "labels / inputs", "fitted", "train acc (%)",
+                    "test acc (%)", "paper train (%)", "paper test (%)"], rows), ""]
   if not t.paper_test_acc.notna().any():
+    names = sorted({paper.paper_name(m) for m in paper.paper_numbers()["models"]})
     out += [f"No row has a published counterpart: the paper's Table 1 is on CIFAR-10 "
-            f"with {', '.join(sorted({paper.paper_name(m) for m in paper.paper_numbers()['models']}))}"
-            f"; these runs are {', '.join(sorted(set(t.model)))} on "
+            f"with {', '.join(names)}; these runs are {', '.join(sorted(set(t.model)))} on "
             f"{', '.join(sorted(set(t.dataset)))}.", ""]
   return out
 
@@ -183,8 +224,10 @@ def _fit_section(a: Analysis) -> list[str]:
          _md_table(["setup", "labels / inputs", "fitted", "epochs to fit", "slowdown (x)"],
                    rows), ""]
   out += _undefined_slowdown_notes(a)
-  for setup, g in s[s.kind == "labels"].groupby("setup"):
-    g = g.rename(columns={"mean_epoch": "mean", "lower_bound_epoch": "lower_bound"})
+  labels = s[s.kind == "labels"]
+  for setup in labels.setup.unique():
+    g = labels[labels.setup == setup].rename(
+        columns={"mean_epoch": "mean", "lower_bound_epoch": "lower_bound"})
     nm = fit_time.non_monotonic(g)
     if len(nm):
       worst = nm.sort_values("ratio").iloc[-1]
@@ -205,8 +248,7 @@ def _scaling_section(a: Analysis) -> list[str]:
   if sc.empty:
     return out + ["No scaling law could be fitted (no label-corruption replicas).", ""]
   if not sc.aic.notna().any():
-    return out + [
-        "- " + scaling.verdict(sc, setup) for setup in sorted(sc.setup.unique())] + [""]
+    return out + ["- " + scaling.verdict(sc, setup) for setup in sc.setup.unique()] + [""]
   rows = []
   for _, r in sc[sc.aic.notna()].iterrows():
     rows.append([r.setup, r.form, f"`{r.formula}`",
@@ -214,10 +256,10 @@ def _scaling_section(a: Analysis) -> list[str]:
                  _interval(r.b, r.b_lo, r.b_hi, digits=3),
                  _interval(r.slowdown_p1, r.slowdown_p1_lo, r.slowdown_p1_hi),
                  _num(r.r2), _num(r.rmse), _num(r.aic, 1), _num(r.delta_aic, 1),
-                 f"{r.n} ({r.n_censored} censored)"])
+                 f"{int(r.n)} ({int(r.n_censored)} censored)"])
   out += [_md_table(["setup", "form", "law", "t0 (epochs)", "b", "slowdown at p=1 (x)", "R²",
                      "RMSE", "AIC", "ΔAIC", "replicas"], rows), ""]
-  out += ["- " + scaling.verdict(sc, setup) for setup in sorted(sc.setup.unique())]
+  out += ["- " + scaling.verdict(sc, setup) for setup in sc.setup.unique()]
   return out + [""]
 
 
@@ -232,8 +274,8 @@ def _paper_section(a: Analysis) -> list[str]:
   # Figure 1b: the size of the slowdown.
   lo, hi = pn["figure1b"]["slowdown_range"]
   s = a.fit_summary[a.fit_summary.kind == "labels"]
-  for setup, g in s.groupby("setup"):
-    g = g.sort_values("corruption")
+  for setup in s.setup.unique():
+    g = s[s.setup == setup].sort_values("corruption")
     at1 = g[g.corruption == 1]
     worst = g.loc[g.mean_slowdown.idxmax()] if g.mean_slowdown.notna().any() else None
     if worst is None:
@@ -252,7 +294,8 @@ def _paper_section(a: Analysis) -> list[str]:
   k = a.runs.replicas.num_classes.dropna()
   k = int(k.iloc[0]) if len(k) else 10
   err = tables.per_corruption(a.runs.replicas, "test_error")
-  for setup, g in err.groupby("setup"):
+  for setup in plots.setup_labels(err):
+    g = err[err.setup == setup]
     shape = paper.figure1c_shape(g, k)
     model = a.runs.replicas.loc[a.runs.replicas.setup == setup, "model"].iloc[0]
     p0_paper = pn["figure1c"]["test_error_at_p0"].get(model) if same else None
@@ -266,6 +309,7 @@ def _paper_section(a: Analysis) -> list[str]:
   f1a = pn["figure1a"]
   loss_fits = fit_time.time_to_fit(a.runs.metrics, loss_below=f1a["loss_threshold"])
   rows = []
+  order = {s: i for i, s in enumerate(plots.setup_labels(loss_fits))}
   for (setup, cond), g in loss_fits.groupby(["setup", "condition"]):
     if cond not in tables.FIG1A_CONDITIONS:
       continue
@@ -274,7 +318,7 @@ def _paper_section(a: Analysis) -> list[str]:
     ge = "≥ " if g.censored.any() else ""
     rows.append([setup, cond, f"{ge}{g.time_step.mean():,.0f}",
                  f"{f1a['steps_to_loss'][cond]:,}" if match else "–", g.time_step.mean()])
-  rows = [r[:-1] for r in sorted(rows, key=lambda r: (r[0], r[-1]))]  # fastest first
+  rows = [r[:-1] for r in sorted(rows, key=lambda r: (order[r[0]], r[-1]))]  # fastest first
   if rows:
     out += ["", f"Fig. 1a: optimizer steps until training loss ≤ {f1a['loss_threshold']:g} "
             f"(mean over seeds; the paper column is from a public reproduction of Inception "
@@ -317,6 +361,7 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
            f"Table 1 of Zhang et al. (2017), *Understanding deep learning requires rethinking "
            f"generalization*.", ""]
   lines += _runs_section(runs)
+  lines += _combinations_section(a)
   lines += _table1_section(a)
   lines += _fit_section(a)
   lines += _scaling_section(a)

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
+from zhang.analysis.load import SETUP_COLUMNS, setup_sort_columns
+
 FORMS = {
     "linear": ("t0 * (1 + b*p)", lambda p, t0, b: t0 * (1 + b * p), lambda b: 1 + b,
                (-0.999, 1e4)),
@@ -27,9 +29,10 @@ FORMS = {
                     (-30.0, 30.0)),
 }
 # Every row of `fit_scaling`, fitted or not, has these columns (NaN where undefined).
-COLUMNS = ("dataset", "setup", "time", "form", "formula", "n", "n_censored", "t0", "t0_lo",
-           "t0_hi", "b", "b_lo", "b_hi", "slowdown_p1", "slowdown_p1_lo", "slowdown_p1_hi",
-           "sigma", "loglik", "aic", "delta_aic", "r2", "rmse", "n_boot", "reason")
+COLUMNS = ("dataset", *SETUP_COLUMNS, "time", "form", "formula", "n", "n_censored", "t0",
+           "t0_lo", "t0_hi", "b", "b_lo", "b_hi", "slowdown_p1", "slowdown_p1_lo",
+           "slowdown_p1_hi", "sigma", "loglik", "aic", "delta_aic", "r2", "rmse", "n_boot",
+           "reason")
 _LOG_SIGMA_BOUNDS = (np.log(1e-4), np.log(100.0))
 _HALF_LOG_2PI = 0.5 * np.log(2 * np.pi)
 
@@ -101,15 +104,15 @@ def fit_form(p, t, censored, form: str, n_boot: int = 200, level: float = 0.95,
              seed: int = 0) -> dict:
   """Fits one form to times `t` at corruptions `p`; `censored` marks lower bounds.
 
-  Returns a dict with every column of `COLUMNS` but dataset, setup, time and delta_aic: NaN
-  parameters and a `reason` when no law can be fitted, `reason=None` otherwise.
+  Returns a dict with every column of `COLUMNS` but dataset, the setup columns, time and
+  delta_aic: NaN parameters and a `reason` when no law can be fitted, `reason=None` otherwise.
   """
   p, t = np.asarray(p, float), np.asarray(t, float)
   cens = np.asarray(censored, bool)
   formula, f, slowdown_at_1, _ = FORMS[form]
   row = dict(form=form, formula=f"t(p) = {formula}", n=len(p), n_censored=int(cens.sum()))
   row |= {c: np.nan for c in COLUMNS if c not in row and c not in (
-      "dataset", "setup", "time", "delta_aic", "reason")}
+      "dataset", *SETUP_COLUMNS, "time", "delta_aic", "reason")}
   row["n_boot"] = 0
   row["reason"] = _unfittable(p, cens)
   if row["reason"] is not None:
@@ -144,7 +147,8 @@ def fit_form(p, t, censored, form: str, n_boot: int = 200, level: float = 0.95,
 def fit_scaling(fits: pd.DataFrame, time: str = "time_epoch",
                 forms: tuple[str, ...] = ("linear", "exponential"), n_boot: int = 200,
                 seed: int = 0) -> pd.DataFrame:
-  """Fits each form per setup to the label-corruption replicas of `fits`.
+  """Fits each form per setup (one hyper-parameter combination) to the label-corruption
+  replicas of `fits`.
 
   Args:
     fits: from `fit_time.time_to_fit` (censored replicas have their lower bound in `time`).
@@ -161,18 +165,21 @@ def fit_scaling(fits: pd.DataFrame, time: str = "time_epoch",
   rows = []
   labels = fits[fits["kind"] == "labels"]
   for (dataset, setup), group in labels.groupby(["dataset", "setup"], sort=True):
+    ids = {c: group[c].iloc[0] if c in group else np.nan for c in SETUP_COLUMNS}
     for form in forms:
       row = fit_form(group["corruption"], group[time], group["censored"], form,
                      n_boot=n_boot, seed=seed)
-      rows.append(dict(dataset=dataset, setup=setup, time=time) | row)
+      rows.append(dict(dataset=dataset, **ids, time=time) | row)
   out = pd.DataFrame(rows, columns=list(COLUMNS))
   if out.empty:
     return out
   for c in COLUMNS:
-    if c not in ("dataset", "setup", "time", "form", "formula", "reason"):
+    if c not in ("dataset", *SETUP_COLUMNS, "time", "form", "formula", "reason"):
       out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
   out["delta_aic"] = out["aic"] - out.groupby("setup")["aic"].transform("min")
-  return out
+  # Hyper-parameters in numeric order; stable, so the forms keep their order.
+  return out.sort_values(["dataset", *setup_sort_columns(out)], kind="stable",
+                         ignore_index=True)
 
 
 def verdict(scaling: pd.DataFrame, setup: str) -> str:

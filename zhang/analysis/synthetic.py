@@ -15,11 +15,21 @@ import numpy as np
 from etils import epath
 
 
+HPARAMS = ("learning_rate", "weight_decay", "augmentation")
+
+
 def replica(kind: str, corruption: float, seed: int, fit_step: int | None,
-            test_acc: float, confidence: float | None = None) -> dict[str, Any]:
-  """One synthetic replica; `fit_step=None` never fits (censored)."""
+            test_acc: float, confidence: float | None = None, *,
+            learning_rate: float | None = None, weight_decay: float | None = None,
+            augmentation: str | None = None) -> dict[str, Any]:
+  """One synthetic replica; `fit_step=None` never fits (censored).
+
+  Hyper-parameters left as None take the run config's scalars.
+  """
   return dict(kind=kind, corruption=corruption, seed=seed, fit_step=fit_step,
-              test_acc=test_acc, confidence=test_acc if confidence is None else confidence)
+              test_acc=test_acc, confidence=test_acc if confidence is None else confidence,
+              learning_rate=learning_rate, weight_decay=weight_decay,
+              augmentation=augmentation)
 
 
 def _curves(rep: dict[str, Any], steps: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
@@ -44,8 +54,14 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
               n_test: int = 512, num_classes: int = 10, batch_size: int = 128,
               eval_every: int = 10, max_steps: int = 200, steps_run: int | None = None,
               status: str = "complete", num_params: int = 1_209_866,
-              config: dict[str, Any] | None = None, torn_last_line: bool = False) -> epath.Path:
-  """Writes a run directory. `steps_run < max_steps` with status 'running' is a partial run."""
+              config: dict[str, Any] | None = None, torn_last_line: bool = False,
+              old_format: bool = False) -> epath.Path:
+  """Writes a run directory. `steps_run < max_steps` with status 'running' is a partial run.
+
+  `old_format` writes a run from before per-replica hyper-parameters: no `learning_rate`,
+  `weight_decay` or `augmentation` in metrics.jsonl or summary.json, and no `augmentation`
+  in config.json.
+  """
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   steps_run = max_steps if steps_run is None else steps_run
@@ -55,21 +71,30 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
              grid=[dict(kinds=sorted({r["kind"] for r in replicas}),
                         corruptions=sorted({r["corruption"] for r in replicas}),
                         seeds=sorted({r["seed"] for r in replicas}))])
+  if not old_format:
+    cfg["augmentation"] = "none"
   cfg |= config or {}
+  hps = [{h: cfg.get(h, "none") if rep.get(h) is None else rep[h] for h in HPARAMS}
+         for rep in replicas]
+  if not old_format:
+    for h in HPARAMS:  # the grid axes the replicas set, as `zhang train` writes them
+      if any(rep.get(h) is not None for rep in replicas):
+        cfg["grid"][0][h + "s"] = sorted({hp[h] for hp in hps})
   (workdir / "config.json").write_text(json.dumps(cfg, indent=2))
   steps = np.arange(0, steps_run + 1, eval_every)
   lines, summary_reps = [], []
-  for i, rep in enumerate(replicas):
+  for i, (rep, hp) in enumerate(zip(replicas, hps)):
     c = _curves(rep, steps.astype(float), num_classes)
+    own = {} if old_format else hp
     for j, step in enumerate(steps):
       lines.append(json.dumps(dict(
           step=int(step), epoch=float(step * batch_size / n_train), replica=i,
-          kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"],
-          lr=0.01 * 0.95 ** (step // cfg["lr_decay_every"]),
+          kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"], **own,
+          lr=hp["learning_rate"] * 0.95 ** (step // cfg["lr_decay_every"]),
           **{k: float(v[j]) for k, v in c.items()})))
     fitted = rep["fit_step"] is not None and rep["fit_step"] <= steps_run
     summary_reps.append(dict(
-        replica=i, kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"],
+        replica=i, kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"], **own,
         label_noise=rep["corruption"] * (1 - 1 / num_classes) if rep["kind"] == "labels"
         else 0.0,
         fit_step=rep["fit_step"] if fitted else None,
