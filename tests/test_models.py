@@ -38,7 +38,7 @@ def test_output_shapes(name, shape):
 
 def test_local_response_norm_matches_definition():
   x = jax.random.normal(jax.random.key(1), (2, 3, 3, 12))
-  out = layers.lrn_forward(x, depth_radius=2, bias=1.0, alpha=0.5, beta=0.75)
+  out = models.local_response_norm(x, depth_radius=2, bias=1.0, alpha=0.5, beta=0.75)
   c = 5
   window = jnp.sum(jnp.square(x[..., c - 2:c + 3]), axis=-1)
   assert jnp.allclose(out[..., c], x[..., c] / (1.0 + 0.5 * window) ** 0.75, rtol=1e-5)

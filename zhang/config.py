@@ -123,7 +123,7 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
   except (ValueError, SyntaxError):
     example = FIELD_EXAMPLES.get(key, {int: "100", float: "0.01", bool: "true",
                                        str: "NAME"}.get(field_type, "..."))
-    raise UsageError(f"cannot set {key} to {raw!r}: it takes a {_type_name(field_type)}, "
+    raise UsageError(f"cannot set {key} to {raw!r}: it takes {_type_name(field_type)}, "
                      f"e.g. --config.{key}={example}") from None
   with config.unlocked():
     config[key] = value
@@ -142,8 +142,8 @@ def _field_type(config, key):
 
 
 def _type_name(t) -> str:
-  return {int: "integer", float: "number", bool: "true/false", str: "string",
-          list: "list", tuple: "tuple"}.get(t, getattr(t, "__name__", str(t)))
+  return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+          list: "a list", tuple: "a tuple"}.get(t, f"a {getattr(t, '__name__', t)}")
 
 
 def _parse_value(raw: str, field_type):
@@ -164,10 +164,7 @@ def _parse_value(raw: str, field_type):
   if field_type is int:
     return int(raw)
   if field_type is float:
-    value = float(raw)
-    if not math.isfinite(value):
-      raise ValueError(raw)
-    return value
+    return float(raw)  # nan and inf too: validation says what range the field takes
   value = _literal(raw)
   if field_type in (list, tuple) and not isinstance(value, (list, tuple)):
     raise ValueError(raw)

@@ -105,7 +105,8 @@ def choose(model: str, replicas_per_device: int, backend: str | None = None,
     override = os.environ.get(ENV)
   forced = parse(override) if isinstance(override, (str, type(None))) else dict(override)
   parse(",".join(f"{k}={v}" for k, v in forced.items()))  # validates a dict too
-  kernels = "eigen" if family == "conv" or replicas_per_device >= MLP_EIGEN_FROM else "default"
+  eigen = backend == "cpu" and (family == "conv" or replicas_per_device >= MLP_EIGEN_FROM)
+  kernels = "eigen" if eigen else "default"
   plan = Plan(replicas=forced.get("replicas", REPLICAS.get((backend, family), "vmap")),
               gradients=forced.get("gradients", GRADIENTS.get(backend, "jax")),
               cpu_kernels=forced.get("cpu_kernels", kernels), backend=backend)
