@@ -50,7 +50,7 @@ def _assert_same(a, b):
   assert ca["step"] == cb["step"]
   for x, y in zip(jax.tree.leaves(ca["params"]), jax.tree.leaves(cb["params"])):
     np.testing.assert_array_equal(x, y)  # bit-identical
-  for x, y in zip(jax.tree.leaves(ca["momentum"]), jax.tree.leaves(cb["momentum"])):
+  for x, y in zip(jax.tree.leaves(ca["opt_state"]), jax.tree.leaves(cb["opt_state"])):
     np.testing.assert_array_equal(x, y)
 
 

@@ -50,9 +50,11 @@ def test_labels_are_fixed_across_epochs_of_training(tiny_config):
   replicas = config_lib.expand_grid(config)
   dataset = data.load("digits").subset(256, 128)
   from zhang import mesh as mesh_lib
+  from zhang import step
   sharding = mesh_lib.replica_sharding(mesh_lib.make_mesh((-1, 1)))
-  _, reps1, noise = train.build_replicas(replicas, dataset, sharding)
-  _, reps2, _ = train.build_replicas(replicas, dataset, sharding)
+  settings = step.StepSettings.from_config(config, replicas)
+  _, reps1, noise = train.build_replicas(replicas, dataset, settings, sharding)
+  _, reps2, _ = train.build_replicas(replicas, dataset, settings, sharding)
   np.testing.assert_allclose(
       np.asarray(noise),
       np.mean(np.asarray(reps1.labels) != dataset.train_labels[None], axis=1))

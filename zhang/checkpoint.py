@@ -122,8 +122,9 @@ def _check_finite_structure(state, abstract) -> None:
 def load(workdir, step: int | None = None) -> dict:
   """Loads a saved step of a run (the latest if ``step`` is None) as numpy, on CPU.
 
-  Returns ``{"step", "params", "batch_stats", "momentum", "meta"}``; every array has the
-  replica axis first (``summary.json``'s ``replica`` indexes it).
+  Returns ``{"step", "params", "batch_stats", "opt_state", "meta"}`` (``opt_state``: the
+  optimizer's state, the momentum trace); every array has the replica axis first
+  (``summary.json``'s ``replica`` indexes it).
   """
   directory = workdir_path(workdir) / DIRNAME
   if not directory.is_dir():
@@ -146,8 +147,8 @@ def load(workdir, step: int | None = None) -> dict:
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract))).state
   state = jax.tree.map(np.asarray, state)
-  params, batch_stats, momentum = (state[k] if isinstance(state, dict) else state[i]
-                                   for i, k in enumerate(("params", "batch_stats",
-                                                           "momentum")))
-  return dict(step=step, params=params, batch_stats=batch_stats, momentum=momentum,
+  params, batch_stats, opt_state = (state[k] if isinstance(state, dict) else state[i]
+                                    for i, k in enumerate(("params", "batch_stats",
+                                                            "opt_state")))
+  return dict(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
               meta=meta)
