@@ -1,17 +1,19 @@
-"""The conv nets' layers with explicit gradients, in forms XLA CPU runs fast inside loops.
+"""The models' layers with explicit gradients, in forms XLA CPU runs fast inside loops.
 
-The trainer runs its steps inside a ``while`` body (``fori_loop``; ``lax.map`` over replicas is
-another). There XLA CPU runs some of JAX's own gradients far slower than outside a loop
-(benchmarks/RESULTS.md, "Convolutions inside loops"):
+The execution plan (``zhang/plan.py``) applies them on CPU, around the plain models of
+``zhang/models.py`` (``explicit_gradients``: a Flax method interceptor, so the models stay
+plain and the parameters, initialization and forward values are unchanged). The trainer runs
+its steps inside a ``while`` body (``fori_loop``; ``lax.map`` over replicas is another),
+where XLA CPU runs some of JAX's own gradients far slower than outside a loop
+(benchmarks/RESULTS.md, "Execution plan"):
 
 - ``conv_general_dilated``: JAX differentiates a convolution into two more with unusual
   dimension labels (the weight gradient is ``f01b_i01o->01bf``). Outside a loop XLA CPU
   rewrites them into its canonical NHWC x HWIO form and runs its fast kernels; inside one it
-  does not, and falls back to a naive loop nest 10-70x slower (upstream: jax-ml/jax#12868).
-  Here both gradients are stated directly as canonical convolutions over explicitly
-  transposed operands; a strided layer's input gradient as one undilated convolution per
-  stride phase. A drop-in for ``flax.linen.Conv(conv_general_dilated=...)``; only
-  NHWC x HWIO convolutions without dilation or feature groups (every one in
+  does not, and falls back to a naive loop nest (upstream: jax-ml/jax#12868). Here both
+  gradients are stated directly as canonical convolutions over explicitly transposed
+  operands; a strided layer's input gradient as one undilated convolution per stride phase.
+  Only NHWC x HWIO convolutions without dilation or feature groups (every one in
   ``zhang.models``) take this path, anything else goes to ``lax``.
 - ``max_pool``: JAX's gradient is a ``select_and_scatter``, which XLA CPU expands into a
   reduce-window carrying index arrays plus a scatter. Here it is one pass per window offset
@@ -22,13 +24,12 @@ another). There XLA CPU runs some of JAX's own gradients far slower than outside
 - ``dense_dot_general``: a Dense layer's product. Where the layer has few outputs (under
   ``NARROW_DENSE``: the logits' layer, 512 -> 10), its weight gradient is computed as
   (out, in) and transposed afterwards, behind an optimization barrier: XLA CPU runs the
-  (in, out) product with only 10 output columns several times slower, and the README's
-  digits step takes 1.4x as long with it (benchmarks/RESULTS.md, "The logits' weight
-  gradient"). Wider layers keep JAX's form: for 2352 -> 512 the (out, in) form was no faster.
+  (in, out) product with only 10 output columns several times slower, which the README's
+  digits run feels. Wider layers keep JAX's form.
 
 Forward computations are the ones of ``lax``/``flax`` (bit for bit), except that a 1x1
-stride-1 convolution is computed as the matrix product it is (XLA CPU runs it 3-5x faster
-that way; the same sums, perhaps in another order). The gradients are the same sums in a
+stride-1 convolution is computed as the matrix product it is (XLA CPU runs it faster that
+way; the same sums, perhaps in another order). The gradients are the same sums in a
 different order, so they agree with JAX's to float rounding (``tests/test_layers.py``).
 """
 
