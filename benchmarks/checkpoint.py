@@ -1,13 +1,11 @@
 """Cost of the trainer's checkpoints for a whole grid, against one train step of that grid.
 
-Run (2-core CPU, a few minutes):
-
   python benchmarks/checkpoint.py           # digits, fig1 MLP on Fashion-MNIST, CIFAR-shaped
   python benchmarks/checkpoint.py --quick   # 2 repeats, small synthetic training sets
 
-Prints one JSON object per config. Each builds the trainer's own grid state
-(``zhang.train.build``) and times the trainer's own ``zhang.checkpoint.Checkpointer`` in a
-temporary directory:
+Prints one JSON object per config (with the execution ``plan`` its grid ran under). Each
+builds the trainer's own grid state (``zhang.train.build``) and times the trainer's own
+``zhang.checkpoint.Checkpointer`` in a temporary directory:
 
 - ``save_blocking_s``: how long ``Checkpointer.save`` blocks the caller (the save is
   asynchronous: the device-to-host copy, then Orbax writes in a background thread);
@@ -67,8 +65,9 @@ def synthetic_dataset(n_train: int, n_test: int, shape=(32, 32, 3), num_classes=
                  num_classes)
 
 
-def directory_bytes(path: pathlib.Path) -> int:
-  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def directory_bytes(path) -> int:
+  """Bytes under a local folder (the trainer's paths are epath's, whose rglob refuses ``**``)."""
+  return sum(f.stat().st_size for f in pathlib.Path(str(path)).rglob("*") if f.is_file())
 
 
 def median(times) -> float:
@@ -85,12 +84,11 @@ def setup(name: str, root: pathlib.Path, quick: bool):
     dataset = synthetic_dataset(n_train, n_test)
   else:
     config, replicas, dataset = train_lib.prepare(config, root / "prepare")
-  # build returns (fns, data, reps, states[, label noise]) depending on the version.
   return config, replicas, train_lib.build(config, replicas, dataset)[:4]
 
 
 def measure(name: str, root: pathlib.Path, repeats: int, steps: int, quick: bool) -> dict:
-  config, replicas, (fns, d, reps, states) = setup(name, root, quick)
+  config, replicas, (program, d, reps, states) = setup(name, root, quick)
   leaves = jax.tree.leaves(states.params)
   params_per_replica = sum(int(np.prod(x.shape[1:])) for x in leaves)
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(states))
@@ -104,8 +102,8 @@ def measure(name: str, root: pathlib.Path, repeats: int, steps: int, quick: bool
   for i in range(repeats + 1):  # the first pair compiles and warms up
     for n in chunk:
       t = time.perf_counter()
-      states, loss = fns.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
-                                     jnp.asarray(n, jnp.int32))
+      states, loss = program.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
+                                         jnp.asarray(n, jnp.int32))
       loss.block_until_ready()
       if i:
         chunk[n].append(time.perf_counter() - t)
@@ -132,8 +130,8 @@ def measure(name: str, root: pathlib.Path, repeats: int, steps: int, quick: bool
       total.append(t_total)
     saved = step
     # A new state for the next save, as in training (train_chunk donates the old one).
-    states, loss = fns.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
-                                   jnp.asarray(1, jnp.int32))
+    states, loss = program.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
+                                       jnp.asarray(1, jnp.int32))
     loss.block_until_ready()
     step += 1
   checkpoint_bytes = directory_bytes(ckpt.directory / str(saved))
@@ -163,7 +161,7 @@ def measure(name: str, root: pathlib.Path, repeats: int, steps: int, quick: bool
   return dict(
       config=CONFIGS[name] if name != "fig1_mlp_cifar_shaped"
       else f"{FIG1_MLP} on synthetic 32x32x3 (cropped 28x28x3)",
-      name=name, replicas=len(replicas), stored_replicas=stored,
+      name=name, replicas=len(replicas), stored_replicas=stored, plan=str(program.plan),
       devices=jax.device_count(), input_shape=list(d.train_images.shape[1:]),
       params_per_replica=params_per_replica,
       state_bytes=state_bytes,  # params + momentum (+ batch stats), all replicas, in memory

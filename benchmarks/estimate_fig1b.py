@@ -3,19 +3,20 @@
   python benchmarks/estimate_fig1b.py results/throughput_*.jsonl \\
       --fit_steps inception_small=16600,alexnet_small=16000,mlp_1x512=16000
   python benchmarks/estimate_fig1b.py rows.jsonl --fit_from runs/*/summary.json --json est.json
+  python benchmarks/estimate_fig1b.py OUT/device_check.json --fit_steps ...   # its rows
 
-The grid (issue 7): per model, corruption 0, 0.1, ..., 1 (``--levels 11``) x ``--seeds 3`` =
-33 ``labels`` replicas, all trained in one program (the codebase's design), the models one
+The grid: per model, corruption 0, 0.1, ..., 1 (``--levels 11``) x ``--seeds 3`` = 33
+``labels`` replicas, all trained in one program (the codebase's design), the models one
 after another on one device. Per model:
 
   step time   the throughput rows (benchmarks/throughput.py, JSON lines) of the model: the
               smallest measured R >= 33, scaled to 33 in proportion to R (step time taken to
               grow with the replicas compiled); with no such row, the largest R, scaled the
-              same way and flagged *extrapolated*. Among variants (strategy, conv_gradient),
-              the fastest, measured ones before extrapolated ones. ``step_ms_median`` (the
-              median chunk; ``--step_stat best`` for ``step_ms``). Rows of another batch size
-              than ``--batch_size`` are used only when none match, scaled per example and
-              flagged.
+              same way and flagged *extrapolated*. Among the rows' execution plans
+              (``plan``), the fastest, measured ones before extrapolated ones.
+              ``step_ms_median`` (the median chunk; ``--step_stat best`` for ``step_ms``).
+              Rows of another batch size than ``--batch_size`` are used only when none
+              match, scaled per example and flagged.
   steps       steps until the model's last replica fits, rounded up to ``--eval_every``
               (fitting is seen only at evaluations; the run stops at the first one where all
               have fitted), capped at ``--max_steps``. From ``--fit_from summary.json``
@@ -51,6 +52,8 @@ import sys
 
 MODELS = ("inception_small", "alexnet_small", "mlp_1x512")
 DTYPES = ("float32", "bfloat16")
+# Named here, not asked of zhang.models: this script imports neither jax nor zhang, so it
+# runs wherever the rows were copied to.
 CONV_NETS = ("alexnet_small", "inception_small", "inception_small_nobn")
 
 
@@ -60,20 +63,35 @@ class EstimateError(Exception):
 
 # ---------------------------------------------------------------------------- inputs
 
+def row_plan(row: dict) -> str:
+  """A throughput row's execution plan. Rows from before the plan was recorded name its
+  parts as the config fields of the time (strategy, conv_gradient, cpu_kernels)."""
+  if row.get("plan"):
+    return row["plan"]
+  parts = [("replicas", row.get("strategy")), ("gradients", row.get("conv_gradient")),
+           ("cpu_kernels", row.get("cpu_kernels"))]
+  return ",".join(f"{k}={v}" for k, v in parts if v) or "unknown"
+
+
 def load_rows(paths) -> list[dict]:
-  """The JSON rows of throughput.py output files (other lines, e.g. logs, are skipped; a
-  missing file is said on stderr: a model it would have held is then reported missing)."""
+  """The JSON rows of throughput.py output files, or of device_check.py's JSON (other lines,
+  e.g. logs, are skipped; a missing file is said on stderr: a model it would have held is
+  then reported missing)."""
   rows = []
   for path in paths:
     if not pathlib.Path(path).is_file():
       print(f"estimate_fig1b.py: {path}: no such file, skipped", file=sys.stderr)
       continue
     text = pathlib.Path(path).read_text()
-    for line in text.splitlines():
-      line = line.strip()
-      if not line.startswith("{"):
-        continue
-      row = json.loads(line)
+    try:
+      whole = json.loads(text)
+    except json.JSONDecodeError:
+      whole = None
+    if isinstance(whole, dict) and isinstance(whole.get("throughput"), list):
+      found = whole["throughput"]  # device_check.py's results
+    else:
+      found = [json.loads(l) for l in map(str.strip, text.splitlines()) if l.startswith("{")]
+    for row in found:
       if "model" in row and "replicas" in row and (row.get("step_ms") or 0) > 0:
         rows.append(dict(row, source=str(path)))
   return rows
@@ -200,16 +218,13 @@ def eval_costs_from_summaries(paths, fit_paths=(), kind: str | None = None) -> d
 # ---------------------------------------------------------------------------- arithmetic
 
 def measure_command(model: str, extra: str = "") -> str:
-  replicas = "1,8,64"
-  gpu = " --matmul_n 8192"
-  variants = " --conv_gradient jax,explicit" if model in CONV_NETS else ""
-  return (f"python benchmarks/throughput.py --models {model} --replicas {replicas}"
-          f"{variants}{gpu}{extra} >> throughput_{model}.jsonl")
+  plans = " --plan replicas=map --plan replicas=vmap" if model in CONV_NETS else ""
+  return (f"python benchmarks/throughput.py --models {model} --replicas 1,8,64"
+          f"{plans} --matmul_n 8192{extra} >> throughput_{model}.jsonl")
 
 
 def _variant(row: dict) -> tuple:
-  return (row.get("strategy") or "auto", row.get("conv_gradient") or "auto",
-          row.get("compute_dtype") or "float32", int(row["batch_size"]))
+  return (row_plan(row), row.get("compute_dtype") or "float32", int(row["batch_size"]))
 
 
 def step_time(rows: list[dict], model: str, replicas: int, batch_size: int,
@@ -240,13 +255,13 @@ def step_time(rows: list[dict], model: str, replicas: int, batch_size: int,
     row_ms = float(row.get(key) or row["step_ms"])
     ms = row_ms * replicas / r_used * batch_size / row_batch
     candidates.append(dict(
-        strategy=variant[0], conv_gradient=variant[1], compute_dtype=variant[2],
+        plan=variant[0], compute_dtype=variant[1],
         row_replicas=r_used, row_batch_size=row_batch, row_step_ms=row_ms, step_stat=key,
         step_ms=ms, extrapolated=not at_least, batch_scaled=row_batch != batch_size,
         compile_s=float(row.get("compile_s") or 0.0), source=row["source"]))
   best = min(candidates, key=lambda c: (c["extrapolated"], c["step_ms"]))
-  return dict(best, variants=[{k: c[k] for k in ("strategy", "conv_gradient", "row_replicas",
-                                                 "step_ms", "extrapolated")}
+  return dict(best, variants=[{k: c[k] for k in ("plan", "row_replicas", "step_ms",
+                                                 "extrapolated")}
                               for c in candidates])
 
 
@@ -254,8 +269,7 @@ def scaling_text(st: dict, replicas: int, batch_size: int) -> str:
   """How the step time at ``replicas`` came from its row, in words and numbers."""
   dtype = "" if st["compute_dtype"] == "float32" else f", {st['compute_dtype']}"
   text = (f"{st['row_step_ms']:,.3f} ms ({st['step_stat']}, R = {st['row_replicas']}, "
-          f"batch {st['row_batch_size']}, {st['strategy']}, conv_gradient "
-          f"{st['conv_gradient']}{dtype})")
+          f"batch {st['row_batch_size']}, plan {st['plan']}{dtype})")
   if st["row_replicas"] != replicas:
     text += f" x {replicas}/{st['row_replicas']}"
   if st["batch_scaled"]:
@@ -318,8 +332,8 @@ def estimate(rows: list[dict], fits: dict[str, dict], a,
       f"Step time grows in proportion to the replicas compiled: a row at another R is "
       f"scaled by {a.levels * a.seeds}/R (from a larger R this is optimistic where the "
       f"per-replica cost falls with R).",
-      "Each model runs with the variant of the row used (config fields replica_strategy and "
-      "conv_gradient, e.g. --set conv_gradient=explicit, where it is not what auto picks).",
+      "Each model runs under the execution plan of the row used (ZHANG_PLAN=... where it "
+      "is not the automatic plan; zhang/plan.py).",
       f"Evaluation (at step 0 and every {a.eval_every} steps, whole train and test sets: "
       f"{a.n_train + a.n_test:,} images per replica) costs, per image, "
       + "; ".join(f"{m['model']} {m['eval_cost']:.3g} ({m['eval_cost_source']})"
@@ -409,11 +423,10 @@ def markdown(e: dict) -> str:
                  f"{m['step_ms']:,.3f} ms x {m['eval_cost']:.3g}"
                  f"{'' if m['eval_cost_measured'] else ' assumed'}) = {m['eval_s']:,.1f} s; "
                  f"compile 2 x {st['compile_s']:,.1f} s; total {m['seconds']:,.1f} s.")
-    others = [v for v in st["variants"]
-              if (v["strategy"], v["conv_gradient"]) != (st["strategy"], st["conv_gradient"])]
+    others = [v for v in st["variants"] if v["plan"] != st["plan"]]
     if others:
-      lines.append("  Other variants at R = 33: " + ", ".join(
-          f"{v['strategy']}/{v['conv_gradient']} {v['step_ms']:,.2f} ms"
+      lines.append("  Other plans at R = 33: " + ", ".join(
+          f"{v['plan']} {v['step_ms']:,.2f} ms"
           f"{' (extrapolated)' if v['extrapolated'] else ''}" for v in others) + ".")
     for u in m["unfitted"]:
       lines.append(f"  Not fitted: corruption {u['corruption']}, seed {u['seed']} after "
@@ -438,7 +451,8 @@ def parse(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n", 2)[2])
-  p.add_argument("throughput", nargs="+", help="benchmarks/throughput.py output (JSON lines)")
+  p.add_argument("throughput", nargs="+", help="benchmarks/throughput.py output (JSON lines) "
+                 "or benchmarks/device_check.py's device_check.json")
   p.add_argument("--fit_from", nargs="+", default=[], metavar="SUMMARY",
                  help="summary.json files of zhang train runs: steps until the last replica "
                  "of each model fitted")
@@ -487,20 +501,25 @@ def parse(argv=None) -> argparse.Namespace:
   return a
 
 
+def compute(a: argparse.Namespace) -> dict:
+  """The estimate of parsed arguments (``parse``); raises EstimateError on bad inputs."""
+  rows = load_rows(a.throughput)
+  if not rows:
+    raise EstimateError(f"no throughput rows in {', '.join(a.throughput)}")
+  fits = fit_steps_from_summaries(a.fit_from)
+  explicit = parse_fit_steps(a.fit_steps)
+  for model in set(fits) & set(explicit):
+    print(f"estimate_fig1b.py: {model}: --fit_steps {explicit[model]['steps']} replaces "
+          f"{fits[model]['steps']} from --fit_from", file=sys.stderr)
+  fits.update(explicit)
+  eval_costs = eval_costs_from_summaries(a.eval_cost_from, a.fit_from, device_kind(rows))
+  return estimate(rows, fits, a, eval_costs)
+
+
 def main(argv=None) -> int:
   a = parse(argv)
   try:
-    rows = load_rows(a.throughput)
-    if not rows:
-      raise EstimateError(f"no throughput rows in {', '.join(a.throughput)}")
-    fits = fit_steps_from_summaries(a.fit_from)
-    explicit = parse_fit_steps(a.fit_steps)
-    for model in set(fits) & set(explicit):
-      print(f"estimate_fig1b.py: {model}: --fit_steps {explicit[model]['steps']} replaces "
-            f"{fits[model]['steps']} from --fit_from", file=sys.stderr)
-    fits.update(explicit)
-    eval_costs = eval_costs_from_summaries(a.eval_cost_from, a.fit_from, device_kind(rows))
-    result = estimate(rows, fits, a, eval_costs)
+    result = compute(a)
   except (EstimateError, OSError, json.JSONDecodeError) as err:
     print(f"estimate_fig1b.py: {err}", file=sys.stderr)
     return 2

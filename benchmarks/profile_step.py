@@ -1,22 +1,21 @@
 """Where a train step's time goes: XLA ops of the trainer's compiled chunk, by time.
 
-Run (2-core CPU, a minute or two for a conv net):
-
   python benchmarks/profile_step.py --model inception_small --batch_size 32
-  python benchmarks/profile_step.py --model alexnet_small --batch_size 128 --conv_gradient jax
-  python benchmarks/profile_step.py --model inception_small --batch_size 128 --cpu_kernels default
+  python benchmarks/profile_step.py --model alexnet_small --batch_size 128 --plan gradients=jax
+  python benchmarks/profile_step.py --model inception_small --batch_size 128 --plan cpu_kernels=default
   python benchmarks/profile_step.py --model mlp_1x512 --input_shape 8,8,1 --replicas 15 --batch_size 128 --steps 100
   python benchmarks/profile_step.py --model mlp_1x512 --input_shape 28,28,1 --replicas 4 --batch_size 128 --steps 20 --kind random_pixels
 
 Builds the grid as ``benchmarks/throughput.py`` does (synthetic images, 28x28x3 unless
-``--input_shape`` says otherwise; R replicas of ``--kind``, ``labels`` unless said), runs one
+``--input_shape`` says otherwise; R replicas of ``--kind``, ``labels`` unless said; the
+automatic execution plan unless ``--plan`` says otherwise), runs one
 chunk to warm up, traces one more with ``jax.profiler`` and reads the trace back
 (``jax.profiler.ProfileData``). Prints the step time, the time per op kind (fusion names
 without their numeric suffix) and the slowest convolutions and dots with their
 shapes and dimension labels from the compiled HLO. Per step: the traced chunk's times divided
 by its steps. Op times are summed over threads, so on several cores they can add up to more
-than the step. With Eigen's convolutions (``--cpu_kernels eigen``, what conv nets get on CPU)
-the trace shows only their dispatch: compare ``--cpu_kernels default`` for a per-op view.
+than the step. With Eigen's convolutions (``cpu_kernels=eigen``, what conv nets get on CPU)
+the trace shows only their dispatch: compare ``--plan cpu_kernels=default`` for a per-op view.
 
 On a GPU (or TPU) only the device's own timeline counts: each kernel is charged to the HLO op
 it ran for (its ``hlo_op`` stat), and a table of the kernels themselves follows, which says
@@ -26,7 +25,7 @@ turns them off (``--xla_gpu_enable_command_buffer=``, unless XLA_FLAGS sets it),
 traced step can be a little slower than ``throughput.py``'s. The flag is read when the
 backend starts: a process that has already used jax keeps its setting.
 
-  python benchmarks/profile_step.py --model inception_small --replicas 8 --batch_size 128 --strategy map
+  python benchmarks/profile_step.py --model inception_small --replicas 8 --batch_size 128 --plan replicas=map
 """
 
 from __future__ import annotations
@@ -46,8 +45,10 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import throughput  # noqa: E402  (this folder's benchmark helpers)
-from zhang import randomize  # noqa: E402
+import throughput  # noqa: E402  (this folder's benchmark functions)
+from zhang import models, randomize  # noqa: E402
+from zhang import plan as plan_lib  # noqa: E402
+from zhang.errors import UsageError  # noqa: E402
 
 _WRAPPERS = ("ThunkExecutor", "$", "SlinkyThreadPool", "while", "PjitFunction",
              "CommonPjRt", "ParseArguments")
@@ -165,7 +166,7 @@ def fusion_contents(hlo: str) -> dict:
   the conv's role: 'forward', 'input grad' or 'weight grad', its multiply-adds x 2).
 
   Covers fusions (YNNPACK's convolutions and dots are fusions) and the convolutions and dots
-  XLA runs unfused (Eigen's, when YNNPACK's are off: ``--cpu_kernels``); an unfused dot's
+  XLA runs unfused (Eigen's, when YNNPACK's are off: ``cpu_kernels=eigen``); an unfused dot's
   third field is its dimension numbers (lb, lc, rb, rc: lhs/rhs batch/contracting). On GPU,
   cuDNN's convolutions (FLOPs from their operands' shapes) and cuBLAS's products (third
   field: the custom-call target)."""
@@ -211,13 +212,15 @@ def fusion_contents(hlo: str) -> dict:
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", default="inception_small")
+  p.add_argument("--model", default="inception_small", choices=models.names())
   p.add_argument("--replicas", type=int, default=1)
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--steps", type=int, default=2, help="steps in the traced chunk")
-  p.add_argument("--strategy", default="auto", choices=("auto", "vmap", "map"))
-  p.add_argument("--conv_gradient", default="auto", choices=("auto", "jax", "explicit"))
-  p.add_argument("--cpu_kernels", default="auto", choices=("auto", "default", "eigen"))
+  p.add_argument("--plan", default=throughput.AUTO,
+                 help="the execution plan, as ZHANG_PLAN takes it (e.g. replicas=map; "
+                 "choices: " + "; ".join(f"{k}={'|'.join(v)}"
+                                         for k, v in plan_lib.CHOICES.items())
+                 + "); auto: the automatic plan")
   p.add_argument("--input_shape", default="28,28,3", help="H,W,C of the synthetic images")
   p.add_argument("--kind", default="labels", choices=randomize.KINDS,
                  help="the replicas' randomization (the pixel kinds' inputs are made in the "
@@ -225,18 +228,20 @@ def main(argv=None) -> None:
   p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--top", type=int, default=15, help="rows of each table")
   args = p.parse_args(argv)
+  try:
+    plan_lib.parse(throughput.plan_arg(args.plan))
+  except UsageError as err:
+    p.error(f"--plan: {str(err).removeprefix(plan_lib.ENV + ': ')}")
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_gpu_enable_command_buffer" not in flags:  # read when the backend starts
     os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_command_buffer=".strip()
 
   shape = tuple(int(v) for v in args.input_shape.split(","))
   dataset = throughput.synthetic_dataset(max(512, args.batch_size), shape)
-  fns, d, reps, states = throughput.setup(args.model, args.replicas, dataset, args.batch_size,
-                                          strategy=args.strategy,
-                                          compute_dtype=args.compute_dtype,
-                                          conv_gradient=args.conv_gradient,
-                                          cpu_kernels=args.cpu_kernels, kind=args.kind)
-  compiled, _ = throughput.compile_chunk(fns, d, reps, states, args.steps)
+  program, d, reps, states = throughput.setup(args.model, args.replicas, dataset,
+                                              args.batch_size, plan=args.plan,
+                                              compute_dtype=args.compute_dtype, kind=args.kind)
+  compiled, _ = throughput.compile_chunk(program, d, reps, states, args.steps)
   num = jnp.asarray(args.steps, jnp.int32)
   states, loss = compiled(states, reps, d, jnp.asarray(0, jnp.int32), num)  # warm-up
   loss.block_until_ready()
@@ -256,8 +261,8 @@ def main(argv=None) -> None:
     kinds[re.sub(r"\.\d+$", "", name)] += ns
   whole = sum(kinds.values())
   dtype = "" if args.compute_dtype == "float32" else f", {args.compute_dtype}"
-  print(f"{args.model}, R = {args.replicas}, batch {args.batch_size}, strategy "
-        f"{fns.hyper.strategy}{dtype}, {jax.default_backend()} ({jax.devices()[0].device_kind}): "
+  print(f"{args.model}, R = {args.replicas}, batch {args.batch_size}, plan "
+        f"{program.plan}{dtype}, {jax.default_backend()} ({jax.devices()[0].device_kind}): "
         f"{step_ms:.1f} ms per step (traced), ops {per_step(whole):.1f} ms")
   print(f"trace: {trace.source}")
   print("\nms/step   share  op kind")

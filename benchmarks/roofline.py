@@ -1,9 +1,10 @@
 """How fast a measured train step could be: its FLOPs against its unavoidable memory traffic.
 
-  python benchmarks/roofline.py results/h200_2026-11-28/throughput_*.jsonl --bandwidth_gbps 4800
-  python benchmarks/roofline.py OUT/throughput_*.jsonl   # rows with a measured bandwidth
+  python benchmarks/roofline.py benchmarks/results/h200_2026-11-28/throughput_*.jsonl --bandwidth_gbps 4800
+  python benchmarks/roofline.py OUT/device_check.json   # rows with a measured bandwidth
 
-For every throughput row (benchmarks/throughput.py, JSON lines) it counts, per step:
+For every throughput row (benchmarks/throughput.py's JSON lines, or benchmarks/device_check.py's
+JSON) it counts, per step:
 
   FLOPs       the row's ``flops_per_step`` (3 x forward; zhang/flops.py).
   state       the bytes the SGD-momentum step must move for the parameters, however well it
@@ -22,8 +23,8 @@ For every throughput row (benchmarks/throughput.py, JSON lines) it counts, per s
 
 and from these, at the row's own matrix-product rate (``matmul_flops_per_s``, measured in the
 same process) and memory bandwidth: ``--bandwidth_gbps`` where given, else the row's
-``memory_bytes_per_s`` (an elementwise pass timed in the same process; rows from before
-session 6 have none):
+``memory_bytes_per_s`` (an elementwise pass timed in the same process; the oldest rows have
+none):
 
   floor_ms    max(FLOPs / matmul rate, bytes / bandwidth): the step if compute and memory
               overlapped perfectly.
@@ -47,8 +48,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from zhang import flops as flops_lib
-from zhang import models
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from estimate_fig1b import load_rows, row_plan  # noqa: E402  (this folder's row reader)
+from zhang import flops as flops_lib  # noqa: E402
+from zhang import models  # noqa: E402
 
 BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -90,7 +93,7 @@ def analyse(row: dict, bandwidth: float | None = None, state_passes: int = 7) ->
   step_s = row["step_ms_median"] / 1e3
   return dict(
       model=row["model"], replicas=row["replicas"], batch_size=row["batch_size"],
-      strategy=row.get("strategy"), compute_dtype=row.get("compute_dtype", "float32"),
+      plan=row_plan(row), compute_dtype=row.get("compute_dtype", "float32"),
       device_kind=row.get("device_kind"), **t, flops=row["flops_per_step"],
       bandwidth_bytes_per_s=bandwidth, bandwidth_measured=measured,
       compute_ms=compute_s * 1e3, memory_ms=memory_s * 1e3, floor_ms=floor_s * 1e3,
@@ -104,13 +107,13 @@ def markdown(results: list[dict], bandwidth: float | None, state_passes: int) ->
           "each row's own (measured, GB/s in the table)")
   lines = [f"Bandwidth {said}; parameter state {state_passes} passes; matmul rate: each "
            "row's own.", "",
-           "| model | R | strategy / dtype | GB/s | state MB | layers MB | compute ms "
+           "| model | R | plan / dtype | GB/s | state MB | layers MB | compute ms "
            "| memory ms | floor ms (bound) | step ms | best fraction | measured fraction "
            "| of floor |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     lines.append(
-        f"| {r['model']} | {r['replicas']} | {r['strategy']} / {r['compute_dtype']} | "
+        f"| {r['model']} | {r['replicas']} | {r['plan']} / {r['compute_dtype']} | "
         f"{r['bandwidth_bytes_per_s'] / 1e9:,.0f} | "
         f"{r['state_bytes'] / 1e6:,.1f} | {r['layer_bytes'] / 1e6:,.1f} | "
         f"{r['compute_ms']:.3f} | {r['memory_ms']:.3f} | {r['floor_ms']:.3f} ({r['bound']}) | "
@@ -132,15 +135,11 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   if (args.bandwidth_gbps is not None and args.bandwidth_gbps <= 0) or args.state_passes < 1:
     p.error("--bandwidth_gbps must be positive and --state_passes at least 1")
-  rows = []
   for path in args.rows:
     if not pathlib.Path(path).is_file():
       p.error(f"{path}: no such file (throughput.py writes these rows)")
-    for line in pathlib.Path(path).read_text().splitlines():
-      if line.startswith("{"):
-        row = json.loads(line)
-        if "matmul_flops_per_s" in row and "flops_per_step" in row:
-          rows.append(row)
+  rows = [r for r in load_rows(args.rows)
+          if "matmul_flops_per_s" in r and "flops_per_step" in r]
   if args.models:
     wanted = args.models.split(",")
     rows = [r for r in rows if r["model"] in wanted]
@@ -148,7 +147,7 @@ def main(argv=None) -> None:
     p.error("no throughput rows in the files given (for the models asked)")
   bandwidth = args.bandwidth_gbps * 1e9 if args.bandwidth_gbps else None
   if bandwidth is None and any("memory_bytes_per_s" not in r for r in rows):
-    p.error("some rows have no measured memory_bytes_per_s (throughput.py before session 6): "
+    p.error("some rows have no measured memory_bytes_per_s (from an older throughput.py): "
             "give the device's bandwidth with --bandwidth_gbps")
   results = [analyse(r, bandwidth, args.state_passes) for r in rows]
   print(markdown(results, bandwidth, args.state_passes))

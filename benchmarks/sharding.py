@@ -1,25 +1,25 @@
 """Train-step throughput of a fixed replica grid sharded over 1, 2, 4 and 8 (fake) devices.
 
-Run (2-core CPU, loaded; about 12 minutes, or about 3.5 with --quick):
-
   python benchmarks/sharding.py                 # mlp_1x512 R=8 batch 128, inception_small R=8 batch 2
   python benchmarks/sharding.py --quick         # fewer steps, repeats and rounds
+  python benchmarks/sharding.py --plan replicas=vmap   # one execution plan for every count
 
 inception_small keeps a small default batch (2) and 1 step per chunk so that 4 device counts
-fit in minutes on 2 cores: R=8 at batch 2 takes about 0.28 s per step on 1 device (with the
-trainer's CPU defaults, replica_strategy=map and conv_gradient=explicit).
+fit in minutes on 2 cores.
 
 The parent starts one fresh subprocess of this script per (round, device count), with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D`` appended to any existing XLA_FLAGS and
 ``JAX_PLATFORMS=cpu`` (the flag must be set before JAX initializes, hence the subprocess).
 Each child builds the grid with the trainer's own ``train.build`` on a mesh of shape (D, 1),
 every device on the ``replica`` axis, so each device holds R/D replicas, and times
-``train_chunk`` with ``benchmarks/throughput.py``'s helpers. Device counts are run in
+``train_chunk`` with ``benchmarks/throughput.py``'s functions. Device counts are run in
 alternating order over ``--rounds`` rounds; the parent prints one JSON object per
 (model, devices): ``step_ms`` is the median over rounds of each child's median chunk,
 ``step_ms_best`` the fastest chunk seen, and ``overhead_vs_1_device`` is ``step_ms`` with D
 devices over ``step_ms`` with 1 device (the same ratio holds per replica, R being fixed);
-``per_replica_overhead_ms`` is the extra step time per replica, (step(D) - step(1)) / R.
+``per_replica_overhead_ms`` is the extra step time per replica, (step(D) - step(1)) / R;
+``plan`` is the execution plan the children ran under (``zhang/plan.py``; it depends on the
+replicas per device).
 
 The fake devices all share the host's cores: with 8 devices on 2 cores there is no more
 compute than with 1, so this measures the *cost* of the sharded program (partitioning, the
@@ -38,7 +38,6 @@ import sys
 import time
 
 DEFAULT_MODELS = ("mlp_1x512", "inception_small")
-CONV_NETS = ("alexnet_small", "inception_small", "inception_small_nobn")
 COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
@@ -64,23 +63,27 @@ def run_child(args) -> None:
                        f"(XLA_FLAGS={os.environ.get('XLA_FLAGS')!r})")
   shape = tuple(int(s) for s in args.input_shape.split(","))
   dataset = throughput.synthetic_dataset(args.n_train, shape)
-  for name, replicas, batch, steps in _plan(args):
+  for name, replicas, batch, steps in _grids(args):
     mesh_shape = (args.devices, 1)
-    fns, d, reps, states = throughput.setup(name, replicas, dataset, batch, mesh_shape)
-    padded = int(reps.labels.shape[0])
-    _, compile_s, times = throughput.time_chunks(fns, d, reps, states, steps,
+    program, d, reps, states = throughput.setup(name, replicas, dataset, batch, mesh_shape,
+                                                plan=args.plan)
+    padded = int(jax.tree.leaves(states)[0].shape[0])
+    _, compile_s, times = throughput.time_chunks(program, d, reps, states, steps,
                                                  args.repeats, name)
     print(json.dumps(dict(
         model=name, devices=args.devices, replicas=replicas, padded_replicas=padded,
+        plan=str(program.plan),
         mesh_shape=list(mesh_shape), batch_size=batch, steps=steps,
         chunk_s=[round(t, 5) for t in times], compile_s=round(compile_s, 3),
         load_avg_1m=round(os.getloadavg()[0], 2))), flush=True)
 
 
-def _plan(args):
+def _grids(args):
   """(model, replicas, batch size, steps per chunk) for each model."""
+  from zhang import models
+
   for name in args.models.split(","):
-    conv = name in CONV_NETS
+    conv = models.get(name).family == "conv"
     replicas = args.conv_replicas if conv else args.replicas
     batch = args.conv_batch_size if conv else args.batch_size
     steps = args.steps or {(False, False): 20, (False, True): 5,
@@ -105,6 +108,9 @@ def main(argv=None) -> None:
                  help="sweeps over the device counts, alternating order (default 2)")
   p.add_argument("--n_train", type=int, default=2048)
   p.add_argument("--input_shape", default="28,28,3", help="H,W,C of the synthetic images")
+  p.add_argument("--plan", default="auto",
+                 help="the execution plan, as ZHANG_PLAN takes it (e.g. replicas=vmap); "
+                 "auto: the automatic plan (see benchmarks/throughput.py --help)")
   p.add_argument("--quick", action="store_true", help="few steps, repeats, one round")
   p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -117,7 +123,7 @@ def main(argv=None) -> None:
     return
 
   counts = [int(s) for s in args.devices.split(",")]
-  for name, replicas, _, _ in _plan(args):
+  for name, replicas, _, _ in _grids(args):
     for dc in counts:
       if replicas % dc:
         print(f"note: {name} R={replicas} is padded to a multiple of {dc} devices; "
@@ -127,7 +133,7 @@ def main(argv=None) -> None:
     for dc in (counts if r % 2 == 0 else counts[::-1]):
       cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--devices", str(dc)]
       for k in ("models", "replicas", "conv_replicas", "batch_size", "conv_batch_size",
-                "steps", "repeats", "n_train", "input_shape"):
+                "steps", "repeats", "n_train", "input_shape", "plan"):
         v = getattr(args, k)
         if v is not None:
           cmd += [f"--{k}", str(v)]
@@ -143,7 +149,7 @@ def main(argv=None) -> None:
   def step_of(runs):  # median over rounds of each child's median chunk, per step
     return statistics.median(statistics.median(x["chunk_s"]) / x["steps"] for x in runs)
 
-  for name, _, _, _ in _plan(args):
+  for name, _, _, _ in _grids(args):
     base = step_of(rows[name, 1]) if (name, 1) in rows else None
     for dc in sorted(counts):
       runs = rows[name, dc]
@@ -154,6 +160,7 @@ def main(argv=None) -> None:
       out = dict(
           model=name, devices=dc, replicas=first["replicas"],
           padded_replicas=first["padded_replicas"], mesh_shape=first["mesh_shape"],
+          plan=first["plan"],
           batch_size=first["batch_size"], steps=first["steps"], repeats=args.repeats,
           rounds=len(runs),
           examples_per_s=round(first["replicas"] * first["batch_size"] / step, 1),

@@ -1,37 +1,33 @@
 """Train-step throughput of the replica grid, against the same process's fp32 matmul rate.
 
-Run (2-core CPU, about 2 minutes):
-
   python benchmarks/throughput.py                      # mlp_1x512 and mlp_3x512, R = 1, 8
   python benchmarks/throughput.py --models all --quick # every model, fewer steps
   python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
-  python benchmarks/throughput.py --models alexnet_small --conv_gradient jax,explicit
-  python benchmarks/throughput.py --models inception_small --replicas 1 --grad_chunks off,on
-  python benchmarks/throughput.py --models inception_small,alexnet_small --cpu_kernels default,eigen
-  python benchmarks/throughput.py --models alexnet_small --grad_chunks 6291456:786432,off
+  python benchmarks/throughput.py --models alexnet_small --plan replicas=map --plan replicas=vmap
+  python benchmarks/throughput.py --models inception_small --plan cpu_kernels=default --plan cpu_kernels=eigen
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
   python benchmarks/throughput.py --models mlp_1x512 --replicas 8 --kind labels,random_pixels
 
-Prints one JSON object per (model, strategy, conv_gradient, cpu_kernels, grad_chunks, kind,
-replicas). The timed program is the trainer's own ``train_chunk`` (batch gather, scaling,
-randomization, whitening, forward, backward, SGD momentum) on synthetic uint8 images, for a grid
-of R replicas of one ``--kind`` (corruption 0, seeds 0..R-1; ``labels`` unless said).
+Prints one JSON object per (model, plan, kind, replicas). The timed program is the trainer's
+own ``train_chunk`` (batch gather, scaling, randomization, whitening, forward, backward, SGD
+momentum) on synthetic uint8 images, for a grid of R replicas of one ``--kind`` (corruption
+0, seeds 0..R-1; ``labels`` unless said).
+
+``--plan`` (repeatable) compares execution plans (``zhang/plan.py``): each value is what
+``ZHANG_PLAN`` takes, e.g. ``replicas=map,gradients=jax``; choices it leaves out, and
+``auto`` (the default), are the automatic ones. A row's ``plan`` is the plan it ran under.
+
 ``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
 ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never computes,
-and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the best
-rate of a large ``jnp.dot`` timed in the same process just before and after each row (on CPU the
-faster of XLA's default and Eigen's kernels). ``memory_bytes_per_s`` is the rate of an
+and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the
+best rate of a large ``jnp.dot`` timed in the same process just before and after each row (on
+CPU the faster of the plan's two kernel sets). ``memory_bytes_per_s`` is the rate of an
 elementwise pass over ``--memory_mb`` of fp32 timed after the row (the bandwidth
-benchmarks/roofline.py takes). ``conv_gradient`` is the resolved config field (``jax`` or
-``explicit``; for MLPs it changes only the logits' layer's weight gradient);
-``grad_chunk_bytes`` the batch-chunk budgets of the explicit input and weight gradients
-(``zhang/layers.py``; ``--grad_chunks INPUT:WEIGHT`` sets others), null with ``--grad_chunks
-off``, with Eigen's kernels and off CPU (no chunks there). ``cpu_kernels`` is the resolved
-config field (``default`` or ``eigen``; null off CPU). ``--up_to_memory`` doubles R after the
-listed rows while XLA's estimate of the compiled chunk (``xla_memory_bytes``, checked before the
-row runs; the next row's first predicted in proportion to R) stays within
-``memory_limit_bytes``: ``--memory_fraction`` of the device's memory (GPU, TPU: the allocator's
-limit; CPU: physical RAM). Every row skipped or stop of the sweep is said on stderr. Results:
+benchmarks/roofline.py takes). ``--up_to_memory`` doubles R after the listed rows while XLA's
+estimate of the compiled chunk (``xla_memory_bytes``, checked before the row runs; the next
+row's first predicted in proportion to R) stays within ``memory_limit_bytes``:
+``--memory_fraction`` of the device's memory (GPU, TPU: the allocator's limit; CPU: physical
+RAM). Every row skipped, and where the sweep stops, is said on stderr. Results:
 benchmarks/RESULTS.md.
 """
 
@@ -51,21 +47,27 @@ import numpy as np
 
 from zhang import config as config_lib
 from zhang import flops as flops_lib
-from zhang import layers, models, randomize, train as train_lib
+from zhang import models, randomize, train as train_lib
+from zhang import plan as plan_lib
 from zhang.data import Dataset
+from zhang.errors import UsageError
 
-CONV_NETS = ("alexnet_small", "inception_small", "inception_small_nobn")
 DEFAULT_MODELS = ("mlp_1x512", "mlp_3x512")
+AUTO = "auto"  # --plan value: every choice automatic
+
+
+def is_conv(model: str) -> bool:
+  return models.get(model).family == "conv"
 
 
 def matmul_flops_per_s(n: int, repeats: int, dtype=jnp.float32) -> float:
   """Best rate of an (n, n) @ (n, n) product (fp32 by default), in FLOP/s. On CPU, the
-  better of XLA's default kernels and Eigen's (``zhang/train.py:cpu_kernels``): a step may be
+  better of the plan's two kernel sets (``zhang/plan.py:COMPILER_OPTIONS``): a step may be
   compiled with either, and the reference should be the faster."""
   keys = jax.random.split(jax.random.key(0))
   a = jax.random.normal(keys[0], (n, n), dtype)
   b = jax.random.normal(keys[1], (n, n), dtype)
-  kernel_sets = ([o for o in train_lib.COMPILER_OPTIONS.values() if train_lib.accepted(o)]
+  kernel_sets = ([o for o in plan_lib.COMPILER_OPTIONS.values() if plan_lib.accepted(o)]
                  if jax.default_backend() == "cpu" else [{}])
   best = float("inf")
   for options in kernel_sets:
@@ -82,7 +84,7 @@ def memory_bytes_per_s(n_bytes: int, repeats: int, passes: int = 10) -> float:
   """Best rate of elementwise passes over ``n_bytes`` of fp32 (each reads and writes them
   once), in bytes/s: the same-process reference for memory-bound work
   (benchmarks/roofline.py). The passes run in one loop, on one buffer: a fresh output per call
-  would time the CPU's page faults (about 4 GB/s on 2 cores) instead of its memory."""
+  would time the CPU's page faults instead of its memory."""
   x = jnp.ones((n_bytes // 4,), jnp.float32)
   scale = jax.jit(lambda x: jax.lax.fori_loop(
       0, passes, lambda i, x: x * 1.0001 + 0.5, x)).lower(x).compile()
@@ -105,44 +107,44 @@ def synthetic_dataset(n_train: int, input_shape, num_classes: int = 10) -> Datas
 
 
 def make_config(model: str, num_replicas: int, batch_size: int, mesh_shape=None,
-                strategy: str = "auto", compute_dtype: str = "float32",
-                conv_gradient: str = "auto", cpu_kernels: str = "auto",
-                kind: str = "labels"):
+                compute_dtype: str = "float32", kind: str = "labels"):
   """The resolved config of a grid of R replicas of one randomization ``kind`` (corruption
   0, seeds 0..R-1)."""
   c = config_lib.base_config()
   c.model = model
   c.batch_size = batch_size
-  c.replica_strategy = strategy
   c.compute_dtype = compute_dtype
-  c.conv_gradient = conv_gradient
-  c.cpu_kernels = cpu_kernels
   if mesh_shape is not None:
     c.mesh_shape = tuple(mesh_shape)
   c.grid = [dict(kinds=[kind], corruptions=[0.0], seeds=list(range(num_replicas)))]
   return config_lib.resolve(c)
 
 
+def plan_arg(spec: str | None):
+  """A ``--plan`` value as ``train.build`` takes it: None (automatic) or the plan string."""
+  return None if spec in (None, "", AUTO) else spec
+
+
 def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
-          mesh_shape=None, strategy: str = "auto", compute_dtype: str = "float32",
-          conv_gradient: str = "auto", cpu_kernels: str = "auto", kind: str = "labels"):
+          mesh_shape=None, plan: str | None = None, compute_dtype: str = "float32",
+          kind: str = "labels"):
   """The trainer's own ``train.build`` for a grid of R replicas of one randomization ``kind``
-  (p = 0, seeds 0..R-1).
+  (p = 0, seeds 0..R-1), under ``plan`` (a ``--plan`` value; None: automatic).
 
   ``mesh_shape`` (replica, data) defaults to the config's, every device on ``replica``.
-  Returns (step.Functions, step.Data, step.Replicas, stacked TrainState).
+  Returns (program, data, constants, stacked TrainState).
   """
-  c = make_config(model, num_replicas, batch_size, mesh_shape, strategy, compute_dtype,
-                  conv_gradient, cpu_kernels, kind)
-  return tuple(train_lib.build(c, config_lib.expand_grid(c), dataset)[:4])
+  c = make_config(model, num_replicas, batch_size, mesh_shape, compute_dtype, kind)
+  return tuple(train_lib.build(c, config_lib.expand_grid(c), dataset,
+                               plan=plan_arg(plan))[:4])
 
 
-def compile_chunk(fns, d, reps, states, steps: int):
-  """Compiles ``fns.train_chunk`` for ``steps`` steps. Returns (compiled, compile seconds)."""
+def compile_chunk(program, d, reps, states, steps: int):
+  """Compiles ``program.train_chunk`` for ``steps`` steps. Returns (compiled, seconds)."""
   step0 = jnp.asarray(0, jnp.int32)
   num = jnp.asarray(steps, jnp.int32)
   t = time.perf_counter()
-  compiled = fns.train_chunk.lower(states, reps, d, step0, num).compile()
+  compiled = program.train_chunk.lower(states, reps, d, step0, num).compile()
   return compiled, time.perf_counter() - t
 
 
@@ -164,10 +166,10 @@ def run_chunks(compiled, d, reps, states, steps: int, repeats: int, name: str = 
   return times
 
 
-def time_chunks(fns, d, reps, states, steps: int, repeats: int, name: str = ""):
-  """Compiles ``fns.train_chunk`` for ``steps`` steps, runs it once to warm up, then times
-  ``repeats`` chunks. Returns (compiled, compile seconds, per-chunk seconds)."""
-  compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
+def time_chunks(program, d, reps, states, steps: int, repeats: int, name: str = ""):
+  """Compiles ``program.train_chunk`` for ``steps`` steps, runs it once to warm up, then
+  times ``repeats`` chunks. Returns (compiled, compile seconds, per-chunk seconds)."""
+  compiled, compile_s = compile_chunk(program, d, reps, states, steps)
   return compiled, compile_s, run_chunks(compiled, d, reps, states, steps, repeats, name)
 
 
@@ -214,11 +216,9 @@ class Prepared(NamedTuple):
   batch_size: int
   steps: int
   compute_dtype: str
-  conv_gradient: str  # resolved: "jax" or "explicit"
-  cpu_kernels: str | None  # resolved: "default" or "eigen"; None off CPU
-  grad_chunk_bytes: list | None  # [input, weight] gradient chunk budgets; None: off
   kind: str  # the replicas' randomization (zhang/randomize.py)
-  fns: object
+  plan_asked: str  # the --plan value
+  program: object
   d: object
   reps: object
   states: object
@@ -227,31 +227,14 @@ class Prepared(NamedTuple):
 
 
 def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
-            strategy: str = "auto", compute_dtype: str = "float32",
-            conv_gradient: str = "auto", grad_chunks: bool | tuple = True,
-            cpu_kernels: str = "auto", kind: str = "labels") -> Prepared:
-  """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it.
-  ``grad_chunks``: True for zhang/layers.py's batch chunks of the explicit conv gradients,
-  False for none (the whole batch in one convolution), or (input, weight) budgets in bytes.
-  The trainer uses chunks only with ``cpu_kernels`` "default" (zhang/train.py:cpu_kernels);
-  with "eigen" there are none, whatever ``grad_chunks`` says."""
-  c = make_config(model, num_replicas, batch_size, strategy=strategy,
-                  compute_dtype=compute_dtype, conv_gradient=conv_gradient,
-                  cpu_kernels=cpu_kernels, kind=kind)
-  budgets = layers.INPUT_GRAD_CHUNK_BYTES, layers.WEIGHT_GRAD_CHUNK_BYTES
-  chosen = (budgets if grad_chunks is True else (None, None) if grad_chunks is False
-            else tuple(grad_chunks))
-  on_cpu = jax.default_backend() == "cpu"
-  per_device = train_lib.replicas_per_device(c, num_replicas)
-  kernels = train_lib.cpu_kernels(c, per_device) if on_cpu else None
-  chunked = on_cpu and chosen != (None, None) and kernels == "default"
-  chunk_bytes = list(chosen) if chunked else None
-  with layers.grad_chunk_budgets(*chosen):
-    fns, d, reps, states = train_lib.build(c, config_lib.expand_grid(c), dataset)[:4]
-    compiled, compile_s = compile_chunk(fns, d, reps, states, steps)
-  return Prepared(model, num_replicas, dataset, batch_size, steps, compute_dtype,
-                  train_lib.conv_gradient(c), kernels, chunk_bytes, kind, fns, d, reps,
-                  states, compiled, compile_s)
+            plan: str | None = None, compute_dtype: str = "float32",
+            kind: str = "labels") -> Prepared:
+  """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it."""
+  program, d, reps, states = setup(model, num_replicas, dataset, batch_size, plan=plan,
+                                   compute_dtype=compute_dtype, kind=kind)
+  compiled, compile_s = compile_chunk(program, d, reps, states, steps)
+  return Prepared(model, num_replicas, dataset, batch_size, steps, compute_dtype, kind,
+                  plan or AUTO, program, d, reps, states, compiled, compile_s)
 
 
 def measure(prep: Prepared, repeats: int, matmul_rate: float,
@@ -276,10 +259,8 @@ def measure(prep: Prepared, repeats: int, matmul_rate: float,
   device = jax.devices()[0]
   return dict(
       model=model, kind=prep.kind, replicas=num_replicas, batch_size=batch_size,
-      input_shape=list(shape),
-      strategy=prep.fns.hyper.strategy, compute_dtype=prep.compute_dtype,
-      conv_gradient=prep.conv_gradient, cpu_kernels=prep.cpu_kernels,
-      grad_chunk_bytes=prep.grad_chunk_bytes,
+      input_shape=list(shape), plan=str(prep.program.plan), plan_asked=prep.plan_asked,
+      compute_dtype=prep.compute_dtype,
       n_train=len(dataset.train_labels), steps=steps, repeats=repeats,
       step_ms=round(best * 1e3, 3),
       step_ms_median=round(statistics.median(times) / steps * 1e3, 3),
@@ -307,35 +288,27 @@ def replica_counts(listed, up_to_memory: bool):
     yield r, True
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                  help=f"comma-separated names, or 'all' ({', '.join(models.names())})")
   p.add_argument("--replicas", default="1,8", help="comma-separated replica counts")
+  p.add_argument("--plan", action="append", default=None, metavar="PLAN",
+                 help="an execution plan to time, as ZHANG_PLAN takes it, e.g. "
+                 "replicas=map,gradients=jax (choices: " + "; ".join(
+                     f"{k}={'|'.join(v)}" for k, v in plan_lib.CHOICES.items())
+                 + "); repeat to compare; auto (the default): the automatic plan")
   p.add_argument("--steps", type=int, default=None,
                  help="steps per timed chunk (default 50 for MLPs, 2 for conv nets)")
   p.add_argument("--repeats", type=int, default=None, help="timed chunks (default 5)")
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--n_train", type=int, default=2048)
   p.add_argument("--input_shape", default="28,28,3", help="H,W,C of the synthetic images")
-  p.add_argument("--matmul_n", type=int, default=2048, help="size of the reference matmul")
+  p.add_argument("--matmul_n", type=int, default=2048,
+                 help="size of the reference matmul (8192 on a large GPU)")
   p.add_argument("--memory_mb", type=int, default=None,
                  help="MB of the reference elementwise pass (default 512; 16 with --quick)")
   p.add_argument("--quick", action="store_true", help="few steps and repeats (a smoke run)")
-  p.add_argument("--strategy", default="auto",
-                 help="how replicas run on a device (config field replica_strategy): auto, "
-                 "vmap or map; comma-separated to compare")
-  p.add_argument("--conv_gradient", default="auto",
-                 help="how convolution gradients are evaluated (config field conv_gradient): "
-                 "auto, jax or explicit; comma-separated to compare")
-  p.add_argument("--grad_chunks", default="on",
-                 help="explicit conv gradients on CPU: on (zhang/layers.py's batch chunks), "
-                 "off (the whole batch in one convolution) or INPUT:WEIGHT (chunk budgets in "
-                 "bytes of the input and weight gradients); comma-separated to compare. "
-                 "They apply with --cpu_kernels default only, as in the trainer")
-  p.add_argument("--cpu_kernels", default="auto",
-                 help="XLA CPU's convolution and matmul kernels (config field cpu_kernels): "
-                 "auto, default (YNNPACK) or eigen; comma-separated to compare")
   p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--kind", default="labels",
                  help="the replicas' randomization: labels (the true labels; the default), "
@@ -353,64 +326,60 @@ def main(argv=None) -> None:
                  "physical RAM) that a row may take with --up_to_memory")
   p.add_argument("--max_replicas", type=int, default=4096,
                  help="largest R the --up_to_memory sweep tries")
-  args = p.parse_args(argv)
+  return p
 
-  names = models.names() if args.models == "all" else args.models.split(",")
-  for name in names:
-    models.get(name)  # fails early on a typo
-  strategies = args.strategy.split(",")
-  for strategy in strategies:
-    if strategy not in ("auto", "vmap", "map"):
-      p.error(f"--strategy {strategy!r}: use auto, vmap or map (comma-separated)")
-  conv_gradients = args.conv_gradient.split(",")
-  for conv_gradient in conv_gradients:
-    if conv_gradient not in ("auto", "jax", "explicit"):
-      p.error(f"--conv_gradient {conv_gradient!r}: use auto, jax or explicit "
-              "(comma-separated)")
-  kernel_sets = args.cpu_kernels.split(",")
-  for kernels in kernel_sets:
-    if kernels not in ("auto", "default", "eigen"):
-      p.error(f"--cpu_kernels {kernels!r}: use auto, default or eigen (comma-separated)")
-  kinds = args.kind.split(",")
-  for kind in kinds:
+
+def parse(argv=None) -> argparse.Namespace:
+  """The command line, checked (a wrong model, plan or kind exits 2 with one line)."""
+  p = parser()
+  args = p.parse_args(argv)
+  args.models = models.names() if args.models == "all" else args.models.split(",")
+  args.plan = args.plan or [AUTO]
+  try:
+    for name in args.models:
+      models.get(name)
+  except UsageError as err:
+    p.error(str(err))
+  for spec in args.plan:
+    try:
+      plan_lib.parse(plan_arg(spec))
+    except UsageError as err:
+      p.error(f"--plan {spec}: {str(err).removeprefix(plan_lib.ENV + ': ')}")
+  args.kind = args.kind.split(",")
+  for kind in args.kind:
     if kind not in randomize.KINDS:
       p.error(f"--kind {kind!r}: use {', '.join(randomize.KINDS)} (comma-separated)")
-  grad_chunks = []
-  for chunks in args.grad_chunks.split(","):
-    parts = chunks.split(":")
-    if chunks in ("on", "off"):
-      grad_chunks.append(chunks == "on")
-    elif len(parts) == 2 and all(b.isdigit() and int(b) > 0 for b in parts):
-      grad_chunks.append(tuple(int(b) for b in parts))
-    else:
-      p.error(f"--grad_chunks {chunks!r}: use on, off or INPUT:WEIGHT (positive byte "
-              "counts), comma-separated")
-  listed = [int(s) for s in args.replicas.split(",")]
+  args.replicas = [int(s) for s in args.replicas.split(",")]
+  args.input_shape = tuple(int(s) for s in args.input_shape.split(","))
   if not 0 < args.memory_fraction:
     p.error(f"--memory_fraction {args.memory_fraction}: must be positive")
-  device_memory = device_memory_bytes()
-  limit = None if device_memory is None else int(args.memory_fraction * device_memory)
-  if args.up_to_memory and limit is None:
+  args.device_memory = device_memory_bytes()
+  args.limit = (None if args.device_memory is None
+                else int(args.memory_fraction * args.device_memory))
+  if args.up_to_memory and args.limit is None:
     p.error(f"--up_to_memory: {jax.devices()[0].device_kind} reports no memory limit")
-  shape = tuple(int(s) for s in args.input_shape.split(","))
-  dataset = synthetic_dataset(args.n_train, shape)
+  return args
+
+
+def rows(args: argparse.Namespace):
+  """Yields the JSON rows of parsed ``args`` (``parse``), one per (model, plan, kind, R)."""
+  dataset = synthetic_dataset(args.n_train, args.input_shape)
   repeats = args.repeats or (2 if args.quick else 5)
   mm_repeats = 3 if args.quick else 10
   memory_mb = args.memory_mb or (16 if args.quick else 512)
+  limit = args.limit
   start = time.perf_counter()
-  for name, strategy, conv_gradient, kernels, chunks, kind in [
-      (n, s, g, k, c, kd) for n in names for s in strategies for g in conv_gradients
-      for k in kernel_sets for c in grad_chunks for kd in kinds]:
-    conv = name in CONV_NETS
+  for name, spec, kind in [(n, s, k) for n in args.models for s in args.plan
+                           for k in args.kind]:
     steps = args.steps or {(False, False): 50, (False, True): 10,
-                           (True, False): 2, (True, True): 1}[conv, args.quick]
+                           (True, False): 2, (True, True): 1}[is_conv(name), args.quick]
     previous = None  # (replicas, seconds that stay, seconds that grow with R): last row
     memory = None  # (replicas, XLA's estimate in bytes): the last row compiled
-    for r, sweep in replica_counts(listed, args.up_to_memory):
+    for r, sweep in replica_counts(args.replicas, args.up_to_memory):
       # A listed row that does not fit is skipped; the sweep stops at the first.
       def give_up(reason: str) -> None:
-        print(f"throughput: {'stopped' if sweep else 'skipped'} {name} R={r}: {reason}",
-              file=sys.stderr, flush=True)
+        print(f"throughput: {'stopped' if sweep else 'skipped'} {name} R={r} plan {spec}: "
+              f"{reason}", file=sys.stderr, flush=True)
 
       if sweep and r > args.max_replicas:
         give_up(f"above --max_replicas {args.max_replicas}")
@@ -435,18 +404,18 @@ def main(argv=None) -> None:
         if predicted > limit:
           give_up(f"predicted {_size(predicted)} from R={memory[0]}'s {_size(memory[1])}, "
                   f"above the limit {_size(limit)} ({args.memory_fraction:g} of "
-                  f"{_size(device_memory)})")
+                  f"{_size(args.device_memory)})")
           if sweep:
             break
           continue
-      prep = prepare(name, r, dataset, args.batch_size, steps, strategy, args.compute_dtype,
-                     conv_gradient, chunks, kernels, kind)
+      prep = prepare(name, r, dataset, args.batch_size, steps, plan_arg(spec),
+                     args.compute_dtype, kind)
       if args.up_to_memory:
         estimate = _memory(prep.compiled).get("xla_memory_bytes")
         memory = None if estimate is None else (r, estimate)
         if estimate is not None and estimate > limit:
           give_up(f"XLA's estimate {_size(estimate)} is above the limit {_size(limit)} "
-                  f"({args.memory_fraction:g} of {_size(device_memory)}); not run")
+                  f"({args.memory_fraction:g} of {_size(args.device_memory)}); not run")
           del prep
           if sweep:
             break
@@ -465,10 +434,15 @@ def main(argv=None) -> None:
       if jax.default_backend() != "cpu":  # bf16 matmul units; CPU has none worth timing
         row["matmul_bf16_flops_per_s"] = matmul_flops_per_s(args.matmul_n, mm_repeats,
                                                             jnp.bfloat16)
-      print(json.dumps(row), flush=True)
+      yield row
       wall = time.perf_counter() - t_row
       grows = min(row["step_ms_median"] / 1e3 * steps * (repeats + 1), wall)  # + warm-up
       previous = (r, wall - grows, grows)
+
+
+def main(argv=None) -> None:
+  for row in rows(parse(argv)):
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

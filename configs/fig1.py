@@ -7,9 +7,9 @@ Arguments (comma-separated after the colon):
   model=NAME      inception_small (default), inception_small_nobn, alexnet_small, mlp_1x512,
                   mlp_3x512; the learning rate is the paper's for the model.
   dataset=NAME    cifar10 (default), cifar100, mnist, fashion_mnist, digits,
-                  synthetic_cifar10 (no download; benchmarks/device_check.sh).
+                  synthetic_cifar10 (no download; benchmarks/device_check.py).
   levels=N        corruption levels 0, 1/(N-1), ..., 1 (default 6: 0, 0.2, ..., 1.0; the
-                  issue-sized Figure 1b sweep is levels=11).
+                  Figure 1b sweep of benchmarks/estimate_fig1b.py is levels=11).
   seeds=N         seeds per corruption level (default 2).
   n_train=N       train on the first N examples only (0 = all). With the paper's schedule
                   MLP 1x512 fits every replica of 4,000 Fashion-MNIST images in 6,500 steps,

@@ -1,0 +1,105 @@
+"""Smoke runs of the benchmark scripts a user runs, as a user runs them: subprocesses, tiny.
+
+The library's tests do not import benchmarks/; these only check that the scripts still run
+against the library and print sensible numbers.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_throughput_rows_report_the_plans_asked_for():
+  done = script("throughput.py", "--models", "mlp_1x512", "--replicas", "2", "--steps", "1",
+                "--repeats", "1", "--n_train", "64", "--batch_size", "4", "--matmul_n", "64",
+                "--quick", "--plan", "replicas=vmap", "--plan", "replicas=map,gradients=jax")
+  assert done.returncode == 0, done.stderr
+  rows = [json.loads(line) for line in done.stdout.splitlines()]
+  assert [(r["model"], r["replicas"], r["plan_asked"]) for r in rows] == [
+      ("mlp_1x512", 2, "replicas=vmap"), ("mlp_1x512", 2, "replicas=map,gradients=jax")]
+  # The plan run is the one asked for, the choices left out filled in automatically.
+  assert rows[0]["plan"].startswith("replicas=vmap,gradients=")
+  assert rows[1]["plan"].startswith("replicas=map,gradients=jax")
+  for r in rows:
+    assert r["step_ms"] > 0 and r["compile_s"] > 0
+    # R x 3 (training = 3 x forward) x 2 FLOPs per multiply-add x batch x multiply-adds.
+    assert r["flops_per_step"] == 2 * 3 * 2 * 4 * (2352 * 512 + 512 * 10)
+    assert 0 < r["fraction_of_matmul"] and r["memory_bytes_per_s"] > 0
+  bad = script("throughput.py", "--plan", "replicas=loop")
+  assert bad.returncode == 2
+  assert "--plan replicas=loop: replicas='loop' must be one of vmap, map" in bad.stderr
+
+
+@pytest.mark.slow
+def test_quick_device_check_writes_one_json_of_results(tmp_path):
+  # A budget beyond need: on a loaded machine the default 60 s could stop the run early.
+  done = script("device_check.py", "--quick", "--budget_s", "600", "--out", str(tmp_path))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert [p.name for p in tmp_path.iterdir()] == ["device_check.json"]
+  result = json.loads((tmp_path / "device_check.json").read_text())
+  assert result["ok"] and result["quick"] and result["machine"]["backend"] == "cpu"
+  assert set(result["parts"]) == {"throughput mlp_1x512", "throughput inception_small",
+                                  "throughput alexnet_small", "fig1", "estimate"}
+  assert {r["model"] for r in result["throughput"]} == {"mlp_1x512", "inception_small",
+                                                        "alexnet_small"}
+  assert all(r["step_ms"] > 0 and r["plan"].startswith("replicas=")
+             for r in result["throughput"])
+  run = result["fig1"]
+  assert run["status"] == "complete" and 0 < run["steps_run"] <= 20
+  assert len(run["replicas"]) == 5 and run["plan"].startswith("replicas=")
+  for key in ("estimate", "estimate_unfitted"):
+    est = result[key]
+    assert est["total_seconds"] == pytest.approx(
+        sum(m["seconds"] for m in est["models"].values()))
+    assert set(est["models"]) == {"inception_small", "alexnet_small", "mlp_1x512"}
+  # The unfitted case runs AlexNet and the MLP to max_steps; Inception is the same in both.
+  models, unfitted = result["estimate"]["models"], result["estimate_unfitted"]["models"]
+  assert unfitted["alexnet_small"]["steps"] == 60_000 > models["alexnet_small"]["steps"]
+  assert unfitted["inception_small"] == models["inception_small"]
+  # The run measured the MLP's evaluation cost; the others are assumed.
+  assert models["mlp_1x512"]["eval_cost_measured"]
+  assert not models["alexnet_small"]["eval_cost_measured"]
+  # The estimator reads the check's rows again.
+  again = script("estimate_fig1b.py", str(tmp_path / "device_check.json"), "--fit_steps",
+                 "inception_small=100,alexnet_small=100,mlp_1x512=100")
+  assert again.returncode == 0 and "Total:" in again.stdout, again.stderr
+
+
+def test_estimate_fig1b_adds_up_the_models(tmp_path):
+  rows = tmp_path / "rows.jsonl"
+  # One row per model at R = 66: scaled to 33 replicas, half the step.
+  rows.write_text("".join(json.dumps(dict(
+      model=m, replicas=66, batch_size=128, step_ms=ms, step_ms_median=ms, compile_s=5.0,
+      plan="replicas=map,gradients=jax", device_kind="test-chip")) + "\n"
+                          for m, ms in (("inception_small", 200.0), ("alexnet_small", 20.0),
+                                        ("mlp_1x512", 2.0))))
+  out = tmp_path / "estimate.json"
+  done = script("estimate_fig1b.py", str(rows), "--fit_steps",
+                "inception_small=1500,alexnet_small=1000,mlp_1x512=70000",
+                "--eval_cost", "0.5", "--json", str(out))
+  assert done.returncode == 0, done.stderr
+  e = json.loads(out.read_text())
+  by_model = {m["model"]: m for m in e["models"]}
+  # Inception: 2,000 steps (1,500 rounded up to eval_every 1,000) x 100 ms = 200 s; 3
+  # evaluations of 60,000 / 128 batches x 100 ms x 0.5 = 70.3125 s each; compile 2 x 5 s.
+  inception = by_model["inception_small"]
+  assert (inception["steps"], inception["evaluations"]) == (2000, 3)
+  assert inception["step_ms"] == pytest.approx(100.0)
+  assert inception["seconds"] == pytest.approx(10 + 200 + 3 * 60_000 / 128 * 0.1 * 0.5)
+  # The MLP never fits within max_steps: capped at 60,000, a lower bound.
+  mlp = by_model["mlp_1x512"]
+  assert mlp["steps"] == 60_000 and mlp["capped_at_max_steps"] and e["lower_bound"]
+  assert e["total_seconds"] == pytest.approx(sum(m["seconds"] for m in e["models"]))
+  assert "**Total: >= " in done.stdout
+  missing = script("estimate_fig1b.py", str(rows), "--fit_steps", "inception_small=1")
+  assert missing.returncode == 2 and "no steps-to-fit for alexnet_small" in missing.stderr
