@@ -82,6 +82,8 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
         cfg["grid"][0][h + "s"] = sorted({hp[h] for hp in hps})
   (workdir / "config.json").write_text(json.dumps(cfg, indent=2))
   steps = np.arange(0, steps_run + 1, eval_every)
+  from zhang.step import schedule  # the trainer's own (imports jax: only when writing runs)
+  decay = np.asarray(schedule(cfg["lr_decay"], cfg["lr_decay_every"])(steps))
   lines, summary_reps = [], []
   for i, (rep, hp) in enumerate(zip(replicas, hps)):
     c = _curves(rep, steps.astype(float), num_classes)
@@ -90,7 +92,7 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
       lines.append(json.dumps(dict(
           step=int(step), epoch=float(step * batch_size / n_train), replica=i,
           kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"], **own,
-          lr=hp["learning_rate"] * 0.95 ** (step // cfg["lr_decay_every"]),
+          lr=float(hp["learning_rate"] * decay[j]),
           **{k: float(v[j]) for k, v in c.items()})))
     fitted = rep["fit_step"] is not None and rep["fit_step"] <= steps_run
     summary_reps.append(dict(
