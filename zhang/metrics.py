@@ -129,10 +129,10 @@ class FitTracker:
     self.fit_test_acc: list[float | None] = [None] * len(replicas)
     self.last: dict[str, np.ndarray] = {}
     self.batch_loss = np.full(len(replicas), np.nan)
-    self.seconds_before = 0.0  # wall time of earlier sessions of a resumed run
-    # Where the time goes, summed over the sessions of a run: the train chunks and the
-    # evaluations, each call timed to its result. A process's first call of each compiles
-    # it, so those count apart, in first_call_seconds.
+    self.seconds_before = 0.0  # wall time of earlier processes of a resumed run
+    # Where the time goes, summed over the processes of a resumed run: the train chunks and
+    # the evaluations, each call timed to its result. A process's first call of each
+    # compiles it, so those count apart, in first_call_seconds.
     self.timing = dict(train_seconds=0.0, train_steps=0, eval_seconds=0.0, evaluations=0,
                        first_call_seconds=0.0)
     self._called: set[str] = set()

@@ -116,7 +116,7 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
   return workdir
 
 
-# Shape measured on digits with MLP 1x512 (issue 5): p = 0.2 is the slowest to fit, taking
+# Shape measured on digits with MLP 1x512: p = 0.2 is the slowest to fit, taking
 # about twice as long as p = 1. Fit steps per corruption level for seed 0.
 EXAMPLE_FIT_STEPS = {0.0: 40, 0.2: 240, 0.4: 200, 0.6: 160, 0.8: 140, 1.0: 120}
 
