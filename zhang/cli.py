@@ -113,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
       "replicas in one jit-compiled JAX program.")
   sub = parser.add_subparsers(dest="command", required=True)
 
-  p = sub.add_parser("train", help="train a config's grid of replicas")
+  from zhang import config as config_lib
+  p = sub.add_parser(
+      "train", help="train a config's grid of replicas",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="fields that take a name:\n" + "\n".join(
+          f"  {field}: {', '.join(values)}" for field, values in config_lib.choices().items())
+      + "\ngrid entries: " + ", ".join(config_lib.AXES) + " (lists)")
   p.add_argument("--config", required=True,
                  help="configs/NAME.py[:ARGS], e.g. configs/fig1.py:model=mlp_1x512")
   p.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and "
