@@ -282,7 +282,7 @@ def whiten(x):
   The statistics are taken over the flattened image, one contiguous row per image. Reducing
   over (H, W, C) directly, with C = 3 the innermost axis, compiled to a slower reduction on
   XLA CPU: the MLP's train step at 32 replicas of batch 128 ran 1.09x faster this way
-  (benchmarks/RESULTS.md, "The input pipeline, stride phases and transposes").
+  (benchmarks/RESULTS.md, "Inside the step").
   """
   import jax.numpy as jnp
   shape = x.shape
