@@ -19,6 +19,7 @@ def script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedP
                         capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_throughput_rows_report_the_plans_asked_for():
   done = script("throughput.py", "--models", "mlp_1x512", "--replicas", "2", "--steps", "1",
                 "--repeats", "1", "--n_train", "64", "--batch_size", "4", "--matmul_n", "64",

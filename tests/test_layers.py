@@ -126,9 +126,10 @@ def test_explicit_gradients_around_a_plain_model_equal_jax(name):
   module = models.get(name).build(10)
   x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
   y = jnp.arange(4) % 10
-  variables = module.init(jax.random.key(1), x, train=False)
+  init = lambda k, x: module.init(k, x, train=False)
+  variables = jax.jit(init)(jax.random.key(1), x)
   with layers.explicit_gradients():
-    assert jax.tree.map(jnp.shape, module.init(jax.random.key(1), x, train=False)) == \
+    assert jax.tree.map(jnp.shape, jax.eval_shape(init, jax.random.key(1), x)) == \
         jax.tree.map(jnp.shape, variables)
 
   def loss(params, explicit):
@@ -144,36 +145,42 @@ def test_explicit_gradients_around_a_plain_model_equal_jax(name):
   for explicit in (False, True):
     jaxpr = str(jax.make_jaxpr(loss, static_argnums=1)(variables["params"], explicit))
     assert jaxpr.count("custom_vjp_call") == (layers_of[name] if explicit else 0)
-  value = {e: loss(variables["params"], e) for e in (False, True)}
+  # Compiled, not run op by op (a conv net's ops one at a time take a minute on 2 cores).
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  value, grads = {}, {}
+  for e in (False, True):
+    value[e], grads[e] = value_and_grad(variables["params"], e)
   np.testing.assert_allclose(value[True], value[False], rtol=1e-5)
-  grads = {e: jax.grad(loss)(variables["params"], e) for e in (False, True)}
   for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _grid(tiny_config, plan, image_size=8, model="inception_small_nobn"):
-  """A conv net on 64 images: digits (8x8), or random CIFAR-sized (28x28x3) ones."""
+  """A conv net on 32 images: digits (8x8), or random CIFAR-sized (28x28x3) ones. Small
+  batches: inside the step loop JAX's conv gradients take about half a second per image on
+  2 CPU cores."""
   tiny_config.model = model
-  tiny_config.n_train, tiny_config.n_test, tiny_config.batch_size = 64, 32, 8
+  tiny_config.n_train, tiny_config.n_test, tiny_config.batch_size = 32, 16, 4
   tiny_config.learning_rate = 0.001
   tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   config = config_lib.resolve(tiny_config)
   replicas = config_lib.expand_grid(config)
-  dataset = data.load("digits").subset(64, 32)
+  dataset = data.load("digits").subset(32, 16)
   if image_size != 8:
     rng = np.random.default_rng(0)
     images = lambda n: rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
-    dataset = data.Dataset("random", images(64), dataset.train_labels, images(32),
+    dataset = data.Dataset("random", images(32), dataset.train_labels, images(16),
                            dataset.test_labels, dataset.num_classes)
   return train.build(config, replicas, dataset, plan=plan)[:4]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["inception_small_nobn", "alexnet_small"])
-def test_training_with_either_gradient_agrees(tiny_config, model):
+def test_training_with_either_gradient_agrees(tiny_config):
+  """AlexNet (LRN, 5x5 convs); inception_small_nobn's training under every plan is
+  tests/test_train.py's test_execution_plans_give_the_same_results."""
   results = {}
   for how in ("jax", "explicit"):
-    program, d, reps, states = _grid(tiny_config, f"gradients={how}", model=model)
+    program, d, reps, states = _grid(tiny_config, f"gradients={how}", model="alexnet_small")
     states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(3))
     results[how] = jax.device_get((states.params, program.evaluate(states, reps, d)))
   for a, b in zip(jax.tree.leaves(results["jax"]), jax.tree.leaves(results["explicit"])):
@@ -201,7 +208,7 @@ def test_max_pool_gradient_has_no_select_and_scatter(tiny_config):
   """JAX's max-pool gradient is a select_and_scatter (XLA CPU expands it into index arrays
   and a scatter); the explicit one routes dy with slices and pads."""
   for how, expected in (("jax", True), ("explicit", False)):
-    program, d, reps, states = _grid(tiny_config, f"gradients={how}")
+    program, d, reps, states = _grid(tiny_config, f"gradients={how}", model="alexnet_small")
     text = program.train_chunk.lower(states, reps, d, jnp.asarray(0),
                                      jnp.asarray(2)).as_text()
     assert ("select_and_scatter" in text) == expected, how

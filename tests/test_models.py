@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from zhang import layers, models
+from zhang import models
 
 PAPER_COUNTS = {
     "mlp_1x512": 1_209_866,
@@ -28,12 +28,22 @@ def test_batch_norm_parameters_are_excluded_but_exist():
 @pytest.mark.parametrize("name", list(PAPER_COUNTS))
 @pytest.mark.parametrize("shape", [(28, 28, 3), (8, 8, 1)])
 def test_output_shapes(name, shape):
+  """Shapes from ``jax.eval_shape`` of init and apply: traced, nothing computed."""
   module = models.get(name).build(7)
-  x = jnp.ones((3, *shape))
-  variables = module.init(jax.random.key(0), x, train=False)
-  logits = module.apply(variables, x, train=False)
-  assert logits.shape == (3, 7)
-  assert bool(jnp.all(jnp.isfinite(logits)))
+  x = jax.ShapeDtypeStruct((3, *shape), jnp.float32)
+  variables = jax.eval_shape(lambda k, x: module.init(k, x, train=False), jax.random.key(0), x)
+  logits = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, x)
+  assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ["alexnet_small", "inception_small"])
+def test_forward_pass_is_finite(name):
+  """One real forward pass on the smallest input, of the conv nets (LRN, batch norm)."""
+  module = models.get(name).build(7)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  logits = jax.jit(lambda k, x: module.apply(module.init(k, x, train=False), x,
+                                             train=False))(jax.random.key(0), x)
+  assert logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(logits)))
 
 
 def test_local_response_norm_matches_definition():
