@@ -185,3 +185,12 @@ def test_timing_line_waits_for_timed_calls():
   timing = dict(train_ms_per_step=None, eval_seconds_each=0.5)
   assert cli.timing_line({"timing": timing}) is None  # one chunk only: it compiled
   assert cli.timing_line({}) is None  # a summary from before timing was recorded
+
+
+def test_the_sweep_config_is_one_grid_of_every_combination():
+  config = config_lib.resolve(config_lib.load("configs/sweep.py:model=mlp_1x512,quick"))
+  replicas = config_lib.expand_grid(config)
+  coordinates = {(r.corruption, r.learning_rate, r.weight_decay, r.seed) for r in replicas}
+  assert len(replicas) == len(coordinates) == 3 * 3 * 2 * 2
+  assert {c[:3] for c in coordinates} == {
+      (p, lr, wd) for p in (0.0, 0.5, 1.0) for lr in (0.003, 0.01, 0.03) for wd in (0.0, 5e-4)}
