@@ -199,3 +199,25 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tiny_config, t
     assert checkpoint.load(mount / "run")["step"] == 20
   finally:
     subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_load_a_checkpoint_written_on_more_devices(tmp_path):
+  """A notebook on one device reads a run saved from 8 (each replica's shard put together)."""
+  script = (
+      "import sys, jax; jax.config.update('jax_num_cpu_devices', 8)\n"
+      "from zhang import config as C, train\n"
+      "c = C.base_config(); c.model = 'mlp_1x512'; c.dataset = 'digits'\n"
+      "c.n_train, c.n_test, c.batch_size, c.max_steps, c.eval_every = 128, 64, 32, 20, 10\n"
+      "c.grid = [dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0, 1, 2, 3])]\n"
+      "s = train.run(c, sys.argv[1], progress=False)\n"
+      "assert s['device_count'] == 8\n")
+  proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr
+  ckpt = checkpoint.load(tmp_path)
+  kernel = ckpt["params"]["Dense_0"]["kernel"]
+  assert ckpt["step"] == 20 and kernel.shape == (8, 64, 512) and np.isfinite(kernel).all()
+  assert len(ckpt["meta"]["fit_step"]) == 8
+  # One replica per device: every shard is its own replica (different seeds or labels).
+  assert all(not np.allclose(kernel[i], kernel[j]) for i in range(8) for j in range(i))

@@ -140,7 +140,10 @@ def load(workdir, step: int | None = None) -> dict:
                        f"{', '.join(map(str, steps))}")
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    shapes = manager.item_metadata(step).state
+    # The tree's shapes from the PyTree handler: the manager's own metadata rebuilds the saved
+    # shardings, which fails where the run had more devices than this process.
+    shapes = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "state")
+    shapes = getattr(shapes, "item_metadata", shapes)
     abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), shapes,
         is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
