@@ -83,11 +83,16 @@ class Plan:
     return jax.vmap(fn)(*args)
 
 
-def parse(text: str | None) -> dict:
-  """``"replicas=map,gradients=jax"`` -> dict; a UsageError names a wrong key or value."""
+def parse(override: str | dict | None) -> dict:
+  """``"replicas=map,gradients=jax"`` (or such a dict) -> dict; a UsageError names a wrong
+  key or value."""
+  if isinstance(override, dict):
+    items = list(override.items())
+  else:
+    items = [item.partition("=")[::2]
+             for item in filter(None, (override or "").replace(" ", "").split(","))]
   out = {}
-  for item in filter(None, (text or "").replace(" ", "").split(",")):
-    key, _, value = item.partition("=")
+  for key, value in items:
     if key not in CHOICES:
       raise UsageError(f"{ENV}: unknown plan choice {key!r}: known are "
                        f"{', '.join(CHOICES)} (e.g. {ENV}=replicas=map)")
@@ -105,8 +110,7 @@ def choose(model: str, replicas_per_device: int, backend: str | None = None,
   family = models.get(model).family
   if override is None:
     override = os.environ.get(ENV)
-  forced = parse(override) if isinstance(override, (str, type(None))) else dict(override)
-  parse(",".join(f"{k}={v}" for k, v in forced.items()))  # validates a dict too
+  forced = parse(override)
   eigen = backend == "cpu" and (family == "conv" or replicas_per_device >= MLP_EIGEN_FROM)
   kernels = "eigen" if eigen else "default"
   plan = Plan(replicas=forced.get("replicas", REPLICAS.get((backend, family), "vmap")),
