@@ -1,4 +1,5 @@
 import gzip
+import os
 import pathlib
 
 import jax.numpy as jnp
@@ -119,3 +120,84 @@ def test_synthetic_cifar10_is_cifar_sized_deterministic_and_learnable():
   t = a.test_images[:1000].reshape(1000, -1).astype(np.float32)
   pred = np.argmin((means ** 2).sum(1) - 2 * t @ means.T, axis=1)
   assert (pred == a.test_labels[:1000]).mean() > 0.95
+
+
+def _fashion_mnist_dir(directory: pathlib.Path, compress: bool) -> dict[str, pathlib.Path]:
+  """A small valid set of the four IDX files; returns their paths by stem."""
+  rng = np.random.default_rng(1)
+  shapes = {"train-images-idx3-ubyte": (20, 28, 28), "train-labels-idx1-ubyte": (20,),
+            "t10k-images-idx3-ubyte": (7, 28, 28), "t10k-labels-idx1-ubyte": (7,)}
+  for stem, shape in shapes.items():
+    _write_idx(directory / stem, rng.integers(0, 10, shape), compress)
+  return {stem: directory / (stem + (".gz" if compress else "")) for stem in shapes}
+
+
+def _damage(path: pathlib.Path, how: str) -> None:
+  blob = path.read_bytes()
+  if how == "cut in half":
+    path.write_bytes(blob[:len(blob) // 2])
+  elif how == "corrupt body":  # flips the compressed bytes after the gzip header
+    path.write_bytes(blob[:10] + bytes(b ^ 0x5A for b in blob[10:-8]) + blob[-8:])
+  elif how == "bad checksum":
+    path.write_bytes(blob[:-8] + bytes(8))
+  elif how == "empty":
+    path.write_bytes(b"")
+  elif how == "header only":
+    raw = gzip.decompress(blob) if path.suffix == ".gz" else blob
+    raw = raw[:6]
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+  elif how == "a directory":
+    path.unlink()
+    path.mkdir()
+  else:
+    raise AssertionError(how)
+
+
+DAMAGE = [(False, "cut in half"), (False, "empty"), (False, "header only"),
+          (False, "a directory"), (True, "cut in half"), (True, "corrupt body"),
+          (True, "bad checksum"), (True, "empty"), (True, "header only"),
+          (True, "a directory")]
+
+
+@pytest.mark.parametrize("compress,how", DAMAGE)
+def test_damaged_idx_file_is_one_line_naming_it(tmp_path, compress, how):
+  path = _fashion_mnist_dir(tmp_path, compress)["train-images-idx3-ubyte"]
+  _damage(path, how)
+  with pytest.raises(UsageError) as info:
+    data.read_idx(path, "fashion_mnist")
+  message = str(info.value)
+  assert message.startswith(f"{path} ") and len(message.splitlines()) == 1
+  assert "re-download it" in message and "dataset-fashion-mnist" in message
+
+
+@pytest.mark.parametrize("compress,how", [(False, "cut in half"), (True, "cut in half"),
+                                          (True, "empty"), (True, "a directory")])
+def test_damaged_file_in_data_dir_is_one_line_from_the_loader(tmp_path, compress, how):
+  path = _fashion_mnist_dir(tmp_path, compress)["t10k-labels-idx1-ubyte"]
+  _damage(path, how)
+  with pytest.raises(UsageError) as info:
+    data.load("fashion_mnist", str(tmp_path))
+  message = str(info.value)
+  assert message.startswith(f"{path} ") and len(message.splitlines()) == 1
+  assert "apt-get install --reinstall dataset-fashion-mnist" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without read permission")
+def test_unreadable_idx_file_is_one_line(tmp_path):
+  path = _fashion_mnist_dir(tmp_path, True)["train-labels-idx1-ubyte"]
+  path.chmod(0)
+  with pytest.raises(UsageError, match=f"^{path} cannot be read \\(Permission denied\\)"):
+    data.read_idx(path)
+
+
+def test_idx_file_read_error_is_one_line(tmp_path, monkeypatch):
+  path = _fashion_mnist_dir(tmp_path, False)["train-labels-idx1-ubyte"]
+
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied", str(path))
+
+  monkeypatch.setattr(data, "open", refuse, raising=False)  # shadows the builtin
+  with pytest.raises(UsageError) as info:
+    data.read_idx(path)
+  assert str(info.value) == (f"{path} cannot be read (Permission denied): make it a readable "
+                             f"file; re-download it")

@@ -14,7 +14,9 @@ import importlib.util
 import itertools
 import json
 import math
+import os
 import pathlib
+import traceback
 
 import ml_collections
 
@@ -96,13 +98,47 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
     raise UsageError(f"config file {path} not found: pass --config configs/NAME.py[:ARGS]")
   module_spec = importlib.util.spec_from_file_location(f"zhang_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise UsageError(f"config file {path} has no get_config(arg=None)")
-  config = module.get_config(arg or None)
+  get_config = None
+  try:
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise UsageError(f"config file {path} has no get_config(arg=None)")
+    get_config = module.get_config
+    config = get_config(arg or None)
+  except UsageError:
+    raise
+  except Exception as e:  # noqa: BLE001 - whatever the file's code raised, said in one line
+    raise UsageError(_config_error(path, e, get_config)) from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(f"config file {path}{_line(get_config)}: get_config returned "
+                     f"{type(config).__name__}, not an ml_collections.ConfigDict: return "
+                     f"zhang.config.base_config() with your changes")
   for item in overrides:
     apply_override(config, item)
   return config
+
+
+def _config_error(path: str, e: Exception, get_config) -> str:
+  """One line for an exception loading config file ``path``: the file's line that raised it
+  (the innermost traceback frame in the file; a SyntaxError's own line), and the error."""
+  message = " ".join(str(e.msg if isinstance(e, SyntaxError) else e).split())
+  if isinstance(e, SyntaxError) and e.filename and _same_file(e.filename, path):
+    line = f" line {e.lineno}"
+  else:
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if _same_file(f.filename, path)]
+    line = f" line {frames[-1].lineno}" if frames else _line(get_config)
+  return (f"config file {path}{line}: {type(e).__name__}{': ' if message else ''}{message}; "
+          f"fix the file")
+
+
+def _same_file(a: str, b: str) -> bool:
+  return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _line(function) -> str:
+  """`` line N`` of a function's ``def``, or "" for something that is not a function."""
+  code = getattr(function, "__code__", None)
+  return f" line {code.co_firstlineno}" if code else ""
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
@@ -121,17 +157,27 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
   try:
     value = _parse_value(raw.strip(), field_type)
   except (ValueError, SyntaxError):
-    example = FIELD_EXAMPLES.get(key, {int: "100", float: "0.01", bool: "true",
-                                       str: "NAME"}.get(field_type, "..."))
     raise UsageError(f"cannot set {key} to {raw!r}: it takes {_type_name(field_type)}, "
-                     f"e.g. --config.{key}={example}") from None
+                     f"e.g. {example(key, field_type)}") from None
   with config.unlocked():
     config[key] = value
 
 
+# A valid value of each field that is not a name, for the examples in messages.
 FIELD_EXAMPLES = {
+    "n_train": "1000", "n_test": "300", "batch_size": "128", "learning_rate": "0.01",
+    "momentum": "0.9", "lr_decay": "0.95", "lr_decay_every": "390", "weight_decay": "5e-4",
+    "max_steps": "2000", "eval_every": "500", "eval_batch_size": "1000",
+    "fit_threshold": "1.0", "checkpoint_every": "2000", "keep_checkpoints": "3",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
     "mesh_shape": "'(-1, 1)'"}
+
+
+def example(key: str, field_type=None) -> str:
+  """``--config.KEY=VALUE`` with a valid value of the field (``FIELD_EXAMPLES``)."""
+  value = FIELD_EXAMPLES.get(key) or {int: "100", float: "0.01", bool: "true",
+                                      str: "NAME"}.get(field_type, "...")
+  return f"--config.{key}={value}"
 
 
 def _field_type(config, key):
@@ -221,9 +267,10 @@ def _plan_field_message(name: str) -> str:
           f"{FORMER_PLAN_FIELDS[name]}=... (it changes speed, not results)")
 
 
-def _require(ok: bool, message: str) -> None:
+def _require(ok: bool, message: str, field: str | None = None) -> None:
+  """Raises UsageError(message) unless ok; ``field`` adds its example (``example``)."""
   if not ok:
-    raise UsageError(message)
+    raise UsageError(f"{message}, e.g. {example(field)}" if field else message)
 
 
 def _is_number(x) -> bool:
@@ -235,14 +282,16 @@ def _check_choice(field: str, value) -> None:
   _require(value in allowed, f"{field}={value!r} must be one of {', '.join(allowed)}")
 
 
-def check_learning_rate(value, where: str = "learning_rate") -> None:
-  _require(_is_number(value) and value > 0,
-           f"{where}={value!r} must be a positive finite number, e.g. 0.01")
+def check_learning_rate(value, where: str = "learning_rate", how: str | None = None) -> None:
+  """``how``: the message's example (default ``--config.learning_rate=...``)."""
+  _require(_is_number(value) and value > 0, f"{where}={value!r} must be a positive finite "
+           f"number, e.g. {how or example('learning_rate')}")
 
 
-def check_weight_decay(value, where: str = "weight_decay") -> None:
-  _require(_is_number(value) and value >= 0,
-           f"{where}={value!r} must be a finite number >= 0 (0 = none), e.g. 5e-4")
+def check_weight_decay(value, where: str = "weight_decay", how: str | None = None) -> None:
+  """``how``: the message's example (default ``--config.weight_decay=...``)."""
+  _require(_is_number(value) and value >= 0, f"{where}={value!r} must be a finite number "
+           f">= 0 (0 = none), e.g. {how or example('weight_decay')}")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -264,19 +313,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
                "checkpoint_every", "keep_checkpoints"):
     value = c[name]
     _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-             f"{name}={value!r} must be a positive integer")
+             f"{name}={value!r} must be a positive integer", name)
   for name in ("n_train", "n_test"):
-    _require(isinstance(c[name], int) and c[name] >= 0,
-             f"{name}={c[name]!r} must be an integer >= 0 (0 means the whole split)")
+    _require(isinstance(c[name], int) and not isinstance(c[name], bool) and c[name] >= 0,
+             f"{name}={c[name]!r} must be an integer >= 0 (0 means the whole split)", name)
   if c.learning_rate is not None:
     check_learning_rate(c.learning_rate)
   _require(_is_number(c.momentum) and 0 <= c.momentum < 1,
-           f"momentum={c.momentum!r} must be in [0, 1)")
+           f"momentum={c.momentum!r} must be in [0, 1)", "momentum")
   _require(_is_number(c.lr_decay) and 0 < c.lr_decay <= 1,
-           f"lr_decay={c.lr_decay!r} must be in (0, 1] (1 = no decay)")
+           f"lr_decay={c.lr_decay!r} must be in (0, 1] (1 = no decay)", "lr_decay")
   check_weight_decay(c.weight_decay)
   _require(_is_number(c.fit_threshold) and 0 < c.fit_threshold <= 1,
-           f"fit_threshold={c.fit_threshold!r} must be in (0, 1]")
+           f"fit_threshold={c.fit_threshold!r} must be in (0, 1]", "fit_threshold")
   expand_grid(c)
 
 
@@ -345,9 +394,9 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
       _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31,
                f"seed {seed!r} must be an integer in [0, 2**31)")
     for value in lrs:
-      check_learning_rate(value, "grid learning rate")
+      check_learning_rate(value, "grid learning rate", "learning_rates=[0.01] in the entry")
     for value in wds:
-      check_weight_decay(value, "grid weight decay")
+      check_weight_decay(value, "grid weight decay", "weight_decays=[5e-4] in the entry")
     for name in augs:
       augment.check_name(name)
     for values in itertools.product(kinds, corruptions, seeds, lrs, wds, augs):

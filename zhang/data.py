@@ -24,9 +24,11 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import logging
+import math
 import os
 import pathlib
 from typing import Callable
+import zlib
 
 import numpy as np
 
@@ -114,27 +116,48 @@ _IDX_FILES = {
 _APT_PACKAGE = {"fashion_mnist": "dataset-fashion-mnist"}
 
 
-def read_idx(path: pathlib.Path) -> np.ndarray:
-  """Reads one IDX file (optionally gzipped) into a numpy array."""
-  opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rb") as f:
-    raw = f.read()
-  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise UsageError(f"{path} is not an unsigned-byte IDX file; re-download it")
+def read_idx(path: pathlib.Path, dataset: str | None = None) -> np.ndarray:
+  """Reads one IDX file (optionally gzipped) into a numpy array. A damaged, short or
+  unreadable file is a UsageError naming it and how to get a good copy of ``dataset``'s."""
+  path = pathlib.Path(path)
+  fix = _how_to_replace(dataset)
+  try:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+      raw = f.read()
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a cut or corrupt gzip stream
+    raise UsageError(f"{path} is damaged (gzip: {e}); {fix}") from None
+  except OSError as e:  # a directory, no read permission, ...
+    raise UsageError(f"{path} cannot be read ({e.strerror or e}): make it a readable file; "
+                     f"{fix}") from None
+  if len(raw) < 4 or raw[:3] != bytes([0, 0, 0x08]) or raw[3] == 0:
+    what = "empty" if not raw else "not an unsigned-byte IDX file"
+    raise UsageError(f"{path} is damaged ({what}); {fix}")
   ndim = raw[3]
+  if len(raw) < 4 + 4 * ndim:
+    raise UsageError(f"{path} is damaged (truncated: {len(raw)} bytes, less than its "
+                     f"header); {fix}")
   dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
   data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-  if data.size != int(np.prod(dims)):
-    raise UsageError(f"{path} is truncated ({data.size} of {int(np.prod(dims))} values); "
-                     f"re-download it")
+  if data.size != math.prod(dims):
+    what = "truncated" if data.size < math.prod(dims) else "longer than its header says"
+    raise UsageError(f"{path} is damaged ({what}: {data.size} of {math.prod(dims)} values); "
+                     f"{fix}")
   return data.reshape(dims)
 
 
+def _how_to_replace(dataset: str | None) -> str:
+  if dataset in _APT_PACKAGE:
+    package = _APT_PACKAGE[dataset]
+    return (f"re-download it, or reinstall the Debian package {package} "
+            f"(apt-get install --reinstall {package})")
+  return "re-download it"
+
+
 def _find_idx(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
-  for name in (stem, stem + ".gz"):
-    if (directory / name).is_file():
-      return directory / name
-  return None
+  """The file, else something else of its name (``read_idx`` says it cannot be read)."""
+  paths = [directory / stem, directory / (stem + ".gz")]
+  found = [p for p in paths if p.is_file()] or [p for p in paths if p.exists()]
+  return found[0] if found else None
 
 
 def _idx_dirs(name: str, data_dir: str | None) -> list[pathlib.Path]:
@@ -151,7 +174,7 @@ def _idx_or_tfds(name: str, data_dir: str | None) -> Dataset:
   for d in _idx_dirs(name, data_dir):
     paths = {k: _find_idx(d, stem) for k, stem in _IDX_FILES.items()}
     if all(paths.values()):
-      arrays = {k: read_idx(p) for k, p in paths.items()}
+      arrays = {k: read_idx(p, name) for k, p in paths.items()}
       return Dataset(name, arrays["train_images"][..., None],
                      arrays["train_labels"].astype(np.int32),
                      arrays["test_images"][..., None],
