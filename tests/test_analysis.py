@@ -3,12 +3,14 @@
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from zhang import analysis
 from zhang.analysis import cli, paper, plots, report, scaling, synthetic, tables
@@ -252,7 +254,9 @@ def test_compare_two_setups(tmp_path):
 
 
 def _legend(fig) -> list[str]:
-  return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+  """Legend texts of the figure and its axes, wrapped lines joined."""
+  legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+  return [t.get_text().replace("\n", " ") for lg in legends for t in lg.get_texts()]
 
 
 def test_run_in_progress_before_true_labels_fit(tmp_path):
@@ -291,8 +295,16 @@ def test_fit_scaling_columns_when_unfittable(tmp_path):
   assert list(laws.columns) == list(scaling.COLUMNS) and len(laws) == 2
   assert laws.reason.str.startswith("only one corruption level").all()
   assert laws[["t0", "b", "slowdown_p1", "r2", "aic", "delta_aic"]].isna().all().all()
+  # Fitted at p = 0 and 1 only (p = 0.5 censored): three parameters would pass through any
+  # two levels, so no law.
+  two = analysis.fit_scaling(analysis.time_to_fit(analysis.load_runs(
+      _write(tmp_path, "two")).metrics), n_boot=5)
+  assert (two.reason == "fitted replicas at only 2 corruption levels (p = 0, 1); a law "
+          "needs 3").all() and two.aic.isna().all()
+  reps = [R("labels", 0.0, 0, 40, 0.9), R("labels", 0.5, 0, 80, 0.5),
+          R("labels", 1.0, 0, 120, 0.1), R("labels", 1.0, 1, 150, 0.1)]
   fitted = analysis.fit_scaling(analysis.time_to_fit(analysis.load_runs(
-      _write(tmp_path, "ok")).metrics), n_boot=5)
+      _write(tmp_path, "ok", replicas=reps)).metrics), n_boot=5)
   assert list(fitted.columns) == list(scaling.COLUMNS) and fitted.reason.isna().all()
   empty = analysis.fit_scaling(analysis.time_to_fit(analysis.load_runs(_write(
       tmp_path, "px", replicas=[R("gaussian", 0.0, 0, 40, 0.1)])).metrics))
@@ -306,6 +318,109 @@ def test_fig1b_lower_bound_legend_only_when_censored(tmp_path):
     fits = analysis.slowdown(analysis.time_to_fit(runs.metrics))
     legend = _legend(plots.fig1b(fits, n_boot=5))
     assert ("not fitted: lower bound" in legend) == censor
+
+
+def _law_lines(fig):
+  """The scaling laws Fig. 1b draws: its dashed lines."""
+  return [l for l in fig.axes[0].get_lines() if l.get_linestyle() == "--"]
+
+
+def _has_nan(texts) -> bool:
+  return any(re.search(r"\bnan\b", t, re.IGNORECASE) for t in texts)
+
+
+# Fit steps per corruption (seed 1 takes 10 steps more): a zigzag that no monotonic law
+# follows, and a straight line that the linear law does.
+ZIGZAG = {0.0: 40, 0.25: 200, 0.5: 60, 0.75: 200, 1.0: 60}
+LINE = {0.0: 40, 0.25: 70, 0.5: 100, 0.75: 130, 1.0: 160}
+
+
+def _run_with_fit_steps(tmp_path, name, steps, **kwargs):
+  reps = [R("labels", p, s, step + 10 * s, 0.5) for p, step in steps.items() for s in (0, 1)]
+  return synthetic.write_run(tmp_path / name, reps, max_steps=300, **kwargs)
+
+
+@pytest.mark.parametrize("steps,drawn", [(ZIGZAG, False), (LINE, True)], ids=["zigzag", "line"])
+def test_fig1b_draws_a_law_only_where_it_describes_the_points(tmp_path, steps, drawn):
+  run = _run_with_fit_steps(tmp_path, "run", steps)
+  a = analysis.analyze(analysis.load_runs(run), n_boot=0)
+  best = a.scaling.sort_values("aic").iloc[0]
+  assert (best.r2 >= scaling.MIN_R2) == drawn
+  fig = plots.fig1b(a.fits, a.scaling, n_boot=5)
+  out = tmp_path / "report"
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
+  text = (out / "report.md").read_text()
+  if drawn:
+    assert best.form == "linear" and best.r2 > 0.99
+    (law,) = _law_lines(fig)
+    # Relative to the mean true-label time, 4.5 epochs: (4.5 + 12 p) / 4.5 at p = 1.
+    assert law.get_xdata()[[0, -1]].tolist() == [0, 1]
+    assert law.get_ydata()[-1] == pytest.approx(16.5 / 4.5, rel=0.02)
+    assert f"mlp_1x512: linear law (better AIC), R² = {best.r2:.2f}" in _legend(fig)
+    assert (f"- Fig. 1b, mlp_1x512: the linear law is drawn dashed (R² = {best.r2:.2f} ≥ "
+            f"0.5).") in text
+  else:
+    assert not _law_lines(fig)
+    why = (f"the {best.form} law does not describe these points (R² = {best.r2:.2f} < 0.5); "
+           f"not drawn")
+    assert f"mlp_1x512: {why}" in _legend(fig)
+    assert f"- Fig. 1b, mlp_1x512: {why}." in text
+
+
+def test_fig1b_run_in_progress_fits_finished_replicas_and_prints_no_nan(tmp_path):
+  # At step 100 only the true-label replicas have fitted, both at step 40: no law (its R²
+  # would be 0 / 0), and the unfinished levels do not stand in for points.
+  run = synthetic.write_example_run(tmp_path / "early", seeds=(0, 1), steps_run=100,
+                                    status="running")
+  a = analysis.analyze(analysis.load_runs(run), n_boot=0)
+  assert a.scaling.aic.isna().all()
+  assert a.scaling.reason.str.startswith("only one corruption level (p = 0); 10 replicas "
+                                         "still training are left out").all()
+  fig = plots.fig1b(a.fits, a.scaling, n_boot=5)
+  assert not _law_lines(fig) and not _has_nan(_legend(fig))
+  assert "(partial: a run is still in progress)" in fig.get_suptitle()
+  out = tmp_path / "report"
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
+  text = (out / "report.md").read_text()
+  assert not _has_nan([text])
+  assert "early is still in progress" in text and "8 of 18 replicas have fitted so far" in text
+  assert ("**Runs still in progress:** 2 of 12 of their label-corruption replicas have fitted "
+          "so far; the 10 still training are left out of the laws.") in text
+  # Later: fitted at p = 0, 0.25, 0.5. The law is fitted to those six replicas alone and drawn
+  # over their levels, not extrapolated to p = 1.
+  run = _run_with_fit_steps(tmp_path, "later", LINE, steps_run=120, status="running")
+  a = analysis.analyze(analysis.load_runs(run), n_boot=0)
+  lin = a.scaling[a.scaling.form == "linear"].iloc[0]
+  assert (lin.n, lin.n_censored) == (6, 0) and lin.reason is None
+  assert lin.b == pytest.approx(12 / 4.5, rel=0.05)  # 4.5 + 12 p epochs
+  fig = plots.fig1b(a.fits, a.scaling, n_boot=5)
+  (law,) = _law_lines(fig)
+  assert law.get_xdata()[[0, -1]].tolist() == [0, 0.5]
+  assert not _has_nan(_legend(fig))
+  out = tmp_path / "later_report"
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
+  text = (out / "report.md").read_text()
+  assert not _has_nan([text]) and "6 of 10 replicas have fitted so far" in text
+
+
+@pytest.mark.parametrize("which", ["example", "grid"])
+def test_fig1b_legend_is_clear_of_every_line(tmp_path, which):
+  run = (synthetic.write_example_run(tmp_path / "ex") if which == "example"
+         else _grid_run(tmp_path))
+  a = analysis.analyze(analysis.load_runs(run), n_boot=0)
+  fig = plots.fig1b(a.fits, a.scaling, n_boot=5)
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+  legend = (fig.legends or [ax.get_legend()])[0]
+  box = legend.get_window_extent(renderer)
+  (one,) = [l for l in ax.get_lines() if list(l.get_ydata()) == [1, 1]]  # y = 1
+  assert box.height > 0 and not box.overlaps(one.get_window_extent(renderer))
+  # Outside the axes, so clear of every curve, and of the x label; whole, in the figure.
+  assert not box.overlaps(ax.get_window_extent(renderer))
+  assert not box.overlaps(ax.xaxis.label.get_window_extent(renderer))
+  assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0
 
 
 def test_fig1a_coinciding_curves_stay_visible(tmp_path):

@@ -15,7 +15,7 @@ from zhang.analysis.load import SETUP_COLUMNS
 from zhang.errors import UsageError
 
 _ID = ["run", "replica", "dataset", "model", *SETUP_COLUMNS, "kind", "corruption", "seed",
-       "condition"]
+       "condition", "status"]
 # Default grouping of `summarize`: one group per setup (a hyper-parameter combination) and
 # randomization; the setup columns besides `setup` are carried, not split on.
 SUMMARY_BY = ("dataset", *SETUP_COLUMNS, "kind", "corruption")
@@ -32,9 +32,10 @@ def time_to_fit(metrics: pd.DataFrame, threshold: float | None = 1.0,
     metric: the accuracy column `threshold` applies to.
 
   Returns:
-    One row per replica: identity columns, `fit_step`, `fit_epoch` (NaN when censored),
-    `censored`, `steps_run`, `epochs_run` (last evaluation), and `time_step`/`time_epoch`:
-    the fit time, or the lower bound `steps_run`/`epochs_run` when censored.
+    One row per replica: identity columns (with the run's `status` when `metrics` has it),
+    `fit_step`, `fit_epoch` (NaN when censored), `censored`, `steps_run`, `epochs_run` (last
+    evaluation), and `time_step`/`time_epoch`: the fit time, or the lower bound
+    `steps_run`/`epochs_run` when censored.
   """
   if loss_below is not None:
     hit = metrics["train_loss"] <= loss_below

@@ -342,6 +342,7 @@ def load_runs(paths: str | epath.Path | Iterable[str | epath.Path]) -> Runs:
     m.insert(0, "run", run.name)
     m["model"] = run.config["model"]
     m["dataset"] = run.config["dataset"]
+    m["status"] = run.status  # so fit times know which replicas may still fit
     m = m.merge(setups, on="replica", how="left")
     m["condition"] = [condition_name(k, p) for k, p in zip(m.kind, m.corruption)]
     metrics.append(m)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -67,12 +68,15 @@ def _setup_colors(setups) -> dict[str, str]:
   return {s: cycle[i % len(cycle)] for i, s in enumerate(setups)}
 
 
-def _legend(ax, **kwargs):
-  """A legend that shrinks its font as entries pile up (one curve per combination)."""
-  n = len(ax.get_legend_handles_labels()[1])
-  if n > 6:
-    kwargs.setdefault("fontsize", 8 if n <= 12 else 6.5)
-  ax.legend(frameon=False, **kwargs)
+def _legend(ax, target=None, wrap: int | None = None, **kwargs):
+  """A legend of `ax`'s entries on `target` (default `ax`) that shrinks its font as entries
+  pile up (one curve per combination); labels wrap at `wrap` characters if given."""
+  handles, labels = ax.get_legend_handles_labels()
+  if wrap:
+    labels = ["\n".join(textwrap.wrap(label, wrap)) for label in labels]
+  if len(labels) > 6:
+    kwargs.setdefault("fontsize", 8 if len(labels) <= 12 else 6.5)
+  return (target or ax).legend(handles, labels, frameon=False, **kwargs)
 
 
 def save(fig, path: str | epath.Path) -> epath.Path:
@@ -173,7 +177,11 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
 
   Args:
     slowdowns: per-replica table from `fit_time.slowdown`.
-    scaling_fits: from `scaling.fit_scaling`; the better form per setup is drawn dashed.
+    scaling_fits: from `scaling.fit_scaling`; the better form per setup is drawn dashed over
+      the corruption levels it was fitted to, where it describes them (`scaling.not_drawn`);
+      otherwise the legend says why not.
+
+  The legend is the figure's, below the axes, so it is clear of every line.
   """
   dataset = require_one_dataset(slowdowns)
   all_labels = slowdowns[slowdowns.kind == "labels"]
@@ -198,13 +206,17 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
     if scaling_fits is not None and "aic" in scaling_fits:
       fits = scaling_fits[(scaling_fits.setup == setup) & scaling_fits.aic.notna()]
       base = reps.loc[(reps.corruption == 0), "time_epoch"].mean()
-      if len(fits) and base > 0 and (fits.time == "time_epoch").all():
+      why = scaling.not_drawn(scaling_fits, setup)
+      if why is not None:
+        ax.plot([], [], " ", label=f"{names[setup]}: {why}; not drawn")
+      elif base > 0 and (fits.time == "time_epoch").all():
         # Drawn relative to the measured true-label time, so a law that misses p = 0 shows.
         best = fits.sort_values("aic").iloc[0]
-        p = np.linspace(0, 1, 101)
+        used = all_labels[(all_labels.setup == setup) & scaling.finished(all_labels)]
+        p = np.linspace(used.corruption.min(), used.corruption.max(), 101)
         ax.plot(p, scaling.FORMS[best.form][1](p, best.t0, best.b) / base, "--",
                 color=colors[setup], lw=1.2, alpha=0.8,
-                label=f"{names[setup]}: {best.form} law (better AIC), R²={best.r2:.2f}")
+                label=f"{names[setup]}: {best.form} law (better AIC), R² = {best.r2:.2f}")
   undefined = [n for n in names if n not in set(labels.setup)]
   if len(all_labels) and not len(labels):
     ax.text(0.5, 0.5, "no true-label replica has fitted yet: slowdowns undefined",
@@ -226,7 +238,7 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
   ax.set_ylabel("time to fit / time on true labels (x)")
   ax.set_xlim(-0.05, 1.08)
   ax.set_ylim(bottom=0)
-  _legend(ax, loc="best")
+  _legend(ax, fig, wrap=60, loc="outside lower center", ncols=2)
   crit = (slowdowns.criterion.iloc[0] if "criterion" in slowdowns and len(slowdowns)
           else "train_acc >= 1")
   fig.suptitle(f"Fig. 1b: time to fit the training set ({crit}) on {dataset}, relative to "

@@ -10,6 +10,10 @@ exceeds the steps it ran (a Tobit likelihood), so censored replicas pull the fit
 being dropped. Both forms have three parameters and the same likelihood, so AIC compares them.
 Intervals are percentile bootstraps over replicas. (Nelder-Mead, not L-BFGS-B: three
 parameters, and L-BFGS-B's BLAS threads made it 10x slower on a 2-core machine.)
+
+Only finished replicas enter a fit: fitted ones, and censored ones of complete runs. A replica
+still training in a run in progress is left out: its bound is not final. A law needs fitted
+replicas at MIN_LEVELS corruption levels, and Fig. 1b draws it only where R² >= MIN_R2.
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ COLUMNS = ("dataset", *SETUP_COLUMNS, "time", "form", "formula", "n", "n_censore
            "t0_lo", "t0_hi", "b", "b_lo", "b_hi", "slowdown_p1", "slowdown_p1_lo",
            "slowdown_p1_hi", "sigma", "loglik", "aic", "delta_aic", "r2", "rmse", "n_boot",
            "reason")
+# Three parameters pass exactly through two levels' means, whatever the shape: a law is
+# fitted only when fitted replicas cover at least three corruption levels.
+MIN_LEVELS = 3
+# R² (of the law against the mean fitted time at each level) below which Fig. 1b does not draw
+# a law. R² compares the law with a flat line at the overall mean: below 0 the law is worse than
+# that line, and below 0.5 the misfit is larger than the trend it explains, so its curve would
+# show a shape the points do not have (both forms score R² < 0 on the digits MLP shape, which
+# peaks at p = 0.2).
+MIN_R2 = 0.5
 _LOG_SIGMA_BOUNDS = (np.log(1e-4), np.log(100.0))
 _HALF_LOG_2PI = 0.5 * np.log(2 * np.pi)
 
@@ -115,13 +128,22 @@ def fit_form(p, t, censored, form: str, n_boot: int = 200, level: float = 0.95,
       "dataset", *SETUP_COLUMNS, "time", "delta_aic", "reason")}
   row["n_boot"] = 0
   row["reason"] = _unfittable(p, cens)
+  levels = np.unique(p[~cens])
+  if row["reason"] is None and len(levels) < MIN_LEVELS:
+    row["reason"] = (f"fitted replicas at only {len(levels)} corruption levels (p = "
+                     f"{', '.join(f'{x:g}' for x in levels)}); a law needs {MIN_LEVELS}")
   if row["reason"] is not None:
     return row
   fit = _fit_one(form, p, t, cens)
   pred = f(p, fit.t0, fit.b)
   obs = ~cens
-  ss_tot = np.sum((t[obs] - t[obs].mean()) ** 2)
-  r2 = 1 - np.sum((t[obs] - pred[obs]) ** 2) / ss_tot if ss_tot > 0 else np.nan
+  # R² on the mean fitted time per corruption level, weighted by replicas: scatter between
+  # seeds, which no law of p can explain, does not count against the law.
+  levels, idx, counts = np.unique(p[obs], return_inverse=True, return_counts=True)
+  means = np.bincount(idx, weights=t[obs]) / counts
+  ss_tot = np.sum(counts * (means - t[obs].mean()) ** 2)
+  ss_res = np.sum(counts * (means - f(levels, fit.t0, fit.b)) ** 2)
+  r2 = 1 - ss_res / ss_tot if ss_tot > 0 else np.nan
   row |= dict(t0=fit.t0, b=fit.b, slowdown_p1=float(slowdown_at_1(fit.b)), sigma=fit.sigma,
               loglik=fit.loglik, aic=6 - 2 * fit.loglik, r2=float(r2),
               rmse=float(np.sqrt(np.mean((t[obs] - pred[obs]) ** 2))))
@@ -144,11 +166,18 @@ def fit_form(p, t, censored, form: str, n_boot: int = 200, level: float = 0.95,
   return row
 
 
+def finished(fits: pd.DataFrame) -> pd.Series:
+  """Replicas whose time to fit is final: fitted, or censored in a complete run."""
+  if "status" not in fits:
+    return pd.Series(True, index=fits.index)
+  return ~fits["censored"] | (fits["status"] == "complete")
+
+
 def fit_scaling(fits: pd.DataFrame, time: str = "time_epoch",
                 forms: tuple[str, ...] = ("linear", "exponential"), n_boot: int = 200,
                 seed: int = 0) -> pd.DataFrame:
-  """Fits each form per setup (one hyper-parameter combination) to the label-corruption
-  replicas of `fits`.
+  """Fits each form per setup (one hyper-parameter combination) to the finished
+  label-corruption replicas of `fits` (see `finished`).
 
   Args:
     fits: from `fit_time.time_to_fit` (censored replicas have their lower bound in `time`).
@@ -157,7 +186,8 @@ def fit_scaling(fits: pd.DataFrame, time: str = "time_epoch",
   Returns:
     One row per (setup, form) with the columns of `COLUMNS`, whether or not a law could be
     fitted: parameters with bootstrap intervals (`t0`, `b`, `slowdown_p1`, each with
-    `_lo`/`_hi`), `sigma`, `loglik`, `aic`, `r2` and `rmse` on the fitted replicas,
+    `_lo`/`_hi`), `sigma`, `loglik`, `aic`, `rmse` on the fitted replicas, `r2` on their
+    mean per corruption level (weighted by replicas),
     `delta_aic` (to the best form of the setup; 0 for the best), and `reason`: None when
     fitted, else why not (the numbers are then NaN). No label-corruption replica at all gives
     an empty frame with these columns.
@@ -166,9 +196,15 @@ def fit_scaling(fits: pd.DataFrame, time: str = "time_epoch",
   labels = fits[fits["kind"] == "labels"]
   for (dataset, setup), group in labels.groupby(["dataset", "setup"], sort=True):
     ids = {c: group[c].iloc[0] if c in group else np.nan for c in SETUP_COLUMNS}
+    done = group[finished(group)]
     for form in forms:
-      row = fit_form(group["corruption"], group[time], group["censored"], form,
+      row = fit_form(done["corruption"], done[time], done["censored"], form,
                      n_boot=n_boot, seed=seed)
+      if done.empty:  # every replica is still training
+        row["reason"] = _unfittable(group["corruption"].to_numpy(float),
+                                    group["censored"].to_numpy(bool))
+      elif row["reason"] is not None and len(done) < len(group):
+        row["reason"] += f"; {len(group) - len(done)} replicas still training are left out"
       rows.append(dict(dataset=dataset, **ids, time=time) | row)
   out = pd.DataFrame(rows, columns=list(COLUMNS))
   if out.empty:
@@ -200,8 +236,26 @@ def verdict(scaling: pd.DataFrame, setup: str) -> str:
     else:
       msg += f" (AIC lower by {gap:.1f})"
   r2 = s["r2"].max()
-  if np.isfinite(r2) and r2 < 0.5:
+  if np.isfinite(r2) and r2 < MIN_R2:
     msg += f"; neither describes the data well (best R² = {r2:.2f})"
   elif np.isfinite(best.r2):
     msg += f"; R² = {best.r2:.2f}"
   return msg + "."
+
+
+def not_drawn(scaling: pd.DataFrame, setup: str) -> str | None:
+  """Why Fig. 1b draws no law for `setup`, or None when it draws the form with lower AIC:
+  that needs a fitted law with R² >= MIN_R2."""
+  rows = scaling[scaling["setup"] == setup]
+  s = rows[rows["aic"].notna()].sort_values("aic")
+  if s.empty:
+    reasons = rows["reason"].dropna().unique() if "reason" in rows else []
+    return f"no law was fitted: {'; '.join(reasons) or 'no label-corruption replica'}"
+  best = s.iloc[0]
+  if not np.isfinite(best.r2):
+    return (f"the {best.form} law's R² is undefined (the fitted replicas take the same "
+            f"time at every corruption level)")
+  if best.r2 < MIN_R2:
+    return (f"the {best.form} law does not describe these points (R² = {best.r2:.2f} < "
+            f"{MIN_R2:g})")
+  return None
