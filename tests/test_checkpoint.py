@@ -88,6 +88,54 @@ def test_sigkill_and_resume_is_bit_identical(uninterrupted, tmp_path, kill_after
   assert timing["evaluations"] == steps // 50 + 1 - 2
 
 
+def _wait_for_write(checkpoints: pathlib.Path, proc, timeout=300):
+  """Until Orbax is writing a checkpoint (its temporary folder exists), polled tightly."""
+  deadline = time.time() + timeout
+  while True:
+    try:
+      if any(".orbax-checkpoint-tmp" in name for name in os.listdir(checkpoints)):
+        return
+    except FileNotFoundError:
+      pass
+    assert proc.poll() is None, "run ended before a checkpoint write was caught"
+    assert time.time() < deadline
+    time.sleep(0.001)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["during_a_checkpoint_write", "after_complete"])
+def test_sigkill_anywhere_and_resume_is_bit_identical(uninterrupted, tmp_path, when):
+  """Fault injection: a kill while a checkpoint is being written, and after the run wrote
+  "complete" (before it exited); the resumed (or re-run) workdir equals an uninterrupted
+  run's, sorted rows and summary bit for bit."""
+  proc = _start(tmp_path)
+  if when == "during_a_checkpoint_write":
+    _wait_for(tmp_path / "checkpoints" / "100", proc)
+    _wait_for_write(tmp_path / "checkpoints", proc)
+  else:
+    deadline = time.time() + 600
+    while '"status": "complete"' not in _text(tmp_path / "summary.json"):
+      assert time.time() < deadline
+      time.sleep(0.005)
+  proc.kill()
+  proc.wait()
+  resumed = _start(tmp_path)
+  out, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err
+  if when == "after_complete":
+    assert "nothing to do" in err and "resuming" not in err
+  a, b = _final(tmp_path), uninterrupted
+  assert sorted(a[1]) == sorted(b[1])
+  _assert_same(a, b)
+
+
+def _text(path):
+  try:
+    return path.read_text()
+  except FileNotFoundError:
+    return ""
+
+
 @pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resumes(uninterrupted, tmp_path):
   proc = _start(tmp_path)
@@ -159,14 +207,65 @@ def test_resume_drops_rows_written_after_the_checkpoint(tiny_config, tmp_path):
   assert (tmp_path / "metrics.jsonl").read_text() == reference
 
 
-def test_a_finished_run_rerun_changes_nothing(tiny_config, tmp_path):
+def test_a_finished_run_rerun_changes_nothing(tiny_config, tmp_path, capsys):
   config = _small(tiny_config)
   first = train.run(config, tmp_path, progress=False)
-  rows = (tmp_path / "metrics.jsonl").read_text()
+  files = {name: (tmp_path / name).read_bytes()
+           for name in ("metrics.jsonl", "summary.json", "config.json")}
+  capsys.readouterr()
   again = train.run(config, tmp_path, progress=False)
-  assert (tmp_path / "metrics.jsonl").read_text() == rows
-  first.pop("wall_seconds"), again.pop("wall_seconds")
-  assert first == again
+  assert "is complete (0/7 replicas fitted, 60 steps); nothing to do" in capsys.readouterr().err
+  # Untouched: the summary's wall_seconds too (nothing was trained).
+  assert {name: (tmp_path / name).read_bytes() for name in files} == files
+  assert again.pop("already_complete") and first == again
+
+
+def test_complete_is_written_only_once_the_last_checkpoint_is_on_disk(tiny_config, tmp_path,
+                                                                     monkeypatch):
+  from zhang import metrics
+  seen = []
+  real = metrics.Writer.summary
+
+  def summary(self, s):
+    if s["status"] == "complete":
+      names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+      seen.append((s["steps_run"], names))
+    real(self, s)
+
+  monkeypatch.setattr(metrics.Writer, "summary", summary)
+  train.run(_small(tiny_config), tmp_path, progress=False)
+  # The final checkpoint (60) is finalized (no Orbax temporary folder) when "complete" is
+  # first written.
+  assert seen == [(60, ["20", "40", "60"])]
+
+
+@pytest.mark.parametrize("cut", ["last_row", "earlier_row"])
+def test_a_damaged_metrics_line_is_restored_or_named_on_resume(tiny_config, tmp_path, capsys,
+                                                              cut):
+  """As if a kill at the checkpoint of step 40 had cut a line of metrics.jsonl in half: the
+  last evaluation's rows are in the checkpoint and come back; an earlier row cannot, and the
+  resume says which."""
+  config = _small(tiny_config)
+  train.run(config, tmp_path, progress=False)
+  reference = (tmp_path / "metrics.jsonl").read_text().splitlines(keepends=True)
+  import shutil
+  shutil.rmtree(tmp_path / "checkpoints" / "60")
+  rows = [json.loads(line) for line in reference]
+  upto40 = [line for line, row in zip(reference, rows) if row["step"] <= 40]
+  victim = len(upto40) - 1 if cut == "last_row" else 3  # (step 40, last) or (step 0, #3)
+  damaged = upto40[:victim] + [upto40[victim][:len(upto40[victim]) // 2]]
+  damaged += ["\n"] + upto40[victim + 1:] if cut == "earlier_row" else []
+  (tmp_path / "metrics.jsonl").write_text("".join(damaged))
+  capsys.readouterr()
+  train.run(config, tmp_path, progress=False)
+  err = capsys.readouterr().err
+  resumed = (tmp_path / "metrics.jsonl").read_text().splitlines(keepends=True)
+  if cut == "last_row":
+    assert "restored 1 damaged or missing row(s) of metrics.jsonl" in err
+    assert resumed == reference  # bit for bit, in order
+  else:
+    assert "metrics.jsonl lacks 1 row(s) at step(s) 0 that the checkpoint cannot restore" in err
+    assert sorted(resumed) == sorted(reference[:3] + reference[4:])
 
 
 def test_load_for_analysis(tiny_config, tmp_path):
@@ -193,7 +292,7 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tiny_config, t
   try:
     config = _small(tiny_config)
     from zhang.errors import RunError
-    with pytest.raises(RunError, match="no space left on device.*earlier checkpoints \\[20\\] "
+    with pytest.raises(RunError, match="no space left on device.*earlier checkpoints 20 "
                        "are intact"):
       train.run(config, mount / "run", progress=False)
     assert checkpoint.load(mount / "run")["step"] == 20

@@ -13,9 +13,13 @@ the last evaluation, the config's hash).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
+import re
+import shutil
 import sys
 from typing import Any
 
@@ -24,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from zhang.errors import RunError, UsageError
-from zhang.metrics import workdir_path
+from zhang.metrics import is_local, workdir_path
 
 DIRNAME = "checkpoints"
 
@@ -41,40 +45,94 @@ def _say(message: str) -> None:
 class Checkpointer:
   """Saves and restores ``(state, meta)`` under ``workdir/checkpoints``."""
 
-  def __init__(self, workdir, keep: int = 3):
+  def __init__(self, workdir, keep: int = 3, create: bool = True):
     self.directory = workdir_path(workdir) / DIRNAME
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                            enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self.keep = keep
+    self._pending = None  # the step of a save that may still be being written
+    self._bytes = None
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state, meta: dict) -> None:
-    """Starts an asynchronous save; raises RunError if the previous one failed."""
+    """Starts an asynchronous save; raises RunError if the disk cannot hold it or if the
+    previous save failed."""
+    self._check_space(step, state)
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # noqa: BLE001 - Orbax surfaces async failures here
-      raise self._error(step, e) from None
+      raise self._error(self._pending if self._pending is not None else step, e) from None
+    self._pending = step
+
+  def poll(self) -> None:
+    """Raises RunError, naming its step, if a save started earlier has failed (cheap:
+    waits for nothing)."""
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise self._error(self._pending, e) from None
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001
-      raise self._error(None, e) from None
+      raise self._error(self._pending, e) from None
+    self._pending = None
 
-  def _error(self, step, e: Exception) -> RunError:
-    what = f"step {step} (or an earlier one still being written)" if step is not None else (
-        "the last step")
-    reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    if "No space left" in str(e):
-      reason = "no space left on device"
+  def _check_space(self, step: int, state) -> None:
+    """Before a save: is there room for one more checkpoint? (Orbax deletes the oldest of
+    the ``keep`` only once the new one is written.)"""
+    self._bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    if not is_local(self.directory) or jax.process_index() != 0:
+      return
+    free = shutil.disk_usage(os.fspath(self._existing_parent())).free
+    if free < self._bytes * 1.02 + (256 << 10):
+      raise self._error(step, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), free)
+
+  def _existing_parent(self):
+    path = self.directory
+    while not path.exists():
+      path = path.parent
+    return path
+
+  def _error(self, step, e: Exception, free: int | None = None) -> RunError:
+    what = "the last step" if step is None else f"step {step}"
+    if "No space left" in str(e) or getattr(e, "errno", None) == errno.ENOSPC:
+      if free is None and is_local(self.directory):
+        free = shutil.disk_usage(os.fspath(self._existing_parent())).free
+      size = self._bytes or 0
+      reason = (f"no space left on device: a checkpoint of this run takes {_mib(size)}, "
+                f"{self.keep} are kept ({_mib(size * (self.keep + 1))} while a new one is "
+                f"written)" + ("" if free is None else f", {_mib(free)} free"))
+    else:
+      reason = _reason(e)
     good = self.steps()
-    return RunError(f"could not write the checkpoint of {what} in {self.directory} "
-                    f"({reason[:200]}); earlier checkpoints {good or 'none'} are intact: "
-                    f"free space or fix the path, then rerun the same command to resume")
+    kept = (f"earlier checkpoints {', '.join(map(str, good))} are intact" if good else
+            "there is no earlier checkpoint")
+    return RunError(f"could not write the checkpoint of {what} in {self.directory} ({reason}); "
+                    f"{kept}: free space or fix the path, then rerun the same command to "
+                    f"resume")
+
+  def latest_meta(self) -> tuple[int, dict] | None:
+    """(step, meta) of the newest checkpoint once its arrays read back whole (on this
+    process's CPU, without the run's program); None if there is none or it is damaged
+    (``restore_latest`` then reports it)."""
+    steps = self.steps()
+    if not steps:
+      return None
+    try:
+      meta = self._manager.restore(steps[-1], args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore())).meta
+      state = _restore_on_cpu(self._manager, self.directory, steps[-1])
+      jax.block_until_ready(state)
+    except Exception:  # noqa: BLE001
+      return None
+    return steps[-1], meta
 
   def restore_latest(self, target) -> tuple[int, Any, dict] | None:
     """The newest readable checkpoint as (step, state, meta), or None if there is none.
@@ -102,14 +160,35 @@ class Checkpointer:
                f"from the previous good checkpoint, step {step}")
         return step, restored.state, restored.meta
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        _say(f"checkpoint {self.directory / str(step)} is unreadable ({reason})")
+        _say(f"checkpoint {self.directory / str(step)} is unreadable ({_reason(e)})")
         failures.append(step)
     raise UsageError(f"no readable checkpoint in {self.directory} (tried steps "
                      f"{', '.join(map(str, failures))}): pass --restart to start over")
 
   def close(self) -> None:
-    self._manager.close()
+    """Closes the manager; a save's failure was reported by ``save``/``wait``/``poll`` (or
+    is in the library log), so none is raised here."""
+    try:
+      self._manager.close()
+    except Exception:  # noqa: BLE001
+      logging.getLogger("absl").exception("closing the checkpoint manager")
+
+
+def _mib(n: int) -> str:
+  return f"{n / 2**20:.1f} MiB"
+
+
+def _reason(e: BaseException) -> str:
+  """A library exception as a short reason: the innermost cause's last meaningful line,
+  without object reprs."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  text = lines[-1] if lines else type(e).__name__
+  text = re.sub(r"<[^<>]*(?:>|$)", "", text).strip(" :;,") or type(e).__name__
+  if len(text) > 160:
+    text = text[:157] + "..."
+  return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
 
 
 def _check_finite_structure(state, abstract) -> None:
@@ -117,6 +196,20 @@ def _check_finite_structure(state, abstract) -> None:
   want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
   if got != want:
     raise ValueError("restored arrays do not match the state's shapes")
+
+
+def _restore_on_cpu(manager, directory, step: int):
+  """A saved state as arrays on this process's CPU, whatever devices wrote it."""
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  # The tree's shapes from the PyTree handler: the manager's own metadata rebuilds the saved
+  # shardings, which fails where the run had more devices than this process.
+  shapes = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "state")
+  shapes = getattr(shapes, "item_metadata", shapes)
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), shapes,
+      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract))).state
 
 
 def load(workdir, step: int | None = None) -> dict:
@@ -138,17 +231,8 @@ def load(workdir, step: int | None = None) -> dict:
     if step not in steps:
       raise UsageError(f"no checkpoint of step {step} in {directory}: saved steps are "
                        f"{', '.join(map(str, steps))}")
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    # The tree's shapes from the PyTree handler: the manager's own metadata rebuilds the saved
-    # shardings, which fails where the run had more devices than this process.
-    shapes = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "state")
-    shapes = getattr(shapes, "item_metadata", shapes)
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), shapes,
-        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract))).state
+    state = _restore_on_cpu(manager, directory, step)
   state = jax.tree.map(np.asarray, state)
   params, batch_stats, opt_state = (state[k] if isinstance(state, dict) else state[i]
                                     for i, k in enumerate(("params", "batch_stats",

@@ -32,7 +32,8 @@ def _train(args) -> int:
                       progress=not args.no_progress)
   workdir = pathlib.Path(args.workdir)
   import jax
-  if summary["status"] == "preempted" or jax.process_index() != 0:
+  if (summary["status"] == "preempted" or summary.get("already_complete")
+      or jax.process_index() != 0):
     return 0
   reps = summary["replicas"]
   fitted = sum(r["fit_step"] is not None for r in reps)

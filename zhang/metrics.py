@@ -64,6 +64,7 @@ class Writer:
     self.workdir = workdir
     self.active = active
     self._metrics = None
+    self._keys: set[tuple[int, int]] = set()  # (step, replica) of every row in the file
     self._text = ""  # the whole file, on object stores (gs://), which cannot append
     if not active:
       return
@@ -75,8 +76,11 @@ class Writer:
           row = json.loads(line)
         except json.JSONDecodeError:
           continue  # a line cut off by a kill
-        if row.get("step", math.inf) <= keep_until_step:
+        if not isinstance(row, dict) or "step" not in row or "replica" not in row:
+          continue
+        if row["step"] <= keep_until_step and (row["step"], row["replica"]) not in self._keys:
           kept.append(line + "\n")
+          self._keys.add((row["step"], row["replica"]))
       self._text = "".join(kept)
     tmp = workdir / (METRICS + ".tmp")
     tmp.write_text(self._text)
@@ -87,6 +91,7 @@ class Writer:
   def rows(self, rows: list[dict]) -> None:
     if not self.active:
       return
+    self._keys.update((row["step"], row["replica"]) for row in rows)
     text = "".join(json.dumps(_plain(row)) + "\n" for row in rows)
     if self._metrics:
       self._metrics.write(text)
@@ -94,6 +99,10 @@ class Writer:
     else:
       self._text += text
       (self.workdir / METRICS).write_text(self._text)
+
+  def keys(self) -> set[tuple[int, int]]:
+    """(step, replica) of every row in the file."""
+    return set(self._keys)
 
   def summary(self, summary: dict) -> None:
     if self.active:
@@ -128,6 +137,7 @@ class FitTracker:
     self.fit_step: list[int | None] = [None] * len(replicas)
     self.fit_test_acc: list[float | None] = [None] * len(replicas)
     self.last: dict[str, np.ndarray] = {}
+    self.last_rows: list[dict] = []  # the last evaluation's rows, as written
     self.batch_loss = np.full(len(replicas), np.nan)
     self.seconds_before = 0.0  # wall time of earlier processes of a resumed run
     # Where the time goes, summed over the processes of a resumed run: the train chunks and
@@ -153,6 +163,7 @@ class FitTracker:
       rows.append(dict(step=step, epoch=self.epoch(step), **_coordinates(r),
                        **{k: v[i] for k, v in self.last.items()},
                        batch_loss=self.batch_loss[i], lr=float(lr[i])))
+    self.last_rows = _plain(rows)
     return rows
 
   def time_call(self, what: str, seconds: float, steps: int = 0) -> None:
@@ -203,6 +214,7 @@ class FitTracker:
     return _plain(dict(config_hash=self.header["config_hash"], fit_step=self.fit_step,
                        fit_test_acc=self.fit_test_acc,
                        last={k: v.tolist() for k, v in self.last.items()},
+                       last_rows=self.last_rows,
                        batch_loss=self.batch_loss.tolist(),
                        seconds=self.seconds_before + seconds, timing=self.timing))
 
@@ -212,6 +224,7 @@ class FitTracker:
     self.last = {k: np.asarray(v, np.float64) for k, v in meta["last"].items()}
     self.batch_loss = np.asarray([np.nan if v is None else v for v in meta["batch_loss"]])
     self.seconds_before = float(meta["seconds"])
+    self.last_rows = list(meta.get("last_rows", []))  # absent in older checkpoints
     # Checkpoints written before timing was recorded have none: it starts from zero.
     self.timing.update(meta.get("timing", {}))
 

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from zhang import checkpoint as checkpoint_lib
 from zhang import config as config_lib
@@ -31,6 +30,8 @@ from zhang import data as data_lib
 from zhang import metrics as metrics_lib
 from zhang import augment, models, randomize, step as step_lib
 from zhang import plan as plan_lib
+from zhang import progress as progress_lib
+from zhang import workdir as workdir_lib
 from zhang.errors import UsageError
 
 
@@ -39,14 +40,16 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False):
 
   Returns (resolved config, replicas, dataset).
   """
+  workdir = metrics_lib.workdir_path(workdir)
   config = config_lib.resolve(config)
   replicas = config_lib.expand_grid(config)
   plan_lib.parse(os.environ.get(plan_lib.ENV))  # a bad $ZHANG_PLAN, before any data
+  workdir_lib.check_writable(workdir)
+  check_workdir(workdir, config, restart)
   dataset = data_lib.load(config.dataset, config.data_dir or None)
   dataset = dataset.subset(config.n_train or None, config.n_test or None)
   config_lib.check_against_data(config, len(dataset.train_labels))
   mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
-  check_workdir(metrics_lib.workdir_path(workdir), config, restart)
   return config, replicas, dataset
 
 
@@ -157,13 +160,72 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
   """Trains the config's grid in ``workdir``; returns the summary (also in summary.json).
 
   Resumes from the workdir's latest good checkpoint when it holds one of the same config;
-  ``restart`` deletes a previous run's files first. On SIGTERM, saves a checkpoint at the
-  next chunk boundary and returns with ``status == "preempted"``. ``plan``: the execution
-  plan's overrides (``choose_plan``); speed only.
+  ``restart`` deletes a previous run's files first. A finished run is left untouched (the
+  summary says ``"status": "complete"`` only once its last checkpoint is on disk). On SIGTERM,
+  saves a checkpoint at the next chunk boundary and returns with ``status == "preempted"``.
+  One process at a time trains in a workdir (``zhang.workdir.Lock``). ``plan``: the
+  execution plan's overrides (``choose_plan``); speed only.
   """
   start = time.time()
   workdir = metrics_lib.workdir_path(workdir)
   config, replicas, dataset = prepare(config, workdir, restart)
+  primary = jax.process_index() == 0
+  lock = workdir_lib.Lock(workdir)
+  held = None
+  if primary:
+    try:
+      lock.acquire()
+    except UsageError as e:
+      held = e
+  if jax.process_count() > 1:  # every process stops when process 0 cannot take the lock
+    refused = multihost_utils.broadcast_one_to_all(np.asarray(held is not None))
+    if bool(refused) and held is None:
+      raise UsageError(f"process 0 could not take the lock of workdir {workdir} (its message "
+                       f"says which run holds it)")
+  if held is not None:
+    raise held
+  try:
+    with workdir_lib.library_log(workdir, jax.process_index()):
+      finished = None if restart else _finished_summary(config, workdir)
+      if finished is not None:
+        return finished
+      return _train(config, replicas, dataset, workdir, restart, progress, plan, start)
+  finally:
+    lock.release()
+
+
+def _finished_summary(config, workdir) -> dict | None:
+  """The summary of a run that is complete in ``workdir`` (its summary says so and its last
+  checkpoint, read back whole, is the summary's step), else None. Compiles nothing. One
+  process only: a multi-host run resumes its finished state through the training loop."""
+  if jax.process_count() > 1:
+    return None
+  try:
+    summary = json.loads((workdir / metrics_lib.SUMMARY).read_text())
+  except (OSError, ValueError):
+    return None
+  if (not isinstance(summary, dict) or summary.get("status") != "complete"
+      or not (workdir / checkpoint_lib.DIRNAME).is_dir()):
+    return None
+  latest = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, create=False)
+  try:
+    found = latest.latest_meta()
+  finally:
+    latest.close()
+  config_hash = checkpoint_lib.config_hash(config_lib.to_json_dict(config))
+  if (found is None or found[0] != summary.get("steps_run")
+      or found[1].get("config_hash") != config_hash
+      or summary.get("config_hash") != config_hash):
+    return None
+  if jax.process_index() == 0:
+    fitted = sum(r.get("fit_step") is not None for r in summary.get("replicas", []))
+    print(f"zhang: the run in {workdir} is complete ({fitted}/{len(summary['replicas'])} "
+          f"replicas fitted, {found[0]} steps); nothing to do (--restart trains it again)",
+          file=sys.stderr)
+  return dict(summary, already_complete=True)
+
+
+def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -> dict:
   n_train = len(dataset.train_labels)
   program, d, reps, states, label_noise = build(config, replicas, dataset, plan=plan)
   base_lr = np.asarray([r.learning_rate for r in replicas], np.float32)
@@ -202,12 +264,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
     workdir.mkdir(parents=True, exist_ok=True)
     metrics_lib.write_json(workdir / metrics_lib.CONFIG, config_dict)
   writer = metrics_lib.Writer(workdir, active=primary, keep_until_step=saved_step)
+  if restored and primary:
+    _check_rows(writer, tracker, config, replicas, saved_step)
 
-  bar = tqdm(total=config.max_steps, initial=step, unit="step",
-             disable=not progress or not primary,
-             file=sys.stderr, dynamic_ncols=True,
-             mininterval=1.0 if sys.stderr.isatty() else 30.0,
-             desc=f"{config.model}/{config.dataset} x{len(replicas)}")
+  show = progress_lib.Progress(config, len(replicas), step, enabled=progress and primary)
   evaluate_now = not restored
   status = "running"
   try:
@@ -221,35 +281,67 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
               step, base_lr, config.lr_decay, config.lr_decay_every))))
         done = tracker.all_fitted() or step >= config.max_steps
         stop_now = not done and preempted()
-        status = "complete" if done else ("preempted" if stop_now else "running")
         at_checkpoint = step % config.checkpoint_every == 0 and step > 0
         if (at_checkpoint or done or stop_now) and step != saved_step:
           ckpt.save(step, states, tracker.meta(time.time() - start))
           saved_step = step
+        if done or stop_now:
+          ckpt.wait()  # "complete" or "preempted" only once the checkpoint is on disk
+        status = "complete" if done else ("preempted" if stop_now else "running")
         writer.summary(tracker.summary(step, status, time.time() - start))
-        bar.set_postfix(fitted=f"{tracker.num_fitted()}/{len(replicas)}",
-                        min_train_acc=f"{tracker.min_train_acc():.4f}")
+        show.update(step, tracker, final=done or stop_now)
         if done or stop_now:
           break
         stop = min(_next_multiple(step, config.eval_every),
                    _next_multiple(step, config.checkpoint_every), config.max_steps)
         t0 = time.perf_counter()
         states, loss = program.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
-                                       jnp.asarray(stop - step, jnp.int32))
+                                           jnp.asarray(stop - step, jnp.int32))
         tracker.batch_loss = np.asarray(loss)[:len(replicas)]  # waits for the chunk
         tracker.time_call("train", time.perf_counter() - t0, stop - step)
-        bar.update(stop - step)
+        ckpt.poll()  # a save that failed in the background, reported as soon as known
         step = stop
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps
-      ckpt.wait()
   finally:
-    bar.close()
+    show.close()
     writer.close()
     ckpt.close()
   if status == "preempted" and primary:
     print(f"zhang: preempted (SIGTERM) at step {step}; the checkpoint is saved. Run the "
           f"same command to resume.", file=sys.stderr)
   return tracker.summary(step, status, time.time() - start)
+
+
+def evaluation_steps(config, last: int) -> list[int]:
+  """The steps at which a run evaluates, up to ``last``: 0, every ``eval_every``, and
+  ``max_steps`` (the loop above)."""
+  steps = set(range(0, last + 1, config.eval_every))
+  if last >= config.max_steps:
+    steps.add(config.max_steps)
+  return sorted(s for s in steps if s <= last)
+
+
+def _check_rows(writer, tracker, config, replicas, saved_step: int) -> None:
+  """On resume: every replica's row at every evaluation up to the checkpoint must be in
+  metrics.jsonl. The last evaluation's rows are in the checkpoint and are rewritten; rows
+  of earlier evaluations cannot be recomputed, so a missing one is named."""
+  have = writer.keys()
+  missing = [(s, r.index) for s in evaluation_steps(config, saved_step)
+             for r in replicas if (s, r.index) not in have]
+  if not missing:
+    return
+  restorable = {(row["step"], row["replica"]): row for row in tracker.last_rows}
+  writer.rows([restorable[key] for key in missing if key in restorable])
+  lost = [key for key in missing if key not in restorable]
+  if lost:
+    steps = sorted({s for s, _ in lost})
+    shown = ", ".join(map(str, steps[:10])) + (", ..." if len(steps) > 10 else "")
+    print(f"zhang: metrics.jsonl lacks {len(lost)} row(s) at step(s) {shown} that the "
+          f"checkpoint cannot restore; the run goes on without them (--restart regenerates "
+          f"every row)", file=sys.stderr)
+  else:
+    print(f"zhang: restored {len(missing)} damaged or missing row(s) of metrics.jsonl from "
+          f"the checkpoint of step {saved_step}", file=sys.stderr)
 
 
 def _next_multiple(step: int, every: int) -> int:

@@ -1,0 +1,65 @@
+"""What a run shows while it trains: replicas fitted so far, the step, the lowest accuracy.
+
+A run ends when every replica has fitted its training set (or at ``max_steps``), so the
+measure of progress is the replicas fitted, not the steps. On a terminal: a bar of the
+replicas fitted, which ends when the run does. Elsewhere (a log file, CI): one plain line every
+``every`` evaluations (about 20 lines for a run to ``max_steps``) and one at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from tqdm.auto import tqdm
+
+LINES = 20  # plain lines for a run that goes to max_steps
+
+
+class Progress:
+
+  def __init__(self, config, num_replicas: int, step: int, enabled: bool = True,
+               stream=None):
+    self.stream = stream or sys.stderr
+    self.max_steps = config.max_steps
+    self.num_replicas = num_replicas
+    self.enabled = enabled
+    self.start = time.time()
+    evaluations = max(1, config.max_steps // config.eval_every)
+    self.every = max(1, math.ceil(evaluations / LINES))
+    self._updates = 0
+    self._bar = None
+    self._last_line = None
+    if enabled and self.stream.isatty():
+      self._bar = tqdm(total=num_replicas, initial=0, file=self.stream, dynamic_ncols=True,
+                       mininterval=0.5,
+                       bar_format="{desc} |{bar}| {n}/{total} replicas fitted [{elapsed}]")
+    self.name = f"{config.model}/{config.dataset}"
+
+  def describe(self, step: int, tracker) -> str:
+    return (f"step {step:,}/{self.max_steps:,}, lowest train accuracy "
+            f"{tracker.min_train_acc():.4f}")
+
+  def update(self, step: int, tracker, final: bool = False) -> None:
+    """After an evaluation (or a resume): ``final`` on the last one."""
+    if not self.enabled:
+      return
+    fitted = tracker.num_fitted()
+    if self._bar is not None:
+      self._bar.n = fitted
+      self._bar.set_description_str(f"{self.name} {self.describe(step, tracker)}",
+                                    refresh=False)
+      self._bar.refresh()
+      return
+    if self._updates % self.every == 0 or final:
+      line = (f"zhang: {fitted}/{self.num_replicas} replicas fitted, "
+              f"{self.describe(step, tracker)}, {time.time() - self.start:.0f} s")
+      if line != self._last_line:
+        print(line, file=self.stream, flush=True)
+        self._last_line = line
+    self._updates += 1
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
