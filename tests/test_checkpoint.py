@@ -178,6 +178,52 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_config, tmp_p
   _assert_same(_final(damaged), _final(clean))
 
 
+SMALL = ["--config", "configs/digits.py", "--set", "n_train=256", "--set", "n_test=128",
+         "--set", "batch_size=32", "--set", "max_steps=60", "--set", "eval_every=20",
+         "--set", "checkpoint_every=20", "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("small_run") / "run"
+  proc = subprocess.run([sys.executable, "-m", "zhang", "train", *SMALL, "--workdir",
+                         str(workdir)], cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr
+  return workdir
+
+
+def _damage(state: pathlib.Path, how: str) -> None:
+  store = state / "ocdbt.process_0"
+  if how == "data_removed":
+    for f in (store / "d").iterdir():
+      f.unlink()
+  elif how == "data_truncated":
+    for f in (store / "d").iterdir():
+      os.truncate(f, 10)
+  else:  # the OCDBT manifests overwritten
+    for f in (store / "manifest.ocdbt", state / "manifest.ocdbt"):
+      f.write_text("garbage")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["data_removed", "data_truncated", "manifest_garbage"])
+def test_a_damaged_checkpoint_is_one_line_without_library_noise(small_run, tmp_path, how):
+  import shutil
+  workdir = tmp_path / "run"
+  shutil.copytree(small_run, workdir)
+  _damage(workdir / "checkpoints" / "60" / "state", how)
+  proc = subprocess.run([sys.executable, "-m", "zhang", "train", *SMALL, "--workdir",
+                         str(workdir)], cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stderr.splitlines()
+  assert len(lines) == 3 and all(line.startswith("zhang: ") for line in lines), proc.stderr
+  assert f"checkpoints/60 is unreadable ({'ValueError: '}" in lines[0]
+  assert "<" not in lines[0] and "removed unreadable checkpoint(s) 60" in lines[1]
+  assert "from the checkpoint of step 40" in lines[2]
+  # The libraries' own account is kept in the workdir.
+  assert (workdir / "library.log").stat().st_size > 0
+
+
 def test_no_readable_checkpoint_is_refused(tiny_config, tmp_path):
   config = _small(tiny_config)
   train.run(config, tmp_path, progress=False)
@@ -292,10 +338,17 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tiny_config, t
   try:
     config = _small(tiny_config)
     from zhang.errors import RunError
-    with pytest.raises(RunError, match="no space left on device.*earlier checkpoints 20 "
+    # Reported at the save that does not fit (40), with the space the run needs.
+    with pytest.raises(RunError, match=r"checkpoint of step 40 .*\(no space left on device: "
+                       r"a checkpoint of this run takes 2\.\d MiB, 3 are kept \(\d+\.\d MiB "
+                       r"while a new one is written\), \d\.\d MiB free\); earlier checkpoints 20 "
                        "are intact"):
       train.run(config, mount / "run", progress=False)
     assert checkpoint.load(mount / "run")["step"] == 20
+    # The run's files stay readable.
+    assert json.loads((mount / "run" / "summary.json").read_text())["steps_run"] == 40
+    assert {json.loads(line)["step"] for line in
+            (mount / "run" / "metrics.jsonl").read_text().splitlines()} == {0, 20, 40}
   finally:
     subprocess.run(["umount", str(mount)], check=False)
 

@@ -185,6 +185,11 @@ def _reason(e: BaseException) -> str:
     e = e.__cause__ or e.__context__
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   text = lines[-1] if lines else type(e).__name__
+  # TensorStore: 'CODE: Error reading "key" in OCDBT database at local file "...": ...: why'
+  store = re.match(r'([A-Z_]+): Error (?:reading|opening) .*?"([^"]+)"', text)
+  if store:
+    text = f"{store.group(1)} reading {store.group(2)}: {text.rsplit(': ', 1)[-1]}"
+  text = re.sub(r"\s*\[\w+(?:\[\d+\])?=.*$", "", text)  # a TensorStore spec dump
   text = re.sub(r"<[^<>]*(?:>|$)", "", text).strip(" :;,") or type(e).__name__
   if len(text) > 160:
     text = text[:157] + "..."

@@ -282,15 +282,15 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
         done = tracker.all_fitted() or step >= config.max_steps
         stop_now = not done and preempted()
         at_checkpoint = step % config.checkpoint_every == 0 and step > 0
+        writer.summary(tracker.summary(step, "running", time.time() - start))
         if (at_checkpoint or done or stop_now) and step != saved_step:
           ckpt.save(step, states, tracker.meta(time.time() - start))
           saved_step = step
-        if done or stop_now:
-          ckpt.wait()  # "complete" or "preempted" only once the checkpoint is on disk
-        status = "complete" if done else ("preempted" if stop_now else "running")
-        writer.summary(tracker.summary(step, status, time.time() - start))
         show.update(step, tracker, final=done or stop_now)
         if done or stop_now:
+          ckpt.wait()  # "complete" or "preempted" only once the checkpoint is on disk
+          status = "complete" if done else "preempted"
+          writer.summary(tracker.summary(step, status, time.time() - start))
           break
         stop = min(_next_multiple(step, config.eval_every),
                    _next_multiple(step, config.checkpoint_every), config.max_steps)

@@ -9,7 +9,7 @@
   NFS byte-range locks). Not covered: object stores (``gs://``) and file systems without
   locks (some FUSE mounts); there two launches on one workdir are the user's to avoid.
 - ``library_log``: Orbax, absl, asyncio and TensorStore report a failed write with pages of
-  tracebacks from background threads; the run's own message says what happened in one line.
+  tracebacks from background threads and callbacks; the run's own message says what happened in one line.
   While training, those libraries' log records and uncaught thread exceptions go to
   ``WORKDIR/library.log`` instead of the terminal.
 """
@@ -23,6 +23,7 @@ import fcntl
 import logging
 import os
 import socket
+import sys
 import tempfile
 import threading
 import traceback
@@ -137,11 +138,17 @@ def library_log(workdir: epath.Path, process_index: int = 0):
               "".join(traceback.format_exception(args.exc_type, args.exc_value,
                                                  args.exc_traceback)))
 
-  threading.excepthook = thread_exception
+  def unraisable(args):  # e.g. TensorStore's callbacks into a closed asyncio loop
+    log.error("%s %r:\n%s", args.err_msg or "exception ignored in", args.object,
+              "".join(traceback.format_exception(args.exc_type, args.exc_value,
+                                                 args.exc_traceback)))
+
+  previous_unraisable = sys.unraisablehook
+  threading.excepthook, sys.unraisablehook = thread_exception, unraisable
   try:
     yield path
   finally:
-    threading.excepthook = previous_hook
+    threading.excepthook, sys.unraisablehook = previous_hook, previous_unraisable
     for logger, propagate, handlers in saved:
       logger.handlers = handlers
       logger.propagate = propagate
