@@ -104,3 +104,12 @@ def test_estimate_fig1b_adds_up_the_models(tmp_path):
   assert "**Total: >= " in done.stdout
   missing = script("estimate_fig1b.py", str(rows), "--fit_steps", "inception_small=1")
   assert missing.returncode == 2 and "no steps-to-fit for alexnet_small" in missing.stderr
+
+
+@pytest.mark.slow
+def test_preemption_times_a_notice_on_digits():
+  done = script("preemption.py", "--config", "configs/digits.py", "--after", "1")
+  assert done.returncode == 0, done.stderr
+  (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+  # Stopped and saved well before the run's end (the script checks the saved step).
+  assert 0 < row["step"] < 10_000 and row["notice_to_exit_s"] > 0

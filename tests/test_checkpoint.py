@@ -81,10 +81,10 @@ def test_sigkill_and_resume_is_bit_identical(uninterrupted, tmp_path, kill_after
   assert "resuming" in err
   timing = json.loads((tmp_path / "summary.json").read_text())["timing"]
   _assert_same(_final(tmp_path), uninterrupted)
-  # Timing adds up over both sessions; each session's first chunk (50 steps) and first
+  # Timing adds up over both sessions; each session's first train call (1 step) and first
   # evaluation compile and count apart.
   steps = uninterrupted[0]["steps_run"]
-  assert timing["train_steps"] == steps - 2 * 50
+  assert timing["train_steps"] == steps - 2 * 1
   assert timing["evaluations"] == steps // 50 + 1 - 2
 
 
@@ -264,6 +264,34 @@ def test_a_finished_run_rerun_changes_nothing(tiny_config, tmp_path, capsys):
   # Untouched: the summary's wall_seconds too (nothing was trained).
   assert {name: (tmp_path / name).read_bytes() for name in files} == files
   assert again.pop("already_complete") and first == again
+
+
+def test_sigterm_between_evaluations_stops_within_a_call_and_resumes_bit_identical(
+    tiny_config, tmp_path, monkeypatch):
+  """The notice lands mid-interval: the run saves at the call's end (step 26, not the
+  next evaluation at 40), and the resumed run, trained in calls of other lengths, ends with
+  the same rows (batch losses included), summary and parameters as an uninterrupted one."""
+  config = _small(tiny_config)
+  clean = tmp_path / "clean"
+  train.run(config, clean, progress=False)
+  monkeypatch.setattr(train._CallSizer, "steps", lambda self, remaining: min(remaining, 3))
+  real = train.metrics_lib.FitTracker.time_call
+
+  def time_call(self, what, seconds, steps=0):
+    real(self, what, seconds, steps)
+    # Calls of 3 steps, cut at evaluations, end at 3, 6, ..., 18, 20, 23, 26; the first is
+    # timed apart, so 23 steps are timed when the call ending at 26 returns: notice then.
+    if what == "train" and self.timing["train_steps"] >= 22 and not hasattr(self, "_sent"):
+      self._sent = True
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train.metrics_lib.FitTracker, "time_call", time_call)
+  stopped = train.run(config, tmp_path / "run", progress=False)
+  assert stopped["status"] == "preempted" and stopped["steps_run"] == 26
+  monkeypatch.undo()
+  resumed = train.run(config, tmp_path / "run", progress=False)
+  assert resumed["status"] == "complete"
+  _assert_same(_final(tmp_path / "run"), _final(clean))
 
 
 def test_complete_is_written_only_once_the_last_checkpoint_is_on_disk(tiny_config, tmp_path,

@@ -46,8 +46,18 @@ def is_local(path: epath.Path) -> bool:
 
 def write_json(path: epath.Path, obj: Any) -> None:
   """Writes JSON atomically (a reader never sees half a file)."""
+  _write_whole(path, json.dumps(_plain(obj), indent=1) + "\n")
+
+
+def _write_whole(path: epath.Path, text: str) -> None:
+  """Replaces the file's contents in one step: a temporary file renamed over it on a local
+  disk; on an object store (gs://) one upload, which readers see whole or not at all (a
+  rename there is a copy and a delete)."""
+  if not is_local(path):
+    path.write_text(text)
+    return
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(_plain(obj), indent=1) + "\n")
+  tmp.write_text(text)
   tmp.replace(path)
 
 
@@ -82,9 +92,7 @@ class Writer:
           kept.append(line + "\n")
           self._keys.add((row["step"], row["replica"]))
       self._text = "".join(kept)
-    tmp = workdir / (METRICS + ".tmp")
-    tmp.write_text(self._text)
-    tmp.replace(path)
+    _write_whole(path, self._text)
     if is_local(path):
       self._metrics = open(os.fspath(path), "a")
 
@@ -139,6 +147,10 @@ class FitTracker:
     self.last: dict[str, np.ndarray] = {}
     self.last_rows: list[dict] = []  # the last evaluation's rows, as written
     self.batch_loss = np.full(len(replicas), np.nan)
+    # The train loop's running sum of minibatch losses since the last evaluation (every
+    # replica of the padded grid) and its number of steps, kept in checkpoints.
+    self.loss_sum: list[float] | None = None
+    self.loss_steps = 0
     self.seconds_before = 0.0  # wall time of earlier processes of a resumed run
     # Where the time goes, summed over the processes of a resumed run: the train chunks and
     # the evaluations, each call timed to its result. A process's first call of each
@@ -216,6 +228,7 @@ class FitTracker:
                        last={k: v.tolist() for k, v in self.last.items()},
                        last_rows=self.last_rows,
                        batch_loss=self.batch_loss.tolist(),
+                       loss_sum=self.loss_sum, loss_steps=self.loss_steps,
                        seconds=self.seconds_before + seconds, timing=self.timing))
 
   def load(self, meta: dict) -> None:
@@ -225,6 +238,8 @@ class FitTracker:
     self.batch_loss = np.asarray([np.nan if v is None else v for v in meta["batch_loss"]])
     self.seconds_before = float(meta["seconds"])
     self.last_rows = list(meta.get("last_rows", []))  # absent in older checkpoints
+    self.loss_sum = meta.get("loss_sum")
+    self.loss_steps = int(meta.get("loss_steps", 0))
     # Checkpoints written before timing was recorded have none: it starts from zero.
     self.timing.update(meta.get("timing", {}))
 

@@ -225,7 +225,8 @@ class GridProgram(NamedTuple):
   settings: StepSettings
   plan: Plan
   init: Callable  # (init key, sample input) -> TrainState
-  train_chunk: Callable  # (states, reps, data, step0, num_steps) -> (states, mean batch loss)
+  # (states, reps, data, step0, num_steps[, loss sum]) -> (states, loss sum)
+  train_chunk: Callable
   evaluate: Callable  # (states, reps, data) -> dict of (R,) metrics
 
 
@@ -264,7 +265,11 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
         reps.order_key)
 
   @chunk_jit
-  def train_chunk(states, reps: ReplicaConstants, d: DeviceDataset, step0, num_steps):
+  def train_chunk(states, reps: ReplicaConstants, d: DeviceDataset, step0, num_steps,
+                  loss_sum=None):
+    """``num_steps`` steps from ``step0``; returns (states, ``loss_sum`` + each replica's
+    minibatch losses, summed step by step in float32: a run cut into calls of any lengths
+    sums in the same order, so its mean loss has the same bits)."""
     n = d.train_images.shape[0]
     per_epoch = n // s.batch_size  # the last partial batch of an epoch is dropped
 
@@ -284,9 +289,10 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
       return states, orders, loss_sum + loss
 
     orders = epoch_orders(reps, step0 // per_epoch, n)
-    zeros = jnp.zeros(reps.labels.shape[:1], jnp.float32)
-    states, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (states, orders, zeros))
-    return states, loss_sum / num_steps
+    if loss_sum is None:
+      loss_sum = jnp.zeros(reps.labels.shape[:1], jnp.float32)
+    states, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (states, orders, loss_sum))
+    return states, loss_sum
 
   @eval_jit
   def evaluate(states, reps: ReplicaConstants, d: DeviceDataset):

@@ -2,9 +2,10 @@
 
 The flow: validate the config and load the data (bad input fails here, before anything is
 compiled or written), put the training set on the device once, build every replica's labels
-and keys from its seed, initialize the stacked train state, then alternate compiled chunks
-of ``eval_every`` steps with an evaluation of every replica on its whole training set and
-the test set, until every replica has fitted or ``max_steps``.
+and keys from its seed, initialize the stacked train state, then alternate ``eval_every``
+steps of training (compiled calls of about ``CALL_SECONDS`` each) with an evaluation of every
+replica on its whole training set and the test set, until every replica has fitted or
+``max_steps``.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
   Resumes from the workdir's latest good checkpoint when it holds one of the same config;
   ``restart`` deletes a previous run's files first. A finished run is left untouched (the
   summary says ``"status": "complete"`` only once its last checkpoint is on disk). On SIGTERM,
-  saves a checkpoint at the next chunk boundary and returns with ``status == "preempted"``.
+  saves a checkpoint when the train call in flight ends (calls last about ``CALL_SECONDS``)
+  and returns with ``status == "preempted"``.
   One process at a time trains in a workdir (``zhang.workdir.Lock``). ``plan``: the
   execution plan's overrides (``choose_plan``); speed only.
   """
@@ -268,6 +270,13 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
     _check_rows(writer, tracker, config, replicas, saved_step)
 
   show = progress_lib.Progress(config, len(replicas), step, enabled=progress and primary)
+  # Each replica's minibatch losses since the last evaluation, summed on the device step by
+  # step (kept in checkpoints between evaluations), so calls of any length give the same bits.
+  loss_sum = np.zeros(reps.labels.shape[:1], np.float32)
+  if tracker.loss_sum is not None:
+    loss_sum[:] = tracker.loss_sum
+  loss_sum = jnp.asarray(loss_sum)
+  sizer = _CallSizer()
   evaluate_now = not restored
   status = "running"
   try:
@@ -279,28 +288,40 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
           tracker.time_call("eval", time.perf_counter() - t0)
           writer.rows(tracker.record(step, ev, np.asarray(step_lib.learning_rate_at(
               step, base_lr, config.lr_decay, config.lr_decay_every))))
+          loss_sum, tracker.loss_steps = jnp.zeros_like(loss_sum), 0
         done = tracker.all_fitted() or step >= config.max_steps
         stop_now = not done and preempted()
         at_checkpoint = step % config.checkpoint_every == 0 and step > 0
-        writer.summary(tracker.summary(step, "running", time.time() - start))
-        if (at_checkpoint or done or stop_now) and step != saved_step:
+        save = (at_checkpoint or done or stop_now) and step != saved_step
+        if evaluate_now or save:
+          writer.summary(tracker.summary(step, "running", time.time() - start))
+        if save:
+          tracker.loss_sum = np.asarray(loss_sum).tolist()
           ckpt.save(step, states, tracker.meta(time.time() - start))
           saved_step = step
-        show.update(step, tracker, final=done or stop_now)
+        if evaluate_now or done or stop_now:
+          show.update(step, tracker, final=done or stop_now)
         if done or stop_now:
           ckpt.wait()  # "complete" or "preempted" only once the checkpoint is on disk
           status = "complete" if done else "preempted"
           writer.summary(tracker.summary(step, status, time.time() - start))
           break
+        # Train up to the next evaluation or checkpoint, in calls of about CALL_SECONDS, so a
+        # preemption notice (SIGTERM) is answered within one call plus a save.
         stop = min(_next_multiple(step, config.eval_every),
                    _next_multiple(step, config.checkpoint_every), config.max_steps)
+        n = sizer.steps(stop - step)
         t0 = time.perf_counter()
-        states, loss = program.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
-                                           jnp.asarray(stop - step, jnp.int32))
-        tracker.batch_loss = np.asarray(loss)[:len(replicas)]  # waits for the chunk
-        tracker.time_call("train", time.perf_counter() - t0, stop - step)
+        states, loss_sum = program.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
+                                               jnp.asarray(n, jnp.int32), loss_sum)
+        tracker.loss_steps += n
+        tracker.batch_loss = (np.asarray(loss_sum)[:len(replicas)]  # waits for the call
+                              / np.float32(tracker.loss_steps))
+        seconds = time.perf_counter() - t0
+        tracker.time_call("train", seconds, n)
+        sizer.timed(n, seconds)
         ckpt.poll()  # a save that failed in the background, reported as soon as known
-        step = stop
+        step += n
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps
   finally:
     show.close()
@@ -342,6 +363,32 @@ def _check_rows(writer, tracker, config, replicas, saved_step: int) -> None:
   else:
     print(f"zhang: restored {len(missing)} damaged or missing row(s) of metrics.jsonl from "
           f"the checkpoint of step {saved_step}", file=sys.stderr)
+
+
+CALL_SECONDS = 2.0  # the longest a train call should take: the answer time to a SIGTERM
+
+
+class _CallSizer:
+  """How many steps the next train call runs: one (it compiles), eight (to time them), then
+  as many as take about ``CALL_SECONDS`` by the last call's pace. Results do not depend on
+  it (the losses are summed across calls in the same order)."""
+
+  def __init__(self):
+    self.calls, self.seconds_per_step = 0, None
+
+  def steps(self, remaining: int) -> int:
+    if self.calls == 0:
+      want = 1
+    elif self.seconds_per_step is None:
+      want = 8
+    else:
+      want = max(1, int(CALL_SECONDS / max(self.seconds_per_step, 1e-9)))
+    return max(1, min(remaining, want))
+
+  def timed(self, steps: int, seconds: float) -> None:
+    if self.calls > 0:  # the first call compiles
+      self.seconds_per_step = seconds / steps
+    self.calls += 1
 
 
 def _next_multiple(step: int, every: int) -> int:
