@@ -11,7 +11,8 @@ Usage: launch/local.sh [options] [-- ARGS...]
 
 Train on this machine's CPU, from the repository root:
   1. create the venv (skipped if it exists),
-  2. pip install -e . (skipped if the installed `zhang` command is newer than pyproject.toml),
+  2. pip install -e . (-e ".[gcs]" for a gs:// workdir or data dir; skipped if the installed
+     `zhang` command is newer than pyproject.toml),
   3. python -m zhang train --config CONFIG --workdir WORKDIR [--set ...] [ARGS...]
 A rerun of the same command resumes from the workdir's checkpoint.
 
@@ -56,8 +57,11 @@ done
 run cd "$REPO"
 cd "$REPO"  # the checks below look at the repository's files, in a dry run too
 [[ -x $VENV/bin/python ]] || run "$PYTHON" -m venv "$VENV"
-if ((REINSTALL)) || [[ ! -x $VENV/bin/zhang || pyproject.toml -nt $VENV/bin/zhang ]]; then
-  run "$VENV/bin/pip" install -q -e .
+pkg=.  # gs:// paths need the gcs extra (gcsfs)
+[[ $WORKDIR != gs://* && $DATA_DIR != gs://* ]] || pkg=".[gcs]"
+if ((REINSTALL)) || [[ ! -x $VENV/bin/zhang || pyproject.toml -nt $VENV/bin/zhang ]] \
+    || { [[ $pkg != . ]] && ! compgen -G "$VENV/lib/python3*/site-packages/gcsfs" >/dev/null; }; then
+  run "$VENV/bin/pip" install -q -e "$pkg"
 fi
 train=("$VENV/bin/python" -m zhang train --config "$CONFIG" --workdir "$WORKDIR")
 for s in "${SETS[@]+"${SETS[@]}"}"; do train+=(--set "$s"); done

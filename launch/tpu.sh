@@ -13,20 +13,23 @@ Train a config on a Cloud TPU VM: the same command runs on every worker of the s
 (one process per host, `--distributed`), writing to a gs:// workdir that outlives the VM.
 
 Phases (run in the order given; default: all):
-  create   create the TPU VM (or, with --queued, a queued resource, and wait until it is
-           ACTIVE); skipped if it exists and is usable; a PREEMPTED / SUSPENDED one is
-           deleted and created again
+  create   request the slice as a queued resource and wait until it is ACTIVE (with
+           --legacy-create: `tpu-vm create`); skipped if it exists and is usable; a
+           SUSPENDED / PREEMPTED one is deleted and created again
   setup    copy the repo (a `git archive` tarball of --ref, default HEAD) to every worker,
            unpack it in ~/zhang, create ~/zhang-venv (once; Python >= 3.11) and
-           `pip install -e ~/zhang jax[tpu]`; safe to repeat
-  run      stop a previous run still alive on the workers (SIGTERM: it checkpoints), then run
+           `pip install -e ~/zhang[gcs] jax[tpu]`; skipped on a worker where a run is going
+  run      on every worker where no run is going, start detached (it outlives ssh)
              python -m zhang train --config CONFIG --workdir WORKDIR --distributed ...
-           on all workers at once (output also in ~/zhang-train.log); a rerun resumes from
-           the workdir's checkpoint
-  stop     SIGTERM the run on every worker: it saves a checkpoint and exits 0
+           with its output in ~/zhang-run/train.log there; then attach. A rerun resumes
+           from the workdir's checkpoint; a run still going is attached to, not restarted
+  attach   follow worker 0's log until the run ends (Ctrl-C leaves the run going); exits
+           with the run's exit status
+  stop     SIGTERM the run on every worker and wait: it saves a checkpoint and exits
   fetch    copy the workdir (without checkpoints/) to --results
-  delete   delete the TPU VM (the queued resource, with --queued)
+  delete   delete the queued resource and its TPU VM (with --legacy-create: the TPU VM)
   all      create setup run fetch delete (delete is left out with --keep)
+A phase run alone takes the same flags as the command that created the VM.
 
 Required:
   --name NAME              TPU VM name (also the queued resource's name)
@@ -37,8 +40,10 @@ Options:
   --version RUNTIME        TPU software version (default from the type: v4 tpu-ubuntu2204-base,
                            v5litepod v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e)
   --project PROJECT        Google Cloud project (default: gcloud's configured one)
-  --spot | --preemptible   spot (cheaper, may be preempted) / legacy preemptible VM
-  --queued                 create through a queued resource (waits for capacity)
+  --spot                   spot capacity (cheaper, may be preempted at any time)
+  --legacy-create          create with `gcloud compute tpus tpu-vm create` (fails at once
+                           when the zone has no capacity) instead of a queued resource
+  --preemptible            legacy preemptible VM (needs --legacy-create)
   --config CONFIG          config path in the repo, with :args (default configs/fig1.py)
   --data-dir gs://B/tfds   TFDS_DATA_DIR on the workers (default: gs://BUCKET/tfds, BUCKET
                            being the workdir's bucket)
@@ -71,8 +76,9 @@ run() {
   "$@" || rc=$?
   if ((rc != 0)); then
     printf '%s: failed (exit %d): %s\n' "$PROG" "$rc" "$(show "$@")" >&2
-    printf '%s: the TPU VM %s is left as it is; rerun the phase to resume, or run the delete phase.\n' \
+    printf '%s: the TPU VM %s is left as it is: rerun the same command to go on (a run still going\n' \
       "$PROG" "$NAME" >&2
+    printf '%s: on the workers is attached to, not restarted), or run the delete phase.\n' "$PROG" >&2
     exit "$rc"
   fi
 }
@@ -80,7 +86,7 @@ note() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 
 # --- arguments -------------------------------------------------------------------------------
 
-NAME="" ZONE="" WORKDIR="" ACCEL="v4-8" VERSION="" PROJECT="" CAPACITY="" QUEUED=0
+NAME="" ZONE="" WORKDIR="" ACCEL="v4-8" VERSION="" PROJECT="" CAPACITY="" QUEUED=1
 CONFIG="configs/fig1.py" DATA_DIR="" RESULTS="" WITH_CKPT=0 REF="HEAD" KEEP=0 DRY_RUN=0
 SETS=() EXTRA=() PHASES=()
 
@@ -97,7 +103,8 @@ while (($#)); do
     --spot|--preemptible)
       [[ -z $CAPACITY || $CAPACITY == "$1" ]] || die "--spot and --preemptible exclude each other"
       CAPACITY=$1; shift ;;
-    --queued) QUEUED=1; shift ;;
+    --queued) QUEUED=1; shift ;;  # the default
+    --legacy-create) QUEUED=0; shift ;;
     --config) need "$@"; CONFIG=$2; shift 2 ;;
     --data-dir) need "$@"; DATA_DIR=${2%/}; shift 2 ;;
     --set) need "$@"; SETS+=("$2"); shift 2 ;;
@@ -107,10 +114,10 @@ while (($#)); do
     --keep) KEEP=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    create|setup|run|stop|fetch|delete) PHASES+=("$1"); shift ;;
+    create|setup|run|attach|stop|fetch|delete) PHASES+=("$1"); shift ;;
     all) PHASES+=(create setup run fetch delete); shift ;;
     -*) die "unknown option $1 (see -h)" ;;
-    *) die "unknown phase $1 (create, setup, run, stop, fetch, delete or all; see -h)" ;;
+    *) die "unknown phase $1 (create, setup, run, attach, stop, fetch, delete or all; see -h)" ;;
   esac
 done
 ((${#PHASES[@]})) || PHASES=(create setup run fetch delete)
@@ -133,7 +140,7 @@ if [[ -n $WORKDIR && ! $WORKDIR =~ ^gs://[^/]+/.+ ]]; then
   die "--workdir must be gs://BUCKET/PATH (every worker writes to it, and it outlives the VM), not $WORKDIR"
 fi
 if [[ $CAPACITY == --preemptible ]] && ((QUEUED)); then
-  die "--preemptible does not apply to queued resources; use --spot"
+  die "--preemptible needs --legacy-create (queued resources take --spot)"
 fi
 if [[ -z $VERSION ]]; then
   case $ACCEL in
@@ -157,18 +164,17 @@ TARBALL="${TMPDIR:-/tmp}/zhang-$NAME.tar.gz"
 
 # --- what runs on every worker -----------------------------------------------------------------
 
-# A venv with Python >= 3.11 (jax needs it): a system python3.1x, else one that uv installs.
+# A venv with Python >= 3.11 (jax needs it): a system python3.1x, else one that uv installs
+# (the images' python3 is 3.10).
 VENV_SETUP='if [ ! -x ~/zhang-venv/bin/pip ]; then py=; for p in python3.13 python3.12 python3.11 python3; do if command -v $p >/dev/null && $p -c "import sys; sys.exit(sys.version_info < (3, 11))" && $p -m venv ~/zhang-venv; then py=$p; break; fi; rm -rf ~/zhang-venv; done; if [ -z "$py" ]; then curl -LsSf https://astral.sh/uv/install.sh | sh && ~/.local/bin/uv venv -q --seed --python 3.12 ~/zhang-venv; fi; fi'
-REMOTE_SETUP="set -e; rm -rf ~/zhang; mkdir -p ~/zhang; tar -xzf ~/zhang.tar.gz -C ~/zhang; $VENV_SETUP; ~/zhang-venv/bin/pip install -q -U pip; ~/zhang-venv/bin/pip install -q -U -e ~/zhang 'jax[tpu]'"
+# The gcs extra: gcsfs, which gs:// workdirs and data need.
+REMOTE_SETUP="$REMOTE_IDLE; set -e; rm -rf ~/zhang; mkdir -p ~/zhang; tar -xzf ~/zhang.tar.gz -C ~/zhang; $VENV_SETUP; ~/zhang-venv/bin/pip install -q -U pip; ~/zhang-venv/bin/pip install -q -U -e ~/'zhang[gcs]' 'jax[tpu]'"
 
 TRAIN="env TFDS_DATA_DIR=$(q "$DATA_DIR") ~/zhang-venv/bin/python -m zhang train"
 TRAIN+=" --config $(q "$CONFIG") --workdir $(q "$WORKDIR") --distributed --no_progress"
 for s in "${SETS[@]+"${SETS[@]}"}"; do TRAIN+=" --set $(q "$s")"; done
 for a in "${EXTRA[@]+"${EXTRA[@]}"}"; do TRAIN+=" $(q "$a")"; done
-# SIGTERM a previous run (it checkpoints and exits) and wait for it: the TPU takes one process.
-STOP_PREVIOUS='if [ -s ~/zhang-train.pid ] && kill -0 "$(cat ~/zhang-train.pid)" 2>/dev/null; then echo "stopping the previous run"; kill -TERM "$(cat ~/zhang-train.pid)"; while kill -0 "$(cat ~/zhang-train.pid)" 2>/dev/null; do sleep 2; done; fi'
-REMOTE_RUN="cd ~/zhang || exit 1; $STOP_PREVIOUS; $TRAIN > >(tee -a ~/zhang-train.log) 2>&1 & echo \$! > ~/zhang-train.pid; wait \$!"
-REMOTE_STOP='if [ -s ~/zhang-train.pid ] && kill -TERM "$(cat ~/zhang-train.pid)" 2>/dev/null; then echo "sent SIGTERM"; else echo "no run"; fi'
+REMOTE_START=$(remote_start "$TRAIN")  # REMOTE_ATTACH, REMOTE_STOP: lib.sh
 
 # --- phases ----------------------------------------------------------------------------------
 
@@ -227,7 +233,12 @@ phase_setup() {
 }
 
 phase_run() {
-  run "${TPU[@]}" ssh "$NAME" "${GC[@]}" --worker=all --command="$REMOTE_RUN"
+  run "${TPU[@]}" ssh "$NAME" "${GC[@]}" --worker=all --command="$REMOTE_START"
+  phase_attach
+}
+
+phase_attach() {
+  run "${TPU[@]}" ssh "$NAME" "${GC[@]}" --worker=0 --command="$REMOTE_ATTACH"
 }
 
 phase_stop() {

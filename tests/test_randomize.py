@@ -150,6 +150,26 @@ def test_example_permutation_is_uniform(n):
     assert abs(fixed - 1) < 4 / np.sqrt(4800)
 
 
+def test_example_normal_is_standard_normal():
+  from scipy import stats
+  keys = jax.random.split(jax.random.key(5), 64)
+  z = np.asarray(jax.jit(jax.vmap(lambda k: randomize.example_normal(k, (32, 32, 3))))(keys))
+  assert z.dtype == np.float32 and z.shape == (64, 32, 32, 3) and np.isfinite(z).all()
+  flat = z.ravel().astype(np.float64)  # 196,608 values
+  assert stats.kstest(flat, "norm").pvalue > 1e-3
+  assert abs(flat.mean()) < 4 / np.sqrt(flat.size)
+  assert abs(stats.kurtosis(flat)) < 0.05 and np.abs(flat).max() < 6
+  # Independent between keys and between positions.
+  assert abs(np.corrcoef(z[0].ravel(), z[1].ravel())[0, 1]) < 0.08
+  assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.01
+  np.testing.assert_array_equal(np.asarray(randomize.example_normal(keys[3], (32, 32, 3))),
+                                z[3])
+  # Its words: every bit fair.
+  bits = np.asarray(randomize.words(keys[0], 4096))
+  ones = np.unpackbits(bits.view(np.uint8)).reshape(4096, 32).mean(0)
+  assert np.all(np.abs(ones - 0.5) < 4 * 0.5 / np.sqrt(4096))
+
+
 def test_gaussian_matches_per_channel_mean_and_variance(digits):
   rng = np.random.default_rng(0)
   means = np.array([0.2, 0.5, 0.7], np.float32)

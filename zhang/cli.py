@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pathlib
 import sys
 
 from zhang.errors import RunError, UsageError
@@ -30,7 +29,7 @@ def _train(args) -> int:
     config_lib.apply_override(config, f"data_dir={args.data_dir!r}")
   summary = train.run(config, args.workdir, restart=args.restart,
                       progress=not args.no_progress)
-  workdir = pathlib.Path(args.workdir)
+  workdir = args.workdir.rstrip("/")  # a string: pathlib would turn gs:// into gs:/
   import jax
   if (summary["status"] == "preempted" or summary.get("already_complete")
       or jax.process_index() != 0):

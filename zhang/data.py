@@ -8,6 +8,7 @@ set on the accelerator once. Sources:
 - ``mnist``, ``fashion_mnist``: the standard IDX files from a local directory (``data_dir``,
   ``$ZHANG_DATA_DIR/<name>``, or Debian's ``/usr/share/datasets/<name>``), else tfds.
 - ``cifar10``, ``cifar100``: ``tfds.data_source`` (array_record; no TensorFlow at load time).
+  A ``gs://`` data_dir is checked first (``zhang.storage``: gcsfs, credentials, the bucket).
 - ``synthetic_cifar10``: CIFAR-10's shapes and sizes (50,000 train / 10,000 test uint8
   32x32x3 images, 10 balanced classes) generated in about a second from a fixed seed, with no
   download: for benchmarks and accelerator checks where CIFAR-10 is not prepared. Each image
@@ -32,6 +33,7 @@ import zlib
 
 import numpy as np
 
+from zhang import storage
 from zhang.errors import UsageError
 
 
@@ -214,9 +216,10 @@ def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
 
 def _tfds(name: str, data_dir: str | None, extra_hint: str = "") -> Dataset:
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-  where = f" --data_dir={data_dir}" if data_dir else ""
+  if data_dir and storage.is_gcs(data_dir):
+    storage.check(data_dir, "data_dir", write=False)  # gcsfs, credentials, the bucket
   how = (f"prepare it once on a machine with internet and TensorFlow: "
-         f"tfds build {name} --file_format=array_record{where}{extra_hint}")
+         f"{_build_hint(name, data_dir)}{extra_hint}")
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:  # pragma: no cover - tfds is a dependency
@@ -238,6 +241,16 @@ def _tfds(name: str, data_dir: str | None, extra_hint: str = "") -> Dataset:
     absl_logger.setLevel(level)
   return Dataset(name, train_images, train_labels, test_images, test_labels,
                  _NUM_CLASSES[name])
+
+
+def _build_hint(name: str, data_dir: str | None) -> str:
+  """How to prepare ``name`` in ``data_dir``: on a bucket, built locally and copied there
+  (tfds's array_record writer writes local files only)."""
+  if data_dir and "://" in data_dir:
+    return (f"tfds build {name} --file_format=array_record --data_dir ~/tensorflow_datasets "
+            f"&& gcloud storage cp -r ~/tensorflow_datasets/{name} {data_dir.rstrip('/')}/")
+  where = f" --data_dir={data_dir}" if data_dir else ""
+  return f"tfds build {name} --file_format=array_record{where}"
 
 
 register("cifar10")(lambda data_dir: _tfds("cifar10", data_dir))

@@ -21,11 +21,14 @@ example keys); test labels are never corrupted.
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.extend.random import threefry_2x32
 
 from zhang.errors import UsageError
 
@@ -79,6 +82,28 @@ def shared_permutation(key, num_pixels: int):
   return jax.random.permutation(_stream(key, "shuffled_pixels"), num_pixels)
 
 
+def words(key, n: int):
+  """``n`` random uint32 of ``key``: Threefry-2x32 of the counters 0 .. n-1, two words per
+  hash (``jax.random.bits``'s stream before ``jax_threefry_partitionable``). With
+  ``example_normal`` it takes 1.4 s of XLA CPU compilation off every grid program with
+  random-pixel or gaussian replicas (benchmarks/RESULTS.md, "Random numbers"). Keys of
+  another implementation (``jax_default_prng_impl``) get ``jax.random.bits``."""
+  data = jax.random.key_data(key)
+  if data.shape != (2,):
+    return jax.random.bits(key, (n,), jnp.uint32)
+  return threefry_2x32(data, jnp.arange(n, dtype=jnp.uint32))
+
+
+def example_normal(key, shape):
+  """Standard normal float32 of ``shape``, as ``jax.random.normal`` makes them (the inverse
+  error function of a uniform in (-1, 1)) but from ``words``."""
+  bits = words(key, math.prod(shape)).reshape(shape)
+  # 23 random mantissa bits: a float in [1, 2), then [-1, 1), then (-1, 1).
+  u = lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+  u = jnp.maximum(2.0 * u - 3.0, jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0)))
+  return lax.erf_inv(u) * jnp.float32(math.sqrt(2.0))
+
+
 def _position_bits(n: int) -> int:
   """Low bits of ``example_permutation``'s packed words that hold a position in range(n)."""
   return max(1, (n - 1).bit_length())
@@ -98,7 +123,8 @@ def example_permutation(key, n: int):
   ``jax.random.permutation`` sorts (random key, index) pairs; XLA CPU sorts a pair of arrays
   several times slower than one array, and random pixels need a permutation per image per
   step (a random-pixels replica of an MLP on Fashion-MNIST ran 3x slower with it:
-  benchmarks/RESULTS.md, "Random numbers"). Here each round sorts one uint32 array: random bits above, the current position in
+  benchmarks/RESULTS.md, "Random numbers"). Here each round sorts one uint32 array: random
+  bits above, the current position in
   the low b = bit_length(n - 1) bits, which the sort carries along. Equal random bits keep
   the previous round's order, so the rounds together sort by one key of rounds x (32 - b)
   random bits. ``permutation_rounds`` takes enough of them that any two items tie in every
@@ -109,7 +135,7 @@ def example_permutation(key, n: int):
   position = jnp.arange(n, dtype=jnp.uint32)
   perm = None
   for r in range(permutation_rounds(n)):
-    bits = jax.random.bits(jax.random.fold_in(key, r), (n,), jnp.uint32)
+    bits = words(jax.random.fold_in(key, r), n)
     order = (jnp.sort((bits >> b << b) | position) & ((1 << b) - 1)).astype(jnp.int32)
     perm = order if perm is None else perm[order]
   return perm
@@ -150,7 +176,7 @@ def randomize_inputs(kind: str, key, images, indices, split: int, shared_perm,
         _example_key(key, "random_pixels", split, i), n))(indices)
     return jax.vmap(_permute_pixels)(images, perms)
   if kind == "gaussian":
-    noise = jax.vmap(lambda i: jax.random.normal(
+    noise = jax.vmap(lambda i: example_normal(
         _example_key(key, "gaussian", split, i), images.shape[1:]))(indices)
     return noise * gauss_std + gauss_mean
   raise ValueError(f"unknown kind {kind!r}")

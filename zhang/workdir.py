@@ -1,7 +1,8 @@
 """A run's workdir as a resource: can it be written, who holds it, where libraries' logs go.
 
 - ``check_writable``: before any data is loaded, the workdir (or the folder that will hold
-  it) must take a new file; the check creates and removes one probe file, nothing else.
+  it) must take a new file; the check creates and removes one probe file, nothing else (on
+  ``gs://`` too, after gcsfs, credentials and the bucket: ``zhang.storage``).
 - ``Lock``: one ``zhang train`` per workdir. Process 0 holds an ``flock`` on
   ``WORKDIR/lock`` for the run's lifetime and writes who it is into the file. The kernel drops
   the lock when the process dies, so a killed run leaves a file that blocks nothing. Covered:
@@ -30,6 +31,7 @@ import traceback
 
 from etils import epath
 
+from zhang import storage
 from zhang.errors import UsageError
 
 LOCK, LIBRARY_LOG = "lock", "library.log"
@@ -43,8 +45,11 @@ def is_local(path) -> bool:
 
 def check_writable(workdir: epath.Path) -> None:
   """Raises UsageError unless ``workdir`` (or its nearest existing parent, where it will be
-  created) can take a new file. Object stores (``gs://``) are checked at the first write."""
+  created) can take a new file. A ``gs://`` workdir: ``zhang.storage.check`` (gcsfs,
+  credentials, the bucket, a probe file written and removed)."""
   if not is_local(workdir):
+    if storage.is_gcs(workdir):
+      storage.check(workdir, "workdir", write=True)
     return
   path = os.fspath(workdir)
   existing = path
