@@ -41,7 +41,7 @@ def _wait_for(path: pathlib.Path, proc, timeout=300):
 def _final(workdir):
   summary = json.loads((workdir / "summary.json").read_text())
   summary.pop("wall_seconds")
-  summary.pop("timing")  # seconds, and calls counted per session (first calls compile)
+  summary.pop("timing")  # seconds, and calls counted per process (first calls compile)
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
   return summary, rows, checkpoint.load(workdir)
 

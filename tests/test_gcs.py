@@ -194,7 +194,7 @@ def _final(read_text, load_dir: str, env) -> tuple:
   reads it) of a run; ``read_text(name)`` reads one of its files."""
   summary = json.loads(read_text("summary.json"))
   summary.pop("wall_seconds")
-  summary.pop("timing")  # seconds, and calls counted per session (first calls compile)
+  summary.pop("timing")  # seconds, and calls counted per process (first calls compile)
   rows = read_text("metrics.jsonl").splitlines()
   return summary, rows, _load(load_dir, env)
 

@@ -183,7 +183,8 @@ def remote_home(tmp_path):
   pid_file = home / "zhang-run" / "train.pid"
   if pid_file.exists():  # a run that a failed test left going (and only that one)
     pid = pid_file.read_text().strip()
-    args = subprocess.run(["ps", "-ww", "-o", "args=", "-p", pid], capture_output=True, text=True)
+    args = subprocess.run(["ps", "-ww", "-o", "args=", "-p", pid], capture_output=True,
+                          text=True)
     if str(home) in args.stdout:
       os.killpg(int(pid), signal.SIGKILL)
 

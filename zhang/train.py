@@ -369,18 +369,17 @@ CALL_SECONDS = 2.0  # the longest a train call should take: the answer time to a
 
 
 class _CallSizer:
-  """How many steps the next train call runs: one (it compiles), eight (to time them), then
-  as many as take about ``CALL_SECONDS`` by the last call's pace. Results do not depend on
-  it (the losses are summed across calls in the same order)."""
+  """How many steps the next train call runs: one (it compiles), one (to time a step: a
+  conv-net grid on a CPU takes tens of seconds per step), then as many as take about
+  ``CALL_SECONDS`` by the last call's pace. Results do not depend on it (the losses are
+  summed across calls in the same order)."""
 
   def __init__(self):
     self.calls, self.seconds_per_step = 0, None
 
   def steps(self, remaining: int) -> int:
-    if self.calls == 0:
+    if self.seconds_per_step is None:
       want = 1
-    elif self.seconds_per_step is None:
-      want = 8
     else:
       want = max(1, int(CALL_SECONDS / max(self.seconds_per_step, 1e-9)))
     return max(1, min(remaining, want))
