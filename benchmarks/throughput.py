@@ -7,11 +7,13 @@
   python benchmarks/throughput.py --models inception_small --plan cpu_kernels=default --plan cpu_kernels=eigen
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
   python benchmarks/throughput.py --models mlp_1x512 --replicas 8 --kind labels,random_pixels
+  python benchmarks/throughput.py --models mlp_1x512 --replicas 8 --augmentation crop+flip
 
 Prints one JSON object per (model, plan, kind, replicas). The timed program is the trainer's
 own ``train_chunk`` (batch gather, scaling, randomization, whitening, forward, backward, SGD
 momentum) on synthetic uint8 images, for a grid of R replicas of one ``--kind`` (corruption
-0, seeds 0..R-1; ``labels`` unless said).
+0, seeds 0..R-1; ``labels`` unless said), every replica augmented by ``--augmentation``
+(``zhang/augment.py``; ``none`` unless said).
 
 ``--plan`` (repeatable) compares execution plans (``zhang/plan.py``): each value is what
 ``ZHANG_PLAN`` takes, e.g. ``replicas=map,gradients=jax``; choices it leaves out, and
@@ -47,7 +49,7 @@ import numpy as np
 
 from zhang import config as config_lib
 from zhang import flops as flops_lib
-from zhang import models, randomize, train as train_lib
+from zhang import augment, models, randomize, train as train_lib
 from zhang import plan as plan_lib
 from zhang.data import Dataset
 from zhang.errors import UsageError
@@ -107,11 +109,13 @@ def synthetic_dataset(n_train: int, input_shape, num_classes: int = 10) -> Datas
 
 
 def make_config(model: str, num_replicas: int, batch_size: int, mesh_shape=None,
-                compute_dtype: str = "float32", kind: str = "labels"):
+                compute_dtype: str = "float32", kind: str = "labels",
+                augmentation: str = "none"):
   """The resolved config of a grid of R replicas of one randomization ``kind`` (corruption
-  0, seeds 0..R-1)."""
+  0, seeds 0..R-1), each augmented by ``augmentation``."""
   c = config_lib.base_config()
   c.model = model
+  c.augmentation = augmentation
   c.batch_size = batch_size
   c.compute_dtype = compute_dtype
   if mesh_shape is not None:
@@ -127,14 +131,15 @@ def plan_arg(spec: str | None):
 
 def setup(model: str, num_replicas: int, dataset: Dataset, batch_size: int,
           mesh_shape=None, plan: str | None = None, compute_dtype: str = "float32",
-          kind: str = "labels"):
+          kind: str = "labels", augmentation: str = "none"):
   """The trainer's own ``train.build`` for a grid of R replicas of one randomization ``kind``
   (p = 0, seeds 0..R-1), under ``plan`` (a ``--plan`` value; None: automatic).
 
   ``mesh_shape`` (replica, data) defaults to the config's, every device on ``replica``.
   Returns (program, data, constants, stacked TrainState).
   """
-  c = make_config(model, num_replicas, batch_size, mesh_shape, compute_dtype, kind)
+  c = make_config(model, num_replicas, batch_size, mesh_shape, compute_dtype, kind,
+                  augmentation)
   return tuple(train_lib.build(c, config_lib.expand_grid(c), dataset,
                                plan=plan_arg(plan))[:4])
 
@@ -218,6 +223,7 @@ class Prepared(NamedTuple):
   compute_dtype: str
   kind: str  # the replicas' randomization (zhang/randomize.py)
   plan_asked: str  # the --plan value
+  augmentation: str  # every replica's (zhang/augment.py)
   program: object
   d: object
   reps: object
@@ -228,13 +234,14 @@ class Prepared(NamedTuple):
 
 def prepare(model: str, num_replicas: int, dataset: Dataset, batch_size: int, steps: int,
             plan: str | None = None, compute_dtype: str = "float32",
-            kind: str = "labels") -> Prepared:
+            kind: str = "labels", augmentation: str = "none") -> Prepared:
   """Builds the row's grid and compiles its chunk (``compile_chunk``), without running it."""
   program, d, reps, states = setup(model, num_replicas, dataset, batch_size, plan=plan,
-                                   compute_dtype=compute_dtype, kind=kind)
+                                   compute_dtype=compute_dtype, kind=kind,
+                                   augmentation=augmentation)
   compiled, compile_s = compile_chunk(program, d, reps, states, steps)
   return Prepared(model, num_replicas, dataset, batch_size, steps, compute_dtype, kind,
-                  plan or AUTO, program, d, reps, states, compiled, compile_s)
+                  plan or AUTO, augmentation, program, d, reps, states, compiled, compile_s)
 
 
 def measure(prep: Prepared, repeats: int, matmul_rate: float,
@@ -258,7 +265,7 @@ def measure(prep: Prepared, repeats: int, matmul_rate: float,
   flops_per_s = per_step / best
   device = jax.devices()[0]
   return dict(
-      model=model, kind=prep.kind, replicas=num_replicas, batch_size=batch_size,
+      model=model, kind=prep.kind, augmentation=prep.augmentation, replicas=num_replicas, batch_size=batch_size,
       input_shape=list(shape), plan=str(prep.program.plan), plan_asked=prep.plan_asked,
       compute_dtype=prep.compute_dtype,
       n_train=len(dataset.train_labels), steps=steps, repeats=repeats,
@@ -314,6 +321,10 @@ def parser() -> argparse.ArgumentParser:
                  help="the replicas' randomization: labels (the true labels; the default), "
                  "shuffled_pixels, random_pixels or gaussian (their inputs are made in the "
                  "step); comma-separated to compare")
+  p.add_argument("--augmentation", default="none",
+                 help="every replica's augmentation (zhang/augment.py), made in the step: "
+                 "none (the default), crop, flip, color or several joined by '+', e.g. "
+                 "crop+flip")
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
                  "predicted from the model's previous row")
@@ -349,6 +360,10 @@ def parse(argv=None) -> argparse.Namespace:
   for kind in args.kind:
     if kind not in randomize.KINDS:
       p.error(f"--kind {kind!r}: use {', '.join(randomize.KINDS)} (comma-separated)")
+  try:
+    augment.check_name(args.augmentation)
+  except UsageError as err:
+    p.error(f"--augmentation: {err}")
   args.replicas = [int(s) for s in args.replicas.split(",")]
   args.input_shape = tuple(int(s) for s in args.input_shape.split(","))
   if not 0 < args.memory_fraction:
@@ -409,7 +424,7 @@ def rows(args: argparse.Namespace):
             break
           continue
       prep = prepare(name, r, dataset, args.batch_size, steps, plan_arg(spec),
-                     args.compute_dtype, kind)
+                     args.compute_dtype, kind, args.augmentation)
       if args.up_to_memory:
         estimate = _memory(prep.compiled).get("xla_memory_bytes")
         memory = None if estimate is None else (r, estimate)

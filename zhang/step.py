@@ -45,13 +45,15 @@ class ReplicaConstants(NamedTuple):
   shared_perm: jax.Array  # int32 (H*W,), the shuffled-pixels permutation
   learning_rate: jax.Array  # float32 (), before the schedule
   weight_decay: jax.Array  # float32 ()
-  augmentation: jax.Array  # int32 (), index into augment.NAMES
+  augmentation: jax.Array  # int32 (), index into StepSettings.augmentations
 
 
 class DeviceDataset(NamedTuple):
   """Arrays shared by every replica; on the device once."""
-  train_images: jax.Array  # uint8 (N, H, W, C), centre-cropped
-  test_images: jax.Array
+  # uint8 (N, H, W, C): centre-cropped to the input's size, or uncropped when a replica
+  # crops (``augment.crops``); the step then takes each example's window.
+  train_images: jax.Array
+  test_images: jax.Array  # uint8, centre-cropped: its (H, W) is the model's input's
   test_labels: jax.Array  # int32, never corrupted
   gauss_mean: jax.Array  # float32 (C,)
   gauss_std: jax.Array
@@ -112,11 +114,19 @@ def init_state(module, s: StepSettings, key, sample) -> TrainState:
 def replica_inputs(kind: str, s: StepSettings, rep: ReplicaConstants, d: DeviceDataset,
                    x_u8, indices, split, step=None):
   """One replica's scaled, randomized, augmented (training only: ``step`` given), whitened
-  inputs; ``x_u8`` holds the examples ``indices`` of ``split``."""
+  inputs; ``x_u8`` holds the examples ``indices`` of ``split`` (training: possibly larger
+  than the input, see ``augment.window``; evaluation: of the input's size)."""
+  windowed = False
+  if step is not None:
+    size = d.test_images.shape[1:3]
+    windowed = x_u8.shape[1:3] != size
+    x_u8 = augment.window(s.augmentations, rep.augmentation, rep.rand_key, step, indices,
+                          x_u8, size)
   x = randomize.randomize_inputs(kind, rep.rand_key, data_lib.scale(x_u8), indices, split,
                                  rep.shared_perm, d.gauss_mean, d.gauss_std)
   if step is not None:
-    x = augment.apply(s.augmentations, rep.augmentation, rep.rand_key, step, indices, x)
+    x = augment.apply(s.augmentations, rep.augmentation, rep.rand_key, step, indices, x,
+                      windowed)
   return data_lib.whiten(x)
 
 
@@ -186,7 +196,12 @@ def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaCons
   idx = jnp.minimum(pos, n - 1)
   # Both gathers are eb rows; the split's is kept (idx is in range for it).
   i_test, i_train = jnp.minimum(idx, n_test - 1), jnp.minimum(idx, n_train - 1)
-  x_u8 = jnp.where(is_test, d.test_images[i_test], d.train_images[i_train])
+  train_u8 = d.train_images[i_train]
+  (h, w), (big_h, big_w) = d.test_images.shape[1:3], train_u8.shape[1:3]
+  if (big_h, big_w) != (h, w):  # kept uncropped for the crop: evaluate the centre
+    top, left = (big_h - h) // 2, (big_w - w) // 2
+    train_u8 = train_u8[:, top:top + h, left:left + w]
+  x_u8 = jnp.where(is_test, d.test_images[i_test], train_u8)
   y = jnp.where(is_test, d.test_labels[i_test][None], reps.labels[:, i_train])  # (R, eb)
   split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
   logits = grid_logits(states, grid_inputs(s, reps, d, x_u8, idx, split))

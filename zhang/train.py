@@ -109,10 +109,14 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding)
       seeds, salts, p, true, hyper)
 
 
-def device_data(dataset, sharding) -> step_lib.DeviceDataset:
-  """The dataset on the devices, once (replicated), centre-cropped, still uint8."""
+def device_data(dataset, sharding, crops: bool = False) -> step_lib.DeviceDataset:
+  """The dataset on the devices, once (replicated), centre-cropped, still uint8; with
+  ``crops`` (a replica's augmentation crops) the training images stay uncropped, and the
+  step takes each example's window (``augment.window``)."""
   train = data_lib.paper_crop(dataset.train_images)
   mean, std = randomize.channel_stats(train)
+  if crops:
+    train = dataset.train_images
   arrays = (train, data_lib.paper_crop(dataset.test_images), dataset.test_labels, mean, std)
   return step_lib.DeviceDataset(*(mesh_lib.put(a, sharding) for a in arrays))
 
@@ -146,11 +150,11 @@ def build(config, replicas, dataset, mesh=None, plan=None):
   chosen = choose_plan(config, len(replicas), plan)
   by_replica = mesh_lib.replica_sharding(mesh)
   settings = step_lib.StepSettings.from_config(config, padded)
-  d = device_data(dataset, mesh_lib.replicated(mesh))
+  d = device_data(dataset, mesh_lib.replicated(mesh), augment.crops(settings.augmentations))
   init_keys, reps, label_noise = build_replicas(padded, dataset, settings, by_replica)
   program = step_lib.compile_grid(spec.build(dataset.num_classes), settings, spec.batch_norm,
                                   chosen, mesh)
-  sample = jnp.zeros((1, *d.train_images.shape[1:]), jnp.float32)
+  sample = jnp.zeros((1, *d.test_images.shape[1:]), jnp.float32)  # the input's shape
   states = jax.jit(jax.vmap(program.init, (0, None)), out_shardings=by_replica)(
       init_keys, sample)
   return program, d, reps, states, np.asarray(label_noise)[:len(replicas)]
@@ -242,7 +246,7 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
   tracker = metrics_lib.FitTracker(
       replicas, label_noise, config.fit_threshold, config.batch_size, n_train,
       header=dict(model=config.model, dataset=config.dataset,
-                  num_params=models.param_count(config.model, d.train_images.shape[1:],
+                  num_params=models.param_count(config.model, d.test_images.shape[1:],
                                                 dataset.num_classes),
                   n_train=n_train, n_test=len(dataset.test_labels),
                   num_classes=dataset.num_classes,
@@ -304,7 +308,8 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
         if done or stop_now:
           ckpt.wait()  # "complete" or "preempted" only once the checkpoint is on disk
           status = "complete" if done else "preempted"
-          writer.summary(tracker.summary(step, status, time.time() - start))
+          final = tracker.summary(step, status, time.time() - start)
+          writer.summary(final)
           break
         # Train up to the next evaluation or checkpoint, in calls of about CALL_SECONDS, so a
         # preemption notice (SIGTERM) is answered within one call plus a save.
@@ -330,7 +335,7 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
   if status == "preempted" and primary:
     print(f"zhang: preempted (SIGTERM) at step {step}; the checkpoint is saved. Run the "
           f"same command to resume.", file=sys.stderr)
-  return tracker.summary(step, status, time.time() - start)
+  return final  # as summary.json has it
 
 
 def evaluation_steps(config, last: int) -> list[int]:
