@@ -596,3 +596,49 @@ def test_flags_have_one_spelling(tmp_path, capsys):
   assert "unrecognized arguments: --n-boot" in capsys.readouterr().err
   assert _cli(["report", str(run), "--out", str(tmp_path / "o"), "--n_boot", "0",
                "--loss_below", "0.1"]) == 0
+
+
+def _add_noisy_and_reliability(run_dir):
+  """Adds the clean/noisy train accuracies to every row and reliability bins to the
+  summary, as a run that recorded them has."""
+  path = run_dir / "metrics.jsonl"
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  for row in rows:
+    noisy = row["kind"] == "labels" and row["corruption"] > 0
+    row["train_acc_clean"] = row["train_acc"]
+    row["train_acc_noisy"] = 0.8 * row["train_acc"] if noisy else None
+    row["train_acc_noisy_vs_true"] = 0.1 if noisy else None
+  path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+  summary = json.loads((run_dir / "summary.json").read_text())
+  for i, rep in enumerate(summary["replicas"]):
+    bins = [[(b + 0.5) / 15, min(1.0, (b + 0.5) / 15 + 0.02 * i), 3 + b] for b in range(15)]
+    bins[0] = [None, None, 0]  # an empty bin
+    rep["test_reliability"] = bins
+  (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_writes_noisy_fit_and_reliability_only_when_recorded(tmp_path):
+  old = synthetic.write_example_run(tmp_path / "old")
+  out = tmp_path / "old_report"
+  assert _cli(["report", str(old), "--out", str(out), "--n_boot", "10"]) == 0
+  assert not (out / "noisy_fit.png").exists() and not (out / "reliability.png").exists()
+  assert "noisy_fit.png" not in (out / "report.md").read_text()
+  new = synthetic.write_example_run(tmp_path / "new")
+  _add_noisy_and_reliability(new)
+  out = tmp_path / "new_report"
+  assert _cli(["report", str(new), "--out", str(out), "--n_boot", "10"]) == 0
+  text = (out / "report.md").read_text()
+  for name in report.OPTIONAL_FIGURES:
+    image = matplotlib.image.imread(out / name)
+    assert image.shape[:2] == (plots.FIGSIZE[1] * plots.DPI, plots.FIGSIZE[0] * plots.DPI)
+    assert image[..., :3].std() > 0.05
+    assert f"({name})" in text
+  runs = analysis.load_runs([new])
+  levels = sorted(runs.metrics.loc[(runs.metrics.kind == "labels")
+                                   & (runs.metrics.corruption > 0), "corruption"].unique())
+  fig = plots.noisy_fit(runs.metrics)
+  assert len([ax for ax in fig.axes if ax.get_visible()]) == len(levels)
+  table = report.reliability_table(runs)
+  fig = plots.reliability(table)
+  assert len([ax for ax in fig.axes if ax.get_visible()]) == table[
+      table.kind == "labels"].corruption.nunique()

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from zhang import checkpoint
 from zhang import config as config_lib
 from zhang import data, models, randomize, step, train
 from zhang import plan as plan_lib
@@ -280,3 +281,99 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_config):
   np.testing.assert_allclose(ev16["train_loss"], ev32["train_loss"], rtol=0.03)
   np.testing.assert_allclose(ev16["train_acc"], ev32["train_acc"], atol=0.03)
   assert not np.array_equal(ev16["train_loss"], ev32["train_loss"])  # bf16 really ran
+
+
+def _numpy_ece(confidence, correct, num_bins=15):
+  """Expected calibration error: bins (i/K, (i+1)/K], |accuracy - confidence| by count."""
+  edges = np.linspace(0, 1, num_bins + 1)
+  which = np.digitize(confidence, edges[1:-1], right=True)
+  ece, bins = 0.0, []
+  for b in range(num_bins):
+    inside = which == b
+    if inside.any():
+      ece += abs(correct[inside].mean() - confidence[inside].mean()) * inside.sum()
+    bins.append([confidence[inside].mean() if inside.any() else np.nan,
+                 correct[inside].mean() if inside.any() else np.nan, inside.sum()])
+  return ece / len(confidence), np.asarray(bins)
+
+
+def test_calibration_error_matches_numpy():
+  """The device's binned sums and ECE against a direct numpy computation, on hand-made
+  probabilities (confidence 1.0 and padding examples included)."""
+  rng = np.random.default_rng(0)
+  prob = rng.dirichlet(np.full(10, 0.3), size=(3, 200))
+  prob[0, :5] = np.eye(10)[:5]  # confidence exactly 1
+  labels = rng.integers(0, 10, size=(3, 200))
+  confidence = prob.max(-1)
+  correct = (prob.argmax(-1) == labels).astype(np.float64)
+  weight = np.ones((3, 200))
+  weight[:, -20:] = 0  # padding: counted nowhere
+  bins = step.calibration_bins(jnp.asarray(confidence, jnp.float32),
+                               jnp.asarray(correct, jnp.float32), jnp.asarray(weight))
+  ece = np.asarray(step.expected_calibration_error(bins))
+  for r in range(3):
+    expected, expected_bins = _numpy_ece(confidence[r, :-20], correct[r, :-20])
+    np.testing.assert_allclose(ece[r], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bins[r, :, 0]), expected_bins[:, 2])
+    np.testing.assert_allclose(np.asarray(bins[r, :, 2]), np.nan_to_num(
+        expected_bins[:, 1] * expected_bins[:, 2]), atol=1e-5)
+  assert ece.min() > 0.05  # far from calibrated: the test can fail
+
+
+def test_noisy_clean_accuracies_and_ece_match_a_host_recomputation(tiny_config, tmp_path):
+  """A run's last rows against the checkpoint's models applied on the host: train accuracy
+  on the clean and the corrupted examples (against both labels), the test ECE and its bins;
+  replicas without corrupted labels have null noisy fields."""
+  train.run(tiny_config, tmp_path, progress=False)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  ck = checkpoint.load(tmp_path)
+  last = {row["replica"]: row for row in rows if row["step"] == ck["step"]}
+  assert ck["step"] == summary["steps_run"] and len(last) == 7
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  dataset = data.load("digits").subset(256, 128)
+  _, d, reps, _, _ = train.build(config, replicas, dataset)
+  module = models.get(config.model).build(dataset.num_classes)
+  true = np.asarray(dataset.train_labels)
+  checked = 0
+  for i, r in enumerate(replicas):
+    row, rep_summary = last[i], summary["replicas"][i]
+    for key in ("train_acc_clean", "train_acc_noisy", "train_acc_noisy_vs_true", "test_ece"):
+      assert key in row
+    if r.kind != "labels" or r.corruption == 0:
+      assert row["train_acc_noisy"] is None and row["train_acc_noisy_vs_true"] is None
+      assert row["train_acc_clean"] == pytest.approx(row["train_acc"])
+    if r.kind != "labels":
+      continue
+    rep = jax.tree.map(lambda a: a[i], reps)
+    params = jax.tree.map(lambda a: a[i], ck["params"])
+    apply = jax.jit(lambda p, images, split: module.apply(
+        {"params": p}, data.whiten(randomize.randomize_inputs(
+            "labels", rep.rand_key, data.scale(images), jnp.arange(images.shape[0]), split,
+            rep.shared_perm, d.gauss_mean, d.gauss_std)), train=False), static_argnums=2)
+    pred = np.asarray(apply(params, d.train_images, randomize.TRAIN)).argmax(-1)
+    labels = np.asarray(rep.labels)
+    noisy = labels != true
+    assert noisy.any() == (r.corruption > 0)
+    np.testing.assert_allclose(row["train_acc_clean"], (pred == labels)[~noisy].mean(),
+                               atol=1e-6)
+    if noisy.any():
+      np.testing.assert_allclose(row["train_acc_noisy"], (pred == labels)[noisy].mean(),
+                                 atol=1e-6)
+      np.testing.assert_allclose(row["train_acc_noisy_vs_true"], (pred == true)[noisy].mean(),
+                                 atol=1e-6)
+      # Memorizing the corrupted labels, not predicting the true ones.
+      assert row["train_acc_noisy"] != pytest.approx(row["train_acc_noisy_vs_true"])
+    logits = np.asarray(apply(params, d.test_images, randomize.TEST), np.float64)
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    correct = (logits.argmax(-1) == np.asarray(d.test_labels)).astype(np.float64)
+    ece, bins = _numpy_ece(prob.max(-1), correct)
+    np.testing.assert_allclose(row["test_ece"], ece, rtol=1e-4, atol=1e-5)
+    assert rep_summary["test_ece"] == pytest.approx(row["test_ece"])
+    got = np.asarray([[np.nan if v is None else v for v in b]
+                      for b in rep_summary["test_reliability"]])
+    np.testing.assert_allclose(got, bins, rtol=1e-4, atol=1e-5)
+    checked += 1
+  assert checked == 4

@@ -108,7 +108,7 @@ class _Tracker:
 def test_progress_off_a_terminal_is_a_plain_line_every_few_evaluations(tiny_config):
   tiny_config.max_steps, tiny_config.eval_every = 4000, 100  # 40 evaluations: every 2nd
   out = io.StringIO()
-  show = progress_lib.Progress(tiny_config, 7, 0, stream=out)
+  show = progress_lib.Progress(tiny_config, 7, stream=out)
   for i, step in enumerate(range(0, 1100, 100)):
     show.update(step, _Tracker(min(i, 7), 0.5 + i / 100), final=step == 1000)
   show.close()
@@ -125,7 +125,7 @@ def test_progress_on_a_terminal_counts_replicas_fitted(tiny_config):
       return True
 
   out = Terminal()
-  show = progress_lib.Progress(tiny_config, 7, 0, stream=out)
+  show = progress_lib.Progress(tiny_config, 7, stream=out)
   show.update(20, _Tracker(3, 0.9))
   show.update(40, _Tracker(7, 1.0), final=True)
   show.close()

@@ -164,7 +164,8 @@ class FitTracker:
 
   def record(self, step: int, ev: dict, lr) -> list[dict]:
     """Takes an evaluation of every replica and each one's learning rate at ``step``
-    (after the schedule); returns its metrics rows."""
+    (after the schedule); returns its metrics rows. Fields with more than a number per
+    replica (``test_reliability``'s bins) go to the summary only."""
     lr = np.broadcast_to(np.asarray(lr, np.float64), (len(self.replicas),))
     # Per-replica arrays may be longer than the grid (inert padding replicas): drop those.
     self.last = {k: np.asarray(v)[:len(self.replicas)] for k, v in ev.items()}
@@ -173,7 +174,7 @@ class FitTracker:
       if self.fit_step[i] is None and ev["train_acc"][i] >= self.fit_threshold:
         self.fit_step[i], self.fit_test_acc[i] = step, float(ev["test_acc"][i])
       rows.append(dict(step=step, epoch=self.epoch(step), **_coordinates(r),
-                       **{k: v[i] for k, v in self.last.items()},
+                       **{k: v[i] for k, v in self.last.items() if v.ndim == 1},
                        batch_loss=self.batch_loss[i], lr=float(lr[i])))
     self.last_rows = _plain(rows)
     return rows
@@ -253,7 +254,14 @@ class FitTracker:
           fit_epoch=None if fs is None else self.epoch(fs), fit_test_acc=self.fit_test_acc[i],
           final_train_acc=last.get("train_acc"), final_test_acc=last.get("test_acc"),
           final_train_loss=last.get("train_loss"), final_test_loss=last.get("test_loss"),
-          test_confidence=last.get("test_confidence"), test_entropy=last.get("test_entropy")))
+          test_confidence=last.get("test_confidence"), test_ece=last.get("test_ece"),
+          test_entropy=last.get("test_entropy"),
+          final_train_acc_clean=last.get("train_acc_clean"),
+          final_train_acc_noisy=last.get("train_acc_noisy"),
+          final_train_acc_noisy_vs_true=last.get("train_acc_noisy_vs_true"),
+          # Per confidence bin: [mean confidence, accuracy, count].
+          test_reliability=(None if "test_reliability" not in last
+                            else np.asarray(last["test_reliability"]).tolist())))
     return _plain(dict(self.header, status=status, steps_run=step,
                        wall_seconds=round(self.seconds_before + seconds, 2),
                        timing=self.timing_summary(), replicas=out))

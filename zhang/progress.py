@@ -19,8 +19,7 @@ LINES = 20  # plain lines for a run that goes to max_steps
 
 class Progress:
 
-  def __init__(self, config, num_replicas: int, step: int, enabled: bool = True,
-               stream=None):
+  def __init__(self, config, num_replicas: int, enabled: bool = True, stream=None):
     self.stream = stream or sys.stderr
     self.max_steps = config.max_steps
     self.num_replicas = num_replicas

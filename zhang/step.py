@@ -42,6 +42,7 @@ class ReplicaConstants(NamedTuple):
   order_key: jax.Array  # batch order
   rand_key: jax.Array  # randomization (and augmentation)
   labels: jax.Array  # int32 (N_train,), the replica's (possibly corrupted) training labels
+  true_labels: jax.Array  # int32 (N_train,), the dataset's: where ``labels`` differs, noisy
   shared_perm: jax.Array  # int32 (H*W,), the shuffled-pixels permutation
   learning_rate: jax.Array  # float32 (), before the schedule
   weight_decay: jax.Array  # float32 ()
@@ -182,12 +183,35 @@ def train_step(apply: Callable, s: StepSettings, state: TrainState, x, y, learni
   return TrainState(params, batch_stats, opt_state), loss
 
 
+ECE_BINS = 15  # equal-width bins of max-softmax confidence for the calibration error
+
+
+def calibration_bins(confidence, correct, weight, num_bins: int = ECE_BINS):
+  """Per-bin sums (count, confidence, correct) over the last axis, (..., num_bins, 3):
+  bin i holds confidences in (i/num_bins, (i+1)/num_bins] (0 in the first); ``weight``
+  counts each example (0 for padding)."""
+  bin_index = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+  onehot = jax.nn.one_hot(bin_index, num_bins, dtype=jnp.float32) * weight[..., None]
+  values = jnp.stack([jnp.ones_like(confidence), confidence, correct], -1)
+  return jnp.einsum("...ek,...ev->...kv", onehot, values.astype(jnp.float32))
+
+
+def expected_calibration_error(bins):
+  """ECE from ``calibration_bins``' sums, (..., num_bins, 3) -> (...): the count-weighted
+  mean over bins of |bin accuracy - bin mean confidence|."""
+  count, conf, correct = bins[..., 0], bins[..., 1], bins[..., 2]
+  return jnp.sum(jnp.abs(correct - conf), -1) / jnp.maximum(jnp.sum(count, -1), 1.0)
+
+
 def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaConstants,
                d: DeviceDataset, b, train_batches: int, eb: int):
   """Batch ``b`` of the evaluation (the train split's batches, then the test split's):
-  per replica the sums over its valid examples of loss, accuracy, max-softmax confidence
-  and entropy, (4, R). One loop runs both splits, so the model and each randomization are
-  compiled once, not once per split."""
+  per replica the sums over its valid examples of loss, accuracy, max-softmax confidence,
+  entropy, and of the train split's noisy examples (label changed by the corruption), their
+  correct predictions and those correct against the true label, (7, R); and the
+  confidence bins (``calibration_bins``, zero on train batches), (R, ECE_BINS, 3). One loop
+  runs both splits, so the model and each randomization are compiled once, not once per
+  split."""
   n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
   is_test = b >= train_batches
   n = jnp.where(is_test, n_test, n_train)
@@ -203,17 +227,26 @@ def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaCons
     train_u8 = train_u8[:, top:top + h, left:left + w]
   x_u8 = jnp.where(is_test, d.test_images[i_test], train_u8)
   y = jnp.where(is_test, d.test_labels[i_test][None], reps.labels[:, i_train])  # (R, eb)
+  y_true = jnp.where(is_test, d.test_labels[i_test][None], reps.true_labels[:, i_train])
   split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
   logits = grid_logits(states, grid_inputs(s, reps, d, x_u8, idx, split))
   logp = jax.nn.log_softmax(logits)
   prob = jnp.exp(logp)
+  pred = jnp.argmax(logits, -1)
+  correct = (pred == y).astype(jnp.float32)
+  confidence = jnp.max(prob, -1)
+  noisy = (y != y_true).astype(jnp.float32)  # never on test batches
   per_example = jnp.stack([
       -jnp.take_along_axis(logp, y[..., None], -1)[..., 0],
-      (jnp.argmax(logits, -1) == y).astype(jnp.float32),
-      jnp.max(prob, -1),
+      correct,
+      confidence,
       -jnp.sum(prob * logp, -1),
-  ])  # (4, R, eb)
-  return jnp.sum(per_example * valid, axis=-1)
+      noisy,
+      noisy * correct,
+      noisy * (pred == y_true).astype(jnp.float32),
+  ])  # (7, R, eb)
+  bins = calibration_bins(confidence, correct, valid * is_test.astype(jnp.float32))
+  return jnp.sum(per_example * valid, axis=-1), bins
 
 
 def over_grid(plan: Plan, mesh, fn: Callable, replicated: tuple = ()) -> Callable:
@@ -312,18 +345,33 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
   @eval_jit
   def evaluate(states, reps: ReplicaConstants, d: DeviceDataset):
     """Mean loss, accuracy, max-softmax confidence and entropy of every replica on its
-    training set and the test set."""
+    training set and the test set; train accuracy on the noisy examples (against their
+    corrupted and their true labels) and on the clean ones (NaN without such examples); the
+    test set's calibration error and its bins (R, ECE_BINS, 3: mean confidence, accuracy,
+    count)."""
     n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
     eb = min(s.eval_batch_size, max(n_train, n_test))
     train_batches = -(-n_train // eb)
     num_batches = train_batches + -(-n_test // eb)
-    sums = jax.lax.map(lambda b: eval_batch(grid_logits, s, states, reps, d, b,
-                                            train_batches, eb),
-                       jnp.arange(num_batches))  # (batches, 4, R)
-    train = jnp.sum(sums[:train_batches], axis=0) / n_train
+    sums, bins = jax.lax.map(lambda b: eval_batch(grid_logits, s, states, reps, d, b,
+                                                  train_batches, eb),
+                             jnp.arange(num_batches))  # (batches, 7, R), (batches, R, K, 3)
+    train_sums = jnp.sum(sums[:train_batches], axis=0)
+    train = train_sums / n_train
     test = jnp.sum(sums[train_batches:], axis=0) / n_test
     out = {"train_loss": train[0], "train_acc": train[1]}
+    n_noisy, correct_noisy, true_noisy = train_sums[4], train_sums[5], train_sums[6]
+    n_clean = n_train - n_noisy
+    ratio = lambda a, n: jnp.where(n > 0, a / jnp.maximum(n, 1.0), jnp.nan)
+    out["train_acc_clean"] = ratio(train_sums[1] - correct_noisy, n_clean)
+    out["train_acc_noisy"] = ratio(correct_noisy, n_noisy)
+    out["train_acc_noisy_vs_true"] = ratio(true_noisy, n_noisy)
     out.update({f"test_{k}": v for k, v in zip(("loss", "acc", "confidence", "entropy"), test)})
+    bins = jnp.sum(bins, axis=0)  # (R, K, 3): count, confidence sum, correct sum
+    out["test_ece"] = expected_calibration_error(bins)
+    count = bins[..., 0]
+    mean = lambda a: jnp.where(count > 0, a / jnp.maximum(count, 1.0), jnp.nan)
+    out["test_reliability"] = jnp.stack([mean(bins[..., 1]), mean(bins[..., 2]), count], -1)
     return out
 
   init = functools.partial(init_state, module, s)

@@ -102,7 +102,9 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding)
         rand, true, p, dataset.num_classes).astype(jnp.int32)
     perms = jax.vmap(randomize.shared_permutation, (0, None))(rand, h * w).astype(jnp.int32)
     noise = jnp.mean(labels != true[None], axis=1)
-    return init, step_lib.ReplicaConstants(order, rand, labels, perms, *hyper), noise
+    true_labels = jnp.broadcast_to(true.astype(jnp.int32)[None], labels.shape)
+    return init, step_lib.ReplicaConstants(order, rand, labels, true_labels, perms,
+                                           *hyper), noise
 
   replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
   return jax.jit(make, out_shardings=(sharding, sharding, replicated))(
@@ -273,7 +275,7 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
   if restored and primary:
     _check_rows(writer, tracker, config, replicas, saved_step)
 
-  show = progress_lib.Progress(config, len(replicas), step, enabled=progress and primary)
+  show = progress_lib.Progress(config, len(replicas), enabled=progress and primary)
   # Each replica's minibatch losses since the last evaluation, summed on the device step by
   # step (kept in checkpoints between evaluations), so calls of any length give the same bits.
   loss_sum = np.zeros(reps.labels.shape[:1], np.float32)

@@ -319,3 +319,75 @@ def confidence(replicas: pd.DataFrame, n_boot: int = 2000):
                f"{_partial_note(replicas)}\nconfidence above accuracy means confidently "
                f"wrong; entropy near ln {k} means uncertain", fontsize=11)
   return fig
+
+
+NOISY_FIELDS = ("train_acc_clean", "train_acc_noisy", "train_acc_noisy_vs_true")
+
+
+def has_noisy_fit(metrics: pd.DataFrame) -> bool:
+  """Whether the metrics hold the clean/noisy train accuracies of a corrupted replica."""
+  return (all(c in metrics for c in NOISY_FIELDS) and
+          bool(metrics.loc[metrics.kind == "labels", "train_acc_noisy"].notna().any()))
+
+
+def noisy_fit(metrics: pd.DataFrame):
+  """Train accuracy on the clean and the corrupted examples (against the corrupted and the
+  true labels) against steps, one panel per label corruption p > 0, mean over replicas."""
+  dataset = require_one_dataset(metrics)
+  m = metrics[(metrics.kind == "labels") & (metrics.corruption > 0)
+              & metrics.train_acc_noisy.notna()]
+  levels = sorted(m.corruption.unique())
+  fig, axes = _figure(len(levels), sharey=True)
+  styles = {"train_acc_clean": ("#1f77b4", "-", "clean examples"),
+            "train_acc_noisy": ("#d62728", "-", "corrupted examples, their new label"),
+            "train_acc_noisy_vs_true": ("#d62728", ":", "corrupted examples, the true label")}
+  for ax, p in zip(axes, levels):
+    curves = m[m.corruption == p].groupby("step")[list(NOISY_FIELDS)].mean()
+    for field, (color, ls, label) in styles.items():
+      ax.plot(curves.index, 100 * curves[field], ls=ls, color=color, lw=1.5, label=label)
+    ax.set_title(f"label corruption p = {p:g}", fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 102)
+  axes[0].set_ylabel("train accuracy (%)")
+  axes[0].legend(loc="best", fontsize=8, frameon=False)
+  fig.suptitle(f"Memorization on {dataset}: clean examples fit first, then the corrupted "
+               f"ones{_partial_note(metrics)}", fontsize=11)
+  return fig
+
+
+def has_reliability(table: pd.DataFrame) -> bool:
+  """Whether a table of replicas (``reliability_table``) holds reliability bins."""
+  return not table.empty and bool(table.test_reliability.notna().any())
+
+
+def reliability(table: pd.DataFrame):
+  """Reliability diagram of the final evaluation, one panel per label corruption: each
+  confidence bin's test accuracy against its mean confidence, bins pooled over replicas.
+  ``table``: one row per replica with dataset, kind, corruption, test_reliability (a list of
+  [mean confidence, accuracy, count] per bin)."""
+  dataset = require_one_dataset(table)
+  t = table[(table.kind == "labels") & table.test_reliability.notna()]
+  levels = sorted(t.corruption.unique())
+  fig, axes = _figure(len(levels), sharey=True)
+  for ax, p in zip(axes, levels):
+    bins = np.stack([np.asarray(b, np.float64) for b in t[t.corruption == p].test_reliability])
+    bins = np.nan_to_num(bins)  # empty bins: count 0
+    count = bins[..., 2].sum(0)
+    conf = (bins[..., 0] * bins[..., 2]).sum(0) / np.maximum(count, 1)
+    acc = (bins[..., 1] * bins[..., 2]).sum(0) / np.maximum(count, 1)
+    ece = float(np.sum(np.abs(acc - conf) * count) / max(count.sum(), 1))
+    k = len(count)
+    keep = count > 0
+    ax.bar((np.arange(k) + 0.5)[keep] / k, acc[keep], width=1 / k, color="#1f77b4",
+           edgecolor="white", alpha=0.8, label="accuracy")
+    ax.plot(conf[keep], acc[keep], "o", color="#d62728", ms=3, label="(mean confidence, acc.)")
+    ax.plot([0, 1], [0, 1], ":", color="black", lw=1, label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"p = {p:g}: ECE {ece:.3f}", fontsize=10)
+    ax.set_xlabel("test confidence (max softmax)")
+  axes[0].set_ylabel("test accuracy")
+  axes[0].legend(loc="upper left", fontsize=8, frameon=False)
+  fig.suptitle(f"Reliability on {dataset}'s test set, final evaluation "
+               f"({len(count)} confidence bins, pooled over seeds)", fontsize=11)
+  return fig
