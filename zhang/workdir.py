@@ -33,14 +33,11 @@ from etils import epath
 
 from zhang import storage
 from zhang.errors import UsageError
+from zhang.metrics import is_local
 
 LOCK, LIBRARY_LOG = "lock", "library.log"
 # Loggers of the libraries a run uses; their records go to library.log during a run.
 LIBRARY_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "etils", "jax._src.distributed")
-
-
-def is_local(path) -> bool:
-  return "://" not in os.fspath(path)
 
 
 def check_writable(workdir: epath.Path) -> None:
