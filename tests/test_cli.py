@@ -40,7 +40,8 @@ DIGITS = "configs/digits.py"
     (["--config.grid=[dict(kinds=['labels'], corruptions=[0.0], seeds=[0], "
       "learning_rates=[1e999])]"], "grid learning rate=inf must be a positive finite"),
     (["--config.weight_decay=-1e-4"], "weight_decay=-0.0001 must be a finite number >= 0"),
-    (["--config.augmentation=mixup"], "unknown augmentation 'mixup': choose one of none"),
+    (["--config.augmentation=mixup"], "unknown augmentation 'mixup' in 'mixup': choose one of "
+     "none, crop, flip, color"),
     (["--config.grid=[dict(kinds=['labels'], corruptions=[0.0], seeds=[0], "
       "learning_rates=[0.01, 0.0])]"], "grid learning rate=0.0 must be a positive finite"),
     (["--config.grid=[dict(kinds=['labels'], corruptions=[0.0], seeds=[0], "
@@ -48,7 +49,7 @@ DIGITS = "configs/digits.py"
     (["--config.grid=[dict(kinds=['labels'], corruptions=[0.0], seeds=[0], "
       "weight_decays=[-1.0])]"], "grid weight decay=-1.0 must be a finite number >= 0"),
     (["--config.grid=[dict(kinds=['labels'], corruptions=[0.0], seeds=[0], "
-      "augmentations=['crop'])]"], "unknown augmentation 'crop'"),
+      "augmentations=['crop+cutout'])]"], "unknown augmentation 'cutout' in 'crop+cutout'"),
     (["--config.grid=[dict(kinds=['labels'], corruptions=[0.0], seeds=[0], lr=[0.1])]"],
      "grid entry field(s) lr unknown"),
     (["--data_dir", "/nonexistent/folder", "--set", "dataset='fashion_mnist'"],
