@@ -318,6 +318,8 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
         stop = min(_next_multiple(step, config.eval_every),
                    _next_multiple(step, config.checkpoint_every), config.max_steps)
         n = sizer.steps(stop - step)
+        if jax.process_count() > 1:  # every process must run the same calls: process 0's pace
+          n = int(multihost_utils.broadcast_one_to_all(np.asarray(n, np.int32)))
         t0 = time.perf_counter()
         states, loss_sum = program.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
                                                jnp.asarray(n, jnp.int32), loss_sum)
