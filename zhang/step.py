@@ -42,7 +42,6 @@ class ReplicaConstants(NamedTuple):
   order_key: jax.Array  # batch order
   rand_key: jax.Array  # randomization (and augmentation)
   labels: jax.Array  # int32 (N_train,), the replica's (possibly corrupted) training labels
-  true_labels: jax.Array  # int32 (N_train,), the dataset's: where ``labels`` differs, noisy
   shared_perm: jax.Array  # int32 (H*W,), the shuffled-pixels permutation
   learning_rate: jax.Array  # float32 (), before the schedule
   weight_decay: jax.Array  # float32 ()
@@ -56,6 +55,7 @@ class DeviceDataset(NamedTuple):
   train_images: jax.Array
   test_images: jax.Array  # uint8, centre-cropped: its (H, W) is the model's input's
   test_labels: jax.Array  # int32, never corrupted
+  train_labels: jax.Array  # int32, the dataset's: where a replica's labels differ, noisy
   gauss_mean: jax.Array  # float32 (C,)
   gauss_std: jax.Array
 
@@ -227,7 +227,7 @@ def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaCons
     train_u8 = train_u8[:, top:top + h, left:left + w]
   x_u8 = jnp.where(is_test, d.test_images[i_test], train_u8)
   y = jnp.where(is_test, d.test_labels[i_test][None], reps.labels[:, i_train])  # (R, eb)
-  y_true = jnp.where(is_test, d.test_labels[i_test][None], reps.true_labels[:, i_train])
+  y_true = jnp.where(is_test, d.test_labels[i_test], d.train_labels[i_train])[None]
   split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
   logits = grid_logits(states, grid_inputs(s, reps, d, x_u8, idx, split))
   logp = jax.nn.log_softmax(logits)

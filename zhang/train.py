@@ -102,9 +102,7 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding)
         rand, true, p, dataset.num_classes).astype(jnp.int32)
     perms = jax.vmap(randomize.shared_permutation, (0, None))(rand, h * w).astype(jnp.int32)
     noise = jnp.mean(labels != true[None], axis=1)
-    true_labels = jnp.broadcast_to(true.astype(jnp.int32)[None], labels.shape)
-    return init, step_lib.ReplicaConstants(order, rand, labels, true_labels, perms,
-                                           *hyper), noise
+    return init, step_lib.ReplicaConstants(order, rand, labels, perms, *hyper), noise
 
   replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
   return jax.jit(make, out_shardings=(sharding, sharding, replicated))(
@@ -119,7 +117,8 @@ def device_data(dataset, sharding, crops: bool = False) -> step_lib.DeviceDatase
   mean, std = randomize.channel_stats(train)
   if crops:
     train = dataset.train_images
-  arrays = (train, data_lib.paper_crop(dataset.test_images), dataset.test_labels, mean, std)
+  arrays = (train, data_lib.paper_crop(dataset.test_images), dataset.test_labels,
+            np.asarray(dataset.train_labels, np.int32), mean, std)
   return step_lib.DeviceDataset(*(mesh_lib.put(a, sharding) for a in arrays))
 
 
