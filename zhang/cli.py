@@ -13,7 +13,7 @@ import sys
 from zhang.errors import RunError, UsageError
 
 # Modules that add their own sub-command with ``register(subparsers)``.
-_PLUGINS = ("zhang.kernel_cli", "zhang.analysis.cli")
+_PLUGINS = ("zhang.kernel_cli", "zhang.analysis.cli", "zhang.ntk_cli", "zhang.llc_cli")
 
 
 def _train(args) -> int:
@@ -34,6 +34,24 @@ def _train(args) -> int:
   if (summary["status"] == "preempted" or summary.get("already_complete")
       or jax.process_index() != 0):
     return 0
+  if summary.get("study"):
+    for model in summary["models"]:
+      run = summary["runs"][model]
+      print(f"\n{model} ({workdir}/{model}/):")
+      print_run(dict(run, replicas=[r for r in summary["replicas"] if r["model"] == model]),
+                config_lib.resolve(config_lib.for_model(config, model)))
+    print(f"\nResults in {workdir}/: one run per model (MODEL/config.json, metrics.jsonl, "
+          f"summary.json), and summary.json with every model's replicas ({len(summary['replicas'])}, "
+          f"{summary['wall_seconds']:.0f} s in all). zhang report {workdir} reads the study.")
+    return 0
+  print_run(summary, config_lib.resolve(config))
+  print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
+        f"summary.json (fit steps, final accuracies).")
+  return 0
+
+
+def print_run(summary: dict, config) -> None:
+  """A run's replicas as a table, where its time went, and a note on a decayed rate."""
   reps = summary["replicas"]
   fitted = sum(r["fit_step"] is not None for r in reps)
   print(f"{fitted}/{len(reps)} replicas fitted their training set in {summary['steps_run']} "
@@ -52,12 +70,9 @@ def _train(args) -> int:
                     for key, _, width in extra)
           + f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>7.4f} "
           f"{r['final_test_acc']:>6.3f} {r['test_confidence']:>5.2f}")
-  for line in (timing_line(summary), decay_note(summary, config_lib.resolve(config))):
+  for line in (timing_line(summary), decay_note(summary, config)):
     if line:
       print(line)
-  print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
-        f"summary.json (fit steps, final accuracies).")
-  return 0
 
 
 HYPER_COLUMNS = (("learning_rate", "lr", 7), ("weight_decay", "wd", 7),

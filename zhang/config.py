@@ -28,6 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field a training config has, with the paper's defaults (CIFAR-10 schedule)."""
   c = ml_collections.ConfigDict()
   c.model = "inception_small"
+  # A study: several models, each its own compiled program over its grid (a grid entry's
+  # `models` list restricts it to some of them), run one after another into WORKDIR/MODEL.
+  # [] = the one `model`.
+  c.models = []
   c.dataset = "cifar10"
   c.data_dir = ""  # IDX folder or tfds data_dir (a gs:// path on TPU VMs); "" = defaults
   c.n_train = 0  # use the first n training examples; 0 = all
@@ -170,6 +174,7 @@ FIELD_EXAMPLES = {
     "max_steps": "2000", "eval_every": "500", "eval_batch_size": "1000",
     "fit_threshold": "1.0", "checkpoint_every": "2000", "keep_checkpoints": "3",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
+    "models": "\"['mlp_1x512', 'mlp_3x512']\"",
     "mesh_shape": "'(-1, 1)'"}
 
 
@@ -236,7 +241,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fills fields derived from others (the learning rate) and validates."""
   validate(config)
   config = ml_collections.ConfigDict(config.to_dict())
-  if config.learning_rate is None:
+  if config.learning_rate is None and not is_study(config):
     config.learning_rate = models.get(config.model).learning_rate
   return config
 
@@ -244,6 +249,67 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def to_json_dict(config: ml_collections.ConfigDict) -> dict:
   """The config as plain JSON types (what ``config.json`` holds)."""
   return json.loads(config.to_json())
+
+
+# Fields added after runs had been written: at their default they are left out of a config's
+# identity (the hash its checkpoints and summary carry), so those runs still resume.
+LATER_FIELDS = ("models",)
+
+
+def identity(config: ml_collections.ConfigDict) -> dict:
+  """The config as JSON without ``LATER_FIELDS`` at their defaults: what its hash is of."""
+  d, base = to_json_dict(config), to_json_dict(base_config())
+  return {k: v for k, v in d.items() if not (k in LATER_FIELDS and v == base[k])}
+
+
+# --------------------------------------------------------------------------- studies
+
+def is_study(config: ml_collections.ConfigDict) -> bool:
+  return bool(config.get("models"))
+
+
+def for_model(config: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
+  """A study's run of one model: the config with ``model`` set, no ``models``, and the grid
+  entries that apply to the model (without their ``models`` lists). It is a plain run's
+  config, the same as training that model alone."""
+  sub = ml_collections.ConfigDict(to_json_dict(config))
+  sub.model = model
+  sub.models = []
+  sub.grid = [{k: v for k, v in dict(e).items() if k != "models"}
+              for e in config.grid if model in _entry_models(e, model)]
+  return sub
+
+
+def _entry_models(entry, default: str) -> list:
+  models_ = dict(entry).get("models", [default])
+  _require(isinstance(models_, (list, tuple)) and len(models_) > 0,
+           f"grid entry field models={models_!r} must be a non-empty list of model names")
+  for name in models_:
+    models.get(name)
+  return list(models_)
+
+
+def check_study(c: ml_collections.ConfigDict) -> None:
+  """A study's models exist, appear once, and each has a grid entry; every grid entry's
+  ``models`` are among them."""
+  names = c.models
+  _require(isinstance(names, (list, tuple)) and all(isinstance(m, str) for m in names),
+           f"models={names!r} must be a list of model names", "models")
+  for name in names:
+    models.get(name)
+  twice = sorted({m for m in names if list(names).count(m) > 1})
+  _require(not twice, f"models lists {', '.join(twice)} more than once: name each model once")
+  for entry in c.grid if isinstance(c.grid, (list, tuple)) else []:
+    if hasattr(entry, "keys") and "models" in entry:
+      outside = [m for m in _entry_models(entry, names[0]) if m not in names]
+      _require(not outside, f"grid entry {dict(entry)} names model(s) "
+               f"{', '.join(outside)} that the study's models ({', '.join(names)}) lack: "
+               f"add them to models or remove them from the entry")
+  for name in names:
+    sub = for_model(c, name)
+    _require(len(sub.grid) > 0, f"no grid entry applies to model {name}: give it an entry "
+             f"(an entry without `models` applies to every model)")
+    validate(sub)
 
 
 # --------------------------------------------------------------------------- validation
@@ -305,6 +371,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   missing = known - set(c.keys())
   _require(not missing, f"config lacks field(s) {', '.join(sorted(missing))}: "
            f"start from zhang.config.base_config()")
+  if is_study(c):
+    check_study(c)
+    return
   models.get(c.model)
   data.check_name(c.dataset)
   _check_choice("compute_dtype", c.compute_dtype)
@@ -351,6 +420,7 @@ class Replica:
   learning_rate: float
   weight_decay: float
   augmentation: str = "none"
+  model: str = ""
 
 
 def _axis(entry: dict, name: str, default) -> list:
@@ -373,9 +443,12 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
     _require(isinstance(entry, dict) or hasattr(entry, "keys"),
              f"grid entry {entry!r} must be a dict(kinds=[...], corruptions=[...], seeds=[...])")
     entry = dict(entry)
+    if c.model not in _entry_models(entry, c.model):
+      continue  # an entry of a study's other models
+    entry.pop("models", None)
     unknown = set(entry) - set(AXES)
     _require(not unknown, f"grid entry field(s) {', '.join(sorted(unknown))} unknown: an "
-             f"entry takes {', '.join(AXES)}")
+             f"entry takes {', '.join(AXES)} (and models, in a study)")
     lacking = {"kinds", "corruptions", "seeds"} - set(entry)
     _require(not lacking, f"grid entry {entry} lacks {', '.join(sorted(lacking))}: kinds, "
              f"corruptions and seeds are required")
@@ -406,7 +479,9 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
                f"learning rate={rate}, weight decay={wd}, augmentation={aug} appears twice "
                f"in the grid: remove the duplicate")
       seen.add(key)
-      replicas.append(Replica(len(replicas), *key))
+      replicas.append(Replica(len(replicas), *key, model=c.model))
+  _require(len(replicas) > 0, f"no grid entry applies to model {c.model}: give it an entry "
+           f"(an entry without `models` applies to every model)")
   # Replicas of one kind sit next to each other, so each kind's input randomization is
   # compiled once for its group (see zhang/step.py); within a kind, grid order is kept.
   replicas.sort(key=lambda r: randomize.KINDS.index(r.kind))

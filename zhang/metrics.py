@@ -123,7 +123,7 @@ class Writer:
 
 def _coordinates(r) -> dict:
   """A replica's place in the grid, as every row and summary entry names it."""
-  return dict(replica=r.index, kind=r.kind, corruption=r.corruption, seed=r.seed,
+  return dict(replica=r.index, model=r.model, kind=r.kind, corruption=r.corruption, seed=r.seed,
               learning_rate=r.learning_rate, weight_decay=r.weight_decay,
               augmentation=r.augmentation)
 

@@ -36,9 +36,11 @@ from zhang import workdir as workdir_lib
 from zhang.errors import UsageError
 
 
-def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False):
+def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False,
+            dataset=None):
   """Everything that can fail on user input, before any compilation or file write.
 
+  ``dataset``: the config's dataset, already loaded and subset (a study loads it once).
   Returns (resolved config, replicas, dataset).
   """
   workdir = metrics_lib.workdir_path(workdir)
@@ -47,11 +49,17 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False):
   plan_lib.parse(os.environ.get(plan_lib.ENV))  # a bad $ZHANG_PLAN, before any data
   workdir_lib.check_writable(workdir)
   check_workdir(workdir, config, restart)
-  dataset = data_lib.load(config.dataset, config.data_dir or None)
-  dataset = dataset.subset(config.n_train or None, config.n_test or None)
+  if dataset is None:
+    dataset = load_dataset(config)
   config_lib.check_against_data(config, len(dataset.train_labels))
   mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
   return config, replicas, dataset
+
+
+def load_dataset(config):
+  """The config's dataset, subset to ``n_train`` and ``n_test``."""
+  dataset = data_lib.load(config.dataset, config.data_dir or None)
+  return dataset.subset(config.n_train or None, config.n_test or None)
 
 
 def check_workdir(workdir, config, restart: bool) -> None:
@@ -162,7 +170,7 @@ def build(config, replicas, dataset, mesh=None, plan=None):
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
-        progress: bool = True, plan=None) -> dict:
+        progress: bool = True, plan=None, dataset=None) -> dict:
   """Trains the config's grid in ``workdir``; returns the summary (also in summary.json).
 
   Resumes from the workdir's latest good checkpoint when it holds one of the same config;
@@ -171,26 +179,15 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
   saves a checkpoint when the train call in flight ends (calls last about ``CALL_SECONDS``)
   and returns with ``status == "preempted"``.
   One process at a time trains in a workdir (``zhang.workdir.Lock``). ``plan``: the
-  execution plan's overrides (``choose_plan``); speed only.
+  execution plan's overrides (``choose_plan``); speed only. A study (``config.models``)
+  goes to ``run_study``. ``dataset``: the config's, already loaded (``load_dataset``).
   """
+  if config_lib.is_study(config):
+    return run_study(config, workdir, restart=restart, progress=progress, plan=plan)
   start = time.time()
   workdir = metrics_lib.workdir_path(workdir)
-  config, replicas, dataset = prepare(config, workdir, restart)
-  primary = jax.process_index() == 0
-  lock = workdir_lib.Lock(workdir)
-  held = None
-  if primary:
-    try:
-      lock.acquire()
-    except UsageError as e:
-      held = e
-  if jax.process_count() > 1:  # every process stops when process 0 cannot take the lock
-    refused = multihost_utils.broadcast_one_to_all(np.asarray(held is not None))
-    if bool(refused) and held is None:
-      raise UsageError(f"process 0 could not take the lock of workdir {workdir} (its message "
-                       f"says which run holds it)")
-  if held is not None:
-    raise held
+  config, replicas, dataset = prepare(config, workdir, restart, dataset)
+  lock = _take_lock(workdir)
   try:
     with workdir_lib.library_log(workdir, jax.process_index()):
       finished = None if restart else _finished_summary(config, workdir)
@@ -199,6 +196,101 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
       return _train(config, replicas, dataset, workdir, restart, progress, plan, start)
   finally:
     lock.release()
+
+
+def _take_lock(workdir) -> workdir_lib.Lock:
+  """The workdir's lock, taken by process 0; every process stops when it cannot be."""
+  lock = workdir_lib.Lock(workdir)
+  held = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except UsageError as e:
+      held = e
+  if jax.process_count() > 1:
+    refused = multihost_utils.broadcast_one_to_all(np.asarray(held is not None))
+    if bool(refused) and held is None:
+      raise UsageError(f"process 0 could not take the lock of workdir {workdir} (its message "
+                       f"says which run holds it)")
+  if held is not None:
+    raise held
+  return lock
+
+
+def run_study(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
+              progress: bool = True, plan=None) -> dict:
+  """Trains a study: each of ``config.models`` is its own run (``config_lib.for_model``) in
+  ``WORKDIR/MODEL``, one after another, so a resumed study finishes what was left and skips
+  what is complete. Every model's config and sub-directory is checked before anything is
+  trained; the dataset is loaded once. ``WORKDIR/config.json`` holds the study's config and
+  ``WORKDIR/summary.json`` every model's replicas (each with its ``model``), rewritten after
+  each model. Returns that summary; its ``status`` is "preempted" as soon as one model's run
+  is, "complete" when all are."""
+  workdir = metrics_lib.workdir_path(workdir)
+  config_lib.validate(config)
+  names = list(config.models)
+  subs = {m: config_lib.for_model(config, m) for m in names}
+  plan_lib.parse(os.environ.get(plan_lib.ENV))
+  workdir_lib.check_writable(workdir)
+  check_workdir(workdir, config, restart)
+  for m in names:
+    check_workdir(workdir / m, config_lib.resolve(subs[m]), restart)
+  dataset = load_dataset(config)
+  for m in names:
+    config_lib.check_against_data(subs[m], len(dataset.train_labels))
+  mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
+  primary = jax.process_index() == 0
+  lock = _take_lock(workdir)
+  try:
+    if primary:
+      if restart:
+        _clear(workdir)
+        for m in names:
+          if (workdir / m).is_dir():
+            _clear(workdir / m)
+      workdir.mkdir(parents=True, exist_ok=True)
+      if not (workdir / metrics_lib.CONFIG).exists():  # else the same (check_workdir)
+        metrics_lib.write_json(workdir / metrics_lib.CONFIG, config_lib.to_json_dict(config))
+    _sync("study")
+    done: dict[str, dict] = {}
+    for m in names:
+      if primary:
+        print(f"zhang: study {workdir}: model {m} ({names.index(m) + 1}/{len(names)})",
+              file=sys.stderr)
+      done[m] = run(subs[m], workdir / m, progress=progress, plan=plan, dataset=dataset)
+      summary = study_summary(config, done)
+      unchanged = all(s.get("already_complete") for s in done.values())
+      if primary and not (unchanged and (workdir / metrics_lib.SUMMARY).exists()):
+        metrics_lib.write_json(workdir / metrics_lib.SUMMARY, summary)
+      if done[m]["status"] == "preempted":
+        break
+  finally:
+    lock.release()
+  if all(s.get("already_complete") for s in done.values()):
+    summary["already_complete"] = True
+  return summary
+
+
+def study_summary(config, done: dict[str, dict]) -> dict:
+  """A study's summary.json: its models' runs (``runs``: status, steps, seconds, timing)
+  and all their replicas, each with its ``model``."""
+  statuses = [s["status"] for s in done.values()]
+  if "preempted" in statuses:
+    status = "preempted"
+  elif len(done) == len(config.models) and all(s == "complete" for s in statuses):
+    status = "complete"
+  else:
+    status = "running"
+  first = next(iter(done.values()))
+  runs = {m: dict(dir=m, status=s["status"], steps_run=s["steps_run"],
+                  wall_seconds=s["wall_seconds"], num_params=s.get("num_params"),
+                  timing=s.get("timing"), config_hash=s.get("config_hash"))
+          for m, s in done.items()}
+  return dict(study=True, models=list(config.models), dataset=first.get("dataset"),
+              n_train=first.get("n_train"), n_test=first.get("n_test"),
+              num_classes=first.get("num_classes"), status=status,
+              wall_seconds=round(sum(s["wall_seconds"] for s in done.values()), 2), runs=runs,
+              replicas=[dict(r, model=m) for m, s in done.items() for r in s["replicas"]])
 
 
 def _finished_summary(config, workdir) -> dict | None:
@@ -219,7 +311,7 @@ def _finished_summary(config, workdir) -> dict | None:
     found = latest.latest_meta()
   finally:
     latest.close()
-  config_hash = checkpoint_lib.config_hash(config_lib.to_json_dict(config))
+  config_hash = checkpoint_lib.config_hash(config_lib.identity(config))
   if (found is None or found[0] != summary.get("steps_run")
       or found[1].get("config_hash") != config_hash
       or summary.get("config_hash") != config_hash):
@@ -253,7 +345,7 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
                   num_classes=dataset.num_classes,
                   steps_per_epoch=n_train // config.batch_size,
                   batch_size=config.batch_size, fit_threshold=config.fit_threshold,
-                  config_hash=checkpoint_lib.config_hash(config_dict),
+                  config_hash=checkpoint_lib.config_hash(config_lib.identity(config)),
                   # Where and how ``timing`` was measured (this process's machine).
                   backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
                   device_count=jax.device_count(), plan=str(program.plan)))

@@ -123,6 +123,33 @@ def is_run_dir(path: str | epath.Path) -> bool:
   return (path / "config.json").exists() and (path / "metrics.jsonl").exists()
 
 
+def study_models(path: str | epath.Path) -> list[str] | None:
+  """The models of the study in `path` (a `zhang train` workdir whose config names several
+  `models`, each a run in `path/MODEL`), or None when `path` is not a study."""
+  path = epath.Path(path)
+  if not (path / "config.json").exists() or (path / "metrics.jsonl").exists():
+    return None
+  config = _read_json(path / "config.json")
+  names = config.get("models") if isinstance(config, dict) else None
+  return list(names) if names else None
+
+
+def expand_studies(paths: Sequence[epath.Path]) -> list[epath.Path]:
+  """Each study in `paths` replaced by its models' runs (those that have started)."""
+  out = []
+  for path in paths:
+    names = study_models(path)
+    if names is None:
+      out.append(path)
+      continue
+    started = [path / m for m in names if is_run_dir(path / m)]
+    if not started:
+      raise UsageError(f"{path} is a study of {', '.join(names)} and none of their runs has "
+                       f"an evaluation yet; wait for the first one")
+    out += started
+  return out
+
+
 def _read_json(path: epath.Path) -> Any:
   try:
     return json.loads(path.read_text())
@@ -326,10 +353,11 @@ def _replica_table(run: Run, setups: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_runs(paths: str | epath.Path | Iterable[str | epath.Path]) -> Runs:
-  """Loads one or many run directories (local or gs://) into tidy tables."""
+  """Loads one or many run directories (local or gs://) into tidy tables. A study (a workdir
+  of several `models`) counts as its models' runs, named by model."""
   if isinstance(paths, (str, epath.Path)) or hasattr(paths, "__fspath__"):
     paths = [paths]
-  paths = [epath.Path(p) for p in paths]
+  paths = expand_studies([epath.Path(p) for p in paths])
   if not paths:
     raise UsageError("no run directories given")
   names = _unique_names(paths)

@@ -391,3 +391,86 @@ def reliability(table: pd.DataFrame):
   fig.suptitle(f"Reliability on {dataset}'s test set, final evaluation "
                f"({len(count)} confidence bins, pooled over seeds)", fontsize=11)
   return fig
+
+
+def _explicit(row) -> str:
+  """A replica's explicit regularizers in words ("no regularizer", "wd 0.0005, crop")."""
+  parts = []
+  if row.weight_decay > 0:
+    parts.append(f"weight decay {row.weight_decay:g}")
+  if row.augmentation != "none":
+    parts.append(f"augmentation {row.augmentation}")
+  return ", ".join(parts) or "no explicit regularizer"
+
+
+def has_model_pairs(metrics: pd.DataFrame) -> bool:
+  """Whether two or more models trained true labels with the same explicit regularizers."""
+  m = metrics[(metrics.kind == "labels") & (metrics.corruption == 0)]
+  return bool(len(m)) and bool(
+      (m.groupby(["weight_decay", "augmentation"]).model.nunique() >= 2).any())
+
+
+def fig2a(metrics: pd.DataFrame, max_panels: int = 4):
+  """Figure 2a-style: train (dashed) and test (solid) accuracy against steps on true labels,
+  one line per model (mean over seeds), one panel per combination of explicit regularizers
+  that two or more models share, so models (with and without batch norm, say) compare at
+  the same regularizers."""
+  dataset = require_one_dataset(metrics)
+  m = metrics[(metrics.kind == "labels") & (metrics.corruption == 0)]
+  shared = m.groupby(["weight_decay", "augmentation"]).model.nunique()
+  combos = sorted(shared[shared >= 2].index, key=lambda c: (c[0] > 0, c[1] != "none", c))
+  combos = combos[:max_panels]
+  fig, axes = _figure(len(combos), sharey=True)
+  models = sorted(m.model.unique())
+  colors = _setup_colors(models)
+  for ax, (wd, aug) in zip(axes, combos):
+    g = m[(m.weight_decay == wd) & (m.augmentation == aug)]
+    for model in models:
+      curves = g[g.model == model].groupby("step")[["train_acc", "test_acc"]].mean()
+      if curves.empty:
+        continue
+      ax.plot(curves.index, 100 * curves.test_acc, color=colors[model], lw=1.6,
+              label=f"{model} test")
+      ax.plot(curves.index, 100 * curves.train_acc, color=colors[model], lw=1, ls="--",
+              label=f"{model} train")
+    ax.set_title(_explicit(g.iloc[0]), fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 102)
+  axes[0].set_ylabel("accuracy (%)")
+  _legend(axes[0], loc="lower right", fontsize=8)
+  fig.suptitle(f"True labels on {dataset}: train (dashed) and test (solid) accuracy per "
+               f"model, mean over seeds{_partial_note(metrics)}", fontsize=11)
+  return fig
+
+
+def early_stopping(es: pd.DataFrame):
+  """What stopping at the best evaluation would have gained, in points of test accuracy,
+  over the fit step (triangles) and over the end (dots): one marker per replica, one column
+  per setup, one panel per condition (true labels, random labels, ...). At zero, stopping
+  early gains nothing. ``es``: ``regularization.early_stopping``."""
+  dataset = require_one_dataset(es)
+  conditions = list(dict.fromkeys(es.sort_values("corruption").condition))
+  fig, axes = _figure(len(conditions), sharey=True)
+  setups = list(setup_labels(es))
+  colors = _setup_colors(setups)
+  for ax, condition in zip(axes, conditions):
+    g = es[es.condition == condition]
+    for i, setup in enumerate(setups):
+      h = g[g.setup == setup]
+      jitter = np.linspace(-0.12, 0.12, max(len(h), 1))[:len(h)]
+      ax.scatter(i + jitter - 0.15, 100 * h.gain_over_fit, marker="^", s=22,
+                 color=colors[setup])
+      ax.scatter(i + jitter + 0.15, 100 * h.gain_over_final, marker="o", s=22,
+                 color=colors[setup])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(setups)))
+    ax.set_xticklabels(["\n".join(textwrap.wrap(s, 18)) for s in setups], fontsize=7,
+                       rotation=90 if len(setups) > 4 else 0)
+    ax.set_title(condition, fontsize=10)
+  axes[0].set_ylabel("best test accuracy minus ... (points)")
+  axes[0].scatter([], [], marker="^", color="gray", label="minus at the fit step")
+  axes[0].scatter([], [], marker="o", color="gray", label="minus at the end")
+  axes[0].legend(loc="upper right", fontsize=8, frameon=False)
+  fig.suptitle(f"Early stopping on {dataset}: what stopping at the best evaluation would "
+               f"have gained{_partial_note(es)}", fontsize=11)
+  return fig

@@ -1,0 +1,297 @@
+"""Section 3 of the paper from a run's files: regularizers on and off, and early stopping.
+
+- `effects`: for each model and regularizer (weight decay, an augmentation, batch norm), the
+  test accuracy of replicas with it and of their twins without it (same seed, labels and
+  other regularizers), the difference, and the paper's Table 1 difference where it has one.
+- `random_label_fits`: whether random labels are still fitted with each regularizer on.
+- `early_stopping`: per replica, the best test accuracy any evaluation saw and its step,
+  against the test accuracy when the replica fitted and at the end.
+- `table1_markdown`: `table1.md`, all of it beside the paper's numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from zhang.analysis import paper
+from zhang.analysis.load import Runs, condition_order
+
+# A batch-norm model and its twin without: batch norm is a regularizer of the pair.
+BATCH_NORM_PAIRS = {"inception_small": "inception_small_nobn"}
+_KEY = ("kind", "corruption", "seed", "learning_rate")
+
+
+def _regularizer_name(axis: str, value) -> str:
+  if axis == "weight_decay":
+    return f"weight decay {value:g}"
+  if axis == "augmentation":
+    return f"augmentation {value}"
+  return "batch norm"
+
+
+def _others(axis: str, row) -> str:
+  """The other regularizers the twins share, in words."""
+  parts = []
+  if axis != "augmentation":
+    parts.append("no augmentation" if row.augmentation == "none"
+                 else f"augmentation {row.augmentation}")
+  if axis != "weight_decay":
+    parts.append("no weight decay" if row.weight_decay == 0
+                 else f"weight decay {row.weight_decay:g}")
+  return ", ".join(parts)
+
+
+def _paper_diff(model: str, dataset: str, condition: str, on: dict, off: dict,
+                off_model: str | None = None):
+  """The paper's (on, off) test accuracies for twins differing in one regularizer."""
+  a = paper.table1_match(model, dataset, condition, on)
+  b = paper.table1_match(off_model or model, dataset, condition, off)
+  if a is None or b is None:
+    return np.nan, np.nan
+  return a["test_acc"], b["test_acc"]
+
+
+def effects(runs: Runs) -> pd.DataFrame:
+  """Test accuracy with each regularizer on and off, twin replicas paired by seed.
+
+  One row per (model, regularizer, the other regularizers, labels): `model`, `regularizer`,
+  `with` (what the twins share), `condition`, `n` (pairs), `test_on`, `test_off`, `diff`
+  (mean of paired differences), `diff_min`, `diff_max`, `train_on`, `train_off`,
+  `paper_on`, `paper_off`, `paper_diff` (NaN where the paper has no such pair).
+  """
+  r = runs.replicas
+  rows = []
+  for axis in ("weight_decay", "augmentation"):
+    off_value = 0.0 if axis == "weight_decay" else "none"
+    other = "augmentation" if axis == "weight_decay" else "weight_decay"
+    for (model, dataset), g in r.groupby(["model", "dataset"]):
+      keyed = g.set_index([*_KEY, other])
+      off = keyed[keyed[axis] == off_value]
+      for value in sorted(set(g[axis]) - {off_value}):
+        on = keyed[keyed[axis] == value]
+        both = on.merge(off, left_index=True, right_index=True, suffixes=("_on", "_off"))
+        if both.empty:
+          continue
+        both = both.reset_index()
+        for (kind, p, shared), pairs in both.groupby(["kind", "corruption", other]):
+          first = pairs.iloc[0]
+          condition = first.condition_on
+          sample = pd.Series({axis: value, other: shared})
+          p_on, p_off = _paper_diff(
+              model, dataset, condition, {axis: value, other: shared},
+              {axis: off_value, other: shared})
+          rows.append(_row(model, _regularizer_name(axis, value), _others(axis, sample),
+                           kind, p, condition, pairs, p_on, p_off))
+  for bn, nobn in BATCH_NORM_PAIRS.items():
+    a, b = r[r.model == bn], r[r.model == nobn]
+    if a.empty or b.empty:
+      continue
+    key = [*_KEY, "weight_decay", "augmentation"]
+    both = a.set_index(key).merge(b.set_index(key), left_index=True, right_index=True,
+                                  suffixes=("_on", "_off")).reset_index()
+    for (kind, p, wd, aug), pairs in both.groupby(["kind", "corruption", "weight_decay",
+                                                   "augmentation"]):
+      first = pairs.iloc[0]
+      dataset = first.dataset_on
+      config = {"weight_decay": wd, "augmentation": aug}
+      p_on, p_off = _paper_diff(bn, dataset, first.condition_on, config, config, nobn)
+      shared = _others("batch_norm", pd.Series(config))
+      rows.append(_row(f"{bn} vs {nobn}", "batch norm", shared, kind, p,
+                       first.condition_on, pairs, p_on, p_off))
+  columns = ["model", "regularizer", "with", "condition", "kind", "corruption", "n",
+             "test_on", "test_off", "diff", "diff_min", "diff_max", "train_on", "train_off",
+             "paper_on", "paper_off", "paper_diff"]
+  out = pd.DataFrame(rows, columns=columns)
+  if out.empty:
+    return out
+  order = [condition_order(k, p) for k, p in zip(out.kind, out.corruption)]
+  return out.assign(_o=order).sort_values(["model", "regularizer", "_o", "with"]).drop(
+      columns="_o").reset_index(drop=True)
+
+
+def _row(model, regularizer, shared, kind, p, condition, pairs, paper_on, paper_off) -> dict:
+  d = pairs.final_test_acc_on - pairs.final_test_acc_off
+  return dict(model=model, regularizer=regularizer, **{"with": shared}, condition=condition,
+              kind=kind, corruption=p, n=len(pairs),
+              test_on=pairs.final_test_acc_on.mean(), test_off=pairs.final_test_acc_off.mean(),
+              diff=d.mean(), diff_min=d.min(), diff_max=d.max(),
+              train_on=pairs.final_train_acc_on.mean(),
+              train_off=pairs.final_train_acc_off.mean(),
+              paper_on=paper_on, paper_off=paper_off, paper_diff=paper_on - paper_off)
+
+
+def random_label_fits(runs: Runs, fits: pd.DataFrame) -> pd.DataFrame:
+  """Random-label replicas per model and regularizers: how many fitted, their final train
+  accuracy, and the steps to fit (mean over those that did). `fits`: `analyze(...).fits`."""
+  f = fits[(fits.kind == "labels") & (fits.corruption == 1.0)].merge(
+      runs.replicas[["run", "replica", "regularizers", "final_train_acc"]],
+      on=["run", "replica"], how="left")
+  rows = []
+  for (model, regs), g in f.groupby(["model", "regularizers"], sort=True):
+    acc = g.final_train_acc
+    fitted = g[~g.censored]
+    rows.append(dict(model=model, regularizers=regs, n=len(g), n_fitted=len(fitted),
+                     final_train_acc=acc.mean(), min_train_acc=acc.min(),
+                     steps_to_fit=fitted.time_step.mean() if len(fitted) else np.nan,
+                     status=", ".join(sorted(set(g.status)))))
+  return pd.DataFrame(rows, columns=["model", "regularizers", "n", "n_fitted",
+                                     "final_train_acc", "min_train_acc", "steps_to_fit",
+                                     "status"])
+
+
+def early_stopping(runs: Runs, threshold: float | None = None) -> pd.DataFrame:
+  """Per replica: the best test accuracy of any evaluation (`best_test_acc`, first at
+  `best_step`), the test accuracy at the first evaluation with train accuracy >= `threshold`
+  (`fit_test_acc`, `fit_step`; NaN if it never fitted) and at the last (`final_test_acc`),
+  and what stopping at the best step would have gained over each (`gain_over_final`,
+  `gain_over_fit`). `threshold`: default each run's `fit_threshold`."""
+  thresholds = {run.name: (threshold if threshold is not None
+                           else run.config.get("fit_threshold", 1.0)) for run in runs.runs}
+  rows = []
+  keep = ["run", "model", "dataset", "replica", "setup", "regularizers", "condition", "kind",
+          "corruption", "seed", "status"]
+  for (_, _), g in runs.metrics.groupby(["run", "replica"], sort=True):
+    g = g.sort_values("step")
+    first = g.iloc[0]
+    best = g.loc[g.test_acc.idxmax()]
+    fitted = g[g.train_acc >= thresholds[first.run]]
+    fit = fitted.iloc[0] if len(fitted) else None
+    last = g.iloc[-1]
+    rows.append(dict(
+        **{k: first[k] for k in keep}, best_step=int(best.step),
+        best_test_acc=float(best.test_acc),
+        fit_step=np.nan if fit is None else int(fit.step),
+        fit_test_acc=np.nan if fit is None else float(fit.test_acc),
+        final_step=int(last.step), final_test_acc=float(last.test_acc)))
+  out = pd.DataFrame(rows)
+  out["gain_over_final"] = out.best_test_acc - out.final_test_acc
+  out["gain_over_fit"] = out.best_test_acc - out.fit_test_acc
+  order = [condition_order(k, p) for k, p in zip(out.kind, out.corruption)]
+  return out.assign(_o=order).sort_values(["setup", "_o", "seed"]).drop(
+      columns="_o").reset_index(drop=True)
+
+
+def early_stopping_summary(es: pd.DataFrame) -> pd.DataFrame:
+  """`early_stopping` averaged over seeds per (setup, condition)."""
+  rows = []
+  for (setup, condition), g in es.groupby(["setup", "condition"], sort=False):
+    rows.append(dict(setup=setup, model=g.model.iloc[0], condition=condition, n=len(g),
+                     kind=g.kind.iloc[0], corruption=g.corruption.iloc[0],
+                     best_test_acc=g.best_test_acc.mean(), best_step=g.best_step.mean(),
+                     fit_test_acc=g.fit_test_acc.mean(), final_test_acc=g.final_test_acc.mean(),
+                     gain_over_final=g.gain_over_final.mean(),
+                     gain_over_fit=g.gain_over_fit.mean(), n_fitted=int(g.fit_step.notna().sum())))
+  return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- markdown
+
+def _pct(x, signed: bool = False) -> str:
+  if x is None or not np.isfinite(x):
+    return "–"
+  return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
+  return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+          *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+def effects_reading(eff: pd.DataFrame) -> list[str]:
+  """Plain words from the numbers: the largest effect on true labels, and the paper's."""
+  true = eff[eff.condition == "true labels"]
+  if true.empty:
+    return []
+  out = []
+  big = true.loc[true["diff"].abs().idxmax()]
+  out.append(f"On true labels the largest change a regularizer makes is {_pct(big['diff'], True)} "
+             f"points of test accuracy ({big.regularizer}, {big.model}, {big['with']}); "
+             f"every effect lies within {_pct(true['diff'].abs().max())} points.")
+  both = true[true.paper_diff.notna()]
+  if len(both):
+    agree = int((np.sign(both["diff"]) == np.sign(both.paper_diff)).sum())
+    out.append(f"Where the paper has the same pair ({len(both)} rows), the sign of the change "
+               f"agrees in {agree}; the paper's changes lie within "
+               f"{_pct(both.paper_diff.abs().max())} points.")
+  return [" ".join(out), ""]
+
+
+def table1_markdown(runs: Runs, table1: pd.DataFrame, fits: pd.DataFrame,
+                    threshold: float | None = None) -> list[str]:
+  """The lines of `table1.md`: Table 1 beside the paper, the regularizer effects, random
+  labels with regularizers, and early stopping."""
+  dataset = ", ".join(runs.datasets)
+  out = [f"# Table 1 and Figure 2 on {dataset}: regularizers and generalization", "",
+         "Generated by `zhang report`. Zhang et al. (2017) Section 3: explicit regularizers "
+         "(weight decay, data augmentation) and implicit ones (batch norm, early stopping) "
+         "help generalization a little, but are neither necessary nor sufficient for it; "
+         "networks fit random labels with them on.", ""]
+  if not paper.matches_paper_dataset(dataset):
+    out += [f"The paper's numbers are for CIFAR-10; these runs are on {dataset}, so the "
+            f"*paper* columns compare the direction and size of each effect, not the "
+            f"accuracies themselves.", ""]
+  out += ["## Table 1", "", "Means over seeds at the last evaluation.", ""]
+  rows = []
+  for _, r in table1.iterrows():
+    fitted = f"{r.n_fitted}/{r.n}" if "n_fitted" in table1 else str(r.n)
+    match = paper.table1_match(r.model, "cifar10", r.condition,
+                               {"weight_decay": r.weight_decay, "augmentation": r.augmentation})
+    rows.append([r.model, r.regularizers, r.condition, fitted, _pct(r.train_acc),
+                 _pct(r.test_acc), _pct(match["train_acc"]) if match else "–",
+                 _pct(match["test_acc"]) if match else "–"])
+  out += _table(["model", "regularizers", "labels", "fitted", "train acc (%)", "test acc (%)",
+                 "paper train (%, CIFAR-10)", "paper test (%, CIFAR-10)"], rows) + [""]
+  eff = effects(runs)
+  out += ["## Each regularizer on and off", "",
+          "Replicas with the regularizer against their twins without it (same model, seed, "
+          "labels and other regularizers): test accuracy and the mean paired difference "
+          "(range over seeds in brackets). *paper*: the same pair in the paper's Table 1 "
+          "(CIFAR-10).", ""]
+  if eff.empty:
+    out += ["No replica has a twin that differs in one regularizer only.", ""]
+  else:
+    rows = [[e.model, e.regularizer, e["with"], e.condition, e.n, _pct(e.test_on),
+             _pct(e.test_off), f"{_pct(e['diff'], True)} [{_pct(e.diff_min, True)}, "
+             f"{_pct(e.diff_max, True)}]", _pct(e.paper_on), _pct(e.paper_off),
+             _pct(e.paper_diff, True)] for _, e in eff.iterrows()]
+    out += _table(["model", "regularizer", "with", "labels", "pairs", "test on (%)",
+                   "test off (%)", "difference (points)", "paper on (%)", "paper off (%)",
+                   "paper difference"], rows) + [""]
+    out += effects_reading(eff)
+  rl = random_label_fits(runs, fits)
+  if not rl.empty:
+    out += ["## Random labels with regularizers", "",
+            "The paper: with weight decay Inception and the MLPs still fit random labels "
+            "perfectly; AlexNet with weight decay fails to converge.", ""]
+    rows = [[x.model, x.regularizers, f"{x.n_fitted}/{x.n}", _pct(x.final_train_acc),
+             _pct(x.min_train_acc), "–" if not np.isfinite(x.steps_to_fit)
+             else f"{x.steps_to_fit:,.0f}", x.status] for _, x in rl.iterrows()]
+    out += _table(["model", "regularizers", "fitted", "train acc (%)", "lowest (%)",
+                   "steps to fit", "status"], rows) + [""]
+    short = rl[rl.n_fitted < rl.n]
+    out += [("Every random-label replica fitted." if short.empty else
+             "Not fitted: " + "; ".join(f"{x.model} with {x.regularizers} "
+                                         f"({x.n - x.n_fitted} of {x.n}, train accuracy down "
+                                         f"to {_pct(x.min_train_acc)}%)"
+                                         for _, x in short.iterrows()) + "."), ""]
+  es = early_stopping(runs, threshold)
+  s = early_stopping_summary(es)
+  out += ["## Early stopping", "",
+          "For each replica the best test accuracy any evaluation saw, against the test "
+          "accuracy when it fitted its training set and at the end; means over seeds. The "
+          "paper: on CIFAR-10 early stopping brings little. The resolution is one "
+          "evaluation interval.", ""]
+  rows = [[x.setup, x.condition, x.n, _pct(x.best_test_acc), f"{x.best_step:,.0f}",
+           _pct(x.fit_test_acc), _pct(x.final_test_acc), _pct(x.gain_over_fit, True),
+           _pct(x.gain_over_final, True)] for _, x in s.iterrows()]
+  out += _table(["setup", "labels", "replicas", "best test (%)", "at step", "at fit (%)",
+                 "at end (%)", "best - at fit", "best - end"], rows) + [""]
+  true = s[s.condition == "true labels"]
+  if len(true):
+    out += [f"On true labels stopping at the best evaluation gains "
+            f"{_pct(true.gain_over_final.min(), True)} to {_pct(true.gain_over_final.max(), True)} "
+            f"points over the end of training.", ""]
+  return out
