@@ -43,12 +43,17 @@ def _final(workdir):
   summary.pop("wall_seconds")
   summary.pop("timing")  # seconds, and calls counted per process (first calls compile)
   rows = (workdir / "metrics.jsonl").read_text().splitlines()
-  return summary, rows, checkpoint.load(workdir)
+  with np.load(workdir / "fit_times.npz") as f:
+    fit_times = {k: f[k] for k in f.files}
+  return summary, rows, dict(checkpoint.load(workdir), fit_times=fit_times)
 
 
 def _assert_same(a, b):
   (sa, ra, ca), (sb, rb, cb) = a, b
   assert sa == sb
+  assert ca["fit_times"].keys() == cb["fit_times"].keys() == {"fit_step", "noisy", "step"}
+  for k in ca["fit_times"]:
+    np.testing.assert_array_equal(ca["fit_times"][k], cb["fit_times"][k])
   assert ra == rb  # every (step, replica) row once, in order, with the same values
   assert ca["step"] == cb["step"]
   for x, y in zip(jax.tree.leaves(ca["params"]), jax.tree.leaves(cb["params"])):

@@ -377,3 +377,43 @@ def test_noisy_clean_accuracies_and_ece_match_a_host_recomputation(tiny_config, 
     np.testing.assert_allclose(got, bins, rtol=1e-4, atol=1e-5)
     checked += 1
   assert checked == 4
+
+
+def test_per_example_fit_times_follow_every_evaluation(tiny_config, tmp_path):
+  """fit_times.npz against the checkpoints' models applied on the host at every evaluation:
+  an example's fit step is the first evaluation from which it has been classified as its
+  (corrupted) label at every evaluation since, -1 if it is not at the last; the file, the
+  last checkpoint's item and the corruption mask agree."""
+  tiny_config.checkpoint_every, tiny_config.keep_checkpoints = 20, 5
+  summary = train.run(tiny_config, tmp_path, progress=False)
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  dataset = data.load("digits").subset(256, 128)
+  _, d, reps, init, _ = train.build(config, replicas, dataset)
+  module = models.get(config.model).build(dataset.num_classes)
+  steps = train.evaluation_steps(config, summary["steps_run"])
+  assert steps == [0, 20, 40, 60]
+  params = {0: init.params, **{s: checkpoint.load(tmp_path, s)["params"] for s in steps[1:]}}
+  with np.load(tmp_path / "fit_times.npz") as f:
+    fit, noisy, last = f["fit_step"], f["noisy"], int(f["step"])
+  assert last == 60 and fit.shape == noisy.shape == (len(replicas), 256)
+  true = np.asarray(dataset.train_labels)
+  for i, r in enumerate(replicas):
+    rep = jax.tree.map(lambda a: a[i], reps)
+    x = data.whiten(randomize.randomize_inputs(
+        r.kind, rep.rand_key, data.scale(d.train_images), jnp.arange(256), randomize.TRAIN,
+        rep.shared_perm, d.gauss_mean, d.gauss_std))
+    hits = np.stack([np.asarray(module.apply({"params": jax.tree.map(lambda a: a[i],
+                                                                     params[s])},
+                                             x, train=False)).argmax(-1) == np.asarray(rep.labels)
+                     for s in steps])  # (evaluations, n)
+    want = np.full(256, -1)
+    for k, s in enumerate(steps):  # the update rule, evaluation by evaluation
+      want = np.where(hits[k], np.where(want < 0, s, want), -1)
+    np.testing.assert_array_equal(fit[i], want)
+    np.testing.assert_array_equal(noisy[i], np.asarray(rep.labels) != true)
+  assert (fit >= 0).any() and (fit == -1).any() and len(np.unique(fit)) >= 3
+  with checkpoint.ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
+    item = manager.restore(60, args=checkpoint.ocp.args.Composite(
+        fit_times=checkpoint.ocp.args.StandardRestore()))
+  np.testing.assert_array_equal(np.asarray(item["fit_times"]["fit_step"])[:len(replicas)], fit)

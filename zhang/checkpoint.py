@@ -33,6 +33,9 @@ from zhang.metrics import is_local, workdir_path
 DIRNAME = "checkpoints"
 
 
+FIT_TIMES = "fit_times"  # the checkpoint item of the per-example fit steps
+
+
 def config_hash(config_dict: dict) -> str:
   return hashlib.sha256(json.dumps(config_dict, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -57,13 +60,16 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state, meta: dict) -> None:
+  def save(self, step: int, state, meta: dict, fit_times=None) -> None:
     """Starts an asynchronous save; raises RunError if the disk cannot hold it or if the
-    previous save failed."""
-    self._check_space(step, state)
+    previous save failed. ``fit_times``: the per-example fit steps (an item of its own, so
+    ``state`` reads back alike with or without it)."""
+    self._check_space(step, state if fit_times is None else (state, fit_times))
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if fit_times is not None:
+      items[FIT_TIMES] = ocp.args.StandardSave({"fit_step": fit_times})
     try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # noqa: BLE001 - Orbax surfaces async failures here
       raise self._error(self._pending if self._pending is not None else step, e) from None
     self._pending = step
@@ -134,30 +140,42 @@ class Checkpointer:
       return None
     return steps[-1], meta
 
-  def restore_latest(self, target) -> tuple[int, Any, dict] | None:
+  def restore_latest(self, target, fit_times=None) -> tuple[int, Any, dict] | None:
     """The newest readable checkpoint as (step, state, meta), or None if there is none.
 
     ``target`` is a pytree of arrays or ShapeDtypeStructs with shardings; the state is
-    restored into those shardings. Raises UsageError when checkpoints exist but none can
-    be read (rather than silently starting over).
+    restored into those shardings. With ``fit_times`` (an array of the same kind), it
+    returns (step, (state, fit times or None where the checkpoint predates them), meta).
+    Raises UsageError when checkpoints exist but none can be read (rather than silently
+    starting over).
     """
     steps = self.steps()
     if not steps:
       return None
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    fit_abstract = None if fit_times is None else {"fit_step": jax.ShapeDtypeStruct(
+        fit_times.shape, fit_times.dtype, sharding=fit_times.sharding)}
     failures = []
     for step in reversed(steps):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        items = dict(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        has_fit = fit_abstract is not None and (self.directory / str(step) / FIT_TIMES).exists()
+        if has_fit:
+          items[FIT_TIMES] = ocp.args.StandardRestore(fit_abstract)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         _check_finite_structure(restored.state, abstract)
+        if has_fit:
+          _check_finite_structure(restored[FIT_TIMES], fit_abstract)
         if failures:
           # The resumed run rewrites these steps, bit for bit, so nothing is lost.
           for bad in failures:
             self._manager.delete(bad)
           _say(f"removed unreadable checkpoint(s) {', '.join(map(str, failures))}; resuming "
                f"from the previous good checkpoint, step {step}")
+        if fit_abstract is not None:
+          return step, (restored.state, restored[FIT_TIMES]["fit_step"] if has_fit
+                        else None), restored.meta
         return step, restored.state, restored.meta
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
         _say(f"checkpoint {self.directory / str(step)} is unreadable ({_reason(e)})")

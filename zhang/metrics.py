@@ -6,6 +6,7 @@ Only process 0 writes. ``summary.json`` is rewritten atomically after every eval
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -15,7 +16,8 @@ import numpy as np
 from etils import epath
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
-RUN_FILES = (CONFIG, METRICS, SUMMARY)
+FIT_TIMES = "fit_times.npz"  # per-example fit steps (``write_fit_times``)
+RUN_FILES = (CONFIG, METRICS, SUMMARY, FIT_TIMES)
 
 
 def _plain(x: Any):
@@ -47,6 +49,24 @@ def is_local(path: epath.Path) -> bool:
 def write_json(path: epath.Path, obj: Any) -> None:
   """Writes JSON atomically (a reader never sees half a file)."""
   _write_whole(path, json.dumps(_plain(obj), indent=1) + "\n")
+
+
+def write_fit_times(workdir: epath.Path, fit_step, noisy, step: int) -> None:
+  """``WORKDIR/fit_times.npz`` (compressed): ``fit_step`` (replicas, n_train) int32, the
+  first evaluation step from which each training example stayed classified as its (possibly
+  corrupted) label through the last evaluation, -1 if it is not at the last; ``noisy`` (same
+  shape, bool), whether the corruption changed the example's label; ``step``, the last
+  evaluation's step. Row i is summary.json's replica i."""
+  buf = io.BytesIO()
+  np.savez_compressed(buf, fit_step=np.asarray(fit_step, np.int32),
+                      noisy=np.asarray(noisy, bool), step=np.asarray(step, np.int64))
+  path = workdir / FIT_TIMES
+  if not is_local(path):
+    path.write_bytes(buf.getvalue())
+    return
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_bytes(buf.getvalue())
+  tmp.replace(path)
 
 
 def _write_whole(path: epath.Path, text: str) -> None:

@@ -208,8 +208,9 @@ def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaCons
   """Batch ``b`` of the evaluation (the train split's batches, then the test split's):
   per replica the sums over its valid examples of loss, accuracy, max-softmax confidence,
   entropy, and of the train split's noisy examples (label changed by the corruption), their
-  correct predictions and those correct against the true label, (7, R); and the
-  confidence bins (``calibration_bins``, zero on train batches), (R, ECE_BINS, 3). One loop
+  correct predictions and those correct against the true label, (7, R); the
+  confidence bins (``calibration_bins``, zero on train batches), (R, ECE_BINS, 3); and
+  whether each example of the batch is classified as labelled, (R, eb). One loop
   runs both splits, so the model and each randomization are compiled once, not once per
   split."""
   n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
@@ -246,7 +247,7 @@ def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaCons
       noisy * (pred == y_true).astype(jnp.float32),
   ])  # (7, R, eb)
   bins = calibration_bins(confidence, correct, valid * is_test.astype(jnp.float32))
-  return jnp.sum(per_example * valid, axis=-1), bins
+  return jnp.sum(per_example * valid, axis=-1), bins, pred == y
 
 
 def over_grid(plan: Plan, mesh, fn: Callable, replicated: tuple = ()) -> Callable:
@@ -276,6 +277,8 @@ class GridProgram(NamedTuple):
   # (states, reps, data, step0, num_steps[, loss sum]) -> (states, loss sum)
   train_chunk: Callable
   evaluate: Callable  # (states, reps, data) -> dict of (R,) metrics
+  # (states, reps, data, fit_since, step) -> (metrics, fit_since): per-example fit times
+  evaluate_and_track: Callable
 
 
 def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
@@ -293,8 +296,11 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
     chunk_jit = functools.partial(jit, donate_argnums=(0,),
                                   out_shardings=(by_replica, everywhere))
     eval_jit = functools.partial(jit, out_shardings=everywhere)
+    track_jit = functools.partial(jit, donate_argnums=(3,),
+                                  out_shardings=(everywhere, by_replica))
   else:
     chunk_jit, eval_jit = functools.partial(jit, donate_argnums=(0,)), jit
+    track_jit = functools.partial(jit, donate_argnums=(3,))
 
   def constrain(x):
     """Splits each replica's batch over the ``data`` axis (when it has several devices)."""
@@ -342,20 +348,21 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
     states, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (states, orders, loss_sum))
     return states, loss_sum
 
-  @eval_jit
-  def evaluate(states, reps: ReplicaConstants, d: DeviceDataset):
+  def metrics(states, reps: ReplicaConstants, d: DeviceDataset):
     """Mean loss, accuracy, max-softmax confidence and entropy of every replica on its
     training set and the test set; train accuracy on the noisy examples (against their
     corrupted and their true labels) and on the clean ones (NaN without such examples); the
     test set's calibration error and its bins (R, ECE_BINS, 3: mean confidence, accuracy,
-    count)."""
+    count). And whether each training example is classified as labelled, (R, n_train)."""
     n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
     eb = min(s.eval_batch_size, max(n_train, n_test))
     train_batches = -(-n_train // eb)
     num_batches = train_batches + -(-n_test // eb)
-    sums, bins = jax.lax.map(lambda b: eval_batch(grid_logits, s, states, reps, d, b,
-                                                  train_batches, eb),
-                             jnp.arange(num_batches))  # (batches, 7, R), (batches, R, K, 3)
+    # (batches, 7, R), (batches, R, K, 3), (batches, R, eb)
+    sums, bins, hits = jax.lax.map(lambda b: eval_batch(grid_logits, s, states, reps, d, b,
+                                                        train_batches, eb),
+                                   jnp.arange(num_batches))
+    hits = jnp.moveaxis(hits[:train_batches], 1, 0).reshape(hits.shape[1], -1)[:, :n_train]
     train_sums = jnp.sum(sums[:train_batches], axis=0)
     train = train_sums / n_train
     test = jnp.sum(sums[train_batches:], axis=0) / n_test
@@ -372,7 +379,21 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
     count = bins[..., 0]
     mean = lambda a: jnp.where(count > 0, a / jnp.maximum(count, 1.0), jnp.nan)
     out["test_reliability"] = jnp.stack([mean(bins[..., 1]), mean(bins[..., 2]), count], -1)
-    return out
+    return out, hits
+
+  @eval_jit
+  def evaluate(states, reps: ReplicaConstants, d: DeviceDataset):
+    """The evaluation's metrics (``metrics``), a dict of per-replica arrays."""
+    return metrics(states, reps, d)[0]
+
+  @track_jit
+  def evaluate_and_track(states, reps: ReplicaConstants, d: DeviceDataset, fit_since, step):
+    """``evaluate``'s metrics, and ``fit_since`` (R, n_train) updated by this evaluation at
+    ``step``: the first evaluation step from which each training example has been classified
+    as labelled at every evaluation since, -1 for one that is not now. The same pass over
+    the data: no second evaluation."""
+    out, hits = metrics(states, reps, d)
+    return out, jnp.where(hits, jnp.where(fit_since < 0, step, fit_since), -1)
 
   init = functools.partial(init_state, module, s)
-  return GridProgram(s, plan, init, train_chunk, evaluate)
+  return GridProgram(s, plan, init, train_chunk, evaluate, evaluate_and_track)

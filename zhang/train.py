@@ -335,7 +335,11 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
   _sync("cleared")
 
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
-  restored = ckpt.restore_latest(states)
+  # Per replica and training example: the first evaluation step from which it has stayed
+  # classified as labelled (-1: not now), kept on the devices and in every checkpoint.
+  fit_since = jax.jit(lambda labels: jnp.full(labels.shape, -1, jnp.int32),
+                      out_shardings=reps.labels.sharding)(reps.labels)
+  restored = ckpt.restore_latest(states, fit_since)
   tracker = metrics_lib.FitTracker(
       replicas, label_noise, config.fit_threshold, config.batch_size, n_train,
       header=dict(model=config.model, dataset=config.dataset,
@@ -351,10 +355,15 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
                   device_count=jax.device_count(), plan=str(program.plan)))
   step, saved_step = 0, None
   if restored:
-    step, states, meta = restored
+    step, (states, restored_fit), meta = restored
     if meta.get("config_hash") != tracker.header["config_hash"]:
       raise UsageError(f"the checkpoint of step {step} in {ckpt.directory} was written by "
                        f"another config: pass --restart to start over")
+    if restored_fit is not None:
+      fit_since = restored_fit
+    elif primary:
+      print(f"zhang: the checkpoint of step {step} predates per-example fit times; "
+            f"{metrics_lib.FIT_TIMES} counts them from the next evaluation", file=sys.stderr)
     tracker.load(meta)
     saved_step = step
     if primary:
@@ -375,13 +384,18 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
   loss_sum = jnp.asarray(loss_sum)
   sizer = _CallSizer()
   evaluate_now = not restored
+  # The step of the last evaluation (fit_times.npz's), which a resumed run does not repeat.
+  last_eval = max((row["step"] for row in tracker.last_rows), default=0)
   status = "running"
   try:
     with _preemption_notice() as preempted:
       while True:
         if evaluate_now:
           t0 = time.perf_counter()
-          ev = jax.device_get(program.evaluate(states, reps, d))
+          ev, fit_since = program.evaluate_and_track(states, reps, d, fit_since,
+                                                     jnp.asarray(step, jnp.int32))
+          ev = jax.device_get(ev)
+          last_eval = step
           tracker.time_call("eval", time.perf_counter() - t0)
           writer.rows(tracker.record(step, ev, np.asarray(step_lib.learning_rate_at(
               step, base_lr, config.lr_decay, config.lr_decay_every))))
@@ -394,8 +408,10 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
           writer.summary(tracker.summary(step, "running", time.time() - start))
         if save:
           tracker.loss_sum = np.asarray(loss_sum).tolist()
-          ckpt.save(step, states, tracker.meta(time.time() - start))
+          ckpt.save(step, states, tracker.meta(time.time() - start), fit_times=fit_since)
           saved_step = step
+        if save or ((done or stop_now) and not (workdir / metrics_lib.FIT_TIMES).exists()):
+          _write_fit_times(workdir, fit_since, reps, d, len(replicas), last_eval)
         if evaluate_now or done or stop_now:
           show.update(step, tracker, final=done or stop_now)
         if done or stop_now:
@@ -431,6 +447,20 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
     print(f"zhang: preempted (SIGTERM) at step {step}; the checkpoint is saved. Run the "
           f"same command to resume.", file=sys.stderr)
   return final  # as summary.json has it
+
+
+def _write_fit_times(workdir, fit_since, reps, d, num_replicas: int, step: int) -> None:
+  """``fit_times.npz`` from the devices' per-example fit steps (every process takes part in
+  gathering them; process 0 writes)."""
+  if jax.process_count() > 1:
+    fit = multihost_utils.process_allgather(fit_since, tiled=True)
+  else:
+    fit = jax.device_get(fit_since)
+  if jax.process_index() != 0:
+    return
+  labels = np.asarray(jax.device_get(reps.labels))
+  noisy = labels != np.asarray(jax.device_get(d.train_labels))[None]
+  metrics_lib.write_fit_times(workdir, fit[:num_replicas], noisy[:num_replicas], step)
 
 
 def evaluation_steps(config, last: int) -> list[int]:
