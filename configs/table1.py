@@ -13,6 +13,8 @@ Arguments (comma-separated after the colon):
   n_train=N       train on the first N examples (0 = all); n_test=N likewise for the test set.
   seeds=N         seeds per row (default 2; the paper reports one run).
   wd=X            the weight-decay coefficient of the "weight decay: yes" rows (default 5e-4).
+  crop=WHICH      paper (default): the crop rows for the models the paper crops for; all:
+                  for every model (beyond the paper: does augmentation help an MLP?).
   max_steps=N     default 60000, as configs/fig1.py; eval_every=N (default 1000).
   quick           a smoke-test variant: 256 examples, 200 steps, evaluation every 50.
 
@@ -41,7 +43,8 @@ CROP_MODELS = ("inception_small", "alexnet_small")  # the paper's rows with rand
 
 def get_config(arg=None):
   a = parse_arg(arg, models="+".join(MODELS), dataset="cifar10", n_train=0, n_test=0,
-                seeds=2, wd=5e-4, max_steps=60_000, eval_every=1000, quick=False)
+                seeds=2, wd=5e-4, crop="paper", max_steps=60_000, eval_every=1000,
+                quick=False)
   names = [m for m in a.models.split("+") if m]
   if not names:
     raise UsageError("models= is empty: name one or more models, e.g. "
@@ -67,7 +70,9 @@ def get_config(arg=None):
       dict(kinds=["labels"], corruptions=[1.0], seeds=seeds, weight_decays=wds,
            augmentations=["none"]),
   ]
-  crop = [m for m in CROP_MODELS if m in names]
+  if a.crop not in ("paper", "all"):
+    raise UsageError(f"crop={a.crop!r}: use crop=paper (the paper's crop rows) or crop=all")
+  crop = [m for m in (names if a.crop == "all" else CROP_MODELS) if m in names]
   if crop:
     c.grid.append(dict(models=crop, kinds=["labels"], corruptions=[0.0], seeds=seeds,
                        weight_decays=wds, augmentations=["crop"]))

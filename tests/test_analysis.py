@@ -13,7 +13,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from zhang import analysis
-from zhang.analysis import cli, paper, plots, report, scaling, synthetic, tables
+from zhang.analysis import cli, memorization, paper, plots, report, scaling, synthetic, tables
 from zhang.errors import UsageError
 
 R = synthetic.replica
@@ -615,6 +615,23 @@ def _add_noisy_and_reliability(run_dir):
     bins[0] = [None, None, 0]  # an empty bin
     rep["test_reliability"] = bins
   (run_dir / "summary.json").write_text(json.dumps(summary))
+  _add_fit_times(run_dir, summary)
+
+
+def _add_fit_times(run_dir, summary, n=200):
+  """A fit_times.npz as a run writes it: noisy examples (their share the replica's
+  corruption) fitted later than clean ones, a few never."""
+  rng = np.random.default_rng(0)
+  last = summary["steps_run"]
+  reps = summary["replicas"]
+  noisy = np.stack([rng.random(n) < (r["corruption"] if r["kind"] == "labels" else 0)
+                    for r in reps])
+  fit = np.where(noisy, rng.integers(last // 2, last + 1, noisy.shape),
+                 rng.integers(0, last // 4 + 1, noisy.shape)).astype(np.int32)
+  fit[:, :3] = -1
+  np.savez_compressed(run_dir / "fit_times.npz", fit_step=fit, noisy=noisy,
+                      step=np.asarray(last))
+  return fit, noisy, last
 
 
 def test_report_writes_noisy_fit_and_reliability_only_when_recorded(tmp_path):
@@ -642,3 +659,38 @@ def test_report_writes_noisy_fit_and_reliability_only_when_recorded(tmp_path):
   fig = plots.reliability(table)
   assert len([ax for ax in fig.axes if ax.get_visible()]) == table[
       table.kind == "labels"].corruption.nunique()
+
+
+def test_fit_times_tables_match_the_arrays(tmp_path):
+  run_dir = synthetic.write_example_run(tmp_path / "run")
+  summary = json.loads((run_dir / "summary.json").read_text())
+  fit, noisy, last = _add_fit_times(run_dir, summary)
+  runs = analysis.load_runs([run_dir])
+  table = memorization.per_replica(runs)
+  assert len(table) == len(summary["replicas"])
+  for _, row in table.iterrows():
+    i = int(row.replica)
+    f, z = fit[i], noisy[i]
+    assert row.n_noisy == z.sum() and row.n_clean == (~z).sum()
+    if (~z).any():
+      assert row.clean_fitted == pytest.approx((f[~z] >= 0).mean())
+      assert row.clean_median_step == pytest.approx(np.median(f[~z & (f >= 0)]))
+    else:  # random labels: every example's label changed
+      assert np.isnan(row.clean_fitted) and np.isnan(row.clean_median_step)
+    if z.any():
+      assert row.noisy_median_step == pytest.approx(np.median(f[z & (f >= 0)]))
+      fitted = np.flatnonzero(f >= 0)
+      k = max(1, int(round(0.1 * len(fitted))))
+      assert row.noisy_share_last == pytest.approx(
+          z[fitted[np.argsort(f[fitted], kind="stable")[-k:]]].mean())
+    else:
+      assert np.isnan(row.noisy_median_step) and np.isnan(row.noisy_share_last)
+  # Noise fitted later here by construction: the report says so in numbers.
+  text = "\n".join(memorization.report_lines(runs))
+  assert "## When each example is fitted" in text and "is later than the clean ones'" in text
+  curves = memorization.curves(runs)
+  one = curves[(curves.replica == 1) & (curves.step == last)].iloc[0]
+  assert one.clean == pytest.approx((fit[1][~noisy[1]] >= 0).mean())
+  (run_dir / "fit_times.npz").write_bytes(b"not a zip")
+  with pytest.raises(UsageError, match="fit_times.npz is damaged"):
+    memorization.per_replica(analysis.load_runs([run_dir]))

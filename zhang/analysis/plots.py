@@ -474,3 +474,25 @@ def early_stopping(es: pd.DataFrame):
   fig.suptitle(f"Early stopping on {dataset}: what stopping at the best evaluation would "
                f"have gained{_partial_note(es)}", fontsize=11)
   return fig
+
+
+def fit_times(curves: pd.DataFrame, dataset: str):
+  """Share of clean (blue) and noisy (red) training examples fitted for good by each step,
+  one panel per label corruption, mean over replicas (``memorization.curves``): the gap
+  between the curves is how much later the noise is fitted."""
+  levels = sorted(curves.corruption.unique())
+  fig, axes = _figure(len(levels), sharey=True)
+  for ax, p in zip(axes, levels):
+    c = curves[curves.corruption == p].groupby("step")[["clean", "noisy"]].mean()
+    if c.clean.notna().any():
+      ax.plot(c.index, 100 * c.clean, color="#1f77b4", lw=1.6, label="clean examples")
+    if c.noisy.notna().any():
+      ax.plot(c.index, 100 * c.noisy, color="#d62728", lw=1.6, label="noisy examples")
+    ax.set_title(f"label corruption p = {p:g}", fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 102)
+  axes[0].set_ylabel("examples fitted for good (%)")
+  axes[0].legend(loc="lower right", fontsize=8, frameon=False)
+  fig.suptitle(f"When each example is fitted on {dataset}: the first evaluation from which "
+               f"it stays fitted to the end", fontsize=11)
+  return fig

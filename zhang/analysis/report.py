@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from zhang.analysis import fit_time, paper, plots, regularization, scaling, tables
+from zhang.analysis import (fit_time, memorization, paper, plots, regularization, scaling,
+                            tables)
 from zhang.analysis.load import (HPARAMS, Runs, condition_name, condition_order, load_runs,
                                  require_one_dataset)
 
 FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
 # Written only for runs whose files hold their fields.
-OPTIONAL_FIGURES = ("noisy_fit.png", "reliability.png")
+OPTIONAL_FIGURES = ("noisy_fit.png", "reliability.png", "fit_times.png")
 # Written, with table1.md, for runs that compare regularizers or models (regularization.py).
 REGULARIZER_FIGURES = ("fig2a.png", "early_stopping.png")
 
@@ -384,6 +385,7 @@ def _figures_section(names: Sequence[str] = FIGURES) -> list[str]:
       "confidence.png": "Test-set confidence and entropy against label corruption.",
       "noisy_fit.png": "Train accuracy on clean and corrupted examples against steps.",
       "reliability.png": "Reliability diagram: test accuracy against confidence, per bin.",
+      "fit_times.png": "Share of clean and noisy examples fitted for good by each step.",
       "fig2a.png": "Fig. 2a-style: train and test accuracy against steps per model.",
       "early_stopping.png": "Early stopping: the best test accuracy against the fit step's "
                             "and the last.",
@@ -415,6 +417,9 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   bins = reliability_table(runs)
   if plots.has_reliability(bins):
     written.append(plots.save(plots.reliability(bins), out / "reliability.png"))
+  if memorization.has_fit_times(runs):
+    written.append(plots.save(plots.fit_times(memorization.curves(runs), runs.datasets[0]),
+                              out / "fit_times.png"))
   regularizer_study = (plots.has_model_pairs(runs.metrics)
                        or not regularization.effects(runs).empty)
   if regularizer_study:
@@ -440,6 +445,7 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   lines += _fit_section(a)
   lines += _scaling_section(a)
   lines += _paper_section(a)
+  lines += memorization.report_lines(runs)
   lines += _figures_section([p.name for p in written])
   report = out / "report.md"
   report.write_text("\n".join(lines))
