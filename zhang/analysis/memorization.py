@@ -37,6 +37,14 @@ def load(run_path: str | epath.Path) -> dict[str, np.ndarray] | None:
                      f"command to rewrite it from the checkpoint") from None
 
 
+def _loaded(runs: Runs):
+  """(run, its fit times) for every run that has them."""
+  for run in runs.runs:
+    ft = load(run.path)
+    if ft is not None:
+      yield run, ft
+
+
 def has_fit_times(runs: Runs) -> bool:
   return any((epath.Path(r.path) / FILE).exists() for r in runs.runs)
 
@@ -51,10 +59,7 @@ def per_replica(runs: Runs) -> pd.DataFrame:
   rows = []
   keep = ["run", "model", "setup", "condition", "kind", "corruption", "seed", "replica"]
   table = runs.replicas
-  for run in runs.runs:
-    ft = load(run.path)
-    if ft is None:
-      continue
+  for run, ft in _loaded(runs):
     for _, rep in table[table.run == run.name].iterrows():
       i = int(rep.replica)
       fit, noisy = ft["fit_step"][i], ft["noisy"][i]
@@ -91,10 +96,7 @@ def last_fitted_examples(runs: Runs, top: int = 10) -> pd.DataFrame:
   last evaluation), with their median step and how many seeds had not fitted them."""
   rows = []
   table = runs.replicas
-  for run in runs.runs:
-    ft = load(run.path)
-    if ft is None:
-      continue
+  for run, ft in _loaded(runs):
     t = table[(table.run == run.name) & (table.kind == "labels") & (table.corruption == 0)]
     for setup, g in t.groupby("setup"):
       fit = ft["fit_step"][g.replica.astype(int).to_numpy()].astype(np.float64)
@@ -115,10 +117,7 @@ def curves(runs: Runs) -> pd.DataFrame:
   replica, seed, step, clean, noisy (NaN without such examples)."""
   rows = []
   table = runs.replicas
-  for run in runs.runs:
-    ft = load(run.path)
-    if ft is None:
-      continue
+  for run, ft in _loaded(runs):
     steps = np.unique(run.metrics.step)
     for _, rep in table[(table.run == run.name) & (table.kind == "labels")].iterrows():
       i = int(rep.replica)
