@@ -13,7 +13,7 @@ hyper-parameters (`HPARAMS`: learning rate, weight decay, augmentation), so ever
 per combination; the columns `SETUP_COLUMNS` name it.
 """
 
-from zhang.analysis import paper, plots, tables
+from zhang.analysis import memorization, paper, plots, regularization, tables
 from zhang.analysis.fit_time import (bootstrap_mean_ci, non_monotonic, slowdown, summarize,
                                      time_to_fit)
 from zhang.analysis.load import (HPARAMS, SETUP_COLUMNS, Run, Runs, condition_name,
@@ -25,7 +25,8 @@ from zhang.analysis.scaling import fit_form, fit_scaling, verdict
 __all__ = [
     "HPARAMS", "SETUP_COLUMNS", "Analysis", "Run", "Runs", "analyze", "bootstrap_mean_ci",
     "combinations", "condition_name", "fit_form", "fit_scaling", "hparams_label", "is_run_dir",
-    "load_run", "load_runs", "non_monotonic", "paper", "plots", "regularizers",
+    "load_run", "load_runs", "memorization", "non_monotonic", "paper", "plots",
+    "regularization", "regularizers",
     "require_one_dataset", "slowdown", "summarize", "tables", "time_to_fit", "varying_axes",
     "verdict", "write_report",
 ]
