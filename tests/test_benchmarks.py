@@ -113,3 +113,14 @@ def test_preemption_times_a_notice_on_digits():
   (row,) = [json.loads(line) for line in done.stdout.splitlines()]
   # Stopped and saved well before the run's end (the script checks the saved step).
   assert 0 < row["step"] < 10_000 and row["notice_to_exit_s"] > 0
+
+
+def test_eval_cost_times_both_evaluations():
+  done = script("eval_cost.py", "--repeats", "2")
+  assert done.returncode == 0, done.stderr
+  (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+  assert row["replicas"] == 15 and row["n_train"] == 1438
+  assert len(row["plain_all"]) == len(row["track_all"]) == 2
+  assert row["plain_seconds"] > 0 and row["track_seconds"] > 0
+  assert row["track_over_plain"] == pytest.approx(
+      row["track_seconds"] / row["plain_seconds"], rel=1e-2)
