@@ -298,7 +298,7 @@ def replica_counts(listed, up_to_memory: bool):
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                 help=f"comma-separated names, or 'all' ({', '.join(models.names())})")
+                 help=f"comma-separated names, or 'all' ({', '.join(models.names('images'))})")
   p.add_argument("--replicas", default="1,8", help="comma-separated replica counts")
   p.add_argument("--plan", action="append", default=None, metavar="PLAN",
                  help="an execution plan to time, as ZHANG_PLAN takes it, e.g. "
@@ -344,7 +344,7 @@ def parse(argv=None) -> argparse.Namespace:
   """The command line, checked (a wrong model, plan or kind exits 2 with one line)."""
   p = parser()
   args = p.parse_args(argv)
-  args.models = models.names() if args.models == "all" else args.models.split(",")
+  args.models = models.names("images") if args.models == "all" else args.models.split(",")
   args.plan = args.plan or [AUTO]
   try:
     for name in args.models:

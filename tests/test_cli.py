@@ -137,7 +137,7 @@ def test_console_entry_point_exit_code(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "zhang train: error: unknown model 'vgg': choose one of mlp_1x512, mlp_3x512, "
-      "alexnet_small, inception_small, inception_small_nobn"]
+      "alexnet_small, inception_small, inception_small_nobn, transformer_1l, mlp_tokens"]
 
 
 def test_missing_tfds_dataset_is_one_line(tmp_path, capsys):

@@ -114,11 +114,16 @@ def _models(args) -> int:
   from zhang import models
   shape = tuple(args.input_shape)
   print(f"{'model':<22} {'parameters':>12}  description (input {'x'.join(map(str, shape))})")
-  for name in models.names():
+  for name in models.names("images"):
     spec = models.get(name)
     count = models.param_count(name, shape, args.num_classes)
     print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
   print("Batch-norm scales and offsets are not counted, as in the paper.")
+  print(f"\n{'token model':<22} {'parameters':>12}  description (modadd, modulus 113)")
+  for name in models.names("tokens"):
+    spec = models.get(name)
+    count = models.param_count(name, (1, 2, 1), 113)
+    print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
   return 0
 
 

@@ -36,7 +36,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""  # IDX folder or tfds data_dir (a gs:// path on TPU VMs); "" = defaults
   c.n_train = 0  # use the first n training examples; 0 = all
   c.n_test = 0  # 0 = all
+  # modadd only (zhang.data): pairs mod a prime, a random split of them from a seed.
+  c.modulus = 113
+  c.train_fraction = 0.3
+  c.split_seed = 0
   c.batch_size = 128
+  # "sgd_momentum" (the paper's: SGD with `momentum`, L2 `weight_decay` added to the
+  # gradient) or "adamw" (Adam with `adam_b1`, `adam_b2`; weight decay decoupled, scaled by the
+  # learning rate: Loshchilov & Hutter). Either takes the per-replica rates and decays.
+  c.optimizer = "sgd_momentum"
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.98
   # The paper's rate for the model when left at None (0.1 Inception, 0.01 AlexNet and MLPs);
   # what a grid entry without `learning_rates` takes.
   c.learning_rate = ml_collections.config_dict.placeholder(float)
@@ -50,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 500  # steps between evaluations on the whole train and test sets
   c.eval_batch_size = 1000
   c.fit_threshold = 1.0  # train accuracy at which a replica counts as having fitted
+  # Test accuracy at which a replica counts as having generalized (summary: generalize_step).
+  c.generalize_threshold = 0.99
+  # Stop once every replica has fitted (the randomization tests); False trains to max_steps
+  # (grokking: generalization comes long after the fit).
+  c.stop_at_fit = True
   c.checkpoint_every = 2000  # steps between checkpoints (and one at the end)
   c.keep_checkpoints = 3
   c.augmentation = "none"  # zhang/augment.py: what an entry without `augmentations` takes
@@ -173,6 +188,8 @@ FIELD_EXAMPLES = {
     "momentum": "0.9", "lr_decay": "0.95", "lr_decay_every": "390", "weight_decay": "5e-4",
     "max_steps": "2000", "eval_every": "500", "eval_batch_size": "1000",
     "fit_threshold": "1.0", "checkpoint_every": "2000", "keep_checkpoints": "3",
+    "modulus": "113", "train_fraction": "0.3", "split_seed": "0", "adam_b1": "0.9",
+    "adam_b2": "0.98", "generalize_threshold": "0.99", "stop_at_fit": "false",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
     "models": "\"['mlp_1x512', 'mlp_3x512']\"",
     "mesh_shape": "'(-1, 1)'"}
@@ -253,7 +270,8 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
 
 # Fields added after runs had been written: at their default they are left out of a config's
 # identity (the hash its checkpoints and summary carry), so those runs still resume.
-LATER_FIELDS = ("models",)
+LATER_FIELDS = ("models", "modulus", "train_fraction", "split_seed", "optimizer", "adam_b1",
+                "adam_b2", "generalize_threshold", "stop_at_fit")
 
 
 def identity(config: ml_collections.ConfigDict) -> dict:
@@ -319,7 +337,10 @@ def choices() -> dict[str, tuple[str, ...]]:
   validation checks, the CLI lists and the benchmarks offer."""
   return {"model": tuple(models.names()), "dataset": tuple(data.names()),
           "compute_dtype": ("float32", "bfloat16"), "augmentation": augment.NAMES,
-          "kind": randomize.KINDS}
+          "kind": randomize.KINDS, "optimizer": OPTIMIZERS}
+
+
+OPTIMIZERS = ("sgd_momentum", "adamw")
 
 
 # Fields that once chose how a device runs the grid; now the execution plan does.
@@ -374,9 +395,27 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if is_study(c):
     check_study(c)
     return
-  models.get(c.model)
+  spec = models.get(c.model)
   data.check_name(c.dataset)
+  inputs = data.input_kind(c.dataset)
+  _require(spec.inputs == inputs,
+           f"model {c.model} takes {spec.inputs}, but dataset {c.dataset} is {inputs}: use "
+           f"one of {', '.join(models.names(inputs))} for {c.dataset}")
+  if c.dataset in data.TOKEN_DATASETS:
+    data.check_modadd(c.modulus, c.train_fraction)
+    _require(isinstance(c.split_seed, int) and not isinstance(c.split_seed, bool)
+             and c.split_seed >= 0, f"split_seed={c.split_seed!r} must be an integer >= 0",
+             "split_seed")
   _check_choice("compute_dtype", c.compute_dtype)
+  _check_choice("optimizer", c.optimizer)
+  for name in ("adam_b1", "adam_b2"):
+    _require(_is_number(c[name]) and 0 <= c[name] < 1, f"{name}={c[name]!r} must be in [0, 1)",
+             name)
+  _require(_is_number(c.generalize_threshold) and 0 < c.generalize_threshold <= 1,
+           f"generalize_threshold={c.generalize_threshold!r} must be in (0, 1]",
+           "generalize_threshold")
+  _require(isinstance(c.stop_at_fit, bool), f"stop_at_fit={c.stop_at_fit!r} must be true or "
+           f"false", "stop_at_fit")
   augment.check_name(c.augmentation)
   for name in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "lr_decay_every",
                "checkpoint_every", "keep_checkpoints"):
@@ -460,6 +499,9 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
     augs = _axis(entry, "augmentations", c.augmentation)
     for kind in kinds:
       randomize.kind_id(kind)
+      _require(kind == "labels" or c.dataset not in data.TOKEN_DATASETS,
+               f"kind {kind} randomizes pixels, and {c.dataset} has token inputs, not "
+               f"images: use kinds=['labels'] (label corruption) for {c.dataset}")
     for p in corruptions:
       _require(_is_number(p) and 0.0 <= p <= 1.0,
                f"corruption level {p!r} is outside [0, 1]: use a probability such as 0.2")
@@ -472,6 +514,9 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
       check_weight_decay(value, "grid weight decay", "weight_decays=[5e-4] in the entry")
     for name in augs:
       augment.check_name(name)
+      _require(name == "none" or c.dataset not in data.TOKEN_DATASETS,
+               f"augmentation {name} is for images, and {c.dataset} has token inputs: use "
+               f"augmentations=['none'] for {c.dataset}")
     for values in itertools.product(kinds, corruptions, seeds, lrs, wds, augs):
       kind, p, seed, rate, wd, aug = values
       key = (kind, float(p), seed, float(rate), float(wd), aug)

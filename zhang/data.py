@@ -43,13 +43,17 @@ class DatasetUnavailableError(UsageError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A whole dataset in host memory. Images are uint8 (N, H, W, C); labels int32 (N,)."""
+  """A whole dataset in host memory. Images are uint8 (N, H, W, C); labels int32 (N,).
+
+  ``inputs``: "images" (scaled, randomized, whitened by the step) or "tokens" (the uint8
+  values are token ids the model embeds: ``modadd``'s (a, b) as a (1, 2, 1) "image")."""
   name: str
   train_images: np.ndarray
   train_labels: np.ndarray
   test_images: np.ndarray
   test_labels: np.ndarray
   num_classes: int
+  inputs: str = "images"
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -87,10 +91,68 @@ def check_name(name: str) -> None:
     raise UsageError(f"unknown dataset {name!r}: choose one of {', '.join(names())}")
 
 
-def load(name: str, data_dir: str | None = None) -> Dataset:
-  """Loads dataset ``name``; raises DatasetUnavailableError with how to get it."""
+def load(name: str, data_dir: str | None = None, options: dict | None = None) -> Dataset:
+  """Loads dataset ``name``; raises DatasetUnavailableError with how to get it.
+  ``options``: a generated dataset's arguments (``modadd``: ``MODADD_OPTIONS``)."""
   check_name(name)
+  if name in TOKEN_DATASETS:
+    return _LOADERS[name](data_dir or None, **(options or {}))
   return _LOADERS[name](data_dir or None)
+
+
+TOKEN_DATASETS = ("modadd",)  # datasets of token ids rather than images
+
+
+def input_kind(name: str) -> str:
+  """"tokens" for ``TOKEN_DATASETS``, else "images": what a model must take."""
+  return "tokens" if name in TOKEN_DATASETS else "images"
+
+
+# --------------------------------------------------------------------------- modadd
+
+# The config fields that choose modadd's examples (``config.base_config``).
+MODADD_OPTIONS = ("modulus", "train_fraction", "split_seed")
+MAX_MODULUS = 251  # residues are stored as uint8 token ids, and P is the "=" token
+
+
+def is_prime(n: int) -> bool:
+  return n >= 2 and all(n % k for k in range(2, math.isqrt(n) + 1))
+
+
+def check_modadd(modulus, train_fraction) -> None:
+  """One line for a modulus that is not a prime in [3, MAX_MODULUS] or a train fraction
+  outside (0, 1)."""
+  if (isinstance(modulus, bool) or not isinstance(modulus, int) or not is_prime(modulus)
+      or not 3 <= modulus <= MAX_MODULUS):
+    raise UsageError(f"modulus={modulus!r} must be a prime from 3 to {MAX_MODULUS} (residues "
+                     f"are uint8 token ids), e.g. --config.modulus=113")
+  if (isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float))
+      or not 0 < train_fraction < 1):
+    raise UsageError(f"train_fraction={train_fraction!r} must be in (0, 1), e.g. "
+                     f"--config.train_fraction=0.3")
+
+
+@register("modadd")
+def _modadd(data_dir: str | None, modulus: int = 113, train_fraction: float = 0.3,
+            split_seed: int = 0) -> Dataset:
+  """Every pair (a, b) of residues mod ``modulus``, labelled (a + b) mod ``modulus``, split
+  at random (a permutation from ``split_seed``) into the first ``train_fraction`` for
+  training and the rest for test. Inputs are the token ids (a, b) as a (1, 2, 1) array; the
+  models append the "=" token (id ``modulus``)."""
+  del data_dir  # generated
+  check_modadd(modulus, train_fraction)
+  a, b = np.divmod(np.arange(modulus * modulus), modulus)
+  pairs = np.stack([a, b], -1).astype(np.uint8).reshape(-1, 1, 2, 1)
+  labels = ((a + b) % modulus).astype(np.int32)
+  order = np.random.default_rng(split_seed).permutation(len(labels))
+  n_train = int(round(train_fraction * len(labels)))
+  if not 0 < n_train < len(labels):
+    raise UsageError(f"train_fraction={train_fraction} leaves an empty split of the "
+                     f"{len(labels)} pairs mod {modulus}: choose a fraction further from 0 "
+                     f"and 1")
+  train, test = order[:n_train], order[n_train:]
+  return Dataset("modadd", pairs[train], labels[train], pairs[test], labels[test], modulus,
+                 inputs="tokens")
 
 
 # --------------------------------------------------------------------------- digits

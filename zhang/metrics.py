@@ -155,8 +155,11 @@ class FitTracker:
   """
 
   def __init__(self, replicas, label_noise, fit_threshold: float, batch_size: int,
-               n_train: int, header: dict):
+               n_train: int, header: dict, generalize_threshold: float = 0.99):
     self.replicas = replicas
+    self.generalize_threshold = generalize_threshold
+    # The first evaluation with test accuracy >= generalize_threshold (grokking's event).
+    self.generalize_step: list[int | None] = [None] * len(replicas)
     self.label_noise = np.asarray(label_noise, np.float64)
     self.fit_threshold = fit_threshold
     self.batch_size = batch_size
@@ -193,6 +196,8 @@ class FitTracker:
     for i, r in enumerate(self.replicas):
       if self.fit_step[i] is None and ev["train_acc"][i] >= self.fit_threshold:
         self.fit_step[i], self.fit_test_acc[i] = step, float(ev["test_acc"][i])
+      if self.generalize_step[i] is None and ev["test_acc"][i] >= self.generalize_threshold:
+        self.generalize_step[i] = step
       rows.append(dict(step=step, epoch=self.epoch(step), **_coordinates(r),
                        **{k: v[i] for k, v in self.last.items() if v.ndim == 1},
                        batch_loss=self.batch_loss[i], lr=float(lr[i])))
@@ -245,7 +250,7 @@ class FitTracker:
 
   def meta(self, seconds: float) -> dict:
     return _plain(dict(config_hash=self.header["config_hash"], fit_step=self.fit_step,
-                       fit_test_acc=self.fit_test_acc,
+                       fit_test_acc=self.fit_test_acc, generalize_step=self.generalize_step,
                        last={k: v.tolist() for k, v in self.last.items()},
                        last_rows=self.last_rows,
                        batch_loss=self.batch_loss.tolist(),
@@ -255,6 +260,8 @@ class FitTracker:
   def load(self, meta: dict) -> None:
     self.fit_step = list(meta["fit_step"])
     self.fit_test_acc = list(meta["fit_test_acc"])
+    # Absent in older checkpoints: recounted from the evaluations after the resume.
+    self.generalize_step = list(meta.get("generalize_step", self.generalize_step))
     self.last = {k: np.asarray(v, np.float64) for k, v in meta["last"].items()}
     self.batch_loss = np.asarray([np.nan if v is None else v for v in meta["batch_loss"]])
     self.seconds_before = float(meta["seconds"])
@@ -272,6 +279,7 @@ class FitTracker:
       out.append(dict(
           **_coordinates(r), label_noise=float(self.label_noise[i]), fit_step=fs,
           fit_epoch=None if fs is None else self.epoch(fs), fit_test_acc=self.fit_test_acc[i],
+          generalize_step=self.generalize_step[i],
           final_train_acc=last.get("train_acc"), final_test_acc=last.get("test_acc"),
           final_train_loss=last.get("train_loss"), final_test_loss=last.get("test_loss"),
           test_confidence=last.get("test_confidence"), test_ece=last.get("test_ece"),

@@ -124,6 +124,47 @@ class InceptionSmall(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+class TokenMLP(nn.Module):
+  """An MLP on the one-hot residues of a pair (a, b): concat(onehot(a), onehot(b)), Dense
+  (width), ReLU, Dense(num_classes). Inputs are token ids, (B, 1, 2, 1) or (B, 2)."""
+  num_classes: int
+  width: int = 512
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    del train
+    tokens = x.reshape(x.shape[0], -1).astype(jnp.int32)
+    x = jax.nn.one_hot(tokens, self.num_classes).reshape(tokens.shape[0], -1)
+    x = nn.relu(nn.Dense(self.width)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class OneLayerTransformer(nn.Module):
+  """Nanda et al. (2023)'s grokking transformer: tokens a, b, "=" (id ``num_classes``),
+  learned token and position embeddings (d_model 128), one attention layer (4 heads of 32)
+  and one ReLU MLP (512), both residual, no layer norm, logits read at "=". Inputs are the
+  token ids (a, b), (B, 1, 2, 1) or (B, 2)."""
+  num_classes: int
+  d_model: int = 128
+  heads: int = 4
+  d_mlp: int = 512
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    del train
+    tokens = x.reshape(x.shape[0], -1).astype(jnp.int32)
+    equals = jnp.full((tokens.shape[0], 1), self.num_classes, jnp.int32)
+    tokens = jnp.concatenate([tokens, equals], axis=1)  # (B, 3)
+    init = nn.initializers.normal(1.0 / np.sqrt(self.d_model))
+    h = nn.Embed(self.num_classes + 1, self.d_model, embedding_init=init)(tokens)
+    h = h + self.param("position", init, (tokens.shape[1], self.d_model))
+    causal = nn.make_causal_mask(tokens)
+    h = h + nn.MultiHeadDotProductAttention(self.heads, qkv_features=self.d_model,
+                                            use_bias=False)(h, h, mask=causal)
+    h = h + nn.Dense(self.d_model)(nn.relu(nn.Dense(self.d_mlp)(h)))
+    return nn.Dense(self.num_classes, use_bias=False)(h[:, -1])
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   name: str
@@ -131,6 +172,7 @@ class ModelSpec:
   learning_rate: float  # the paper's
   batch_norm: bool
   description: str
+  inputs: str = "images"  # or "tokens": what the model takes (zhang.data.input_kind)
 
   @property
   def family(self) -> str:
@@ -150,11 +192,18 @@ _MODELS = {m.name: m for m in [
               "small Inception"),
     ModelSpec("inception_small_nobn", lambda k: InceptionSmall(k, False), 0.1, False,
               "small Inception without batch norm"),
+    # Token models (modadd): the rate is Nanda et al. (2023)'s AdamW rate.
+    ModelSpec("transformer_1l", OneLayerTransformer, 1e-3, False,
+              "one-layer transformer (d_model 128, 4 heads, d_mlp 512, no layer norm)",
+              inputs="tokens"),
+    ModelSpec("mlp_tokens", TokenMLP, 1e-3, False,
+              "MLP on the one-hot residues, one hidden layer of 512", inputs="tokens"),
 ]}
 
 
-def names() -> list[str]:
-  return list(_MODELS)
+def names(inputs: str | None = None) -> list[str]:
+  """Every model's name, or those that take ``inputs`` ("images" or "tokens")."""
+  return [n for n, m in _MODELS.items() if inputs is None or m.inputs == inputs]
 
 
 def get(name: str) -> ModelSpec:

@@ -1,8 +1,9 @@
 """What a run shows while it trains: replicas fitted so far, the step, the lowest accuracy.
 
 A run ends when every replica has fitted its training set (or at ``max_steps``), so the
-measure of progress is the replicas fitted, not the steps. On a terminal: a bar of the
-replicas fitted, which ends when the run does. Elsewhere (a log file, CI): one plain line every
+measure of progress is the replicas fitted, not the steps; a run that trains on after the fit
+(``stop_at_fit=False``: grokking) ends at ``max_steps``, so its measure is the step. On a
+terminal: a bar of that measure, which ends when the run does. Elsewhere (a log file, CI): one plain line every
 ``every`` evaluations (about 20 lines for a run to ``max_steps``) and one at the end.
 """
 
@@ -30,15 +31,22 @@ class Progress:
     self._updates = 0
     self._bar = None
     self._last_line = None
+    self.by_step = not config.get("stop_at_fit", True)
     if enabled and self.stream.isatty():
-      self._bar = tqdm(total=num_replicas, initial=0, file=self.stream, dynamic_ncols=True,
-                       mininterval=0.5,
-                       bar_format="{desc} |{bar}| {n}/{total} replicas fitted [{elapsed}]")
+      what = "steps" if self.by_step else "replicas fitted"
+      self._bar = tqdm(total=config.max_steps if self.by_step else num_replicas, initial=0,
+                       file=self.stream, dynamic_ncols=True, mininterval=0.5,
+                       bar_format="{desc} |{bar}| {n}/{total} " + what + " [{elapsed}]")
     self.name = f"{config.model}/{config.dataset}"
 
   def describe(self, step: int, tracker) -> str:
-    return (f"step {step:,}/{self.max_steps:,}, lowest train accuracy "
+    text = (f"step {step:,}/{self.max_steps:,}, lowest train accuracy "
             f"{tracker.min_train_acc():.4f}")
+    if self.by_step:
+      generalized = sum(g is not None for g in tracker.generalize_step)
+      text = (f"{tracker.num_fitted()}/{self.num_replicas} fitted, {generalized}/"
+              f"{self.num_replicas} generalized, " + text)
+    return text
 
   def update(self, step: int, tracker, final: bool = False) -> None:
     """After an evaluation (or a resume): ``final`` on the last one."""
@@ -46,7 +54,7 @@ class Progress:
       return
     fitted = tracker.num_fitted()
     if self._bar is not None:
-      self._bar.n = fitted
+      self._bar.n = step if self.by_step else fitted
       self._bar.set_description_str(f"{self.name} {self.describe(step, tracker)}",
                                     refresh=False)
       self._bar.refresh()

@@ -74,6 +74,11 @@ class StepSettings:
   # Whether any replica has weight decay: without, the step skips the term (an extra pass
   # over the parameters, 1.6% of the digits grid's step).
   weight_decay: bool = True
+  # Token inputs (modadd): the step passes the ids to the model, no scaling or whitening.
+  tokens: bool = False
+  optimizer: str = "sgd_momentum"  # or "adamw" (``optimizer``)
+  adam_b1: float = 0.9
+  adam_b2: float = 0.98
 
   @classmethod
   def from_config(cls, config, replicas) -> "StepSettings":
@@ -81,7 +86,10 @@ class StepSettings:
                config.lr_decay_every, config.eval_batch_size,
                randomize.segments([r.kind for r in replicas]),
                augment.used([r.augmentation for r in replicas]), config.compute_dtype,
-               any(r.weight_decay > 0 for r in replicas))
+               any(r.weight_decay > 0 for r in replicas),
+               data_lib.input_kind(config.dataset) == "tokens",
+               config.get("optimizer", "sgd_momentum"), float(config.get("adam_b1", 0.9)),
+               float(config.get("adam_b2", 0.98)))
 
 
 def schedule(lr_decay: float, lr_decay_every: int) -> optax.Schedule:
@@ -96,12 +104,23 @@ def learning_rate_at(step, learning_rate, lr_decay: float, lr_decay_every: int):
   return learning_rate * schedule(lr_decay, lr_decay_every)(step)
 
 
-def optimizer(weight_decay, momentum: float) -> optax.GradientTransformation:
-  """SGD momentum in TensorFlow's form (v = m v + g + wd w; the step is -lr v), before the
-  learning rate, which the step applies from the global step: the optimizer state holds no
-  step counter. ``weight_decay`` may be a traced per-replica value; None: no such term."""
+def optimizer(weight_decay, momentum: float, kind: str = "sgd_momentum", b1: float = 0.9,
+              b2: float = 0.98) -> optax.GradientTransformation:
+  """The update before the learning rate, which the step applies from the global step.
+
+  ``sgd_momentum``: TensorFlow's form (v = m v + g + wd w; the step is -lr v); its state holds
+  no step counter. ``adamw``: Adam's direction (betas ``b1``, ``b2``, eps 1e-8) plus wd w, so
+  the step -lr (adam + wd w) is AdamW's decoupled decay. ``weight_decay`` may be a traced
+  per-replica value; None: no such term."""
   decay = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay)]
+  if kind == "adamw":
+    return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8), *decay)
   return optax.chain(*decay, optax.trace(decay=momentum))
+
+
+def _optimizer(s: StepSettings, weight_decay) -> optax.GradientTransformation:
+  return optimizer(weight_decay if s.weight_decay else None, s.momentum, s.optimizer,
+                   s.adam_b1, s.adam_b2)
 
 
 def init_state(module, s: StepSettings, key, sample) -> TrainState:
@@ -109,14 +128,17 @@ def init_state(module, s: StepSettings, key, sample) -> TrainState:
   variables = module.init(key, sample, train=False)
   params = variables["params"]
   return TrainState(params, variables.get("batch_stats", {}),
-                    optimizer(0.0 if s.weight_decay else None, s.momentum).init(params))
+                    _optimizer(s, 0.0).init(params))
 
 
 def replica_inputs(kind: str, s: StepSettings, rep: ReplicaConstants, d: DeviceDataset,
                    x_u8, indices, split, step=None):
   """One replica's scaled, randomized, augmented (training only: ``step`` given), whitened
   inputs; ``x_u8`` holds the examples ``indices`` of ``split`` (training: possibly larger
-  than the input, see ``augment.window``; evaluation: of the input's size)."""
+  than the input, see ``augment.window``; evaluation: of the input's size). Token inputs
+  (``s.tokens``: label kinds, no augmentation) are the ids themselves."""
+  if s.tokens:
+    return x_u8.astype(jnp.int32)
   windowed = False
   if step is not None:
     size = d.test_images.shape[1:3]
@@ -155,7 +177,8 @@ def apply_model(module, plan: Plan, s: StepSettings, has_batch_norm: bool,
   if s.compute_dtype != "float32":  # master weights stay fp32; the gradient flows back
     dtype = jnp.dtype(s.compute_dtype)
     params = jax.tree.map(lambda p: p.astype(dtype), params)
-    x = x.astype(dtype)
+    if not s.tokens:  # token ids stay integers
+      x = x.astype(dtype)
   variables = {"params": params}
   with plan.model_context():
     if has_batch_norm:
@@ -176,8 +199,7 @@ def train_step(apply: Callable, s: StepSettings, state: TrainState, x, y, learni
     return loss, batch_stats
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer(weight_decay if s.weight_decay else None, s.momentum).update(
-      grads, state.opt_state, state.params)
+  updates, opt_state = _optimizer(s, weight_decay).update(grads, state.opt_state, state.params)
   lr = learning_rate * schedule_factor
   params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
   return TrainState(params, batch_stats, opt_state), loss

@@ -58,7 +58,8 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False,
 
 def load_dataset(config):
   """The config's dataset, subset to ``n_train`` and ``n_test``."""
-  dataset = data_lib.load(config.dataset, config.data_dir or None)
+  options = {k: config[k] for k in data_lib.MODADD_OPTIONS if k in config}
+  dataset = data_lib.load(config.dataset, config.data_dir or None, options)
   return dataset.subset(config.n_train or None, config.n_test or None)
 
 
@@ -352,7 +353,8 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
                   config_hash=checkpoint_lib.config_hash(config_lib.identity(config)),
                   # Where and how ``timing`` was measured (this process's machine).
                   backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-                  device_count=jax.device_count(), plan=str(program.plan)))
+                  device_count=jax.device_count(), plan=str(program.plan)),
+      generalize_threshold=config.generalize_threshold)
   step, saved_step = 0, None
   if restored:
     step, (states, restored_fit), meta = restored
@@ -400,7 +402,7 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
           writer.rows(tracker.record(step, ev, np.asarray(step_lib.learning_rate_at(
               step, base_lr, config.lr_decay, config.lr_decay_every))))
           loss_sum, tracker.loss_steps = jnp.zeros_like(loss_sum), 0
-        done = tracker.all_fitted() or step >= config.max_steps
+        done = (config.stop_at_fit and tracker.all_fitted()) or step >= config.max_steps
         stop_now = not done and preempted()
         at_checkpoint = step % config.checkpoint_every == 0 and step > 0
         save = (at_checkpoint or done or stop_now) and step != saved_step

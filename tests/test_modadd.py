@@ -1,0 +1,125 @@
+"""Modular addition: the dataset, the token models, AdamW, and generalize_step."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from zhang import cli, data, models, step, train
+from zhang import config as config_lib
+from zhang.errors import UsageError
+
+
+def test_modadd_is_every_pair_once_with_its_sum_split_by_the_seed():
+  d = data.load("modadd", options=dict(modulus=7, train_fraction=0.3, split_seed=1))
+  assert d.inputs == "tokens" and d.num_classes == 7
+  pairs = np.concatenate([d.train_images, d.test_images]).reshape(-1, 2).astype(int)
+  labels = np.concatenate([d.train_labels, d.test_labels])
+  assert len(d.train_labels) == round(0.3 * 49) and len(labels) == 49
+  assert len({tuple(p) for p in pairs}) == 49  # every pair exactly once
+  np.testing.assert_array_equal(labels, pairs.sum(1) % 7)
+  again = data.load("modadd", options=dict(modulus=7, train_fraction=0.3, split_seed=1))
+  np.testing.assert_array_equal(again.train_images, d.train_images)
+  other = data.load("modadd", options=dict(modulus=7, train_fraction=0.3, split_seed=2))
+  assert not np.array_equal(other.train_images, d.train_images)
+
+
+@pytest.mark.parametrize("modulus,fraction,match", [
+    (9, 0.3, "modulus=9 must be a prime"), (2, 0.3, "modulus=2 must be a prime"),
+    (257, 0.3, "from 3 to 251"), (7, 1.0, r"train_fraction=1.0 must be in \(0, 1\)"),
+    (7, 0.0, "train_fraction=0.0")])
+def test_bad_modadd_arguments_are_one_line(modulus, fraction, match):
+  with pytest.raises(UsageError, match=match):
+    data.load("modadd", options=dict(modulus=modulus, train_fraction=fraction))
+
+
+def _modadd_config(**fields):
+  c = config_lib.load("configs/modadd.py:quick")
+  for k, v in fields.items():
+    c[k] = v
+  return c
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(model="mlp_1x512"), "model mlp_1x512 takes images, but dataset modadd is tokens"),
+    (dict(grid=[dict(kinds=["random_pixels"], corruptions=[0.0], seeds=[0])]),
+     "random_pixels randomizes pixels"),
+    (dict(grid=[dict(kinds=["labels"], corruptions=[0.0], seeds=[0],
+                     augmentations=["crop"])]), "augmentation crop is for images"),
+    (dict(modulus=21), "modulus=21 must be a prime"),
+    (dict(optimizer="lion"), "optimizer='lion' must be one of sgd_momentum, adamw"),
+])
+def test_modadd_config_errors_before_anything_runs(fields, match):
+  with pytest.raises(UsageError, match=match):
+    config_lib.validate(_modadd_config(**fields))
+
+
+def test_the_transformer_on_images_is_refused_in_one_line(tmp_path, capsys):
+  code = cli.main(["train", "--config", "configs/digits.py", "--workdir", str(tmp_path / "w"),
+                   "--config.model=transformer_1l"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1
+  assert "transformer_1l takes tokens" in err[0] and "mlp_1x512" in err[0]
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name,count", [
+    # Embeddings 24x128 + positions 3x128, attention 4 x 128x128, MLP 128x512+512+512x128+128,
+    # unembedding 128x23.
+    ("transformer_1l", 24 * 128 + 3 * 128 + 4 * 128 * 128 + 128 * 512 + 512 + 512 * 128 + 128
+     + 128 * 23),
+    ("mlp_tokens", 46 * 512 + 512 + 512 * 23 + 23)])
+def test_token_models_count_and_shape(name, count):
+  assert models.param_count(name, (1, 2, 1), 23) == count
+  module = models.get(name).build(23)
+  x = jnp.asarray([[3, 4], [22, 0]], jnp.int32).reshape(2, 1, 2, 1)
+  variables = module.init(jax.random.key(0), x, train=False)
+  assert module.apply(variables, x, train=False).shape == (2, 23)
+
+
+def test_transformer_reads_the_equals_token_causally():
+  """The logits depend on both residues (the "=" position attends to a and b)."""
+  module = models.get("transformer_1l").build(11)
+  x = jnp.asarray([[1, 2], [2, 1], [1, 3]], jnp.int32)
+  variables = module.init(jax.random.key(0), x, train=False)
+  out = np.asarray(module.apply(variables, x, train=False))
+  assert not np.allclose(out[0], out[2])  # b changed
+  assert not np.allclose(out[0], out[1])  # order matters to an untrained model
+
+
+def test_adamw_step_is_optax_adamw_at_the_replicas_rate_and_decay():
+  params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+  grads = [{"w": jnp.asarray([0.3, -0.1, 0.2])}, {"w": jnp.asarray([-0.5, 0.4, 0.1])}]
+  lr, wd = 0.01, 0.5
+  ours = step.optimizer(wd, 0.9, "adamw", 0.9, 0.98)
+  ref = optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-8, weight_decay=wd)
+  s1, s2, p1, p2 = ours.init(params), ref.init(params), params, params
+  for g in grads:
+    u1, s1 = ours.update(g, s1, p1)
+    p1 = jax.tree.map(lambda p, u: p - lr * u, p1, u1)
+    u2, s2 = ref.update(g, s2, p2)
+    p2 = optax.apply_updates(p2, u2)
+  np.testing.assert_allclose(p1["w"], p2["w"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp_path):
+  """configs/modadd.py:quick trains on past the fit to max_steps; the true-label replicas
+  generalize (test accuracy >= 0.99) long after they fit, the random-label ones never; the
+  summary's steps are the first evaluations that meet each threshold."""
+  summary = train.run(config_lib.load("configs/modadd.py:quick"), tmp_path, progress=False)
+  assert summary["steps_run"] == 1000
+  rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  for rep in summary["replicas"]:
+    mine = sorted((r for r in rows if r["replica"] == rep["replica"]), key=lambda r: r["step"])
+    fit = next((r["step"] for r in mine if r["train_acc"] >= 1.0), None)
+    gen = next((r["step"] for r in mine if r["test_acc"] >= 0.99), None)
+    assert rep["fit_step"] == fit and rep["generalize_step"] == gen
+    assert fit is not None  # both memorize the training pairs
+    if rep["corruption"] == 0:
+      assert gen is not None and gen > fit  # grokking: generalization after the fit
+    else:
+      assert gen is None and rep["final_test_acc"] < 0.2
