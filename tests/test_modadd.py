@@ -123,3 +123,18 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
       assert gen is not None and gen > fit  # grokking: generalization after the fit
     else:
       assert gen is None and rep["final_test_acc"] < 0.2
+  # The report's grokking table and figure, from the run's files.
+  from zhang import analysis
+  from zhang.analysis import grokking, report
+  runs = analysis.load_runs(tmp_path)
+  assert grokking.applies(runs)
+  table = grokking.summary_table(grokking.steps(runs))
+  clean = table[table.corruption == 0].iloc[0]
+  reps = [r for r in summary["replicas"] if r["corruption"] == 0]
+  assert clean.n_generalized == len(reps) == clean.n
+  assert clean.generalize_step == pytest.approx(np.mean([r["generalize_step"] for r in reps]))
+  assert table[table.corruption == 1].iloc[0].n_generalized == 0
+  written = {p.name for p in report.write_report([tmp_path], tmp_path / "report", n_boot=0)}
+  assert "grokking.png" in written
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert "## Fit and generalization (grokking)" in text and "never (within the run) at p = 1" in text

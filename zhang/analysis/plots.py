@@ -496,3 +496,36 @@ def fit_times(curves: pd.DataFrame, dataset: str):
   fig.suptitle(f"When each example is fitted on {dataset}: the first evaluation from which "
                f"it stays fitted to the end", fontsize=11)
   return fig
+
+
+def grokking(metrics: pd.DataFrame, max_panels: int = 4):
+  """Train (dashed) and test (solid) accuracy against steps on a log axis, one panel per
+  (model, weight decay), one colour per label corruption, mean over seeds: grokking is the
+  test curve rising long after the train curve (``grokking.steps`` has the events)."""
+  dataset = require_one_dataset(metrics)
+  m = metrics[metrics.kind == "labels"]
+  panels = sorted(m.groupby(["model", "learning_rate", "weight_decay"]).groups)[:max_panels]
+  fig, axes = _figure(len(panels), sharey=True)
+  levels = sorted(m.corruption.unique())
+  palette = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#d62728"]
+  # True labels blue, random labels red, as in Figure 1; matplotlib's cycle past six levels.
+  cmap = (dict(zip(levels, palette[:len(levels) - 1] + palette[-1:])) if len(levels) <= 6
+          else {p: None for p in levels})
+  for ax, (model, lr, wd) in zip(axes, panels):
+    g = m[(m.model == model) & (m.learning_rate == lr) & (m.weight_decay == wd)]
+    for p in levels:
+      c = g[g.corruption == p].groupby("step")[["train_acc", "test_acc"]].mean()
+      c = c[c.index > 0]  # the log axis
+      if c.empty:
+        continue
+      ax.plot(c.index, 100 * c.test_acc, color=cmap[p], lw=1.6, label=f"p = {p:g} test")
+      ax.plot(c.index, 100 * c.train_acc, color=cmap[p], lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 102)
+    ax.set_title(f"{model}\nlr {lr:g}, weight decay {wd:g}", fontsize=9)
+  axes[0].set_ylabel("accuracy (%)")
+  _legend(axes[0], loc="center left", fontsize=8)
+  fig.suptitle(f"Grokking on {dataset}: train (dashed) and test (solid) accuracy, mean over "
+               f"seeds{_partial_note(metrics)}", fontsize=11)
+  return fig

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from zhang.analysis import (fit_time, memorization, paper, plots, regularization, scaling,
-                            tables)
+from zhang.analysis import (fit_time, grokking, memorization, paper, plots, regularization,
+                            scaling, tables)
 from zhang.analysis.load import (HPARAMS, Runs, condition_name, condition_order, load_runs,
                                  require_one_dataset)
 
 FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
 # Written only for runs whose files hold their fields.
-OPTIONAL_FIGURES = ("noisy_fit.png", "reliability.png", "fit_times.png")
+OPTIONAL_FIGURES = ("noisy_fit.png", "reliability.png", "fit_times.png", "grokking.png")
 # Written, with table1.md, for runs that compare regularizers or models (regularization.py).
 REGULARIZER_FIGURES = ("fig2a.png", "early_stopping.png")
 
@@ -386,6 +386,7 @@ def _figures_section(names: Sequence[str] = FIGURES) -> list[str]:
       "noisy_fit.png": "Train accuracy on clean and corrupted examples against steps.",
       "reliability.png": "Reliability diagram: test accuracy against confidence, per bin.",
       "fit_times.png": "Share of clean and noisy examples fitted for good by each step.",
+      "grokking.png": "Train and test accuracy against steps (log axis): grokking.",
       "fig2a.png": "Fig. 2a-style: train and test accuracy against steps per model.",
       "early_stopping.png": "Early stopping: the best test accuracy against the fit step's "
                             "and the last.",
@@ -417,6 +418,8 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   bins = reliability_table(runs)
   if plots.has_reliability(bins):
     written.append(plots.save(plots.reliability(bins), out / "reliability.png"))
+  if grokking.applies(runs):
+    written.append(plots.save(plots.grokking(runs.metrics), out / "grokking.png"))
   if memorization.has_fit_times(runs):
     written.append(plots.save(plots.fit_times(memorization.curves(runs), runs.datasets[0]),
                               out / "fit_times.png"))
@@ -445,6 +448,7 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   lines += _fit_section(a)
   lines += _scaling_section(a)
   lines += _paper_section(a)
+  lines += grokking.report_lines(runs)
   lines += memorization.report_lines(runs)
   lines += _figures_section([p.name for p in written])
   report = out / "report.md"
