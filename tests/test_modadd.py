@@ -138,3 +138,28 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
   assert "grokking.png" in written
   text = (tmp_path / "report" / "report.md").read_text()
   assert "## Fit and generalization (grokking)" in text and "never (within the run) at p = 1" in text
+
+
+def test_kernel_baseline_on_modadd_fits_and_does_not_generalize(capsys):
+  """`zhang kernel --dataset modadd`: one-hot features of (a, b); the RBF interpolant fits
+  every training pair and gets test pairs wrong (the kernel only sees shared residues)."""
+  from zhang import features, kernels
+  d = data.load("modadd", options=dict(modulus=11, train_fraction=0.5))
+  fmap = features.get("onehot", d.train_images.shape[1:], vocab=11)
+  x = fmap.blocks[0][1](d.train_images[:5])
+  ids = d.train_images[:5].reshape(5, 2)
+  want = np.zeros((5, 22))
+  want[np.arange(5), ids[:, 0]] = 1
+  want[np.arange(5), 11 + ids[:, 1]] = 1
+  np.testing.assert_array_equal(x, want)
+  result = kernels.evaluate(d, len(d.train_labels), len(d.test_labels), kernel="rbf",
+                            features="onehot")
+  assert result["train_error"] == 0.0 and result["test_error"] > 0.9
+  with pytest.raises(UsageError, match="token inputs: use --features onehot"):
+    kernels.evaluate(d, 10, 10, features="raw")
+  code = cli.main(["kernel", "--dataset", "modadd", "--modulus", "11", "--train_fraction",
+                   "0.5", "--n", "0", "--json"])
+  out = capsys.readouterr().out
+  assert code == 0 and json.loads(out)["test_error"] == pytest.approx(result["test_error"])
+  code = cli.main(["kernel", "--dataset", "modadd", "--modulus", "12"])
+  assert code == 2 and "modulus=12 must be a prime" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import numpy as np
 from zhang.errors import UsageError
 
 Block = Callable[[np.ndarray], np.ndarray]
-NAMES = ("raw", "gabor", "random_conv")
+NAMES = ("raw", "gabor", "random_conv", "onehot")
 # Random filters per block: bounds the (rows * positions, filters) activations.
 _FILTERS_PER_BLOCK = 256
 _ROWS_PER_CHUNK = 512
@@ -56,6 +56,21 @@ def raw(image_shape) -> FeatureMap:
   d = int(np.prod(image_shape))
   return FeatureMap("raw", d, [(d, lambda im: _as_float(im).reshape(len(im), -1)
                                 .astype(np.float64))])
+
+
+def onehot(image_shape, vocab: int) -> FeatureMap:
+  """Token inputs (``modadd``'s (a, b)): each token's one-hot vector over ``vocab`` ids,
+  concatenated (the inputs ``mlp_tokens`` sees)."""
+  tokens = int(np.prod(image_shape))
+  d = tokens * vocab
+
+  def block(im):
+    ids = np.asarray(im).reshape(len(im), tokens).astype(np.int64)
+    out = np.zeros((len(im), tokens, vocab))
+    np.put_along_axis(out, ids[..., None], 1.0, axis=-1)
+    return out.reshape(len(im), d)
+
+  return FeatureMap("onehot", d, [(d, block)])
 
 
 # --------------------------------------------------------------------------- gabor
@@ -179,8 +194,14 @@ def _conv_relu_pool(images, filt, p: int):
   return jnp.concatenate([q.mean(axis=(1, 2)) for q in quads], axis=1)
 
 
-def get(name: str, image_shape, num_filters: int = 256, seed: int = 0) -> FeatureMap:
-  """The feature map called `name` for images of `image_shape` (H, W, C)."""
+def get(name: str, image_shape, num_filters: int = 256, seed: int = 0,
+        vocab: int | None = None) -> FeatureMap:
+  """The feature map called `name` for images of `image_shape` (H, W, C); ``onehot`` for
+  token inputs with ``vocab`` ids."""
+  if name == "onehot":
+    if vocab is None:
+      raise UsageError("--features onehot is for token datasets (modadd)")
+    return onehot(image_shape, vocab)
   if name == "raw":
     return raw(image_shape)
   if name == "gabor":

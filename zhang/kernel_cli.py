@@ -30,7 +30,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                       f"0: all)")
   p.add_argument("--n_test", type=int, default=0, help="test examples (default 0: all)")
   p.add_argument("--kernel", choices=kernels.KERNELS, default="rbf")
-  p.add_argument("--features", choices=features_lib.NAMES, default="raw")
+  p.add_argument("--features", choices=features_lib.NAMES, default=None,
+                 help="default raw (images), onehot (token datasets: modadd)")
+  p.add_argument("--modulus", type=int, default=113, help="modadd: the prime (default 113)")
+  p.add_argument("--train_fraction", type=float, default=0.3,
+                 help="modadd: the share of pairs that trains (default 0.3)")
+  p.add_argument("--split_seed", type=int, default=0, help="modadd: the split's seed")
   p.add_argument("--num_filters", type=int, default=256,
                  help="random filters for --features random_conv (paper: 32000)")
   p.add_argument("--ridge", type=float, default=0.0,
@@ -56,7 +61,10 @@ def run_kernel_command(args) -> int:
   try:
     if args.memory_gb is not None and not args.memory_gb > 0:
       raise UsageError(f"--memory_gb must be > 0; got {args.memory_gb}")
-    ds = data.load(args.dataset, args.data_dir)
+    ds = data.load(args.dataset, args.data_dir, dict(
+        modulus=args.modulus, train_fraction=args.train_fraction, split_seed=args.split_seed))
+    if args.features is None:
+      args.features = "onehot" if ds.inputs == "tokens" else "raw"
     have_train, have_test = len(ds.train_labels), len(ds.test_labels)
     n = min(_DEFAULT_N, have_train) if args.n is None else (args.n or have_train)
     n_test = args.n_test or have_test

@@ -289,7 +289,12 @@ def evaluate(ds, n_train: int, n_test: int, kernel: str = "rbf", features: str =
     raise UsageError(f"--n {n_train} is out of range for {ds.name}: use 1..{have_train}")
   if not 0 <= n_test <= have_test:
     raise UsageError(f"--n_test {n_test} is out of range for {ds.name}: use 0..{have_test}")
-  fmap = features_lib.get(features, ds.train_images.shape[1:], num_filters, seed)
+  tokens = getattr(ds, "inputs", "images") == "tokens"
+  if tokens != (features == "onehot"):
+    raise UsageError(f"{ds.name} has {'token' if tokens else 'image'} inputs: use --features "
+                     + ("onehot" if tokens else "raw, gabor or random_conv"))
+  fmap = features_lib.get(features, ds.train_images.shape[1:], num_filters, seed,
+                          vocab=ds.num_classes if tokens else None)
   mem = plan_memory(n_train, n_test, fmap.max_block_dim, ds.num_classes, memory_budget_bytes)
   log(f"memory: {mem.describe()}")
   if not mem.fits and mem.max_n_train == 0:
