@@ -1,0 +1,241 @@
+"""SGLD chains of a localized tempered posterior, and the lambda-hat of their losses.
+
+The estimator core of ``zhang llc`` (``zhang/llc.py`` runs it on a run's replicas), with
+the loss function a parameter, so the same code that samples networks samples models whose
+learning coefficient is known (``tests/test_llc.py``). It samples
+
+    p(w) ~ exp(-n beta L_n(w) - gamma/2 |w - w*|^2)
+
+by devinterp's SGLD step, w <- w - eps/2 (n beta grad L_m(w) + gamma (w - w*)) + N(0, eps)
+(L_m the mean loss of a minibatch of m examples, drawn without replacement within an epoch,
+a fresh order each epoch and chain), and estimates lambda-hat = n beta (E_w[L_n(w)] -
+L_n(w*)) with E_w[L_n(w)] the mean of the minibatch losses after burn-in (Lau et al. 2023;
+devinterp's ``LLCEstimator``), per chain, then averaged over chains.
+
+Why not blackjax: its ``sgld`` takes the same step but returns only the new position, so the
+minibatch loss the estimator averages would cost a second forward pass per step (a third of
+a step); here it comes out of the gradient's own forward pass. Its step-size convention (eps
+grad log p + sqrt(2 eps) noise) also differs from devinterp's by a factor 2, and the step is
+a few lines (``sgld_step``).
+
+The defaults (``Settings``) and their calibration. The estimate approaches lambda when the
+directions of w* that count have n beta h >> gamma (h their curvature; for a quadratic loss
+lambda-hat = 1/2 sum n beta h / (n beta h + gamma) exactly, so gamma suppresses the flatter
+ones), the step is small against the curvature (eps n beta h << 1, else the discretization
+inflates the posterior) and the minibatch gradient noise is small against the injected
+noise (eps (n beta)^2 h / m << 1). The flattest directions relax in about 2 / (eps gamma)
+steps, which the burn-in must cover. Measured (``tests/test_llc.py``'s models, n = 1000,
+n beta = n / log n = 145, batch 128, n beta h = 1000, gamma = 100, where the exact tempered
+expectation is 4.54 for the regression's d/2 = 5 and 0.45 for the product's 1/2):
+
+  eps     regression (d = 10)           f(x) = a b x at a = 1 (16 chains)
+  1e-5    4.52 (16 chains, 13k steps)   0.44 (13k steps): the exact expectation
+  1e-4    4.57-4.96 (4 seeds)           0.45-0.53 (4 seeds)
+  3e-4    5.63                          0.54
+  1e-3    8.78                          0.85
+
+so eps = 1e-4 with gamma = 100 recovers both truths within 15% (its upward discretization
+bias and gamma's downward one nearly cancel at this n beta h), and 300 burn-in steps (1.5
+relaxation times) and 1000 draws settle every chain there and on the digits run. On the
+digits run (MLP 1x512, n beta 198) lambda-hat of the random-label replicas is 238, 263, 300
+at eps = 3e-5, 1e-4, 3e-4 (gamma 100) and 46, 48, 58 at gamma = 1000. The order of the
+label-corruption levels is the same at all six settings, but the random-pixel and gaussian
+replicas sit between p = 0.4 and 0.6 at gamma = 100 and below p = 0.2 at gamma = 1000
+(``zhang llc --sweep`` prints such a grid): compare replicas at one setting, and say which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zhang import randomize
+from zhang.errors import UsageError
+
+NBETA_RULES = ("n", "batch")
+SETTLE_TOL = 0.1  # the last quarter's mean against the quarter before, in lambda-hat units
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The sampler's settings (module docstring: what each does, and the calibration)."""
+  step_size: float = 1e-4  # eps
+  gamma: float = 100.0  # localization strength
+  nbeta: str | float = "n"  # "n": n / log n, "batch": m / log m, or a number
+  chains: int = 4
+  draws: int = 1000  # steps whose minibatch losses enter the estimate
+  burnin: int = 300  # steps before them
+  batch_size: int | None = None  # m; None: the run's batch size (128 outside a run)
+  seed: int = 0
+
+  def check(self) -> None:
+    """Raises UsageError for a setting no chain can run with."""
+    for name in ("step_size", "gamma"):
+      value = getattr(self, name)
+      if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UsageError(f"--{name} must be a positive number; got {value}")
+    for name, low in (("chains", 1), ("draws", 1), ("burnin", 0)):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < low:
+        raise UsageError(f"--{name} must be an integer >= {low}; got {value}")
+    if self.batch_size is not None and (not isinstance(self.batch_size, int)
+                                        or self.batch_size < 1):
+      raise UsageError(f"--batch_size must be a positive integer; got {self.batch_size}")
+    parse_nbeta(self.nbeta)
+
+  @property
+  def num_steps(self) -> int:
+    return self.burnin + self.draws
+
+
+def parse_nbeta(value) -> str | float:
+  """``"n"``, ``"batch"`` or a positive number (also as a string)."""
+  if isinstance(value, str) and value in NBETA_RULES:
+    return value
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    number = math.nan
+  if not (math.isfinite(number) and number > 0):
+    raise UsageError(f"--nbeta must be n (n / log n, n the training-set size), batch "
+                     f"(m / log m, m the batch size) or a positive number; got {value!r}")
+  return number
+
+
+def resolve_nbeta(nbeta, num_data: int, batch_size: int) -> float:
+  """n beta as a number: n / log n, m / log m, or the number given."""
+  nbeta = parse_nbeta(nbeta)
+  if nbeta == "n":
+    return num_data / math.log(num_data)
+  if nbeta == "batch":
+    return batch_size / math.log(batch_size)
+  return float(nbeta)
+
+
+def gaussian_like(key, tree):
+  """Standard normal noise of ``tree``'s shapes and dtypes, one stream per leaf.
+
+  Threefry of counters (``randomize.example_normal``): on XLA CPU half the cost of
+  ``jax.random.normal``, which took half the time of the digits MLP's SGLD step (and XLA
+  CPU's RngBitGenerator, behind the ``rbg`` keys, is slower still)."""
+  leaves, tree_def = jax.tree.flatten(tree)
+  return jax.tree.unflatten(tree_def, [
+      randomize.example_normal(jax.random.fold_in(key, i), x.shape).astype(x.dtype)
+      for i, x in enumerate(leaves)])
+
+
+def sgld_step(loss_fn: Callable, w, w_star, key, batch, step_size, gamma, nbeta):
+  """One SGLD step of one chain: returns (new w, the minibatch loss at w).
+
+  ``loss_fn(w, batch)`` is the mean loss of the minibatch; the step is devinterp's,
+  w - eps/2 (n beta grad + gamma (w - w*)) + sqrt(eps) N(0, 1).
+  """
+  loss, grad = jax.value_and_grad(loss_fn)(w, batch)
+  noise = gaussian_like(key, w)
+  scale = jnp.sqrt(step_size)
+  w = jax.tree.map(lambda p, g, p0, z: p - 0.5 * step_size * (nbeta * g + gamma * (p - p0))
+                   + scale * z, w, grad, w_star, noise)
+  return w, loss
+
+
+def run_chains(step_fn: Callable, w0, keys, num_data: int, batch_size: int, num_steps: int):
+  """``num_steps`` steps of chains with keys ``keys`` (any leading shape S, e.g. (replicas,
+  chains)). ``step_fn(w, indices, step_keys)`` steps every chain: ``indices`` (*S, m) are
+  each chain's minibatch (an epoch's order, fresh each epoch), ``step_keys`` (*S) its noise
+  keys; it returns (w, losses (*S)). Returns (w, the loss trace (*S, num_steps))."""
+  shape = keys.shape
+  flat = keys.reshape(-1)
+  order_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(flat)
+  noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(flat)
+  per_epoch = num_data // batch_size
+
+  def orders(epoch):
+    return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch),
+                                                     num_data))(order_keys).reshape(
+                                                         *shape, num_data).astype(jnp.int32)
+
+  def body(carry, t):
+    w, order = carry
+    pos = t % per_epoch
+    # The step is shared by every chain, so this stays a real branch.
+    order = jax.lax.cond(pos == 0, lambda: orders(t // per_epoch), lambda: order)
+    indices = jax.lax.dynamic_slice_in_dim(order, pos * batch_size, batch_size, axis=-1)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(noise_keys).reshape(shape)
+    w, loss = step_fn(w, indices, step_keys)
+    return (w, order), loss
+
+  order0 = jnp.zeros((*shape, num_data), jnp.int32)
+  (w, _), trace = jax.lax.scan(body, (w0, order0), jnp.arange(num_steps))
+  return w, jnp.moveaxis(trace, 0, -1)
+
+
+def estimate(trace, init_loss: float, nbeta: float, burnin: int, num_params: int) -> dict:
+  """lambda-hat and the diagnostics of one model's chains, from its loss trace (chains,
+  steps) and L_n(w*), as plain numbers."""
+  trace = np.asarray(trace, np.float64)
+  draws = trace[:, burnin:]
+  with np.errstate(invalid="ignore", over="ignore"):
+    per_chain = nbeta * (draws.mean(axis=1) - init_loss)
+  diverged = ~np.isfinite(trace).all(axis=1) | ~(np.abs(per_chain) <= num_params)
+  good = per_chain[~diverged]
+  out = dict(llc=None, llc_std=None, llc_se=None, llc_per_chain=per_chain.tolist(),
+             init_loss=float(init_loss), mean_loss=None, diverged_chains=int(diverged.sum()),
+             settled=None, drift=None)
+  if not len(good):
+    return out
+  llc = float(good.mean())
+  std = float(good.std(ddof=1)) if len(good) > 1 else None
+  out.update(llc=llc, llc_std=std, llc_se=None if std is None else std / math.sqrt(len(good)),
+             mean_loss=float(draws[~diverged].mean()))
+  quarter = draws.shape[1] // 4
+  if quarter >= 2:
+    kept = draws[~diverged]
+    change = nbeta * (kept[:, -quarter:].mean(1) - kept[:, -2 * quarter:-quarter].mean(1))
+    if len(change) > 1:
+      noise = change.std(ddof=1) / math.sqrt(len(change))
+    else:  # one chain: the minibatch losses' own spread, as if independent
+      noise = nbeta * kept[0, -2 * quarter:].std() * math.sqrt(2.0 / quarter)
+    drift = float(change.mean())
+    out.update(drift=drift, settled=bool(abs(drift) <= max(SETTLE_TOL * max(abs(llc), 1.0),
+                                                           3.0 * noise)))
+  return out
+
+
+def sample(loss_fn: Callable, w_star, num_data: int, settings: Settings = Settings(),
+           init_loss: float | None = None) -> dict:
+  """lambda-hat of one model by the core ``zhang.llc`` runs on a grid: ``loss_fn(w, indices)``
+  is the mean loss of the examples ``indices`` (int32 (m,)) of ``num_data``; ``init_loss``
+  defaults to the loss of all of them at ``w_star``. Returns ``estimate``'s dict with the
+  trace (chains, steps), n beta and the parameter count."""
+  m = settings.batch_size or 128
+  check_settings(dataclasses.replace(settings, batch_size=m), num_data)
+  nbeta = resolve_nbeta(settings.nbeta, num_data, m)
+  if init_loss is None:
+    init_loss = float(jax.jit(loss_fn)(w_star, jnp.arange(num_data)))
+  chain_keys = jax.random.split(jax.random.key(settings.seed), settings.chains)
+
+  @jax.jit
+  def chains(w_star, keys, step_size, gamma, nbeta):
+    def step_fn(w, indices, step_keys):
+      one = lambda w, i, k: sgld_step(loss_fn, w, w_star, k, i, step_size, gamma, nbeta)
+      return jax.vmap(one)(w, indices, step_keys)
+    w0 = jax.tree.map(lambda p: jnp.broadcast_to(p, (settings.chains, *p.shape)), w_star)
+    return run_chains(step_fn, w0, keys, num_data, m, settings.num_steps)[1]
+
+  trace = np.asarray(chains(w_star, chain_keys, settings.step_size, settings.gamma, nbeta))
+  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(w_star))
+  return dict(estimate(trace, init_loss, nbeta, settings.burnin, num_params), trace=trace,
+              nbeta=nbeta, num_params=num_params)
+
+
+def check_settings(s: Settings, n: int | None = None) -> None:
+  """``Settings.check``, and a batch no larger than the ``n`` training examples."""
+  s.check()
+  if n is not None and s.batch_size is not None and s.batch_size > n:
+    raise UsageError(f"--batch_size {s.batch_size} is more than the {n} training examples")
+
