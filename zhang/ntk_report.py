@@ -276,9 +276,14 @@ def _shape_words(corrupted: list[dict], key: str) -> str | None:
     return None
   rising = lambda pts: all(b[1] >= a[1] * 0.95 for a, b in zip(pts, pts[1:]))
   peak = max(meas, key=lambda t: t[1])
-  text = ("The measured slowdown grows with corruption" if rising(meas) else
-          f"The measured slowdown is not monotone in corruption: it peaks at {peak[0]:g} "
-          f"({peak[1]:.1f}x) and is {meas[-1][1]:.1f}x at {meas[-1][0]:g}")
+  values = ", ".join(f"{p:g}: {v:.1f}x" for p, v in meas)
+  if rising(meas):
+    text = "The measured slowdown grows with corruption"
+  elif peak == meas[-1]:  # highest at the last level, with a dip before it
+    text = f"The measured slowdown is not monotone in corruption ({values})"
+  else:
+    text = (f"The measured slowdown is not monotone in corruption: it peaks at {peak[0]:g} "
+            f"({peak[1]:.1f}x) and is {meas[-1][1]:.1f}x at {meas[-1][0]:g}")
   if len(pred) >= 3:
     peak_p = max(pred, key=lambda t: t[1])
     text += ("; the predicted one (constant rate) grows with it" if rising(pred) else
