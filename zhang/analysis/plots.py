@@ -433,7 +433,7 @@ def fig2a(metrics: pd.DataFrame, max_panels: int = 4):
               label=f"{model} test")
       ax.plot(curves.index, 100 * curves.train_acc, color=colors[model], lw=1, ls="--",
               label=f"{model} train")
-    ax.set_title(_explicit(g.iloc[0]), fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(_explicit(g.iloc[0]), 26)), fontsize=9)
     ax.set_xlabel("step")
     ax.set_ylim(0, 102)
   axes[0].set_ylabel("accuracy (%)")
