@@ -163,3 +163,19 @@ def test_kernel_baseline_on_modadd_fits_and_does_not_generalize(capsys):
   assert code == 0 and json.loads(out)["test_error"] == pytest.approx(result["test_error"])
   code = cli.main(["kernel", "--dataset", "modadd", "--modulus", "12"])
   assert code == 2 and "modulus=12 must be a prime" in capsys.readouterr().err
+
+
+def test_ntk_kernel_baseline_on_modadd_interpolates_and_refuses_images(capsys):
+  """`zhang kernel --dataset modadd --kernel ntk`: the tangent kernel of mlp_tokens at its
+  initialization fits every training pair; on images it points at `zhang ntk RUN`."""
+  code = cli.main(["kernel", "--dataset", "modadd", "--modulus", "11", "--train_fraction",
+                   "0.5", "--n", "0", "--kernel", "ntk", "--json"])
+  out = capsys.readouterr().out
+  assert code == 0
+  result = json.loads(out)
+  assert result["kernel"] == "ntk" and result["model"] == "mlp_tokens"
+  assert result["n_train"] == round(0.5 * 121) and result["train_error"] == 0.0
+  assert result["feature_dim"] == models.param_count("mlp_tokens", (1, 2, 1), 11)
+  assert result["test_error"] > 0.5  # the kernel regime does not learn the addition
+  code = cli.main(["kernel", "--dataset", "digits", "--kernel", "ntk"])
+  assert code == 2 and "use zhang ntk RUN" in capsys.readouterr().err

@@ -401,11 +401,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(spec.inputs == inputs,
            f"model {c.model} takes {spec.inputs}, but dataset {c.dataset} is {inputs}: use "
            f"one of {', '.join(models.names(inputs))} for {c.dataset}")
-  if c.dataset in data.TOKEN_DATASETS:
-    data.check_modadd(c.modulus, c.train_fraction)
-    _require(isinstance(c.split_seed, int) and not isinstance(c.split_seed, bool)
-             and c.split_seed >= 0, f"split_seed={c.split_seed!r} must be an integer >= 0",
-             "split_seed")
+  # modadd's fields, checked whatever the dataset (their defaults are valid).
+  data.check_modadd(c.modulus, c.train_fraction)
+  _require(isinstance(c.split_seed, int) and not isinstance(c.split_seed, bool)
+           and c.split_seed >= 0, f"split_seed={c.split_seed!r} must be an integer >= 0",
+           "split_seed")
   _check_choice("compute_dtype", c.compute_dtype)
   _check_choice("optimizer", c.optimizer)
   for name in ("adam_b1", "adam_b2"):

@@ -341,6 +341,8 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
   fit_since = jax.jit(lambda labels: jnp.full(labels.shape, -1, jnp.int32),
                       out_shardings=reps.labels.sharding)(reps.labels)
   restored = ckpt.restore_latest(states, fit_since)
+  # Whether the corruption changed each example's label (fit_times.npz's ``noisy``).
+  noisy = _to_host(reps.labels) != np.asarray(dataset.train_labels)[None]
   tracker = metrics_lib.FitTracker(
       replicas, label_noise, config.fit_threshold, config.batch_size, n_train,
       header=dict(model=config.model, dataset=config.dataset,
@@ -413,7 +415,7 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
           ckpt.save(step, states, tracker.meta(time.time() - start), fit_times=fit_since)
           saved_step = step
         if save or ((done or stop_now) and not (workdir / metrics_lib.FIT_TIMES).exists()):
-          _write_fit_times(workdir, fit_since, reps, d, len(replicas), last_eval)
+          _write_fit_times(workdir, fit_since, noisy, len(replicas), last_eval)
         if evaluate_now or done or stop_now:
           show.update(step, tracker, final=done or stop_now)
         if done or stop_now:
@@ -451,18 +453,19 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
   return final  # as summary.json has it
 
 
-def _write_fit_times(workdir, fit_since, reps, d, num_replicas: int, step: int) -> None:
-  """``fit_times.npz`` from the devices' per-example fit steps (every process takes part in
-  gathering them; process 0 writes)."""
+def _to_host(x) -> np.ndarray:
+  """A per-replica array on the host, whole (every process takes part in gathering it when
+  the replicas are spread over several)."""
   if jax.process_count() > 1:
-    fit = multihost_utils.process_allgather(fit_since, tiled=True)
-  else:
-    fit = jax.device_get(fit_since)
-  if jax.process_index() != 0:
-    return
-  labels = np.asarray(jax.device_get(reps.labels))
-  noisy = labels != np.asarray(jax.device_get(d.train_labels))[None]
-  metrics_lib.write_fit_times(workdir, fit[:num_replicas], noisy[:num_replicas], step)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def _write_fit_times(workdir, fit_since, noisy, num_replicas: int, step: int) -> None:
+  """``fit_times.npz`` from the devices' per-example fit steps (process 0 writes)."""
+  fit = _to_host(fit_since)
+  if jax.process_index() == 0:
+    metrics_lib.write_fit_times(workdir, fit[:num_replicas], noisy[:num_replicas], step)
 
 
 def evaluation_steps(config, last: int) -> list[int]:

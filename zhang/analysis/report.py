@@ -17,7 +17,9 @@ from zhang.analysis.load import (HPARAMS, Runs, condition_name, condition_order,
 
 FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
 # Written only for runs whose files hold their fields.
-OPTIONAL_FIGURES = ("noisy_fit.png", "reliability.png", "fit_times.png", "grokking.png")
+OPTIONAL_FIGURES = ("noisy_fit.png", "reliability.png", "fit_times.png")
+# Written for runs that trained on past the fit (``stop_at_fit=False``, grokking.py).
+GROKKING_FIGURES = ("grokking.png",)
 # Written, with table1.md, for runs that compare regularizers or models (regularization.py).
 REGULARIZER_FIGURES = ("fig2a.png", "early_stopping.png")
 
