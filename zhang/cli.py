@@ -46,7 +46,8 @@ def _train(args) -> int:
     return 0
   print_run(summary, config_lib.resolve(config))
   print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
-        f"summary.json (fit steps, final accuracies).")
+        f"summary.json (fit steps, final accuracies), fit_times.npz (when each training "
+        f"example was fitted).")
   return 0
 
 
