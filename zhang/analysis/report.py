@@ -433,16 +433,17 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   if memorization.has_fit_times(runs):
     written.append(plots.save(plots.fit_times(memorization.curves(runs), runs.datasets[0]),
                               out / "fit_times.png"))
-  regularizer_study = (plots.has_model_pairs(runs.metrics)
-                       or not regularization.effects(runs).empty)
+  pairs = plots.has_model_pairs(runs.metrics)
+  effects = regularization.effects(runs)
+  regularizer_study = pairs or not effects.empty
   if regularizer_study:
-    if plots.has_model_pairs(runs.metrics):
+    if pairs:
       written.append(plots.save(plots.fig2a(runs.metrics), out / "fig2a.png"))
-    written.append(plots.save(plots.early_stopping(regularization.early_stopping(
-        runs, threshold)), out / "early_stopping.png"))
+    es = regularization.early_stopping(runs, threshold)
+    written.append(plots.save(plots.early_stopping(es), out / "early_stopping.png"))
     table1_md = out / "table1.md"
     table1_md.write_text("\n".join(
-        regularization.table1_markdown(runs, a.table1, a.fits, threshold)
+        regularization.table1_markdown(runs, a.table1, a.fits, threshold, effects, es)
         + _figures_section([p.name for p in written if p.name in REGULARIZER_FIGURES])))
   # What `zhang llc RUN --out OUT` and `zhang ntk RUN --out OUT` wrote into the same folder.
   llc_result = llc_report.load(out / "llc.json") if (out / "llc.json").exists() else None
