@@ -1,16 +1,20 @@
 r"""Modular addition: the randomization test on an algorithmic task, and grokking.
 
-  zhang train --config configs/modadd.py --workdir runs/modadd     # 7 min on 2 CPU cores
+  zhang train --config configs/modadd.py --workdir runs/modadd     # 7.5 min on 2 CPU cores
+  zhang report runs/modadd --out report                            # + the kernel baseline, 20 s
+  zhang llc runs/modadd --steps all --chains 2 --draws 500 --batch_size 348 --out report
   zhang train --config configs/modadd.py:model=transformer_1l,modulus=113,train_fraction=0.3,max_steps=10000 \
       --workdir runs/modadd_transformer                           # Nanda et al.'s setting
   zhang train --config configs/modadd.py:quick --workdir runs/modadd_quick
 
 Data: every pair (a, b) of residues mod `modulus`, labelled (a + b) mod `modulus`; a random
-`train_fraction` of the pairs trains (split from `split_seed`), the rest tests. Training is
-full-batch AdamW (betas 0.9 / 0.98, decoupled weight decay; Nanda et al. 2023; lr 1e-3 for
-the transformer, their rate, and 0.01 for mlp_tokens) at a constant rate, to `max_steps` whatever the fit (grokking comes long after it): each
-replica's `fit_step` (train accuracy 1) and `generalize_step` (test accuracy >= 0.99) are in
-summary.json.
+`train_fraction` of the pairs trains (split from `split_seed`), the rest tests against the
+true sums. Training is full-batch AdamW (betas 0.9 / 0.98, decoupled weight decay; Nanda et
+al. 2023; lr 1e-3 for the transformer, their rate, and 0.01 for mlp_tokens) at a constant
+rate, to `max_steps` whatever the fit (grokking comes long after it). Each replica's
+`fit_step` (train accuracy 1) and `generalize_step` (test accuracy >= 0.99) are in
+summary.json; an evaluation every 20 steps and 21 checkpoints, all kept (the learning
+coefficient through training).
 
 Arguments (comma-separated after the colon):
   model=NAME        mlp_tokens (default: an MLP on the one-hot residues, 512 hidden) or
@@ -19,29 +23,43 @@ Arguments (comma-separated after the colon):
   train_fraction=F  in (0, 1) (default 0.5).
   lr=X              the AdamW rate (default 0.01 for mlp_tokens, 1e-3 for the transformer).
   seeds=N           seeds per grid point (default 2).
-  max_steps=N       default 4000 (full-batch steps).
+  max_steps=N       default 4000 (full-batch steps); past 10,000 an evaluation every 100.
+  corruptions=L     label corruption levels joined by +, e.g. 0.1+0.3 (default 0+0.1+0.3+1).
+  weight_decays=L   weight decays joined by + (default 0.3+1).
   quick             modulus 23, train fraction 0.7, mlp_tokens at lr 0.03, weight decay 1.0,
                     corruption {0, 1}, 1000 steps: a smoke test in which the true-label
-                    replicas generalize (fitted at step 100, test accuracy >= 0.99 from step
-                    500 in a trial) and the random-label ones do not.
+                    replicas generalize (test accuracy >= 0.99 from about step 500) and the
+                    random-label ones do not.
 
-Grid: label corruption {0, 0.1, 0.3, 1.0} x weight decay {0.3, 1.0} x seeds (16 replicas). Only label
-corruption applies: the pixel randomizations have no pixels to act on here.
+Grid: label corruption {0, 0.1, 0.3, 1.0} x weight decay {0.3, 1.0} x seeds (16 replicas).
+Only label corruption applies: the pixel randomizations have no pixels to act on here.
 
-The default is what groks on 2 CPU cores: its 16 replicas ran 4,000 steps in 412 s on a
-Xeon. True labels fit at step 100 and generalize (test accuracy >= 0.99) at 600 (weight
-decay 1.0) and 1,100-1,200 (0.3); with 10% of labels corrupted test accuracy ends at
-0.91-0.96, with 30% at 0.05-0.13 (never generalizing), random labels at chance. The
-transformer at modulus 113 is about 14 GFLOP per replica-step (a full batch of 3,831 pairs):
-hours on a CPU, an accelerator's setting.
+The default is what groks on 2 CPU cores: its 16 replicas ran 4,000 steps in 439 s on a
+Xeon (103 ms per step, 0.48 of the same process's matmul rate: benchmarks/modadd.py).
+Every replica, random labels too, fits its training pairs by step 40; true labels
+generalize at 520-540 (weight decay 1.0) and 1,080-1,120 (0.3). With 10% of the labels
+corrupted test accuracy ends at 0.91-0.96, with 30% at 0.05-0.12, random labels at chance
+(docs/results/modadd.md). The transformer at modulus 113 is about 14 GFLOP per
+replica-step (a full batch of 3,831 pairs), 1.6 s per step for 16 replicas here: hours on
+a CPU, an accelerator's setting.
 """
 
 from zhang.config import base_config, parse_arg
+from zhang.errors import UsageError
+
+
+def _levels(name: str, text: str) -> list[float]:
+  """``0.1+0.3`` -> [0.1, 0.3]; empty -> [] (the default grid's)."""
+  try:
+    return [float(v) for v in text.split("+") if v]
+  except ValueError:
+    raise UsageError(f"config argument {name}={text!r}: give numbers joined by +, e.g. "
+                     f"{name}=0.1+0.3") from None
 
 
 def get_config(arg=None):
   a = parse_arg(arg, model="mlp_tokens", modulus=59, train_fraction=0.5, lr=0.0, seeds=2,
-                max_steps=4000, quick=False)
+                max_steps=4000, corruptions="", weight_decays="", quick=False)
   c = base_config()
   c.dataset = "modadd"
   c.model = a.model
@@ -52,6 +70,8 @@ def get_config(arg=None):
     c.modulus, c.train_fraction, c.model = 23, 0.7, "mlp_tokens"
     c.max_steps = 1000
     corruptions, wds = [0.0, 1.0], [1.0]
+  corruptions = _levels("corruptions", a.corruptions) or corruptions
+  wds = _levels("weight_decays", a.weight_decays) or wds
   c.batch_size = max(1, round(c.train_fraction * c.modulus ** 2))  # full batch
   c.eval_batch_size = c.modulus ** 2
   c.optimizer = "adamw"
@@ -59,9 +79,11 @@ def get_config(arg=None):
                              else 0.01)
   c.adam_b1, c.adam_b2 = 0.9, 0.98
   c.lr_decay = 1.0
-  c.eval_every = 100 if c.max_steps <= 20_000 else 500
-  c.checkpoint_every = max(c.eval_every, c.max_steps // 10)
-  c.keep_checkpoints = 11  # every checkpoint: the learning coefficient through training
+  # Fine enough to time the fit (within tens of steps) and to draw the log-step curves.
+  c.eval_every = 20 if c.max_steps <= 10_000 else 100
+  # 21 checkpoints, every one kept: the learning coefficient through memorization and grokking
+  c.checkpoint_every = max(c.eval_every, c.max_steps // 20)
+  c.keep_checkpoints = 21
   c.stop_at_fit = False
   c.grid = [dict(kinds=["labels"], corruptions=corruptions, seeds=list(range(a.seeds)),
                  weight_decays=wds)]

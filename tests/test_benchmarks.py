@@ -42,6 +42,24 @@ def test_throughput_rows_report_the_plans_asked_for():
 
 
 @pytest.mark.slow
+def test_modadd_rate_is_the_configs_grid_against_the_matmul_rate():
+  done = script("modadd.py", "--config", "configs/modadd.py:quick", "--steps", "1",
+                "--repeats", "1", "--matmul_n", "64", "--matmul_repeats", "1")
+  assert done.returncode == 0, done.stderr
+  row = json.loads(done.stdout)
+  # quick: modulus 23, 70% of the 529 pairs in one batch, corruption {0, 1} x 2 seeds.
+  assert (row["model"], row["n_train"], row["batch_size"], row["replicas"]) == (
+      "mlp_tokens", 370, 370, 4)
+  # 4 replicas x 3 x 2 FLOPs per multiply-add x batch x (46 x 512 + 512 x 23) multiply-adds.
+  assert row["flops_per_step"] == 4 * 3 * 2 * 370 * (46 * 512 + 512 * 23)
+  assert row["fraction_of_matmul"] == pytest.approx(
+      row["flops_per_s"] / row["matmul_flops_per_s"], rel=1e-3)
+  assert row["run_seconds_estimate"] == pytest.approx(1000 * row["step_ms"] / 1e3, abs=0.1)
+  bad = script("modadd.py", "--config", "configs/digits.py")
+  assert bad.returncode == 2 and "not modadd" in bad.stderr
+
+
+@pytest.mark.slow
 def test_quick_device_check_writes_one_json_of_results(tmp_path):
   # A budget beyond need: on a loaded machine the default 60 s could stop the run early.
   done = script("device_check.py", "--quick", "--budget_s", "600", "--out", str(tmp_path))

@@ -67,3 +67,31 @@ def test_matches_xla_cost_analysis(name):
   # (bias, ReLU, softmax): within 3%.
   ours = flops.train_flops(module, SHAPE, 32, first_input_grad=False)
   assert ours == pytest.approx(xla, rel=0.03)
+
+
+def test_transformer_counts_attention_projections_by_hand():
+  # Three tokens (a, b, "="): query, key, value and output projections of 128 x 128, the
+  # ReLU MLP (128 x 512 and back) at every position, the unembedding at "=" only.
+  found = flops.layers(models.get("transformer_1l").build(113), (1, 2, 1))
+  assert sorted(layer.name for layer in found) == sorted(
+      ["query", "key", "value", "out", "Dense_0", "Dense_1", "Dense_2"])
+  per_token = 4 * 128 * 128 + 2 * 128 * 512
+  assert sum(layer.macs for layer in found) == 3 * per_token + 128 * 113
+
+
+def test_token_models_match_xla_cost_analysis():
+  module = models.get("transformer_1l").build(23)
+  x = jnp.zeros((16, 2), jnp.int32)
+  y = jnp.zeros((16,), jnp.int32)
+  params = module.init(jax.random.key(0), x[:1], train=False)["params"]
+
+  def forward(p):
+    return optax.softmax_cross_entropy_with_integer_labels(
+        module.apply({"params": p}, x, train=False), y).mean()
+
+  xla = flops.xla_flops(forward, params)
+  if xla is None:
+    pytest.skip("this backend gives no cost analysis")
+  # The forward pass only: the products counted here, plus attention's scores and
+  # softmax (3 x 3 per head), embeddings and the loss, within 10%.
+  assert 16 * flops.forward_flops(module, (1, 2, 1)) == pytest.approx(xla, rel=0.1)

@@ -209,6 +209,10 @@ def test_zhang_llc_writes_every_replica_and_step_and_leaves_the_run_alone(run_di
   lines = llc.report_lines(loaded)
   true = next(e for e in entries if e["step"] == 60 and e["replica"] == 0)
   assert any(line.startswith(f"| true labels | 1 | {true['llc']:.3g} |") for line in lines)
+  from zhang import llc_report  # through training: the true-label replica at each step
+  for step in (20, 40, 60):
+    e = next(e for e in entries if e["step"] == step and e["replica"] == 0)
+    assert f"| {step} | {llc_report._num(e['llc'])} |" in "\n".join(lines)
   # `zhang report RUN --out` the same folder embeds the section and its figure.
   from zhang.analysis import report
   written = {q.name for q in report.write_report([run_dir], out, n_boot=0)}
@@ -301,3 +305,38 @@ def test_replicas_split_over_devices_give_the_same_estimates(run_dir, tmp_path):
   for a, b in zip(one["replicas"], two["replicas"]):
     assert b["init_loss"] == pytest.approx(a["init_loss"], rel=1e-5)
     assert b["llc_per_chain"] == pytest.approx(a["llc_per_chain"], rel=1e-3, abs=1e-3)
+
+
+def _entry(replica, corruption, wd, step, value, seed=0):
+  return dict(replica=replica, kind="labels", corruption=corruption, seed=seed, step=step,
+              llc=value, llc_std=0.0, llc_se=None, num_params=100, learning_rate=0.01,
+              weight_decay=wd, augmentation="none", label_noise=corruption,
+              llc_per_chain=[value], init_loss=0.01, mean_loss=0.02, diverged_chains=0,
+              settled=True, drift=0.0)
+
+
+def test_report_reads_a_weight_decay_grid_per_value_and_through_training():
+  """Replicas that differ in weight decay are separate conditions (not pooled), each read
+  against its own true labels; several steps give a table of the means at each step."""
+  from zhang import llc_report
+  entries = []
+  for step, scale in ((100, 10.0), (200, 1.0)):
+    for r, (p, wd, seed, v) in enumerate([(0, 0.3, 0, 1), (0, 0.3, 1, 3), (1, 0.3, 0, 8),
+                                          (0, 1.0, 0, 20), (1, 1.0, 0, 10)]):
+      entries.append(_entry(r, p, wd, step, scale * v, seed))
+  result = dict(settings=dict(model="m", dataset="d", step_size=1e-4, gamma=100.0,
+                              nbeta=10.0, nbeta_rule="n", chains=1, draws=10, burnin=5,
+                              batch_size=8, seed=0), replicas=entries)
+  rows = llc_report.conditions([e for e in entries if e["step"] == 200])
+  assert [(c["name"], c["replicas"], c["llc"]) for c in rows] == [
+      ("true labels, wd 0.3", 2, 2.0), ("random labels, wd 0.3", 1, 8.0),
+      ("true labels, wd 1", 1, 20.0), ("random labels, wd 1", 1, 10.0)]
+  text = "\n".join(llc_report.report_lines(result))
+  assert "lambda-hat (wd 0.3) grows with label corruption, from 2 at" in text
+  assert "lambda-hat (wd 1) falls with label corruption, from 20 at" in text
+  assert ("| step | true labels, wd 0.3 | random labels, wd 0.3 | true labels, wd 1 | "
+          "random labels, wd 1 |") in text
+  assert "| 100 | 20 | 80 | 200 | 100 |" in text and "| 200 | 2 | 8 | 20 | 10 |" in text
+  # One weight decay: the names carry none.
+  assert [c["name"] for c in llc_report.conditions(entries[:3])] == ["true labels",
+                                                                     "random labels"]

@@ -1,5 +1,7 @@
 """Modular addition: the dataset, the token models, AdamW, and generalize_step."""
 
+import contextlib
+import io
 import json
 
 import jax
@@ -57,6 +59,19 @@ def test_modadd_config_errors_before_anything_runs(fields, match):
     config_lib.validate(_modadd_config(**fields))
 
 
+def test_modadd_config_arguments_set_the_grid_and_refuse_bad_levels(tmp_path, capsys):
+  c = config_lib.load("configs/modadd.py:corruptions=0.1+0.3,weight_decays=1,max_steps=20000")
+  assert config_lib.expand_grid(c) and [(r.corruption, r.weight_decay, r.seed)
+                                        for r in config_lib.expand_grid(c)] == [
+      (0.1, 1.0, 0), (0.1, 1.0, 1), (0.3, 1.0, 0), (0.3, 1.0, 1)]
+  assert (c.eval_every, c.checkpoint_every, c.max_steps) == (100, 1000, 20000)
+  code = cli.main(["train", "--config", "configs/modadd.py:corruptions=0.1+x",
+                   "--workdir", str(tmp_path / "w")])
+  err = capsys.readouterr().err
+  assert code == 2 and "give numbers joined by +" in err and len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "w").exists()
+
+
 def test_the_transformer_on_images_is_refused_in_one_line(tmp_path, capsys):
   code = cli.main(["train", "--config", "configs/digits.py", "--workdir", str(tmp_path / "w"),
                    "--config.model=transformer_1l"])
@@ -112,6 +127,16 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
   summary's steps are the first evaluations that meet each threshold."""
   summary = train.run(config_lib.load("configs/modadd.py:quick"), tmp_path, progress=False)
   assert summary["steps_run"] == 1000
+  printed = io.StringIO()  # the table zhang train prints: fit and generalize steps
+  with contextlib.redirect_stdout(printed):
+    cli.print_run(summary, config_lib.resolve(config_lib.load("configs/modadd.py:quick")))
+  lines = printed.getvalue().splitlines()
+  generalized = sum(r["generalize_step"] is not None for r in summary["replicas"])
+  n = len(summary["replicas"])
+  assert f"; {generalized}/{n} generalized (test accuracy >= 0.99)" in lines[0]
+  assert lines[1].split()[5:7] == ["fit_step", "gen_step"]
+  for line, rep in zip(lines[2:], summary["replicas"]):
+    assert line.split()[5:7] == [str(rep["fit_step"]), str(rep["generalize_step"] or "-")]
   rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   for rep in summary["replicas"]:
     mine = sorted((r for r in rows if r["replica"] == rep["replica"]), key=lambda r: r["step"])
@@ -134,10 +159,34 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
   assert clean.n_generalized == len(reps) == clean.n
   assert clean.generalize_step == pytest.approx(np.mean([r["generalize_step"] for r in reps]))
   assert table[table.corruption == 1].iloc[0].n_generalized == 0
+  s = grokking.steps(runs).set_index("replica")
+  for rep in summary["replicas"]:  # half step and best test accuracy, from the curves
+    mine = sorted((r for r in rows if r["replica"] == rep["replica"]), key=lambda r: r["step"])
+    half = next((r["step"] for r in mine if r["test_acc"] >= grokking.HALF), np.nan)
+    np.testing.assert_equal(s.loc[rep["replica"], "half_step"], half)
+    assert s.loc[rep["replica"], "best_test_acc"] == max(r["test_acc"] for r in mine)
   written = {p.name for p in report.write_report([tmp_path], tmp_path / "report", n_boot=0)}
-  assert "grokking.png" in written
+  assert {"grokking.png", "grokking_steps.png"} <= written
   text = (tmp_path / "report" / "report.md").read_text()
-  assert "## Fit and generalization (grokking)" in text and "never (within the run) at p = 1" in text
+  assert "## Fit and generalization (grokking)" in text and "p = 1 never reaches 50%" in text
+  # The kernel baseline on the run's own split: both kernels fit the training pairs, and
+  # neither predicts the sums of the test pairs, which the trained network does.
+  from zhang.analysis import kernel_baseline
+  cached = json.loads((tmp_path / "report" / kernel_baseline.FILE).read_text())
+  assert [c["key"]["modulus"] for c in cached] == [23]
+  assert cached[0]["n_train"] == round(0.7 * 23 ** 2)
+  for row in cached[0]["rows"]:
+    assert row["train_acc"] == 1.0 and row["test_acc"] < 0.2, row
+  assert "## The kernel baseline" in text and "NTK of mlp_tokens at initialization" in text
+  path = tmp_path / "report" / kernel_baseline.FILE
+  cached[0]["rows"][0]["test_acc"] = -1.0  # a marker: the file is read, not recomputed
+  path.write_text(json.dumps(cached))
+  assert kernel_baseline.load_or_compute(runs, tmp_path / "report") == cached
+  cached[0]["key"]["modulus"] = 29  # another split's: recomputed and rewritten
+  path.write_text(json.dumps(cached))
+  again = kernel_baseline.load_or_compute(runs, tmp_path / "report")
+  assert again[0]["key"]["modulus"] == 23 and again[0]["rows"][0]["test_acc"] >= 0
+  assert json.loads(path.read_text()) == again
 
 
 def test_kernel_baseline_on_modadd_fits_and_does_not_generalize(capsys):
@@ -179,3 +228,22 @@ def test_ntk_kernel_baseline_on_modadd_interpolates_and_refuses_images(capsys):
   assert result["test_error"] > 0.5  # the kernel regime does not learn the addition
   code = cli.main(["kernel", "--dataset", "digits", "--kernel", "ntk"])
   assert code == 2 and "use zhang ntk RUN" in capsys.readouterr().err
+
+
+def test_the_transformers_tangent_kernel_generalizes_by_commutativity_only(capsys):
+  """Test pairs whose commuted pair (b, a) trains, by brute force; the transformer's tangent
+  kernel at initialization is nearly symmetric in a and b (the position embeddings are all
+  that tell a from b), so it gets those right and the others wrong: its test accuracy is
+  commutativity, not addition (at this size: every one and none)."""
+  d = data.load("modadd", options=dict(modulus=11, train_fraction=0.5))
+  train = {tuple(p) for p in d.train_images.reshape(-1, 2).tolist()}
+  want = [(b, a) in train for a, b in d.test_images.reshape(-1, 2).tolist()]
+  np.testing.assert_array_equal(data.commuted_in_train(d), want)
+  code = cli.main(["kernel", "--dataset", "modadd", "--modulus", "11", "--train_fraction",
+                   "0.5", "--n", "0", "--kernel", "ntk", "--model", "transformer_1l",
+                   "--json"])
+  result = json.loads(capsys.readouterr().out)
+  assert code == 0 and result["train_error"] == 0.0
+  assert result["commuted_in_train"] == pytest.approx(np.mean(want))
+  assert result["test_error_commuted_in_train"] <= 0.1
+  assert result["test_error_commuted_not_in_train"] >= 0.9

@@ -55,21 +55,29 @@ def print_run(summary: dict, config) -> None:
   """A run's replicas as a table, where its time went, and a note on a decayed rate."""
   reps = summary["replicas"]
   fitted = sum(r["fit_step"] is not None for r in reps)
+  past_fit = not config.get("stop_at_fit", True)  # grokking runs: the generalize step too
+  generalized = (f"; {sum(r.get('generalize_step') is not None for r in reps)}/{len(reps)} "
+                 f"generalized (test accuracy >= {config.generalize_threshold:g})"
+                 if past_fit else "")
   print(f"{fitted}/{len(reps)} replicas fitted their training set in {summary['steps_run']} "
-        f"steps ({summary['wall_seconds']:.0f} s).")
+        f"steps ({summary['wall_seconds']:.0f} s){generalized}.")
   # Hyper-parameter columns only for the axes that vary in this grid.
   extra = [(key, head, width) for key, head, width in HYPER_COLUMNS
            if len({r.get(key) for r in reps}) > 1]
   print(f"{'replica':>7} {'kind':<16} {'p':>4} {'seed':>4} "
         + "".join(f"{head:>{width}} " for _, head, width in extra)
-        + f"{'noise':>6} {'fit_step':>8} {'train':>7} {'test':>6} {'conf':>5}")
+        + f"{'noise':>6} {'fit_step':>8} " + (f"{'gen_step':>8} " if past_fit else "")
+        + f"{'train':>7} {'test':>6} {'conf':>5}")
   for r in reps:
     fit = "-" if r["fit_step"] is None else str(r["fit_step"])
     # Four decimals: 0.99975 (one example in 4000 wrong) must not print as 1.000.
     print(f"{r['replica']:>7} {r['kind']:<16} {r['corruption']:>4.2f} {r['seed']:>4} "
           + "".join(f"{r[key]:>{width}{'g' if key != 'augmentation' else ''}} "
                     for key, _, width in extra)
-          + f"{r['label_noise']:>6.3f} {fit:>8} {r['final_train_acc']:>7.4f} "
+          + f"{r['label_noise']:>6.3f} {fit:>8} "
+          + (f"{'-' if r.get('generalize_step') is None else r['generalize_step']:>8} "
+             if past_fit else "")
+          + f"{r['final_train_acc']:>7.4f} "
           f"{r['final_test_acc']:>6.3f} {r['test_confidence']:>5.2f}")
   for line in (timing_line(summary), decay_note(summary, config)):
     if line:

@@ -155,6 +155,18 @@ def _modadd(data_dir: str | None, modulus: int = 113, train_fraction: float = 0.
                  inputs="tokens")
 
 
+def commuted_in_train(ds: Dataset, n_train: int | None = None,
+                      n_test: int | None = None) -> np.ndarray:
+  """Per test pair (a, b) of a token dataset (modadd), whether its commuted pair (b, a) is
+  among the first ``n_train`` training pairs: a predictor symmetric in a and b gets these
+  right from commutativity alone, without adding."""
+  train = ds.train_images[:n_train].reshape(-1, 2).astype(np.int64)
+  test = ds.test_images[:n_test].reshape(-1, 2).astype(np.int64)
+  k = ds.num_classes
+  seen = set((train[:, 0] * k + train[:, 1]).tolist())
+  return np.fromiter(((b * k + a) in seen for a, b in test), bool, len(test))
+
+
 # --------------------------------------------------------------------------- digits
 
 @register("digits")

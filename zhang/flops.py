@@ -1,8 +1,9 @@
 """Analytic FLOP counts of a model's matrix products and convolutions, from its layer shapes.
 
-Only ``nn.Dense`` and ``nn.Conv`` are counted (multiply-adds x 2); biases, activations,
-pooling, normalization and the loss are ignored, as is usual: they are a few percent of the
-work of these models. The shapes come from tracing the model abstractly (``jax.eval_shape``),
+Only ``nn.Dense``, ``nn.DenseGeneral`` (attention's projections) and ``nn.Conv`` are counted
+(multiply-adds x 2); biases, activations, pooling, normalization, attention's score and
+value products and the loss are ignored, as is usual: they are a few percent of the work of
+these models. The shapes come from tracing the model abstractly (``jax.eval_shape``),
 so nothing is computed. Training is counted the usual way, 3 x forward: the forward product,
 the gradient with respect to the weights and the gradient with respect to the layer's input.
 The first layer's input gradient is not needed (the images are not trained), so the work a
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 class Layer:
   """One Dense or Conv call: its name and multiply-adds per example."""
   name: str
-  kind: str  # "dense" or "conv"
+  kind: str  # "dense" (Dense and DenseGeneral) or "conv"
   in_shape: tuple[int, ...]  # one example's input
   out_shape: tuple[int, ...]  # one example's output
   macs: int  # multiply-adds for one example
@@ -33,6 +34,9 @@ def _layer_macs(module, x, y) -> int:
   """Multiply-adds of one call, for the whole batch of ``x`` (leading axis)."""
   if isinstance(module, nn.Dense):
     return math.prod(y.shape[:-1]) * x.shape[-1] * y.shape[-1]
+  if isinstance(module, nn.DenseGeneral):  # every input element meets every output feature
+    features = module.features if isinstance(module.features, tuple) else (module.features,)
+    return math.prod(x.shape) * math.prod(features)
   # A conv: every output element is a dot product over the kernel window and the input
   # channels of its feature group (padding counted as if computed, as XLA does).
   kernel = tuple(module.kernel_size)
@@ -41,7 +45,7 @@ def _layer_macs(module, x, y) -> int:
 
 
 def layers(module: nn.Module, input_shape, train: bool = True) -> list[Layer]:
-  """The Dense and Conv calls of one forward pass of one example, in call order.
+  """The Dense, DenseGeneral and Conv calls of one forward pass of one example, in call order.
 
   Args:
     module: a Flax Linen module taking ``(B, *input_shape)`` and ``train``.
@@ -52,10 +56,11 @@ def layers(module: nn.Module, input_shape, train: bool = True) -> list[Layer]:
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     m = context.module
-    if context.method_name == "__call__" and isinstance(m, (nn.Dense, nn.Conv)):
+    if (context.method_name == "__call__"
+        and isinstance(m, (nn.Dense, nn.DenseGeneral, nn.Conv))):
       x = args[0]
       found.append(Layer(m.name or type(m).__name__,
-                         "dense" if isinstance(m, nn.Dense) else "conv",
+                         "conv" if isinstance(m, nn.Conv) else "dense",
                          tuple(x.shape[1:]), tuple(out.shape[1:]),
                          _layer_macs(m, x, out)))
     return out

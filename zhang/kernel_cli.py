@@ -56,53 +56,6 @@ def register(subparsers) -> argparse.ArgumentParser:
   return p
 
 
-def ntk_interpolation(ds, n: int, n_test: int, model: str, seed: int, ridge: float = 0.0
-                      ) -> dict:
-  """Minimum-norm interpolation K a = Y with the class-averaged empirical tangent kernel of
-  ``model`` at its initialization from ``seed`` (``zhang.ntk``), on a token dataset's first
-  ``n`` training and ``n_test`` test examples: the kernel regime's test accuracy."""
-  import time
-  import jax
-  import numpy as np
-  from zhang import models, ntk
-  spec = models.get(model)
-  if ds.inputs != "tokens" or spec.inputs != "tokens":
-    raise UsageError(f"--kernel ntk here is for token datasets and models (modadd with "
-                     f"{', '.join(models.names('tokens'))}); for an image run's tangent kernel "
-                     f"use zhang ntk RUN")
-  if not 1 <= n <= len(ds.train_labels) or not 0 <= n_test <= len(ds.test_labels):
-    raise UsageError(f"--n {n} / --n_test {n_test} out of range for {ds.name}: use 1.."
-                     f"{len(ds.train_labels)} and 0..{len(ds.test_labels)}")
-  start = time.perf_counter()
-  module = spec.build(ds.num_classes)
-  shape = ds.train_images.shape[1:]
-  x, xt = ds.train_images[:n].astype(np.int32), ds.test_images[:n_test].astype(np.int32)
-  params = module.init(jax.random.key(seed), x[:1], train=False)["params"]
-  tk = ntk.TangentKernel(module, ds.num_classes, shape, "structured")
-  plan = ntk.plan_memory(n, n_test, ds.num_classes, tk.floats_per_example, record_points=0)
-  _log(f"memory: {plan.describe()}")
-  if not plan.fits:
-    raise UsageError(f"the tangent kernel of {model} on {n} examples needs "
-                     f"{plan.total_bytes / 1e9:.1f} GB, over the {plan.budget_bytes / 1e9:.1f} "
-                     f"GB budget: use --n {plan.max_n} or less")
-  k, kt, _ = tk.matrices(params, {}, x, xt if n_test else None, block=plan.block,
-                         hold=plan.hold)
-  _log(f"kernel: ntk of {model} at initialization (seed {seed}), {n} x {n} in "
-       f"{time.perf_counter() - start:.1f}s; solving")
-  y = np.zeros((n, ds.num_classes), order="F")
-  y[np.arange(n), ds.train_labels[:n]] = 1.0
-  sol = kernels.solve(np.asfortranarray(k), y, ridge)
-  train_err = float(np.mean(sol.fitted.argmax(1) != ds.train_labels[:n]))
-  test_err = (float(np.mean((kt @ sol.coef).argmax(1) != ds.test_labels[:n_test]))
-              if n_test else None)
-  return {"dataset": ds.name, "n_train": n, "n_test": n_test, "kernel": "ntk",
-          "features": f"{model} tangent", "feature_dim": tk.num_params,
-          "model": model, "ridge": ridge, "seed": seed, "test_error": test_err,
-          "train_error": train_err, "norm": sol.rkhs_norm, "rkhs_norm": sol.rkhs_norm,
-          "condition_lower_bound": sol.cond_bound,
-          "seconds": time.perf_counter() - start}
-
-
 def _log(msg: str) -> None:
   print(f"[zhang kernel] {msg}", file=sys.stderr, flush=True)
 
@@ -124,7 +77,8 @@ def run_kernel_command(args) -> int:
       raise UsageError("--n and --n_test must be >= 0 (0 means the whole split)")
     budget = None if args.memory_gb is None else int(args.memory_gb * 1e9)
     if args.kernel == "ntk":
-      result = ntk_interpolation(ds, n, n_test, args.model, args.seed, args.ridge)
+      from zhang import ntk  # deferred: jax
+      result = ntk.token_interpolation(ds, n, n_test, args.model, args.seed, args.ridge, _log)
     else:
       result = kernels.evaluate(
           ds, n, n_test, kernel=args.kernel, features=args.features,
@@ -140,4 +94,10 @@ def run_kernel_command(args) -> int:
           f"{result['features']} features ({result['feature_dim']} dims): "
           f"test error {result['test_error']:.4f}, train error {result['train_error']:.4f}, "
           f"norm {result['norm']:.4g}, {result['seconds']:.1f}s")
+    if result.get("commuted_in_train") is not None:  # modadd: what commutativity alone gives
+      on, off = (result["test_error_commuted_in_train"],
+                 result["test_error_commuted_not_in_train"])
+      print(f"  test pairs whose (b, a) trains ({100 * result['commuted_in_train']:.0f}%): "
+            f"error {'-' if on is None else f'{on:.4f}'}; the rest: error "
+            f"{'-' if off is None else f'{off:.4f}'}")
   return 0

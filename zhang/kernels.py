@@ -25,6 +25,7 @@ import numpy as np
 import scipy.linalg.blas as blas  # dsymm: K a from one triangle
 import scipy.linalg.lapack as lapack
 
+from zhang import data as data_lib
 from zhang import features as features_lib
 from zhang.errors import UsageError
 
@@ -258,6 +259,20 @@ def _check_duplicates(images: np.ndarray) -> None:
         f"add --ridge (e.g. 1e-8) or use another --n")
 
 
+def commuted_errors(ds, predicted: np.ndarray, n_train: int) -> dict:
+  """For a token dataset: the test error on the pairs whose commuted pair (b, a) trains and
+  on the rest, and the share of the former (``zhang.data.commuted_in_train``); empty for
+  images."""
+  if getattr(ds, "inputs", "images") != "tokens" or not len(predicted):
+    return {}
+  seen = data_lib.commuted_in_train(ds, n_train, len(predicted))
+  wrong = predicted != ds.test_labels[:len(predicted)]
+  return {"commuted_in_train": float(seen.mean()),
+          "test_error_commuted_in_train": float(wrong[seen].mean()) if seen.any() else None,
+          "test_error_commuted_not_in_train": (float(wrong[~seen].mean()) if (~seen).any()
+                                               else None)}
+
+
 def evaluate(ds, n_train: int, n_test: int, kernel: str = "rbf", features: str = "raw",
              num_filters: int = 256, ridge: float = 0.0, gamma: float | None = None,
              seed: int = 0, memory_budget_bytes: int | None = None,
@@ -355,4 +370,5 @@ def evaluate(ds, n_train: int, n_test: int, kernel: str = "rbf", features: str =
       "max_n_train": mem.max_n_train,
       "seconds_kernel": t_kernel, "seconds_solve": t_solve,
       "seconds": time.perf_counter() - start,
+      **commuted_errors(ds, pred_test.argmax(1), n_train),
   }

@@ -357,7 +357,8 @@ def estimate_run(workdir, out, settings: Settings = Settings(), steps: str = "la
   sampler = RunSampler.build(workdir, data_dir)
   check_settings(settings, sampler.n)
   entries, traces, nbeta, timings = [], [], None, []
-  for step in chosen:
+  start = time.perf_counter()
+  for i, step in enumerate(chosen):
     params, batch_stats = sampler.load(step)
     num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params))
     init_loss, trace, nbeta, seconds = sampler.sample(params, batch_stats, settings)
@@ -366,15 +367,24 @@ def estimate_run(workdir, out, settings: Settings = Settings(), steps: str = "la
                    f"x {settings.num_steps} SGLD steps in {seconds:.1f} s ({rate:,.0f} "
                    f"replica-chain-steps/s" + (", compilation included)" if not timings
                                                else ")"))
+    if len(chosen) > 1:  # progress through the checkpoints, as they finish
+      elapsed = time.perf_counter() - start
+      left = elapsed / (i + 1) * (len(chosen) - i - 1)
+      log(f"checkpoint {i + 1}/{len(chosen)}, " + timings[-1]
+          + (f"; about {_minutes(left)} left" if left else ""))
     entries += _entries(sampler, step, init_loss, trace, nbeta, settings, num_params)
     traces.append(trace)
   diagnose(entries, settings)
-  for line in timings:  # after the diagnosis: an error stays the only line
-    log(line)
+  if len(chosen) == 1:  # after the diagnosis: an error stays the only line
+    log(timings[0])
   result = dict(settings=settings_dict(sampler, settings, chosen, nbeta), replicas=entries)
   if out is not None:
     write(result, np.concatenate(traces), out, plots=plots)
   return result
+
+
+def _minutes(seconds: float) -> str:
+  return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def write(result: dict, traces: np.ndarray, out, plots: bool = True) -> list:
@@ -434,11 +444,14 @@ def _sweep_value(name: str, text: str):
 
 
 def sweep(workdir, grid: dict[str, list], settings: Settings = Settings(),
-          steps: str = "last", data_dir: str | None = None, out=None) -> dict:
+          steps: str = "last", data_dir: str | None = None, out=None,
+          log: Callable[[str], None] | None = None) -> dict:
   """lambda-hat of every replica for each combination of ``grid``'s settings (the others
   from ``settings``); returns ``{"settings", "combinations": [{"settings", "replicas"}]}``
   and writes it to OUT/llc_sweep.json when ``out`` is given. One compilation serves every
-  combination of step size, gamma and n beta."""
+  combination of step size, gamma and n beta. ``log`` (default stderr) gets a line as each
+  combination finishes."""
+  log = log or (lambda msg: print(f"zhang llc: {msg}", file=sys.stderr, flush=True))
   combos = [dataclasses.replace(settings, **dict(zip(grid, values)))
             for values in itertools.product(*grid.values())]
   for c in combos:
@@ -451,13 +464,18 @@ def sweep(workdir, grid: dict[str, list], settings: Settings = Settings(),
     check_settings(c, sampler.n)
   loaded = {step: sampler.load(step) for step in chosen}
   results = []
-  for c in combos:
+  start = time.perf_counter()
+  for i, c in enumerate(combos):
     entries = []
     for step, (params, batch_stats) in loaded.items():
       num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params))
       init_loss, trace, nbeta, _ = sampler.sample(params, batch_stats, c)
       entries += _entries(sampler, step, init_loss, trace, nbeta, c, num_params)
     results.append(dict(settings=settings_dict(sampler, c, chosen, nbeta), replicas=entries))
+    elapsed = time.perf_counter() - start
+    left = elapsed / (i + 1) * (len(combos) - i - 1)
+    log(f"combination {i + 1}/{len(combos)} done, {_minutes(elapsed)} so far"
+        + (f", about {_minutes(left)} left" if left else ""))
   result = dict(settings=settings_dict(sampler, settings, chosen,
                                        resolve_nbeta(settings.nbeta, sampler.n,
                                                      settings.batch_size

@@ -56,6 +56,31 @@ def _order(e: dict) -> tuple:
           e["corruption"], e["seed"], e["replica"])
 
 
+HPARAM_FIELDS = (("learning_rate", "lr"), ("weight_decay", "wd"), ("augmentation", "aug"))
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _hparams(e: dict) -> tuple:
+  return tuple(e.get(f) for f, _ in HPARAM_FIELDS)
+
+
+def _hp_namer(entries: list[dict]):
+  """e -> "" when every entry shares its hyper-parameters, else the ones that vary, e.g.
+  "wd 0.3": a grid over weight decay is read per value, not pooled."""
+  varying = [(i, short) for i, (f, short) in enumerate(HPARAM_FIELDS)
+             if len({_hparams(e)[i] for e in entries}) > 1]
+
+  def name(e: dict) -> str:
+    hp = _hparams(e)
+    return ", ".join(f"{short} {hp[i]:g}" if isinstance(hp[i], (int, float)) else
+                     f"{short} {hp[i]}" for i, short in varying)
+  return name
+
+
+def _hp_sort(hp: tuple) -> tuple:
+  return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in hp)
+
+
 def _last(entries: list[dict]) -> list[dict]:
   """Each replica's entry at its latest estimated step."""
   latest = {}
@@ -65,17 +90,24 @@ def _last(entries: list[dict]) -> list[dict]:
   return sorted(latest.values(), key=_order)
 
 
-def conditions(entries: list[dict]) -> list[dict]:
-  """Entries grouped by (kind, corruption): the mean lambda-hat over seeds, its standard
-  error from the chains' (combined over seeds), the seeds' range and mean L_n(w*)."""
+def conditions(entries: list[dict], hp_name=None) -> list[dict]:
+  """Entries grouped by (hyper-parameters, kind, corruption): the mean lambda-hat over
+  seeds, its standard error from the chains' (combined over seeds), the seeds' range and
+  mean L_n(w*). ``hp_name`` (default ``_hp_namer(entries)``) names the hyper-parameters
+  that vary (``hp``), which the condition's ``name`` then carries."""
+  hp_name = hp_name or _hp_namer(entries)
   groups = defaultdict(list)
   for e in entries:
-    groups[(e["kind"], e["corruption"])].append(e)
+    groups[(_hparams(e), e["kind"], e["corruption"])].append(e)
   out = []
-  for (kind, p), group in sorted(groups.items(), key=lambda kv: _order(kv[1][0])):
+  for (hp, kind, p), group in sorted(groups.items(), key=lambda kv: (_hp_sort(kv[0][0]),
+                                                                     _order(kv[1][0]))):
     values = [e["llc"] for e in group if e["llc"] is not None]
     ses = [e["llc_se"] for e in group if e["llc"] is not None and e["llc_se"] is not None]
-    out.append(dict(kind=kind, corruption=p, name=condition(kind, p), replicas=len(group),
+    hp_text = hp_name(group[0])
+    name = condition(kind, p) + (f", {hp_text}" if hp_text else "")
+    out.append(dict(kind=kind, corruption=p, name=name, hparams=hp, hp=hp_text,
+                    replicas=len(group),
                     llc=float(np.mean(values)) if values else None,
                     se=math.sqrt(sum(s * s for s in ses)) / len(ses) if ses else None,
                     low=min(values) if values else None, high=max(values) if values else None,
@@ -97,12 +129,23 @@ def _title(s: dict) -> str:
           f"{s['draws']} draws")
 
 
+def _log_if_wide(ax, axis: str, values, ratio: float = 30.0) -> None:
+  """A log scale on ``axis`` where the positive values span more than ``ratio``."""
+  v = [x for x in values if x is not None and x > 0]
+  if v and max(v) > ratio * min(v) and len(v) == len([x for x in values if x is not None]):
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
 def plot(llc: dict, out_dir) -> list[epath.Path]:
   """Writes llc_vs_corruption.png and, with several steps, llc_vs_step.png to ``out_dir``;
-  returns the paths."""
+  returns the paths. Hyper-parameter combinations that vary (a weight-decay grid) get a
+  line style each."""
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   entries = [e for e in llc["replicas"] if e["llc"] is not None]
+  hp_name = _hp_namer(entries)
+  combos = sorted({_hparams(e) for e in entries}, key=_hp_sort)
+  style = {hp: LINESTYLES[i % len(LINESTYLES)] for i, hp in enumerate(combos)}
   written = []
   fig = Figure(figsize=(8.0, 5.0), dpi=DPI, layout="constrained")
   ax = fig.subplots()
@@ -110,19 +153,24 @@ def plot(llc: dict, out_dir) -> list[epath.Path]:
   kinds = sorted({e["kind"] for e in last}, key=lambda k: _order(dict(
       kind=k, corruption=0, seed=0, replica=0)))
   for i, kind in enumerate(kinds):
-    mine = [e for e in last if e["kind"] == kind]
     color = KIND_COLORS.get(kind, f"C{i + 4}")
     marker = KIND_MARKERS.get(kind, "o")
-    seeds = sorted({e["seed"] for e in mine})
-    for j, e in enumerate(mine):  # offsets per seed and kind keep coinciding points apart
-      dx = 0.012 * (seeds.index(e["seed"]) - (len(seeds) - 1) / 2) + 0.012 * i
-      ax.errorbar(e["corruption"] + dx, e["llc"], yerr=e["llc_se"] or 0.0, fmt=marker,
-                  color=color, ms=5, capsize=2, alpha=0.85,
-                  label=kind.replace("_", " ") if j == 0 else None)
-    means = [c for c in conditions(mine) if c["llc"] is not None]
-    if len(means) > 1:
-      ax.plot([c["corruption"] for c in means], [c["llc"] for c in means], "-", color=color,
-              lw=1)
+    for h, hp in enumerate(combos):
+      mine = [e for e in last if e["kind"] == kind and _hparams(e) == hp]
+      seeds = sorted({e["seed"] for e in mine})
+      for j, e in enumerate(mine):  # offsets per seed, kind and combination keep points apart
+        dx = 0.012 * (seeds.index(e["seed"]) - (len(seeds) - 1) / 2) + 0.012 * (i + h)
+        label = None
+        if j == 0:
+          label = kind.replace("_", " ") + (f", {hp_name(e)}" if hp_name(e) else "")
+        ax.errorbar(e["corruption"] + dx, e["llc"], yerr=e["llc_se"] or 0.0, fmt=marker,
+                    color=color, ms=5, capsize=2, alpha=0.85, label=label,
+                    mfc=color if h == 0 else "white")
+      means = [c for c in conditions(mine, hp_name) if c["llc"] is not None]
+      if len(means) > 1:
+        ax.plot([c["corruption"] for c in means], [c["llc"] for c in means], style[hp],
+                color=color, lw=1)
+  _log_if_wide(ax, "y", [e["llc"] for e in last])
   ax.set_xlabel("label corruption p (the line: the mean over seeds; bars: the chains' "
                 "standard error)")
   ax.set_ylabel("lambda-hat (local learning coefficient)")
@@ -140,15 +188,25 @@ def plot(llc: dict, out_dir) -> list[epath.Path]:
     names = sorted({condition(e["kind"], e["corruption"]) for e in entries},
                    key=lambda n: _order(next(e for e in entries
                                              if condition(e["kind"], e["corruption"]) == n)))
+    from zhang.analysis.plots import corruption_colours
+    # Label corruption alone (modadd): the grokking figure's colours; with pixel kinds too,
+    # one colour per condition.
+    only_labels = all(e["kind"] == "labels" for e in entries)
+    levels = corruption_colours(sorted({e["corruption"] for e in entries}))
+    labelled = set()
     for replica, mine in sorted(by_replica.items()):
       mine.sort(key=lambda e: e["step"])
-      name = condition(mine[0]["kind"], mine[0]["corruption"])
+      first = mine[0]
+      name = condition(first["kind"], first["corruption"])
+      label = name + (f", {hp_name(first)}" if hp_name(first) else "")
+      color = levels[first["corruption"]] if only_labels else None
       ax.errorbar([e["step"] for e in mine], [e["llc"] for e in mine],
-                  yerr=[e["llc_se"] or 0.0 for e in mine], fmt="o-", ms=3, capsize=2,
-                  color=f"C{names.index(name) % 10}",
-                  label=name if replica == min(r for r, m in by_replica.items()
-                                               if condition(m[0]["kind"], m[0]["corruption"])
-                                               == name) else None)
+                  yerr=[e["llc_se"] or 0.0 for e in mine], fmt="o", ls=style[_hparams(first)],
+                  ms=3, capsize=2, color=color or f"C{names.index(name) % 10}",
+                  label=None if label in labelled else label)
+      labelled.add(label)
+    _log_if_wide(ax, "y", [e["llc"] for e in entries])
+    _log_if_wide(ax, "x", steps, ratio=10.0)
     ax.set_xlabel("training step of the checkpoint")
     ax.set_ylabel("lambda-hat")
     ax.set_title(_title(llc["settings"]), fontsize=9)
@@ -220,6 +278,8 @@ def report_lines(llc: dict) -> list[str]:
            f"{', '.join(map(str, steps))}. The model has d = {d:,} parameters: a regular "
            f"model would have lambda = d/2 = {d / 2:,.0f}.", ""]
   rows = conditions(last)
+  if len(steps) > 1:
+    lines += [f"At each replica's last estimated step ({steps[-1]:,}):", ""]
   lines += ["| condition | replicas | lambda-hat | se (chains) | seeds' range | L_n(w*) |",
             "| --- | ---: | ---: | ---: | ---: | ---: |"]
   for c in rows:
@@ -228,21 +288,45 @@ def report_lines(llc: dict) -> list[str]:
     lines.append(f"| {c['name']} | {c['replicas']} | {_num(c['llc'])} | {_num(c['se'], 2)} | "
                  f"{spread} | {c['init_loss']:.2g} |")
   lines += [""] + _reading(rows, last, entries, d)
+  if len(steps) > 1:
+    lines += step_table(entries)
   return lines
+
+
+def step_table(entries: list[dict]) -> list[str]:
+  """lambda-hat through training: one row per checkpoint step, one column per condition
+  (and varying hyper-parameters), the mean over seeds."""
+  entries = [e for e in entries if e["llc"] is not None]
+  hp_name = _hp_namer(entries)
+  names = [c["name"] for c in conditions(entries, hp_name)]
+  lines = ["lambda-hat through training (mean over seeds at each checkpoint):", "",
+           "| step | " + " | ".join(names) + " |", "| ---: |" + " ---: |" * len(names)]
+  for step in sorted({e["step"] for e in entries}):
+    at = {c["name"]: c["llc"] for c in conditions([e for e in entries if e["step"] == step],
+                                                  hp_name)}
+    lines.append(f"| {step:,} | " + " | ".join(_num(at.get(n)) for n in names) + " |")
+  return lines + [""]
 
 
 def _reading(rows: list[dict], last: list[dict], entries: list[dict], d: int) -> list[str]:
   out = []
-  labels = [c for c in rows if c["kind"] == "labels" and c["llc"] is not None]
-  true = next((c for c in labels if c["corruption"] == 0), None)
-  if len(labels) >= 2:
+  trues = {}
+  for hp in sorted({c["hparams"] for c in rows}, key=_hp_sort):
+    labels = [c for c in rows if c["kind"] == "labels" and c["llc"] is not None
+              and c["hparams"] == hp]
+    true = next((c for c in labels if c["corruption"] == 0), None)
+    if true is not None:
+      trues[hp] = true
+    if len(labels) < 2:
+      continue
     lo, hi = labels[0], labels[-1]
     points = [(e["corruption"], e["llc"]) for e in last
-              if e["kind"] == "labels" and e["llc"] is not None]
+              if e["kind"] == "labels" and e["llc"] is not None and _hparams(e) == hp]
     rho = _spearman([p for p, _ in points], [v for _, v in points])
     trend = ("grows" if hi["llc"] > lo["llc"] else "falls")
     ratio = f" ({hi['llc'] / lo['llc']:.2g}x)" if lo["llc"] > 0 else ""
-    out.append(f"- lambda-hat {trend} with label corruption, from {lo['llc']:.3g} at "
+    where = f" ({lo['hp']})" if lo["hp"] else ""
+    out.append(f"- lambda-hat{where} {trend} with label corruption, from {lo['llc']:.3g} at "
                f"{lo['name']} to {hi['llc']:.3g} at {hi['name']}{ratio}"
                + ("" if rho is None else f"; the rank correlation of lambda-hat with the "
                   f"corruption level over the {len(points)} label replicas is {rho:.2f}")
@@ -252,14 +336,15 @@ def _reading(rows: list[dict], last: list[dict], entries: list[dict], d: int) ->
                + (f" (The training loss at w* also differs: {lo['init_loss']:.2g} against "
                   f"{hi['init_loss']:.2g}.)" if max(lo["init_loss"], hi["init_loss"]) > 2 * min(
                       lo["init_loss"], hi["init_loss"]) else ""))
-  if true is not None:
-    others = [c for c in rows if c["kind"] != "labels" and c["llc"] is not None]
+  for hp, true in trues.items():
+    others = [c for c in rows if c["kind"] != "labels" and c["llc"] is not None
+              and c["hparams"] == hp]
     if others and true["llc"] > 0:
       out.append("- Against true labels: " + ", ".join(
           f"{c['name']} {c['llc'] / true['llc']:.2g}x" for c in others) + ".")
   values = [e["llc"] for e in last if e["llc"] is not None]
   if values and d:
-    out.append(f"- Every estimate is {max(values) / (d / 2):.1%} of d/2 or less: the "
+    out.append(f"- Every estimate is {100 * max(values) / (d / 2):.2g}% of d/2 or less: the "
                f"trained networks are far from regular (at this n beta and gamma, most "
                f"directions of w* are flat)." if max(values) < d / 2 else
                f"- The largest estimate, {max(values):.3g}, reaches d/2 = {d / 2:,.0f}.")

@@ -45,6 +45,8 @@ from flax import traverse_util
 
 from zhang import flops as flops_lib
 from zhang import kernels as kernels_lib
+from zhang import models
+from zhang.errors import UsageError
 
 METHODS = ("structured", "jacobian")
 _GB = 1e9
@@ -409,3 +411,72 @@ def plan_memory(n: int, n_test: int, num_classes: int, floats_per_example: int,
   size, count, _ = panels(n)
   return MemoryPlan(n, n_test, size, size * per_example, count + 1 if hold else 3, hold,
                     8 * n * n, host(n), total(n, True) if hold else need(n), budget_bytes, lo)
+
+
+def token_interpolation_flops(ds, n: int, n_test: int, model: str) -> float:
+  """FLOPs of ``token_interpolation``'s contractions (the n x (n + n_test) kernel entries),
+  from the model's shapes alone: what decides whether it is a CPU's minutes or hours."""
+  module = models.get(model).build(ds.num_classes)
+  tk = TangentKernel(module, ds.num_classes, ds.train_images.shape[1:], "structured")
+  return float(tk.entry_flops) * n * (n + n_test)
+
+
+def token_interpolation(ds, n: int, n_test: int, model: str, seed: int, ridge: float = 0.0,
+                        log=None, singular_ridge: float | None = None) -> dict:
+  """Minimum-norm interpolation K a = Y with the class-averaged empirical tangent kernel of
+  ``model`` at its initialization from ``seed`` (``zhang.ntk``), on a token dataset's first
+  ``n`` training and ``n_test`` test examples: the kernel regime's test accuracy.
+
+  ``singular_ridge``: where K + ridge I is singular, solve again with a ridge of this times
+  K's mean diagonal (the result's ``singular`` is True and ``ridge`` the one used) instead
+  of raising ``kernels.SingularKernelError``."""
+  log = log or (lambda msg: None)
+  spec = models.get(model)
+  if ds.inputs != "tokens" or spec.inputs != "tokens":
+    raise UsageError(f"--kernel ntk here is for token datasets and models (modadd with "
+                     f"{', '.join(models.names('tokens'))}); for an image run's tangent kernel "
+                     f"use zhang ntk RUN")
+  if not 1 <= n <= len(ds.train_labels) or not 0 <= n_test <= len(ds.test_labels):
+    raise UsageError(f"--n {n} / --n_test {n_test} out of range for {ds.name}: use 1.."
+                     f"{len(ds.train_labels)} and 0..{len(ds.test_labels)}")
+  start = time.perf_counter()
+  module = spec.build(ds.num_classes)
+  shape = ds.train_images.shape[1:]
+  x, xt = ds.train_images[:n].astype(np.int32), ds.test_images[:n_test].astype(np.int32)
+  params = module.init(jax.random.key(seed), x[:1], train=False)["params"]
+  tk = TangentKernel(module, ds.num_classes, shape, "structured")
+  plan = plan_memory(n, n_test, ds.num_classes, tk.floats_per_example, record_points=0)
+  log(f"memory: {plan.describe()}; work: about {tk.entry_flops * n * (n + n_test) / 1e12:.3g} "
+      f"TFLOP of contractions ({tk.entry_flops / 1e6:.3g} MFLOP per kernel entry)")
+  if not plan.fits:
+    raise UsageError(f"the tangent kernel of {model} on {n} examples needs "
+                     f"{plan.total_bytes / 1e9:.1f} GB, over the {plan.budget_bytes / 1e9:.1f} "
+                     f"GB budget: use --n {plan.max_n} or less")
+  k, kt, _ = tk.matrices(params, {}, x, xt if n_test else None, block=plan.block,
+                         hold=plan.hold)
+  log(f"kernel: ntk of {model} at initialization (seed {seed}), {n} x {n} in "
+       f"{time.perf_counter() - start:.1f}s; solving")
+  y = np.zeros((n, ds.num_classes), order="F")
+  y[np.arange(n), ds.train_labels[:n]] = 1.0
+  k = np.asfortranarray(k)
+  backup = k.copy(order="F") if singular_ridge is not None else None
+  singular = False
+  try:
+    sol = kernels_lib.solve(k, y, ridge)
+  except kernels_lib.SingularKernelError:
+    if backup is None:
+      raise
+    singular, ridge = True, ridge + singular_ridge * float(np.mean(np.diagonal(backup)))
+    log(f"the kernel is singular; solving with ridge {ridge:.3g}")
+    sol = kernels_lib.solve(backup, y, ridge)
+  train_err = float(np.mean(sol.fitted.argmax(1) != ds.train_labels[:n]))
+  predicted = (kt @ sol.coef).argmax(1) if n_test else np.zeros(0, np.int64)
+  test_err = float(np.mean(predicted != ds.test_labels[:n_test])) if n_test else None
+  return {"dataset": ds.name, "n_train": n, "n_test": n_test, "kernel": "ntk",
+          "features": f"{model} tangent", "feature_dim": tk.num_params,
+          "model": model, "ridge": ridge, "singular": singular, "seed": seed,
+          "test_error": test_err,
+          "train_error": train_err, "norm": sol.rkhs_norm, "rkhs_norm": sol.rkhs_norm,
+          "condition_lower_bound": sol.cond_bound,
+          "seconds": time.perf_counter() - start,
+          **kernels_lib.commuted_errors(ds, predicted, n)}

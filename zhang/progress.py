@@ -44,7 +44,7 @@ class Progress:
             f"{tracker.min_train_acc():.4f}")
     if self.by_step:
       generalized = sum(g is not None for g in tracker.generalize_step)
-      text = (f"{tracker.num_fitted()}/{self.num_replicas} fitted, {generalized}/"
+      text = (f"{tracker.num_fitted()}/{self.num_replicas} replicas fitted, {generalized}/"
               f"{self.num_replicas} generalized, " + text)
     return text
 
@@ -60,8 +60,8 @@ class Progress:
       self._bar.refresh()
       return
     if self._updates % self.every == 0 or final:
-      line = (f"zhang: {fitted}/{self.num_replicas} replicas fitted, "
-              f"{self.describe(step, tracker)}, {time.time() - self.start:.0f} s")
+      head = "" if self.by_step else f"{fitted}/{self.num_replicas} replicas fitted, "
+      line = f"zhang: {head}{self.describe(step, tracker)}, {time.time() - self.start:.0f} s"
       if line != self._last_line:
         print(line, file=self.stream, flush=True)
         self._last_line = line

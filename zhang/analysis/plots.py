@@ -498,34 +498,78 @@ def fit_times(curves: pd.DataFrame, dataset: str):
   return fig
 
 
+def corruption_colours(levels) -> dict:
+  """True labels blue, random labels red, as in Figure 1; matplotlib's cycle past six."""
+  palette = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#d62728"]
+  return (dict(zip(levels, palette[:len(levels) - 1] + palette[-1:])) if len(levels) <= 6
+          else {p: None for p in levels})
+
+
 def grokking(metrics: pd.DataFrame, max_panels: int = 4):
   """Train (dashed) and test (solid) accuracy against steps on a log axis, one panel per
-  (model, weight decay), one colour per label corruption, mean over seeds: grokking is the
-  test curve rising long after the train curve (``grokking.steps`` has the events)."""
+  (model, weight decay), one colour per label corruption, one line per replica (seed):
+  grokking is the test curve rising long after the train curve (``grokking.steps`` has the
+  events)."""
   dataset = require_one_dataset(metrics)
   m = metrics[metrics.kind == "labels"]
   panels = sorted(m.groupby(["model", "learning_rate", "weight_decay"]).groups)[:max_panels]
   fig, axes = _figure(len(panels), sharey=True)
   levels = sorted(m.corruption.unique())
-  palette = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#d62728"]
-  # True labels blue, random labels red, as in Figure 1; matplotlib's cycle past six levels.
-  cmap = (dict(zip(levels, palette[:len(levels) - 1] + palette[-1:])) if len(levels) <= 6
-          else {p: None for p in levels})
+  cmap = corruption_colours(levels)
   for ax, (model, lr, wd) in zip(axes, panels):
     g = m[(m.model == model) & (m.learning_rate == lr) & (m.weight_decay == wd)]
     for p in levels:
-      c = g[g.corruption == p].groupby("step")[["train_acc", "test_acc"]].mean()
-      c = c[c.index > 0]  # the log axis
-      if c.empty:
-        continue
-      ax.plot(c.index, 100 * c.test_acc, color=cmap[p], lw=1.6, label=f"p = {p:g} test")
-      ax.plot(c.index, 100 * c.train_acc, color=cmap[p], lw=1, ls="--")
+      for i, (_, c) in enumerate(g[g.corruption == p].groupby(["run", "replica"])):
+        c = c[c.step > 0].sort_values("step")  # the log axis
+        if c.empty:
+          continue
+        ax.plot(c.step, 100 * c.test_acc, color=cmap[p], lw=1.3, alpha=0.85,
+                label=f"p = {p:g} test" if i == 0 else None)
+        ax.plot(c.step, 100 * c.train_acc, color=cmap[p], lw=0.9, ls="--", alpha=0.85)
     ax.set_xscale("log")
     ax.set_xlabel("step")
     ax.set_ylim(0, 102)
     ax.set_title(f"{model}\nlr {lr:g}, weight decay {wd:g}", fontsize=9)
   axes[0].set_ylabel("accuracy (%)")
   _legend(axes[0], loc="center left", fontsize=8)
-  fig.suptitle(f"Grokking on {dataset}: train (dashed) and test (solid) accuracy, mean over "
-               f"seeds{_partial_note(metrics)}", fontsize=11)
+  fig.suptitle(f"Grokking on {dataset}: train (dashed) and test (solid) accuracy, one line "
+               f"per replica{_partial_note(metrics)}", fontsize=11)
+  return fig
+
+
+def grokking_steps(steps: pd.DataFrame, max_panels: int = 4):
+  """Per replica, against label corruption: the fit step, the first step at half test
+  accuracy and the generalize step (``grokking.steps``), one panel per (model, weight decay)
+  on a log step axis; a replica that never got there is an open marker at the steps it ran."""
+  panels = sorted(steps.groupby(["model", "learning_rate", "weight_decay"]).groups
+                  )[:max_panels]
+  fig, axes = _figure(len(panels), sharey=True)
+  events = [("fit_step", "fit (train acc 1)", "o", "#555555", -0.012),
+            ("half_step", "half test acc", "s", "#2ca02c", 0.0),
+            ("generalize_step", "generalized", "^", "#1f77b4", 0.012)]
+  threshold = steps.generalize_threshold.iloc[0] if len(steps) else 0.99
+  for ax, (model, lr, wd) in zip(axes, panels):
+    g = steps[(steps.model == model) & (steps.learning_rate == lr)
+              & (steps.weight_decay == wd)]
+    for column, name, marker, colour, dx in events:
+      done, never = g[g[column].notna()], g[g[column].isna()]
+      ax.scatter(done.corruption + dx, done[column], marker=marker, color=colour, s=30,
+                 label=name if column != "generalize_step"
+                 else f"generalized (test acc >= {threshold:g})", zorder=3)
+      if len(never) and column != "fit_step":
+        ax.scatter(never.corruption + dx, never.steps_run, marker=marker,
+                   facecolors="none", edgecolors=colour, s=30, zorder=3,
+                   label=f"{name}: never (drawn at the last step)")
+    if len(g):
+      ax.axhline(g.steps_run.max(), color="#999999", lw=0.8, ls=":", zorder=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("label corruption p")
+    ax.set_title(f"{model}\nlr {lr:g}, weight decay {wd:g}", fontsize=9)
+  if panels:
+    axes[0].set_ylabel("step (dotted: the run's last)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False,
+               fontsize=8)
+  fig.suptitle("When each replica fits, reaches half test accuracy and generalizes"
+               f"{_partial_note(steps)}", fontsize=11)
   return fig

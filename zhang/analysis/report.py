@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -10,8 +11,8 @@ import pandas as pd
 from etils import epath
 
 from zhang import llc_report, ntk_report
-from zhang.analysis import (fit_time, grokking, memorization, paper, plots, regularization,
-                            scaling, tables)
+from zhang.analysis import (fit_time, grokking, kernel_baseline, memorization, paper, plots,
+                            regularization, scaling, tables)
 from zhang.analysis.load import (HPARAMS, Runs, condition_name, condition_order, load_runs,
                                  require_one_dataset)
 
@@ -19,7 +20,7 @@ FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
 # Written only for runs whose files hold their fields.
 OPTIONAL_FIGURES = ("noisy_fit.png", "reliability.png", "fit_times.png")
 # Written for runs that trained on past the fit (``stop_at_fit=False``, grokking.py).
-GROKKING_FIGURES = ("grokking.png",)
+GROKKING_FIGURES = ("grokking.png", "grokking_steps.png")
 # Written, with table1.md, for runs that compare regularizers or models (regularization.py).
 REGULARIZER_FIGURES = ("fig2a.png", "early_stopping.png")
 
@@ -390,6 +391,8 @@ def _figures_section(names: Sequence[str] = FIGURES) -> list[str]:
       "reliability.png": "Reliability diagram: test accuracy against confidence, per bin.",
       "fit_times.png": "Share of clean and noisy examples fitted for good by each step.",
       "grokking.png": "Train and test accuracy against steps (log axis): grokking.",
+      "grokking_steps.png": "Fit, half test accuracy and generalize steps per replica "
+                            "against label corruption.",
       "llc_vs_corruption.png": "Local learning coefficient against label corruption "
                                "(zhang llc).",
       "llc_vs_step.png": "Local learning coefficient against the checkpoint's step.",
@@ -405,6 +408,10 @@ def _figures_section(names: Sequence[str] = FIGURES) -> list[str]:
     caption = captions.get(name, name)
     out += [f"![{caption}]({name})", "", f"*{caption}*", ""]
   return out
+
+
+def _log(msg: str) -> None:
+  print(f"[zhang report] {msg}", file=sys.stderr, flush=True)
 
 
 def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
@@ -430,6 +437,8 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
     written.append(plots.save(plots.reliability(bins), out / "reliability.png"))
   if grokking.applies(runs):
     written.append(plots.save(plots.grokking(runs.metrics), out / "grokking.png"))
+    written.append(plots.save(plots.grokking_steps(grokking.steps(runs)),
+                              out / "grokking_steps.png"))
   if memorization.has_fit_times(runs):
     written.append(plots.save(plots.fit_times(memorization.curves(runs), runs.datasets[0]),
                               out / "fit_times.png"))
@@ -445,6 +454,7 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
     table1_md.write_text("\n".join(
         regularization.table1_markdown(runs, a.table1, a.fits, threshold, effects, es)
         + _figures_section([p.name for p in written if p.name in REGULARIZER_FIGURES])))
+  kernels = kernel_baseline.load_or_compute(runs, out, log=_log)  # token datasets only
   # What `zhang llc RUN --out OUT` and `zhang ntk RUN --out OUT` wrote into the same folder.
   llc_result = llc_report.load(out / "llc.json") if (out / "llc.json").exists() else None
   if llc_result is not None:
@@ -467,6 +477,7 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   lines += _scaling_section(a)
   lines += _paper_section(a)
   lines += grokking.report_lines(runs)
+  lines += kernel_baseline.report_lines(kernels, runs)
   lines += memorization.report_lines(runs)
   if llc_result is not None:
     lines += llc_report.report_lines(llc_result) + [""]
