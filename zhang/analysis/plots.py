@@ -499,10 +499,13 @@ def fit_times(curves: pd.DataFrame, dataset: str):
 
 
 def corruption_colours(levels) -> dict:
-  """True labels blue, random labels red, as in Figure 1; matplotlib's cycle past six."""
-  palette = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#d62728"]
-  return (dict(zip(levels, palette[:len(levels) - 1] + palette[-1:])) if len(levels) <= 6
-          else {p: None for p in levels})
+  """True labels blue, random labels red, as in Figure 1, whichever levels a run has; the
+  levels between them green, orange, purple, brown in order; matplotlib's cycle past four."""
+  middle = [p for p in levels if p not in (0.0, 1.0)]
+  palette = ["#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+  colours = {p: (palette[i] if len(middle) <= len(palette) else None)
+             for i, p in enumerate(middle)}
+  return colours | {p: {0.0: "#1f77b4", 1.0: "#d62728"}[p] for p in levels if p in (0.0, 1.0)}
 
 
 def grokking(metrics: pd.DataFrame, max_panels: int = 4):
