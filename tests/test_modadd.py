@@ -247,3 +247,30 @@ def test_the_transformers_tangent_kernel_generalizes_by_commutativity_only(capsy
   assert result["commuted_in_train"] == pytest.approx(np.mean(want))
   assert result["test_error_commuted_in_train"] <= 0.1
   assert result["test_error_commuted_not_in_train"] >= 0.9
+
+
+def test_a_singular_tangent_kernel_is_solved_with_the_smallest_ridge_that_works(monkeypatch):
+  """The fallback ladder: 1e-6 x the mean diagonal, then 100x larger until Cholesky
+  succeeds; the ridge used is recorded, and without the fallback the error is raised."""
+  from zhang import kernels, ntk
+  d = data.load("modadd", options=dict(modulus=11, train_fraction=0.5))
+  n, n_test = len(d.train_labels), len(d.test_labels)
+  exact = ntk.token_interpolation(d, n, n_test, "mlp_tokens", seed=0)
+  real_solve, seen = kernels.solve, []
+
+  def solve_refusing_small_ridges(k, y, ridge=0.0):
+    seen.append(ridge)
+    scale = float(np.mean(np.diagonal(k)))
+    if ridge < 1e-3 * scale:  # as if K were singular below this ridge
+      raise kernels.SingularKernelError("singular (test)")
+    return real_solve(k, y, ridge)
+
+  monkeypatch.setattr(kernels, "solve", solve_refusing_small_ridges)
+  with pytest.raises(kernels.SingularKernelError):
+    ntk.token_interpolation(d, n, n_test, "mlp_tokens", seed=0)
+  seen.clear()
+  r = ntk.token_interpolation(d, n, n_test, "mlp_tokens", seed=0, singular_ridge=1e-6)
+  assert r["singular"] and len(seen) == 4  # 0, 1e-6, 1e-4, then 1e-2 x the scale solves
+  assert seen[3] == pytest.approx(1e2 * seen[2]) == pytest.approx(1e4 * seen[1])
+  assert r["ridge"] == seen[3] and r["train_error"] == 0.0
+  assert r["test_error"] == pytest.approx(exact["test_error"], abs=0.05)

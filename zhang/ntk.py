@@ -428,8 +428,9 @@ def token_interpolation(ds, n: int, n_test: int, model: str, seed: int, ridge: f
   ``n`` training and ``n_test`` test examples: the kernel regime's test accuracy.
 
   ``singular_ridge``: where K + ridge I is singular, solve again with a ridge of this times
-  K's mean diagonal (the result's ``singular`` is True and ``ridge`` the one used) instead
-  of raising ``kernels.SingularKernelError``."""
+  K's mean diagonal, then 100, 10^4 and 10^6 times that until one solves (the result's
+  ``singular`` is True and ``ridge`` the one used), instead of raising
+  ``kernels.SingularKernelError`` at once."""
   log = log or (lambda msg: None)
   spec = models.get(model)
   if ds.inputs != "tokens" or spec.inputs != "tokens":
@@ -466,9 +467,16 @@ def token_interpolation(ds, n: int, n_test: int, model: str, seed: int, ridge: f
   except kernels_lib.SingularKernelError:
     if backup is None:
       raise
-    singular, ridge = True, ridge + singular_ridge * float(np.mean(np.diagonal(backup)))
-    log(f"the kernel is singular; solving with ridge {ridge:.3g}")
-    sol = kernels_lib.solve(backup, y, ridge)
+    scale, sol, base = float(np.mean(np.diagonal(backup))), None, ridge
+    for factor in (1.0, 1e2, 1e4, 1e6):
+      singular, ridge = True, base + factor * singular_ridge * scale
+      log(f"the kernel is singular; solving with ridge {ridge:.3g}")
+      try:
+        sol = kernels_lib.solve(backup.copy(order="F"), y, ridge)
+        break
+      except kernels_lib.SingularKernelError:
+        if factor == 1e6:
+          raise
   train_err = float(np.mean(sol.fitted.argmax(1) != ds.train_labels[:n]))
   predicted = (kt @ sol.coef).argmax(1) if n_test else np.zeros(0, np.int64)
   test_err = float(np.mean(predicted != ds.test_labels[:n_test])) if n_test else None
