@@ -11,10 +11,11 @@ Data: every pair (a, b) of residues mod `modulus`, labelled (a + b) mod `modulus
 `train_fraction` of the pairs trains (split from `split_seed`), the rest tests against the
 true sums. Training is full-batch AdamW (betas 0.9 / 0.98, decoupled weight decay; Nanda et
 al. 2023; lr 1e-3 for the transformer, their rate, and 0.01 for mlp_tokens) at a constant
-rate, to `max_steps` whatever the fit (grokking comes long after it). Each replica's
-`fit_step` (train accuracy 1) and `generalize_step` (test accuracy >= 0.99) are in
-summary.json; an evaluation every 20 steps and 21 checkpoints, all kept (the learning
-coefficient through training).
+rate, to `max_steps` whatever the fit (grokking comes long after it). The run writes
+WORKDIR/config.json, metrics.jsonl (an evaluation every 20 steps), summary.json (each
+replica's `fit_step`, train accuracy 1, and `generalize_step`, test accuracy >= 0.99),
+fit_times.npz and checkpoints/ (every 200 steps, all kept: the learning coefficient
+through training), and prints the table of both steps per replica.
 
 Arguments (comma-separated after the colon):
   model=NAME        mlp_tokens (default: an MLP on the one-hot residues, 512 hidden) or
