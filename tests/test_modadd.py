@@ -121,7 +121,8 @@ def test_adamw_step_is_optax_adamw_at_the_replicas_rate_and_decay():
 
 
 @pytest.mark.slow
-def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp_path):
+def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp_path,
+                                                                              monkeypatch):
   """configs/modadd.py:quick trains on past the fit to max_steps; the true-label replicas
   generalize (test accuracy >= 0.99) long after they fit, the random-label ones never; the
   summary's steps are the first evaluations that meet each threshold."""
@@ -187,6 +188,13 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
   again = kernel_baseline.load_or_compute(runs, tmp_path / "report")
   assert again[0]["key"]["modulus"] == 23 and again[0]["rows"][0]["test_acc"] >= 0
   assert json.loads(path.read_text()) == again
+  # A tangent kernel over the report's budget is named, with the command that computes it.
+  monkeypatch.setattr(kernel_baseline, "MAX_NTK_FLOPS", 1.0)
+  over = kernel_baseline.compute(again[0]["key"], runs)
+  assert over["rows"][0] == again[0]["rows"][0] | {"seconds": over["rows"][0]["seconds"]}
+  assert "--modulus 23 --train_fraction 0.7" in over["rows"][1]["skipped"]
+  text = "\n".join(kernel_baseline.report_lines([over], runs))
+  assert "NTK of mlp_tokens at initialization was not computed: about" in text
 
 
 def test_kernel_baseline_on_modadd_fits_and_does_not_generalize(capsys):

@@ -58,38 +58,37 @@ def _dataset(key: dict, runs: Runs):
 
 def compute(key: dict, runs: Runs, log: Callable[[str], None] = lambda s: None) -> dict:
   """The RBF and tangent-kernel interpolants of one split, as one JSON-able dict."""
-  from zhang import kernels, ntk
+  from zhang import kernels
   ds = _dataset(key, runs)
   n, n_test = len(ds.train_labels), len(ds.test_labels)
-  rows = []
   rbf = kernels.evaluate(ds, n, n_test, kernel="rbf", features="onehot", log=log)
-  rows.append(dict(kernel="rbf", features="onehot", ridge=0.0, singular=False,
-                   train_acc=1 - rbf["train_error"], test_acc=1 - rbf["test_error"],
-                   **_commuted(rbf), seconds=rbf.get("seconds")))
-  work = ntk.token_interpolation_flops(ds, n, n_test, key["model"])
-  if work > MAX_NTK_FLOPS:
-    rows.append(dict(kernel="ntk", features=f"{key['model']} tangent at initialization",
-                     skipped=(f"about {work / 1e12:,.0f} TFLOP of contractions, over the "
-                              f"report's {MAX_NTK_FLOPS / 1e12:g}: run zhang kernel "
-                              f"--dataset {key['dataset']} --modulus {key['modulus']} "
-                              f"--train_fraction {key['train_fraction']:g} --split_seed "
-                              f"{key['split_seed']} --n 0 --kernel ntk --model {key['model']}"
-                              f" (an accelerator's minutes)")))
-  else:
-    try:
-      t = ntk.token_interpolation(ds, n, n_test, key["model"], seed=0, log=log,
-                                  singular_ridge=RELATIVE_RIDGE)
-    except kernels.SingularKernelError as e:  # singular even with the largest ridge
-      rows.append(dict(kernel="ntk", features=f"{key['model']} tangent at initialization",
-                       skipped=f"singular even with a ridge of its mean diagonal: {e}"))
-      return dict(key=key, format=FORMAT, n_train=n, n_test=n_test,
-                  chance=1 / ds.num_classes, commuted_in_train=rbf.get("commuted_in_train"),
-                  rows=rows)
-    rows.append(dict(kernel="ntk", features=f"{key['model']} tangent at initialization",
-                     ridge=t["ridge"], singular=t["singular"], train_acc=1 - t["train_error"],
-                     test_acc=1 - t["test_error"], **_commuted(t), seconds=t["seconds"]))
+  rows = [dict(kernel="rbf", features="onehot", ridge=0.0, singular=False,
+               train_acc=1 - rbf["train_error"], test_acc=1 - rbf["test_error"],
+               **_commuted(rbf), seconds=rbf.get("seconds")),
+          dict(kernel="ntk", features=f"{key['model']} tangent at initialization",
+               **_tangent(ds, key, log))]
   return dict(key=key, format=FORMAT, n_train=n, n_test=n_test, chance=1 / ds.num_classes,
               commuted_in_train=rbf.get("commuted_in_train"), rows=rows)
+
+
+def _tangent(ds, key: dict, log) -> dict:
+  """The tangent kernel's row: its numbers, or ``skipped`` saying why there are none."""
+  from zhang import kernels, ntk
+  n, n_test = len(ds.train_labels), len(ds.test_labels)
+  work = ntk.token_interpolation_flops(ds, n, n_test, key["model"])
+  if work > MAX_NTK_FLOPS:
+    return dict(skipped=(f"about {work / 1e12:,.0f} TFLOP of contractions, over the "
+                         f"report's {MAX_NTK_FLOPS / 1e12:g}: run zhang kernel --dataset "
+                         f"{key['dataset']} --modulus {key['modulus']} --train_fraction "
+                         f"{key['train_fraction']:g} --split_seed {key['split_seed']} --n 0 "
+                         f"--kernel ntk --model {key['model']} (an accelerator's minutes)"))
+  try:
+    t = ntk.token_interpolation(ds, n, n_test, key["model"], seed=0, log=log,
+                                singular_ridge=RELATIVE_RIDGE)
+  except kernels.SingularKernelError as e:  # singular even with the largest ridge
+    return dict(skipped=f"singular even with a ridge of its mean diagonal: {e}")
+  return dict(ridge=t["ridge"], singular=t["singular"], train_acc=1 - t["train_error"],
+              test_acc=1 - t["test_error"], **_commuted(t), seconds=t["seconds"])
 
 
 def _commuted(result: dict) -> dict:
