@@ -42,6 +42,8 @@ def steps(runs: Runs) -> pd.DataFrame:
   corruption, seed, weight_decay, learning_rate, fit_step, generalize_step (NaN: never),
   half_step (first evaluation with test accuracy >= HALF; NaN: never), best_test_acc,
   steps_run, final_test_acc, final_train_acc, generalize_threshold."""
+  if not applies(runs):
+    return pd.DataFrame()
   rows = []
   events = _curve_events(runs.metrics)
   for run in runs.runs:
@@ -114,9 +116,10 @@ def _noise_words(clean, noisy: pd.DataFrame) -> list[str]:
   return words
 
 
-def report_lines(runs: Runs) -> list[str]:
-  """The report's grokking section: the table and, in words, what label noise does."""
-  s = steps(runs)
+def report_lines(runs: Runs, s: pd.DataFrame | None = None) -> list[str]:
+  """The report's grokking section: the table and, in words, what label noise does.
+  ``s``: ``steps(runs)``, where the caller has it already."""
+  s = steps(runs) if s is None else s
   if s.empty:
     return []
   t = summary_table(s)

@@ -132,11 +132,12 @@ def load_or_compute(runs: Runs, out, log: Callable[[str], None] = lambda s: None
   return results
 
 
-def _trained(runs: Runs, key: dict) -> list[tuple[str, float, float, float, int]]:
+def _trained(runs: Runs, key: dict, s) -> list[tuple[str, float, float, float, int]]:
   """(hyper-parameters, mean final train accuracy, mean final and best test accuracy,
-  replicas) of the true-label replicas of the runs with this split and model."""
-  from zhang.analysis import grokking
-  s = grokking.steps(runs)
+  replicas) of the true-label replicas of the runs with this split and model; ``s`` is
+  ``grokking.steps(runs)``."""
+  if s.empty:  # no run trained past its fit
+    return []
   names = [r.name for r in runs.runs
            if {f: r.config.get(f) for f in SPLIT_FIELDS} | {"model": r.config["model"]}
            == key]
@@ -156,7 +157,7 @@ def _name(row: dict, model: str) -> str:
   return name + (f" (singular; ridge {row['ridge']:.2g})" if row.get("singular") else "")
 
 
-def _split_lines(r: dict, runs: Runs) -> list[str]:
+def _split_lines(r: dict, runs: Runs, steps) -> list[str]:
   """One split's heading, table and reading."""
   k = r["key"]
   split = f"{k['dataset']} P = {k['modulus']}, train fraction {k['train_fraction']:g}"
@@ -177,7 +178,7 @@ def _split_lines(r: dict, runs: Runs) -> list[str]:
     out.append(f"| {_name(row, k['model'])} | {100 * row['train_acc']:.1f} | "
                f"{100 * row['test_acc']:.1f} | {_pct(row.get('test_acc_commuted'))} | "
                f"{_pct(row.get('test_acc_not_commuted'))} |")
-  trained = _trained(runs, k)
+  trained = _trained(runs, k, steps)
   for hp, train, final, best, n in trained:
     out.append(f"| {k['model']} trained ({hp}; {n} replicas; final / best) | "
                f"{100 * train:.1f} | {100 * final:.1f} / {100 * best:.1f} | – | – |")
@@ -199,11 +200,15 @@ def _split_lines(r: dict, runs: Runs) -> list[str]:
   return out + [""] + ([" ".join(words), ""] if words else [])
 
 
-def report_lines(results: list[dict], runs: Runs) -> list[str]:
+def report_lines(results: list[dict], runs: Runs, steps=None) -> list[str]:
   """The report's kernel-baseline section: per split, each kernel's train and test accuracy
-  beside the trained networks' (true labels)."""
+  beside the trained networks' (true labels). ``steps``: ``grokking.steps(runs)``, where
+  the caller has it already."""
   if not results:
     return []
+  if steps is None:
+    from zhang.analysis import grokking
+    steps = grokking.steps(runs)
   out = ["## The kernel baseline", "",
          "Minimum-norm interpolation K a = Y of the true training labels (float64 Cholesky; "
          "`zhang kernel --dataset modadd`), on each run's own split, against the trained "
@@ -213,5 +218,5 @@ def report_lines(results: list[dict], runs: Runs) -> list[str]:
          "predictor symmetric in a and b gets from commutativity alone; *the rest*: on the "
          "others.", ""]
   for r in results:
-    out += _split_lines(r, runs)
+    out += _split_lines(r, runs, steps)
   return out

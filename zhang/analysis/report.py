@@ -435,10 +435,10 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   bins = reliability_table(runs)
   if plots.has_reliability(bins):
     written.append(plots.save(plots.reliability(bins), out / "reliability.png"))
+  grok = grokking.steps(runs)  # empty unless a run trained past its fit
   if grokking.applies(runs):
     written.append(plots.save(plots.grokking(runs.metrics), out / "grokking.png"))
-    written.append(plots.save(plots.grokking_steps(grokking.steps(runs)),
-                              out / "grokking_steps.png"))
+    written.append(plots.save(plots.grokking_steps(grok), out / "grokking_steps.png"))
   if memorization.has_fit_times(runs):
     written.append(plots.save(plots.fit_times(memorization.curves(runs), runs.datasets[0]),
                               out / "fit_times.png"))
@@ -476,8 +476,8 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   lines += _fit_section(a)
   lines += _scaling_section(a)
   lines += _paper_section(a)
-  lines += grokking.report_lines(runs)
-  lines += kernel_baseline.report_lines(kernels, runs)
+  lines += grokking.report_lines(runs, grok)
+  lines += kernel_baseline.report_lines(kernels, runs, grok)
   lines += memorization.report_lines(runs)
   if llc_result is not None:
     lines += llc_report.report_lines(llc_result) + [""]
