@@ -4,14 +4,14 @@
   python benchmarks/checkpoint.py --quick   # 2 repeats, small synthetic training sets
 
 Prints one JSON object per config (with the execution ``plan`` its grid ran under). Each
-builds the trainer's own grid state (``zhang.train.build``) and times the trainer's own
-``zhang.checkpoint.Checkpointer`` in a temporary directory:
+builds the trainer's own grid state (``zhang.experiment.train.build``) and times the trainer's own
+``zhang.rundir.checkpoint.Checkpointer`` in a temporary directory:
 
 - ``save_blocking_s``: how long ``Checkpointer.save`` blocks the caller (the save is
   asynchronous: the device-to-host copy, then Orbax writes in a background thread);
 - ``save_total_s``: ``save`` + ``wait`` until the checkpoint is on disk;
 - ``restore_s``: ``restore_latest`` into the state's shardings (what a resumed run does);
-- ``load_cpu_s``: ``zhang.checkpoint.load`` (a notebook reading a run, as numpy on CPU);
+- ``load_cpu_s``: ``zhang.rundir.checkpoint.load`` (a notebook reading a run, as numpy on CPU);
 - ``step_s``: one train step of the same grid, timed in the same process with no save in
   flight: the trainer's compiled ``train_chunk`` run for ``--steps`` and 2 x ``--steps``
   steps, (median long - median short) / steps, so the chunk's fixed cost (drawing the
@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zhang import checkpoint as checkpoint_lib
-from zhang import config as config_lib
-from zhang import train as train_lib
-from zhang.data import Dataset
+from zhang.experiment import config as config_lib
+from zhang.experiment import train as train_lib
+from zhang.experiment.data import Dataset
+from zhang.rundir import checkpoint as checkpoint_lib
 
 FIG1_MLP = "configs/fig1.py:model=mlp_1x512,dataset=fashion_mnist"
 CONFIGS = {

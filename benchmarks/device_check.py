@@ -9,8 +9,8 @@ said on stderr; a part that fails does not stop the next):
 
 1. ``throughput``: benchmarks/throughput.py's rows, mlp_1x512 at R = 1, 8, 64, 256, then
    inception_small and alexnet_small at R = 1, 8, 64 under both ``replicas`` choices of the
-   execution plan (``zhang/plan.py``), ``map`` and ``vmap``.
-2. ``fig1``: ``zhang.train.run`` of ``configs/fig1.py:model=inception_small,
+   execution plan (``zhang/runtime/plan.py``), ``map`` and ``vmap``.
+2. ``fig1``: ``zhang.experiment.train.run`` of ``configs/fig1.py:model=inception_small,
    dataset=synthetic_cifar10,n_train=5000`` (18 replicas; generated data, no download) for
    200 steps, evaluated every 100. Stopped at a chunk boundary, as if preempted, at the end
    of its share.
@@ -124,7 +124,7 @@ def throughput_argv(model: str, quick: bool, max_seconds: float) -> list[str]:
 
 
 def fig1_config(quick: bool):
-  from zhang import config as config_lib
+  from zhang.experiment import config as config_lib
 
   if quick:
     arg = "model=mlp_1x512,dataset=synthetic_cifar10,levels=2,seeds=1,n_train=256"
@@ -138,9 +138,9 @@ def fig1_config(quick: bool):
 
 
 def train_within(config, workdir: pathlib.Path, seconds: float) -> dict:
-  """``zhang.train.run`` that stops at a chunk boundary once ``seconds`` have passed: a
+  """``zhang.experiment.train.run`` that stops at a chunk boundary once ``seconds`` have passed: a
   SIGTERM to this process, which the trainer takes as a preemption notice."""
-  from zhang import train as train_lib
+  from zhang.experiment import train as train_lib
 
   fired = []
   previous = signal.signal(signal.SIGTERM, lambda *_: fired.append(True))  # after the run
@@ -229,7 +229,9 @@ def main(argv=None) -> int:
   sys.path.insert(0, str(HERE))
   import estimate_fig1b  # noqa: E402  (this folder's scripts)
   import throughput  # noqa: E402
-  from zhang import models, plan as plan_lib  # noqa: E402
+
+  from zhang.experiment import models
+  from zhang.runtime import plan as plan_lib  # noqa: E402
 
   env = machine()
   print(json.dumps(env), flush=True)

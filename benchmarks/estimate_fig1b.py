@@ -52,7 +52,7 @@ import sys
 
 MODELS = ("inception_small", "alexnet_small", "mlp_1x512")
 DTYPES = ("float32", "bfloat16")
-# Named here, not asked of zhang.models: this script imports neither jax nor zhang, so it
+# Named here, not asked of zhang.experiment.models: this script imports neither jax nor zhang, so it
 # runs wherever the rows were copied to.
 CONV_NETS = ("alexnet_small", "inception_small", "inception_small_nobn")
 
@@ -333,7 +333,7 @@ def estimate(rows: list[dict], fits: dict[str, dict], a,
       f"scaled by {a.levels * a.seeds}/R (from a larger R this is optimistic where the "
       f"per-replica cost falls with R).",
       "Each model runs under the execution plan of the row used (ZHANG_PLAN=... where it "
-      "is not the automatic plan; zhang/plan.py).",
+      "is not the automatic plan; zhang/runtime/plan.py).",
       f"Evaluation (at step 0 and every {a.eval_every} steps, whole train and test sets: "
       f"{a.n_train + a.n_test:,} images per replica) costs, per image, "
       + "; ".join(f"{m['model']} {m['eval_cost']:.3g} ({m['eval_cost_source']})"

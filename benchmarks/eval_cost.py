@@ -21,8 +21,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from zhang import config as config_lib
-from zhang import train
+from zhang.experiment import config as config_lib
+from zhang.experiment import train
 
 
 def main() -> None:

@@ -6,8 +6,8 @@
 #   benchmarks/fetch_wheels.sh                # into benchmarks/wheels/ (git-ignored)
 #   benchmarks/fetch_wheels.sh tqdm==4.67.1   # more packages, NAME==VERSION
 #
-# Which packages: the modules that `import zhang.train` loads (python -X importtime -c
-# "import zhang.train") less what such machines usually hold (absl-py, chex, etils, flax,
+# Which packages: the modules that `import zhang.experiment.train` loads (python -X importtime -c
+# "import zhang.experiment.train") less what such machines usually hold (absl-py, chex, etils, flax,
 # jax, numpy, optax, orbax-checkpoint, pyyaml, tqdm, ...). That leaves ml_collections
 # (pure Python; its needs, absl-py and PyYAML, are there). tensorflow-datasets is imported
 # only when a tfds dataset is loaded, and scikit-learn only for digits: device_check.py

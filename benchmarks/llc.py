@@ -5,7 +5,7 @@
 
 Prints one JSON object per chain count: the train chunk's replica-steps per second (the
 trainer's own ``train_chunk``, the config's grid and batch size) and the sampler's
-replica-chain-steps per second (``zhang.llc.RunSampler``'s compiled program: the same model,
+replica-chain-steps per second (``zhang.probes.llc.estimate.RunSampler``'s compiled program: the same model,
 inputs and batch size, one SGLD step per chain), each the best of ``--repeats`` timed calls
 of ``--steps`` steps after a compiling call, alternated so that both see the same machine
 load. The parameters are the grid's initial ones (the rate does not depend on them). One SGLD
@@ -29,7 +29,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zhang import config as config_lib, llc, sgld, train  # noqa: E402
+from zhang.experiment import config as config_lib
+from zhang.experiment import train  # noqa: E402
+from zhang.probes.llc import estimate as llc
+from zhang.probes.llc import sgld
 
 
 def main(argv=None) -> int:

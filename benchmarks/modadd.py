@@ -10,7 +10,7 @@ config's whole grid (every replica in one program, full-batch AdamW on the real 
 split), built by ``train.build`` as ``zhang train`` builds it; evaluation and checkpoints
 are left out (``eval_share`` in a run's summary.json says what they add: about 1%).
 
-``flops_per_step`` is the analytic count of ``zhang/flops.py`` (3 x forward of the Dense
+``flops_per_step`` is the analytic count of ``zhang/runtime/flops.py`` (3 x forward of the Dense
 and attention projections, every replica); ``xla_flops_per_step`` is XLA's own estimate of
 the compiled step. ``fraction_of_matmul`` divides the analytic rate by the best rate of an
 (N, N) fp32 ``jnp.dot`` (``--matmul_n``) timed in the same process just before and after
@@ -32,10 +32,11 @@ import jax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from throughput import compile_chunk, matmul_flops_per_s, run_chunks  # noqa: E402
 
-from zhang import config as config_lib  # noqa: E402
-from zhang import flops as flops_lib  # noqa: E402
-from zhang import models, train as train_lib  # noqa: E402
 from zhang.errors import UsageError  # noqa: E402
+from zhang.experiment import config as config_lib  # noqa: E402
+from zhang.experiment import models
+from zhang.experiment import train as train_lib  # noqa: E402
+from zhang.runtime import flops as flops_lib  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = "configs/modadd.py"  # relative to the repository root, or to the cwd

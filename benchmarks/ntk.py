@@ -34,8 +34,12 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from throughput import matmul_flops_per_s  # noqa: E402  (this folder's matmul timer)
-from zhang import ntk, ntk_predict, ntk_run, randomize  # noqa: E402
+
 from zhang.errors import UsageError  # noqa: E402
+from zhang.experiment import randomize  # noqa: E402
+from zhang.probes.ntk import empirical as ntk
+from zhang.probes.ntk import on_run as ntk_run
+from zhang.probes.ntk import predict as ntk_predict
 
 
 def _machine() -> dict:

@@ -46,9 +46,13 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (this folder's benchmark functions)
-from zhang import models, randomize  # noqa: E402
-from zhang import plan as plan_lib  # noqa: E402
+
 from zhang.errors import UsageError  # noqa: E402
+from zhang.experiment import (
+  models,
+  randomize,  # noqa: E402
+)
+from zhang.runtime import plan as plan_lib  # noqa: E402
 
 _WRAPPERS = ("ThunkExecutor", "$", "SlinkyThreadPool", "while", "PjitFunction",
              "CommonPjRt", "ParseArguments")

@@ -6,7 +6,7 @@
 For every throughput row (benchmarks/throughput.py's JSON lines, or benchmarks/device_check.py's
 JSON) it counts, per step:
 
-  FLOPs       the row's ``flops_per_step`` (3 x forward; zhang/flops.py).
+  FLOPs       the row's ``flops_per_step`` (3 x forward; zhang/runtime/flops.py).
   state       the bytes the SGD-momentum step must move for the parameters, however well it
               is fused: the forward reads the weights (1 pass), the backward writes their
               gradient (1), the update reads weights, gradient and momentum and writes weights
@@ -50,8 +50,9 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from estimate_fig1b import load_rows, row_plan  # noqa: E402  (this folder's row reader)
-from zhang import flops as flops_lib  # noqa: E402
-from zhang import models  # noqa: E402
+
+from zhang.experiment import models  # noqa: E402
+from zhang.runtime import flops as flops_lib  # noqa: E402
 
 BYTES = {"float32": 4, "bfloat16": 2}
 

@@ -18,7 +18,7 @@ alternating order over ``--rounds`` rounds; the parent prints one JSON object pe
 ``step_ms_best`` the fastest chunk seen, and ``overhead_vs_1_device`` is ``step_ms`` with D
 devices over ``step_ms`` with 1 device (the same ratio holds per replica, R being fixed);
 ``per_replica_overhead_ms`` is the extra step time per replica, (step(D) - step(1)) / R;
-``plan`` is the execution plan the children ran under (``zhang/plan.py``; it depends on the
+``plan`` is the execution plan the children ran under (``zhang/runtime/plan.py``; it depends on the
 replicas per device).
 
 The fake devices all share the host's cores: with 8 devices on 2 cores there is no more
@@ -80,7 +80,7 @@ def run_child(args) -> None:
 
 def _grids(args):
   """(model, replicas, batch size, steps per chunk) for each model."""
-  from zhang import models
+  from zhang.experiment import models
 
   for name in args.models.split(","):
     conv = models.get(name).family == "conv"

@@ -13,13 +13,13 @@ Prints one JSON object per (model, plan, kind, replicas). The timed program is t
 own ``train_chunk`` (batch gather, scaling, randomization, whitening, forward, backward, SGD
 momentum) on synthetic uint8 images, for a grid of R replicas of one ``--kind`` (corruption
 0, seeds 0..R-1; ``labels`` unless said), every replica augmented by ``--augmentation``
-(``zhang/augment.py``; ``none`` unless said).
+(``zhang/experiment/augment.py``; ``none`` unless said).
 
-``--plan`` (repeatable) compares execution plans (``zhang/plan.py``): each value is what
+``--plan`` (repeatable) compares execution plans (``zhang/runtime/plan.py``): each value is what
 ``ZHANG_PLAN`` takes, e.g. ``replicas=map,gradients=jax``; choices it leaves out, and
 ``auto`` (the default), are the automatic ones. A row's ``plan`` is the plan it ran under.
 
-``flops_per_s`` uses the analytic count of ``zhang/flops.py`` (3 x forward);
+``flops_per_s`` uses the analytic count of ``zhang/runtime/flops.py`` (3 x forward);
 ``needed_flops_per_s`` leaves out the first layer's input gradient, which XLA never computes,
 and is what ``xla_flops_per_step`` should agree with. ``fraction_of_matmul`` divides by the
 best rate of a large ``jnp.dot`` timed in the same process just before and after each row (on
@@ -47,12 +47,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zhang import config as config_lib
-from zhang import flops as flops_lib
-from zhang import augment, models, randomize, train as train_lib
-from zhang import plan as plan_lib
-from zhang.data import Dataset
 from zhang.errors import UsageError
+from zhang.experiment import augment, models, randomize
+from zhang.experiment import config as config_lib
+from zhang.experiment import train as train_lib
+from zhang.experiment.data import Dataset
+from zhang.runtime import flops as flops_lib
+from zhang.runtime import plan as plan_lib
 
 DEFAULT_MODELS = ("mlp_1x512", "mlp_3x512")
 AUTO = "auto"  # --plan value: every choice automatic
@@ -64,7 +65,7 @@ def is_conv(model: str) -> bool:
 
 def matmul_flops_per_s(n: int, repeats: int, dtype=jnp.float32) -> float:
   """Best rate of an (n, n) @ (n, n) product (fp32 by default), in FLOP/s. On CPU, the
-  better of the plan's two kernel sets (``zhang/plan.py:COMPILER_OPTIONS``): a step may be
+  better of the plan's two kernel sets (``zhang/runtime/plan.py:COMPILER_OPTIONS``): a step may be
   compiled with either, and the reference should be the faster."""
   keys = jax.random.split(jax.random.key(0))
   a = jax.random.normal(keys[0], (n, n), dtype)
@@ -221,9 +222,9 @@ class Prepared(NamedTuple):
   batch_size: int
   steps: int
   compute_dtype: str
-  kind: str  # the replicas' randomization (zhang/randomize.py)
+  kind: str  # the replicas' randomization (zhang/experiment/randomize.py)
   plan_asked: str  # the --plan value
-  augmentation: str  # every replica's (zhang/augment.py)
+  augmentation: str  # every replica's (zhang/experiment/augment.py)
   program: object
   d: object
   reps: object
@@ -322,7 +323,7 @@ def parser() -> argparse.ArgumentParser:
                  "shuffled_pixels, random_pixels or gaussian (their inputs are made in the "
                  "step); comma-separated to compare")
   p.add_argument("--augmentation", default="none",
-                 help="every replica's augmentation (zhang/augment.py), made in the step: "
+                 help="every replica's augmentation (zhang/experiment/augment.py), made in the step: "
                  "none (the default), crop, flip, color or several joined by '+', e.g. "
                  "crop+flip")
   p.add_argument("--max_seconds", type=float, default=None,

@@ -14,7 +14,7 @@ replica fitted by step 10,600 (true labels at 1,200, random labels at 5,200-5,70
 2 AVX-512 CPU cores and 140 s on 2 AVX2 cores, compilation included.
 """
 
-from zhang.config import base_config
+from zhang.experiment.config import base_config
 
 
 def get_config(arg=None):

@@ -24,8 +24,8 @@ random labels), plus shuffled pixels, random pixels and gaussian for each seed: 
 accelerator: on 2 CPU cores one replica-step takes seconds (see benchmarks/RESULTS.md).
 """
 
-from zhang.config import base_config, parse_arg
 from zhang.errors import UsageError
+from zhang.experiment.config import base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -45,8 +45,8 @@ replica-step (a full batch of 3,831 pairs), 1.6 s per step for 16 replicas here:
 a CPU, an accelerator's setting.
 """
 
-from zhang.config import base_config, parse_arg
 from zhang.errors import UsageError
+from zhang.experiment.config import base_config, parse_arg
 
 
 def _levels(name: str, text: str) -> list[float]:

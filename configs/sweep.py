@@ -23,7 +23,7 @@ replica at lr 0.01 and 0.03 fits but one, none with label noise at lr 0.003 (mea
 benchmarks/RESULTS.md, "The sweep config").
 """
 
-from zhang.config import base_config, parse_arg
+from zhang.experiment.config import base_config, parse_arg
 
 
 def get_config(arg=None):

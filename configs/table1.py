@@ -33,8 +33,8 @@ from their neighbours by at most 1.6 points of test accuracy, so a coefficient t
 test accuracy by much more is stronger than the paper's.
 """
 
-from zhang.config import base_config, parse_arg
 from zhang.errors import UsageError
+from zhang.experiment.config import base_config, parse_arg
 
 MODELS = ("inception_small", "inception_small_nobn", "alexnet_small", "mlp_3x512",
           "mlp_1x512")

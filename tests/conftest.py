@@ -16,7 +16,7 @@ import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
-from zhang import config as config_lib  # noqa: E402
+from zhang.experiment import config as config_lib  # noqa: E402
 
 
 def pytest_configure(config):

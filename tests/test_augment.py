@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zhang import augment, checkpoint, config as config_lib, data, randomize, step, train
 from zhang.errors import UsageError
+from zhang.experiment import augment, data, randomize, step, train
+from zhang.experiment import config as config_lib
+from zhang.rundir import checkpoint
 
 KEY = jax.random.key(7)
 IDX = jnp.arange(16, dtype=jnp.int32)

@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from zhang import checkpoint, train
 from zhang.errors import UsageError
+from zhang.experiment import train
+from zhang.rundir import checkpoint
 
 ROOT = pathlib.Path(__file__).parent.parent
 # The digits grid (15 replicas), short: checkpoints at 100, 200, 300 and 400 (the end), the
@@ -301,7 +302,7 @@ def test_sigterm_between_evaluations_stops_within_a_call_and_resumes_bit_identic
 
 def test_complete_is_written_only_once_the_last_checkpoint_is_on_disk(tiny_config, tmp_path,
                                                                      monkeypatch):
-  from zhang import metrics
+  from zhang.rundir import metrics
   seen = []
   real = metrics.Writer.summary
 
@@ -391,7 +392,7 @@ def test_load_a_checkpoint_written_on_more_devices(tmp_path):
   """A notebook on one device reads a run saved from 8 (each replica's shard put together)."""
   script = (
       "import sys, jax; jax.config.update('jax_num_cpu_devices', 8)\n"
-      "from zhang import config as C, train\n"
+      "from zhang.experiment import config as C, train\n"
       "c = C.base_config(); c.model = 'mlp_1x512'; c.dataset = 'digits'\n"
       "c.n_train, c.n_test, c.batch_size, c.max_steps, c.eval_every = 128, 64, 32, 20, 10\n"
       "c.grid = [dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0, 1, 2, 3])]\n"

@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from zhang import cli, train
-from zhang import config as config_lib
+from zhang import cli
+from zhang.cli import train as train_cli
 from zhang.errors import UsageError
+from zhang.experiment import config as config_lib
+from zhang.experiment import train
 
 DIGITS = "configs/digits.py"
 
@@ -157,13 +159,13 @@ def test_decay_note_only_when_unfitted_replicas_met_a_decayed_learning_rate():
   config = config_lib.resolve(config_lib.load(DIGITS, ["max_steps=4000", "lr_decay=0.95",
                                                        "lr_decay_every=390"]))
   # 3999 // 390 = 10 decays: 0.95**10 = 60% of the start, nothing to say.
-  assert cli.decay_note(_summary(4000, [None, 300]), config) is None
+  assert train_cli.decay_note(_summary(4000, [None, 300]), config) is None
   config.max_steps, config.lr_decay_every = 4000, 40  # 99 decays: 0.62% of the start
-  note = cli.decay_note(_summary(4000, [None, 300, None]), config)
+  note = train_cli.decay_note(_summary(4000, [None, 300, None]), config)
   assert note.startswith("2 replicas did not reach train accuracy 1 in max_steps=4000. "
                          "The learning rate had decayed to 0.62% of its start")
-  assert cli.decay_note(_summary(4000, [200, 300]), config) is None  # every replica fitted
-  assert cli.decay_note(_summary(3000, [None]), config) is None  # stopped early (preempted)
+  assert train_cli.decay_note(_summary(4000, [200, 300]), config) is None  # every replica fitted
+  assert train_cli.decay_note(_summary(3000, [None]), config) is None  # stopped early (preempted)
 
 
 def test_train_says_when_the_learning_rate_decayed_before_replicas_fitted(tmp_path, capsys):
@@ -185,8 +187,8 @@ def test_train_says_when_the_learning_rate_decayed_before_replicas_fitted(tmp_pa
 
 def test_timing_line_waits_for_timed_calls():
   timing = dict(train_ms_per_step=None, eval_seconds_each=0.5)
-  assert cli.timing_line({"timing": timing}) is None  # one chunk only: it compiled
-  assert cli.timing_line({}) is None  # a summary from before timing was recorded
+  assert train_cli.timing_line({"timing": timing}) is None  # one chunk only: it compiled
+  assert train_cli.timing_line({}) is None  # a summary from before timing was recorded
 
 
 def test_the_sweep_config_is_one_grid_of_every_combination():

@@ -5,15 +5,15 @@ import re
 import pytest
 
 from zhang import cli
-from zhang import config as config_lib
 from zhang.errors import UsageError
+from zhang.experiment import config as config_lib
 
 DIGITS = "configs/digits.py"
 
 # (file text, the line number the message names, what it says about the error)
 BAD_FILES = {
     "syntax": ("def get_config(arg=None)\n  return 1\n", 1, "SyntaxError: expected ':'"),
-    "raises": ("from zhang.config import base_config\n\n\ndef get_config(arg=None):\n"
+    "raises": ("from zhang.experiment.config import base_config\n\n\ndef get_config(arg=None):\n"
                "  c = base_config()\n  raise KeyError('x')\n", 6, "KeyError: 'x'"),
     "module_raises": ("import os\n\nLIMIT = int(os.environ['ZHANG_NO_SUCH_VARIABLE'])\n", 3,
                       "KeyError: 'ZHANG_NO_SUCH_VARIABLE'"),
@@ -44,7 +44,7 @@ def test_config_file_that_fails_to_load_is_one_line_naming_file_and_line(name, t
 
 def test_usage_error_of_a_config_argument_is_kept(tmp_path):
   path = tmp_path / "args.py"
-  path.write_text("from zhang import config\n\n\ndef get_config(arg=None):\n"
+  path.write_text("from zhang.experiment import config\n\n\ndef get_config(arg=None):\n"
                   "  config.parse_arg(arg, model='mlp_1x512')\n  return config.base_config()\n")
   assert _error(f"{path}:colour=red").startswith("unknown config argument 'colour'")
 

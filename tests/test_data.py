@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zhang import data
 from zhang.errors import UsageError
+from zhang.experiment import data
 
 
 def test_digits_is_a_fixed_split_of_uint8_images():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from zhang import expressivity
 from zhang.errors import UsageError
+from zhang.probes import expressivity
 
 
 @pytest.mark.parametrize("n,d", [(1, 1), (2, 1), (10, 3), (200, 10), (2000, 50)])

@@ -1,11 +1,12 @@
-"""The analytic FLOP counts of zhang/flops.py, by hand and against XLA's cost analysis."""
+"""The analytic FLOP counts of zhang/runtime/flops.py, by hand and against XLA's cost analysis."""
 
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 
-from zhang import flops, models
+from zhang.experiment import models
+from zhang.runtime import flops
 
 SHAPE = (28, 28, 3)
 

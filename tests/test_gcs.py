@@ -4,7 +4,7 @@ The emulator: gcp-storage-emulator as ``serve`` runs it (``python tests/test_gcs
 PORT``: in memory, on 127.0.0.1, with the object generations TensorStore needs), at
 ``$ZHANG_TEST_GCS_EMULATOR`` where that is set (``.ci/run`` starts one), else started here on
 a free port and stopped at the end. Runs are ``zhang`` subprocesses in
-``zhang.storage.emulator_env``: gcsfs, TensorStore and array_record all talk to the emulator,
+``zhang.rundir.storage.emulator_env``: gcsfs, TensorStore and array_record all talk to the emulator,
 with no credentials; the metadata server's addresses lead to a closed port on 127.0.0.1, so
 nothing waits for one. Each test has buckets of its own (two pytest workers may share an
 emulator).
@@ -33,7 +33,7 @@ pytest.importorskip("gcsfs", reason="gcsfs is not installed: pip install gcsfs")
 
 from gcsfs.core import GCSFileSystem  # noqa: E402 - the plain client, no gRPC probes
 
-from zhang import storage  # noqa: E402
+from zhang.rundir import storage  # noqa: E402
 
 ROOT = pathlib.Path(__file__).parent.parent
 SMALL = ["--config", "configs/digits.py", "--set", "n_train=256", "--set", "n_test=128",
@@ -190,7 +190,7 @@ def _zhang(args, env, timeout=600, **kw) -> subprocess.CompletedProcess:
 
 
 def _final(read_text, load_dir: str, env) -> tuple:
-  """(summary less seconds, metrics rows, the last checkpoint as zhang.checkpoint.load
+  """(summary less seconds, metrics rows, the last checkpoint as zhang.rundir.checkpoint.load
   reads it) of a run; ``read_text(name)`` reads one of its files."""
   summary = json.loads(read_text("summary.json"))
   summary.pop("wall_seconds")
@@ -200,7 +200,7 @@ def _final(read_text, load_dir: str, env) -> tuple:
 
 
 def _load(workdir: str, env) -> dict:
-  """``zhang.checkpoint.load(workdir)`` in a child in ``env`` (a gs:// workdir needs the
+  """``zhang.rundir.checkpoint.load(workdir)`` in a child in ``env`` (a gs:// workdir needs the
   emulator's environment, which TensorStore reads once per process)."""
   code = ("import sys, pickle, jax; from zhang import checkpoint; "
           "d = checkpoint.load(sys.argv[1]); sys.stdout.buffer.write(pickle.dumps({"

@@ -6,8 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from zhang import data, features, kernel_cli, kernels
+from zhang.cli import kernel as kernel_cli
 from zhang.errors import UsageError
+from zhang.experiment import data
+from zhang.probes.kernels import features
+from zhang.probes.kernels import interpolation as kernels
 
 
 def _one_hot(labels, k):

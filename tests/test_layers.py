@@ -1,20 +1,20 @@
-"""zhang/layers.py: the same layers and gradients as JAX's, in forms XLA CPU keeps fast inside
+"""zhang/runtime/layers.py: the same layers and gradients as JAX's, in forms XLA CPU keeps fast inside
 the step loop."""
 
 import contextlib
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 
-import flax.linen as nn
-import optax
-
-from zhang import config as config_lib
-from zhang import data, layers, models, train
+from zhang.experiment import config as config_lib
+from zhang.experiment import data, models, train
+from zhang.runtime import layers
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -122,7 +122,7 @@ def test_dense_value_and_gradients_equal_jax(features_in, features_out):
 def test_explicit_gradients_around_a_plain_model_equal_jax(name):
   """``layers.explicit_gradients`` around a plain model: the same parameters, the same
   forward values (1x1 convolutions to rounding), gradients to float rounding, and every
-  convolution, max pool and LRN of the model really taken by zhang/layers.py."""
+  convolution, max pool and LRN of the model really taken by zhang/runtime/layers.py."""
   module = models.get(name).build(10)
   x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
   y = jnp.arange(4) % 10
@@ -139,7 +139,7 @@ def test_explicit_gradients_around_a_plain_model_equal_jax(name):
                                mutable=["batch_stats"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  # Every layer zhang/layers.py rewrites is one custom_vjp call under the context.
+  # Every layer zhang/runtime/layers.py rewrites is one custom_vjp call under the context.
   layers_of = {"alexnet_small": 2 + 2 + 2 + 3, "inception_small": 11 + 2 + 1,
                "mlp_1x512": 2}  # convs (not 1x1: products) + max pools + LRNs + dense
   for explicit in (False, True):

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zhang import cli, llc, train
-from zhang import config as config_lib
+from zhang import cli
+from zhang.experiment import config as config_lib
+from zhang.experiment import train
+from zhang.probes.llc import estimate as llc
 
 D = 10  # the regression's parameters: lambda = d/2
 
@@ -209,7 +211,9 @@ def test_zhang_llc_writes_every_replica_and_step_and_leaves_the_run_alone(run_di
   lines = llc.report_lines(loaded)
   true = next(e for e in entries if e["step"] == 60 and e["replica"] == 0)
   assert any(line.startswith(f"| true labels | 1 | {true['llc']:.3g} |") for line in lines)
-  from zhang import llc_report  # through training: the true-label replica at each step
+  from zhang.analysis import (
+    llc as llc_report,  # through training: the true-label replica at each step
+  )
   for step in (20, 40, 60):
     e = next(e for e in entries if e["step"] == step and e["replica"] == 0)
     assert f"| {step} | {llc_report._num(e['llc'])} |" in "\n".join(lines)
@@ -318,7 +322,7 @@ def _entry(replica, corruption, wd, step, value, seed=0):
 def test_report_reads_a_weight_decay_grid_per_value_and_through_training():
   """Replicas that differ in weight decay are separate conditions (not pooled), each read
   against its own true labels; several steps give a table of the means at each step."""
-  from zhang import llc_report
+  from zhang.analysis import llc as llc_report
   entries = []
   for step, scale in ((100, 10.0), (200, 1.0)):
     for r, (p, wd, seed, v) in enumerate([(0, 0.3, 0, 1), (0, 0.3, 1, 3), (1, 0.3, 0, 8),

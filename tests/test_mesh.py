@@ -1,7 +1,7 @@
 """What the device layout changes: 1 device, 8 fake devices, 2 processes x 2 devices.
 
 A layout compiles another program. The replicas per device pick the execution plan's kernels
-(``zhang/plan.py``: Eigen's from 8 per device, so 15 replicas on 1 device but not 2 on 8), a
+(``zhang/runtime/plan.py``: Eigen's from 8 per device, so 15 replicas on 1 device but not 2 on 8), a
 vmap over 15 replicas is blocked differently from one over 2, and a ``data`` axis above 1
 splits each batch's gradient sum. Float rounding then differs from the first steps on and
 grows: the README's digits run ends with fit steps up to 1,000 steps apart on 1 and 8
@@ -25,8 +25,8 @@ import time
 
 import pytest
 
-from zhang import mesh as mesh_lib
 from zhang.errors import UsageError
+from zhang.runtime import mesh as mesh_lib
 
 ROOT = pathlib.Path(__file__).parent.parent
 # The digits grid (15 replicas: not a multiple of 2, 4 or 8, so it is padded) on 128 images,
@@ -208,7 +208,7 @@ def test_resolve_shape_and_pad():
     mesh_lib.resolve_shape((3, -1), 8)
   with pytest.raises(UsageError, match="must be"):
     mesh_lib.resolve_shape((0, 1), 8)
-  from zhang.config import Replica
+  from zhang.experiment.config import Replica
   grid = [Replica(i, "labels", 0.0, i, 0.01, 0.0) for i in range(5)]
   padded = mesh_lib.pad(grid, 4)
   assert len(padded) == 8 and [r.index for r in padded] == list(range(8))

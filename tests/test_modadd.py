@@ -10,9 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from zhang import cli, data, models, step, train
-from zhang import config as config_lib
+from zhang import cli
+from zhang.cli import train as train_cli
 from zhang.errors import UsageError
+from zhang.experiment import config as config_lib
+from zhang.experiment import data, models, step, train
 
 
 def test_modadd_is_every_pair_once_with_its_sum_split_by_the_seed():
@@ -130,7 +132,7 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
   assert summary["steps_run"] == 1000
   printed = io.StringIO()  # the table zhang train prints: fit and generalize steps
   with contextlib.redirect_stdout(printed):
-    cli.print_run(summary, config_lib.resolve(config_lib.load("configs/modadd.py:quick")))
+    train_cli.print_run(summary, config_lib.resolve(config_lib.load("configs/modadd.py:quick")))
   lines = printed.getvalue().splitlines()
   generalized = sum(r["generalize_step"] is not None for r in summary["replicas"])
   n = len(summary["replicas"])
@@ -172,7 +174,7 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
   assert "## Fit and generalization (grokking)" in text and "p = 1 never reaches 50%" in text
   # The kernel baseline on the run's own split: both kernels fit the training pairs, and
   # neither predicts the sums of the test pairs, which the trained network does.
-  from zhang.analysis import kernel_baseline
+  from zhang.probes.kernels import baseline as kernel_baseline
   cached = json.loads((tmp_path / "report" / kernel_baseline.FILE).read_text())
   assert [c["key"]["modulus"] for c in cached] == [23]
   assert cached[0]["n_train"] == round(0.7 * 23 ** 2)
@@ -200,7 +202,8 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
 def test_kernel_baseline_on_modadd_fits_and_does_not_generalize(capsys):
   """`zhang kernel --dataset modadd`: one-hot features of (a, b); the RBF interpolant fits
   every training pair and gets test pairs wrong (the kernel only sees shared residues)."""
-  from zhang import features, kernels
+  from zhang.probes.kernels import features
+  from zhang.probes.kernels import interpolation as kernels
   d = data.load("modadd", options=dict(modulus=11, train_fraction=0.5))
   fmap = features.get("onehot", d.train_images.shape[1:], vocab=11)
   x = fmap.blocks[0][1](d.train_images[:5])
@@ -260,7 +263,8 @@ def test_the_transformers_tangent_kernel_generalizes_by_commutativity_only(capsy
 def test_a_singular_tangent_kernel_is_solved_with_the_smallest_ridge_that_works(monkeypatch):
   """The fallback ladder: 1e-6 x the mean diagonal, then 100x larger until Cholesky
   succeeds; the ridge used is recorded, and without the fallback the error is raised."""
-  from zhang import kernels, ntk
+  from zhang.probes.kernels import interpolation as kernels
+  from zhang.probes.ntk import empirical as ntk
   d = data.load("modadd", options=dict(modulus=11, train_fraction=0.5))
   n, n_test = len(d.train_labels), len(d.test_labels)
   exact = ntk.token_interpolation(d, n, n_test, "mlp_tokens", seed=0)

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from zhang import models
+from zhang.experiment import models
 
 PAPER_COUNTS = {
     "mlp_1x512": 1_209_866,

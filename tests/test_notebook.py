@@ -55,7 +55,7 @@ def _tiny_real_config():
   replicas fit (step 40-50) and the corrupted-label ones stay censored, so both the fitted and
   the censored paths of the analysis run; `--loss_below 1e-12` (below) censors them all.
   """
-  from zhang import config as config_lib  # pylint: disable=g-import-not-at-top
+  from zhang.experiment import config as config_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   c.model = "mlp_1x512"
   c.dataset = "digits"
@@ -75,7 +75,7 @@ def _tiny_real_config():
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
   """Trains the tiny grid once for this module's tests (a few seconds on 2 CPU cores)."""
-  from zhang import train  # pylint: disable=g-import-not-at-top  (jax only for these tests)
+  from zhang.experiment import train  # pylint: disable=g-import-not-at-top  (jax only for these tests)
   workdir = tmp_path_factory.mktemp("real") / "mlp_1x512"
   summary = train.run(_tiny_real_config(), workdir, progress=False)
   assert summary["status"] == "complete" and summary["steps_run"] == 60

@@ -1,5 +1,5 @@
-"""The empirical NTK (zhang/ntk.py), the kernel regime's dynamics (zhang/ntk_dynamics.py) and
-`zhang ntk` on a finished run (zhang/ntk_run.py, ntk_predict.py, ntk_report.py, ntk_cli.py)."""
+"""The empirical NTK (zhang/probes/ntk/empirical.py), the kernel regime's dynamics (zhang/probes/ntk/dynamics.py) and
+`zhang ntk` on a finished run (zhang/probes/ntk/on_run.py, ntk_predict.py, ntk_report.py, ntk_cli.py)."""
 
 import json
 import pathlib
@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from zhang import cli, flops, models, ntk, ntk_report, ntk_run, step, train
-from zhang import config as config_lib
-from zhang import ntk_dynamics as dyn
+from zhang import cli
+from zhang.analysis import ntk as ntk_report
+from zhang.experiment import config as config_lib
+from zhang.experiment import models, step, train
+from zhang.probes.ntk import dynamics as dyn
+from zhang.probes.ntk import empirical as ntk
+from zhang.probes.ntk import on_run as ntk_run
+from zhang.runtime import flops
 
 
 class _ConvNet(nn.Module):

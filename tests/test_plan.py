@@ -1,4 +1,4 @@
-"""zhang/plan.py: the execution plan follows its measured tables, takes one override, and
+"""zhang/runtime/plan.py: the execution plan follows its measured tables, takes one override, and
 stays out of the experiment."""
 
 import json
@@ -7,9 +7,11 @@ import shutil
 import jax
 import pytest
 
-from zhang import cli, plan, train
-from zhang import config as config_lib
+from zhang import cli
 from zhang.errors import UsageError
+from zhang.experiment import config as config_lib
+from zhang.experiment import train
+from zhang.runtime import plan
 
 
 def test_the_plan_follows_the_measured_tables():

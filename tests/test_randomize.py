@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zhang import data, randomize
+from zhang.experiment import data, randomize
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,13 @@ def test_labels_are_a_pure_function_of_the_seed(digits):
 
 def test_labels_are_fixed_across_epochs_of_training(tiny_config):
   """The trainer draws labels once; the batches of two epochs see the same labels."""
-  from zhang import config as config_lib, train
+  from zhang.experiment import config as config_lib
+  from zhang.experiment import train
   config = config_lib.resolve(tiny_config)
   replicas = config_lib.expand_grid(config)
   dataset = data.load("digits").subset(256, 128)
-  from zhang import mesh as mesh_lib
-  from zhang import step
+  from zhang.experiment import step
+  from zhang.runtime import mesh as mesh_lib
   sharding = mesh_lib.replica_sharding(mesh_lib.make_mesh((-1, 1)))
   settings = step.StepSettings.from_config(config, replicas)
   _, reps1, noise = train.build_replicas(replicas, dataset, settings, sharding)

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zhang import analysis, cli, train
-from zhang import config as config_lib
+from zhang import analysis, cli
 from zhang.analysis import regularization, report
+from zhang.experiment import config as config_lib
+from zhang.experiment import train
 
 MODELS = ["mlp_1x512", "mlp_3x512"]
 

@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from zhang import checkpoint
-from zhang import config as config_lib
-from zhang import data, models, randomize, step, train
-from zhang import plan as plan_lib
+from zhang.experiment import config as config_lib
+from zhang.experiment import data, models, randomize, step, train
+from zhang.rundir import checkpoint
+from zhang.runtime import plan as plan_lib
 
 
 def _train(config, replicas, dataset, steps):
@@ -251,7 +251,7 @@ def _short_run(config, steps, plan=None):
                                               ("inception_small_nobn", 2, 1e-3)])
 def test_execution_plans_give_the_same_results(tiny_config, model, steps, tol):
   """The plan changes speed, not results: each of the four plans (vmap against a loop over
-  replicas, JAX's gradients against zhang/layers.py's) against the first. The conv net is
+  replicas, JAX's gradients against zhang/runtime/layers.py's) against the first. The conv net is
   the one tests/test_layers.py leaves out of its gradient comparison in training."""
   tiny_config.model = model
   tiny_config.learning_rate = 0.001

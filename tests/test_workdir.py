@@ -12,11 +12,11 @@ import threading
 
 import pytest
 
-from zhang import progress as progress_lib
-from zhang import train
-from zhang import workdir as workdir_lib
 from zhang.errors import UsageError
-from zhang.metrics import workdir_path
+from zhang.experiment import train
+from zhang.rundir import progress as progress_lib
+from zhang.rundir import workdir as workdir_lib
+from zhang.rundir.metrics import workdir_path
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -36,7 +36,7 @@ def test_a_held_workdir_refuses_a_second_run_and_names_the_holder(tiny_config, t
 def test_a_stale_lock_of_a_killed_run_blocks_nothing(tmp_path):
   """The lock is the kernel's flock, dropped when its process dies: a killed run's lock
   file, still naming it, does not block a resume."""
-  script = ("import sys, os; from zhang import workdir as w; from zhang.metrics import "
+  script = ("import sys, os; from zhang import workdir as w; from zhang.rundir.metrics import "
             "workdir_path; w.Lock(workdir_path(sys.argv[1])).acquire(); os.kill(os.getpid(), 9)")
   proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT)
   assert proc.returncode == -9

@@ -14,11 +14,27 @@ per combination; the columns `SETUP_COLUMNS` name it.
 """
 
 from zhang.analysis import memorization, paper, plots, regularization, tables
-from zhang.analysis.fit_time import (bootstrap_mean_ci, non_monotonic, slowdown, summarize,
-                                     time_to_fit)
-from zhang.analysis.load import (HPARAMS, SETUP_COLUMNS, Run, Runs, condition_name,
-                                 hparams_label, is_run_dir, load_run, load_runs, regularizers,
-                                 require_one_dataset, varying_axes)
+from zhang.analysis.fit_time import (
+                                     bootstrap_mean_ci,
+                                     non_monotonic,
+                                     slowdown,
+                                     summarize,
+                                     time_to_fit,
+)
+from zhang.analysis.load import (
+                                     HPARAMS,
+                                     SETUP_COLUMNS,
+                                     Run,
+                                     Runs,
+                                     condition_name,
+                                     hparams_label,
+                                     is_run_dir,
+                                     load_run,
+                                     load_runs,
+                                     regularizers,
+                                     require_one_dataset,
+                                     varying_axes,
+)
 from zhang.analysis.report import Analysis, analyze, combinations, write_report
 from zhang.analysis.scaling import fit_form, fit_scaling, verdict
 

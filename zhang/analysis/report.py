@@ -10,11 +10,27 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from zhang import llc_report, ntk_report
-from zhang.analysis import (fit_time, grokking, kernel_baseline, memorization, paper, plots,
-                            regularization, scaling, tables)
-from zhang.analysis.load import (HPARAMS, Runs, condition_name, condition_order, load_runs,
-                                 require_one_dataset)
+from zhang.analysis import (
+  fit_time,
+  grokking,
+  memorization,
+  paper,
+  plots,
+  regularization,
+  scaling,
+  tables,
+)
+from zhang.analysis import llc as llc_report
+from zhang.analysis import ntk as ntk_report
+from zhang.analysis.load import (
+  HPARAMS,
+  Runs,
+  condition_name,
+  condition_order,
+  load_runs,
+  require_one_dataset,
+)
+from zhang.probes.kernels import baseline as kernel_baseline
 
 FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
 # Written only for runs whose files hold their fields.

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-
 HPARAMS = ("learning_rate", "weight_decay", "augmentation")
 
 
@@ -82,7 +81,9 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
         cfg["grid"][0][h + "s"] = sorted({hp[h] for hp in hps})
   (workdir / "config.json").write_text(json.dumps(cfg, indent=2))
   steps = np.arange(0, steps_run + 1, eval_every)
-  from zhang.step import schedule  # the trainer's own (imports jax: only when writing runs)
+  from zhang.experiment.step import (
+    schedule,  # the trainer's own (imports jax: only when writing runs)
+  )
   decay = np.asarray(schedule(cfg["lr_decay"], cfg["lr_decay_every"])(steps))
   lines, summary_reps = [], []
   for i, (rep, hp) in enumerate(zip(replicas, hps)):

@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 
 from zhang.analysis import fit_time, paper
-from zhang.analysis.load import (HPARAMS, SETUP_COLUMNS, Runs, condition_name,
-                                 condition_order, setup_sort_columns)
+from zhang.analysis.load import (
+  HPARAMS,
+  SETUP_COLUMNS,
+  Runs,
+  condition_name,
+  condition_order,
+  setup_sort_columns,
+)
 
 # Figure 1a's curves, in the paper's legend order.
 FIG1A_CONDITIONS = ("true labels", "shuffled pixels", "random pixels", "gaussian",

@@ -4,10 +4,10 @@ accuracy beside the network's; ``write`` puts them in ntk.json with its figures.
 
 One kernel per seed and input randomization (``ntk_run.kernel_key``), shared by the
 replicas that differ only in their labels or hyper-parameters; for each replica, its labels'
-projections on the kernel's eigenvectors and the dynamics of ``zhang.ntk_dynamics`` under
+projections on the kernel's eigenvectors and the dynamics of ``zhang.probes.ntk.dynamics`` under
 two schedules (the run's, and its learning rate never decayed) and two fit criteria (the
 residual fraction, and the linearized network's train accuracy). ntk.json's fields are
-listed in ``zhang.ntk_report``.
+listed in ``zhang.analysis.ntk``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,23 @@ from typing import Callable
 import jax
 import numpy as np
 
-from zhang import kernels as kernels_lib
-from zhang import metrics as metrics_lib
-from zhang import ntk, randomize, step as step_lib
-from zhang import ntk_dynamics as dyn
-from zhang import ntk_report
-from zhang.ntk_report import CRITERIA, NTK_JSON, SCHEDULES
-from zhang.ntk_run import (INIT_LOSS_RTOL, Rebuilt, Request, Setup, check_init, kernel_key,
-                           prepare)
+from zhang.analysis import ntk as ntk_report
+from zhang.analysis.ntk import CRITERIA, NTK_JSON, SCHEDULES
+from zhang.experiment import randomize
+from zhang.experiment import step as step_lib
+from zhang.probes.kernels import interpolation as kernels_lib
+from zhang.probes.ntk import dynamics as dyn
+from zhang.probes.ntk import empirical as ntk
+from zhang.probes.ntk.on_run import (
+  INIT_LOSS_RTOL,
+  Rebuilt,
+  Request,
+  Setup,
+  check_init,
+  kernel_key,
+  prepare,
+)
+from zhang.rundir import metrics as metrics_lib
 
 CURVE_POINTS = 80  # recorded steps kept per residual curve in ntk.json (log-spaced)
 
@@ -287,7 +296,7 @@ def _settings(s: Setup, horizon: int, curve_steps, notes: list[str]) -> dict:
       learning_rate=config.learning_rate, momentum=config.momentum,
       lr_decay=config.lr_decay, lr_decay_every=config.lr_decay_every,
       schedules={"run": "each replica's rate with the run's staircase decay "
-                        "(zhang.step.learning_rate_at)",
+                        "(zhang.experiment.step.learning_rate_at)",
                  "constant_lr": "each replica's rate, never decayed"},
       criterion=req.criterion, threshold=req.threshold,
       criteria={"residual": f"|E(k)|^2 / |E_0|^2 <= threshold ({req.threshold:g})",
@@ -307,7 +316,7 @@ def _settings(s: Setup, horizon: int, curve_steps, notes: list[str]) -> dict:
 
 
 def write(result: dict, out) -> list[str]:
-  """Writes ``out/ntk.json`` and the figures (``zhang.ntk_report.plot``); returns the
+  """Writes ``out/ntk.json`` and the figures (``zhang.analysis.ntk.plot``); returns the
   paths written."""
   path = metrics_lib.workdir_path(out)
   path.mkdir(parents=True, exist_ok=True)

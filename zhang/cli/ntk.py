@@ -3,7 +3,7 @@ fit beside the measured one, and kernel interpolation's test accuracy beside the
 
   zhang ntk runs/digits --out runs/digits/ntk
 
-Writes OUT/ntk.json and its figures (``zhang.ntk_report``). Progress (a line per kernel)
+Writes OUT/ntk.json and its figures (``zhang.analysis.ntk``). Progress (a line per kernel)
 goes to stderr; the result's summary to stdout.
 """
 
@@ -14,7 +14,9 @@ import argparse
 
 def register(subparsers) -> argparse.ArgumentParser:
   """Adds the `ntk` sub-command to an argparse subparsers object."""
-  from zhang import ntk_report  # no jax: the parser builds fast; jax loads when it runs
+  from zhang.analysis import (
+    ntk as ntk_report,  # no jax: the parser builds fast; jax loads when it runs
+  )
   p = subparsers.add_parser(
       "ntk", help="empirical NTK at initialization: predicted vs measured time to fit",
       description="For a finished zhang train run: the class-averaged tangent kernel of "
@@ -62,7 +64,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run_ntk_command(args) -> int:
   """Runs `zhang ntk`; bad input raises UsageError (the CLI prints it, exits 2)."""
-  from zhang import ntk_predict, ntk_report, ntk_run
+  from zhang.analysis import ntk as ntk_report
+  from zhang.probes.ntk import on_run as ntk_run
+  from zhang.probes.ntk import predict as ntk_predict
   request = ntk_run.Request(
       n=args.n, n_test=args.n_test, threshold=args.threshold, criterion=args.criterion,
       loss=args.loss, horizon=args.horizon, block=args.block, memory_gb=args.memory_gb,

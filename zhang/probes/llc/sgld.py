@@ -1,6 +1,6 @@
 """SGLD chains of a localized tempered posterior, and the lambda-hat of their losses.
 
-The estimator core of ``zhang llc`` (``zhang/llc.py`` runs it on a run's replicas), with
+The estimator core of ``zhang llc`` (``zhang/probes/llc/estimate.py`` runs it on a run's replicas), with
 the loss function a parameter, so the same code that samples networks samples models whose
 learning coefficient is known (``tests/test_llc.py``). It samples
 
@@ -54,8 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zhang import randomize
 from zhang.errors import UsageError
+from zhang.experiment import randomize
 
 NBETA_RULES = ("n", "batch")
 SETTLE_TOL = 0.1  # the last quarter's mean against the quarter before, in lambda-hat units
@@ -208,7 +208,7 @@ def estimate(trace, init_loss: float, nbeta: float, burnin: int, num_params: int
 
 def sample(loss_fn: Callable, w_star, num_data: int, settings: Settings = Settings(),
            init_loss: float | None = None) -> dict:
-  """lambda-hat of one model by the core ``zhang.llc`` runs on a grid: ``loss_fn(w, indices)``
+  """lambda-hat of one model by the core ``zhang.probes.llc.estimate`` runs on a grid: ``loss_fn(w, indices)``
   is the mean loss of the examples ``indices`` (int32 (m,)) of ``num_data``; ``init_loss``
   defaults to the loss of all of them at ``w_star``. Returns ``estimate``'s dict with the
   trace (chains, steps), n beta and the parameter count."""

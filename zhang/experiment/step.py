@@ -24,10 +24,12 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from zhang import augment, data as data_lib, randomize
-from zhang.plan import Plan
+from zhang.experiment import augment, randomize
+from zhang.experiment import data as data_lib
+from zhang.runtime.plan import Plan
 
 
 class TrainState(NamedTuple):

@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from zhang.errors import RunError, UsageError
-from zhang.metrics import is_local, workdir_path
+from zhang.rundir.metrics import is_local, workdir_path
 
 DIRNAME = "checkpoints"
 

@@ -1,7 +1,7 @@
 """The models' layers with explicit gradients, in forms XLA CPU runs fast inside loops.
 
-The execution plan (``zhang/plan.py``) applies them on CPU, around the plain models of
-``zhang/models.py`` (``explicit_gradients``: a Flax method interceptor, so the models stay
+The execution plan (``zhang/runtime/plan.py``) applies them on CPU, around the plain models of
+``zhang/experiment/models.py`` (``explicit_gradients``: a Flax method interceptor, so the models stay
 plain and the parameters, initialization and forward values are unchanged). The trainer runs
 its steps inside a ``while`` body (``fori_loop``; ``lax.map`` over replicas is another),
 where XLA CPU runs some of JAX's own gradients far slower than outside a loop
@@ -14,7 +14,7 @@ where XLA CPU runs some of JAX's own gradients far slower than outside a loop
   gradients are stated directly as canonical convolutions over explicitly transposed
   operands; a strided layer's input gradient as one undilated convolution per stride phase.
   Only NHWC x HWIO convolutions without dilation or feature groups (every one in
-  ``zhang.models``) take this path, anything else goes to ``lax``.
+  ``zhang.experiment.models``) take this path, anything else goes to ``lax``.
 - ``max_pool``: JAX's gradient is a ``select_and_scatter``, which XLA CPU expands into a
   reduce-window carrying index arrays plus a scatter. Here it is one pass per window offset
   that routes dy to the first maximum of each window, the same choice on ties, summed per
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from zhang import models
+from zhang.experiment import models
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -239,7 +239,7 @@ def _lrn_denominator(x, depth_radius, bias, alpha):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
-  """``zhang.models.local_response_norm`` with its analytic gradient (the window is symmetric, so its transpose
+  """``zhang.experiment.models.local_response_norm`` with its analytic gradient (the window is symmetric, so its transpose
   is itself): dx = dy d^-b - 2 a b x W(dy x d^(-b-1)), d the denominator, W the window sum."""
   return models.local_response_norm(x, depth_radius, bias, alpha, beta)
 
@@ -309,7 +309,7 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 # ------------------------------------------------------------------- the plain models
 
 def _intercept(next_fun, args, kwargs, context):
-  """Runs the models' layers (``zhang.models``) through the functions above."""
+  """Runs the models' layers (``zhang.experiment.models``) through the functions above."""
   module = context.module
   if context.method_name != "__call__":
     return next_fun(*args, **kwargs)
@@ -330,7 +330,7 @@ def _intercept(next_fun, args, kwargs, context):
 
 @contextlib.contextmanager
 def explicit_gradients():
-  """Within the block, ``zhang.models``' convolutions, max pools, local response norms and
+  """Within the block, ``zhang.experiment.models``' convolutions, max pools, local response norms and
   dense layers applied (``module.apply``, traced) are differentiated as above. Parameters,
   initialization and forward values are unchanged."""
   with nn.intercept_methods(_intercept):

@@ -5,7 +5,7 @@ averaged over classes, summed over every parameter leaf (``J_leaf J_leaf^T``). T
 (n C x n C) kernel is close to ``K (x) I_C`` at initialization (the output layer's part is
 exactly that; a hidden layer's blocks between two classes are sums of terms of random sign;
 ``TangentKernel.class_coupling`` measures what is left on a few examples), so the
-class-averaged kernel carries the dynamics (``zhang.ntk_dynamics``) and its
+class-averaged kernel carries the dynamics (``zhang.probes.ntk.dynamics``) and its
 eigendecomposition costs n^3, not (n C)^3.
 
 Two ways to the same numbers (``method``):
@@ -43,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from zhang import flops as flops_lib
-from zhang import kernels as kernels_lib
-from zhang import models
 from zhang.errors import UsageError
+from zhang.experiment import models
+from zhang.probes.kernels import interpolation as kernels_lib
+from zhang.runtime import flops as flops_lib
 
 METHODS = ("structured", "jacobian")
 _GB = 1e9
@@ -323,7 +323,7 @@ class TangentKernel:
     return float(np.linalg.norm(full - ideal) / np.linalg.norm(ideal))
 
   def flops(self, stats: KernelStats) -> dict:
-    """Analytic FLOPs of one kernel (``zhang.flops``' Dense and Conv products, x 2 per
+    """Analytic FLOPs of one kernel (``zhang.runtime.flops``' Dense and Conv products, x 2 per
     multiply-add). Features, per example: a forward pass F and, per class, a backward pass
     of the layers' input gradients (F less the first layer's) for the factored layers' and
     again for the other leaves' jacobians, which also take their layers' weight gradients.
@@ -424,7 +424,7 @@ def token_interpolation_flops(ds, n: int, n_test: int, model: str) -> float:
 def token_interpolation(ds, n: int, n_test: int, model: str, seed: int, ridge: float = 0.0,
                         log=None, singular_ridge: float | None = None) -> dict:
   """Minimum-norm interpolation K a = Y with the class-averaged empirical tangent kernel of
-  ``model`` at its initialization from ``seed`` (``zhang.ntk``), on a token dataset's first
+  ``model`` at its initialization from ``seed`` (``zhang.probes.ntk.empirical``), on a token dataset's first
   ``n`` training and ``n_test`` test examples: the kernel regime's test accuracy.
 
   ``singular_ridge``: where K + ridge I is singular, solve again with a ridge of this times

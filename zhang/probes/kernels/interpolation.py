@@ -25,9 +25,9 @@ import numpy as np
 import scipy.linalg.blas as blas  # dsymm: K a from one triangle
 import scipy.linalg.lapack as lapack
 
-from zhang import data as data_lib
-from zhang import features as features_lib
 from zhang.errors import UsageError
+from zhang.experiment import data as data_lib
+from zhang.probes.kernels import features as features_lib
 
 KERNELS = ("rbf", "linear")
 _GB = 1e9
@@ -261,7 +261,7 @@ def _check_duplicates(images: np.ndarray) -> None:
 
 def commuted_errors(ds, predicted: np.ndarray, n_train: int) -> dict:
   """For a token dataset: the test error on the pairs whose commuted pair (b, a) trains and
-  on the rest, and the share of the former (``zhang.data.commuted_in_train``); empty for
+  on the rest, and the share of the former (``zhang.experiment.data.commuted_in_train``); empty for
   images."""
   if getattr(ds, "inputs", "images") != "tokens" or not len(predicted):
     return {}
@@ -280,7 +280,7 @@ def evaluate(ds, n_train: int, n_test: int, kernel: str = "rbf", features: str =
   """Fits the minimum-norm interpolant on the first n_train examples of `ds`.
 
   Args:
-    ds: a zhang.data.Dataset.
+    ds: a zhang.experiment.data.Dataset.
     n_train, n_test: how many training / test examples (the first ones).
     kernel: "rbf" (Gaussian; gamma defaults to 1 / median squared distance) or
       "linear".

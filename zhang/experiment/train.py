@@ -20,20 +20,21 @@ import time
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from zhang import checkpoint as checkpoint_lib
-from zhang import config as config_lib
-from zhang import mesh as mesh_lib
-from zhang import data as data_lib
-from zhang import metrics as metrics_lib
-from zhang import augment, models, randomize, step as step_lib
-from zhang import plan as plan_lib
-from zhang import progress as progress_lib
-from zhang import workdir as workdir_lib
 from zhang.errors import UsageError
+from zhang.experiment import augment, models, randomize
+from zhang.experiment import config as config_lib
+from zhang.experiment import data as data_lib
+from zhang.experiment import step as step_lib
+from zhang.rundir import checkpoint as checkpoint_lib
+from zhang.rundir import metrics as metrics_lib
+from zhang.rundir import progress as progress_lib
+from zhang.rundir import workdir as workdir_lib
+from zhang.runtime import mesh as mesh_lib
+from zhang.runtime import plan as plan_lib
 
 
 def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False,
@@ -179,7 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,
   summary says ``"status": "complete"`` only once its last checkpoint is on disk). On SIGTERM,
   saves a checkpoint when the train call in flight ends (calls last about ``CALL_SECONDS``)
   and returns with ``status == "preempted"``.
-  One process at a time trains in a workdir (``zhang.workdir.Lock``). ``plan``: the
+  One process at a time trains in a workdir (``zhang.rundir.workdir.Lock``). ``plan``: the
   execution plan's overrides (``choose_plan``); speed only. A study (``config.models``)
   goes to ``run_study``. ``dataset``: the config's, already loaded (``load_dataset``).
   """

@@ -1,6 +1,6 @@
 """The execution plan: how a device runs a grid's replicas. It is chosen for speed.
 
-An experiment (``zhang/config.py``) says what to train; the plan says how this backend runs
+An experiment (``zhang/experiment/config.py``) says what to train; the plan says how this backend runs
 it fastest, from measurements (``benchmarks/RESULTS.md``, "Execution plan"). It is chosen
 from the backend, the model and the replicas per device, and is not part of the config: it
 does not enter ``config.json``, its hash or the workdir check, so a run resumes under
@@ -14,7 +14,7 @@ Three choices:
   over replicas). A vmapped convolution is one grouped convolution, which XLA CPU and the
   H200 ran slower than a loop of ordinary ones; the MLPs' batched products are as fast
   either way, so they keep ``vmap``.
-- ``gradients``: ``jax`` (JAX's own rules) or ``explicit`` (``zhang/layers.py``, applied
+- ``gradients``: ``jax`` (JAX's own rules) or ``explicit`` (``zhang/runtime/layers.py``, applied
   around the plain models by ``layers.explicit_gradients``). Only on CPU, where it pays for
   real runs: inside the step loop XLA CPU runs JAX's convolution and max-pool gradients far
   slower than outside one (tens of times for the conv nets, the difference between a conv
@@ -38,8 +38,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from zhang import layers, models
 from zhang.errors import UsageError
+from zhang.experiment import models
+from zhang.runtime import layers
 
 ENV = "ZHANG_PLAN"
 CHOICES = {"replicas": ("vmap", "map"), "gradients": ("jax", "explicit"),

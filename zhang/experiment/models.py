@@ -5,7 +5,7 @@ simple. Every model takes ``(B, H, W, C)`` float inputs and ``train`` (batch-nor
 returns logits. Parameter counts for 28x28x3 inputs and 10 classes match the paper exactly
 (batch-norm scales and offsets excluded, as the paper counts them); ``tests/test_models.py``
 pins them. They are plain Flax modules: how a backend differentiates them fastest is the
-execution plan's business (``zhang/plan.py``), applied around ``apply``, never inside them.
+execution plan's business (``zhang/runtime/plan.py``), applied around ``apply``, never inside them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.7
 
 class MaxPool(nn.Module):
   """``nn.max_pool`` with SAME padding, as a module: a layer the execution plan can find
-  (``zhang.layers.explicit_gradients``)."""
+  (``zhang.runtime.layers.explicit_gradients``)."""
   window: tuple[int, int]
   strides: tuple[int, int]
 
@@ -172,7 +172,7 @@ class ModelSpec:
   learning_rate: float  # the paper's
   batch_norm: bool
   description: str
-  inputs: str = "images"  # or "tokens": what the model takes (zhang.data.input_kind)
+  inputs: str = "images"  # or "tokens": what the model takes (zhang.experiment.data.input_kind)
 
   @property
   def family(self) -> str:

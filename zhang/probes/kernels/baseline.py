@@ -20,6 +20,7 @@ import time
 from typing import Callable
 
 import ml_collections
+
 from zhang.analysis.load import Runs
 
 FILE = "kernel_baseline.json"
@@ -35,7 +36,7 @@ FORMAT = 1  # of kernel_baseline.json's entries: a file of another format is rec
 
 def splits(runs: Runs) -> list[dict]:
   """The distinct (split, model) of the runs on token datasets, in run order."""
-  from zhang import data
+  from zhang.experiment import data
   out = []
   for run in runs.runs:
     c = run.config
@@ -48,7 +49,7 @@ def splits(runs: Runs) -> list[dict]:
 
 
 def _dataset(key: dict, runs: Runs):
-  from zhang import train
+  from zhang.experiment import train
   run = next(r for r in runs.runs
              if {f: r.config.get(f) for f in SPLIT_FIELDS} == {f: key[f] for f in SPLIT_FIELDS})
   config = ml_collections.ConfigDict(run.config)
@@ -58,7 +59,7 @@ def _dataset(key: dict, runs: Runs):
 
 def compute(key: dict, runs: Runs, log: Callable[[str], None] = lambda s: None) -> dict:
   """The RBF and tangent-kernel interpolants of one split, as one JSON-able dict."""
-  from zhang import kernels
+  from zhang.probes.kernels import interpolation as kernels
   ds = _dataset(key, runs)
   n, n_test = len(ds.train_labels), len(ds.test_labels)
   rbf = kernels.evaluate(ds, n, n_test, kernel="rbf", features="onehot", log=log)
@@ -73,7 +74,8 @@ def compute(key: dict, runs: Runs, log: Callable[[str], None] = lambda s: None) 
 
 def _tangent(ds, key: dict, log) -> dict:
   """The tangent kernel's row: its numbers, or ``skipped`` saying why there are none."""
-  from zhang import kernels, ntk
+  from zhang.probes.kernels import interpolation as kernels
+  from zhang.probes.ntk import empirical as ntk
   n, n_test = len(ds.train_labels), len(ds.test_labels)
   work = ntk.token_interpolation_flops(ds, n, n_test, key["model"])
   if work > MAX_NTK_FLOPS:

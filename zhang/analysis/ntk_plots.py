@@ -17,7 +17,7 @@ from etils import epath
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from zhang.ntk_report import FIGURES, label_replicas
+from zhang.analysis.ntk import FIGURES, label_replicas
 
 FIGSIZE, DPI = (9.0, 5.0), 110  # as zhang.analysis.plots
 

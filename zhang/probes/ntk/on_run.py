@@ -24,16 +24,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from zhang import config as config_lib
-from zhang import data as data_lib
-from zhang import mesh as mesh_lib
-from zhang import metrics as metrics_lib
-from zhang import models, ntk, randomize, step as step_lib, train
-from zhang import ntk_dynamics as dyn
+from zhang.analysis.ntk import CRITERIA, DEFAULT_CRITERION, DEFAULT_THRESHOLD
 from zhang.errors import UsageError
-from zhang.ntk_report import CRITERIA, DEFAULT_CRITERION, DEFAULT_THRESHOLD
+from zhang.experiment import config as config_lib
+from zhang.experiment import data as data_lib
+from zhang.experiment import models, randomize, train
+from zhang.experiment import step as step_lib
+from zhang.probes.ntk import dynamics as dyn
+from zhang.probes.ntk import empirical as ntk
+from zhang.rundir import metrics as metrics_lib
+from zhang.runtime import mesh as mesh_lib
 
-CHECKPOINTS = "checkpoints"  # zhang.checkpoint.DIRNAME, without importing Orbax for it
+CHECKPOINTS = "checkpoints"  # zhang.rundir.checkpoint.DIRNAME, without importing Orbax for it
 # Fields of config.json the rebuilt initialization, labels, inputs and schedule depend on: a
 # config.json without one of them cannot say what the run trained. Other fields a newer code
 # version added take their defaults (the run ran with what the default means).

@@ -1,25 +1,51 @@
-"""The ``zhang`` command: ``train``, ``models``, and the sub-commands of other modules.
-
-Thin on purpose: parse flags, call a library function. Bad input (``UsageError``) prints one
-line to stderr and exits 2.
-"""
+"""`zhang train`: train a config's grid of replicas, then print its table."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
-
-from zhang.errors import RunError, UsageError
-
-# Modules that add their own sub-command with ``register(subparsers)``.
-_PLUGINS = ("zhang.kernel_cli", "zhang.analysis.cli", "zhang.ntk_cli", "zhang.llc_cli")
 
 
-def _train(args) -> int:
-  from zhang import config as config_lib
-  from zhang import mesh as mesh_lib
-  from zhang import train
+def register(sub) -> argparse.ArgumentParser:
+  """Adds `train` to an argparse sub-parser collection."""
+  from zhang.experiment import config as config_lib
+  p = sub.add_parser(
+      "train", help="train a config's grid of replicas",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="fields that take a name:\n" + "\n".join(
+          f"  {field}: {', '.join(values)}" for field, values in config_lib.choices().items())
+      + "\ngrid entries: " + ", ".join(config_lib.AXES) + " (lists)")
+  p.add_argument("--config", required=True,
+                 help="configs/NAME.py[:ARGS], e.g. configs/fig1.py:model=mlp_1x512")
+  p.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and "
+                 "summary.json are written")
+  p.add_argument("--config.FIELD", dest="set", action="append", metavar="VALUE",
+                 help="override a config field, typed by the field (repeatable), e.g. "
+                 "--config.max_steps=2000 --config.learning_rate=0.03")
+  p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                 help="the same as --config.FIELD=VALUE")
+  p.add_argument("--max_steps", type=int, help="shorthand for --set max_steps=N")
+  p.add_argument("--data_dir", help="dataset folder (IDX files or a tfds data_dir, gs:// ok)")
+  p.add_argument("--restart", action="store_true",
+                 help="delete the workdir's previous run files and checkpoints and start "
+                 "over (by default a workdir of the same config resumes)")
+  p.add_argument("--no_progress", action="store_true", help="no progress bar")
+  g = p.add_argument_group("multi-host (one process per host, the same command on each)")
+  g.add_argument("--distributed", action="store_true",
+                 help="jax.distributed.initialize() with auto-detection (Cloud TPU VMs)")
+  g.add_argument("--coordinator_address", help="HOST:PORT of process 0 (CPU/GPU clusters; "
+                 "or $ZHANG_COORDINATOR_ADDRESS)")
+  g.add_argument("--num_processes", type=int, help="number of processes "
+                 "(or $ZHANG_NUM_PROCESSES)")
+  g.add_argument("--process_id", type=int, help="this process's rank (or $ZHANG_PROCESS_ID)")
+  p.set_defaults(func=run_train_command)
+
+  return p
+
+
+def run_train_command(args) -> int:
+  from zhang.experiment import config as config_lib
+  from zhang.experiment import train
+  from zhang.runtime import mesh as mesh_lib
   config = config_lib.load(args.config, args.set or [])
   mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes,
                                   args.process_id, auto=args.distributed)
@@ -108,7 +134,7 @@ def decay_note(summary: dict, config) -> str | None:
   steps = summary["steps_run"]
   if not short or steps < config.max_steps:
     return None
-  from zhang import step as step_lib
+  from zhang.experiment import step as step_lib
   factor = float(step_lib.schedule(config.lr_decay, config.lr_decay_every)(steps - 1))
   if factor >= 0.01:
     return None
@@ -117,109 +143,3 @@ def decay_note(summary: dict, config) -> str | None:
           f"decayed to {100 * factor:.2g}% of its start (x{config.lr_decay:g} every "
           f"{config.lr_decay_every} steps), so more steps would change little; fewer training "
           f"images (n_train) or a slower decay (lr_decay, lr_decay_every) would.")
-
-
-def _models(args) -> int:
-  from zhang import models
-  shape = tuple(args.input_shape)
-  print(f"{'model':<22} {'parameters':>12}  description (input {'x'.join(map(str, shape))})")
-  for name in models.names("images"):
-    spec = models.get(name)
-    count = models.param_count(name, shape, args.num_classes)
-    print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
-  print("Batch-norm scales and offsets are not counted, as in the paper.")
-  print(f"\n{'token model':<22} {'parameters':>12}  description (modadd, modulus 113)")
-  for name in models.names("tokens"):
-    spec = models.get(name)
-    count = models.param_count(name, (1, 2, 1), 113)
-    print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
-  return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="zhang", description="Randomization tests of Zhang et al. (2017) on a grid of "
-      "replicas in one jit-compiled JAX program.")
-  sub = parser.add_subparsers(dest="command", required=True)
-
-  from zhang import config as config_lib
-  p = sub.add_parser(
-      "train", help="train a config's grid of replicas",
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="fields that take a name:\n" + "\n".join(
-          f"  {field}: {', '.join(values)}" for field, values in config_lib.choices().items())
-      + "\ngrid entries: " + ", ".join(config_lib.AXES) + " (lists)")
-  p.add_argument("--config", required=True,
-                 help="configs/NAME.py[:ARGS], e.g. configs/fig1.py:model=mlp_1x512")
-  p.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and "
-                 "summary.json are written")
-  p.add_argument("--config.FIELD", dest="set", action="append", metavar="VALUE",
-                 help="override a config field, typed by the field (repeatable), e.g. "
-                 "--config.max_steps=2000 --config.learning_rate=0.03")
-  p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                 help="the same as --config.FIELD=VALUE")
-  p.add_argument("--max_steps", type=int, help="shorthand for --set max_steps=N")
-  p.add_argument("--data_dir", help="dataset folder (IDX files or a tfds data_dir, gs:// ok)")
-  p.add_argument("--restart", action="store_true",
-                 help="delete the workdir's previous run files and checkpoints and start "
-                 "over (by default a workdir of the same config resumes)")
-  p.add_argument("--no_progress", action="store_true", help="no progress bar")
-  g = p.add_argument_group("multi-host (one process per host, the same command on each)")
-  g.add_argument("--distributed", action="store_true",
-                 help="jax.distributed.initialize() with auto-detection (Cloud TPU VMs)")
-  g.add_argument("--coordinator_address", help="HOST:PORT of process 0 (CPU/GPU clusters; "
-                 "or $ZHANG_COORDINATOR_ADDRESS)")
-  g.add_argument("--num_processes", type=int, help="number of processes "
-                 "(or $ZHANG_NUM_PROCESSES)")
-  g.add_argument("--process_id", type=int, help="this process's rank (or $ZHANG_PROCESS_ID)")
-  p.set_defaults(func=_train)
-
-  p = sub.add_parser("models", help="list the models and their parameter counts")
-  p.add_argument("--input_shape", type=int, nargs=3, default=(28, 28, 3),
-                 metavar=("H", "W", "C"))
-  p.add_argument("--num_classes", type=int, default=10)
-  p.set_defaults(func=_models)
-
-  for name in _PLUGINS:
-    try:
-      module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-      if e.name != name:  # the plugin exists but a dependency of it is missing: say so
-        raise
-      continue
-    module.register(sub)
-  return parser
-
-
-def _config_overrides(argv: list[str]) -> list[str]:
-  """``--config.FIELD=VALUE`` and ``--config.FIELD VALUE`` (ml_collections' config_flags
-  spelling) as ``--set FIELD=VALUE``, which argparse can take."""
-  out, i = [], 0
-  while i < len(argv):
-    arg = argv[i]
-    if arg.startswith("--config.") and len(arg) > len("--config."):
-      field, sep, value = arg[len("--config."):].partition("=")
-      if not sep and i + 1 < len(argv):
-        i, value, sep = i + 1, argv[i + 1], "="
-      out += ["--set", f"{field}{sep}{value}"]
-    else:
-      out.append(arg)
-    i += 1
-  return out
-
-
-def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else list(argv)
-  args = build_parser().parse_args(_config_overrides(argv))
-  try:
-    return args.func(args)
-  except UsageError as e:
-    print(f"zhang {args.command}: error: {e}", file=sys.stderr)
-    return 2
-  except RunError as e:
-    print(f"zhang {args.command}: error: {e}", file=sys.stderr)
-    return 1
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -3,7 +3,7 @@
 ``load(path)`` reads it; ``summary_lines(result)`` is a markdown section (a table per
 corruption level, then where the kernel regime's prediction fails and by how much, in
 sentences computed from the numbers) that a report can embed; ``text_lines`` is the same
-for a terminal; ``plot(result, out_dir)`` writes the figures (``zhang.ntk_plots``).
+for a terminal; ``plot(result, out_dir)`` writes the figures (``zhang.analysis.ntk_plots``).
 
 ntk.json: ``{"settings": {...}, "replicas": [...]}``. ``settings`` holds every setting the
 kernels and predictions used (n, the kernel's definition and dtype, the loss and its
@@ -60,8 +60,8 @@ def load(path) -> dict:
 
 
 def plot(result: dict, out_dir) -> list[str]:
-  """Writes ``FIGURES`` into ``out_dir`` (``zhang.ntk_plots``); returns their paths."""
-  from zhang import ntk_plots  # matplotlib only when figures are drawn
+  """Writes ``FIGURES`` into ``out_dir`` (``zhang.analysis.ntk_plots``); returns their paths."""
+  from zhang.analysis import ntk_plots  # matplotlib only when figures are drawn
   return ntk_plots.plot(result, out_dir)
 
 

@@ -6,7 +6,7 @@
 
 Writes OUT/llc.json, OUT/llc_traces.npz, OUT/llc_traces.png, OUT/llc_vs_corruption.png (and
 OUT/llc_vs_step.png with several steps); never writes into the run's directory. The
-estimator, its settings and their calibration: ``zhang/sgld.py``; on a run: ``zhang/llc.py``.
+estimator, its settings and their calibration: ``zhang/probes/llc/sgld.py``; on a run: ``zhang/probes/llc/estimate.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _EPILOG = "\n\n".join(textwrap.fill(paragraph, 88) for paragraph in (
     "noise and smaller estimates. A number sets n beta itself.",
     "Defaults: calibrated so that known learning coefficients are recovered within 15% (a "
     "linear regression, d/2; the degenerate f(x) = a b x, 1/2 rather than 1) and every "
-    "chain of the digits run settles; zhang/sgld.py has the measurements. The estimate "
+    "chain of the digits run settles; zhang/probes/llc/sgld.py has the measurements. The estimate "
     "moves with these settings (gamma most): compare them with --sweep, e.g. --sweep "
     "step_size=3e-5,1e-4,3e-4,gamma=100,1000 (a NAME=V token starts a setting, the tokens "
     "after it are more of its values; sweepable: step_size, gamma, nbeta, chains, draws, "
@@ -78,7 +78,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run_llc_command(args) -> int:
   """Runs `zhang llc`; returns the exit code (0 ok, 2 bad input)."""
-  from zhang import llc  # deferred: the parser must build without importing JAX
+  from zhang.probes.llc import (
+    estimate as llc,  # deferred: the parser must build without importing JAX
+  )
   try:
     settings = llc.Settings(step_size=args.step_size, gamma=args.gamma,
                             nbeta=llc.parse_nbeta(args.nbeta), chains=args.chains,

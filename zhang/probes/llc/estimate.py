@@ -5,7 +5,7 @@ coefficient lambda: d/2 for a regular model of d parameters, less where the loss
 is degenerate. Lau et al. (2023), "Quantifying degeneracy in singular models via the learning
 coefficient", estimate it at a trained point w* as lambda-hat = n beta (E_w[L_n(w)] -
 L_n(w*)) over the localized tempered posterior exp(-n beta L_n(w) - gamma/2 |w - w*|^2), by
-SGLD; ``zhang/sgld.py`` is that estimator (devinterp's, so numbers compare with it), its
+SGLD; ``zhang/probes/llc/sgld.py`` is that estimator (devinterp's, so numbers compare with it), its
 defaults and their calibration. Here it runs on a run's checkpoints:
 
 - Every chain of every replica in one jit-compiled program: chains vmapped (or looped, as
@@ -43,7 +43,7 @@ is a warning line on stderr; if every chain of every replica diverges, ``UsageEr
 
 Outputs (only under OUT, never in the run's directory): llc.json (``{"settings",
 "replicas"}``), llc_traces.npz (every chain's minibatch losses, burn-in included),
-llc_traces.png; ``zhang.llc_report`` (re-exported here: ``load``, ``plot``,
+llc_traces.png; ``zhang.analysis.llc`` (re-exported here: ``load``, ``plot``,
 ``report_lines``) reads, plots and describes llc.json.
 """
 
@@ -62,14 +62,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zhang import checkpoint as checkpoint_lib
-from zhang import config as config_lib
-from zhang import mesh as mesh_lib
-from zhang import metrics as metrics_lib
-from zhang import models, randomize, step as step_lib, train
 from zhang.errors import UsageError
-from zhang.sgld import (SETTLE_TOL, Settings, check_settings, estimate, parse_nbeta,  # noqa: F401
-                        resolve_nbeta, run_chains, sample, sgld_step)
+from zhang.experiment import config as config_lib
+from zhang.experiment import models, randomize, train
+from zhang.experiment import step as step_lib
+from zhang.probes.llc.sgld import (  # noqa: F401
+  SETTLE_TOL,
+  Settings,
+  check_settings,
+  estimate,
+  parse_nbeta,
+  resolve_nbeta,
+  run_chains,
+  sample,
+  sgld_step,
+)
+from zhang.rundir import checkpoint as checkpoint_lib
+from zhang.rundir import metrics as metrics_lib
+from zhang.runtime import mesh as mesh_lib
 
 JSON, TRACES, TRACE_PLOT = "llc.json", "llc_traces.npz", "llc_traces.png"
 SWEEPABLE = ("step_size", "gamma", "nbeta", "chains", "draws", "burnin", "batch_size")
@@ -402,7 +412,7 @@ def write(result: dict, traces: np.ndarray, out, plots: bool = True) -> list:
                         burnin=np.asarray(result["settings"]["burnin"]))
   written = [out / JSON, out / TRACES]
   if plots:
-    from zhang import llc_report
+    from zhang.analysis import llc as llc_report
     written.append(llc_report.plot_traces(result, traces, out))
   return written
 
@@ -488,4 +498,4 @@ def sweep(workdir, grid: dict[str, list], settings: Settings = Settings(),
   return result
 
 
-from zhang.llc_report import load, plot, plot_traces, report_lines, sweep_lines  # noqa: E402,F401
+from zhang.analysis.llc import load, plot, plot_traces, report_lines, sweep_lines  # noqa: E402,F401

@@ -11,9 +11,9 @@ import argparse
 import json
 import sys
 
-from zhang import features as features_lib
-from zhang import kernels
 from zhang.errors import UsageError
+from zhang.probes.kernels import features as features_lib
+from zhang.probes.kernels import interpolation as kernels
 
 _DEFAULT_N = 10000
 
@@ -62,7 +62,7 @@ def _log(msg: str) -> None:
 
 def run_kernel_command(args) -> int:
   """Runs `zhang kernel`; returns the exit code (0 ok, 2 bad input)."""
-  from zhang import data  # deferred: the parser must build without loading datasets
+  from zhang.experiment import data  # deferred: the parser must build without loading datasets
   try:
     if args.memory_gb is not None and not args.memory_gb > 0:
       raise UsageError(f"--memory_gb must be > 0; got {args.memory_gb}")
@@ -77,7 +77,7 @@ def run_kernel_command(args) -> int:
       raise UsageError("--n and --n_test must be >= 0 (0 means the whole split)")
     budget = None if args.memory_gb is None else int(args.memory_gb * 1e9)
     if args.kernel == "ntk":
-      from zhang import ntk  # deferred: jax
+      from zhang.probes.ntk import empirical as ntk  # deferred: jax
       result = ntk.token_interpolation(ds, n, n_test, args.model, args.seed, args.ridge, _log)
     else:
       result = kernels.evaluate(

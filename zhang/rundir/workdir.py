@@ -2,7 +2,7 @@
 
 - ``check_writable``: before any data is loaded, the workdir (or the folder that will hold
   it) must take a new file; the check creates and removes one probe file, nothing else (on
-  ``gs://`` too, after gcsfs, credentials and the bucket: ``zhang.storage``).
+  ``gs://`` too, after gcsfs, credentials and the bucket: ``zhang.rundir.storage``).
 - ``Lock``: one ``zhang train`` per workdir. Process 0 holds an ``flock`` on
   ``WORKDIR/lock`` for the run's lifetime and writes who it is into the file. The kernel drops
   the lock when the process dies, so a killed run leaves a file that blocks nothing. Covered:
@@ -31,9 +31,9 @@ import traceback
 
 from etils import epath
 
-from zhang import storage
 from zhang.errors import UsageError
-from zhang.metrics import is_local
+from zhang.rundir import storage
+from zhang.rundir.metrics import is_local
 
 LOCK, LIBRARY_LOG = "lock", "library.log"
 # Loggers of the libraries a run uses; their records go to library.log during a run.
@@ -42,7 +42,7 @@ LIBRARY_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "etils", "jax._src
 
 def check_writable(workdir: epath.Path) -> None:
   """Raises UsageError unless ``workdir`` (or its nearest existing parent, where it will be
-  created) can take a new file. A ``gs://`` workdir: ``zhang.storage.check`` (gcsfs,
+  created) can take a new file. A ``gs://`` workdir: ``zhang.rundir.storage.check`` (gcsfs,
   credentials, the bucket, a probe file written and removed)."""
   if not is_local(workdir):
     if storage.is_gcs(workdir):

@@ -8,7 +8,7 @@ set on the accelerator once. Sources:
 - ``mnist``, ``fashion_mnist``: the standard IDX files from a local directory (``data_dir``,
   ``$ZHANG_DATA_DIR/<name>``, or Debian's ``/usr/share/datasets/<name>``), else tfds.
 - ``cifar10``, ``cifar100``: ``tfds.data_source`` (array_record; no TensorFlow at load time).
-  A ``gs://`` data_dir is checked first (``zhang.storage``: gcsfs, credentials, the bucket).
+  A ``gs://`` data_dir is checked first (``zhang.rundir.storage``: gcsfs, credentials, the bucket).
 - ``synthetic_cifar10``: CIFAR-10's shapes and sizes (50,000 train / 10,000 test uint8
   32x32x3 images, 10 balanced classes) generated in about a second from a fixed seed, with no
   download: for benchmarks and accelerator checks where CIFAR-10 is not prepared. Each image
@@ -28,13 +28,13 @@ import logging
 import math
 import os
 import pathlib
-from typing import Callable
 import zlib
+from typing import Callable
 
 import numpy as np
 
-from zhang import storage
 from zhang.errors import UsageError
+from zhang.rundir import storage
 
 
 class DatasetUnavailableError(UsageError):

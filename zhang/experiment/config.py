@@ -20,8 +20,8 @@ import traceback
 
 import ml_collections
 
-from zhang import augment, data, models, randomize
 from zhang.errors import UsageError
+from zhang.experiment import augment, data, models, randomize
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""  # IDX folder or tfds data_dir (a gs:// path on TPU VMs); "" = defaults
   c.n_train = 0  # use the first n training examples; 0 = all
   c.n_test = 0  # 0 = all
-  # modadd only (zhang.data): pairs mod a prime, a random split of them from a seed.
+  # modadd only (zhang.experiment.data): pairs mod a prime, a random split of them from a seed.
   c.modulus = 113
   c.train_fraction = 0.3
   c.split_seed = 0
@@ -67,14 +67,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.stop_at_fit = True
   c.checkpoint_every = 2000  # steps between checkpoints (and one at the end)
   c.keep_checkpoints = 3
-  c.augmentation = "none"  # zhang/augment.py: what an entry without `augmentations` takes
+  c.augmentation = "none"  # zhang/experiment/augment.py: what an entry without `augmentations` takes
   # Device mesh (replica, data): -1 takes the remaining devices. The grid is padded with
   # inert replicas to a multiple of the replica axis (they never appear in outputs).
   c.mesh_shape = (-1, 1)
   # "bfloat16": opt-in low-precision compute for accelerators (params, optimizer, metrics
   # and the loss stay float32). It changes results, so it is part of the experiment; how a
   # device runs the grid (vmap or a loop, which gradients, which kernels) is not: that is
-  # the execution plan's (zhang/plan.py).
+  # the execution plan's (zhang/runtime/plan.py).
   c.compute_dtype = "float32"
   # Replicas: the union of these products of kinds x corruptions x seeds (and optionally
   # x learning_rates x weight_decays x augmentations, else the scalars above).
@@ -131,7 +131,7 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
   if not isinstance(config, ml_collections.ConfigDict):
     raise UsageError(f"config file {path}{_line(get_config)}: get_config returned "
                      f"{type(config).__name__}, not an ml_collections.ConfigDict: return "
-                     f"zhang.config.base_config() with your changes")
+                     f"zhang.experiment.config.base_config() with your changes")
   for item in overrides:
     apply_override(config, item)
   return config
@@ -349,7 +349,7 @@ FORMER_PLAN_FIELDS = {"replica_strategy": "replicas", "conv_gradient": "gradient
 
 
 def _plan_field_message(name: str) -> str:
-  return (f"{name} is no longer a config field: the execution plan (zhang/plan.py) picks it "
+  return (f"{name} is no longer a config field: the execution plan (zhang/runtime/plan.py) picks it "
           f"from the backend; to force it for a benchmark set ZHANG_PLAN="
           f"{FORMER_PLAN_FIELDS[name]}=... (it changes speed, not results)")
 
@@ -391,7 +391,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"known fields are {', '.join(sorted(known))}")
   missing = known - set(c.keys())
   _require(not missing, f"config lacks field(s) {', '.join(sorted(missing))}: "
-           f"start from zhang.config.base_config()")
+           f"start from zhang.experiment.config.base_config()")
   if is_study(c):
     check_study(c)
     return
@@ -528,6 +528,6 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
   _require(len(replicas) > 0, f"no grid entry applies to model {c.model}: give it an entry "
            f"(an entry without `models` applies to every model)")
   # Replicas of one kind sit next to each other, so each kind's input randomization is
-  # compiled once for its group (see zhang/step.py); within a kind, grid order is kept.
+  # compiled once for its group (see zhang/experiment/step.py); within a kind, grid order is kept.
   replicas.sort(key=lambda r: randomize.KINDS.index(r.kind))
   return [dataclasses.replace(r, index=i) for i, r in enumerate(replicas)]

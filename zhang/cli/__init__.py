@@ -1,0 +1,67 @@
+"""The ``zhang`` command: ``train``, ``models``, and the sub-commands of other modules.
+
+Thin on purpose: parse flags, call a library function. Bad input (``UsageError``) prints one
+line to stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from zhang.errors import RunError, UsageError
+
+# Modules that add their own sub-command with ``register(subparsers)``.
+_PLUGINS = ("zhang.cli.train", "zhang.cli.models", "zhang.cli.kernel", "zhang.cli.report", "zhang.cli.ntk", "zhang.cli.llc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="zhang", description="Randomization tests of Zhang et al. (2017) on a grid of "
+      "replicas in one jit-compiled JAX program.")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  for name in _PLUGINS:
+    try:
+      module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name != name:  # the plugin exists but a dependency of it is missing: say so
+        raise
+      continue
+    module.register(sub)
+  return parser
+
+
+def _config_overrides(argv: list[str]) -> list[str]:
+  """``--config.FIELD=VALUE`` and ``--config.FIELD VALUE`` (ml_collections' config_flags
+  spelling) as ``--set FIELD=VALUE``, which argparse can take."""
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config.") and len(arg) > len("--config."):
+      field, sep, value = arg[len("--config."):].partition("=")
+      if not sep and i + 1 < len(argv):
+        i, value, sep = i + 1, argv[i + 1], "="
+      out += ["--set", f"{field}{sep}{value}"]
+    else:
+      out.append(arg)
+    i += 1
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = build_parser().parse_args(_config_overrides(argv))
+  try:
+    return args.func(args)
+  except UsageError as e:
+    print(f"zhang {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except RunError as e:
+    print(f"zhang {args.command}: error: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
