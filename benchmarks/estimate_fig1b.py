@@ -90,7 +90,8 @@ def load_rows(paths) -> list[dict]:
     if isinstance(whole, dict) and isinstance(whole.get("throughput"), list):
       found = whole["throughput"]  # device_check.py's results
     else:
-      found = [json.loads(l) for l in map(str.strip, text.splitlines()) if l.startswith("{")]
+      found = [json.loads(line) for line in map(str.strip, text.splitlines())
+               if line.startswith("{")]
     for row in found:
       if "model" in row and "replicas" in row and (row.get("step_ms") or 0) > 0:
         rows.append(dict(row, source=str(path)))

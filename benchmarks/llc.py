@@ -5,12 +5,12 @@
 
 Prints one JSON object per chain count: the train chunk's replica-steps per second (the
 trainer's own ``train_chunk``, the config's grid and batch size) and the sampler's
-replica-chain-steps per second (``zhang.probes.llc.estimate.RunSampler``'s compiled program: the same model,
-inputs and batch size, one SGLD step per chain), each the best of ``--repeats`` timed calls
-of ``--steps`` steps after a compiling call, alternated so that both see the same machine
-load. The parameters are the grid's initial ones (the rate does not depend on them). One SGLD
-step is a train step's forward and backward pass plus the Gaussian noise of every parameter,
-so ``ratio`` (sampler rate / train rate) near 1 is what it should be where the noise is
+replica-chain-steps per second (``zhang.probes.llc.estimate.Sampler``'s compiled program: the
+same model, inputs and batch size, one SGLD step per chain), each the best of ``--repeats``
+timed calls of ``--steps`` steps after a compiling call, alternated so that both see the same
+machine load. The parameters are the grid's initial ones (the rate does not depend on them).
+One SGLD step is a train step's forward and backward pass plus the Gaussian noise of every
+parameter, so ``ratio`` (sampler rate / train rate) near 1 is what it should be where the noise is
 cheap against the step; ``noise_share`` is the share of an SGLD step that generating that
 noise alone takes (timed apart, the same number of normals).
 """
@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from zhang.experiment import config as config_lib
 from zhang.experiment import train  # noqa: E402
+from zhang.probes import run as run_lib
 from zhang.probes.llc import estimate as llc
 from zhang.probes.llc import sgld
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
   program, d, reps, states, _ = train.build(config, replicas, dataset)
   params = jax.tree.map(jnp.copy, states.params)
   batch_stats = jax.tree.map(jnp.copy, states.batch_stats)
-  sampler = llc.RunSampler.from_config(config)
+  sampler = llc.Sampler(run_lib.from_config(config))
   r, k = len(replicas), args.steps
 
   def train_seconds():
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
 
   for chains in [int(c) for c in args.chains.split(",")]:
     s = llc.Settings(chains=chains, draws=k, burnin=0)
-    sgld_seconds = lambda: sampler.sample(params, batch_stats, s)[3]
+    sgld_seconds = lambda s=s: sampler.sample(params, batch_stats, s)[3]
     # The Gaussian noise of one step of every chain, alone (``sgld.gaussian_like``).
     noise = jax.jit(lambda keys: jax.vmap(lambda key: sgld.gaussian_like(key, one_replica))(
         keys))

@@ -2,7 +2,8 @@
 
   python benchmarks/modadd.py                                   # configs/modadd.py's default
   python benchmarks/modadd.py --config configs/modadd.py:quick
-  python benchmarks/modadd.py --config configs/modadd.py:model=transformer_1l,modulus=113,train_fraction=0.3 \
+  python benchmarks/modadd.py \
+      --config configs/modadd.py:model=transformer_1l,modulus=113,train_fraction=0.3 \
       --steps 2 --repeats 2                                     # Nanda et al.'s setting
 
 Prints one JSON object. The timed program is the trainer's own ``train_chunk`` for the
@@ -14,8 +15,9 @@ are left out (``eval_share`` in a run's summary.json says what they add: about 1
 and attention projections, every replica); ``xla_flops_per_step`` is XLA's own estimate of
 the compiled step. ``fraction_of_matmul`` divides the analytic rate by the best rate of an
 (N, N) fp32 ``jnp.dot`` (``--matmul_n``) timed in the same process just before and after
-the row. ``run_seconds_estimate`` is ``max_steps`` x the step time: what the config's
-training takes, less compilation and evaluation. Results: benchmarks/RESULTS.md.
+the row. ``run_seconds_estimate`` is ``max_steps`` x the median step time (a run's training
+time is a sum of its calls, so the median rather than the best): what the config's training
+takes, less compilation, evaluation and checkpoints. Results: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -59,18 +61,18 @@ def row(spec: str, steps: int, repeats: int, matmul_n: int, matmul_repeats: int)
   module = models.get(config.model).build(dataset.num_classes)
   per_step = len(replicas) * flops_lib.train_flops(module, dataset.image_shape,
                                                    config.batch_size)
-  best = min(times) / steps
+  best, median = min(times) / steps, statistics.median(times) / steps
   return dict(
       config=spec, model=config.model, modulus=config.modulus,
       train_fraction=config.train_fraction, n_train=len(dataset.train_labels),
       batch_size=config.batch_size, replicas=len(replicas), plan=str(program.plan),
       steps=steps, repeats=repeats, step_ms=round(best * 1e3, 3),
-      step_ms_median=round(statistics.median(times) / steps * 1e3, 3),
+      step_ms_median=round(median * 1e3, 3),
       replica_steps_per_s=round(len(replicas) / best, 2), compile_s=round(compile_s, 2),
       flops_per_step=per_step, xla_flops_per_step=xla, flops_per_s=per_step / best,
       matmul_n=matmul_n, matmul_flops_per_s=matmul, matmul_before=before,
       matmul_after=after, fraction_of_matmul=round(per_step / best / matmul, 4),
-      max_steps=config.max_steps, run_seconds_estimate=round(config.max_steps * best, 1),
+      max_steps=config.max_steps, run_seconds_estimate=round(config.max_steps * median, 1),
       backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
       jax_version=jax.__version__, cpu_count=os.cpu_count(),
       load_avg_1m=round(os.getloadavg()[0], 2))  # > cpu_count: others shared the machine

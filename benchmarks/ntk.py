@@ -38,8 +38,8 @@ from throughput import matmul_flops_per_s  # noqa: E402  (this folder's matmul t
 from zhang.errors import UsageError  # noqa: E402
 from zhang.experiment import randomize  # noqa: E402
 from zhang.probes.ntk import empirical as ntk
-from zhang.probes.ntk import on_run as ntk_run
 from zhang.probes.ntk import predict as ntk_predict
+from zhang.probes.ntk import request as ntk_run
 
 
 def _machine() -> dict:
@@ -71,7 +71,8 @@ def jacobian_rows(run: str, request: ntk_run.Request, count: int, matmul_n: int,
                   repeats: int) -> list[dict]:
   """The first ``count`` kernels by both methods: their agreement, FLOPs and rates."""
   setup = ntk_run.prepare(run, request)
-  rebuilt = ntk_run.Rebuilt(setup)
+  rebuilt = setup.run
+  init = rebuilt.state(0)
   seen, firsts = set(), []
   for r in setup.run.replicas:
     if ntk_run.kernel_key(r) not in seen:
@@ -82,7 +83,7 @@ def jacobian_rows(run: str, request: ntk_run.Request, count: int, matmul_n: int,
              for m in ntk.METHODS}
   rows = []
   for r in firsts[:count]:
-    params, state = rebuilt.state(r)
+    params, state = rebuilt.variables(init, r)
     x = rebuilt.inputs(r, randomize.TRAIN)[:setup.n]
     x_test = rebuilt.inputs(r, randomize.TEST)[:setup.n_test] if setup.n_test else None
     before = matmul_flops_per_s(matmul_n, repeats)

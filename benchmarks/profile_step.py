@@ -2,9 +2,12 @@
 
   python benchmarks/profile_step.py --model inception_small --batch_size 32
   python benchmarks/profile_step.py --model alexnet_small --batch_size 128 --plan gradients=jax
-  python benchmarks/profile_step.py --model inception_small --batch_size 128 --plan cpu_kernels=default
-  python benchmarks/profile_step.py --model mlp_1x512 --input_shape 8,8,1 --replicas 15 --batch_size 128 --steps 100
-  python benchmarks/profile_step.py --model mlp_1x512 --input_shape 28,28,1 --replicas 4 --batch_size 128 --steps 20 --kind random_pixels
+  python benchmarks/profile_step.py --model inception_small --batch_size 128 \
+      --plan cpu_kernels=default
+  python benchmarks/profile_step.py --model mlp_1x512 --input_shape 8,8,1 --replicas 15 \
+      --batch_size 128 --steps 100
+  python benchmarks/profile_step.py --model mlp_1x512 --input_shape 28,28,1 --replicas 4 \
+      --batch_size 128 --steps 20 --kind random_pixels
 
 Builds the grid as ``benchmarks/throughput.py`` does (synthetic images, 28x28x3 unless
 ``--input_shape`` says otherwise; R replicas of ``--kind``, ``labels`` unless said; the
@@ -25,7 +28,8 @@ turns them off (``--xla_gpu_enable_command_buffer=``, unless XLA_FLAGS sets it),
 traced step can be a little slower than ``throughput.py``'s. The flag is read when the
 backend starts: a process that has already used jax keeps its setting.
 
-  python benchmarks/profile_step.py --model inception_small --replicas 8 --batch_size 128 --plan replicas=map
+  python benchmarks/profile_step.py --model inception_small --replicas 8 --batch_size 128 \
+      --plan replicas=map
 """
 
 from __future__ import annotations
@@ -97,10 +101,10 @@ def trace_times(data) -> Trace:
   used = []
   for plane in device:
     lines = list(plane.lines)
-    chosen = ([l for l in lines if l.name == "XLA Ops"]
-              or [l for l in lines if l.name.startswith("Stream")]
-              or [l for l in lines if l.name not in _DERIVED_LINES])
-    used.append(f"{plane.name}: {', '.join(sorted({l.name for l in chosen}))}")
+    chosen = ([line for line in lines if line.name == "XLA Ops"]
+              or [line for line in lines if line.name.startswith("Stream")]
+              or [line for line in lines if line.name not in _DERIVED_LINES])
+    used.append(f"{plane.name}: {', '.join(sorted({line.name for line in chosen}))}")
     for line in chosen:
       for event in line.events:
         op = dict(event.stats).get("hlo_op") or event.name

@@ -1,6 +1,7 @@
 """How fast a measured train step could be: its FLOPs against its unavoidable memory traffic.
 
-  python benchmarks/roofline.py benchmarks/results/h200_2026-11-28/throughput_*.jsonl --bandwidth_gbps 4800
+  python benchmarks/roofline.py benchmarks/results/h200_2026-11-28/throughput_*.jsonl \
+      --bandwidth_gbps 4800
   python benchmarks/roofline.py OUT/device_check.json   # rows with a measured bandwidth
 
 For every throughput row (benchmarks/throughput.py's JSON lines, or benchmarks/device_check.py's
@@ -64,8 +65,8 @@ def shapes(model: str, input_shape: tuple[int, ...], num_classes: int = 10):
   x = jnp.zeros((1, *input_shape), jnp.float32)
   variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
   params = sum(math.prod(a.shape) for a in jax.tree.leaves(variables["params"]))
-  layers = [(math.prod(l.in_shape), math.prod(l.out_shape))
-            for l in flops_lib.layers(module, input_shape)]
+  layers = [(math.prod(layer.in_shape), math.prod(layer.out_shape))
+            for layer in flops_lib.layers(module, input_shape)]
   return params, layers
 
 

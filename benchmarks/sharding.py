@@ -1,6 +1,6 @@
 """Train-step throughput of a fixed replica grid sharded over 1, 2, 4 and 8 (fake) devices.
 
-  python benchmarks/sharding.py                 # mlp_1x512 R=8 batch 128, inception_small R=8 batch 2
+  python benchmarks/sharding.py   # mlp_1x512 R=8 batch 128, inception_small R=8 batch 2
   python benchmarks/sharding.py --quick         # fewer steps, repeats and rounds
   python benchmarks/sharding.py --plan replicas=vmap   # one execution plan for every count
 

@@ -4,7 +4,8 @@
   python benchmarks/throughput.py --models all --quick # every model, fewer steps
   python benchmarks/throughput.py --replicas 1,8,64 --max_seconds 60  # rows within a budget
   python benchmarks/throughput.py --models alexnet_small --plan replicas=map --plan replicas=vmap
-  python benchmarks/throughput.py --models inception_small --plan cpu_kernels=default --plan cpu_kernels=eigen
+  python benchmarks/throughput.py --models inception_small --plan cpu_kernels=default \
+      --plan cpu_kernels=eigen
   python benchmarks/throughput.py --models mlp_1x512 --replicas 64 --up_to_memory  # 128, ...
   python benchmarks/throughput.py --models mlp_1x512 --replicas 8 --kind labels,random_pixels
   python benchmarks/throughput.py --models mlp_1x512 --replicas 8 --augmentation crop+flip
@@ -266,7 +267,8 @@ def measure(prep: Prepared, repeats: int, matmul_rate: float,
   flops_per_s = per_step / best
   device = jax.devices()[0]
   return dict(
-      model=model, kind=prep.kind, augmentation=prep.augmentation, replicas=num_replicas, batch_size=batch_size,
+      model=model, kind=prep.kind, augmentation=prep.augmentation, replicas=num_replicas,
+      batch_size=batch_size,
       input_shape=list(shape), plan=str(prep.program.plan), plan_asked=prep.plan_asked,
       compute_dtype=prep.compute_dtype,
       n_train=len(dataset.train_labels), steps=steps, repeats=repeats,
@@ -323,8 +325,8 @@ def parser() -> argparse.ArgumentParser:
                  "shuffled_pixels, random_pixels or gaussian (their inputs are made in the "
                  "step); comma-separated to compare")
   p.add_argument("--augmentation", default="none",
-                 help="every replica's augmentation (zhang/experiment/augment.py), made in the step: "
-                 "none (the default), crop, flip, color or several joined by '+', e.g. "
+                 help="every replica's augmentation (zhang/experiment/augment.py), made in the "
+                 "step: none (the default), crop, flip, color or several joined by '+', e.g. "
                  "crop+flip")
   p.add_argument("--max_seconds", type=float, default=None,
                  help="time budget: skip a row (said on stderr) once it would end past it, "
@@ -393,7 +395,7 @@ def rows(args: argparse.Namespace):
     memory = None  # (replicas, XLA's estimate in bytes): the last row compiled
     for r, sweep in replica_counts(args.replicas, args.up_to_memory):
       # A listed row that does not fit is skipped; the sweep stops at the first.
-      def give_up(reason: str) -> None:
+      def give_up(reason: str, sweep=sweep, name=name, r=r, spec=spec) -> None:
         print(f"throughput: {'stopped' if sweep else 'skipped'} {name} R={r} plan {spec}: "
               f"{reason}", file=sys.stderr, flush=True)
 

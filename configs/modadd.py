@@ -1,7 +1,8 @@
 r"""Modular addition: the randomization test on an algorithmic task, and grokking.
 
   zhang train --config configs/modadd.py --workdir runs/modadd     # 7.5 min on 2 CPU cores
-  zhang report runs/modadd --out report                            # + the kernel baseline, 20 s
+  zhang kernel runs/modadd --out report                            # the kernel baseline, 4-8 s
+  zhang report runs/modadd --out report                            # + the baseline, 20 s
   zhang llc runs/modadd --steps all --chains 2 --draws 500 --batch_size 348 --out report
   zhang train --config configs/modadd.py:model=transformer_1l,modulus=113,train_fraction=0.3,max_steps=10000 \
       --workdir runs/modadd_transformer                           # Nanda et al.'s setting

@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import pathlib
 import re
 import subprocess
 import sys
@@ -191,6 +192,29 @@ def _cli(argv):
   return args.func(args)
 
 
+def _name(kind, p):
+  """The report's condition names, written out for the synthetic runs' conditions."""
+  if kind == "labels":
+    return {0.0: "true labels", 1.0: "random labels"}.get(p, f"labels p={p:g}")
+  assert p == 0
+  return kind.replace("_", " ")
+
+
+def _by_condition(run_dir):
+  """From metrics.jsonl alone: per (kind, corruption), per seed, (final train acc, final
+  test acc, epoch and step of the first evaluation at train accuracy 1 or None, last
+  epoch)."""
+  rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  out = {}
+  for replica in sorted({r["replica"] for r in rows}):
+    mine = sorted((r for r in rows if r["replica"] == replica), key=lambda r: r["step"])
+    fit = next((r for r in mine if r["train_acc"] >= 1.0), None)
+    out.setdefault((mine[0]["kind"], mine[0]["corruption"]), {})[mine[0]["seed"]] = (
+        mine[-1]["train_acc"], mine[-1]["test_acc"], fit and fit["epoch"], fit and fit["step"],
+        mine[-1]["epoch"])
+  return out
+
+
 def test_report_writes_every_file(tmp_path):
   a = synthetic.write_example_run(tmp_path / "mlp1")
   b = synthetic.write_example_run(tmp_path / "mlp3", model="mlp_3x512", scale=1.5,
@@ -204,8 +228,29 @@ def test_report_writes_every_file(tmp_path):
     assert image[..., :3].std() > 0.05  # something is drawn
   text = (out / "report.md").read_text()
   for needle in ("## Table 1", "## Scaling law", "exponential", "linear", "![",
-                 "Not monotonic in p", "≥", "Comparison with the paper"):
+                 "Not monotonic in p", "Comparison with the paper"):
     assert needle in text
+  lines = text.splitlines()
+  for run_dir, model in ((a, "mlp_1x512"), (b, "mlp_3x512")):
+    conditions = _by_condition(run_dir)
+    base = {seed: v[3] for seed, v in conditions["labels", 0.0].items()}
+    for (kind, p), seeds in conditions.items():
+      v = list(seeds.values())
+      fitted = sum(x[2] is not None for x in v)
+      train, test = (100 * np.mean([x[i] for x in v]) for i in (0, 1))
+      # Table 1: means over seeds at the last evaluation, and how many fitted.
+      assert (f"| {model} | 1,209,866 | none | {_name(kind, p)} | {fitted}/{len(v)} | "
+              f"{train:.2f} | {test:.2f} | – | – |") in lines, (model, kind, p)
+      # Time to fit: epochs to the first evaluation at train accuracy 1; a replica that
+      # never fitted counts its last epoch, and the mean is a lower bound.
+      epochs = np.mean([x[2] if x[2] is not None else x[4] for x in v])
+      ge = "" if fitted == len(v) else "≥ "
+      row = next(line for line in lines if line.startswith(
+          f"| {model} | {_name(kind, p)} | {fitted}/{len(v)} | "))
+      assert row.split(" | ")[3].startswith(f"{ge}{epochs:.1f} ["), row
+      if fitted == len(v):  # slowdown: fit step over the true labels' of the same seed
+        slow = np.mean([x[3] / base[seed] for seed, x in seeds.items()])
+        assert row.split(" | ")[4].startswith(f"{slow:.2f} ["), row
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
@@ -237,10 +282,54 @@ def test_summary_json_optional(tmp_path):
 
 
 def test_analysis_does_not_import_jax():
-  code = ("import sys, zhang.analysis, zhang.cli.report; "
+  """Every module of zhang.analysis (walked, not listed), zhang.formatting and the report
+  command import without jax, flax or optax."""
+  code = ("import importlib, pkgutil, sys, zhang.analysis, zhang.cli.report, zhang.formatting; "
+          "names = [m.name for m in pkgutil.walk_packages(zhang.analysis.__path__, "
+          "'zhang.analysis.')]; "
+          "assert len(names) >= 15, names; "
+          "[importlib.import_module(n) for n in names]; "
           "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax')]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _imports(path) -> set[str]:
+  """The zhang.analysis modules a file imports, at its top or inside a function."""
+  import ast
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      if node.module == "zhang.analysis":
+        found |= {f"zhang.analysis.{a.name}" for a in node.names}
+      elif node.module.startswith("zhang.analysis."):
+        found.add(node.module)
+    elif isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.startswith("zhang.analysis.")}
+  return found
+
+
+def test_analysis_modules_import_one_another_without_cycles():
+  """The graph of imports between zhang.analysis's modules (deferred ones too) has no
+  cycle: a module that plots imports the one that reads, never the other way round."""
+  folder = pathlib.Path(analysis.__file__).parent
+  graph = {f"zhang.analysis.{p.stem}": _imports(p) for p in folder.glob("*.py")
+           if p.stem != "__init__"}
+  assert "zhang.analysis.ntk" in graph["zhang.analysis.ntk_plots"]  # the walk sees imports
+  done, path = set(), []
+
+  def visit(module):
+    assert module not in path, " -> ".join(path[path.index(module):] + [module])
+    if module in done or module not in graph:
+      return
+    path.append(module)
+    for other in sorted(graph[module]):
+      visit(other)
+    path.pop()
+    done.add(module)
+
+  for module in sorted(graph):
+    visit(module)
 
 
 def test_compare_two_setups(tmp_path):
@@ -323,7 +412,7 @@ def test_fig1b_lower_bound_legend_only_when_censored(tmp_path):
 
 def _law_lines(fig):
   """The scaling laws Fig. 1b draws: its dashed lines."""
-  return [l for l in fig.axes[0].get_lines() if l.get_linestyle() == "--"]
+  return [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]
 
 
 def _has_nan(texts) -> bool:
@@ -416,7 +505,7 @@ def test_fig1b_legend_is_clear_of_every_line(tmp_path, which):
   (ax,) = [ax for ax in fig.axes if ax.get_visible()]
   legend = (fig.legends or [ax.get_legend()])[0]
   box = legend.get_window_extent(renderer)
-  (one,) = [l for l in ax.get_lines() if list(l.get_ydata()) == [1, 1]]  # y = 1
+  (one,) = [ln for ln in ax.get_lines() if list(ln.get_ydata()) == [1, 1]]  # y = 1
   assert box.height > 0 and not box.overlaps(one.get_window_extent(renderer))
   # Outside the axes, so clear of every curve, and of the x label; whole, in the figure.
   assert not box.overlaps(ax.get_window_extent(renderer))
@@ -429,7 +518,7 @@ def test_fig1a_coinciding_curves_stay_visible(tmp_path):
           R("random_pixels", 0.0, 0, 120, 0.1)]
   runs = analysis.load_runs(_write(tmp_path, replicas=reps))
   fig = plots.fig1a(runs.metrics)
-  lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+  lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
   top = lines["shuffled pixels (1 seed): on top of true labels"]
   under = lines["true labels (1 seed)"]
   assert top.get_linewidth() < under.get_linewidth() and top.get_zorder() > under.get_zorder()
@@ -520,10 +609,10 @@ def test_grid_fit_times_and_slowdowns_per_combination(tmp_path):
 def test_grid_fig1b_draws_one_curve_per_combination(tmp_path):
   a = analysis.analyze(analysis.load_runs(_grid_run(tmp_path)), n_boot=5)
   fig = plots.fig1b(a.fits, a.scaling, n_boot=5)
-  curves = [l for l in fig.axes[0].get_lines() if l.get_label() in COMBOS]
-  assert [l.get_label() for l in curves] == COMBOS
+  curves = [ln for ln in fig.axes[0].get_lines() if ln.get_label() in COMBOS]
+  assert [ln.get_label() for ln in curves] == COMBOS
   # Each curve is its combination's mean slowdown at p = 0, 0.5, 1.
-  for line, (lr, wd) in zip(curves, BASE):
+  for line, (_, wd) in zip(curves, BASE):
     assert np.allclose(line.get_ydata(), [1, 1 + GROWTH[wd] / 2, 1 + GROWTH[wd]])
   laws = [t for t in _legend(fig) if "law (better AIC)" in t]
   assert len(laws) == 4 and all(t.split(":")[0] in COMBOS for t in laws)
@@ -549,25 +638,27 @@ def test_grid_report_lists_combinations(tmp_path):
   assert "| mlp_1x512 | true labels | 2/2 |" in text
 
 
-def test_old_run_without_hparams_takes_config_scalars(tmp_path):
-  old = _write(tmp_path, "old", old_format=True,
-               config=dict(learning_rate=0.05, weight_decay=5e-4))
-  rows = [json.loads(l) for l in (old / "metrics.jsonl").read_text().splitlines()]
-  assert not {"learning_rate", "weight_decay", "augmentation"} & set(rows[0])
-  assert "augmentation" not in json.loads((old / "config.json").read_text())
-  runs = analysis.load_runs(old)
-  for table in (runs.metrics, runs.replicas):
-    assert (table.learning_rate == 0.05).all() and (table.weight_decay == 5e-4).all()
-    assert (table.augmentation == "none").all()
-  assert set(runs.replicas.setup) == {"mlp_1x512 + weight decay"}
-  assert set(runs.replicas.hparams) == {""}
-  s = analysis.slowdown(analysis.time_to_fit(runs.metrics)).set_index("replica")
-  assert s.slowdown[2] == pytest.approx(120 / 40)
-  # Beside a grid run of the same setup family, the old run's replicas are named by theirs.
-  both = analysis.load_runs([old, _grid_run(tmp_path)])
-  assert set(both.replicas[both.replicas.run == "old"].setup) == {
-      "mlp_1x512 (lr 0.05, wd 0.0005)"}
-  assert both.replicas.setup.nunique() == 5
+@pytest.mark.parametrize("which", ["config.json", "summary.json"])
+def test_a_run_of_another_format_is_refused_in_one_line(tmp_path, capsys, which):
+  """A run whose config.json or summary.json is of another run-file format (here from
+  before the files carried one) is refused by the loader, and by `zhang report` with exit 2,
+  in one line naming the version and what to do; its files are left as they were."""
+  run = _write(tmp_path, "old")
+  path = run / which
+  fields = json.loads(path.read_text())
+  assert fields.pop("format") == 1
+  path.write_text(json.dumps(fields))
+  before = {p.name: p.read_bytes() for p in run.iterdir()}
+  with pytest.raises(UsageError, match=rf"{which} is in run-file format 0 .* reads format 1"):
+    analysis.load_runs(run)
+  from zhang.cli import main
+  assert main(["report", str(run), "--out", str(tmp_path / "o"), "--n_boot", "0"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1, err
+  assert err.startswith(f"zhang report: error: {path} is in run-file format 0 (no format "
+                        f"field: written before run files carried one)")
+  assert "rerun `zhang train --restart`" in err and "version of zhang that wrote it" in err
+  assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_table1_per_replica_augmentation_and_weight_decay(tmp_path):
@@ -695,3 +786,63 @@ def test_fit_times_tables_match_the_arrays(tmp_path):
   (run_dir / "fit_times.npz").write_bytes(b"not a zip")
   with pytest.raises(UsageError, match="fit_times.npz is damaged"):
     memorization.per_replica(analysis.load_runs([run_dir]))
+
+
+def _llc_json(run, config_hash, values):
+  """An llc.json as `zhang llc` writes it, computed from ``run`` (its path and hash): one
+  true-label and one random-label replica per seed, with lambda-hat ``values[(p, seed)]``."""
+  entries = [dict(replica=i, kind="labels", corruption=p, seed=seed, step=200, llc=v,
+                  llc_std=0.0, llc_se=0.1, num_params=1000, learning_rate=0.01,
+                  weight_decay=0.0, augmentation="none", label_noise=0.9 * p,
+                  llc_per_chain=[v], init_loss=0.01, mean_loss=0.02, diverged_chains=0,
+                  settled=True, drift=0.0)
+             for i, ((p, seed), v) in enumerate(sorted(values.items()))]
+  settings = dict(run=str(run), config_hash=config_hash, model="mlp_1x512", dataset="digits",
+                  step_size=1e-4, gamma=100.0, nbeta=10.0, nbeta_rule="n", chains=1,
+                  draws=10, burnin=5, batch_size=8, seed=0)
+  return json.dumps(dict(settings=settings, replicas=entries))
+
+
+def test_report_embeds_a_probe_of_its_own_run_and_skips_another_runs(tmp_path, capsys):
+  """llc.json records the run it was computed from (settings.config_hash, summary.json's):
+  the report embeds it for that run, and for another run says where it is from and skips
+  it, with one line on the terminal."""
+  run = synthetic.write_example_run(tmp_path / "mlp1", seeds=(0, 1))
+  summary = json.loads((run / "summary.json").read_text())
+  (run / "summary.json").write_text(json.dumps(summary | {"config_hash": "1234abcd"}))
+  values = {(0.0, 0): 12.0, (0.0, 1): 14.0, (1.0, 0): 40.0, (1.0, 1): 50.0}
+  out = tmp_path / "report"
+  out.mkdir()
+  (out / "llc.json").write_text(_llc_json(run, "1234abcd", values))
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
+  text = (out / "report.md").read_text()
+  assert "| true labels | 2 | 13 | 0.071 | 12 - 14 | 0.01 |" in text  # mean, se: sqrt(2)/2/10
+  assert "| random labels | 2 | 45 | 0.071 | 40 - 50 | 0.01 |" in text
+  assert "(llc_vs_corruption.png)" in text and "skipped" not in capsys.readouterr().err
+  # The same folder, another run's llc.json (another config hash): not embedded.
+  (out / "llc.json").write_text(_llc_json("runs/digits", "99999999", values))
+  (out / "llc_vs_corruption.png").unlink()
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
+  text = (out / "report.md").read_text()
+  section = text[text.index("## Local learning coefficient"):]
+  assert section.splitlines()[2].startswith(
+      f"{out}/llc.json was computed from runs/digits (config hash 99999999), not from the "
+      f"runs reported here")
+  assert "| true labels | 2 | 13 |" not in text and "(llc_vs_corruption.png)" not in text
+  assert not (out / "llc_vs_corruption.png").exists()
+  err = [line for line in capsys.readouterr().err.splitlines() if "llc.json" in line]
+  assert len(err) == 1 and "computed from runs/digits (config hash 99999999)" in err[0]
+  assert err[0].endswith("skipped")
+
+
+def test_a_probe_without_a_hash_is_matched_by_its_run_path(tmp_path):
+  """A run or a probe file that records no config hash (older files) is matched by the
+  probe's ``settings.run`` path alone."""
+  run = synthetic.write_example_run(tmp_path / "mlp1", seeds=(0,))
+  runs = analysis.load_runs(run)
+  from zhang.analysis import provenance
+  assert provenance.source(dict(run=str(run), config_hash="abc"), runs) is runs.runs[0]
+  assert provenance.source(dict(run=str(tmp_path / "other")), runs) is None
+  runs.runs[0].summary["config_hash"] = "def"
+  assert provenance.source(dict(run=str(run), config_hash="abc"), runs) is None
+  assert provenance.source(dict(run="elsewhere", config_hash="def"), runs) is runs.runs[0]

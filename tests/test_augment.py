@@ -47,8 +47,8 @@ def test_crop_keeps_the_pixels_of_its_window(side, pad):
   assert offsets.min() >= 0 and offsets.max() <= 2 * pad
   assert len({tuple(o) for o in offsets}) > 1
   padded = np.pad(np.asarray(x), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  for i, (t, l) in enumerate(offsets):
-    np.testing.assert_array_equal(out[i], padded[i, t:t + side, l:l + side])
+  for i, (top, left) in enumerate(offsets):
+    np.testing.assert_array_equal(out[i], padded[i, top:top + side, left:left + side])
 
 
 def test_window_of_larger_images_is_random_for_crop_and_the_centre_otherwise():
@@ -59,8 +59,8 @@ def test_window_of_larger_images_is_random_for_crop_and_the_centre_otherwise():
   out = np.asarray(augment.window(names, 1, KEY, 3, IDX, x, (28, 28)))
   offsets = np.asarray(augment.crop_offsets(KEY, 3, IDX, 4, 4))
   assert len({tuple(o) for o in offsets}) > 1
-  for i, (t, l) in enumerate(offsets):
-    np.testing.assert_array_equal(out[i], np.asarray(x)[i, t:t + 28, l:l + 28])
+  for i, (top, left) in enumerate(offsets):
+    np.testing.assert_array_equal(out[i], np.asarray(x)[i, top:top + 28, left:left + 28])
   # The crop was taken: the later pass leaves it alone.
   f = _images((16, 28, 28, 3))
   np.testing.assert_array_equal(_run(["crop"], f, windowed=True), np.asarray(f))
@@ -142,11 +142,11 @@ def test_larger_images_stay_uncropped_on_device_only_when_a_replica_crops():
   got = np.asarray(step.grid_inputs(s, reps, d, jnp.broadcast_to(x, (4, *x.shape)),
                                     jnp.broadcast_to(idx, (4, 8)), randomize.TRAIN, k))
   for i, r in enumerate(replicas):
-    rep = jax.tree.map(lambda a: a[i], reps)
+    rep = jax.tree.map(lambda a, i=i: a[i], reps)
     if r.augmentation == "crop":
       offsets = np.asarray(augment.crop_offsets(rep.rand_key, k, idx, 4, 4))
-      win = np.stack([ds.train_images[j, t:t + 28, l:l + 28] for j, (t, l) in
-                      enumerate(offsets)])
+      win = np.stack([ds.train_images[j, top:top + 28, left:left + 28]
+                      for j, (top, left) in enumerate(offsets)])
     else:
       win = ds.train_images[:8, 2:30, 2:30]
     want = data.whiten(randomize.randomize_inputs(

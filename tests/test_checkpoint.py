@@ -166,20 +166,56 @@ def _small(tiny_config):
   return tiny_config
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_config, tmp_path, capsys):
-  config = _small(tiny_config)
-  clean = tmp_path / "clean"
-  train.run(config, clean, progress=False)
+@pytest.fixture(scope="module")
+def clean_small(tmp_path_factory):
+  """A finished run of a small config (60 steps, checkpoints every 20): the config and the
+  run's workdir."""
+  from zhang.experiment import config as config_lib
+  config = config_lib.load("configs/digits.py", [
+      "n_train=256", "n_test=128", "batch_size=32", "max_steps=60", "eval_every=20",
+      "checkpoint_every=20", "lr_decay_every=25",
+      "grid=[dict(kinds=['labels', 'random_pixels'], corruptions=[0.0, 0.5], seeds=[0])]"])
+  workdir = tmp_path_factory.mktemp("clean_small") / "run"
+  train.run(config, workdir, progress=False)
+  return config, workdir
+
+
+def _remove_state_data(step_dir: pathlib.Path) -> str:
+  for f in (step_dir / "state").rglob("*"):
+    if f.is_file() and "ocdbt" in str(f.relative_to(step_dir)):
+      f.unlink()
+  return "ValueError"  # Orbax: the arrays cannot be read
+
+
+def _remove_fit_times_item(step_dir: pathlib.Path) -> str:
+  import shutil
+  shutil.rmtree(step_dir / checkpoint.FIT_TIMES)
+  return "its fit_times item is missing"
+
+
+def _drop_a_meta_field(step_dir: pathlib.Path) -> str:
+  meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  del meta["loss_sum"]
+  (step_dir / "meta" / "metadata").write_text(json.dumps(meta))
+  return "its meta lacks loss_sum"
+
+
+@pytest.mark.parametrize("damage", [_remove_state_data, _remove_fit_times_item,
+                                    _drop_a_meta_field])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(clean_small, tmp_path, capsys,
+                                                              damage):
+  """Arrays that cannot be read and an item that is missing are the same damage: the
+  checkpoint is named unreadable and the run resumes from the previous one, to the same
+  results."""
+  config, clean = clean_small
   damaged = tmp_path / "damaged"
   train.run(config, damaged, progress=False)
-  # Damage the final checkpoint (60): remove its array data.
-  for f in (damaged / "checkpoints" / "60" / "state").rglob("*"):
-    if f.is_file() and "ocdbt" in str(f.relative_to(damaged)):
-      f.unlink()
+  reason = damage(damaged / "checkpoints" / "60")
   capsys.readouterr()
   summary = train.run(config, damaged, progress=False)
   err = capsys.readouterr().err
-  assert "checkpoints/60 is unreadable" in err and "resuming" in err and "step 40" in err
+  assert "checkpoints/60 is unreadable" in err and reason in err
+  assert "resuming" in err and "step 40" in err
   assert summary["status"] == "complete"
   _assert_same(_final(damaged), _final(clean))
 
@@ -238,7 +274,7 @@ def test_no_readable_checkpoint_is_refused(tiny_config, tmp_path):
       if f.is_file():
         f.unlink()
   before = (tmp_path / "metrics.jsonl").read_bytes()
-  with pytest.raises(UsageError, match="no readable checkpoint.*--restart"):
+  with pytest.raises(UsageError, match="no readable checkpoint.*start over with `restart`"):
     train.run(config, tmp_path, progress=False)
   assert (tmp_path / "metrics.jsonl").read_bytes() == before
   # Starting over explicitly works.
@@ -281,17 +317,18 @@ def test_sigterm_between_evaluations_stops_within_a_call_and_resumes_bit_identic
   clean = tmp_path / "clean"
   train.run(config, clean, progress=False)
   monkeypatch.setattr(train._CallSizer, "steps", lambda self, remaining: min(remaining, 3))
-  real = train.metrics_lib.FitTracker.time_call
+  real = train.metrics_lib.Timing.time_call
+  sent = []
 
   def time_call(self, what, seconds, steps=0):
     real(self, what, seconds, steps)
     # Calls of 3 steps, cut at evaluations, end at 3, 6, ..., 18, 20, 23, 26; the first is
     # timed apart, so 23 steps are timed when the call ending at 26 returns: notice then.
-    if what == "train" and self.timing["train_steps"] >= 22 and not hasattr(self, "_sent"):
-      self._sent = True
+    if what == "train" and self.totals["train_steps"] >= 22 and not sent:
+      sent.append(True)
       os.kill(os.getpid(), signal.SIGTERM)
 
-  monkeypatch.setattr(train.metrics_lib.FitTracker, "time_call", time_call)
+  monkeypatch.setattr(train.metrics_lib.Timing, "time_call", time_call)
   stopped = train.run(config, tmp_path / "run", progress=False)
   assert stopped["status"] == "preempted" and stopped["steps_run"] == 26
   monkeypatch.undo()

@@ -8,9 +8,7 @@ import pytest
 
 from zhang import cli
 from zhang.cli import train as train_cli
-from zhang.errors import UsageError
 from zhang.experiment import config as config_lib
-from zhang.experiment import train
 
 DIGITS = "configs/digits.py"
 
@@ -81,7 +79,7 @@ def test_missing_config_file(tmp_path, capsys):
 def test_workdir_with_a_different_config_is_refused_untouched(tmp_path, capsys):
   workdir = tmp_path / "run"
   workdir.mkdir()
-  old = {"model": "mlp_3x512", "dataset": "digits"}
+  old = {"format": 1, "model": "mlp_3x512", "dataset": "digits"}
   (workdir / "config.json").write_text(json.dumps(old))
   (workdir / "metrics.jsonl").write_text("{}\n")
   before = {p.name: p.read_bytes() for p in workdir.iterdir()}
@@ -89,23 +87,6 @@ def test_workdir_with_a_different_config_is_refused_untouched(tmp_path, capsys):
   err = capsys.readouterr().err
   assert code == 2 and "holds a run with a different config" in err and "--restart" in err
   assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
-
-
-def test_workdir_from_before_a_new_config_field_still_resumes(tmp_path):
-  """A run whose config.json predates a field (here augmentation) resumes while the field
-  keeps its default, and is refused once it is set to something else; fields that once held
-  the execution plan are not a difference."""
-  config = config_lib.load(DIGITS)
-  old = config_lib.to_json_dict(config)
-  del old["augmentation"]
-  old["replica_strategy"] = "map"
-  workdir = tmp_path / "run"
-  workdir.mkdir()
-  (workdir / "config.json").write_text(json.dumps(old))
-  train.check_workdir(workdir, config, restart=False)
-  config.augmentation = "crop"
-  with pytest.raises(UsageError, match="differs in augmentation"):
-    train.check_workdir(workdir, config, restart=False)
 
 
 def test_config_overrides_are_typed_by_the_field():
@@ -174,13 +155,13 @@ def test_train_says_when_the_learning_rate_decayed_before_replicas_fitted(tmp_pa
                    "--set", "lr_decay=0.5", "--set", "lr_decay_every=2"])
   out = capsys.readouterr().out
   assert code == 0
-  lines = [l for l in out.splitlines() if "did not reach train accuracy" in l]
+  lines = [s for s in out.splitlines() if "did not reach train accuracy" in s]
   assert len(lines) == 1 and "max_steps=20" in lines[0] and "to 0.2% of its start" in lines[0]
   # Where the time went, from summary.json: every train step but the first call's (one
   # step, which compiles), two timed evaluations (the first compiles).
   timing = json.loads((tmp_path / "w" / "summary.json").read_text())["timing"]
   assert (timing["train_steps"], timing["evaluations"]) == (19, 2)
-  [line] = [l for l in out.splitlines() if l.startswith("Time: ")]
+  [line] = [s for s in out.splitlines() if s.startswith("Time: ")]
   assert f"training {timing['train_ms_per_step']:.3g} ms per step" in line
   assert f"evaluation {timing['eval_seconds_each']:.3g} s each" in line
 
@@ -198,3 +179,22 @@ def test_the_sweep_config_is_one_grid_of_every_combination():
   assert len(replicas) == len(coordinates) == 3 * 3 * 2 * 2
   assert {c[:3] for c in coordinates} == {
       (p, lr, wd) for p in (0.0, 0.5, 1.0) for lr in (0.003, 0.01, 0.03) for wd in (0.0, 5e-4)}
+
+
+def test_library_errors_name_settings_and_the_command_line_names_flags():
+  from zhang.errors import UsageError, on_command_line
+  e = UsageError("`n_train` 5000 is out of range: lower `n_train` or raise `memory_gb`; "
+                 "see `zhang kernel` and the grid key `models`")
+  flags = ["--n", "--memory_gb", "--dataset"]
+  assert on_command_line(e, flags, n_train="--n") == (
+      "--n 5000 is out of range: lower --n or raise --memory_gb; see `zhang kernel` and the "
+      "grid key `models`")
+  # With no parser at hand every backticked identifier is taken for a flag, commands are not.
+  assert on_command_line(e) == ("--n_train 5000 is out of range: lower --n_train or raise "
+                                "--memory_gb; see `zhang kernel` and the grid key --models")
+
+
+def test_a_kernel_setting_error_is_the_flag_on_the_command_line(capsys):
+  assert cli.main(["kernel", "--dataset", "digits", "--n", "99999"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("zhang kernel: error: --n 99999 is out of range for digits"), err

@@ -202,7 +202,7 @@ def _final(read_text, load_dir: str, env) -> tuple:
 def _load(workdir: str, env) -> dict:
   """``zhang.rundir.checkpoint.load(workdir)`` in a child in ``env`` (a gs:// workdir needs the
   emulator's environment, which TensorStore reads once per process)."""
-  code = ("import sys, pickle, jax; from zhang import checkpoint; "
+  code = ("import sys, pickle, jax; from zhang.rundir import checkpoint; "
           "d = checkpoint.load(sys.argv[1]); sys.stdout.buffer.write(pickle.dumps({"
           "'step': d['step'], 'params': jax.tree.leaves(d['params']), "
           "'opt_state': jax.tree.leaves(d['opt_state'])}))")

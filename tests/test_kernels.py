@@ -68,13 +68,13 @@ def test_ridge_tends_to_the_interpolant():
 def test_singular_kernel_messages(digits):
   rng = np.random.default_rng(3)
   x = rng.standard_normal((20, 5))  # d < n: X X^T has rank 5
-  with pytest.raises(kernels.SingularKernelError, match="--ridge"):
+  with pytest.raises(kernels.SingularKernelError, match="`ridge`"):
     kernels.solve(np.asfortranarray(x @ x.T), np.ones((20, 1)))
   assert issubclass(kernels.SingularKernelError, UsageError)
   # With a ridge the same system solves.
   sol = kernels.solve(np.asfortranarray(x @ x.T), np.ones((20, 1)), ridge=1e-3)
   assert np.isfinite(sol.coef).all()
-  with pytest.raises(kernels.SingularKernelError, match=r"rank <= 64 < n = 100.*--ridge"):
+  with pytest.raises(kernels.SingularKernelError, match=r"rank <= 64 < n = 100.*`ridge`"):
     kernels.evaluate(digits, 100, 10, kernel="linear", features="raw")
 
 
@@ -99,7 +99,7 @@ def test_memory_plan_and_refusal(digits):
   # A budget just above the overhead leaves room for a few hundred points only.
   tight = kernels.plan_memory(1, 359, 64, 10, int(1.5e9) + 5_000_000).max_n_train
   assert 0 < tight < 1000
-  with pytest.raises(kernels.KernelMemoryError, match=rf"use --n {tight} or less"):
+  with pytest.raises(kernels.KernelMemoryError, match=rf"use `n_train` {tight} or less"):
     kernels.evaluate(digits, 1000, 359, memory_budget_bytes=int(1.5e9) + 5_000_000)
 
 
@@ -180,5 +180,39 @@ def test_cli_json(digits, capsys):
 ])
 def test_cli_bad_input_is_one_line_exit_2(capsys, argv, needle):
   assert _cli(["kernel", "--dataset", "digits", *argv]) == 2
-  err = [l for l in capsys.readouterr().err.splitlines() if not l.startswith("[zhang kernel]")]
+  err = [ln for ln in capsys.readouterr().err.splitlines()
+         if not ln.startswith("[zhang kernel]")]
   assert len(err) == 1 and err[0].startswith("zhang kernel: error:") and needle in err[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ([], "give --dataset NAME (one kernel on a dataset) or a run directory RUN --out OUT"),
+    (["RUN"], "with RUN, --out is required"),
+    (["RUN", "--out", "o", "--dataset", "digits"], "--dataset is for the --dataset form"),
+    (["RUN", "--out", "o", "--kernel", "ntk"], "--kernel is for the --dataset form"),
+    (["RUN", "--out", "o", "--max_tflop", "0"], "--max_tflop must be > 0"),
+    (["--dataset", "digits", "--out", "o"], "--out is for RUN"),
+    (["NOT_A_DIR", "--out", "o"], "is not a directory"),
+])
+def test_cli_run_form_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
+  """`zhang kernel RUN --out OUT` (a run's kernel baseline) against `--dataset`: each
+  form's flags, one line for a mix-up."""
+  (tmp_path / "RUN").mkdir()
+  argv = [str(tmp_path / a) if a in ("RUN", "NOT_A_DIR") else a for a in argv]
+  assert _cli(["kernel", *argv]) == 2
+  err = [ln for ln in capsys.readouterr().err.splitlines()
+         if not ln.startswith("[zhang kernel]")]
+  assert len(err) == 1 and err[0].startswith("zhang kernel: error:") and needle in err[0], err
+
+
+def test_cli_run_form_refuses_a_run_on_images(monkeypatch, capsys, tmp_path):
+  """The kernel baseline is of token runs; a run on images is pointed at the other
+  commands."""
+  from zhang.probes import run as run_lib
+  fake = type("Run", (), dict(config=type("C", (), dict(dataset="digits"))()))()
+  monkeypatch.setattr(run_lib, "open", lambda workdir, data_dir=None: fake)
+  assert _cli(["kernel", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+  err = capsys.readouterr().err
+  assert "trained on digits: the kernel baseline is for token datasets" in err
+  assert "zhang kernel --dataset digits or zhang ntk RUN --out OUT" in err
+  assert not (tmp_path / "o").exists()

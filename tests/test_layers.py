@@ -1,5 +1,5 @@
-"""zhang/runtime/layers.py: the same layers and gradients as JAX's, in forms XLA CPU keeps fast inside
-the step loop."""
+"""zhang/runtime/layers.py: the same layers and gradients as JAX's, in forms XLA CPU keeps fast
+inside the step loop."""
 
 import contextlib
 import re

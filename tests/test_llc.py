@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -112,7 +113,7 @@ def test_nbeta_rules():
   assert llc.resolve_nbeta("batch", 1438, 128) == pytest.approx(128 / math.log(128))
   assert llc.resolve_nbeta("50", 1438, 128) == 50.0
   for bad in ("zero", "-1", "0", "nan"):
-    with pytest.raises(llc.UsageError, match="--nbeta must be"):
+    with pytest.raises(llc.UsageError, match="`nbeta` must be"):
       llc.parse_nbeta(bad)
 
 
@@ -174,6 +175,9 @@ def test_zhang_llc_writes_every_replica_and_step_and_leaves_the_run_alone(run_di
   result = json.loads((out / "llc.json").read_text())
   assert set(result) == {"settings", "replicas"}
   s = result["settings"]
+  # Provenance, as the report checks it: the run's path and config hash.
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert s["run"] == str(run_dir) and s["config_hash"] == summary["config_hash"]
   assert (s["chains"], s["draws"], s["burnin"], s["seed"], s["steps"]) == (2, 40, 10, 7,
                                                                            [20, 40, 60])
   assert (s["step_size"], s["gamma"], s["batch_size"], s["nbeta_rule"]) == (1e-4, 100.0, 32, "n")
@@ -205,7 +209,18 @@ def test_zhang_llc_writes_every_replica_and_step_and_leaves_the_run_alone(run_di
   for name in ("llc_traces.png", "llc_vs_corruption.png", "llc_vs_step.png"):
     assert (out / name).stat().st_size > 10_000
   assert "| true labels | 1 |" in printed.out
-  # The library reads it back and describes the same numbers.
+  _check_report(run_dir, out, result)
+  # The same seed gives the same numbers.
+  again = tmp_path / "again"
+  assert cli.main(["llc", str(run_dir), "--out", str(again), "--steps", "60", "--seed", "7",
+                   "--no_plots", *FAST]) == 0
+  assert json.loads((again / "llc.json").read_text())["replicas"] == entries[-4:]
+
+
+def _check_report(run_dir, out, result: dict) -> None:
+  """The library reads llc.json back and describes the same numbers; `zhang report` embeds
+  them."""
+  entries = result["replicas"]
   loaded = llc.load(out)
   assert loaded == result
   lines = llc.report_lines(loaded)
@@ -224,11 +239,6 @@ def test_zhang_llc_writes_every_replica_and_step_and_leaves_the_run_alone(run_di
   text = (out / "report.md").read_text()
   assert "## Local learning coefficient" in text and "(llc_vs_corruption.png)" in text
   assert f"| true labels | 1 | {true['llc']:.3g} |" in text
-  # The same seed gives the same numbers.
-  again = tmp_path / "again"
-  assert cli.main(["llc", str(run_dir), "--out", str(again), "--steps", "60", "--seed", "7",
-                   "--no_plots", *FAST]) == 0
-  assert json.loads((again / "llc.json").read_text())["replicas"] == entries[-4:]
 
 
 def test_sweep_prints_every_combination(run_dir, capsys):
@@ -266,14 +276,39 @@ def test_bad_settings_exit_2_with_one_line(run_dir, tmp_path, capsys, args, mess
   assert _snapshot(run_dir) == before
 
 
-def test_a_folder_without_checkpoints_exits_2(tmp_path, capsys):
-  (tmp_path / "empty").mkdir()
-  assert cli.main(["llc", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+def test_a_folder_without_a_run_or_checkpoints_exits_2(run_dir, tmp_path, capsys):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert cli.main(["llc", str(empty), "--out", str(tmp_path / "out")]) == 2
+  assert "config.json is missing" in _one_line_error(capsys)
+  for name in ("config.json", "summary.json"):
+    shutil.copy(run_dir / name, empty / name)
+  assert cli.main(["llc", str(empty), "--out", str(tmp_path / "out")]) == 2
   assert "has no checkpoints/ folder" in _one_line_error(capsys)
-  (tmp_path / "empty" / "checkpoints").mkdir()
-  assert cli.main(["llc", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+  (empty / "checkpoints").mkdir()
+  assert cli.main(["llc", str(empty), "--out", str(tmp_path / "out")]) == 2
   assert "holds no complete checkpoint" in _one_line_error(capsys)
   assert not (tmp_path / "out").exists()
+
+
+def test_library_errors_name_settings_not_flags(run_dir, tmp_path):
+  """The library names the setting (in backticks); `zhang llc` prints it as its flag."""
+  for settings, message in ((llc.Settings(step_size=0), "`step_size` must be a positive"),
+                            (llc.Settings(draws=0), "`draws` must be an integer >= 1"),
+                            (llc.Settings(batch_size=1000), "`batch_size` 1000 is more than")):
+    with pytest.raises(llc.UsageError) as e:
+      llc.estimate_run(run_dir, tmp_path / "out", settings)
+    assert message in str(e.value) and "--" not in str(e.value)
+  with pytest.raises(llc.UsageError, match="`steps` 'soon' must be last, all"):
+    llc.estimate_run(run_dir, tmp_path / "out", steps="soon")
+  with pytest.raises(llc.UsageError, match="`out` .* is inside the run's directory"):
+    llc.estimate_run(run_dir, run_dir / "llc")
+  warnings = []
+  llc.diagnose([dict(replica=0, kind="labels", corruption=0.0, seed=0, step=60, llc=-1.0,
+                     diverged_chains=1, settled=True, drift=0.0)],
+               llc.Settings(chains=2), warn=warnings.append)
+  assert len(warnings) == 2 and "lower `step_size` (now 0.0001) or raise `gamma`" in warnings[0]
+  assert "raise `gamma` (now 100)" in warnings[1]
 
 
 def test_out_inside_the_run_is_refused(run_dir, capsys):

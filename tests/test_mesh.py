@@ -76,7 +76,7 @@ def _results(workdir):
   summary = json.loads((workdir / "summary.json").read_text())
   summary.pop("wall_seconds")
   summary.pop("timing")  # seconds, and calls counted per process (first calls compile)
-  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return summary, rows
 
 

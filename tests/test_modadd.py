@@ -123,8 +123,7 @@ def test_adamw_step_is_optax_adamw_at_the_replicas_rate_and_decay():
 
 
 @pytest.mark.slow
-def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp_path,
-                                                                              monkeypatch):
+def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp_path):
   """configs/modadd.py:quick trains on past the fit to max_steps; the true-label replicas
   generalize (test accuracy >= 0.99) long after they fit, the random-label ones never; the
   summary's steps are the first evaluations that meet each threshold."""
@@ -168,35 +167,21 @@ def test_quick_modadd_groks_true_labels_and_records_fit_and_generalize_steps(tmp
     half = next((r["step"] for r in mine if r["test_acc"] >= grokking.HALF), np.nan)
     np.testing.assert_equal(s.loc[rep["replica"], "half_step"], half)
     assert s.loc[rep["replica"], "best_test_acc"] == max(r["test_acc"] for r in mine)
+  # The kernel baseline on the run's own split (`zhang kernel RUN --out OUT`): both kernels
+  # fit the training pairs, and neither predicts the sums of the test pairs, which the
+  # trained network does.
+  assert cli.main(["kernel", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
   written = {p.name for p in report.write_report([tmp_path], tmp_path / "report", n_boot=0)}
   assert {"grokking.png", "grokking_steps.png"} <= written
   text = (tmp_path / "report" / "report.md").read_text()
   assert "## Fit and generalization (grokking)" in text and "p = 1 never reaches 50%" in text
-  # The kernel baseline on the run's own split: both kernels fit the training pairs, and
-  # neither predicts the sums of the test pairs, which the trained network does.
-  from zhang.probes.kernels import baseline as kernel_baseline
+  from zhang.analysis import kernel_baseline
   cached = json.loads((tmp_path / "report" / kernel_baseline.FILE).read_text())
   assert [c["key"]["modulus"] for c in cached] == [23]
   assert cached[0]["n_train"] == round(0.7 * 23 ** 2)
   for row in cached[0]["rows"]:
     assert row["train_acc"] == 1.0 and row["test_acc"] < 0.2, row
   assert "## The kernel baseline" in text and "NTK of mlp_tokens at initialization" in text
-  path = tmp_path / "report" / kernel_baseline.FILE
-  cached[0]["rows"][0]["test_acc"] = -1.0  # a marker: the file is read, not recomputed
-  path.write_text(json.dumps(cached))
-  assert kernel_baseline.load_or_compute(runs, tmp_path / "report") == cached
-  cached[0]["key"]["modulus"] = 29  # another split's: recomputed and rewritten
-  path.write_text(json.dumps(cached))
-  again = kernel_baseline.load_or_compute(runs, tmp_path / "report")
-  assert again[0]["key"]["modulus"] == 23 and again[0]["rows"][0]["test_acc"] >= 0
-  assert json.loads(path.read_text()) == again
-  # A tangent kernel over the report's budget is named, with the command that computes it.
-  monkeypatch.setattr(kernel_baseline, "MAX_NTK_FLOPS", 1.0)
-  over = kernel_baseline.compute(again[0]["key"], runs)
-  assert over["rows"][0] == again[0]["rows"][0] | {"seconds": over["rows"][0]["seconds"]}
-  assert "--modulus 23 --train_fraction 0.7" in over["rows"][1]["skipped"]
-  text = "\n".join(kernel_baseline.report_lines([over], runs))
-  assert "NTK of mlp_tokens at initialization was not computed: about" in text
 
 
 def test_kernel_baseline_on_modadd_fits_and_does_not_generalize(capsys):
@@ -215,7 +200,7 @@ def test_kernel_baseline_on_modadd_fits_and_does_not_generalize(capsys):
   result = kernels.evaluate(d, len(d.train_labels), len(d.test_labels), kernel="rbf",
                             features="onehot")
   assert result["train_error"] == 0.0 and result["test_error"] > 0.9
-  with pytest.raises(UsageError, match="token inputs: use --features onehot"):
+  with pytest.raises(UsageError, match="token inputs: use `features` onehot"):
     kernels.evaluate(d, 10, 10, features="raw")
   code = cli.main(["kernel", "--dataset", "modadd", "--modulus", "11", "--train_fraction",
                    "0.5", "--n", "0", "--json"])
@@ -238,7 +223,7 @@ def test_ntk_kernel_baseline_on_modadd_interpolates_and_refuses_images(capsys):
   assert result["feature_dim"] == models.param_count("mlp_tokens", (1, 2, 1), 11)
   assert result["test_error"] > 0.5  # the kernel regime does not learn the addition
   code = cli.main(["kernel", "--dataset", "digits", "--kernel", "ntk"])
-  assert code == 2 and "use zhang ntk RUN" in capsys.readouterr().err
+  assert code == 2 and "use `zhang ntk RUN`" in capsys.readouterr().err
 
 
 def test_the_transformers_tangent_kernel_generalizes_by_commutativity_only(capsys):
@@ -286,3 +271,79 @@ def test_a_singular_tangent_kernel_is_solved_with_the_smallest_ridge_that_works(
   assert seen[3] == pytest.approx(1e2 * seen[2]) == pytest.approx(1e4 * seen[1])
   assert r["ridge"] == seen[3] and r["train_error"] == 0.0
   assert r["test_error"] == pytest.approx(exact["test_error"], abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def short_modadd_run(tmp_path_factory):
+  """configs/modadd.py:quick for 40 steps (every replica fits its training pairs by step 20;
+  about 20 s): a run with a checkpoint, for the probes."""
+  workdir = tmp_path_factory.mktemp("modadd") / "run"
+  train.run(config_lib.load("configs/modadd.py:quick", ["max_steps=40"]), workdir,
+            progress=False)
+  return workdir
+
+
+def test_the_kernel_baseline_is_a_probe_that_the_report_reads(short_modadd_run, tmp_path,
+                                                              capsys):
+  """`zhang kernel RUN --out OUT` writes OUT/kernel_baseline.json, naming its run;
+  `zhang report RUN --out OUT` only reads it: without it the report names the command,
+  with another run's it says so and skips it."""
+  from zhang.analysis import kernel_baseline
+  from zhang.formatting import pct
+  from zhang.probes import run as run_lib
+  from zhang.probes.kernels import baseline
+  run, out = short_modadd_run, tmp_path / "report"
+  report = ["report", str(run), "--out", str(out), "--n_boot", "0"]
+  assert cli.main(report) == 0  # nothing computed: the section names the command
+  assert not (out / kernel_baseline.FILE).exists()
+  text = (out / "report.md").read_text()
+  assert f"`zhang kernel {run} --out {out}` writes it" in text
+  capsys.readouterr()
+  assert cli.main(["kernel", str(run), "--out", str(out)]) == 0
+  assert str(out / kernel_baseline.FILE) in capsys.readouterr().out
+  (entry,) = json.loads((out / kernel_baseline.FILE).read_text())
+  summary = json.loads((run / "summary.json").read_text())
+  assert entry["settings"] == dict(run=str(run), config_hash=summary["config_hash"])
+  assert entry["key"] == dict(dataset="modadd", modulus=23, train_fraction=0.7, split_seed=0,
+                              model="mlp_tokens")
+  d = data.load("modadd", options=dict(modulus=23, train_fraction=0.7, split_seed=0))
+  assert (entry["n_train"], entry["n_test"]) == (len(d.train_labels), len(d.test_labels))
+  assert entry["commuted_in_train"] == pytest.approx(np.mean(data.commuted_in_train(d)))
+  assert [r["kernel"] for r in entry["rows"]] == ["rbf", "ntk"]
+  assert all(r["train_acc"] == 1.0 for r in entry["rows"])  # both interpolate
+  # The report reads it, beside the trained networks' final test accuracy (summary.json).
+  assert cli.main(report) == 0
+  text = (out / "report.md").read_text()
+  rbf, tangent = entry["rows"]
+  assert (f"| RBF on one-hot (a, b) | 100.0 | {pct(rbf['test_acc'])} | "
+          f"{pct(rbf['test_acc_commuted'])} | {pct(rbf['test_acc_not_commuted'])} |") in text
+  assert f"| NTK of mlp_tokens at initialization | 100.0 | {pct(tangent['test_acc'])} |" in text
+  true = [r for r in summary["replicas"] if r["corruption"] == 0]
+  assert (f"| mlp_tokens trained (lr 0.03, weight decay 1; {len(true)} replicas; final / "
+          f"best) | {pct(np.mean([r['final_train_acc'] for r in true]))} | "
+          f"{pct(np.mean([r['final_test_acc'] for r in true]))} / ") in text
+  assert "writes it" not in text and "skipped" not in capsys.readouterr().err
+  # Another run's file in the same folder: not embedded, said in the section and once on
+  # the terminal.
+  other = dict(entry, settings=dict(run="runs/other", config_hash="0123456789abcdef"))
+  (out / kernel_baseline.FILE).write_text(json.dumps([other]))
+  assert cli.main(report) == 0
+  text = (out / "report.md").read_text()
+  assert "| RBF on one-hot (a, b) |" not in text
+  assert ("was computed from runs/other (config hash 0123456789abcdef), not from the runs "
+          "reported here: skipped.") in text
+  assert f"`zhang kernel {run} --out {out}` writes it" in text
+  err = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+  assert len(err) == 1 and "runs/other (config hash 0123456789abcdef)" in err[0]
+  # `zhang kernel` again keeps the other run's entry beside this run's.
+  assert cli.main(["kernel", str(run), "--out", str(out)]) == 0
+  kept = json.loads((out / kernel_baseline.FILE).read_text())
+  assert [e["settings"]["run"] for e in kept] == ["runs/other", str(run)]
+  # A tangent kernel over the budget is skipped, with the flag that allows it.
+  over = baseline.compute(run_lib.open(run), max_flops=1.0)
+  assert over["rows"][0] | {"seconds": 0} == rbf | {"seconds": 0}
+  assert "--max_tflop" in over["rows"][1]["skipped"]
+  from zhang.analysis import load
+  lines = kernel_baseline.report_lines([over], load.load_runs(run), out)
+  assert any("NTK of mlp_tokens at initialization was not computed: about" in line
+             for line in lines)

@@ -43,6 +43,8 @@ def test_analysis_notebook_runs(tmp_path, monkeypatch):
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) >= 5  # fig1a, 1b, 1c, confidence, and the comparison's fig1b
   assert "mlp_1x512: " in text and "status complete" in text
+  # Run files without checkpoints: nothing to evaluate, said in one line.
+  assert "No trained replica to evaluate here: " in text and "has no checkpoints/" in text
 
 
 # --- The same notebook, and `zhang report`, on a real (tiny) training run. -------------------
@@ -92,6 +94,13 @@ def test_analysis_notebook_runs_on_real_run(real_run, tmp_path, monkeypatch):
   assert len(images) >= 4  # fig1a, 1b, 1c, confidence (no second run to compare)
   assert "mlp_1x512: mlp_1x512 on digits, status complete, 60 steps, 9 replicas" in text
   assert "Set ZHANG_RUN_DIR_B" in text
+  # The trained replicas evaluated through zhang.probes.run, beside metrics.jsonl's record.
+  assert "9 replicas evaluated at step 60 (saved steps [60])" in text
+  table = next(o.data["text/plain"] for o in outputs
+               if "test_acc_recorded" in o.get("data", {}).get("text/plain", ""))
+  rows = [line.split() for line in table.splitlines()[2:]]
+  assert [int(r[0]) for r in rows] == list(range(9))
+  assert all(r[-2] == r[-1] for r in rows), table  # test_acc, as training recorded it
 
 
 def test_report_cli_on_real_run(real_run, tmp_path, monkeypatch, capsys):

@@ -1,5 +1,6 @@
-"""The empirical NTK (zhang/probes/ntk/empirical.py), the kernel regime's dynamics (zhang/probes/ntk/dynamics.py) and
-`zhang ntk` on a finished run (zhang/probes/ntk/on_run.py, ntk_predict.py, ntk_report.py, ntk_cli.py)."""
+"""The empirical NTK (zhang/probes/ntk/empirical.py), the kernel regime's dynamics
+(zhang/probes/ntk/dynamics.py) and `zhang ntk` on a finished run (zhang/probes/ntk/request.py,
+predict.py, zhang/analysis/ntk.py, zhang/cli/ntk.py)."""
 
 import json
 import pathlib
@@ -20,7 +21,7 @@ from zhang.experiment import config as config_lib
 from zhang.experiment import models, step, train
 from zhang.probes.ntk import dynamics as dyn
 from zhang.probes.ntk import empirical as ntk
-from zhang.probes.ntk import on_run as ntk_run
+from zhang.probes.ntk import request as ntk_request
 from zhang.runtime import flops
 
 
@@ -42,7 +43,7 @@ def _init(module, shape, seed=0):
     leaves, tree = jax.tree.flatten(variables["batch_stats"])
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     state = {"batch_stats": jax.tree.unflatten(tree, [
-        jnp.abs(jax.random.normal(k, l.shape)) + 0.5 for k, l in zip(keys, leaves)])}
+        jnp.abs(jax.random.normal(k, leaf.shape)) + 0.5 for k, leaf in zip(keys, leaves)])}
   return variables["params"], state
 
 
@@ -108,7 +109,7 @@ def test_the_factored_layers_are_the_dense_ones_on_vectors():
   found = ntk.dense_layers(_ConvNet(), shapes, (4, 4, 2))
   assert found == (ntk.DenseLayer(("Dense_1",), 80, 3, True),)  # not Dense_0 on (B, 4, 4, 4)
   tk = ntk.TangentKernel(models.get("mlp_1x512").build(10), 10, (8, 8, 1))
-  assert [(l.d_in, l.d_out) for l in tk.dense] == [(64, 512), (512, 10)]
+  assert [(layer.d_in, layer.d_out) for layer in tk.dense] == [(64, 512), (512, 10)]
   assert tk.num_params == 38410 and tk.generic_params == 0
   assert tk.floats_per_example == 64 + 10 * 512 + 512 + 10 * 10
 
@@ -167,7 +168,8 @@ def test_a_linear_models_gradient_descent_follows_the_prediction(momentum, decay
       if t in steps:
         actual.append(float(jnp.sum((apply(p) - y) ** 2)))
       updates, opt_state = opt.update(jax.grad(loss)(p), opt_state, p)
-      p = jax.tree.map(lambda w, u: w - rate(t) * u, p, updates)
+      lr = rate(t)
+      p = jax.tree.map(lambda w, u, lr=lr: w - lr * u, p, updates)
   actual = np.asarray(actual) / actual[0]
   np.testing.assert_allclose(predicted, actual, rtol=1e-9)
   assert actual[-1] < 0.6 and np.all(np.diff(actual[:3]) < 0)  # it trained
@@ -267,32 +269,12 @@ def finished_run(tmp_path_factory):
   return workdir
 
 
-def test_rebuilt_initialization_is_the_trainers(finished_run):
-  """The parameters, labels and inputs ntk rebuilds are train.build's for the same config."""
-  setup = ntk_run.prepare(finished_run)
-  rebuilt = ntk_run.Rebuilt(setup)
-  config, replicas = setup.run.config, setup.run.replicas
-  _, d, reps, states, _ = train.build(config, replicas, setup.dataset)
-  np.testing.assert_array_equal(rebuilt.labels, np.asarray(reps.labels))
-  for r in replicas:
-    params, state = rebuilt.state(r)
-    assert state == {}
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(states.params)):
-      np.testing.assert_array_equal(a, np.asarray(b)[r.index])
-  pixels = replicas[-1]
-  assert pixels.kind == "random_pixels"
-  x = rebuilt.inputs(pixels, 0)
-  want = step.grid_inputs(rebuilt.settings, reps, d, d.train_images,
-                          jnp.arange(d.train_images.shape[0]), 0)[pixels.index]
-  np.testing.assert_allclose(np.asarray(x), np.asarray(want), rtol=1e-6, atol=1e-6)
-  assert not np.allclose(np.asarray(x), np.asarray(rebuilt.inputs(replicas[0], 0)))
-
-
 def test_ntk_end_to_end(finished_run, tmp_path, capsys):
   out = tmp_path / "ntk"
   assert cli.main(["ntk", str(finished_run), "--out", str(out)]) == 0
   captured = capsys.readouterr()
-  kernel_lines = [l for l in captured.err.splitlines() if l.startswith("[zhang ntk] kernel")]
+  kernel_lines = [line for line in captured.err.splitlines()
+                  if line.startswith("[zhang ntk] kernel")]
   assert len(kernel_lines) == 3  # seed 0 labels, seed 1 labels, seed 0 random pixels
   result = ntk_report.load(out)
   assert sorted(p.name for p in out.iterdir()) == sorted(["ntk.json", *ntk_report.FIGURES])
@@ -302,6 +284,8 @@ def test_ntk_end_to_end(finished_run, tmp_path, capsys):
   assert (s["n"], s["n_test"], s["criterion"], s["threshold"], s["loss"],
           s["kernel_method"]) == (96, 64, "accuracy", 0.1, "cross_entropy", "structured")
   summary = json.loads((finished_run / "summary.json").read_text())
+  # Provenance, as the report checks it: the run's path and config hash.
+  assert s["run"] == str(finished_run) and s["config_hash"] == summary["config_hash"]
   fits = [r["fit_step"] for r in summary["replicas"]]
   by = {r["replica"]: r for r in result["replicas"]}
   assert [by[i]["measured_fit_step"] for i in range(4)] == fits
@@ -320,14 +304,13 @@ def test_ntk_end_to_end(finished_run, tmp_path, capsys):
   assert by[1]["predicted_fit_step"] > by[0]["predicted_fit_step"]  # random labels: slower
   # Kernel interpolation's test accuracy, against a direct solve with the jacobian method's
   # kernel of the same initialization.
-  setup = ntk_run.prepare(finished_run)
-  rebuilt = ntk_run.Rebuilt(setup)
-  r = setup.run.replicas[1]
-  params, state = rebuilt.state(r)
+  setup = ntk_request.prepare(finished_run)
+  run = setup.run
+  r = run.replicas[1]
+  params, state = run.variables(run.state(0), r)
   tk = ntk.TangentKernel(setup.module, 10, (8, 8, 1), "jacobian")
-  k, kt, _ = tk.matrices(params, state, rebuilt.inputs(r, 0), rebuilt.inputs(r, 1),
-                         dtype="float64")
-  pred = (kt @ np.linalg.solve(k, np.eye(10)[rebuilt.labels[1]])).argmax(1)
+  k, kt, _ = tk.matrices(params, state, run.inputs(r, 0), run.inputs(r, 1), dtype="float64")
+  pred = (kt @ np.linalg.solve(k, np.eye(10)[run.labels[1]])).argmax(1)
   assert by[1]["kernel_test_acc"] == pytest.approx(
       np.mean(pred == setup.dataset.test_labels), abs=1e-12)
   assert "Where the prediction fails:" in ntk_report.summary_lines(result)
@@ -365,11 +348,11 @@ def _set_step0_loss(run):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("empty", "holds no finished run (config.json is missing)"),
+    ("empty", "config.json is missing"),
     ("running", "is not finished (summary.json says status 'running'"),
-    ("no_model", "cannot rebuild the initial parameters of the run in"),
+    ("no_model", "the files come from different runs (or config.json was edited)"),
     ("unknown_model", "unknown model 'resnet'"),
-    ("shapes", "checkpoint's parameters have other shapes"),
+    ("shapes", "the files come from different runs (or config.json was edited)"),
     ("n", "--n 97 is out of range: the run's training set has 96 examples"),
     ("memory", "needs"),
     ("threshold", "--threshold 1.5 must be in (0, 1)"),
@@ -420,7 +403,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(finished_run, tmp_path, ca
     jax.monitoring.unregister_event_duration_listener(listener)
     jax.monitoring.unregister_event_listener(listener)
   err = capsys.readouterr().err.strip().splitlines()
-  errors = [l for l in err if not l.startswith("[zhang ntk]")]
+  errors = [line for line in err if not line.startswith("[zhang ntk]")]
   assert code == 2 and len(errors) == 1 and message in errors[0], err
   assert errors[0].startswith("zhang ntk: error: ")
   assert (out.is_file() and out.read_text() == "") if case == "out_file" else not out.exists()
@@ -449,7 +432,7 @@ def test_the_report_section_is_computed_from_the_numbers():
                               criterion="residual", loss="cross_entropy", horizon=10000),
                 replicas=reps)
   lines = ntk_report.summary_lines(result)
-  table = [l for l in lines if l.startswith("| 1 ")]
+  table = [line for line in lines if line.startswith("| 1 ")]
   assert table == ["| 1 | 450 | 4.50x | never | – | 25.00x | – | 10.0 | 12.0 |"]
   words = "\n".join(lines)
   assert "predicted fit at step 200, measured 100: the kernel regime is 2.0x slower" in words

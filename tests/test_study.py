@@ -56,18 +56,30 @@ def test_study_is_its_models_runs_and_resumes_to_the_same_results(study, tmp_pat
   assert models == ["mlp_1x512"] * 5 + ["mlp_3x512"] * 4
   assert all(r["model"] == m for m in MODELS
              for r in _rows(tmp_path / "clean" / m).values())
+  # The study's own files are of the run-file format too.
+  for name in ("config.json", "summary.json"):
+    assert json.loads((tmp_path / "clean" / name).read_text())["format"] == 1
 
-  # Preempted while the second model trains, then resumed.
-  real = train.metrics_lib.FitTracker.time_call
+  _preempt_in_the_second_model_and_resume(study, tmp_path, monkeypatch)
+  _check_the_analysis_of(tmp_path / "clean", clean, tmp_path)
+
+
+def _preempt_in_the_second_model_and_resume(study, tmp_path, monkeypatch):
+  """Preempted while the second model trains, then resumed: the same rows as the clean
+  study's (in ``tmp_path / "clean"``); rerun once complete, nothing changes."""
+  real = train.metrics_lib.Timing.time_call
+  runs, sent = [], []  # each model's run times its calls with a Timing of its own
 
   def time_call(self, what, seconds, steps=0):
     real(self, what, seconds, steps)
-    if (what == "train" and self.header["model"] == "mlp_3x512"
-        and self.timing["train_steps"] >= 10 and not hasattr(self, "_sent")):
-      self._sent = True
+    if self not in runs:
+      runs.append(self)
+    if (what == "train" and runs.index(self) == 1  # the second model's run: mlp_3x512
+        and self.totals["train_steps"] >= 10 and not sent):
+      sent.append(True)
       os.kill(os.getpid(), signal.SIGTERM)
 
-  monkeypatch.setattr(train.metrics_lib.FitTracker, "time_call", time_call)
+  monkeypatch.setattr(train.metrics_lib.Timing, "time_call", time_call)
   monkeypatch.setattr(train._CallSizer, "steps", lambda self, remaining: min(remaining, 5))
   stopped = train.run(study, tmp_path / "run", progress=False)
   assert stopped["status"] == "preempted"
@@ -89,8 +101,10 @@ def test_study_is_its_models_runs_and_resumes_to_the_same_results(study, tmp_pat
   again = train.run(study, tmp_path / "run", progress=False)
   assert again.get("already_complete") and _files(tmp_path / "run") == before
 
-  # The analysis sees the study as one table, and the regularizer table pairs twins.
-  runs = analysis.load_runs(tmp_path / "clean")
+
+def _check_the_analysis_of(study_dir, clean, tmp_path):
+  """The analysis sees the study as one table, and the regularizer table pairs twins."""
+  runs = analysis.load_runs(study_dir)
   assert sorted(runs.replicas.model.unique()) == MODELS and len(runs.replicas) == 9
   eff = regularization.effects(runs)
   summary = pd.DataFrame(clean["replicas"])
@@ -105,7 +119,7 @@ def test_study_is_its_models_runs_and_resumes_to_the_same_results(study, tmp_pat
     assert e["diff"] == pytest.approx(on.final_test_acc.iloc[0] - off.final_test_acc.iloc[0])
   assert set(eff.regularizer) == {"weight decay 0.001", "augmentation crop"}
   assert len(eff[eff.regularizer == "weight decay 0.001"]) == 4  # 2 models x 2 labels
-  written = report.write_report([tmp_path / "clean"], tmp_path / "report", n_boot=0)
+  written = report.write_report([study_dir], tmp_path / "report", n_boot=0)
   names = {p.name for p in written}
   assert {"table1.md", "fig2a.png", "early_stopping.png", "report.md"} <= names
   text = (tmp_path / "report" / "table1.md").read_text()

@@ -1,6 +1,8 @@
 import dataclasses
 import functools
+import hashlib
 import json
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -96,7 +98,7 @@ def test_train_step_is_sgd_momentum_with_l2_on_the_replicas_own_rate():
                                step.schedule(0.5, 1)(t))
     g = jax.grad(loss)(w)
     v = jax.tree.map(lambda v, g, w: 0.9 * v + g + wd * w, v, g, w)
-    w = jax.tree.map(lambda w, v: w - lr * 0.5 ** t * v, w, v)
+    w = jax.tree.map(lambda w, v, t=t: w - lr * 0.5 ** t * v, w, v)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(w)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
@@ -122,8 +124,8 @@ def test_evaluate_equals_a_direct_computation(tiny_config):
     return module.apply({"params": params}, data.whiten(x), train=False)
 
   for i, r in enumerate(replicas):
-    rep = jax.tree.map(lambda a: a[i], reps)
-    params = jax.tree.map(lambda a: a[i], states.params)
+    rep = jax.tree.map(operator.itemgetter(i), reps)
+    params = jax.tree.map(operator.itemgetter(i), states.params)
     for split, images, labels, prefix in (
         (randomize.TRAIN, d.train_images, rep.labels, "train"),
         (randomize.TEST, d.test_images, d.test_labels, "test")):
@@ -145,8 +147,17 @@ def test_evaluate_equals_a_direct_computation(tiny_config):
 
 def test_run_writes_the_contract(tiny_config, tmp_path):
   summary = train.run(tiny_config, tmp_path, progress=False)
-  assert json.loads((tmp_path / "config.json").read_text())["model"] == "mlp_1x512"
-  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["model"] == "mlp_1x512"
+  # Both JSON files carry the run-file format; the config's hash is of its fields alone
+  # (the same experiment keeps its hash whatever format its files are written in).
+  assert config.pop("format") == 1
+  assert json.loads((tmp_path / "summary.json").read_text())["format"] == 1
+  assert "format" not in summary
+  assert summary["config_hash"] == hashlib.sha256(
+      json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+  assert config == config_lib.to_json_dict(config_lib.resolve(tiny_config))
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   r = len(summary["replicas"])
   assert r == 7
   steps = sorted({row["step"] for row in rows})
@@ -320,12 +331,20 @@ def test_calibration_error_matches_numpy():
   assert ece.min() > 0.05  # far from calibrated: the test can fail
 
 
+def _host_logits(module, d, rep, params, images, split):
+  """A label replica's logits on ``images`` of ``split``, its model applied in one go."""
+  x = randomize.randomize_inputs("labels", rep.rand_key, data.scale(images),
+                                 jnp.arange(images.shape[0]), split, rep.shared_perm,
+                                 d.gauss_mean, d.gauss_std)
+  return module.apply({"params": params}, data.whiten(x), train=False)
+
+
 def test_noisy_clean_accuracies_and_ece_match_a_host_recomputation(tiny_config, tmp_path):
   """A run's last rows against the checkpoint's models applied on the host: train accuracy
   on the clean and the corrupted examples (against both labels), the test ECE and its bins;
   replicas without corrupted labels have null noisy fields."""
   train.run(tiny_config, tmp_path, progress=False)
-  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   summary = json.loads((tmp_path / "summary.json").read_text())
   ck = checkpoint.load(tmp_path)
   last = {row["replica"]: row for row in rows if row["step"] == ck["step"]}
@@ -346,12 +365,9 @@ def test_noisy_clean_accuracies_and_ece_match_a_host_recomputation(tiny_config, 
       assert row["train_acc_clean"] == pytest.approx(row["train_acc"])
     if r.kind != "labels":
       continue
-    rep = jax.tree.map(lambda a: a[i], reps)
-    params = jax.tree.map(lambda a: a[i], ck["params"])
-    apply = jax.jit(lambda p, images, split: module.apply(
-        {"params": p}, data.whiten(randomize.randomize_inputs(
-            "labels", rep.rand_key, data.scale(images), jnp.arange(images.shape[0]), split,
-            rep.shared_perm, d.gauss_mean, d.gauss_std)), train=False), static_argnums=2)
+    rep = jax.tree.map(operator.itemgetter(i), reps)
+    params = jax.tree.map(operator.itemgetter(i), ck["params"])
+    apply = jax.jit(functools.partial(_host_logits, module, d, rep), static_argnums=2)
     pred = np.asarray(apply(params, d.train_images, randomize.TRAIN)).argmax(-1)
     labels = np.asarray(rep.labels)
     noisy = labels != true
@@ -399,11 +415,11 @@ def test_per_example_fit_times_follow_every_evaluation(tiny_config, tmp_path):
   assert last == 60 and fit.shape == noisy.shape == (len(replicas), 256)
   true = np.asarray(dataset.train_labels)
   for i, r in enumerate(replicas):
-    rep = jax.tree.map(lambda a: a[i], reps)
+    rep = jax.tree.map(operator.itemgetter(i), reps)
     x = data.whiten(randomize.randomize_inputs(
         r.kind, rep.rand_key, data.scale(d.train_images), jnp.arange(256), randomize.TRAIN,
         rep.shared_perm, d.gauss_mean, d.gauss_std))
-    hits = np.stack([np.asarray(module.apply({"params": jax.tree.map(lambda a: a[i],
+    hits = np.stack([np.asarray(module.apply({"params": jax.tree.map(operator.itemgetter(i),
                                                                      params[s])},
                                              x, train=False)).argmax(-1) == np.asarray(rep.labels)
                      for s in steps])  # (evaluations, n)

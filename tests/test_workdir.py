@@ -2,6 +2,7 @@
 libraries, and what a run prints while it trains."""
 
 import io
+import json
 import logging
 import os
 import pathlib
@@ -36,8 +37,9 @@ def test_a_held_workdir_refuses_a_second_run_and_names_the_holder(tiny_config, t
 def test_a_stale_lock_of_a_killed_run_blocks_nothing(tmp_path):
   """The lock is the kernel's flock, dropped when its process dies: a killed run's lock
   file, still naming it, does not block a resume."""
-  script = ("import sys, os; from zhang import workdir as w; from zhang.rundir.metrics import "
-            "workdir_path; w.Lock(workdir_path(sys.argv[1])).acquire(); os.kill(os.getpid(), 9)")
+  script = ("import sys, os; from zhang.rundir import workdir as w; from zhang.rundir.metrics "
+            "import workdir_path; w.Lock(workdir_path(sys.argv[1])).acquire(); "
+            "os.kill(os.getpid(), 9)")
   proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT)
   assert proc.returncode == -9
   assert "zhang train, process" in (tmp_path / "lock").read_text()
@@ -63,7 +65,8 @@ def test_a_workdir_that_cannot_be_written_is_one_line_before_any_data(tmp_path, 
   parent.mkdir()
   parent.chmod(0o555)
   workdir = parent / sub if sub else parent
-  script = ("import sys\nfrom zhang import config, train\nfrom zhang.errors import UsageError\n"
+  script = ("import sys\nfrom zhang.experiment import config, train\n"
+            "from zhang.errors import UsageError\n"
             "c = config.base_config(); c.dataset = 'fashion_mnist'; c.data_dir = '/no/such/dir'\n"
             "try:\n  train.prepare(c, sys.argv[1])\n"
             "except UsageError as e:\n  print(e)\n")
@@ -72,9 +75,49 @@ def test_a_workdir_that_cannot_be_written_is_one_line_before_any_data(tmp_path, 
   # The workdir is checked before the dataset (not in that data_dir) is looked for.
   what = (f"cannot write in workdir {workdir}" if not sub else
           f"cannot create workdir {workdir}: {parent} cannot be written")
-  assert proc.stdout == f"{what} (permission denied): choose a --workdir you can write to, " \
+  assert proc.stdout == f"{what} (permission denied): choose a `workdir` you can write to, " \
                         "or fix its permissions\n"
   assert os.listdir(parent) == []
+
+
+SMALL = ["--config", "configs/digits.py", "--config.n_train=256", "--config.n_test=128",
+         "--config.batch_size=32", "--config.max_steps=20", "--config.eval_every=20",
+         "--config.grid=[dict(kinds=['labels'], corruptions=[0.0], seeds=[0])]", "--no_progress"]
+
+
+@pytest.mark.parametrize("written", [None, 0, 2])
+def test_a_run_of_another_format_is_refused_in_one_line_untouched(tmp_path, capsys, written):
+  """A workdir whose config.json is of another run-file format (none: written before files
+  carried one) is refused with exit 2, naming the version and what to do, its files as they
+  were; ``--restart`` trains it anew in this format."""
+  from zhang import cli
+  from zhang.rundir import format as format_lib
+  workdir = tmp_path / "run"
+  assert cli.main(["train", *SMALL, "--workdir", str(workdir)]) == 0
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["format"] == format_lib.FORMAT == 1
+  del config["format"]
+  if written is not None:
+    config["format"] = written
+  (workdir / "config.json").write_text(json.dumps(config))
+  before = _files(workdir)
+  capsys.readouterr()
+  code = cli.main(["train", *SMALL, "--workdir", str(workdir)])
+  err = capsys.readouterr().err
+  assert code == 2 and len(err.splitlines()) == 1, err
+  found = {None: "0 (no format field", 0: "0 (no format field", 2: "2 (written by a newer"}
+  assert (f"zhang train: error: {workdir / 'config.json'} is in run-file format "
+          f"{found[written]}") in err
+  assert ("this zhang reads format 1: rerun `zhang train --restart` in that workdir to train "
+          "it again, or read it with the version of zhang that wrote it") in err
+  assert _files(workdir) == before
+  assert cli.main(["train", *SMALL, "--workdir", str(workdir), "--restart"]) == 0
+  assert json.loads((workdir / "config.json").read_text())["format"] == 1
+  assert json.loads((workdir / "summary.json").read_text())["format"] == 1
+
+
+def _files(folder: pathlib.Path) -> dict:
+  return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_library_noise_goes_to_the_workdir_log(tmp_path, capsys):

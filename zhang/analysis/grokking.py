@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from zhang.analysis.load import Runs
+from zhang.formatting import md_table
+from zhang.formatting import pct as _pct
 
 
 def applies(runs: Runs) -> bool:
@@ -89,10 +91,6 @@ def _steps(x) -> str:
   return "–" if x is None or not np.isfinite(x) else f"{x:,.0f}"
 
 
-def _pct(x) -> str:
-  return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
-
-
 def _noise_words(clean, noisy: pd.DataFrame) -> list[str]:
   """What each corruption level did to generalization, in words, against the true labels'
   row ``clean`` (None when the run has none)."""
@@ -136,10 +134,9 @@ def report_lines(runs: Runs, s: pd.DataFrame | None = None) -> list[str]:
          f"{100 * HALF:.0f}%; steps are means over the replicas that got there; *delay*: "
          f"generalize step minus fit step; *best*: the highest test accuracy of any "
          f"evaluation.", "",
-         "| model | learning rate | weight decay | label corruption | fitted | fit step | "
-         "generalized | generalize step | delay | half | half step | best test acc (%) | "
-         "final test acc (%) |", "|" + "---|" * 13,
-         *("| " + " | ".join(r) + " |" for r in rows), ""]
+         *md_table(["model", "learning rate", "weight decay", "label corruption", "fitted",
+                    "fit step", "generalized", "generalize step", "delay", "half",
+                    "half step", "best test acc (%)", "final test acc (%)"], rows), ""]
   words = []
   for (model, lr, wd), g in t.groupby(["model", "learning_rate", "weight_decay"]):
     clean = g[g.corruption == 0]

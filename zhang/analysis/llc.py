@@ -18,12 +18,13 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
+from zhang.analysis import plots
 from zhang.errors import UsageError
+from zhang.formatting import KIND_COLORS, corruption_colours, md_table
+from zhang.formatting import condition_name as condition
 
-DPI = 110
+DPI = plots.DPI
 KIND_ORDER = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
-KIND_COLORS = {"labels": "#1f77b4", "shuffled_pixels": "#2ca02c", "random_pixels": "#ff7f0e",
-               "gaussian": "#9467bd"}
 KIND_MARKERS = {"labels": "o", "shuffled_pixels": "s", "random_pixels": "^", "gaussian": "D"}
 
 
@@ -40,14 +41,6 @@ def load(path) -> dict:
   if not isinstance(result, dict) or not {"settings", "replicas"} <= set(result):
     raise UsageError(f"{path} is not an llc.json (it needs settings and replicas)")
   return result
-
-
-def condition(kind: str, corruption: float) -> str:
-  """'true labels', 'labels p=0.2', 'random labels', 'shuffled pixels', ..."""
-  if kind == "labels":
-    return {0.0: "true labels", 1.0: "random labels"}.get(corruption, f"labels p={corruption:g}")
-  name = kind.replace("_", " ")
-  return name if corruption == 0 else f"{name} p={corruption:g}"
 
 
 def _order(e: dict) -> tuple:
@@ -116,11 +109,7 @@ def conditions(entries: list[dict], hp_name=None) -> list[dict]:
 
 
 def _save(fig, path: epath.Path) -> epath.Path:
-  import io
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=DPI)
-  path.write_bytes(buf.getvalue())
-  return path
+  return plots.save(fig, path)
 
 
 def _title(s: dict) -> str:
@@ -143,10 +132,18 @@ def plot(llc: dict, out_dir) -> list[epath.Path]:
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   entries = [e for e in llc["replicas"] if e["llc"] is not None]
-  hp_name = _hp_namer(entries)
   combos = sorted({_hparams(e) for e in entries}, key=_hp_sort)
   style = {hp: LINESTYLES[i % len(LINESTYLES)] for i, hp in enumerate(combos)}
-  written = []
+  written = [_save(_vs_corruption(llc, entries, style), out_dir / "llc_vs_corruption.png")]
+  if len({e["step"] for e in entries}) > 1:
+    written.append(_save(_vs_step(llc, entries, style), out_dir / "llc_vs_step.png"))
+  return written
+
+
+def _vs_corruption(llc: dict, entries: list[dict], style: dict) -> Figure:
+  """lambda-hat against corruption at each replica's last step: a point per replica (the
+  chains' standard error), a line through the means per kind and combination."""
+  hp_name = _hp_namer(entries)
   fig = Figure(figsize=(8.0, 5.0), dpi=DPI, layout="constrained")
   ax = fig.subplots()
   last = _last(entries)
@@ -155,7 +152,7 @@ def plot(llc: dict, out_dir) -> list[epath.Path]:
   for i, kind in enumerate(kinds):
     color = KIND_COLORS.get(kind, f"C{i + 4}")
     marker = KIND_MARKERS.get(kind, "o")
-    for h, hp in enumerate(combos):
+    for h, hp in enumerate(style):
       mine = [e for e in last if e["kind"] == kind and _hparams(e) == hp]
       seeds = sorted({e["seed"] for e in mine})
       for j, e in enumerate(mine):  # offsets per seed, kind and combination keep points apart
@@ -177,43 +174,44 @@ def plot(llc: dict, out_dir) -> list[epath.Path]:
   ax.set_title(_title(llc["settings"]), fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  written.append(_save(fig, out_dir / "llc_vs_corruption.png"))
-  steps = sorted({e["step"] for e in entries})
-  if len(steps) > 1:
-    fig = Figure(figsize=(8.0, 5.0), dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    by_replica = defaultdict(list)
-    for e in entries:
-      by_replica[e["replica"]].append(e)
-    names = sorted({condition(e["kind"], e["corruption"]) for e in entries},
-                   key=lambda n: _order(next(e for e in entries
-                                             if condition(e["kind"], e["corruption"]) == n)))
-    from zhang.analysis.plots import corruption_colours
-    # Label corruption alone (modadd): the grokking figure's colours; with pixel kinds too,
-    # one colour per condition.
-    only_labels = all(e["kind"] == "labels" for e in entries)
-    levels = corruption_colours(sorted({e["corruption"] for e in entries}))
-    labelled = set()
-    for replica, mine in sorted(by_replica.items()):
-      mine.sort(key=lambda e: e["step"])
-      first = mine[0]
-      name = condition(first["kind"], first["corruption"])
-      label = name + (f", {hp_name(first)}" if hp_name(first) else "")
-      color = levels[first["corruption"]] if only_labels else None
-      ax.errorbar([e["step"] for e in mine], [e["llc"] for e in mine],
-                  yerr=[e["llc_se"] or 0.0 for e in mine], fmt="o", ls=style[_hparams(first)],
-                  ms=3, capsize=2, color=color or f"C{names.index(name) % 10}",
-                  label=None if label in labelled else label)
-      labelled.add(label)
-    _log_if_wide(ax, "y", [e["llc"] for e in entries])
-    _log_if_wide(ax, "x", steps, ratio=10.0)
-    ax.set_xlabel("training step of the checkpoint")
-    ax.set_ylabel("lambda-hat")
-    ax.set_title(_title(llc["settings"]), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    written.append(_save(fig, out_dir / "llc_vs_step.png"))
-  return written
+  return fig
+
+
+def _vs_step(llc: dict, entries: list[dict], style: dict) -> Figure:
+  """lambda-hat against the checkpoint's step, a line per replica."""
+  hp_name = _hp_namer(entries)
+  fig = Figure(figsize=(8.0, 5.0), dpi=DPI, layout="constrained")
+  ax = fig.subplots()
+  by_replica = defaultdict(list)
+  for e in entries:
+    by_replica[e["replica"]].append(e)
+  names = sorted({condition(e["kind"], e["corruption"]) for e in entries},
+                 key=lambda n: _order(next(e for e in entries
+                                           if condition(e["kind"], e["corruption"]) == n)))
+  # Label corruption alone (modadd): the grokking figure's colours; with pixel kinds too,
+  # one colour per condition.
+  only_labels = all(e["kind"] == "labels" for e in entries)
+  levels = corruption_colours(sorted({e["corruption"] for e in entries}))
+  labelled = set()
+  for _, mine in sorted(by_replica.items()):
+    mine.sort(key=lambda e: e["step"])
+    first = mine[0]
+    name = condition(first["kind"], first["corruption"])
+    label = name + (f", {hp_name(first)}" if hp_name(first) else "")
+    color = levels[first["corruption"]] if only_labels else None
+    ax.errorbar([e["step"] for e in mine], [e["llc"] for e in mine],
+                yerr=[e["llc_se"] or 0.0 for e in mine], fmt="o", ls=style[_hparams(first)],
+                ms=3, capsize=2, color=color or f"C{names.index(name) % 10}",
+                label=None if label in labelled else label)
+    labelled.add(label)
+  _log_if_wide(ax, "y", [e["llc"] for e in entries])
+  _log_if_wide(ax, "x", sorted({e["step"] for e in entries}), ratio=10.0)
+  ax.set_xlabel("training step of the checkpoint")
+  ax.set_ylabel("lambda-hat")
+  ax.set_title(_title(llc["settings"]), fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  return fig
 
 
 def plot_traces(llc: dict, traces: np.ndarray, out_dir) -> epath.Path:
@@ -280,13 +278,11 @@ def report_lines(llc: dict) -> list[str]:
   rows = conditions(last)
   if len(steps) > 1:
     lines += [f"At each replica's last estimated step ({steps[-1]:,}):", ""]
-  lines += ["| condition | replicas | lambda-hat | se (chains) | seeds' range | L_n(w*) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |"]
-  for c in rows:
-    spread = "-" if c["replicas"] < 2 or c["llc"] is None else (
-        f"{c['low']:.3g} - {c['high']:.3g}")
-    lines.append(f"| {c['name']} | {c['replicas']} | {_num(c['llc'])} | {_num(c['se'], 2)} | "
-                 f"{spread} | {c['init_loss']:.2g} |")
+  cells = [[c["name"], c["replicas"], _num(c["llc"]), _num(c["se"], 2),
+            "-" if c["replicas"] < 2 or c["llc"] is None else
+            f"{c['low']:.3g} - {c['high']:.3g}", f"{c['init_loss']:.2g}"] for c in rows]
+  lines += md_table(["condition", "replicas", "lambda-hat", "se (chains)", "seeds' range",
+                     "L_n(w*)"], cells, align="lrrrrr")
   lines += [""] + _reading(rows, last, entries, d)
   if len(steps) > 1:
     lines += step_table(entries)
@@ -299,13 +295,13 @@ def step_table(entries: list[dict]) -> list[str]:
   entries = [e for e in entries if e["llc"] is not None]
   hp_name = _hp_namer(entries)
   names = [c["name"] for c in conditions(entries, hp_name)]
-  lines = ["lambda-hat through training (mean over seeds at each checkpoint):", "",
-           "| step | " + " | ".join(names) + " |", "| ---: |" + " ---: |" * len(names)]
+  cells = []
   for step in sorted({e["step"] for e in entries}):
     at = {c["name"]: c["llc"] for c in conditions([e for e in entries if e["step"] == step],
                                                   hp_name)}
-    lines.append(f"| {step:,} | " + " | ".join(_num(at.get(n)) for n in names) + " |")
-  return lines + [""]
+    cells.append([f"{step:,}", *(_num(at.get(n)) for n in names)])
+  return (["lambda-hat through training (mean over seeds at each checkpoint):", ""]
+          + md_table(["step", *names], cells, align="r" * (len(names) + 1)) + [""])
 
 
 def _reading(rows: list[dict], last: list[dict], entries: list[dict], d: int) -> list[str]:

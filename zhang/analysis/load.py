@@ -15,20 +15,20 @@ import pandas as pd
 from etils import epath
 
 from zhang.errors import UsageError
+from zhang.formatting import condition_name
+from zhang.rundir import format as format_lib
 
 KINDS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
 # Run-level config fields that change how training behaves; two runs that agree on all of
 # them (and replicas that agree on HPARAMS) are replicas of the same setup and may share a
 # true-label baseline.
 _SETUP_FIELDS = ("model", "dataset", "batch_size", "momentum", "lr_decay", "lr_decay_every")
-# Per-replica hyper-parameters (grid axes). Runs written before they were grid axes lack them
-# in metrics.jsonl and summary.json; their config.json scalars (or these defaults) apply.
+# Per-replica hyper-parameters (grid axes), in every row of metrics.jsonl.
 HPARAMS = ("learning_rate", "weight_decay", "augmentation")
-_HPARAM_DEFAULTS = {"learning_rate": math.nan, "weight_decay": 0.0, "augmentation": "none"}
 _HPARAM_SHORT = {"learning_rate": "lr", "weight_decay": "wd", "augmentation": "aug"}
 # Columns that name a setup; all are functions of `setup`, carried so tables can show and sort
 # by them. `hparams` names only the axes that vary among runs of the same setup family ("" if
-# none), so a run with one learning rate and weight decay is named as before they were axes.
+# none), so a run with one learning rate and weight decay is named by its model alone.
 SETUP_COLUMNS = ("setup", "base_setup", "hparams", *HPARAMS)
 
 
@@ -39,7 +39,7 @@ class Run:
   path: str
   config: dict[str, Any]
   summary: dict[str, Any] | None
-  metrics: pd.DataFrame  # rows of metrics.jsonl; HPARAMS filled in for old runs
+  metrics: pd.DataFrame  # rows of metrics.jsonl
 
   @property
   def status(self) -> str:
@@ -77,18 +77,6 @@ class Runs:
 
   def running(self) -> list[Run]:
     return [r for r in self.runs if r.status != "complete"]
-
-
-def condition_name(kind: str, corruption: float) -> str:
-  """Human name of a randomization: 'true labels', 'random labels', 'labels p=0.2', ..."""
-  if kind == "labels":
-    if corruption == 0:
-      return "true labels"
-    if corruption == 1:
-      return "random labels"
-    return f"labels p={corruption:g}"
-  name = kind.replace("_", " ")
-  return name if corruption in (0, 1) else f"{name} p={corruption:g}"
 
 
 def condition_order(kind: str, corruption: float) -> tuple[int, float]:
@@ -129,8 +117,7 @@ def study_models(path: str | epath.Path) -> list[str] | None:
   path = epath.Path(path)
   if not (path / "config.json").exists() or (path / "metrics.jsonl").exists():
     return None
-  config = _read_json(path / "config.json")
-  names = config.get("models") if isinstance(config, dict) else None
+  names = format_lib.read_config(path).get("models")
   return list(names) if names else None
 
 
@@ -148,13 +135,6 @@ def expand_studies(paths: Sequence[epath.Path]) -> list[epath.Path]:
                        f"an evaluation yet; wait for the first one")
     out += started
   return out
-
-
-def _read_json(path: epath.Path) -> Any:
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise UsageError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def _read_jsonl(path: epath.Path) -> pd.DataFrame:
@@ -187,37 +167,19 @@ def _not_a_run_message(path: epath.Path) -> str:
   return msg
 
 
-def _fill_hparams(metrics: pd.DataFrame, config: dict[str, Any],
-                  summary: dict[str, Any] | None) -> pd.DataFrame:
-  """Gives every row its replica's HPARAMS: from the row, else summary.json, else config."""
-  metrics = metrics.copy()
-  summary_reps = [r for r in (summary or {}).get("replicas", []) if "replica" in r]
-  for field in HPARAMS:
-    default = config.get(field)
-    default = _HPARAM_DEFAULTS[field] if default is None else default
-    if field in metrics.columns:
-      col = metrics[field].astype(object)
-    else:
-      col = pd.Series([None] * len(metrics), index=metrics.index, dtype=object)
-    from_summary = {r["replica"]: r[field] for r in summary_reps if r.get(field) is not None}
-    col = col.where(col.notna(), metrics["replica"].map(from_summary))
-    col = col.where(col.notna(), default)
-    metrics[field] = col.astype(str if field == "augmentation" else float)
-  return metrics
-
-
-_METRIC_COLUMNS = ("step", "epoch", "replica", "kind", "corruption", "seed", "train_loss",
-                   "train_acc", "test_loss", "test_acc")
+_METRIC_COLUMNS = ("step", "epoch", "replica", "kind", "corruption", "seed", *HPARAMS,
+                   "train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def load_run(path: str | epath.Path, name: str | None = None) -> Run:
-  """Loads one run directory. Raises UsageError if it is not a run."""
+  """Loads one run directory. Raises UsageError if it is not a run, or not one of the
+  run-file format this code reads (``zhang.rundir.format``)."""
   path = epath.Path(path)
   if not is_run_dir(path):
     raise UsageError(_not_a_run_message(path))
-  config = _read_json(path / "config.json")
-  summary_path = path / "summary.json"
-  summary = _read_json(summary_path) if summary_path.exists() else None
+  config = format_lib.read_config(path)
+  summary = (format_lib.read_summary(path) if (path / format_lib.SUMMARY).exists()
+             else None)
   metrics = _read_jsonl(path / "metrics.jsonl")
   if metrics.empty:
     raise UsageError(f"{path} has no evaluations yet (metrics.jsonl is empty); "
@@ -227,11 +189,8 @@ def load_run(path: str | epath.Path, name: str | None = None) -> Run:
     raise UsageError(f"{path}/metrics.jsonl lacks columns {missing}; was it written by "
                      f"zhang train?")
   for key in ("model", "dataset"):
-    if key not in config and summary and key in summary:
-      config[key] = summary[key]
     if key not in config:
       raise UsageError(f"{path}/config.json has no '{key}' field")
-  metrics = _fill_hparams(metrics, config, summary)
   return Run(name=name or path.name, path=str(path), config=config, summary=summary,
              metrics=metrics)
 

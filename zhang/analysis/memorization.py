@@ -9,14 +9,14 @@ the corrupted ones (noise); these tables and the plot show whether ours do.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import pandas as pd
 from etils import epath
 
 from zhang.analysis.load import Runs, condition_order
 from zhang.errors import UsageError
+from zhang.formatting import md_table as _table
+from zhang.formatting import pct as _pct
 
 FILE = "fit_times.npz"
 LAST_SHARE = 0.1  # "fitted last": the latest-fitted 10% of a replica's fitted examples
@@ -131,17 +131,8 @@ def curves(runs: Runs) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
-def _pct(x) -> str:
-  return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
-
-
 def _steps(x) -> str:
   return "–" if x is None or not np.isfinite(x) else f"{x:,.0f}"
-
-
-def _table(header: Sequence[str], rows) -> list[str]:
-  return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-          *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
 
 
 def report_lines(runs: Runs) -> list[str]:

@@ -3,7 +3,7 @@
 ``load(path)`` reads it; ``summary_lines(result)`` is a markdown section (a table per
 corruption level, then where the kernel regime's prediction fails and by how much, in
 sentences computed from the numbers) that a report can embed; ``text_lines`` is the same
-for a terminal; ``plot(result, out_dir)`` writes the figures (``zhang.analysis.ntk_plots``).
+for a terminal; ``zhang.analysis.ntk_plots.plot(result, out_dir)`` writes the figures.
 
 ntk.json: ``{"settings": {...}, "replicas": [...]}``. ``settings`` holds every setting the
 kernels and predictions used (n, the kernel's definition and dtype, the loss and its
@@ -29,6 +29,8 @@ import numpy as np
 from etils import epath
 
 from zhang.errors import UsageError
+from zhang.formatting import md_table
+from zhang.formatting import pct as _pct
 
 NTK_JSON = "ntk.json"
 # What ntk.json's predictions are named by: ``predicted_fit_step_{schedule}_{criterion}``.
@@ -57,12 +59,6 @@ def load(path) -> dict:
     raise UsageError(f"{path} is not an ntk.json of zhang ntk (settings and replicas with "
                      f"{', '.join(REQUIRED)})")
   return result
-
-
-def plot(result: dict, out_dir) -> list[str]:
-  """Writes ``FIGURES`` into ``out_dir`` (``zhang.analysis.ntk_plots``); returns their paths."""
-  from zhang.analysis import ntk_plots  # matplotlib only when figures are drawn
-  return ntk_plots.plot(result, out_dir)
 
 
 # --------------------------------------------------------------------------- tables
@@ -113,8 +109,6 @@ def _step(v) -> str:
   return "–" if v is None else f"{v:,.0f}"
 
 
-def _pct(v) -> str:
-  return "–" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
 
 
 def _never(row: dict, key: str, text: str) -> str:
@@ -147,7 +141,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
   for kind in PIXEL_KINDS:
     reps = [r for r in result["replicas"] if r["kind"] == kind]
     if reps:
-      mean = lambda k: _mean(r.get(k) for r in reps)
+      mean = lambda k, reps=reps: _mean(r.get(k) for r in reps)
       cells.append([kind.replace("_", " "), _step(mean("measured_fit_step")),
                     _x(mean("measured_slowdown")), _step(mean("predicted_fit_step")),
                     _x(mean("predicted_slowdown")), _x(mean(constant)),
@@ -167,37 +161,58 @@ def _criterion_words(s: dict, criterion: str) -> str:
 def findings(result: dict) -> list[str]:
   """Where the kernel regime's prediction fails and by how much, in sentences computed from
   the numbers."""
-  s, out = result["settings"], []
+  s = result["settings"]
   rows = by_corruption(result)
-  base = next((r for r in rows if r["corruption"] == 0), None)
   corrupted = [r for r in rows if r["corruption"] > 0]
-  horizon = s["horizon"]
-  if base is not None and base["measured_fit_step"]:
-    pred, meas = base["predicted_fit_step"], base["measured_fit_step"]
-    if pred is None:
-      out.append(f"True labels: the kernel regime never fits them within {horizon:,} steps; "
-                 f"the network fitted them at step {_step(meas)}.")
-    else:
-      out.append(f"True labels: predicted fit at step {_step(pred)}, measured "
-                 f"{_step(meas)}: the kernel regime is {_ratio_words(pred / meas)}.")
+  out = _true_label_words(s, rows) + _never_words(result, corrupted) + _energy_words(s, rows)
+  out += _constant_lr_words(s, corrupted)
+  shape = _shape_words(corrupted, f"predicted_slowdown_constant_lr_{s['criterion']}")
+  return out + ([shape] if shape else []) + _pixel_words(result) + _accuracy_words(rows)
+
+
+def _true_label_words(s: dict, rows: list[dict]) -> list[str]:
+  base = next((r for r in rows if r["corruption"] == 0), None)
+  if base is None or not base["measured_fit_step"]:
+    return []
+  pred, meas = base["predicted_fit_step"], base["measured_fit_step"]
+  if pred is None:
+    return [f"True labels: the kernel regime never fits them within {s['horizon']:,} steps; "
+            f"the network fitted them at step {_step(meas)}."]
+  return [f"True labels: predicted fit at step {_step(pred)}, measured {_step(meas)}: the "
+          f"kernel regime is {_ratio_words(pred / meas)}."]
+
+
+def _never_words(result: dict, corrupted: list[dict]) -> list[str]:
+  """The corrupted-label replicas the kernel regime never fits under the run's schedule."""
+  s = result["settings"]
   never = [r for r in label_replicas(result)
            if r["corruption"] > 0 and r.get("predicted_fit_step") is None]
+  if not never:
+    return []
   total = sum(r["replicas"] for r in corrupted)
-  if never:
-    stall = [r["predicted_residual_final_run"] for r in never
-             if r.get("predicted_residual_final_run") is not None] or [math.nan]
-    fitted = sum(r["replicas"] - r["never_measured_fit_step"] for r in corrupted)
-    out.append(f"Under the run's learning-rate decay the kernel regime never fits "
-               f"{len(never)} of the {total} corrupted-label replicas within {horizon:,} "
-               f"steps (by {_criterion_words(s, s['criterion'])}): their predicted "
-               f"residual stalls at {_pct(min(stall))}-{_pct(max(stall))}% of its start, "
-               f"while the network fitted {fitted} of them.")
+  stall = [r["predicted_residual_final_run"] for r in never
+           if r.get("predicted_residual_final_run") is not None] or [math.nan]
+  fitted = sum(r["replicas"] - r["never_measured_fit_step"] for r in corrupted)
+  return [f"Under the run's learning-rate decay the kernel regime never fits {len(never)} of "
+          f"the {total} corrupted-label replicas within {s['horizon']:,} steps (by "
+          f"{_criterion_words(s, s['criterion'])}): their predicted residual stalls at "
+          f"{_pct(min(stall))}-{_pct(max(stall))}% of its start, while the network fitted "
+          f"{fitted} of them."]
+
+
+def _energy_words(s: dict, rows: list[dict]) -> list[str]:
   energy = [(r["corruption"], r["energy_top_classes"]) for r in rows
             if r.get("energy_top_classes") is not None]
-  if len(energy) >= 2:
-    out.append(f"The initial residual's share on the kernel's {s.get('num_classes', 'C')} "
-               f"largest eigenvalues, the directions the kernel fits fastest: "
-               + ", ".join(f"{100 * e:.0f}% at corruption {c:g}" for c, e in energy) + ".")
+  if len(energy) < 2:
+    return []
+  return [f"The initial residual's share on the kernel's {s.get('num_classes', 'C')} largest "
+          f"eigenvalues, the directions the kernel fits fastest: "
+          + ", ".join(f"{100 * e:.0f}% at corruption {c:g}" for c, e in energy) + "."]
+
+
+def _constant_lr_words(s: dict, corrupted: list[dict]) -> list[str]:
+  """The constant-rate predictions against the measured slowdowns, per criterion."""
+  out = []
   for crit in (s["criterion"], _other(s["criterion"])):
     key = f"predicted_slowdown_constant_lr_{crit}"
     pairs = [(r["corruption"], r[key], r["measured_slowdown"]) for r in corrupted
@@ -213,10 +228,11 @@ def findings(result: dict) -> list[str]:
                f"{_range([q for _, _, q in pairs])} "
                f"({_span_words(min(ratios), max(ratios))}); the largest miss is at "
                f"corruption {c:g}: {p:.1f}x predicted, {m:.1f}x measured.")
-  shape = _shape_words(corrupted, f"predicted_slowdown_constant_lr_{s['criterion']}")
-  if shape:
-    out.append(shape)
-  pixels = []
+  return out
+
+
+def _pixel_words(result: dict) -> list[str]:
+  s, pixels = result["settings"], []
   for kind in PIXEL_KINDS:
     reps = [r for r in result["replicas"] if r["kind"] == kind]
     meas = _mean(r.get("measured_slowdown") for r in reps)
@@ -228,19 +244,23 @@ def findings(result: dict) -> list[str]:
                   f"{_x(run)} predicted with the run's schedule")
       pixels.append(f"{kind.replace('_', ' ')} {with_run}, {_x(constant)} with a constant "
                     f"rate, {_x(meas)} measured")
-  if pixels:
-    out.append("Randomized inputs, slowdown against true labels: " + "; ".join(pixels) + ".")
+  if not pixels:
+    return []
+  return ["Randomized inputs, slowdown against true labels: " + "; ".join(pixels) + "."]
+
+
+def _accuracy_words(rows: list[dict]) -> list[str]:
   acc = [(r["corruption"], r["kernel_test_acc"], r["network_test_acc"]) for r in rows
          if r["kernel_test_acc"] is not None and r["network_test_acc"] is not None]
-  if acc:
-    gaps = [100 * (k - n) for _, k, n in acc]
-    worst = max(range(len(acc)), key=lambda i: abs(gaps[i]))
-    c, k, n = acc[worst]
-    out.append(f"Test accuracy: kernel interpolation is within {abs(gaps[worst]):.1f} "
-               f"points of the network at every corruption level (the largest gap at "
-               f"{c:g}: {_pct(k)}% kernel, {_pct(n)}% network); at corruption "
-               f"{acc[-1][0]:g}, {_pct(acc[-1][1])}% and {_pct(acc[-1][2])}%.")
-  return out
+  if not acc:
+    return []
+  gaps = [100 * (k - n) for _, k, n in acc]
+  worst = max(range(len(acc)), key=lambda i: abs(gaps[i]))
+  c, k, n = acc[worst]
+  return [f"Test accuracy: kernel interpolation is within {abs(gaps[worst]):.1f} points of "
+          f"the network at every corruption level (the largest gap at {c:g}: {_pct(k)}% "
+          f"kernel, {_pct(n)}% network); at corruption {acc[-1][0]:g}, {_pct(acc[-1][1])}% "
+          f"and {_pct(acc[-1][2])}%."]
 
 
 def _ratio_words(ratio: float) -> str:
@@ -308,8 +328,7 @@ def summary_lines(result: dict) -> list[str]:
   head, cells = table_rows(result)
   lines = ["## Kernel regime (empirical NTK at initialization)", "",
            _method_words(result["settings"]), "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  lines += ["| " + " | ".join(row) + " |" for row in cells]
+           *md_table(head, cells)]
   lines += ["", "Where the prediction fails:", ""]
   lines += [f"- {text}" for text in findings(result)]
   return lines

@@ -9,7 +9,6 @@ headless machine renders them with Agg.
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
@@ -17,9 +16,11 @@ from etils import epath
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from zhang.analysis import plots
 from zhang.analysis.ntk import FIGURES, label_replicas
+from zhang.formatting import KIND_COLORS, condition_name
 
-FIGSIZE, DPI = (9.0, 5.0), 110  # as zhang.analysis.plots
+FIGSIZE, DPI = plots.FIGSIZE, plots.DPI
 
 
 def _figure(ncols: int = 1):
@@ -53,9 +54,15 @@ def _series(ax, reps, key, color, label, marker="o", at_least=None):
 
 def plot(result: dict, out_dir) -> list[str]:
   """Writes ``FIGURES`` into ``out_dir``; returns their paths."""
+  return [_save(_slowdown(result), out_dir, FIGURES[0]),
+          _save(_test_acc(result), out_dir, FIGURES[1]),
+          _save(_residual(result), out_dir, FIGURES[2])]
+
+
+def _slowdown(result: dict):
+  """Figure 1b's axes: the measured slowdown and the kernel regime's predictions."""
   s = result["settings"]
   reps = label_replicas(result)
-  paths = []
   fig, (ax,) = _figure()
   _series(ax, reps, "measured_slowdown", "#1f77b4", "measured (network)")
   crit = s["criterion"]
@@ -76,8 +83,13 @@ def plot(result: dict, out_dir) -> list[str]:
   ax.set_title(f"{s['model']} on {s['dataset']}: slowdown predicted by the NTK at "
                f"initialization and measured", fontsize=10)
   ax.legend(frameon=False, fontsize=8)
-  paths.append(_save(fig, out_dir, FIGURES[0]))
+  return fig
 
+
+def _test_acc(result: dict):
+  """Kernel interpolation's test accuracy beside the network's."""
+  s = result["settings"]
+  reps = label_replicas(result)
   fig, (ax,) = _figure()
   _series(ax, reps, "network_test_acc", "#1f77b4", "network (final)")
   _series(ax, reps, "kernel_test_acc", "#2ca02c", "kernel interpolation (NTK at init)",
@@ -90,11 +102,16 @@ def plot(result: dict, out_dir) -> list[str]:
   ax.set_title(f"{s['model']} on {s['dataset']}: test accuracy, kernel against network "
                f"(kernel on {s['n']:,} training examples)", fontsize=10)
   ax.legend(frameon=False, fontsize=8)
-  paths.append(_save(fig, out_dir, FIGURES[1]))
+  return fig
 
+
+def _residual(result: dict):
+  """The predicted residual under both schedules, each replica's measured fit step a dot."""
+  s = result["settings"]
   fig, axes = _figure(2)
   steps = np.asarray(s["curve_steps"], float)
   colors = _corruption_colors(result["replicas"])
+  first_seed = min(x["seed"] for x in result["replicas"])
   for ax, schedule, title in zip(axes, ("run", "constant_lr"),
                                  ("the run's schedule", "constant learning rate")):
     for r in result["replicas"]:
@@ -105,8 +122,8 @@ def plot(result: dict, out_dir) -> list[str]:
       curve[~(np.abs(curve) < 1e6)] = np.nan  # a diverging linearization: not drawn
       name = _name(r)
       ax.plot(steps[1:], curve[1:], color=colors[name], lw=1.0, alpha=0.8,
-              ls="-" if r["seed"] == min(x["seed"] for x in result["replicas"]) else "--",
-              label=name if r["seed"] == min(x["seed"] for x in result["replicas"]) else None)
+              ls="-" if r["seed"] == first_seed else "--",
+              label=name if r["seed"] == first_seed else None)
       if r.get("measured_fit_step"):
         at = np.interp(r["measured_fit_step"], steps, curve)
         ax.scatter([r["measured_fit_step"]], [at], color=colors[name], s=18, zorder=3)
@@ -117,30 +134,24 @@ def plot(result: dict, out_dir) -> list[str]:
     ax.set_title(f"predicted residual, {title}", fontsize=10)
   axes[0].set_ylabel("|E(k)|² / |E(0)|²")
   axes[1].legend(frameon=False, fontsize=7, title="dots: measured fit step", title_fontsize=7)
-  paths.append(_save(fig, out_dir, FIGURES[2]))
-  return paths
+  return fig
 
 
 def _name(r: dict) -> str:
-  if r["kind"] == "labels":
-    return f"labels p={r['corruption']:g}"
-  return r["kind"].replace("_", " ")
+  return condition_name(r["kind"], r["corruption"])
 
 
 def _corruption_colors(replicas) -> dict[str, tuple]:
-  names = sorted({_name(r) for r in replicas if r["kind"] == "labels"})
+  """Label corruption along viridis, in order of corruption; the pixel kinds Figure 1's."""
+  levels = sorted({r["corruption"] for r in replicas if r["kind"] == "labels"})
   cmap = colormaps["viridis"]
-  colors = {n: cmap(i / max(len(names) - 1, 1) * 0.9) for i, n in enumerate(names)}
-  extra = {"shuffled pixels": "#2ca02c", "random pixels": "#ff7f0e", "gaussian": "#9467bd"}
-  colors.update({_name(r): extra.get(_name(r), "0.4") for r in replicas
+  colors = {condition_name("labels", p): cmap(i / max(len(levels) - 1, 1) * 0.9)
+            for i, p in enumerate(levels)}
+  colors.update({_name(r): KIND_COLORS.get(r["kind"], "0.4") for r in replicas
                  if r["kind"] != "labels"})
   return colors
 
 
 def _save(fig, out_dir, name: str) -> str:
   """Writes ``fig`` as PNG into a local or gs:// folder."""
-  path = epath.Path(out_dir) / name
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=DPI)
-  path.write_bytes(buf.getvalue())
-  return os.fspath(path)
+  return os.fspath(plots.save(fig, epath.Path(out_dir) / name))

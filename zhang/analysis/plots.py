@@ -18,12 +18,10 @@ from matplotlib.figure import Figure
 
 from zhang.analysis import paper, scaling, tables
 from zhang.analysis.load import require_one_dataset, setup_sort_columns
+from zhang.formatting import CONDITION_COLORS, corruption_colours
 
 FIGSIZE = (9.0, 5.0)  # inches
 DPI = 110  # so every figure is 990 x 550 pixels
-CONDITION_COLORS = {"true labels": "#1f77b4", "shuffled pixels": "#2ca02c",
-                    "random pixels": "#ff7f0e", "gaussian": "#9467bd",
-                    "random labels": "#d62728"}
 # Distinct dashes too, so conditions whose curves coincide (an MLP cannot tell shuffled
 # pixels from true labels) stay visible.
 CONDITION_DASHES = {"true labels": "-", "shuffled pixels": (0, (5, 3)),
@@ -80,11 +78,17 @@ def _legend(ax, target=None, wrap: int | None = None, **kwargs):
 
 
 def save(fig, path: str | epath.Path) -> epath.Path:
-  """Writes `fig` as PNG to a local or gs:// path."""
+  """Writes `fig` as PNG to a local or gs:// path, whole: a temporary file renamed over it
+  on a local disk, one upload on an object store."""
   path = epath.Path(path)
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=DPI)
-  path.write_bytes(buf.getvalue())
+  if "://" in str(path):
+    path.write_bytes(buf.getvalue())
+    return path
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_bytes(buf.getvalue())
+  tmp.replace(path)
   return path
 
 
@@ -204,31 +208,8 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
       ax.scatter(r.corruption + jitter[r.index] + 0.015, r.slowdown, s=30 if cens else 40,
                  marker=marker, color=colors[setup], alpha=0.4, lw=0)
     if scaling_fits is not None and "aic" in scaling_fits:
-      fits = scaling_fits[(scaling_fits.setup == setup) & scaling_fits.aic.notna()]
-      base = reps.loc[(reps.corruption == 0), "time_epoch"].mean()
-      why = scaling.not_drawn(scaling_fits, setup)
-      if why is not None:
-        ax.plot([], [], " ", label=f"{names[setup]}: {why}; not drawn")
-      elif base > 0 and (fits.time == "time_epoch").all():
-        # Drawn relative to the measured true-label time, so a law that misses p = 0 shows.
-        best = fits.sort_values("aic").iloc[0]
-        used = all_labels[(all_labels.setup == setup) & scaling.finished(all_labels)]
-        p = np.linspace(used.corruption.min(), used.corruption.max(), 101)
-        ax.plot(p, scaling.FORMS[best.form][1](p, best.t0, best.b) / base, "--",
-                color=colors[setup], lw=1.2, alpha=0.8,
-                label=f"{names[setup]}: {best.form} law (better AIC), R² = {best.r2:.2f}")
-  undefined = [n for n in names if n not in set(labels.setup)]
-  if len(all_labels) and not len(labels):
-    ax.text(0.5, 0.5, "no true-label replica has fitted yet: slowdowns undefined",
-            ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.3",
-            bbox=dict(boxstyle="round", fc="white", ec="0.7"))
-  elif not len(all_labels):
-    ax.text(0.5, 0.5, "no label-corruption replicas in these runs", ha="center",
-            va="center", transform=ax.transAxes, fontsize=12, color="0.3")
-  else:
-    for setup in undefined:
-      ax.plot([], [], " ", label=f"{names[setup]}: no true-label replica fitted yet, "
-              f"slowdown undefined")
+      _fig1b_law(ax, scaling_fits, all_labels, setup, names[setup], colors[setup])
+  _fig1b_empty(ax, all_labels, labels, names)
   ax.axhline(1, color="black", lw=0.8)
   lo, hi = paper.paper_numbers()["figure1b"]["slowdown_range"]
   ax.axhspan(lo, hi, color="grey", alpha=0.08, lw=0, label="paper's axis range (CIFAR-10)")
@@ -245,6 +226,41 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
                f"true labels{_partial_note(slowdowns)}\nmeans over seeds with 95% bootstrap "
                f"intervals; small markers are single replicas", fontsize=11)
   return fig
+
+
+def _fig1b_law(ax, scaling_fits: pd.DataFrame, all_labels: pd.DataFrame, setup: str,
+               name: str, color: str) -> None:
+  """One setup's scaling law, dashed, relative to its measured true-label time; or, in the
+  legend, why it is not drawn."""
+  fits = scaling_fits[(scaling_fits.setup == setup) & scaling_fits.aic.notna()]
+  reps = all_labels[(all_labels.setup == setup) & all_labels.slowdown.notna()]
+  base = reps.loc[(reps.corruption == 0), "time_epoch"].mean()
+  why = scaling.not_drawn(scaling_fits, setup)
+  if why is not None:
+    ax.plot([], [], " ", label=f"{name}: {why}; not drawn")
+  elif base > 0 and (fits.time == "time_epoch").all():
+    # Drawn relative to the measured true-label time, so a law that misses p = 0 shows.
+    best = fits.sort_values("aic").iloc[0]
+    used = all_labels[(all_labels.setup == setup) & scaling.finished(all_labels)]
+    p = np.linspace(used.corruption.min(), used.corruption.max(), 101)
+    ax.plot(p, scaling.FORMS[best.form][1](p, best.t0, best.b) / base, "--",
+            color=color, lw=1.2, alpha=0.8,
+            label=f"{name}: {best.form} law (better AIC), R² = {best.r2:.2f}")
+
+
+def _fig1b_empty(ax, all_labels: pd.DataFrame, labels: pd.DataFrame, names: dict) -> None:
+  """What Fig. 1b says where there is no slowdown to draw: for no setup, or for some."""
+  if len(all_labels) and not len(labels):
+    ax.text(0.5, 0.5, "no true-label replica has fitted yet: slowdowns undefined",
+            ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.3",
+            bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+  elif not len(all_labels):
+    ax.text(0.5, 0.5, "no label-corruption replicas in these runs", ha="center",
+            va="center", transform=ax.transAxes, fontsize=12, color="0.3")
+  else:
+    for setup in [n for n in names if n not in set(labels.setup)]:
+      ax.plot([], [], " ", label=f"{names[setup]}: no true-label replica fitted yet, "
+              f"slowdown undefined")
 
 
 def fig1c(replicas: pd.DataFrame, show_paper: bool = True, n_boot: int = 2000):
@@ -496,16 +512,6 @@ def fit_times(curves: pd.DataFrame, dataset: str):
   fig.suptitle(f"When each example is fitted on {dataset}: the first evaluation from which "
                f"it stays fitted to the end", fontsize=11)
   return fig
-
-
-def corruption_colours(levels) -> dict:
-  """True labels blue, random labels red, as in Figure 1, whichever levels a run has; the
-  levels between them green, orange, purple, brown in order; matplotlib's cycle past four."""
-  middle = [p for p in levels if p not in (0.0, 1.0)]
-  palette = ["#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-  colours = {p: (palette[i] if len(middle) <= len(palette) else None)
-             for i, p in enumerate(middle)}
-  return colours | {p: {0.0: "#1f77b4", 1.0: "#d62728"}[p] for p in levels if p in (0.0, 1.0)}
 
 
 def grokking(metrics: pd.DataFrame, max_panels: int = 4):

@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import pandas as pd
 
 from zhang.analysis import paper
 from zhang.analysis.load import Runs, condition_order
+from zhang.formatting import md_table as _table
+from zhang.formatting import pct
 
 # A batch-norm model and its twin without: batch norm is a regularizer of the pair.
 BATCH_NORM_PAIRS = {"inception_small": "inception_small_nobn"}
@@ -191,14 +191,7 @@ def early_stopping_summary(es: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- markdown
 
 def _pct(x, signed: bool = False) -> str:
-  if x is None or not np.isfinite(x):
-    return "–"
-  return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
-
-
-def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
-  return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-          *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+  return pct(x, 2, signed)
 
 
 def effects_reading(eff: pd.DataFrame) -> list[str]:
@@ -236,7 +229,13 @@ def table1_markdown(runs: Runs, table1: pd.DataFrame, fits: pd.DataFrame,
     out += [f"The paper's numbers are for CIFAR-10; these runs are on {dataset}, so the "
             f"*paper* columns compare the direction and size of each effect, not the "
             f"accuracies themselves.", ""]
-  out += ["## Table 1", "", "Means over seeds at the last evaluation.", ""]
+  out += _table1_lines(table1)
+  out += _effects_lines(effects(runs) if eff is None else eff)
+  out += _random_label_lines(random_label_fits(runs, fits))
+  return out + _early_stopping_lines(early_stopping(runs, threshold) if es is None else es)
+
+
+def _table1_lines(table1: pd.DataFrame) -> list[str]:
   rows = []
   for _, r in table1.iterrows():
     fitted = f"{r.n_fitted}/{r.n}" if "n_fitted" in table1 else str(r.n)
@@ -245,48 +244,56 @@ def table1_markdown(runs: Runs, table1: pd.DataFrame, fits: pd.DataFrame,
     rows.append([r.model, r.regularizers, r.condition, fitted, _pct(r.train_acc),
                  _pct(r.test_acc), _pct(match["train_acc"]) if match else "–",
                  _pct(match["test_acc"]) if match else "–"])
-  out += _table(["model", "regularizers", "labels", "fitted", "train acc (%)", "test acc (%)",
-                 "paper train (%, CIFAR-10)", "paper test (%, CIFAR-10)"], rows) + [""]
-  eff = effects(runs) if eff is None else eff
-  out += ["## Each regularizer on and off", "",
-          "Replicas with the regularizer against their twins without it (same model, seed, "
-          "labels and other regularizers): test accuracy and the mean paired difference "
-          "(range over seeds in brackets). *paper*: the same pair in the paper's Table 1 "
-          "(CIFAR-10).", ""]
+  return (["## Table 1", "", "Means over seeds at the last evaluation.", ""]
+          + _table(["model", "regularizers", "labels", "fitted", "train acc (%)",
+                    "test acc (%)", "paper train (%, CIFAR-10)", "paper test (%, CIFAR-10)"],
+                   rows) + [""])
+
+
+def _effects_lines(eff: pd.DataFrame) -> list[str]:
+  out = ["## Each regularizer on and off", "",
+         "Replicas with the regularizer against their twins without it (same model, seed, "
+         "labels and other regularizers): test accuracy and the mean paired difference "
+         "(range over seeds in brackets). *paper*: the same pair in the paper's Table 1 "
+         "(CIFAR-10).", ""]
   if eff.empty:
-    out += ["No replica has a twin that differs in one regularizer only.", ""]
-  else:
-    rows = [[e.model, e.regularizer, e["with"], e.condition, e.n, _pct(e.test_on),
-             _pct(e.test_off), f"{_pct(e['diff'], True)} [{_pct(e.diff_min, True)}, "
-             f"{_pct(e.diff_max, True)}]", _pct(e.paper_on), _pct(e.paper_off),
-             _pct(e.paper_diff, True)] for _, e in eff.iterrows()]
-    out += _table(["model", "regularizer", "with", "labels", "pairs", "test on (%)",
-                   "test off (%)", "difference (points)", "paper on (%)", "paper off (%)",
-                   "paper difference"], rows) + [""]
-    out += effects_reading(eff)
-  rl = random_label_fits(runs, fits)
-  if not rl.empty:
-    out += ["## Random labels with regularizers", "",
-            "The paper: with weight decay Inception and the MLPs still fit random labels "
-            "perfectly; AlexNet with weight decay fails to converge.", ""]
-    rows = [[x.model, x.regularizers, f"{x.n_fitted}/{x.n}", _pct(x.final_train_acc),
-             _pct(x.min_train_acc), "–" if not np.isfinite(x.steps_to_fit)
-             else f"{x.steps_to_fit:,.0f}", x.status] for _, x in rl.iterrows()]
-    out += _table(["model", "regularizers", "fitted", "train acc (%)", "lowest (%)",
-                   "steps to fit", "status"], rows) + [""]
-    short = rl[rl.n_fitted < rl.n]
-    out += [("Every random-label replica fitted." if short.empty else
-             "Not fitted: " + "; ".join(f"{x.model} with {x.regularizers} "
-                                         f"({x.n - x.n_fitted} of {x.n}, train accuracy down "
-                                         f"to {_pct(x.min_train_acc)}%)"
-                                         for _, x in short.iterrows()) + "."), ""]
-  es = early_stopping(runs, threshold) if es is None else es
+    return out + ["No replica has a twin that differs in one regularizer only.", ""]
+  rows = [[e.model, e.regularizer, e["with"], e.condition, e.n, _pct(e.test_on),
+           _pct(e.test_off), f"{_pct(e['diff'], True)} [{_pct(e.diff_min, True)}, "
+           f"{_pct(e.diff_max, True)}]", _pct(e.paper_on), _pct(e.paper_off),
+           _pct(e.paper_diff, True)] for _, e in eff.iterrows()]
+  out += _table(["model", "regularizer", "with", "labels", "pairs", "test on (%)",
+                 "test off (%)", "difference (points)", "paper on (%)", "paper off (%)",
+                 "paper difference"], rows) + [""]
+  return out + effects_reading(eff)
+
+
+def _random_label_lines(rl: pd.DataFrame) -> list[str]:
+  if rl.empty:
+    return []
+  out = ["## Random labels with regularizers", "",
+         "The paper: with weight decay Inception and the MLPs still fit random labels "
+         "perfectly; AlexNet with weight decay fails to converge.", ""]
+  rows = [[x.model, x.regularizers, f"{x.n_fitted}/{x.n}", _pct(x.final_train_acc),
+           _pct(x.min_train_acc), "–" if not np.isfinite(x.steps_to_fit)
+           else f"{x.steps_to_fit:,.0f}", x.status] for _, x in rl.iterrows()]
+  out += _table(["model", "regularizers", "fitted", "train acc (%)", "lowest (%)",
+                 "steps to fit", "status"], rows) + [""]
+  short = rl[rl.n_fitted < rl.n]
+  return out + [("Every random-label replica fitted." if short.empty else
+                 "Not fitted: " + "; ".join(f"{x.model} with {x.regularizers} "
+                                             f"({x.n - x.n_fitted} of {x.n}, train accuracy "
+                                             f"down to {_pct(x.min_train_acc)}%)"
+                                             for _, x in short.iterrows()) + "."), ""]
+
+
+def _early_stopping_lines(es: pd.DataFrame) -> list[str]:
   s = early_stopping_summary(es)
-  out += ["## Early stopping", "",
-          "For each replica the best test accuracy any evaluation saw, against the test "
-          "accuracy when it fitted its training set and at the end; means over seeds. The "
-          "paper: on CIFAR-10 early stopping brings little. The resolution is one "
-          "evaluation interval.", ""]
+  out = ["## Early stopping", "",
+         "For each replica the best test accuracy any evaluation saw, against the test "
+         "accuracy when it fitted its training set and at the end; means over seeds. The "
+         "paper: on CIFAR-10 early stopping brings little. The resolution is one "
+         "evaluation interval.", ""]
   rows = [[x.setup, x.condition, x.n, _pct(x.best_test_acc), f"{x.best_step:,.0f}",
            _pct(x.fit_test_acc), _pct(x.final_test_acc), _pct(x.gain_over_fit, True),
            _pct(x.gain_over_final, True)] for _, x in s.iterrows()]
@@ -294,14 +301,14 @@ def table1_markdown(runs: Runs, table1: pd.DataFrame, fits: pd.DataFrame,
                  "at end (%)", "best - at fit", "best - end"], rows) + [""]
   true = s[s.condition == "true labels"]
   rand = s[s.condition == "random labels"]
-  if len(true):
-    line = (f"On true labels stopping at the best evaluation gains "
-            f"{_pct(true.gain_over_final.min(), True)} to "
-            f"{_pct(true.gain_over_final.max(), True)} points over the end of training.")
-    if len(rand):
-      line += (f" The best evaluation is picked on the test set itself, so this is an upper "
-               f"bound: on random labels, where nothing generalizes, the same pick gains "
-               f"{_pct(rand.gain_over_final.min(), True)} to "
-               f"{_pct(rand.gain_over_final.max(), True)} points from noise alone.")
-    out += [line, ""]
-  return out
+  if not len(true):
+    return out
+  line = (f"On true labels stopping at the best evaluation gains "
+          f"{_pct(true.gain_over_final.min(), True)} to "
+          f"{_pct(true.gain_over_final.max(), True)} points over the end of training.")
+  if len(rand):
+    line += (f" The best evaluation is picked on the test set itself, so this is an upper "
+             f"bound: on random labels, where nothing generalizes, the same pick gains "
+             f"{_pct(rand.gain_over_final.min(), True)} to "
+             f"{_pct(rand.gain_over_final.max(), True)} points from noise alone.")
+  return out + [line, ""]

@@ -13,9 +13,11 @@ from etils import epath
 from zhang.analysis import (
   fit_time,
   grokking,
+  kernel_baseline,
   memorization,
   paper,
   plots,
+  provenance,
   regularization,
   scaling,
   tables,
@@ -25,12 +27,12 @@ from zhang.analysis import ntk as ntk_report
 from zhang.analysis.load import (
   HPARAMS,
   Runs,
-  condition_name,
   condition_order,
   load_runs,
   require_one_dataset,
 )
-from zhang.probes.kernels import baseline as kernel_baseline
+from zhang.formatting import DASH, condition_name, md_table
+from zhang.formatting import pct as _fraction_pct
 
 FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
 # Written only for runs whose files hold their fields.
@@ -92,11 +94,11 @@ def analyze(runs: Runs, threshold: float | None = None, loss_below: float | None
 
 
 def _pct(x) -> str:
-  return "–" if x is None or not np.isfinite(x) else f"{100 * x:.2f}"
+  return _fraction_pct(x, 2)
 
 
 def _num(x, digits=2) -> str:
-  return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+  return DASH if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
 def _interval(mean, lo, hi, lower_bound=False, digits=2) -> str:
@@ -107,12 +109,6 @@ def _interval(mean, lo, hi, lower_bound=False, digits=2) -> str:
   if np.isfinite(lo):
     text += f" [{lo:.{digits}f}, {'∞' if not np.isfinite(hi) else f'{hi:.{digits}f}'}]"
   return text
-
-
-def _md_table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-  return "\n".join(lines)
 
 
 def steps_per_epoch(run) -> float:
@@ -157,7 +153,7 @@ def _runs_section(runs: Runs, fits: pd.DataFrame) -> list[str]:
                  f"{r.steps_run:,} / {r.config.get('max_steps', '?'):,}"
                  if isinstance(r.config.get("max_steps"), int) else f"{r.steps_run:,}",
                  r.status])
-  out = ["## Runs", "", _md_table(
+  out = ["## Runs", "", *md_table(
       ["run", "model", "dataset", "parameters", "replicas", "steps run / max", "status"], rows),
       ""]
   out += _epochs_note(runs)
@@ -184,7 +180,7 @@ def _combinations_section(a: Analysis) -> list[str]:
           "its own setup: its time to fit, its slowdown (against the true-label replicas of "
           "the same combination and seed), its scaling law and its Table 1 rows are computed "
           "apart, and Fig. 1b draws one curve per combination.", "",
-          _md_table(["setup", "learning rate", "weight decay", "augmentation", "replicas",
+          *md_table(["setup", "learning rate", "weight decay", "augmentation", "replicas",
                      "seeds", "labels / inputs"], rows), ""]
 
 
@@ -202,7 +198,7 @@ def _table1_section(a: Analysis) -> list[str]:
          "Means over seeds at the last evaluation. *fitted*: replicas that reached the fit "
          "criterion / replicas. *paper*: Zhang et al. (2017) Table 1, where the experiment "
          "matches (same model, dataset, crop and weight decay).", "",
-         _md_table(["model", *(["hyper-parameters"] if varies else []), "parameters",
+         *md_table(["model", *(["hyper-parameters"] if varies else []), "parameters",
                     "regularizers", "labels / inputs", "fitted", "train acc (%)",
                     "test acc (%)", "paper train (%)", "paper test (%)"], rows), ""]
   if not t.paper_test_acc.notna().any():
@@ -248,7 +244,7 @@ def _fit_section(a: Analysis) -> list[str]:
          "their time counts as the steps they ran, so a mean over them is a lower bound (≥) "
          "and its interval is open above. Slowdown is relative to the true-label replicas of "
          "the same setup and seed. Brackets: 95% bootstrap intervals across seeds.", "",
-         _md_table(["setup", "labels / inputs", "fitted", "epochs to fit", "slowdown (x)"],
+         *md_table(["setup", "labels / inputs", "fitted", "epochs to fit", "slowdown (x)"],
                    rows), ""]
   out += _undefined_slowdown_notes(a)
   labels = s[s.kind == "labels"]
@@ -314,7 +310,7 @@ def _scaling_section(a: Analysis) -> list[str]:
                  _interval(r.slowdown_p1, r.slowdown_p1_lo, r.slowdown_p1_hi),
                  _num(r.r2), _num(r.rmse), _num(r.aic, 1), _num(r.delta_aic, 1),
                  f"{int(r.n)} ({int(r.n_censored)} censored)"])
-  out += [_md_table(["setup", "form", "law", "t0 (epochs)", "b", "slowdown at p=1 (x)", "R²",
+  out += [*md_table(["setup", "form", "law", "t0 (epochs)", "b", "slowdown at p=1 (x)", "R²",
                      "RMSE", "AIC", "ΔAIC", "replicas"], rows), ""]
   out += ["- " + scaling.verdict(sc, setup) for setup in sc.setup.unique()]
   return out + _fig1b_law_notes(a) + [""]
@@ -328,18 +324,24 @@ def _paper_section(a: Analysis) -> list[str]:
   if not same:
     out += [f"The paper's experiments are on CIFAR-10; these runs are on {dataset}, so the "
             f"comparison is of shape, not of numbers.", ""]
-  # Figure 1b: the size of the slowdown.
+  out += _paper_fig1b(a, pn) + _paper_fig1c(a, pn, same) + _paper_fig1a(a, pn, same)
+  return out + [""]
+
+
+def _paper_fig1b(a: Analysis, pn: dict) -> list[str]:
+  """Figure 1b against the paper: the size of the slowdown, per setup."""
+  out = []
   lo, hi = pn["figure1b"]["slowdown_range"]
   s = a.fit_summary[a.fit_summary.kind == "labels"]
   for setup in s.setup.unique():
     g = s[s.setup == setup].sort_values("corruption")
     at1 = g[g.corruption == 1]
-    worst = g.loc[g.mean_slowdown.idxmax()] if g.mean_slowdown.notna().any() else None
-    if worst is None:
+    if not g.mean_slowdown.notna().any():
       out += [f"- **Fig. 1b, {setup}:** slowdown undefined: no true-label replica has "
               f"fitted yet, so there is nothing to compare with the paper's "
               f"{lo:g}x–{hi:g}x."]
       continue
+    worst = g.loc[g.mean_slowdown.idxmax()]
     ge = "≥ " if worst.lower_bound_slowdown else ""
     p1 = (f"{'≥ ' if at1.lower_bound_slowdown.iloc[0] else ''}"
           f"{at1.mean_slowdown.iloc[0]:.2f}x at p = 1, " if len(at1) else "")
@@ -347,13 +349,17 @@ def _paper_section(a: Analysis) -> list[str]:
     out += [f"- **Fig. 1b, {setup}:** slowdown {p1}largest {ge}{worst.mean_slowdown:.2f}x "
             f"(at p = {worst.corruption:g}). The paper: {pn['figure1b']['claim']}; "
             f"{'within' if inside else 'outside'} its {lo:g}x–{hi:g}x range."]
-  # Figure 1c: shape of test error.
+  return out
+
+
+def _paper_fig1c(a: Analysis, pn: dict, same: bool) -> list[str]:
+  """Figure 1c against the paper: the shape of test error, per setup."""
+  out = []
   k = a.runs.replicas.num_classes.dropna()
   k = int(k.iloc[0]) if len(k) else 10
   err = tables.per_corruption(a.runs.replicas, "test_error")
   for setup in plots.setup_labels(err):
-    g = err[err.setup == setup]
-    shape = paper.figure1c_shape(g, k)
+    shape = paper.figure1c_shape(err[err.setup == setup], k)
     model = a.runs.replicas.loc[a.runs.replicas.setup == setup, "model"].iloc[0]
     p0_paper = pn["figure1c"]["test_error_at_p0"].get(model) if same else None
     p0 = f"{_pct(shape['error_p0'])}% at p = 0" + (
@@ -362,7 +368,12 @@ def _paper_section(a: Analysis) -> list[str]:
             f"(chance {_pct(shape['chance'])}%, paper {_pct(shape['paper_error_p1'])}%); "
             f"Spearman correlation with p = {_num(shape['rho'])} (the paper's curve rises "
             f"steadily: 1)."]
-  # Figure 1a: steps to a training loss of 0.1, per condition.
+  return out
+
+
+def _paper_fig1a(a: Analysis, pn: dict, same: bool) -> list[str]:
+  """Figure 1a against the paper: optimizer steps to a training loss of 0.1, per
+  condition, fastest first."""
   f1a = pn["figure1a"]
   loss_fits = fit_time.time_to_fit(a.runs.metrics, loss_below=f1a["loss_threshold"])
   rows = []
@@ -370,18 +381,17 @@ def _paper_section(a: Analysis) -> list[str]:
   for (setup, cond), g in loss_fits.groupby(["setup", "condition"]):
     if cond not in tables.FIG1A_CONDITIONS:
       continue
-    g = g.sort_values("time_step")
     match = same and g.model.iloc[0] == f1a["model"]
     ge = "≥ " if g.censored.any() else ""
     rows.append([setup, cond, f"{ge}{g.time_step.mean():,.0f}",
-                 f"{f1a['steps_to_loss'][cond]:,}" if match else "–", g.time_step.mean()])
+                 f"{f1a['steps_to_loss'][cond]:,}" if match else DASH, g.time_step.mean()])
   rows = [r[:-1] for r in sorted(rows, key=lambda r: (order[r[0]], r[-1]))]  # fastest first
-  if rows:
-    out += ["", f"Fig. 1a: optimizer steps until training loss ≤ {f1a['loss_threshold']:g} "
-            f"(mean over seeds; the paper column is from a public reproduction of Inception "
-            f"on CIFAR-10, shown only for that experiment).", "",
-            _md_table(["setup", "condition", "steps", "paper (repro)"], rows)]
-  return out + [""]
+  if not rows:
+    return []
+  return ["", f"Fig. 1a: optimizer steps until training loss ≤ {f1a['loss_threshold']:g} "
+          f"(mean over seeds; the paper column is from a public reproduction of Inception "
+          f"on CIFAR-10, shown only for that experiment).", "",
+          *md_table(["setup", "condition", "steps", "paper (repro)"], rows)]
 
 
 def reliability_table(runs: Runs) -> pd.DataFrame:
@@ -430,16 +440,21 @@ def _log(msg: str) -> None:
   print(f"[zhang report] {msg}", file=sys.stderr, flush=True)
 
 
-def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
-                 threshold: float | None = None, loss_below: float | None = None,
-                 n_boot: int = 200) -> list[epath.Path]:
-  """Loads runs, writes the figures and report.md to `out`; returns the written paths. The
-  clean/noisy fit and reliability figures only for runs that recorded their fields."""
-  runs = load_runs(paths)
-  require_one_dataset(runs.replicas, "one report")
-  a = analyze(runs, threshold=threshold, loss_below=loss_below, n_boot=n_boot)
-  out = epath.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
+def _write_text(path: epath.Path, text: str) -> epath.Path:
+  """Writes ``text`` whole: a temporary file renamed over ``path`` on a local disk; one
+  upload on an object store, which readers see whole or not at all."""
+  if "://" in str(path):
+    path.write_text(text)
+    return path
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+  return path
+
+
+def _figures(a: Analysis, out: epath.Path, grok: pd.DataFrame) -> list[epath.Path]:
+  """Figure 1, the confidence plot, and the figures of the fields the runs recorded."""
+  runs = a.runs
   written = [
       plots.save(plots.fig1a(runs.metrics), out / "fig1a.png"),
       plots.save(plots.fig1b(a.fits, a.scaling), out / "fig1b.png"),
@@ -451,55 +466,106 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   bins = reliability_table(runs)
   if plots.has_reliability(bins):
     written.append(plots.save(plots.reliability(bins), out / "reliability.png"))
-  grok = grokking.steps(runs)  # empty unless a run trained past its fit
   if grokking.applies(runs):
     written.append(plots.save(plots.grokking(runs.metrics), out / "grokking.png"))
     written.append(plots.save(plots.grokking_steps(grok), out / "grokking_steps.png"))
   if memorization.has_fit_times(runs):
     written.append(plots.save(plots.fit_times(memorization.curves(runs), runs.datasets[0]),
                               out / "fit_times.png"))
+  return written
+
+
+def _regularizer_study(a: Analysis, out: epath.Path, threshold: float | None
+                       ) -> list[epath.Path]:
+  """fig2a.png, early_stopping.png and table1.md, for runs that compare regularizers or
+  models (else nothing)."""
+  runs = a.runs
   pairs = plots.has_model_pairs(runs.metrics)
   effects = regularization.effects(runs)
-  regularizer_study = pairs or not effects.empty
-  if regularizer_study:
-    if pairs:
-      written.append(plots.save(plots.fig2a(runs.metrics), out / "fig2a.png"))
-    es = regularization.early_stopping(runs, threshold)
-    written.append(plots.save(plots.early_stopping(es), out / "early_stopping.png"))
-    table1_md = out / "table1.md"
-    table1_md.write_text("\n".join(
-        regularization.table1_markdown(runs, a.table1, a.fits, threshold, effects, es)
-        + _figures_section([p.name for p in written if p.name in REGULARIZER_FIGURES])))
-  kernels = kernel_baseline.load_or_compute(runs, out, log=_log)  # token datasets only
-  # What `zhang llc RUN --out OUT` and `zhang ntk RUN --out OUT` wrote into the same folder.
-  llc_result = llc_report.load(out / "llc.json") if (out / "llc.json").exists() else None
-  if llc_result is not None:
-    written += [epath.Path(p) for p in llc_report.plot(llc_result, out)]
-  ntk_result = ntk_report.load(out) if (out / ntk_report.NTK_JSON).exists() else None
-  if ntk_result is not None:
-    written += [epath.Path(p) for p in ntk_report.plot(ntk_result, out)]
-  dataset = runs.datasets[0]
-  lines = [f"# Randomization tests on {dataset}", "",
+  if not pairs and effects.empty:
+    return []
+  written = []
+  if pairs:
+    written.append(plots.save(plots.fig2a(runs.metrics), out / "fig2a.png"))
+  es = regularization.early_stopping(runs, threshold)
+  written.append(plots.save(plots.early_stopping(es), out / "early_stopping.png"))
+  text = "\n".join(regularization.table1_markdown(runs, a.table1, a.fits, threshold, effects, es)
+                   + _figures_section([p.name for p in written]))
+  return written + [_write_text(out / "table1.md", text)]
+
+
+def _skipped(title: str, path: epath.Path, settings: dict, command: str) -> list[str]:
+  """The section of a probe file computed from another run: where it is from, and that it
+  was skipped."""
+  _log(provenance.skipped_line(path, settings))
+  return [title, "", f"{path} was computed from {provenance.describe(settings)}, not from "
+          f"the runs reported here, so it is not shown. `{command}` writes this section for "
+          f"a run reported here.", ""]
+
+
+def _kernel_baseline(runs: Runs, out: epath.Path, grok: pd.DataFrame) -> list[str]:
+  """The section of what `zhang kernel RUN --out OUT` wrote, for runs on token datasets."""
+  entries = kernel_baseline.load(out)
+  others = kernel_baseline.select(entries, runs)[1]
+  if others:
+    _log(provenance.skipped_line(out / kernel_baseline.FILE, others[0].get("settings", {}))
+         + (f" ({len(others)} entries)" if len(others) > 1 else ""))
+  return kernel_baseline.report_lines(entries, runs, out, grok)
+
+
+def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
+  """The figures and sections of what `zhang llc RUN` and `zhang ntk RUN` wrote into
+  ``out``, each only where it was computed from one of ``runs``."""
+  written, lines = [], []
+  if (out / "llc.json").exists():
+    llc = llc_report.load(out / "llc.json")
+    if provenance.source(llc["settings"], runs) is None:
+      lines += _skipped("## Local learning coefficient", out / "llc.json", llc["settings"],
+                        f"zhang llc RUN --out {out}")
+    else:
+      written += [epath.Path(p) for p in llc_report.plot(llc, out)]
+      lines += llc_report.report_lines(llc) + [""]
+  if (out / ntk_report.NTK_JSON).exists():
+    ntk = ntk_report.load(out)
+    if provenance.source(ntk["settings"], runs) is None:
+      lines += _skipped("## Kernel regime (empirical NTK at initialization)",
+                        out / ntk_report.NTK_JSON, ntk["settings"], f"zhang ntk RUN --out {out}")
+    else:
+      from zhang.analysis import ntk_plots  # matplotlib's figures of ntk.json
+      written += [epath.Path(p) for p in ntk_plots.plot(ntk, out)]
+      lines += ntk_report.summary_lines(ntk) + [""]
+  return written, lines
+
+
+def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
+                 threshold: float | None = None, loss_below: float | None = None,
+                 n_boot: int = 200) -> list[epath.Path]:
+  """Loads runs, writes the figures and report.md to `out`; returns the written paths. The
+  clean/noisy fit and reliability figures only for runs that recorded their fields; the
+  sections of the probes (kernel baseline, llc, ntk) only from files in `out` computed from
+  these runs."""
+  runs = load_runs(paths)
+  require_one_dataset(runs.replicas, "one report")
+  a = analyze(runs, threshold=threshold, loss_below=loss_below, n_boot=n_boot)
+  out = epath.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  grok = grokking.steps(runs)  # empty unless a run trained past its fit
+  written = _figures(a, out, grok)
+  study = _regularizer_study(a, out, threshold)
+  probe_figures, probe_lines = _probes(runs, out)
+  lines = [f"# Randomization tests on {runs.datasets[0]}", "",
            f"Generated by `zhang report` from {len(runs.runs)} run(s). Reproduces Figure 1 and "
            f"Table 1 of Zhang et al. (2017), *Understanding deep learning requires rethinking "
            f"generalization*.", ""]
-  lines += _runs_section(runs, a.fits)
-  lines += _combinations_section(a)
-  lines += _table1_section(a)
-  if regularizer_study:
+  lines += _runs_section(runs, a.fits) + _combinations_section(a) + _table1_section(a)
+  if study:
     lines += ["Each regularizer on and off, random labels with regularizers, and early "
               "stopping: [table1.md](table1.md).", ""]
-  lines += _fit_section(a)
-  lines += _scaling_section(a)
-  lines += _paper_section(a)
+  lines += _fit_section(a) + _scaling_section(a) + _paper_section(a)
   lines += grokking.report_lines(runs, grok)
-  lines += kernel_baseline.report_lines(kernels, runs, grok)
-  lines += memorization.report_lines(runs)
-  if llc_result is not None:
-    lines += llc_report.report_lines(llc_result) + [""]
-  if ntk_result is not None:
-    lines += ntk_report.summary_lines(ntk_result) + [""]
-  lines += _figures_section([p.name for p in written])
-  report = out / "report.md"
-  report.write_text("\n".join(lines))
-  return written + ([table1_md] if regularizer_study else []) + [report]
+  lines += _kernel_baseline(runs, out, grok)
+  lines += memorization.report_lines(runs) + probe_lines
+  figures = written + [p for p in study if p.suffix == ".png"] + probe_figures
+  lines += _figures_section([p.name for p in figures])
+  report = _write_text(out / "report.md", "\n".join(lines))
+  return figures + [p for p in study if p.suffix == ".md"] + [report]

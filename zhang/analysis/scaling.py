@@ -194,7 +194,7 @@ def fit_scaling(fits: pd.DataFrame, time: str = "time_epoch",
   """
   rows = []
   labels = fits[fits["kind"] == "labels"]
-  for (dataset, setup), group in labels.groupby(["dataset", "setup"], sort=True):
+  for (dataset, _), group in labels.groupby(["dataset", "setup"], sort=True):
     ids = {c: group[c].iloc[0] if c in group else np.nan for c in SETUP_COLUMNS}
     done = group[finished(group)]
     for form in forms:

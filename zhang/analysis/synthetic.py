@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
+from zhang.rundir import format as format_lib
+
 HPARAMS = ("learning_rate", "weight_decay", "augmentation")
 
 
@@ -53,33 +55,26 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
               n_test: int = 512, num_classes: int = 10, batch_size: int = 128,
               eval_every: int = 10, max_steps: int = 200, steps_run: int | None = None,
               status: str = "complete", num_params: int = 1_209_866,
-              config: dict[str, Any] | None = None, torn_last_line: bool = False,
-              old_format: bool = False) -> epath.Path:
-  """Writes a run directory. `steps_run < max_steps` with status 'running' is a partial run.
-
-  `old_format` writes a run from before per-replica hyper-parameters: no `learning_rate`,
-  `weight_decay` or `augmentation` in metrics.jsonl or summary.json, and no `augmentation`
-  in config.json.
-  """
+              config: dict[str, Any] | None = None,
+              torn_last_line: bool = False) -> epath.Path:
+  """Writes a run directory. `steps_run < max_steps` with status 'running' is a partial run."""
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   steps_run = max_steps if steps_run is None else steps_run
   cfg = dict(model=model, dataset=dataset, batch_size=batch_size, learning_rate=0.01,
              momentum=0.9, lr_decay=0.95, lr_decay_every=max(n_train // batch_size, 1),
              weight_decay=0.0, max_steps=max_steps, eval_every=eval_every, fit_threshold=1.0,
+             augmentation="none",
              grid=[dict(kinds=sorted({r["kind"] for r in replicas}),
                         corruptions=sorted({r["corruption"] for r in replicas}),
                         seeds=sorted({r["seed"] for r in replicas}))])
-  if not old_format:
-    cfg["augmentation"] = "none"
   cfg |= config or {}
   hps = [{h: cfg.get(h, "none") if rep.get(h) is None else rep[h] for h in HPARAMS}
          for rep in replicas]
-  if not old_format:
-    for h in HPARAMS:  # the grid axes the replicas set, as `zhang train` writes them
-      if any(rep.get(h) is not None for rep in replicas):
-        cfg["grid"][0][h + "s"] = sorted({hp[h] for hp in hps})
-  (workdir / "config.json").write_text(json.dumps(cfg, indent=2))
+  for h in HPARAMS:  # the grid axes the replicas set, as `zhang train` writes them
+    if any(rep.get(h) is not None for rep in replicas):
+      cfg["grid"][0][h + "s"] = sorted({hp[h] for hp in hps})
+  (workdir / format_lib.CONFIG).write_text(json.dumps(format_lib.stamped(cfg), indent=2))
   steps = np.arange(0, steps_run + 1, eval_every)
   from zhang.experiment.step import (
     schedule,  # the trainer's own (imports jax: only when writing runs)
@@ -88,16 +83,15 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
   lines, summary_reps = [], []
   for i, (rep, hp) in enumerate(zip(replicas, hps)):
     c = _curves(rep, steps.astype(float), num_classes)
-    own = {} if old_format else hp
     for j, step in enumerate(steps):
       lines.append(json.dumps(dict(
           step=int(step), epoch=float(step * batch_size / n_train), replica=i,
-          kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"], **own,
+          kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"], **hp,
           lr=float(hp["learning_rate"] * decay[j]),
           **{k: float(v[j]) for k, v in c.items()})))
     fitted = rep["fit_step"] is not None and rep["fit_step"] <= steps_run
     summary_reps.append(dict(
-        replica=i, kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"], **own,
+        replica=i, kind=rep["kind"], corruption=rep["corruption"], seed=rep["seed"], **hp,
         label_noise=rep["corruption"] * (1 - 1 / num_classes) if rep["kind"] == "labels"
         else 0.0,
         fit_step=rep["fit_step"] if fitted else None,
@@ -113,7 +107,7 @@ def write_run(workdir: str | epath.Path, replicas: Sequence[dict[str, Any]], *,
                  n_train=n_train, n_test=n_test, num_classes=num_classes,
                  steps_per_epoch=n_train / batch_size, steps_run=int(steps[-1]),
                  replicas=summary_reps)
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  (workdir / format_lib.SUMMARY).write_text(json.dumps(format_lib.stamped(summary), indent=2))
   return workdir
 
 
@@ -144,6 +138,6 @@ def write_example_run(workdir: str | epath.Path, model: str = "mlp_1x512",
     for kind, fit in (("shuffled_pixels", 60), ("random_pixels", 90), ("gaussian", 80)):
       step = int(round(fit * scale * jitter / 10)) * 10
       acc = test_acc_p0 - 0.05 if kind == "shuffled_pixels" else 0.1
-      reps.append(replica(kind, 1.0, seed, step, acc, confidence=min(0.97, acc + 0.5)))
+      reps.append(replica(kind, 0.0, seed, step, acc, confidence=min(0.97, acc + 0.5)))
   kwargs.setdefault("max_steps", int(round(300 * scale / 10)) * 10)
   return write_run(workdir, reps, model=model, **kwargs)

@@ -10,10 +10,11 @@ import argparse
 import importlib
 import sys
 
-from zhang.errors import RunError, UsageError
+from zhang.errors import RunError, UsageError, on_command_line
 
 # Modules that add their own sub-command with ``register(subparsers)``.
-_PLUGINS = ("zhang.cli.train", "zhang.cli.models", "zhang.cli.kernel", "zhang.cli.report", "zhang.cli.ntk", "zhang.cli.llc")
+_PLUGINS = ("zhang.cli.train", "zhang.cli.models", "zhang.cli.kernel", "zhang.cli.report",
+            "zhang.cli.ntk", "zhang.cli.llc")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
       if e.name != name:  # the plugin exists but a dependency of it is missing: say so
         raise
       continue
-    module.register(sub)
+    command = module.register(sub)
+    # the command's flags, for errors that name a setting (zhang.errors.on_command_line)
+    command.set_defaults(flags=[s for a in command._actions for s in a.option_strings])
   return parser
 
 
@@ -56,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     return args.func(args)
   except UsageError as e:
-    print(f"zhang {args.command}: error: {e}", file=sys.stderr)
+    print(f"zhang {args.command}: error: {on_command_line(e, args.flags)}", file=sys.stderr)
     return 2
   except RunError as e:
-    print(f"zhang {args.command}: error: {e}", file=sys.stderr)
+    print(f"zhang {args.command}: error: {on_command_line(e, args.flags)}", file=sys.stderr)
     return 1
 
 

@@ -6,7 +6,8 @@
 
 Writes OUT/llc.json, OUT/llc_traces.npz, OUT/llc_traces.png, OUT/llc_vs_corruption.png (and
 OUT/llc_vs_step.png with several steps); never writes into the run's directory. The
-estimator, its settings and their calibration: ``zhang/probes/llc/sgld.py``; on a run: ``zhang/probes/llc/estimate.py``.
+estimator, its settings and their calibration: ``zhang/probes/llc/sgld.py``; on a run:
+``zhang/probes/llc/estimate.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 import textwrap
 
-from zhang.errors import UsageError
+from zhang.errors import UsageError, on_command_line
 
 _D = dict(step_size=1e-4, gamma=100.0, chains=4, draws=1000, burnin=300)  # = sgld.Settings()
 _EPILOG = "\n\n".join(textwrap.fill(paragraph, 88) for paragraph in (
@@ -77,28 +78,28 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run_llc_command(args) -> int:
-  """Runs `zhang llc`; returns the exit code (0 ok, 2 bad input)."""
+  """Runs `zhang llc`; bad input raises UsageError naming settings in backticks, which
+  ``zhang.cli.main`` prints as these flags (exit 2); the warnings are printed the same way."""
   from zhang.probes.llc import (
     estimate as llc,  # deferred: the parser must build without importing JAX
   )
-  try:
-    settings = llc.Settings(step_size=args.step_size, gamma=args.gamma,
-                            nbeta=llc.parse_nbeta(args.nbeta), chains=args.chains,
-                            draws=args.draws, burnin=args.burnin, batch_size=args.batch_size,
-                            seed=args.seed)
-    settings.check()
-    if args.sweep:
-      grid = llc.parse_sweep(args.sweep)
-      result = llc.sweep(args.run, grid, settings, args.steps, args.data_dir, args.out)
-      print("\n".join(llc.sweep_lines(result)))
-      return 0
-    if not args.out:
-      raise UsageError("--out DIR is required (where llc.json and the plots go)")
-    result = llc.estimate_run(args.run, args.out, settings, args.steps, args.data_dir,
-                              plots=not args.no_plots)
-  except UsageError as e:
-    print(f"zhang llc: error: {e}", file=sys.stderr)
-    return 2
+  flags = getattr(args, "flags", None)
+  warn = lambda message: print(f"zhang llc: warning: {on_command_line(message, flags)}",
+                               file=sys.stderr, flush=True)
+  settings = llc.Settings(step_size=args.step_size, gamma=args.gamma,
+                          nbeta=llc.parse_nbeta(args.nbeta), chains=args.chains,
+                          draws=args.draws, burnin=args.burnin, batch_size=args.batch_size,
+                          seed=args.seed)
+  settings.check()
+  if args.sweep:
+    grid = llc.parse_sweep(args.sweep)
+    result = llc.sweep(args.run, grid, settings, args.steps, args.data_dir, args.out)
+    print("\n".join(llc.sweep_lines(result)))
+    return 0
+  if not args.out:
+    raise UsageError("--out DIR is required (where llc.json and the plots go)")
+  result = llc.estimate_run(args.run, args.out, settings, args.steps, args.data_dir,
+                            plots=not args.no_plots, warn=warn)
   written = [f"{args.out}/{name}" for name in (llc.JSON, llc.TRACES)]
   if not args.no_plots:
     written += [str(p) for p in llc.plot(result, args.out)]

@@ -58,19 +58,22 @@ def register(subparsers) -> argparse.ArgumentParser:
                       "per-example jacobian")
   p.add_argument("--memory_gb", type=float, default=None,
                  help="memory budget (default: 80%% of MemAvailable)")
+  p.add_argument("--data_dir", default=None, help="where the run's dataset is, if not where "
+                 "the run read it")
   p.set_defaults(func=run_ntk_command)
   return p
 
 
 def run_ntk_command(args) -> int:
-  """Runs `zhang ntk`; bad input raises UsageError (the CLI prints it, exits 2)."""
+  """Runs `zhang ntk`; bad input raises UsageError naming settings in backticks, which
+  ``zhang.cli.main`` prints as these flags (exit 2)."""
   from zhang.analysis import ntk as ntk_report
-  from zhang.probes.ntk import on_run as ntk_run
   from zhang.probes.ntk import predict as ntk_predict
-  request = ntk_run.Request(
+  from zhang.probes.ntk import request as ntk_request
+  request = ntk_request.Request(
       n=args.n, n_test=args.n_test, threshold=args.threshold, criterion=args.criterion,
       loss=args.loss, horizon=args.horizon, block=args.block, memory_gb=args.memory_gb,
-      dtype=args.dtype, method=args.method)
+      dtype=args.dtype, method=args.method, data_dir=args.data_dir)
   result = ntk_predict.compute(args.run, request, out=args.out)
   paths = ntk_predict.write(result, args.out)
   for line in ntk_report.text_lines(result):

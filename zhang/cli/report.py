@@ -1,4 +1,4 @@
-"""The `zhang report` sub-command. `zhang/cli.py` calls `register(subparsers)`."""
+"""The `zhang report` sub-command. `zhang/cli/__init__.py` calls `register(subparsers)`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ def register(subparsers) -> argparse.ArgumentParser:
       "report", help="figures 1a-c, confidence plot and report.md from run directories",
       description="Reads run directories (local or gs://) written by `zhang train` and writes "
       "fig1a.png, fig1b.png, fig1c.png, confidence.png and report.md to OUT. Runs still in "
-      "progress are reported as such; their partial data are used.")
+      "progress are reported as such; their partial data are used. What the probes wrote "
+      "into OUT (kernel_baseline.json of `zhang kernel RUN --out OUT`, llc.json, ntk.json) "
+      "gets its section when it was computed from one of these runs (its config hash); a "
+      "file of another run is named and skipped.")
   parser.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (--workdir)")
   parser.add_argument("--out", required=True, help="output directory (created if missing)")
   parser.add_argument("--threshold", type=float, default=None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from zhang.formatting import pct
+
 
 def register(sub) -> argparse.ArgumentParser:
   """Adds `train` to an argparse sub-parser collection."""
@@ -67,8 +69,9 @@ def run_train_command(args) -> int:
       print_run(dict(run, replicas=[r for r in summary["replicas"] if r["model"] == model]),
                 config_lib.resolve(config_lib.for_model(config, model)))
     print(f"\nResults in {workdir}/: one run per model (MODEL/config.json, metrics.jsonl, "
-          f"summary.json), and summary.json with every model's replicas ({len(summary['replicas'])}, "
-          f"{summary['wall_seconds']:.0f} s in all). zhang report {workdir} reads the study.")
+          f"summary.json), and summary.json with every model's replicas "
+          f"({len(summary['replicas'])}, {summary['wall_seconds']:.0f} s in all). zhang report "
+          f"{workdir} reads the study.")
     return 0
   print_run(summary, config_lib.resolve(config))
   print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
@@ -122,7 +125,7 @@ def timing_line(summary: dict) -> str | None:
     return None
   return (f"Time: training {t['train_ms_per_step']:.3g} ms per step, evaluation "
           f"{t['eval_seconds_each']:.3g} s each ({t['eval_images']:,} images per replica; "
-          f"{100 * t['eval_share']:.0f}% of the timed time, eval_every sets how often), "
+          f"{pct(t['eval_share'], 0)}% of the timed time, eval_every sets how often), "
           f"compilation and first calls {t['first_call_seconds']:.0f} s.")
 
 

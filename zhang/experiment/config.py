@@ -67,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.stop_at_fit = True
   c.checkpoint_every = 2000  # steps between checkpoints (and one at the end)
   c.keep_checkpoints = 3
-  c.augmentation = "none"  # zhang/experiment/augment.py: what an entry without `augmentations` takes
+  # zhang/experiment/augment.py's names: what an entry without `augmentations` takes.
+  c.augmentation = "none"
   # Device mesh (replica, data): -1 takes the remaining devices. The grid is padded with
   # inert replicas to a multiple of the replica axis (they never appear in outputs).
   c.mesh_shape = (-1, 1)
@@ -114,7 +115,8 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
     path += ".py"
   file = pathlib.Path(path)
   if not file.is_file():
-    raise UsageError(f"config file {path} not found: pass --config configs/NAME.py[:ARGS]")
+    raise UsageError(f"config file {path} not found: give one such as "
+                     f"configs/NAME.py[:ARGS]")
   module_spec = importlib.util.spec_from_file_location(f"zhang_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   get_config = None
@@ -168,8 +170,6 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
   key = key.strip()
   if not sep:
     raise UsageError(f"override {item!r} is not FIELD=VALUE (e.g. --config.max_steps=100)")
-  if key in FORMER_PLAN_FIELDS:
-    raise UsageError(_plan_field_message(key))
   if key not in config:
     raise UsageError(f"unknown config field {key!r}: fields are {', '.join(config.keys())}")
   field_type = _field_type(config, key)
@@ -268,16 +268,10 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-# Fields added after runs had been written: at their default they are left out of a config's
-# identity (the hash its checkpoints and summary carry), so those runs still resume.
-LATER_FIELDS = ("models", "modulus", "train_fraction", "split_seed", "optimizer", "adam_b1",
-                "adam_b2", "generalize_threshold", "stop_at_fit")
-
-
 def identity(config: ml_collections.ConfigDict) -> dict:
-  """The config as JSON without ``LATER_FIELDS`` at their defaults: what its hash is of."""
-  d, base = to_json_dict(config), to_json_dict(base_config())
-  return {k: v for k, v in d.items() if not (k in LATER_FIELDS and v == base[k])}
+  """What the config's hash (in its checkpoints and summary) is of: every field, as JSON.
+  Not config.json's ``format``: the same experiment keeps its hash across run-file formats."""
+  return to_json_dict(config)
 
 
 # --------------------------------------------------------------------------- studies
@@ -343,17 +337,6 @@ def choices() -> dict[str, tuple[str, ...]]:
 OPTIMIZERS = ("sgd_momentum", "adamw")
 
 
-# Fields that once chose how a device runs the grid; now the execution plan does.
-FORMER_PLAN_FIELDS = {"replica_strategy": "replicas", "conv_gradient": "gradients",
-                "cpu_kernels": "cpu_kernels"}
-
-
-def _plan_field_message(name: str) -> str:
-  return (f"{name} is no longer a config field: the execution plan (zhang/runtime/plan.py) picks it "
-          f"from the backend; to force it for a benchmark set ZHANG_PLAN="
-          f"{FORMER_PLAN_FIELDS[name]}=... (it changes speed, not results)")
-
-
 def _require(ok: bool, message: str, field: str | None = None) -> None:
   """Raises UsageError(message) unless ok; ``field`` adds its example (``example``)."""
   if not ok:
@@ -384,8 +367,6 @@ def check_weight_decay(value, where: str = "weight_decay", how: str | None = Non
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises UsageError (one line: what is wrong, how to fix it) for a bad config."""
   known = set(base_config().keys())
-  for name in set(c.keys()) & set(FORMER_PLAN_FIELDS):
-    raise UsageError(_plan_field_message(name))
   unknown = set(c.keys()) - known
   _require(not unknown, f"unknown config field(s) {', '.join(sorted(unknown))}: "
            f"known fields are {', '.join(sorted(known))}")
@@ -476,49 +457,9 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
   grid = c.grid
   _require(isinstance(grid, (list, tuple)) and len(grid) > 0,
            "grid must be a non-empty list of dict(kinds=[...], corruptions=[...], seeds=[...])")
-  lr = c.learning_rate if c.learning_rate is not None else models.get(c.model).learning_rate
   replicas, seen = [], set()
   for entry in grid:
-    _require(isinstance(entry, dict) or hasattr(entry, "keys"),
-             f"grid entry {entry!r} must be a dict(kinds=[...], corruptions=[...], seeds=[...])")
-    entry = dict(entry)
-    if c.model not in _entry_models(entry, c.model):
-      continue  # an entry of a study's other models
-    entry.pop("models", None)
-    unknown = set(entry) - set(AXES)
-    _require(not unknown, f"grid entry field(s) {', '.join(sorted(unknown))} unknown: an "
-             f"entry takes {', '.join(AXES)} (and models, in a study)")
-    lacking = {"kinds", "corruptions", "seeds"} - set(entry)
-    _require(not lacking, f"grid entry {entry} lacks {', '.join(sorted(lacking))}: kinds, "
-             f"corruptions and seeds are required")
-    kinds = _axis(entry, "kinds", None)
-    corruptions = _axis(entry, "corruptions", None)
-    seeds = _axis(entry, "seeds", None)
-    lrs = _axis(entry, "learning_rates", lr)
-    wds = _axis(entry, "weight_decays", c.weight_decay)
-    augs = _axis(entry, "augmentations", c.augmentation)
-    for kind in kinds:
-      randomize.kind_id(kind)
-      _require(kind == "labels" or c.dataset not in data.TOKEN_DATASETS,
-               f"kind {kind} randomizes pixels, and {c.dataset} has token inputs, not "
-               f"images: use kinds=['labels'] (label corruption) for {c.dataset}")
-    for p in corruptions:
-      _require(_is_number(p) and 0.0 <= p <= 1.0,
-               f"corruption level {p!r} is outside [0, 1]: use a probability such as 0.2")
-    for seed in seeds:
-      _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31,
-               f"seed {seed!r} must be an integer in [0, 2**31)")
-    for value in lrs:
-      check_learning_rate(value, "grid learning rate", "learning_rates=[0.01] in the entry")
-    for value in wds:
-      check_weight_decay(value, "grid weight decay", "weight_decays=[5e-4] in the entry")
-    for name in augs:
-      augment.check_name(name)
-      _require(name == "none" or c.dataset not in data.TOKEN_DATASETS,
-               f"augmentation {name} is for images, and {c.dataset} has token inputs: use "
-               f"augmentations=['none'] for {c.dataset}")
-    for values in itertools.product(kinds, corruptions, seeds, lrs, wds, augs):
-      kind, p, seed, rate, wd, aug = values
+    for kind, p, seed, rate, wd, aug in _entry_values(c, entry):
       key = (kind, float(p), seed, float(rate), float(wd), aug)
       _require(key not in seen, f"replica kind={kind}, corruption={p}, seed={seed}, "
                f"learning rate={rate}, weight decay={wd}, augmentation={aug} appears twice "
@@ -531,3 +472,50 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
   # compiled once for its group (see zhang/experiment/step.py); within a kind, grid order is kept.
   replicas.sort(key=lambda r: randomize.KINDS.index(r.kind))
   return [dataclasses.replace(r, index=i) for i, r in enumerate(replicas)]
+
+
+def _entry_values(c: ml_collections.ConfigDict, entry) -> list[tuple]:
+  """One grid entry's replicas as (kind, corruption, seed, learning rate, weight decay,
+  augmentation), as the entry spells them, checked; none for an entry of a study's other
+  models."""
+  _require(isinstance(entry, dict) or hasattr(entry, "keys"),
+           f"grid entry {entry!r} must be a dict(kinds=[...], corruptions=[...], seeds=[...])")
+  entry = dict(entry)
+  if c.model not in _entry_models(entry, c.model):
+    return []
+  entry.pop("models", None)
+  unknown = set(entry) - set(AXES)
+  _require(not unknown, f"grid entry field(s) {', '.join(sorted(unknown))} unknown: an "
+           f"entry takes {', '.join(AXES)} (and models, in a study)")
+  lacking = {"kinds", "corruptions", "seeds"} - set(entry)
+  _require(not lacking, f"grid entry {entry} lacks {', '.join(sorted(lacking))}: kinds, "
+           f"corruptions and seeds are required")
+  lr = c.learning_rate if c.learning_rate is not None else models.get(c.model).learning_rate
+  axes = [_axis(entry, name, default) for name, default in zip(
+      AXES, (None, None, None, lr, c.weight_decay, c.augmentation))]
+  _check_axes(c.dataset, *axes)
+  return list(itertools.product(*axes))
+
+
+def _check_axes(dataset: str, kinds, corruptions, seeds, lrs, wds, augs) -> None:
+  """Every value of a grid entry's axes is valid (and fits the dataset's inputs)."""
+  for kind in kinds:
+    randomize.kind_id(kind)
+    _require(kind == "labels" or dataset not in data.TOKEN_DATASETS,
+             f"kind {kind} randomizes pixels, and {dataset} has token inputs, not "
+             f"images: use kinds=['labels'] (label corruption) for {dataset}")
+  for p in corruptions:
+    _require(_is_number(p) and 0.0 <= p <= 1.0,
+             f"corruption level {p!r} is outside [0, 1]: use a probability such as 0.2")
+  for seed in seeds:
+    _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31,
+             f"seed {seed!r} must be an integer in [0, 2**31)")
+  for value in lrs:
+    check_learning_rate(value, "grid learning rate", "learning_rates=[0.01] in the entry")
+  for value in wds:
+    check_weight_decay(value, "grid weight decay", "weight_decays=[5e-4] in the entry")
+  for name in augs:
+    augment.check_name(name)
+    _require(name == "none" or dataset not in data.TOKEN_DATASETS,
+             f"augmentation {name} is for images, and {dataset} has token inputs: use "
+             f"augmentations=['none'] for {dataset}")

@@ -12,7 +12,9 @@ Top-level pieces, in the order a step uses them: ``replica_inputs`` (one replica
 randomized, augmented, whitened inputs), ``apply_model``, ``train_step`` (one replica),
 ``eval_batch`` (one batch of the train or test split, every replica), and ``over_grid``,
 which runs a per-replica function over the grid (the plan's vmap or loop, and the mesh's
-replica axis). ``compile_grid`` jit-compiles the chunk of steps and the evaluation.
+replica axis). The grid program's pieces: ``train_chunk`` (a chunk of steps) and
+``grid_metrics`` (the evaluation's pass over both splits), traced with ``GridFunctions``;
+``compile_grid`` jit-compiles them.
 """
 
 from __future__ import annotations
@@ -166,8 +168,8 @@ def grid_inputs(s: StepSettings, reps: ReplicaConstants, d: DeviceDataset, x_u8,
   axes = (0, None) + ((None, None) if shared else (0, 0))
   own = (lambda a, lo, hi: a) if shared else (lambda a, lo, hi: a[lo:hi])
   parts = [jax.vmap(lambda r, dd, x, i, k=kind: replica_inputs(k, s, r, dd, x, i, split, step),
-                    axes)(jax.tree.map(lambda a: a[lo:hi], reps), d, own(x_u8, lo, hi),
-                          own(indices, lo, hi))
+                    axes)(jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], reps), d,
+                          own(x_u8, lo, hi), own(indices, lo, hi))
            for kind, lo, hi in s.segments]
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
@@ -305,119 +307,159 @@ class GridProgram(NamedTuple):
   evaluate_and_track: Callable
 
 
+class GridFunctions(NamedTuple):
+  """What the grid program's pieces (``train_chunk``, ``grid_metrics``) are traced with:
+  one replica's step and logits mapped over the grid (``over_grid``), and the mesh whose
+  ``data`` axis splits each replica's batch (None: not split)."""
+  settings: StepSettings
+  # (states, x, y, learning rates, weight decays, schedule factor) -> (states, losses)
+  step: Callable
+  logits: Callable  # (states, x) -> logits (R, B, classes)
+  mesh: Any
+
+
+def grid_functions(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
+                   mesh=None) -> GridFunctions:
+  """The grid's functions of ``module`` under the plan, on the mesh (``GridFunctions``)."""
+  apply = functools.partial(apply_model, module, plan, s, has_batch_norm)
+  step = over_grid(plan, mesh, functools.partial(train_step, apply, s), replicated=(1,))
+  logits = over_grid(plan, mesh, functools.partial(_eval_logits, apply))
+  split = mesh if mesh is not None and mesh.shape["data"] > 1 else None
+  return GridFunctions(s, step, logits, split)
+
+
+def _eval_logits(apply: Callable, state: TrainState, x):
+  return apply(state, x, train=False)[0]
+
+
+def _split_batch(mesh, x):
+  """Splits each replica's batch over the mesh's ``data`` axis (None: left as it is)."""
+  if mesh is None:
+    return x
+  spec = P("replica", "data", *([None] * (x.ndim - 2)))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def epoch_orders(reps: ReplicaConstants, epoch, n: int):
+  """Every replica's order of the ``n`` training examples in epoch ``epoch``, (R, n)."""
+  return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
+      reps.order_key)
+
+
+def train_chunk(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset, step0,
+                num_steps, loss_sum=None):
+  """``num_steps`` steps from ``step0``; returns (states, ``loss_sum`` + each replica's
+  minibatch losses, summed step by step in float32: a run cut into calls of any lengths
+  sums in the same order, so its mean loss has the same bits)."""
+  n = d.train_images.shape[0]
+  per_epoch = n // g.settings.batch_size  # the last partial batch of an epoch is dropped
+  orders = epoch_orders(reps, step0 // per_epoch, n)
+  if loss_sum is None:
+    loss_sum = jnp.zeros(reps.labels.shape[:1], jnp.float32)
+  body = functools.partial(_chunk_step, g, reps, d, step0, per_epoch)
+  states, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (states, orders, loss_sum))
+  return states, loss_sum
+
+
+def _chunk_step(g: GridFunctions, reps: ReplicaConstants, d: DeviceDataset, step0,
+                per_epoch: int, i, carry):
+  """Step ``step0 + i`` of a train chunk, every replica: carry is (states, this epoch's
+  orders, loss sum)."""
+  s = g.settings
+  states, orders, loss_sum = carry
+  step = step0 + i
+  pos = step % per_epoch
+  # A new epoch's order when one starts (the step is shared: this stays a real branch).
+  orders = jax.lax.cond(pos == 0,
+                        lambda: epoch_orders(reps, step // per_epoch, d.train_images.shape[0]),
+                        lambda: orders)
+  indices = jax.lax.dynamic_slice_in_dim(orders, pos * s.batch_size, s.batch_size, 1)
+  x = _split_batch(g.mesh, grid_inputs(s, reps, d, jnp.take(d.train_images, indices, axis=0),
+                                       indices, randomize.TRAIN, step))
+  y = _split_batch(g.mesh, jnp.take_along_axis(reps.labels, indices, axis=1))
+  states, loss = g.step(states, x, y, reps.learning_rate, reps.weight_decay,
+                        schedule(s.lr_decay, s.lr_decay_every)(step))
+  return states, orders, loss_sum + loss
+
+
+def grid_metrics(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset):
+  """Mean loss, accuracy, max-softmax confidence and entropy of every replica on its
+  training set and the test set; train accuracy on the noisy examples (against their
+  corrupted and their true labels) and on the clean ones (NaN without such examples); the
+  test set's calibration error and its bins (R, ECE_BINS, 3: mean confidence, accuracy,
+  count). And whether each training example is classified as labelled, (R, n_train)."""
+  n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
+  eb = min(g.settings.eval_batch_size, max(n_train, n_test))
+  train_batches = -(-n_train // eb)
+  num_batches = train_batches + -(-n_test // eb)
+  # (batches, 7, R), (batches, R, K, 3), (batches, R, eb)
+  sums, bins, hits = jax.lax.map(
+      functools.partial(_eval_batch_at, g, states, reps, d, train_batches, eb),
+      jnp.arange(num_batches))
+  hits = jnp.moveaxis(hits[:train_batches], 1, 0).reshape(hits.shape[1], -1)[:, :n_train]
+  train_sums = jnp.sum(sums[:train_batches], axis=0)
+  out = _split_means(train_sums / n_train, jnp.sum(sums[train_batches:], axis=0) / n_test,
+                     train_sums, n_train)
+  bins = jnp.sum(bins, axis=0)  # (R, K, 3): count, confidence sum, correct sum
+  out["test_ece"] = expected_calibration_error(bins)
+  count = bins[..., 0]
+  mean = lambda a: jnp.where(count > 0, a / jnp.maximum(count, 1.0), jnp.nan)
+  out["test_reliability"] = jnp.stack([mean(bins[..., 1]), mean(bins[..., 2]), count], -1)
+  return out, hits
+
+
+def _eval_batch_at(g: GridFunctions, states, reps, d, train_batches: int, eb: int, b):
+  return eval_batch(g.logits, g.settings, states, reps, d, b, train_batches, eb)
+
+
+def _split_means(train, test, train_sums, n_train: int) -> dict:
+  """The per-split means of ``eval_batch``'s sums (7, R) as metrics; the noisy and clean
+  examples' train accuracies from the train split's sums."""
+  out = {"train_loss": train[0], "train_acc": train[1]}
+  n_noisy, correct_noisy, true_noisy = train_sums[4], train_sums[5], train_sums[6]
+  n_clean = n_train - n_noisy
+  ratio = lambda a, n: jnp.where(n > 0, a / jnp.maximum(n, 1.0), jnp.nan)
+  out["train_acc_clean"] = ratio(train_sums[1] - correct_noisy, n_clean)
+  out["train_acc_noisy"] = ratio(correct_noisy, n_noisy)
+  out["train_acc_noisy_vs_true"] = ratio(true_noisy, n_noisy)
+  out.update({f"test_{k}": v for k, v in zip(("loss", "acc", "confidence", "entropy"), test)})
+  return out
+
+
+def evaluate(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset):
+  """The evaluation's metrics (``grid_metrics``), a dict of per-replica arrays."""
+  return grid_metrics(g, states, reps, d)[0]
+
+
+def evaluate_and_track(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset,
+                       fit_since, step):
+  """``evaluate``'s metrics, and ``fit_since`` (R, n_train) updated by this evaluation at
+  ``step``: the first evaluation step from which each training example has been classified
+  as labelled at every evaluation since, -1 for one that is not now. The same pass over
+  the data: no second evaluation."""
+  out, hits = grid_metrics(g, states, reps, d)
+  return out, jnp.where(hits, jnp.where(fit_since < 0, step, fit_since), -1)
+
+
 def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
                  mesh=None) -> GridProgram:
   """The jit-compiled train chunk and evaluation of a grid.
 
   With a ``mesh`` (axes ``replica``, ``data``), the state stays sharded on ``replica``, a
   batch is split on ``data`` too, and the small outputs (losses, metrics) come back
-  replicated so every process can read them.
+  replicated so every process can read them. The train chunk takes the states' buffers
+  (donated), the tracked evaluation the fit times'.
   """
+  g = grid_functions(module, s, has_batch_norm, plan, mesh)
   jit = functools.partial(jax.jit, compiler_options=plan.compiler_options() or None)
-  split_batch = mesh is not None and mesh.shape["data"] > 1
+  chunk, track, metrics = {}, {}, {}
   if mesh is not None:
     by_replica, everywhere = NamedSharding(mesh, P("replica")), NamedSharding(mesh, P())
-    chunk_jit = functools.partial(jit, donate_argnums=(0,),
-                                  out_shardings=(by_replica, everywhere))
-    eval_jit = functools.partial(jit, out_shardings=everywhere)
-    track_jit = functools.partial(jit, donate_argnums=(3,),
-                                  out_shardings=(everywhere, by_replica))
-  else:
-    chunk_jit, eval_jit = functools.partial(jit, donate_argnums=(0,)), jit
-    track_jit = functools.partial(jit, donate_argnums=(3,))
-
-  def constrain(x):
-    """Splits each replica's batch over the ``data`` axis (when it has several devices)."""
-    if not split_batch:
-      return x
-    spec = P("replica", "data", *([None] * (x.ndim - 2)))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-  apply = functools.partial(apply_model, module, plan, s, has_batch_norm)
-  grid_step = over_grid(plan, mesh, functools.partial(train_step, apply, s), replicated=(1,))
-  grid_logits = over_grid(plan, mesh, lambda st, x: apply(st, x, train=False)[0])
-  factor = schedule(s.lr_decay, s.lr_decay_every)
-
-  def epoch_orders(reps, epoch, n):
-    return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
-        reps.order_key)
-
-  @chunk_jit
-  def train_chunk(states, reps: ReplicaConstants, d: DeviceDataset, step0, num_steps,
-                  loss_sum=None):
-    """``num_steps`` steps from ``step0``; returns (states, ``loss_sum`` + each replica's
-    minibatch losses, summed step by step in float32: a run cut into calls of any lengths
-    sums in the same order, so its mean loss has the same bits)."""
-    n = d.train_images.shape[0]
-    per_epoch = n // s.batch_size  # the last partial batch of an epoch is dropped
-
-    def body(i, carry):
-      states, orders, loss_sum = carry
-      step = step0 + i
-      pos = step % per_epoch
-      # A new epoch's order when one starts (the step is shared: this stays a real branch).
-      orders = jax.lax.cond(pos == 0, lambda: epoch_orders(reps, step // per_epoch, n),
-                            lambda: orders)
-      indices = jax.lax.dynamic_slice_in_dim(orders, pos * s.batch_size, s.batch_size, 1)
-      x = constrain(grid_inputs(s, reps, d, jnp.take(d.train_images, indices, axis=0),
-                                indices, randomize.TRAIN, step))
-      y = constrain(jnp.take_along_axis(reps.labels, indices, axis=1))
-      states, loss = grid_step(states, x, y, reps.learning_rate, reps.weight_decay,
-                               factor(step))
-      return states, orders, loss_sum + loss
-
-    orders = epoch_orders(reps, step0 // per_epoch, n)
-    if loss_sum is None:
-      loss_sum = jnp.zeros(reps.labels.shape[:1], jnp.float32)
-    states, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (states, orders, loss_sum))
-    return states, loss_sum
-
-  def metrics(states, reps: ReplicaConstants, d: DeviceDataset):
-    """Mean loss, accuracy, max-softmax confidence and entropy of every replica on its
-    training set and the test set; train accuracy on the noisy examples (against their
-    corrupted and their true labels) and on the clean ones (NaN without such examples); the
-    test set's calibration error and its bins (R, ECE_BINS, 3: mean confidence, accuracy,
-    count). And whether each training example is classified as labelled, (R, n_train)."""
-    n_train, n_test = d.train_images.shape[0], d.test_images.shape[0]
-    eb = min(s.eval_batch_size, max(n_train, n_test))
-    train_batches = -(-n_train // eb)
-    num_batches = train_batches + -(-n_test // eb)
-    # (batches, 7, R), (batches, R, K, 3), (batches, R, eb)
-    sums, bins, hits = jax.lax.map(lambda b: eval_batch(grid_logits, s, states, reps, d, b,
-                                                        train_batches, eb),
-                                   jnp.arange(num_batches))
-    hits = jnp.moveaxis(hits[:train_batches], 1, 0).reshape(hits.shape[1], -1)[:, :n_train]
-    train_sums = jnp.sum(sums[:train_batches], axis=0)
-    train = train_sums / n_train
-    test = jnp.sum(sums[train_batches:], axis=0) / n_test
-    out = {"train_loss": train[0], "train_acc": train[1]}
-    n_noisy, correct_noisy, true_noisy = train_sums[4], train_sums[5], train_sums[6]
-    n_clean = n_train - n_noisy
-    ratio = lambda a, n: jnp.where(n > 0, a / jnp.maximum(n, 1.0), jnp.nan)
-    out["train_acc_clean"] = ratio(train_sums[1] - correct_noisy, n_clean)
-    out["train_acc_noisy"] = ratio(correct_noisy, n_noisy)
-    out["train_acc_noisy_vs_true"] = ratio(true_noisy, n_noisy)
-    out.update({f"test_{k}": v for k, v in zip(("loss", "acc", "confidence", "entropy"), test)})
-    bins = jnp.sum(bins, axis=0)  # (R, K, 3): count, confidence sum, correct sum
-    out["test_ece"] = expected_calibration_error(bins)
-    count = bins[..., 0]
-    mean = lambda a: jnp.where(count > 0, a / jnp.maximum(count, 1.0), jnp.nan)
-    out["test_reliability"] = jnp.stack([mean(bins[..., 1]), mean(bins[..., 2]), count], -1)
-    return out, hits
-
-  @eval_jit
-  def evaluate(states, reps: ReplicaConstants, d: DeviceDataset):
-    """The evaluation's metrics (``metrics``), a dict of per-replica arrays."""
-    return metrics(states, reps, d)[0]
-
-  @track_jit
-  def evaluate_and_track(states, reps: ReplicaConstants, d: DeviceDataset, fit_since, step):
-    """``evaluate``'s metrics, and ``fit_since`` (R, n_train) updated by this evaluation at
-    ``step``: the first evaluation step from which each training example has been classified
-    as labelled at every evaluation since, -1 for one that is not now. The same pass over
-    the data: no second evaluation."""
-    out, hits = metrics(states, reps, d)
-    return out, jnp.where(hits, jnp.where(fit_since < 0, step, fit_since), -1)
-
-  init = functools.partial(init_state, module, s)
-  return GridProgram(s, plan, init, train_chunk, evaluate, evaluate_and_track)
+    chunk = dict(out_shardings=(by_replica, everywhere))
+    metrics = dict(out_shardings=everywhere)
+    track = dict(out_shardings=(everywhere, by_replica))
+  return GridProgram(
+      s, plan, functools.partial(init_state, module, s),
+      jit(functools.partial(train_chunk, g), donate_argnums=(0,), **chunk),
+      jit(functools.partial(evaluate, g), **metrics),
+      jit(functools.partial(evaluate_and_track, g), donate_argnums=(3,), **track))

@@ -11,12 +11,12 @@ replica on its whole training set and the test set, until every replica has fitt
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
 import threading
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from zhang.experiment import config as config_lib
 from zhang.experiment import data as data_lib
 from zhang.experiment import step as step_lib
 from zhang.rundir import checkpoint as checkpoint_lib
+from zhang.rundir import format as format_lib
 from zhang.rundir import metrics as metrics_lib
 from zhang.rundir import progress as progress_lib
 from zhang.rundir import workdir as workdir_lib
@@ -65,28 +66,17 @@ def load_dataset(config):
 
 
 def check_workdir(workdir, config, restart: bool) -> None:
-  """Refuses a workdir that holds a run of a different config (unless ``restart``)."""
+  """Refuses a workdir that holds a run of a different config, or of another run-file
+  format (``zhang.rundir.format``), unless ``restart``."""
   if workdir.exists() and not workdir.is_dir():
     raise UsageError(f"workdir {workdir} exists and is not a directory: choose another path")
-  old_file = workdir / metrics_lib.CONFIG
-  if not old_file.exists() or restart:
+  if restart or not (workdir / metrics_lib.CONFIG).exists():
     return
-  try:
-    old = json.loads(old_file.read_text())
-  except (OSError, json.JSONDecodeError):
-    raise UsageError(f"{old_file} is unreadable: use a new --workdir, or --restart to "
-                     f"delete the old run's files and start over") from None
-  new = config_lib.to_json_dict(config)
-  # A field added to the config after the old run started counts as unchanged while it
-  # keeps its default (the old run ran with what the default means).
-  added = config_lib.to_json_dict(config_lib.base_config())
-  old = {**{k: v for k, v in added.items() if k not in old and new.get(k) == v}, **old}
-  # Fields that once held the execution plan do not make another experiment.
-  old = {k: v for k, v in old.items() if k not in config_lib.FORMER_PLAN_FIELDS}
+  old, new = format_lib.read_config(workdir), config_lib.to_json_dict(config)
   if old != new:
     fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise UsageError(f"workdir {workdir} holds a run with a different config (differs in "
-                     f"{', '.join(fields)}): use a new --workdir, or --restart to delete the "
+                     f"{', '.join(fields)}): use a new `workdir`, or `restart` to delete the "
                      f"old run's files and start over")
 
 
@@ -252,7 +242,7 @@ def run_study(config: ml_collections.ConfigDict, workdir, *, restart: bool = Fal
             _clear(workdir / m)
       workdir.mkdir(parents=True, exist_ok=True)
       if not (workdir / metrics_lib.CONFIG).exists():  # else the same (check_workdir)
-        metrics_lib.write_json(workdir / metrics_lib.CONFIG, config_lib.to_json_dict(config))
+        metrics_lib.write_config(workdir, config_lib.to_json_dict(config))
     _sync("study")
     done: dict[str, dict] = {}
     for m in names:
@@ -263,7 +253,7 @@ def run_study(config: ml_collections.ConfigDict, workdir, *, restart: bool = Fal
       summary = study_summary(config, done)
       unchanged = all(s.get("already_complete") for s in done.values())
       if primary and not (unchanged and (workdir / metrics_lib.SUMMARY).exists()):
-        metrics_lib.write_json(workdir / metrics_lib.SUMMARY, summary)
+        metrics_lib.write_summary(workdir, summary)
       if done[m]["status"] == "preempted":
         break
   finally:
@@ -299,18 +289,18 @@ def _finished_summary(config, workdir) -> dict | None:
   """The summary of a run that is complete in ``workdir`` (its summary says so and its last
   checkpoint, read back whole, is the summary's step), else None. Compiles nothing. One
   process only: a multi-host run resumes its finished state through the training loop."""
-  if jax.process_count() > 1:
+  if jax.process_count() > 1 or not (workdir / metrics_lib.SUMMARY).exists():
     return None
   try:
-    summary = json.loads((workdir / metrics_lib.SUMMARY).read_text())
-  except (OSError, ValueError):
-    return None
-  if (not isinstance(summary, dict) or summary.get("status") != "complete"
+    summary = format_lib.read_summary(workdir)
+  except UsageError:
+    return None  # damaged: the run resumes from its checkpoint and writes it again
+  if (summary.get("status") != "complete"
       or not (workdir / checkpoint_lib.DIRNAME).is_dir()):
     return None
   latest = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, create=False)
   try:
-    found = latest.latest_meta()
+    found = latest.latest_meta(metrics_lib.META_FIELDS, fit_times=True)
   finally:
     latest.close()
   config_hash = checkpoint_lib.config_hash(config_lib.identity(config))
@@ -326,132 +316,191 @@ def _finished_summary(config, workdir) -> dict | None:
   return dict(summary, already_complete=True)
 
 
+class _Run(NamedTuple):
+  """What the training loop works with and does not replace: the grid's program, data and
+  constants, and the run's bookkeeping and files."""
+  config: ml_collections.ConfigDict
+  replicas: list
+  workdir: Any
+  program: step_lib.GridProgram
+  d: step_lib.DeviceDataset
+  reps: step_lib.ReplicaConstants
+  noisy: np.ndarray  # whether the corruption changed each example's label (fit_times.npz)
+  book: metrics_lib.Bookkeeping
+  ckpt: checkpoint_lib.Checkpointer
+  writer: metrics_lib.Writer
+  show: progress_lib.Progress
+  start: float  # time.time() when ``run`` was called
+
+
 def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -> dict:
-  n_train = len(dataset.train_labels)
+  """Builds the grid, resumes from the workdir's latest checkpoint if it has one, trains
+  (``_loop``) and returns the final summary (as summary.json has it)."""
   program, d, reps, states, label_noise = build(config, replicas, dataset, plan=plan)
-  base_lr = np.asarray([r.learning_rate for r in replicas], np.float32)
   primary = jax.process_index() == 0
-  config_dict = config_lib.to_json_dict(config)
   if restart and primary:
     _clear(workdir)
   _sync("cleared")
-
+  book = _bookkeeping(config, replicas, dataset, d, program, label_noise,
+                      reps.labels.shape[0])
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
-  # Per replica and training example: the first evaluation step from which it has stayed
-  # classified as labelled (-1: not now), kept on the devices and in every checkpoint.
-  fit_since = jax.jit(lambda labels: jnp.full(labels.shape, -1, jnp.int32),
-                      out_shardings=reps.labels.sharding)(reps.labels)
-  restored = ckpt.restore_latest(states, fit_since)
-  # Whether the corruption changed each example's label (fit_times.npz's ``noisy``).
-  noisy = _to_host(reps.labels) != np.asarray(dataset.train_labels)[None]
-  tracker = metrics_lib.FitTracker(
-      replicas, label_noise, config.fit_threshold, config.batch_size, n_train,
-      header=dict(model=config.model, dataset=config.dataset,
-                  num_params=models.param_count(config.model, d.test_images.shape[1:],
-                                                dataset.num_classes),
-                  n_train=n_train, n_test=len(dataset.test_labels),
-                  num_classes=dataset.num_classes,
-                  steps_per_epoch=n_train // config.batch_size,
-                  batch_size=config.batch_size, fit_threshold=config.fit_threshold,
-                  config_hash=checkpoint_lib.config_hash(config_lib.identity(config)),
-                  # Where and how ``timing`` was measured (this process's machine).
-                  backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-                  device_count=jax.device_count(), plan=str(program.plan)),
-      generalize_threshold=config.generalize_threshold)
-  step, saved_step = 0, None
-  if restored:
-    step, (states, restored_fit), meta = restored
-    if meta.get("config_hash") != tracker.header["config_hash"]:
-      raise UsageError(f"the checkpoint of step {step} in {ckpt.directory} was written by "
-                       f"another config: pass --restart to start over")
-    if restored_fit is not None:
-      fit_since = restored_fit
-    elif primary:
-      print(f"zhang: the checkpoint of step {step} predates per-example fit times; "
-            f"{metrics_lib.FIT_TIMES} counts them from the next evaluation", file=sys.stderr)
-    tracker.load(meta)
-    saved_step = step
-    if primary:
-      print(f"zhang: resuming {workdir} from the checkpoint of step {step}", file=sys.stderr)
-  if primary:
-    workdir.mkdir(parents=True, exist_ok=True)
-    metrics_lib.write_json(workdir / metrics_lib.CONFIG, config_dict)
-  writer = metrics_lib.Writer(workdir, active=primary, keep_until_step=saved_step)
-  if restored and primary:
-    _check_rows(writer, tracker, config, replicas, saved_step)
-
-  show = progress_lib.Progress(config, len(replicas), enabled=progress and primary)
-  # Each replica's minibatch losses since the last evaluation, summed on the device step by
-  # step (kept in checkpoints between evaluations), so calls of any length give the same bits.
-  loss_sum = np.zeros(reps.labels.shape[:1], np.float32)
-  if tracker.loss_sum is not None:
-    loss_sum[:] = tracker.loss_sum
-  loss_sum = jnp.asarray(loss_sum)
-  sizer = _CallSizer()
-  evaluate_now = not restored
-  # The step of the last evaluation (fit_times.npz's), which a resumed run does not repeat.
-  last_eval = max((row["step"] for row in tracker.last_rows), default=0)
-  status = "running"
+  writer = show = None
   try:
-    with _preemption_notice() as preempted:
-      while True:
-        if evaluate_now:
-          t0 = time.perf_counter()
-          ev, fit_since = program.evaluate_and_track(states, reps, d, fit_since,
-                                                     jnp.asarray(step, jnp.int32))
-          ev = jax.device_get(ev)
-          last_eval = step
-          tracker.time_call("eval", time.perf_counter() - t0)
-          writer.rows(tracker.record(step, ev, np.asarray(step_lib.learning_rate_at(
-              step, base_lr, config.lr_decay, config.lr_decay_every))))
-          loss_sum, tracker.loss_steps = jnp.zeros_like(loss_sum), 0
-        done = (config.stop_at_fit and tracker.all_fitted()) or step >= config.max_steps
-        stop_now = not done and preempted()
-        at_checkpoint = step % config.checkpoint_every == 0 and step > 0
-        save = (at_checkpoint or done or stop_now) and step != saved_step
-        if evaluate_now or save:
-          writer.summary(tracker.summary(step, "running", time.time() - start))
-        if save:
-          tracker.loss_sum = np.asarray(loss_sum).tolist()
-          ckpt.save(step, states, tracker.meta(time.time() - start), fit_times=fit_since)
-          saved_step = step
-        if save or ((done or stop_now) and not (workdir / metrics_lib.FIT_TIMES).exists()):
-          _write_fit_times(workdir, fit_since, noisy, len(replicas), last_eval)
-        if evaluate_now or done or stop_now:
-          show.update(step, tracker, final=done or stop_now)
-        if done or stop_now:
-          ckpt.wait()  # "complete" or "preempted" only once the checkpoint is on disk
-          status = "complete" if done else "preempted"
-          final = tracker.summary(step, status, time.time() - start)
-          writer.summary(final)
-          break
-        # Train up to the next evaluation or checkpoint, in calls of about CALL_SECONDS, so a
-        # preemption notice (SIGTERM) is answered within one call plus a save.
-        stop = min(_next_multiple(step, config.eval_every),
-                   _next_multiple(step, config.checkpoint_every), config.max_steps)
-        n = sizer.steps(stop - step)
-        if jax.process_count() > 1:  # every process must run the same calls: process 0's pace
-          n = int(multihost_utils.broadcast_one_to_all(np.asarray(n, np.int32)))
-        t0 = time.perf_counter()
-        states, loss_sum = program.train_chunk(states, reps, d, jnp.asarray(step, jnp.int32),
-                                               jnp.asarray(n, jnp.int32), loss_sum)
-        tracker.loss_steps += n
-        tracker.batch_loss = (np.asarray(loss_sum)[:len(replicas)]  # waits for the call
-                              / np.float32(tracker.loss_steps))
-        seconds = time.perf_counter() - t0
-        tracker.time_call("train", seconds, n)
-        sizer.timed(n, seconds)
-        ckpt.poll()  # a save that failed in the background, reported as soon as known
-        step += n
-        evaluate_now = step % config.eval_every == 0 or step == config.max_steps
+    # Per replica and training example: the first evaluation step from which it has stayed
+    # classified as labelled (-1: not now), kept on the devices and in every checkpoint.
+    fit_since = jax.jit(lambda labels: jnp.full(labels.shape, -1, jnp.int32),
+                        out_shardings=reps.labels.sharding)(reps.labels)
+    resumed = _resume(ckpt, book, states, fit_since, workdir)
+    noisy = _to_host(reps.labels) != np.asarray(dataset.train_labels)[None]
+    step, saved_step = 0, None
+    if resumed:
+      step, states, fit_since = resumed
+      saved_step = step
+    if primary:
+      workdir.mkdir(parents=True, exist_ok=True)
+      metrics_lib.write_config(workdir, config_lib.to_json_dict(config))
+    writer = metrics_lib.Writer(workdir, active=primary, keep_until_step=saved_step)
+    if resumed and primary:
+      _check_rows(writer, book.fits, config, replicas, saved_step)
+    show = progress_lib.Progress(config, len(replicas), enabled=progress and primary)
+    run = _Run(config, replicas, workdir, program, d, reps, noisy, book, ckpt, writer, show,
+               start)
+    final = _loop(run, states, fit_since, step, saved_step)
   finally:
-    show.close()
-    writer.close()
-    ckpt.close()
-  if status == "preempted" and primary:
-    print(f"zhang: preempted (SIGTERM) at step {step}; the checkpoint is saved. Run the "
-          f"same command to resume.", file=sys.stderr)
-  return final  # as summary.json has it
+    for part in (show, writer, ckpt):
+      if part is not None:
+        part.close()
+  if final["status"] == "preempted" and primary:
+    print(f"zhang: preempted (SIGTERM) at step {final['steps_run']}; the checkpoint is "
+          f"saved. Run the same command to resume.", file=sys.stderr)
+  return final
+
+
+def _bookkeeping(config, replicas, dataset, d, program, label_noise,
+                 padded: int) -> metrics_lib.Bookkeeping:
+  """A new run's bookkeeping: the summary's header, no fits, no time, no losses yet.
+  ``padded``: the number of replicas with the mesh's padding (``build``)."""
+  n_train, n_test = len(dataset.train_labels), len(dataset.test_labels)
+  header = dict(
+      model=config.model, dataset=config.dataset,
+      num_params=models.param_count(config.model, d.test_images.shape[1:],
+                                    dataset.num_classes),
+      n_train=n_train, n_test=n_test, num_classes=dataset.num_classes,
+      steps_per_epoch=n_train // config.batch_size, batch_size=config.batch_size,
+      fit_threshold=config.fit_threshold,
+      config_hash=checkpoint_lib.config_hash(config_lib.identity(config)),
+      # Where and how ``timing`` was measured (this process's machine).
+      backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
+      device_count=jax.device_count(), plan=str(program.plan))
+  fits = metrics_lib.Fits(replicas, label_noise, config.fit_threshold,
+                          config.generalize_threshold, config.batch_size, n_train)
+  return metrics_lib.Bookkeeping(header, fits,
+                                 metrics_lib.Timing(n_train + n_test, config.batch_size),
+                                 metrics_lib.LossSums(len(replicas), padded))
+
+
+def _resume(ckpt, book, states, fit_since, workdir):
+  """(step, state, fit times) of the latest readable checkpoint, its bookkeeping taken up
+  into ``book``; None without a checkpoint. Refuses one of another config."""
+  restored = ckpt.restore_latest(states, fit_since, metrics_lib.META_FIELDS)
+  if not restored:
+    return None
+  step, (states, fit_since), meta = restored
+  if meta["config_hash"] != book.header["config_hash"]:
+    raise UsageError(f"the checkpoint of step {step} in {ckpt.directory} was written by "
+                     f"another config: start over with `restart`")
+  book.load(meta)
+  if jax.process_index() == 0:
+    print(f"zhang: resuming {workdir} from the checkpoint of step {step}", file=sys.stderr)
+  return step, states, fit_since
+
+
+def _loop(run: _Run, states, fit_since, step: int, saved_step: int | None) -> dict:
+  """Alternates evaluations with train calls up to the next evaluation or checkpoint,
+  until every replica has fitted (``stop_at_fit``), ``max_steps``, or a preemption notice
+  (SIGTERM, answered within one call plus a save). Returns the final summary."""
+  c, book = run.config, run.book
+  # Each replica's minibatch losses since the last evaluation, summed on the device.
+  loss_sum = jnp.asarray(book.losses.total)
+  sizer = _CallSizer()
+  evaluate_now = saved_step is None
+  # The step of the last evaluation (fit_times.npz's), which a resumed run does not repeat.
+  last_eval = max((row["step"] for row in book.fits.last_rows), default=0)
+  with _preemption_notice() as preempted:
+    while True:
+      if evaluate_now:
+        fit_since = _evaluate(run, states, fit_since, step)
+        loss_sum, last_eval = jnp.zeros_like(loss_sum), step
+      done = (c.stop_at_fit and book.fits.all_fitted()) or step >= c.max_steps
+      end = done or preempted()
+      saved_step = _record(run, step, states, fit_since, last_eval, evaluate_now, end,
+                           saved_step)
+      if end:
+        run.ckpt.wait()  # "complete" or "preempted" only once the checkpoint is on disk
+        final = book.summary(step, "complete" if done else "preempted",
+                             time.time() - run.start)
+        run.writer.summary(final)
+        return final
+      states, loss_sum, n = _train_call(run, sizer, states, loss_sum, step)
+      step += n
+      evaluate_now = step % c.eval_every == 0 or step == c.max_steps
+
+
+def _evaluate(run: _Run, states, fit_since, step: int):
+  """Evaluates every replica at ``step``: its rows written, its fits and the examples'
+  fit steps updated (returned), the loss sums started again."""
+  c, book = run.config, run.book
+  t0 = time.perf_counter()
+  ev, fit_since = run.program.evaluate_and_track(states, run.reps, run.d, fit_since,
+                                                 jnp.asarray(step, jnp.int32))
+  ev = jax.device_get(ev)
+  book.timing.time_call("eval", time.perf_counter() - t0)
+  base_lr = np.asarray([r.learning_rate for r in run.replicas], np.float32)
+  lr = np.asarray(step_lib.learning_rate_at(step, base_lr, c.lr_decay, c.lr_decay_every))
+  run.writer.rows(book.fits.record(step, ev, lr, book.losses.mean))
+  book.losses.reset()
+  return fit_since
+
+
+def _record(run: _Run, step: int, states, fit_since, last_eval: int, evaluated: bool,
+            end: bool, saved_step: int | None) -> int | None:
+  """After an evaluation or at the run's ``end``: the summary, a checkpoint when one is
+  due (every ``checkpoint_every`` steps and at the end), fit_times.npz with it, and the
+  progress line. Returns the step of the last checkpoint."""
+  c, book = run.config, run.book
+  at_checkpoint = step % c.checkpoint_every == 0 and step > 0
+  save = (at_checkpoint or end) and step != saved_step
+  if evaluated or save:
+    run.writer.summary(book.summary(step, "running", time.time() - run.start))
+  if save:
+    run.ckpt.save(step, states, book.meta(time.time() - run.start), fit_times=fit_since)
+    saved_step = step
+  if save or (end and not (run.workdir / metrics_lib.FIT_TIMES).exists()):
+    _write_fit_times(run.workdir, fit_since, run.noisy, len(run.replicas), last_eval)
+  if evaluated or end:
+    run.show.update(step, book.fits, final=end)
+  return saved_step
+
+
+def _train_call(run: _Run, sizer: "_CallSizer", states, loss_sum, step: int):
+  """One compiled call of the train chunk, toward the next evaluation or checkpoint, about
+  ``CALL_SECONDS`` long; returns (states, loss sum, steps taken)."""
+  c = run.config
+  stop = min(_next_multiple(step, c.eval_every), _next_multiple(step, c.checkpoint_every),
+             c.max_steps)
+  n = sizer.steps(stop - step)
+  if jax.process_count() > 1:  # every process must run the same calls: process 0's pace
+    n = int(multihost_utils.broadcast_one_to_all(np.asarray(n, np.int32)))
+  t0 = time.perf_counter()
+  states, loss_sum = run.program.train_chunk(states, run.reps, run.d,
+                                             jnp.asarray(step, jnp.int32),
+                                             jnp.asarray(n, jnp.int32), loss_sum)
+  run.book.losses.add(loss_sum, n)  # waits for the call
+  seconds = time.perf_counter() - t0
+  run.book.timing.time_call("train", seconds, n)
+  sizer.timed(n, seconds)
+  run.ckpt.poll()  # a save that failed in the background, reported as soon as known
+  return states, loss_sum, n
 
 
 def _to_host(x) -> np.ndarray:
@@ -478,7 +527,7 @@ def evaluation_steps(config, last: int) -> list[int]:
   return sorted(s for s in steps if s <= last)
 
 
-def _check_rows(writer, tracker, config, replicas, saved_step: int) -> None:
+def _check_rows(writer, fits, config, replicas, saved_step: int) -> None:
   """On resume: every replica's row at every evaluation up to the checkpoint must be in
   metrics.jsonl. The last evaluation's rows are in the checkpoint and are rewritten; rows
   of earlier evaluations cannot be recomputed, so a missing one is named."""
@@ -487,7 +536,7 @@ def _check_rows(writer, tracker, config, replicas, saved_step: int) -> None:
              for r in replicas if (s, r.index) not in have]
   if not missing:
     return
-  restorable = {(row["step"], row["replica"]): row for row in tracker.last_rows}
+  restorable = {(row["step"], row["replica"]): row for row in fits.last_rows}
   writer.rows([restorable[key] for key in missing if key in restorable])
   lost = [key for key in missing if key not in restorable]
   if lost:
@@ -560,7 +609,7 @@ def _preemption_notice():
 
 
 def _clear(workdir) -> None:
-  """Deletes a previous run's files (``--restart``); leaves anything else alone."""
+  """Deletes a previous run's files (``restart``); leaves anything else alone."""
   for name in metrics_lib.RUN_FILES:
     (workdir / name).unlink(missing_ok=True)
   if (workdir / checkpoint_lib.DIRNAME).exists():

@@ -252,4 +252,4 @@ def apply_deep(layers: list[dict], x) -> np.ndarray:
 
 def num_nonzero(layers: list[dict]) -> int:
   """Nonzero weights and biases of a construct_deep network (O(n + d))."""
-  return int(sum(np.count_nonzero(l["w"]) + np.count_nonzero(l["b"]) for l in layers))
+  return int(sum(np.count_nonzero(layer["w"]) + np.count_nonzero(layer["b"]) for layer in layers))

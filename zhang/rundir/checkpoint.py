@@ -7,8 +7,10 @@ A checkpoint that cannot be read (a write cut off, a file removed) is reported a
 previous one is tried. ``load`` reads any saved step for a notebook, on CPU, without the
 training loop.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,meta}``; ``meta`` is JSON (fit bookkeeping,
-the last evaluation, the config's hash).
+Layout: ``WORKDIR/checkpoints/<step>/{state,meta,fit_times}``; ``meta`` is JSON (fit
+bookkeeping, the last evaluation, the config's hash: ``zhang.rundir.metrics.META_FIELDS``),
+``fit_times`` the per-example fit steps. Every item is part of a whole checkpoint: one that
+is missing is damage.
 """
 
 from __future__ import annotations
@@ -124,28 +126,36 @@ class Checkpointer:
                     f"{kept}: free space or fix the path, then rerun the same command to "
                     f"resume")
 
-  def latest_meta(self) -> tuple[int, dict] | None:
-    """(step, meta) of the newest checkpoint once its arrays read back whole (on this
-    process's CPU, without the run's program); None if there is none or it is damaged
-    (``restore_latest`` then reports it)."""
+  def latest_meta(self, meta_fields: tuple[str, ...] = (),
+                  fit_times: bool = False) -> tuple[int, dict] | None:
+    """(step, meta) of the newest checkpoint once it reads back whole (on this process's
+    CPU, without the run's program): its arrays, the fit times item with ``fit_times``, and
+    every one of ``meta_fields``. None if there is none or it is damaged (``restore_latest``
+    then reports it)."""
     steps = self.steps()
     if not steps:
       return None
+    items = ("state", FIT_TIMES) if fit_times else ("state",)
     try:
       meta = self._manager.restore(steps[-1], args=ocp.args.Composite(
           meta=ocp.args.JsonRestore())).meta
-      state = _restore_on_cpu(self._manager, self.directory, steps[-1])
-      jax.block_until_ready(state)
+      for item in items:
+        jax.block_until_ready(_restore_on_cpu(self._manager, self.directory, steps[-1], item))
     except Exception:  # noqa: BLE001
+      return None
+    if any(k not in (meta or {}) for k in meta_fields):
       return None
     return steps[-1], meta
 
-  def restore_latest(self, target, fit_times=None) -> tuple[int, Any, dict] | None:
+  def restore_latest(self, target, fit_times=None,
+                     meta_fields: tuple[str, ...] = ()) -> tuple[int, Any, dict] | None:
     """The newest readable checkpoint as (step, state, meta), or None if there is none.
 
     ``target`` is a pytree of arrays or ShapeDtypeStructs with shardings; the state is
     restored into those shardings. With ``fit_times`` (an array of the same kind), it
-    returns (step, (state, fit times or None where the checkpoint predates them), meta).
+    returns (step, (state, fit times), meta). A checkpoint counts as readable only whole: its
+    arrays of the target's shapes, the fit times item when asked for, every one of
+    ``meta_fields`` in its meta; one that is not is reported, and the previous one is tried.
     Raises UsageError when checkpoints exist but none can be read (rather than silently
     starting over).
     """
@@ -159,29 +169,39 @@ class Checkpointer:
     failures = []
     for step in reversed(steps):
       try:
-        items = dict(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        has_fit = fit_abstract is not None and (self.directory / str(step) / FIT_TIMES).exists()
-        if has_fit:
-          items[FIT_TIMES] = ocp.args.StandardRestore(fit_abstract)
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        _check_finite_structure(restored.state, abstract)
-        if has_fit:
-          _check_finite_structure(restored[FIT_TIMES], fit_abstract)
-        if failures:
-          # The resumed run rewrites these steps, bit for bit, so nothing is lost.
-          for bad in failures:
-            self._manager.delete(bad)
-          _say(f"removed unreadable checkpoint(s) {', '.join(map(str, failures))}; resuming "
-               f"from the previous good checkpoint, step {step}")
-        if fit_abstract is not None:
-          return step, (restored.state, restored[FIT_TIMES]["fit_step"] if has_fit
-                        else None), restored.meta
-        return step, restored.state, restored.meta
+        restored = self._restore_whole(step, abstract, fit_abstract, meta_fields)
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
         _say(f"checkpoint {self.directory / str(step)} is unreadable ({_reason(e)})")
         failures.append(step)
+        continue
+      if failures:
+        # The resumed run rewrites these steps, bit for bit, so nothing is lost.
+        for bad in failures:
+          self._manager.delete(bad)
+        _say(f"removed unreadable checkpoint(s) {', '.join(map(str, failures))}; resuming "
+             f"from the previous good checkpoint, step {step}")
+      if fit_abstract is not None:
+        return step, (restored.state, restored[FIT_TIMES]["fit_step"]), restored.meta
+      return step, restored.state, restored.meta
     raise UsageError(f"no readable checkpoint in {self.directory} (tried steps "
-                     f"{', '.join(map(str, failures))}): pass --restart to start over")
+                     f"{', '.join(map(str, failures))}): start over with `restart`")
+
+  def _restore_whole(self, step: int, abstract, fit_abstract, meta_fields):
+    """Step ``step``'s items, checked whole (``restore_latest``); raises if one is missing
+    or does not match: a missing item is damage, like a truncated file."""
+    items = dict(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    if fit_abstract is not None:
+      if not (self.directory / str(step) / FIT_TIMES).exists():
+        raise ValueError(f"its {FIT_TIMES} item is missing")
+      items[FIT_TIMES] = ocp.args.StandardRestore(fit_abstract)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    _check_finite_structure(restored.state, abstract)
+    if fit_abstract is not None:
+      _check_finite_structure(restored[FIT_TIMES], fit_abstract)
+    lacking = [k for k in meta_fields if k not in (restored.meta or {})]
+    if lacking:
+      raise ValueError(f"its meta lacks {', '.join(lacking)}")
+    return restored
 
   def close(self) -> None:
     """Closes the manager; a save's failure was reported by ``save``/``wait``/``poll`` (or
@@ -221,18 +241,18 @@ def _check_finite_structure(state, abstract) -> None:
     raise ValueError("restored arrays do not match the state's shapes")
 
 
-def _restore_on_cpu(manager, directory, step: int):
-  """A saved state as arrays on this process's CPU, whatever devices wrote it."""
+def _restore_on_cpu(manager, directory, step: int, item: str = "state"):
+  """A saved item (the state) as arrays on this process's CPU, whatever devices wrote it."""
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   # The tree's shapes from the PyTree handler: the manager's own metadata rebuilds the saved
   # shardings, which fails where the run had more devices than this process.
-  shapes = ocp.PyTreeCheckpointer().metadata(directory / str(step) / "state")
+  shapes = ocp.PyTreeCheckpointer().metadata(directory / str(step) / item)
   shapes = getattr(shapes, "item_metadata", shapes)
   abstract = jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), shapes,
       is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-  return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract))).state
+  return getattr(manager.restore(step, args=ocp.args.Composite(
+      **{item: ocp.args.StandardRestore(abstract)})), item)
 
 
 def load(workdir, step: int | None = None) -> dict:

@@ -2,6 +2,13 @@
 
 Only process 0 writes. ``summary.json`` is rewritten atomically after every evaluation
 (``"status": "running"``) and at the end (``"complete"``), so a run in progress is readable.
+config.json and summary.json carry the run-file ``format`` (``zhang.rundir.format``, which
+reads them back).
+
+What they are made of, each kept apart: ``Fits`` (which replica fitted and generalized
+when, the last evaluation), ``Timing`` (where the time went) and ``LossSums`` (the minibatch
+losses since the last evaluation), put together in ``Bookkeeping``, whose ``meta`` every
+checkpoint keeps.
 """
 
 from __future__ import annotations
@@ -10,14 +17,13 @@ import io
 import json
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from etils import epath
 
-CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
-FIT_TIMES = "fit_times.npz"  # per-example fit steps (``write_fit_times``)
-RUN_FILES = (CONFIG, METRICS, SUMMARY, FIT_TIMES)
+from zhang.rundir import format as format_lib
+from zhang.rundir.format import CONFIG, FIT_TIMES, METRICS, RUN_FILES, SUMMARY  # noqa: F401
 
 
 def _plain(x: Any):
@@ -49,6 +55,16 @@ def is_local(path: epath.Path) -> bool:
 def write_json(path: epath.Path, obj: Any) -> None:
   """Writes JSON atomically (a reader never sees half a file)."""
   _write_whole(path, json.dumps(_plain(obj), indent=1) + "\n")
+
+
+def write_config(workdir: epath.Path, config_dict: dict) -> None:
+  """``WORKDIR/config.json``: the config's fields and the run-file ``format``."""
+  write_json(workdir / CONFIG, format_lib.stamped(config_dict))
+
+
+def write_summary(workdir: epath.Path, summary: dict) -> None:
+  """``WORKDIR/summary.json``: the summary's fields and the run-file ``format``."""
+  write_json(workdir / SUMMARY, format_lib.stamped(summary))
 
 
 def write_fit_times(workdir: epath.Path, fit_step, noisy, step: int) -> None:
@@ -134,7 +150,7 @@ class Writer:
 
   def summary(self, summary: dict) -> None:
     if self.active:
-      write_json(self.workdir / SUMMARY, summary)
+      write_summary(self.workdir, summary)
 
   def close(self) -> None:
     if self._metrics:
@@ -148,47 +164,33 @@ def _coordinates(r) -> dict:
               augmentation=r.augmentation)
 
 
-class FitTracker:
-  """Which replica fitted when, the last evaluation, and the rows and summary they make.
+class Fits:
+  """Which replica fitted its training set (train accuracy >= ``fit_threshold``) and which
+  generalized (test accuracy >= ``generalize_threshold``, grokking's event) at which
+  evaluation; the last evaluation, and the metrics rows and summary entries it makes."""
 
-  Its state round-trips through ``meta()``/``load()`` (JSON, saved in every checkpoint).
-  """
-
-  def __init__(self, replicas, label_noise, fit_threshold: float, batch_size: int,
-               n_train: int, header: dict, generalize_threshold: float = 0.99):
+  def __init__(self, replicas, label_noise, fit_threshold: float,
+               generalize_threshold: float, batch_size: int, n_train: int):
     self.replicas = replicas
-    self.generalize_threshold = generalize_threshold
-    # The first evaluation with test accuracy >= generalize_threshold (grokking's event).
-    self.generalize_step: list[int | None] = [None] * len(replicas)
     self.label_noise = np.asarray(label_noise, np.float64)
     self.fit_threshold = fit_threshold
+    self.generalize_threshold = generalize_threshold
     self.batch_size = batch_size
     self.n_train = n_train
-    self.header = header
     self.fit_step: list[int | None] = [None] * len(replicas)
     self.fit_test_acc: list[float | None] = [None] * len(replicas)
+    self.generalize_step: list[int | None] = [None] * len(replicas)
     self.last: dict[str, np.ndarray] = {}
     self.last_rows: list[dict] = []  # the last evaluation's rows, as written
-    self.batch_loss = np.full(len(replicas), np.nan)
-    # The train loop's running sum of minibatch losses since the last evaluation (every
-    # replica of the padded grid) and its number of steps, kept in checkpoints.
-    self.loss_sum: list[float] | None = None
-    self.loss_steps = 0
-    self.seconds_before = 0.0  # wall time of earlier processes of a resumed run
-    # Where the time goes, summed over the processes of a resumed run: the train chunks and
-    # the evaluations, each call timed to its result. A process's first call of each
-    # compiles it, so those count apart, in first_call_seconds.
-    self.timing = dict(train_seconds=0.0, train_steps=0, eval_seconds=0.0, evaluations=0,
-                       first_call_seconds=0.0)
-    self._called: set[str] = set()
 
   def epoch(self, step: int) -> float:
     return step * self.batch_size / self.n_train
 
-  def record(self, step: int, ev: dict, lr) -> list[dict]:
-    """Takes an evaluation of every replica and each one's learning rate at ``step``
-    (after the schedule); returns its metrics rows. Fields with more than a number per
-    replica (``test_reliability``'s bins) go to the summary only."""
+  def record(self, step: int, ev: dict, lr, batch_loss) -> list[dict]:
+    """Takes an evaluation of every replica, each one's learning rate at ``step`` (after
+    the schedule) and its mean minibatch loss since the last evaluation; returns its metrics
+    rows. Fields with more than a number per replica (``test_reliability``'s bins) go to the
+    summary only."""
     lr = np.broadcast_to(np.asarray(lr, np.float64), (len(self.replicas),))
     # Per-replica arrays may be longer than the grid (inert padding replicas): drop those.
     self.last = {k: np.asarray(v)[:len(self.replicas)] for k, v in ev.items()}
@@ -200,44 +202,9 @@ class FitTracker:
         self.generalize_step[i] = step
       rows.append(dict(step=step, epoch=self.epoch(step), **_coordinates(r),
                        **{k: v[i] for k, v in self.last.items() if v.ndim == 1},
-                       batch_loss=self.batch_loss[i], lr=float(lr[i])))
+                       batch_loss=batch_loss[i], lr=float(lr[i])))
     self.last_rows = _plain(rows)
     return rows
-
-  def time_call(self, what: str, seconds: float, steps: int = 0) -> None:
-    """Counts one call of the train chunk (``what="train"``, ``steps`` long) or of the
-    evaluation (``"eval"``) that took ``seconds``, result included."""
-    if what not in ("train", "eval"):
-      raise ValueError(f"time_call: {what!r} is neither 'train' nor 'eval'")
-    if what not in self._called:
-      self._called.add(what)
-      self.timing["first_call_seconds"] += seconds
-    elif what == "train":
-      self.timing["train_seconds"] += seconds
-      self.timing["train_steps"] += steps
-    else:
-      self.timing["eval_seconds"] += seconds
-      self.timing["evaluations"] += 1
-
-  def timing_summary(self) -> dict:
-    """``timing`` with what follows from it: ms per train step, seconds per evaluation,
-    evaluation's share of the timed seconds, and ``eval_cost``: the seconds of evaluating one
-    image (train and test sets, every replica) over those of training on one example. A
-    value is None until its calls have been timed (a process's first calls compile)."""
-    t = dict(self.timing)
-    train_steps, evaluations = t["train_steps"], t["evaluations"]
-    per_step = t["train_seconds"] / train_steps if train_steps else None
-    per_eval = t["eval_seconds"] / evaluations if evaluations else None
-    images = self.n_train + int(self.header.get("n_test", 0))
-    t.update(
-        train_ms_per_step=None if per_step is None else 1e3 * per_step,
-        eval_seconds_each=per_eval,
-        eval_images=images,
-        eval_cost=(None if per_step is None or per_eval is None
-                   else (per_eval / images) / (per_step / self.batch_size)))
-    timed = t["train_seconds"] + t["eval_seconds"]
-    t["eval_share"] = t["eval_seconds"] / timed if timed else None
-    return t
 
   def num_fitted(self) -> int:
     return sum(f is not None for f in self.fit_step)
@@ -248,30 +215,21 @@ class FitTracker:
   def min_train_acc(self) -> float:
     return float(np.min(self.last["train_acc"])) if self.last else 0.0
 
-  def meta(self, seconds: float) -> dict:
-    return _plain(dict(config_hash=self.header["config_hash"], fit_step=self.fit_step,
-                       fit_test_acc=self.fit_test_acc, generalize_step=self.generalize_step,
-                       last={k: v.tolist() for k, v in self.last.items()},
-                       last_rows=self.last_rows,
-                       batch_loss=self.batch_loss.tolist(),
-                       loss_sum=self.loss_sum, loss_steps=self.loss_steps,
-                       seconds=self.seconds_before + seconds, timing=self.timing))
+  def state(self) -> dict:
+    """What a checkpoint keeps of it (``load`` reads it back)."""
+    return dict(fit_step=self.fit_step, fit_test_acc=self.fit_test_acc,
+                generalize_step=self.generalize_step,
+                last={k: v.tolist() for k, v in self.last.items()}, last_rows=self.last_rows)
 
   def load(self, meta: dict) -> None:
     self.fit_step = list(meta["fit_step"])
     self.fit_test_acc = list(meta["fit_test_acc"])
-    # Absent in older checkpoints: recounted from the evaluations after the resume.
-    self.generalize_step = list(meta.get("generalize_step", self.generalize_step))
+    self.generalize_step = list(meta["generalize_step"])
     self.last = {k: np.asarray(v, np.float64) for k, v in meta["last"].items()}
-    self.batch_loss = np.asarray([np.nan if v is None else v for v in meta["batch_loss"]])
-    self.seconds_before = float(meta["seconds"])
-    self.last_rows = list(meta.get("last_rows", []))  # absent in older checkpoints
-    self.loss_sum = meta.get("loss_sum")
-    self.loss_steps = int(meta.get("loss_steps", 0))
-    # Checkpoints written before timing was recorded have none: it starts from zero.
-    self.timing.update(meta.get("timing", {}))
+    self.last_rows = list(meta["last_rows"])
 
-  def summary(self, step: int, status: str, seconds: float) -> dict:
+  def replica_summaries(self) -> list[dict]:
+    """Each replica's entry in summary.json: its coordinates, fit and last evaluation."""
     out = []
     for i, r in enumerate(self.replicas):
       fs = self.fit_step[i]
@@ -290,6 +248,129 @@ class FitTracker:
           # Per confidence bin: [mean confidence, accuracy, count].
           test_reliability=(None if "test_reliability" not in last
                             else np.asarray(last["test_reliability"]).tolist())))
+    return out
+
+
+class Timing:
+  """Where a run's time goes, summed over the processes of a resumed run: the train calls
+  and the evaluations, each timed to its result. A process's first call of each compiles
+  it, so those count apart, in ``first_call_seconds``. And the wall time of the earlier
+  processes (``seconds_before``)."""
+
+  def __init__(self, eval_images: int, batch_size: int):
+    self.eval_images = eval_images  # train and test set: what one evaluation classifies
+    self.batch_size = batch_size
+    self.totals = dict(train_seconds=0.0, train_steps=0, eval_seconds=0.0, evaluations=0,
+                       first_call_seconds=0.0)
+    self.seconds_before = 0.0
+    self._called: set[str] = set()
+
+  def time_call(self, what: str, seconds: float, steps: int = 0) -> None:
+    """Counts one call of the train chunk (``what="train"``, ``steps`` long) or of the
+    evaluation (``"eval"``) that took ``seconds``, result included."""
+    if what not in ("train", "eval"):
+      raise ValueError(f"time_call: {what!r} is neither 'train' nor 'eval'")
+    if what not in self._called:
+      self._called.add(what)
+      self.totals["first_call_seconds"] += seconds
+    elif what == "train":
+      self.totals["train_seconds"] += seconds
+      self.totals["train_steps"] += steps
+    else:
+      self.totals["eval_seconds"] += seconds
+      self.totals["evaluations"] += 1
+
+  def wall_seconds(self, seconds: float) -> float:
+    """The run's wall time: this process's ``seconds`` and the earlier processes'."""
+    return self.seconds_before + seconds
+
+  def summary(self) -> dict:
+    """summary.json's ``timing``: the totals with what follows from them: ms per train
+    step, seconds per evaluation, evaluation's share of the timed seconds, and
+    ``eval_cost``: the seconds of evaluating one image (train and test sets, every replica)
+    over those of training on one example. A value is None until its calls have been timed
+    (a process's first calls compile)."""
+    t = dict(self.totals)
+    train_steps, evaluations = t["train_steps"], t["evaluations"]
+    per_step = t["train_seconds"] / train_steps if train_steps else None
+    per_eval = t["eval_seconds"] / evaluations if evaluations else None
+    images = self.eval_images
+    t.update(
+        train_ms_per_step=None if per_step is None else 1e3 * per_step,
+        eval_seconds_each=per_eval,
+        eval_images=images,
+        eval_cost=(None if per_step is None or per_eval is None
+                   else (per_eval / images) / (per_step / self.batch_size)))
+    timed = t["train_seconds"] + t["eval_seconds"]
+    t["eval_share"] = t["eval_seconds"] / timed if timed else None
+    return t
+
+  def state(self, seconds: float) -> dict:
+    return dict(seconds=self.wall_seconds(seconds), timing=self.totals)
+
+  def load(self, meta: dict) -> None:
+    self.seconds_before = float(meta["seconds"])
+    self.totals.update(meta["timing"])
+
+
+class LossSums:
+  """Each replica's minibatch losses since the last evaluation, as the train calls return
+  their running sum (summed on the device step by step, so calls of any length give the same
+  bits): the sum (every replica of the padded grid), its number of steps, and their mean,
+  the rows' ``batch_loss``. Checkpoints keep them between evaluations."""
+
+  def __init__(self, num_replicas: int, padded: int):
+    self.total = np.zeros(padded, np.float32)
+    self.steps = 0
+    self.mean = np.full(num_replicas, np.nan)
+
+  def add(self, total, steps: int) -> None:
+    """A train call of ``steps`` steps returned the running sum ``total`` (waits for it)."""
+    self.steps += steps
+    self.total = np.asarray(total)
+    self.mean = self.total[:len(self.mean)] / np.float32(self.steps)
+
+  def reset(self) -> None:
+    """After an evaluation: the sum starts again (the mean stays until the next call)."""
+    self.total, self.steps = np.zeros_like(self.total), 0
+
+  def state(self) -> dict:
+    return dict(batch_loss=self.mean.tolist(), loss_sum=self.total.tolist(),
+                loss_steps=self.steps)
+
+  def load(self, meta: dict) -> None:
+    self.mean = np.asarray([np.nan if v is None else v for v in meta["batch_loss"]])
+    self.total = np.asarray(meta["loss_sum"], np.float32)
+    self.steps = int(meta["loss_steps"])
+
+
+# The fields of a checkpoint's ``meta`` (``Bookkeeping.meta``); a checkpoint without one of
+# them is damaged.
+META_FIELDS = ("config_hash", "fit_step", "fit_test_acc", "generalize_step", "last",
+               "last_rows", "batch_loss", "loss_sum", "loss_steps", "seconds", "timing")
+
+
+class Bookkeeping(NamedTuple):
+  """A run's bookkeeping beside its train state: the summary's ``header`` (the run's fixed
+  facts), its fits, timing and loss sums. Its ``meta`` is saved in every checkpoint."""
+  header: dict
+  fits: Fits
+  timing: Timing
+  losses: LossSums
+
+  def meta(self, seconds: float) -> dict:
+    """A checkpoint's ``meta`` (``META_FIELDS``), JSON; ``seconds``: this process's."""
+    return _plain(dict(config_hash=self.header["config_hash"], **self.fits.state(),
+                       **self.losses.state(), **self.timing.state(seconds)))
+
+  def load(self, meta: dict) -> None:
+    """Takes up a checkpoint's ``meta``: its fields are all there (the checkpoint reads
+    back only with every one of ``META_FIELDS``)."""
+    for part in (self.fits, self.losses, self.timing):
+      part.load(meta)
+
+  def summary(self, step: int, status: str, seconds: float) -> dict:
+    """summary.json's fields at ``step``; ``seconds``: this process's wall time."""
     return _plain(dict(self.header, status=status, steps_run=step,
-                       wall_seconds=round(self.seconds_before + seconds, 2),
-                       timing=self.timing_summary(), replicas=out))
+                       wall_seconds=round(self.timing.wall_seconds(seconds), 2),
+                       timing=self.timing.summary(), replicas=self.fits.replica_summaries()))

@@ -3,8 +3,9 @@
 A run ends when every replica has fitted its training set (or at ``max_steps``), so the
 measure of progress is the replicas fitted, not the steps; a run that trains on after the fit
 (``stop_at_fit=False``: grokking) ends at ``max_steps``, so its measure is the step. On a
-terminal: a bar of that measure, which ends when the run does. Elsewhere (a log file, CI): one plain line every
-``every`` evaluations (about 20 lines for a run to ``max_steps``) and one at the end.
+terminal: a bar of that measure, which ends when the run does. Elsewhere (a log file, CI):
+one plain line every ``every`` evaluations (about 20 lines for a run to ``max_steps``) and
+one at the end.
 """
 
 from __future__ import annotations
@@ -39,29 +40,30 @@ class Progress:
                        bar_format="{desc} |{bar}| {n}/{total} " + what + " [{elapsed}]")
     self.name = f"{config.model}/{config.dataset}"
 
-  def describe(self, step: int, tracker) -> str:
+  def describe(self, step: int, fits) -> str:
+    """``fits``: the run's ``zhang.rundir.metrics.Fits``."""
     text = (f"step {step:,}/{self.max_steps:,}, lowest train accuracy "
-            f"{tracker.min_train_acc():.4f}")
+            f"{fits.min_train_acc():.4f}")
     if self.by_step:
-      generalized = sum(g is not None for g in tracker.generalize_step)
-      text = (f"{tracker.num_fitted()}/{self.num_replicas} replicas fitted, {generalized}/"
+      generalized = sum(g is not None for g in fits.generalize_step)
+      text = (f"{fits.num_fitted()}/{self.num_replicas} replicas fitted, {generalized}/"
               f"{self.num_replicas} generalized, " + text)
     return text
 
-  def update(self, step: int, tracker, final: bool = False) -> None:
+  def update(self, step: int, fits, final: bool = False) -> None:
     """After an evaluation (or a resume): ``final`` on the last one."""
     if not self.enabled:
       return
-    fitted = tracker.num_fitted()
+    fitted = fits.num_fitted()
     if self._bar is not None:
       self._bar.n = step if self.by_step else fitted
-      self._bar.set_description_str(f"{self.name} {self.describe(step, tracker)}",
+      self._bar.set_description_str(f"{self.name} {self.describe(step, fits)}",
                                     refresh=False)
       self._bar.refresh()
       return
     if self._updates % self.every == 0 or final:
       head = "" if self.by_step else f"{fitted}/{self.num_replicas} replicas fitted, "
-      line = f"zhang: {head}{self.describe(step, tracker)}, {time.time() - self.start:.0f} s"
+      line = f"zhang: {head}{self.describe(step, fits)}, {time.time() - self.start:.0f} s"
       if line != self._last_line:
         print(line, file=self.stream, flush=True)
         self._last_line = line

@@ -10,9 +10,9 @@
   NFS byte-range locks). Not covered: object stores (``gs://``) and file systems without
   locks (some FUSE mounts); there two launches on one workdir are the user's to avoid.
 - ``library_log``: Orbax, absl, asyncio and TensorStore report a failed write with pages of
-  tracebacks from background threads and callbacks; the run's own message says what happened in one line.
-  While training, those libraries' log records and uncaught thread exceptions go to
-  ``WORKDIR/library.log`` instead of the terminal.
+  tracebacks from background threads and callbacks; the run's own message says what
+  happened in one line. While training, those libraries' log records and uncaught thread
+  exceptions go to ``WORKDIR/library.log`` instead of the terminal.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def check_writable(workdir: epath.Path) -> None:
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
     raise UsageError(f"{existing} is not a directory, so workdir {path} cannot be made in "
-                     f"it: choose another --workdir")
+                     f"it: choose another `workdir`")
   try:
     fd, probe = tempfile.mkstemp(prefix=".zhang-write-test-", dir=existing)
     os.close(fd)
@@ -63,7 +63,7 @@ def check_writable(workdir: epath.Path) -> None:
     reason = (os.strerror(e.errno) if e.errno else str(e)).lower()
     what = (f"cannot write in workdir {path}" if existing == path else
             f"cannot create workdir {path}: {existing} cannot be written")
-    raise UsageError(f"{what} ({reason}): choose a --workdir you can write to, or fix its "
+    raise UsageError(f"{what} ({reason}): choose a `workdir` you can write to, or fix its "
                      f"permissions") from None
 
 
@@ -91,7 +91,7 @@ class Lock:
       holder = f.read().strip() or "another process"
       f.close()
       raise UsageError(f"workdir {self.workdir} is in use by {holder}: wait for that run to "
-                       f"end (or stop it), or use another --workdir") from None
+                       f"end (or stop it), or use another `workdir`") from None
     f.seek(0)
     f.truncate()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

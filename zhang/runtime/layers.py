@@ -1,11 +1,11 @@
 """The models' layers with explicit gradients, in forms XLA CPU runs fast inside loops.
 
-The execution plan (``zhang/runtime/plan.py``) applies them on CPU, around the plain models of
-``zhang/experiment/models.py`` (``explicit_gradients``: a Flax method interceptor, so the models stay
-plain and the parameters, initialization and forward values are unchanged). The trainer runs
-its steps inside a ``while`` body (``fori_loop``; ``lax.map`` over replicas is another),
-where XLA CPU runs some of JAX's own gradients far slower than outside a loop
-(benchmarks/RESULTS.md, "Execution plan"):
+The execution plan (``zhang/runtime/plan.py``) applies them on CPU, around the plain models
+of ``zhang/experiment/models.py`` (``explicit_gradients``: a Flax method interceptor, so the
+models stay plain and the parameters, initialization and forward values are unchanged). The trainer
+runs its steps inside a ``while`` body (``fori_loop``; ``lax.map`` over replicas is another), where
+XLA CPU runs some of JAX's own gradients far slower than outside a loop (benchmarks/RESULTS.md,
+"Execution plan"):
 
 - ``conv_general_dilated``: JAX differentiates a convolution into two more with unusual
   dimension labels (the weight gradient is ``f01b_i01o->01bf``). Outside a loop XLA CPU
@@ -239,8 +239,9 @@ def _lrn_denominator(x, depth_radius, bias, alpha):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
-  """``zhang.experiment.models.local_response_norm`` with its analytic gradient (the window is symmetric, so its transpose
-  is itself): dx = dy d^-b - 2 a b x W(dy x d^(-b-1)), d the denominator, W the window sum."""
+  """``zhang.experiment.models.local_response_norm`` with its analytic gradient (the window is
+  symmetric, so its transpose is itself): dx = dy d^-b - 2 a b x W(dy x d^(-b-1)), d the
+  denominator, W the window sum."""
   return models.local_response_norm(x, depth_radius, bias, alpha, beta)
 
 
@@ -330,8 +331,8 @@ def _intercept(next_fun, args, kwargs, context):
 
 @contextlib.contextmanager
 def explicit_gradients():
-  """Within the block, ``zhang.experiment.models``' convolutions, max pools, local response norms and
-  dense layers applied (``module.apply``, traced) are differentiated as above. Parameters,
+  """Within the block, ``zhang.experiment.models``' convolutions, max pools, local response
+  norms and dense layers applied (``module.apply``, traced) are differentiated as above. Parameters,
   initialization and forward values are unchanged."""
   with nn.intercept_methods(_intercept):
     yield

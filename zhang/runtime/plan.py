@@ -1,12 +1,12 @@
 """The execution plan: how a device runs a grid's replicas. It is chosen for speed.
 
-An experiment (``zhang/experiment/config.py``) says what to train; the plan says how this backend runs
-it fastest, from measurements (``benchmarks/RESULTS.md``, "Execution plan"). It is chosen
-from the backend, the model and the replicas per device, and is not part of the config: it
-does not enter ``config.json``, its hash or the workdir check, so a run resumes under
-another plan (the summary records the plan each run used). Plans compute the same sums in
-other orders: they agree to float rounding, not to the bit, and over thousands of steps that
-can move a fit step by an evaluation or more (README, "Scale out").
+An experiment (``zhang/experiment/config.py``) says what to train; the plan says how this
+backend runs it fastest, from measurements (``benchmarks/RESULTS.md``, "Execution plan"). It is
+chosen from the backend, the model and the replicas per device, and is not part of the config: it
+does not enter ``config.json``, its hash or the workdir check, so a run resumes under another plan
+(the summary records the plan each run used). Plans compute the same sums in other orders: they
+agree to float rounding, not to the bit, and over thousands of steps that can move a fit step by an
+evaluation or more (README, "Scale out").
 
 Three choices:
 

@@ -86,8 +86,8 @@ def gabor_filters(size: int, sigmas, orientations: int, xi: float = 3 * math.pi 
   filters = []
   for sigma in sigmas:
     envelope = np.exp(-(ux ** 2 + uy ** 2) / (2 * sigma ** 2))
-    for l in range(orientations):
-      theta = math.pi * l / orientations
+    for k in range(orientations):
+      theta = math.pi * k / orientations
       wave = np.exp(1j * (xi / sigma) * (ux * math.cos(theta) + uy * math.sin(theta)))
       # Subtracting beta * envelope makes the filter sum to zero (no DC response).
       beta = (envelope * wave).sum() / envelope.sum()
@@ -165,7 +165,7 @@ def random_conv(image_shape, num_filters: int, seed: int = 0) -> FeatureMap:
   Dimension: 4 * num_filters.
   """
   if num_filters < 1:
-    raise UsageError(f"--num_filters must be >= 1; got {num_filters}")
+    raise UsageError(f"`num_filters` must be >= 1; got {num_filters}")
   h, w, c = image_shape
   p = _patch_size(h)
   rng = np.random.default_rng(seed)
@@ -200,7 +200,7 @@ def get(name: str, image_shape, num_filters: int = 256, seed: int = 0,
   token inputs with ``vocab`` ids."""
   if name == "onehot":
     if vocab is None:
-      raise UsageError("--features onehot is for token datasets (modadd)")
+      raise UsageError("`features` onehot is for token datasets (modadd)")
     return onehot(image_shape, vocab)
   if name == "raw":
     return raw(image_shape)

@@ -220,7 +220,7 @@ def solve(k: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> Solution:
   if ridge:
     k[np.diag_indices(n)] += ridge
   _, info = lapack.dpotrf(k, lower=1, clean=0, overwrite_a=1)
-  hint = ("add a small ridge (e.g. --ridge 1e-8 times the kernel's scale), use the rbf "
+  hint = ("add a small ridge (e.g. `ridge` 1e-8 times the kernel's scale), use the rbf "
           "kernel, or use fewer training points than feature dimensions")
   if info > 0:
     k[np.diag_indices(n)] = diag
@@ -256,7 +256,7 @@ def _check_duplicates(images: np.ndarray) -> None:
     raise SingularKernelError(
         f"training images {int(first[inverse[i]])} and {i} are identical, so every kernel "
         f"matrix on them is singular ({len(flat) - len(first)} repeats in all): "
-        f"add --ridge (e.g. 1e-8) or use another --n")
+        f"add `ridge` (e.g. 1e-8) or use another `n_train`")
 
 
 def commuted_errors(ds, predicted: np.ndarray, n_train: int) -> dict:
@@ -293,41 +293,10 @@ def evaluate(ds, n_train: int, n_test: int, kernel: str = "rbf", features: str =
     the memory plan and a lower bound on the condition number of K + ridge I.
   """
   start = time.perf_counter()
-  if kernel not in KERNELS:
-    raise UsageError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
-  if ridge < 0 or not math.isfinite(ridge):
-    raise UsageError(f"--ridge must be a finite number >= 0; got {ridge}")
-  if gamma is not None and not gamma > 0:
-    raise UsageError(f"--gamma must be > 0; got {gamma}")
-  have_train, have_test = len(ds.train_labels), len(ds.test_labels)
-  if not 1 <= n_train <= have_train:
-    raise UsageError(f"--n {n_train} is out of range for {ds.name}: use 1..{have_train}")
-  if not 0 <= n_test <= have_test:
-    raise UsageError(f"--n_test {n_test} is out of range for {ds.name}: use 0..{have_test}")
-  tokens = getattr(ds, "inputs", "images") == "tokens"
-  if tokens != (features == "onehot"):
-    raise UsageError(f"{ds.name} has {'token' if tokens else 'image'} inputs: use --features "
-                     + ("onehot" if tokens else "raw, gabor or random_conv"))
+  _validate(ds, n_train, n_test, kernel, features, ridge, gamma)
   fmap = features_lib.get(features, ds.train_images.shape[1:], num_filters, seed,
-                          vocab=ds.num_classes if tokens else None)
-  mem = plan_memory(n_train, n_test, fmap.max_block_dim, ds.num_classes, memory_budget_bytes)
-  log(f"memory: {mem.describe()}")
-  if not mem.fits and mem.max_n_train == 0:
-    raise KernelMemoryError(
-        f"the memory budget of {mem.budget_bytes / _GB:.2f} GB is below the fixed "
-        f"{_OVERHEAD_BYTES / _GB:.1f} GB overhead plus the test kernel: raise --memory_gb "
-        f"or lower --n_test")
-  if not mem.fits:
-    raise KernelMemoryError(
-        f"--n {n_train} needs {mem.total_bytes / _GB:.1f} GB (the kernel alone "
-        f"{mem.kernel_bytes / _GB:.1f} GB) but the memory budget is "
-        f"{mem.budget_bytes / _GB:.1f} GB: use --n {mem.max_n_train} or less (the largest "
-        f"that fits), lower --n_test, or raise the budget with --memory_gb")
-  if kernel == "linear" and fmap.dim < n_train and ridge == 0:
-    raise SingularKernelError(
-        f"the linear kernel on {features} features has rank <= {fmap.dim} < n = {n_train}, "
-        f"so K is singular and no exact interpolant is unique: use --n <= {fmap.dim}, "
-        f"the rbf kernel, or add --ridge")
+                          vocab=ds.num_classes if _tokens(ds) else None)
+  mem = _plan(ds, n_train, n_test, kernel, features, fmap, ridge, memory_budget_bytes, log)
   train_images, test_images = ds.train_images[:n_train], ds.test_images[:n_test]
   if ridge == 0:
     _check_duplicates(train_images)
@@ -346,23 +315,14 @@ def evaluate(ds, n_train: int, n_test: int, kernel: str = "rbf", features: str =
   t_solve = time.perf_counter() - t0
   pred_test = g.test @ sol.coef if n_test else np.zeros((0, ds.num_classes))
   del g
-
-  weight_norm = None
-  if kernel == "linear":  # ||X^T a||_F computed from the features, independently of K
-    sq = 0.0
-    for _, block in fmap.blocks:
-      sq += float(np.sum((block(train_images).T @ sol.coef) ** 2))
-    weight_norm = math.sqrt(sq)
-  train_err = float(np.mean(sol.fitted.argmax(1) != ds.train_labels[:n_train]))
-  test_err = (float(np.mean(pred_test.argmax(1) != ds.test_labels[:n_test]))
-              if n_test else None)
   return {
       "dataset": ds.name, "n_train": n_train, "n_test": n_test, "kernel": kernel,
       "features": features, "feature_dim": fmap.dim,
       "num_filters": num_filters if features == "random_conv" else None,
       "ridge": ridge, "gamma": gamma if kernel == "rbf" else None, "seed": seed,
-      "test_error": test_err, "train_error": train_err,
-      "norm": sol.rkhs_norm, "rkhs_norm": sol.rkhs_norm, "weight_norm": weight_norm,
+      **_errors(ds, sol, pred_test, n_train, n_test),
+      "norm": sol.rkhs_norm, "rkhs_norm": sol.rkhs_norm,
+      "weight_norm": _weight_norm(fmap, train_images, sol) if kernel == "linear" else None,
       "coef_norm": float(np.linalg.norm(sol.coef)),
       "max_fit_residual": float(np.abs(sol.fitted + ridge * sol.coef - y).max()),
       "condition_lower_bound": sol.cond_bound,
@@ -372,3 +332,67 @@ def evaluate(ds, n_train: int, n_test: int, kernel: str = "rbf", features: str =
       "seconds": time.perf_counter() - start,
       **commuted_errors(ds, pred_test.argmax(1), n_train),
   }
+
+
+def _tokens(ds) -> bool:
+  return getattr(ds, "inputs", "images") == "tokens"
+
+
+def _validate(ds, n_train: int, n_test: int, kernel: str, features: str, ridge: float,
+              gamma: float | None) -> None:
+  """The settings against each other and against the dataset; UsageError naming the
+  setting (in backticks: ``zhang.errors.on_command_line`` makes it a flag)."""
+  if kernel not in KERNELS:
+    raise UsageError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
+  if ridge < 0 or not math.isfinite(ridge):
+    raise UsageError(f"`ridge` must be a finite number >= 0; got {ridge}")
+  if gamma is not None and not gamma > 0:
+    raise UsageError(f"`gamma` must be > 0; got {gamma}")
+  have_train, have_test = len(ds.train_labels), len(ds.test_labels)
+  if not 1 <= n_train <= have_train:
+    raise UsageError(f"`n_train` {n_train} is out of range for {ds.name}: use "
+                     f"1..{have_train}")
+  if not 0 <= n_test <= have_test:
+    raise UsageError(f"`n_test` {n_test} is out of range for {ds.name}: use 0..{have_test}")
+  if _tokens(ds) != (features == "onehot"):
+    raise UsageError(f"{ds.name} has {'token' if _tokens(ds) else 'image'} inputs: use "
+                     f"`features` " + ("onehot" if _tokens(ds) else "raw, gabor or random_conv"))
+
+
+def _plan(ds, n_train: int, n_test: int, kernel: str, features: str, fmap, ridge: float,
+          memory_budget_bytes: int | None, log: Callable[[str], None]) -> MemoryPlan:
+  """The memory plan, refused before any kernel entry is computed when it cannot fit or
+  when the kernel would be singular by its rank."""
+  mem = plan_memory(n_train, n_test, fmap.max_block_dim, ds.num_classes, memory_budget_bytes)
+  log(f"memory: {mem.describe()}")
+  if not mem.fits and mem.max_n_train == 0:
+    raise KernelMemoryError(
+        f"the memory budget of {mem.budget_bytes / _GB:.2f} GB is below the fixed "
+        f"{_OVERHEAD_BYTES / _GB:.1f} GB overhead plus the test kernel: raise `memory_gb` "
+        f"or lower `n_test`")
+  if not mem.fits:
+    raise KernelMemoryError(
+        f"`n_train` {n_train} needs {mem.total_bytes / _GB:.1f} GB (the kernel alone "
+        f"{mem.kernel_bytes / _GB:.1f} GB) but the memory budget is "
+        f"{mem.budget_bytes / _GB:.1f} GB: use `n_train` {mem.max_n_train} or less (the "
+        f"largest that fits), lower `n_test`, or raise the budget with `memory_gb`")
+  if kernel == "linear" and fmap.dim < n_train and ridge == 0:
+    raise SingularKernelError(
+        f"the linear kernel on {features} features has rank <= {fmap.dim} < n = {n_train}, "
+        f"so K is singular and no exact interpolant is unique: use `n_train` <= {fmap.dim}, "
+        f"the rbf kernel, or add `ridge`")
+  return mem
+
+
+def _errors(ds, sol: Solution, pred_test: np.ndarray, n_train: int, n_test: int) -> dict:
+  train = float(np.mean(sol.fitted.argmax(1) != ds.train_labels[:n_train]))
+  test = float(np.mean(pred_test.argmax(1) != ds.test_labels[:n_test])) if n_test else None
+  return {"test_error": test, "train_error": train}
+
+
+def _weight_norm(fmap, train_images: np.ndarray, sol: Solution) -> float:
+  """||X^T a||_F of the linear kernel, from the features, independently of K."""
+  sq = 0.0
+  for _, block in fmap.blocks:
+    sq += float(np.sum((block(train_images).T @ sol.coef) ** 2))
+  return math.sqrt(sq)

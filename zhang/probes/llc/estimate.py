@@ -5,8 +5,9 @@ coefficient lambda: d/2 for a regular model of d parameters, less where the loss
 is degenerate. Lau et al. (2023), "Quantifying degeneracy in singular models via the learning
 coefficient", estimate it at a trained point w* as lambda-hat = n beta (E_w[L_n(w)] -
 L_n(w*)) over the localized tempered posterior exp(-n beta L_n(w) - gamma/2 |w - w*|^2), by
-SGLD; ``zhang/probes/llc/sgld.py`` is that estimator (devinterp's, so numbers compare with it), its
-defaults and their calibration. Here it runs on a run's checkpoints:
+SGLD; ``zhang/probes/llc/sgld.py`` is that estimator (devinterp's, so numbers compare with
+it), its defaults and their calibration. Here it runs on a run's checkpoints, rebuilt by
+``zhang.probes.run``:
 
 - Every chain of every replica in one jit-compiled program: chains vmapped (or looped, as
   the execution plan runs replicas) inside each replica, replicas on the run's mesh's
@@ -52,10 +53,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -63,9 +63,9 @@ import numpy as np
 import optax
 
 from zhang.errors import UsageError
-from zhang.experiment import config as config_lib
-from zhang.experiment import models, randomize, train
+from zhang.experiment import randomize
 from zhang.experiment import step as step_lib
+from zhang.probes import run as run_lib
 from zhang.probes.llc.sgld import (  # noqa: F401
   SETTLE_TOL,
   Settings,
@@ -77,27 +77,11 @@ from zhang.probes.llc.sgld import (  # noqa: F401
   sample,
   sgld_step,
 )
-from zhang.rundir import checkpoint as checkpoint_lib
 from zhang.rundir import metrics as metrics_lib
 from zhang.runtime import mesh as mesh_lib
 
 JSON, TRACES, TRACE_PLOT = "llc.json", "llc_traces.npz", "llc_traces.png"
 SWEEPABLE = ("step_size", "gamma", "nbeta", "chains", "draws", "burnin", "batch_size")
-
-
-def saved_steps(workdir) -> list[int]:
-  """The steps of a run's checkpoints; UsageError when there are none. Writes nothing."""
-  workdir = metrics_lib.workdir_path(workdir)
-  directory = workdir / checkpoint_lib.DIRNAME
-  if not directory.is_dir():
-    raise UsageError(f"{workdir} has no checkpoints/ folder: pass the --workdir of a run "
-                     f"that `zhang train` has checkpointed")
-  found = sorted(int(p.name) for p in directory.iterdir()
-                 if p.name.isdigit() and (p / "state").is_dir())
-  if not found:
-    raise UsageError(f"{directory} holds no complete checkpoint: let the run save one "
-                     f"(every checkpoint_every steps, and at the end)")
-  return found
 
 
 def parse_steps(spec: str, saved: list[int]) -> list[int]:
@@ -110,7 +94,8 @@ def parse_steps(spec: str, saved: list[int]) -> list[int]:
   try:
     wanted = [int(s) for s in spec.split(",") if s.strip()]
   except ValueError:
-    raise UsageError(f"--steps {spec!r} must be last, all, or steps such as 1000,2000") from None
+    raise UsageError(f"`steps` {spec!r} must be last, all, or a list of saved steps such as "
+                     f"1000,2000") from None
   missing = [s for s in wanted if s not in saved]
   if not wanted or missing:
     raise UsageError(f"no checkpoint of step {', '.join(map(str, missing)) or spec} in this "
@@ -118,219 +103,161 @@ def parse_steps(spec: str, saved: list[int]) -> list[int]:
   return sorted(set(wanted))
 
 
-def read_config(workdir):
-  """A run's config (config.json over today's defaults, as ``train.check_workdir`` reads
-  it), resolved, and the hashes its checkpoints may record."""
-  path = metrics_lib.workdir_path(workdir) / metrics_lib.CONFIG
-  try:
-    saved = json.loads(path.read_text())
-  except (OSError, ValueError):
-    raise UsageError(f"{path} is missing or unreadable: pass the --workdir of a run of "
-                     f"`zhang train`") from None
-  config = config_lib.base_config()
-  for key, value in saved.items():
-    if key in config and key not in config_lib.FORMER_PLAN_FIELDS:
-      config[key] = value
-  config = config_lib.resolve(config)
-  # Checkpoints carry the hash of the config's identity (of the whole config.json before
-  # fields were added to the config).
-  hashes = {checkpoint_lib.config_hash(saved), checkpoint_lib.config_hash(
-      config_lib.identity(config))}
-  return config, hashes
+class Sampler:
+  """A run's compiled SGLD sampler (``program``, one per chain count, length and batch
+  size), built once for every checkpoint and setting (``estimate_run``, ``sweep``)."""
 
-
-@dataclasses.dataclass(eq=False)  # hashed by identity: ``program`` is cached per sampler
-class RunSampler:
-  """A run's data, replicas and compiled sampler, built once for every checkpoint and
-  setting (``estimate_run``, ``sweep``)."""
-  workdir: Any
-  config: Any
-  config_hashes: set
-  replicas: list
-  labels_noise: np.ndarray
-  mesh: Any
-  plan: Any
-  settings: step_lib.StepSettings
-  data: step_lib.DeviceDataset
-  reps: step_lib.ReplicaConstants
-  module: Any
-  has_batch_norm: bool
-  n: int
-  padded: int
-  checkpoint_hash: str | None = None  # the config hash of the last checkpoint loaded
-
-  @classmethod
-  def build(cls, workdir, data_dir: str | None = None) -> "RunSampler":
-    """Reads the run and puts its data and per-replica constants on the devices (no
-    compilation: the sampler compiles on its first call)."""
-    config, hashes = read_config(workdir)
-    return cls.from_config(config, hashes, workdir, data_dir)
-
-  @classmethod
-  def from_config(cls, config, config_hashes=frozenset(), workdir=None,
-                  data_dir: str | None = None) -> "RunSampler":
-    """The same for a resolved config (``load`` then needs the run's ``workdir``)."""
-    replicas = config_lib.expand_grid(config)
-    if data_dir:
-      config = config.copy_and_resolve_references()
-      config.data_dir = data_dir
-    dataset = train.load_dataset(config)
-    try:
-      mesh = mesh_lib.make_mesh(config.mesh_shape)
-    except UsageError:  # the run's mesh needs other devices: every device on replicas
-      mesh = mesh_lib.make_mesh((-1, 1))
-    padded = mesh_lib.pad(replicas, mesh.shape["replica"])
-    settings = step_lib.StepSettings.from_config(config, padded)
-    plan = train.choose_plan(config, len(replicas))
-    d = train.device_data(dataset, mesh_lib.replicated(mesh))
-    _, reps, noise = train.build_replicas(padded, dataset, settings,
-                                          mesh_lib.replica_sharding(mesh))
-    spec = models.get(config.model)
-    return cls(workdir and metrics_lib.workdir_path(workdir), config, config_hashes, replicas,
-               np.asarray(noise)[:len(replicas)], mesh, plan, settings, d, reps,
-               spec.build(dataset.num_classes), spec.batch_norm, len(dataset.train_labels),
-               len(padded))
-
-  def load(self, step: int):
-    """The checkpoint of ``step`` as (params, batch_stats), padded and sharded on
-    ``replica``."""
-    saved = checkpoint_lib.load(self.workdir, step)
-    if self.config_hashes and saved["meta"].get("config_hash") not in self.config_hashes:
-      raise UsageError(f"the checkpoint of step {step} was written by another config than "
-                       f"{self.workdir / metrics_lib.CONFIG}")
-    self.checkpoint_hash = saved["meta"].get("config_hash")
-    rows = np.minimum(np.arange(self.padded), len(self.replicas) - 1)
-    by_replica = mesh_lib.replica_sharding(self.mesh)
-    put = lambda x: mesh_lib.put(np.asarray(x)[rows], by_replica)
-    return jax.tree.map(put, saved["params"]), jax.tree.map(put, saved["batch_stats"])
+  def __init__(self, run: run_lib.Run):
+    self.run = run
+    self._programs = {}
 
   def chain_keys(self, seed: int, chains: int):
     """(padded replicas, chains) keys: replica r's chain c from (seed, r, c), so a replica's
     chains do not depend on the grid's padding or the other replicas."""
     base = jax.random.key(seed)
-    rows = np.minimum(np.arange(self.padded), len(self.replicas) - 1)
+    rows = np.minimum(np.arange(self.run.padded), len(self.run.replicas) - 1)
     keys = jax.vmap(lambda r: jax.random.split(jax.random.fold_in(base, r), chains))(
         jnp.asarray(rows))
     return jax.random.key_data(keys)
 
-  @functools.cache
   def program(self, chains: int, num_steps: int, batch_size: int):
     """The jit-compiled sampler: (params, batch_stats, chain keys, eps, gamma, n beta) ->
     (L_n(w*) (R,), loss traces (R, chains, num_steps)). Every chain of every replica in one
     program: chains vmapped (or looped, as the plan runs replicas) inside each replica,
-    replicas on the mesh's ``replica`` axis."""
-    s, plan, mesh, d, reps = self.settings, self.plan, self.mesh, self.data, self.reps
-    apply = functools.partial(step_lib.apply_model, self.module, plan, s, self.has_batch_norm)
-    n, eb = self.n, min(self.config.eval_batch_size, self.n)
-
-    def logits(w, batch_stats, x):
-      return apply(step_lib.TrainState(w, batch_stats, ()), x, train=False)[0]
-
-    def replica_step(w, w_star, batch_stats, x, y, key_data, step_size, gamma, nbeta):
-      def loss_fn(w, batch):
-        return optax.softmax_cross_entropy_with_integer_labels(
-            logits(w, batch_stats, batch[0]), batch[1]).mean()
-      one = lambda w, x, y, k: sgld_step(loss_fn, w, w_star, jax.random.wrap_key_data(k),
-                                         (x, y), step_size, gamma, nbeta)
-      return plan.over_replicas(one, w, x, y, key_data)
-
-    grid_step = step_lib.over_grid(plan, mesh, replica_step, replicated=(1, 2, 3))
-    grid_logits = step_lib.over_grid(plan, mesh, logits)
-
-    def full_loss(params, batch_stats):
-      def batch(b):
-        pos = b * eb + jnp.arange(eb)
-        idx = jnp.minimum(pos, n - 1)
-        x = step_lib.grid_inputs(s, reps, d, d.train_images[idx], idx, randomize.TRAIN)
-        out = grid_logits(params, batch_stats, x)
-        ce = optax.softmax_cross_entropy_with_integer_labels(out, reps.labels[:, idx])
-        return jnp.sum(ce * (pos < n), axis=-1)
-      return jnp.sum(jax.lax.map(batch, jnp.arange(-(-n // eb))), axis=0) / n
-
-    replicated = mesh_lib.replicated(mesh)
-
-    @functools.partial(jax.jit, out_shardings=(replicated, replicated),
-                       compiler_options=plan.compiler_options() or None)
-    def run(params, batch_stats, key_data, step_size, gamma, nbeta):
-      init_loss = full_loss(params, batch_stats)
-
-      def step_fn(w, indices, step_keys):
-        r = indices.shape[0]
-        flat = indices.reshape(r, -1)  # each replica's chains' examples, one batch
-        x = step_lib.grid_inputs(s, reps, d, jnp.take(d.train_images, flat, axis=0), flat,
-                                 randomize.TRAIN)
-        x = x.reshape(r, chains, batch_size, *x.shape[2:])
-        y = jnp.take_along_axis(reps.labels, flat, axis=1).reshape(r, chains, batch_size)
-        return grid_step(w, params, batch_stats, x, y, jax.random.key_data(step_keys),
-                         step_size, gamma, nbeta)
-
-      w0 = jax.tree.map(lambda p: jnp.broadcast_to(p[:, None], (p.shape[0], chains,
-                                                                *p.shape[1:])), params)
-      keys = jax.random.wrap_key_data(key_data)
-      _, trace = run_chains(step_fn, w0, keys, n, batch_size, num_steps)
-      return init_loss, trace
-
-    return run
+    replicas on the mesh's ``replica`` axis. Compiled on its first call, kept for the
+    sampler's life."""
+    key = (chains, num_steps, batch_size)
+    if key not in self._programs:
+      self._programs[key] = _program(self.run, chains, num_steps, batch_size)
+    return self._programs[key]
 
   def sample(self, params, batch_stats, s: Settings):
-    """L_n(w*) (R,) and the traces (R, chains, steps) of the real replicas, and the
+    """L_n(w*) (R,) and the traces (R, chains, steps) of the real replicas, n beta, and the
     seconds the call took (compilation included on a first call)."""
-    m = s.batch_size or self.config.batch_size
-    nbeta = resolve_nbeta(s.nbeta, self.n, m)
-    run = self.program(s.chains, s.num_steps, m)
+    run = self.run
+    m = s.batch_size or run.config.batch_size
+    nbeta = resolve_nbeta(s.nbeta, run.n, m)
+    program = self.program(s.chains, s.num_steps, m)
     t0 = time.perf_counter()
-    init_loss, trace = jax.device_get(run(params, batch_stats, self.chain_keys(s.seed, s.chains),
-                                          np.float32(s.step_size), np.float32(s.gamma),
-                                          np.float32(nbeta)))
+    init_loss, trace = jax.device_get(program(
+        params, batch_stats, self.chain_keys(s.seed, s.chains), np.float32(s.step_size),
+        np.float32(s.gamma), np.float32(nbeta)))
     seconds = time.perf_counter() - t0
-    r = len(self.replicas)
+    r = len(run.replicas)
     return np.asarray(init_loss)[:r], np.asarray(trace)[:r], nbeta, seconds
+
+
+def _logits(run: run_lib.Run):
+  """One replica's eval-mode logits of (params, batch statistics, inputs)."""
+  return lambda w, batch_stats, x: run.apply(step_lib.TrainState(w, batch_stats, ()), x,
+                                             train=False)[0]
+
+
+def _full_loss(run: run_lib.Run):
+  """(params, batch_stats) -> every replica's mean training cross-entropy on its whole
+  training set (its labels, its randomized inputs), in eval batches: L_n(w*)."""
+  s, reps, d, n = run.settings, run.reps, run.data, run.n
+  eb = min(run.config.eval_batch_size, n)
+  grid_logits = step_lib.over_grid(run.plan, run.mesh, _logits(run))
+
+  def full_loss(params, batch_stats):
+    def batch(b):
+      pos = b * eb + jnp.arange(eb)
+      idx = jnp.minimum(pos, n - 1)
+      x = step_lib.grid_inputs(s, reps, d, d.train_images[idx], idx, randomize.TRAIN)
+      out = grid_logits(params, batch_stats, x)
+      ce = optax.softmax_cross_entropy_with_integer_labels(out, reps.labels[:, idx])
+      return jnp.sum(ce * (pos < n), axis=-1)
+    return jnp.sum(jax.lax.map(batch, jnp.arange(-(-n // eb))), axis=0) / n
+
+  return full_loss
+
+
+def _program(run: run_lib.Run, chains: int, num_steps: int, batch_size: int):
+  """``Sampler.program``'s jit-compiled function."""
+  s, plan, reps, d, logits = run.settings, run.plan, run.reps, run.data, _logits(run)
+
+  def replica_step(w, w_star, batch_stats, x, y, key_data, step_size, gamma, nbeta):
+    def loss_fn(w, batch):
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits(w, batch_stats, batch[0]), batch[1]).mean()
+    one = lambda w, x, y, k: sgld_step(loss_fn, w, w_star, jax.random.wrap_key_data(k),
+                                       (x, y), step_size, gamma, nbeta)
+    return plan.over_replicas(one, w, x, y, key_data)
+
+  grid_step = step_lib.over_grid(plan, run.mesh, replica_step, replicated=(1, 2, 3))
+  full_loss = _full_loss(run)
+  replicated = mesh_lib.replicated(run.mesh)
+
+  @functools.partial(jax.jit, out_shardings=(replicated, replicated),
+                     compiler_options=plan.compiler_options() or None)
+  def chains_of_grid(params, batch_stats, key_data, step_size, gamma, nbeta):
+    def step_fn(w, indices, step_keys):
+      r = indices.shape[0]
+      flat = indices.reshape(r, -1)  # each replica's chains' examples, one batch
+      x = step_lib.grid_inputs(s, reps, d, jnp.take(d.train_images, flat, axis=0), flat,
+                               randomize.TRAIN)
+      x = x.reshape(r, chains, batch_size, *x.shape[2:])
+      y = jnp.take_along_axis(reps.labels, flat, axis=1).reshape(r, chains, batch_size)
+      return grid_step(w, params, batch_stats, x, y, jax.random.key_data(step_keys),
+                       step_size, gamma, nbeta)
+
+    w0 = jax.tree.map(lambda p: jnp.broadcast_to(p[:, None], (p.shape[0], chains,
+                                                              *p.shape[1:])), params)
+    keys = jax.random.wrap_key_data(key_data)
+    init_loss = full_loss(params, batch_stats)
+    _, trace = run_chains(step_fn, w0, keys, run.n, batch_size, num_steps)
+    return init_loss, trace
+
+  return chains_of_grid
 
 
 def _warn(message: str) -> None:
   print(f"zhang llc: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _entries(sampler: RunSampler, step: int, init_loss, trace, nbeta, s: Settings,
+def _entries(run: run_lib.Run, step: int, init_loss, trace, nbeta, s: Settings,
              num_params: int) -> list[dict]:
   out = []
-  for r, rep in enumerate(sampler.replicas):
+  for r, rep in enumerate(run.replicas):
     est = estimate(trace[r], init_loss[r], nbeta, s.burnin, num_params)
     out.append(dict(replica=rep.index, kind=rep.kind, corruption=rep.corruption, seed=rep.seed,
                     step=step, **{k: est.pop(k) for k in ("llc", "llc_std", "llc_se")},
                     num_params=num_params, learning_rate=rep.learning_rate,
                     weight_decay=rep.weight_decay, augmentation=rep.augmentation,
-                    label_noise=float(sampler.labels_noise[r]), **est))
+                    label_noise=float(run.label_noise[r]), **est))
   return out
 
 
 def diagnose(entries: list[dict], s: Settings, warn: Callable[[str], None] = _warn) -> None:
   """Warning lines for diverged, unsettled or negative estimates, naming the setting to
-  change; UsageError when every chain of every entry diverged."""
+  change (in backticks); UsageError when every chain of every entry diverged."""
   if entries and all(e["diverged_chains"] == s.chains for e in entries):
-    raise UsageError(f"every chain diverged (loss not finite or exploding) at --step_size "
-                     f"{s.step_size:g}, --gamma {s.gamma:g}: lower --step_size (e.g. "
+    raise UsageError(f"every chain diverged (loss not finite or exploding) at `step_size` "
+                     f"{s.step_size:g}, `gamma` {s.gamma:g}: lower `step_size` (e.g. "
                      f"{s.step_size / 10:g})")
   for e in entries:
     name = (f"replica {e['replica']} ({e['kind']}, corruption {e['corruption']:g}, seed "
             f"{e['seed']}) at step {e['step']}")
     if e["diverged_chains"]:
       warn(f"{name}: {e['diverged_chains']} of {s.chains} chains diverged (loss not finite "
-           f"or exploding): lower --step_size (now {s.step_size:g}) or raise --gamma (now "
+           f"or exploding): lower `step_size` (now {s.step_size:g}) or raise `gamma` (now "
            f"{s.gamma:g})")
     if e["settled"] is False:
       warn(f"{name}: the chains have not settled (lambda-hat moved by {e['drift']:+.3g} "
-           f"between the last two quarters of the draws, of {e['llc']:.3g}): raise --burnin "
+           f"between the last two quarters of the draws, of {e['llc']:.3g}): raise `burnin` "
            f"(now {s.burnin})")
     if e["llc"] is not None and e["llc"] < 0:
       warn(f"{name}: lambda-hat {e['llc']:.3g} < 0, the chains found lower loss than w*: "
-           f"raise --gamma (now {s.gamma:g}), or estimate a later checkpoint")
+           f"raise `gamma` (now {s.gamma:g}), or estimate a later checkpoint")
 
 
-def settings_dict(sampler: RunSampler, s: Settings, steps: list[int], nbeta: float) -> dict:
-  m = s.batch_size or sampler.config.batch_size
-  return dict(run=str(sampler.workdir), model=sampler.config.model,
-              dataset=sampler.config.dataset, n=sampler.n, steps=list(steps),
+def settings_dict(run: run_lib.Run, s: Settings, steps: list[int], nbeta: float) -> dict:
+  """llc.json's ``settings``: the sampler's settings and the run's provenance (``run``, its
+  path; ``config_hash``, as its checkpoints record it)."""
+  m = s.batch_size or run.config.batch_size
+  return dict(run=run.path, model=run.config.model,
+              dataset=run.config.dataset, n=run.n, steps=list(steps),
               step_size=s.step_size, gamma=s.gamma,
               nbeta_rule=s.nbeta if isinstance(s.nbeta, str) else "number", nbeta=nbeta,
               chains=s.chains, draws=s.draws, burnin=s.burnin, batch_size=m, seed=s.seed,
@@ -338,42 +265,59 @@ def settings_dict(sampler: RunSampler, s: Settings, steps: list[int], nbeta: flo
               init_loss="L_n(w*) on the whole training set, eval mode",
               expectation="minibatch losses along each chain after burn-in",
               batch_norm="batch statistics fixed at w*, eval mode"
-              if sampler.has_batch_norm else None,
-              compute_dtype=sampler.config.compute_dtype, plan=str(sampler.plan),
-              mesh=[sampler.mesh.shape["replica"], sampler.mesh.shape["data"]],
-              config_hash=sampler.checkpoint_hash)
+              if run.has_batch_norm else None,
+              compute_dtype=run.config.compute_dtype, plan=str(run.plan),
+              mesh=[run.mesh.shape["replica"], run.mesh.shape["data"]],
+              config_hash=run.config_hash)
 
 
-def _check_out(workdir, out) -> None:
-  run = metrics_lib.workdir_path(workdir)
+def _check_out(run: run_lib.Run, out) -> None:
+  path = metrics_lib.workdir_path(run.path)
   out = metrics_lib.workdir_path(out)
-  if out == run or run in out.parents:
-    raise UsageError(f"--out {out} is inside the run's directory {run}: choose a folder "
+  if out == path or path in out.parents:
+    raise UsageError(f"`out` {out} is inside the run's directory {path}: choose a folder "
                      f"outside it (the run's files are never written)")
 
 
-def estimate_run(workdir, out, settings: Settings = Settings(), steps: str = "last",
+def _open(workdir, settings: list[Settings], steps: str, data_dir, out):
+  """The run and the checkpoints of ``steps``, every setting checked against it; UsageError
+  before anything is compiled or written."""
+  for s in settings:
+    s.check()
+  run = run_lib.open(workdir, data_dir)
+  chosen = parse_steps(steps, run.steps)
+  if out is not None:
+    _check_out(run, out)
+  for s in settings:
+    check_settings(s, run.n)
+  return run, chosen
+
+
+def _num_params(params) -> int:
+  return sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params))
+
+
+def estimate_run(workdir, out, settings: Settings | None = None, steps: str = "last",
                  data_dir: str | None = None, plots: bool = True,
-                 log: Callable[[str], None] | None = None) -> dict:
+                 log: Callable[[str], None] | None = None,
+                 warn: Callable[[str], None] = _warn) -> dict:
   """lambda-hat of every replica of a run at each checkpoint of ``steps``; writes
   OUT/llc.json (``{"settings", "replicas"}``), OUT/llc_traces.npz and the trace plot, and
   returns llc.json's dict. Only OUT is written. Bad input raises UsageError before
-  anything is compiled."""
+  anything is compiled. ``log`` (default stderr) gets progress, ``warn`` the diagnosis."""
   log = log or (lambda msg: print(f"zhang llc: {msg}", file=sys.stderr, flush=True))
-  settings.check()
-  chosen = parse_steps(steps, saved_steps(workdir))
-  if out is not None:
-    _check_out(workdir, out)
-  sampler = RunSampler.build(workdir, data_dir)
-  check_settings(settings, sampler.n)
+  settings = settings or Settings()
+  run, chosen = _open(workdir, [settings], steps, data_dir, out)
+  sampler = Sampler(run)
   entries, traces, nbeta, timings = [], [], None, []
   start = time.perf_counter()
   for i, step in enumerate(chosen):
-    params, batch_stats = sampler.load(step)
-    num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params))
-    init_loss, trace, nbeta, seconds = sampler.sample(params, batch_stats, settings)
-    rate = len(sampler.replicas) * settings.chains * settings.num_steps / seconds
-    timings.append(f"step {step}: {len(sampler.replicas)} replicas x {settings.chains} chains "
+    state = run.state(step)
+    num_params = _num_params(state.params)
+    init_loss, trace, nbeta, seconds = sampler.sample(state.params, state.batch_stats,
+                                                      settings)
+    rate = len(run.replicas) * settings.chains * settings.num_steps / seconds
+    timings.append(f"step {step}: {len(run.replicas)} replicas x {settings.chains} chains "
                    f"x {settings.num_steps} SGLD steps in {seconds:.1f} s ({rate:,.0f} "
                    f"replica-chain-steps/s" + (", compilation included)" if not timings
                                                else ")"))
@@ -382,12 +326,12 @@ def estimate_run(workdir, out, settings: Settings = Settings(), steps: str = "la
       left = elapsed / (i + 1) * (len(chosen) - i - 1)
       log(f"checkpoint {i + 1}/{len(chosen)}, " + timings[-1]
           + (f"; about {_minutes(left)} left" if left else ""))
-    entries += _entries(sampler, step, init_loss, trace, nbeta, settings, num_params)
+    entries += _entries(run, step, init_loss, trace, nbeta, settings, num_params)
     traces.append(trace)
-  diagnose(entries, settings)
+  diagnose(entries, settings, warn)
   if len(chosen) == 1:  # after the diagnosis: an error stays the only line
     log(timings[0])
-  result = dict(settings=settings_dict(sampler, settings, chosen, nbeta), replicas=entries)
+  result = dict(settings=settings_dict(run, settings, chosen, nbeta), replicas=entries)
   if out is not None:
     write(result, np.concatenate(traces), out, plots=plots)
   return result
@@ -429,16 +373,16 @@ def parse_sweep(specs: list[str]) -> dict[str, list]:
       name, _, token = token.partition("=")
       name = name.strip()
       if name not in SWEEPABLE:
-        raise UsageError(f"--sweep: unknown setting {name!r}: sweepable are "
-                         f"{', '.join(SWEEPABLE)} (e.g. --sweep step_size=1e-5,1e-4)")
+        raise UsageError(f"`sweep`: unknown setting {name!r}: sweepable are "
+                         f"{', '.join(SWEEPABLE)} (e.g. `sweep` step_size=1e-5,1e-4)")
       if name in grid:
-        raise UsageError(f"--sweep: {name} is given twice")
+        raise UsageError(f"`sweep`: {name} is given twice")
       grid[name] = []
     elif name is None:
-      raise UsageError(f"--sweep: {token!r} has no setting: write NAME=V1,V2,...")
+      raise UsageError(f"`sweep`: {token!r} has no setting: write NAME=V1,V2,...")
     grid[name].append(_sweep_value(name, token.strip()))
   if not grid:
-    raise UsageError("--sweep needs NAME=V1,V2,... e.g. step_size=1e-5,1e-4,gamma=100,1000")
+    raise UsageError("`sweep` needs NAME=V1,V2,... e.g. step_size=1e-5,1e-4,gamma=100,1000")
   return grid
 
 
@@ -450,10 +394,10 @@ def _sweep_value(name: str, text: str):
       return int(text)
     return float(text)
   except ValueError:
-    raise UsageError(f"--sweep: {name}={text!r} is not a valid value") from None
+    raise UsageError(f"`sweep`: {name}={text!r} is not a valid value") from None
 
 
-def sweep(workdir, grid: dict[str, list], settings: Settings = Settings(),
+def sweep(workdir, grid: dict[str, list], settings: Settings | None = None,
           steps: str = "last", data_dir: str | None = None, out=None,
           log: Callable[[str], None] | None = None) -> dict:
   """lambda-hat of every replica for each combination of ``grid``'s settings (the others
@@ -462,35 +406,27 @@ def sweep(workdir, grid: dict[str, list], settings: Settings = Settings(),
   combination of step size, gamma and n beta. ``log`` (default stderr) gets a line as each
   combination finishes."""
   log = log or (lambda msg: print(f"zhang llc: {msg}", file=sys.stderr, flush=True))
+  settings = settings or Settings()
   combos = [dataclasses.replace(settings, **dict(zip(grid, values)))
             for values in itertools.product(*grid.values())]
-  for c in combos:
-    c.check()
-  chosen = parse_steps(steps, saved_steps(workdir))
-  if out is not None:
-    _check_out(workdir, out)
-  sampler = RunSampler.build(workdir, data_dir)
-  for c in combos:
-    check_settings(c, sampler.n)
-  loaded = {step: sampler.load(step) for step in chosen}
+  run, chosen = _open(workdir, [settings, *combos], steps, data_dir, out)
+  sampler = Sampler(run)
+  loaded = {step: run.state(step) for step in chosen}
   results = []
   start = time.perf_counter()
   for i, c in enumerate(combos):
     entries = []
-    for step, (params, batch_stats) in loaded.items():
-      num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(params))
-      init_loss, trace, nbeta, _ = sampler.sample(params, batch_stats, c)
-      entries += _entries(sampler, step, init_loss, trace, nbeta, c, num_params)
-    results.append(dict(settings=settings_dict(sampler, c, chosen, nbeta), replicas=entries))
+    for step, state in loaded.items():
+      init_loss, trace, nbeta, _ = sampler.sample(state.params, state.batch_stats, c)
+      entries += _entries(run, step, init_loss, trace, nbeta, c, _num_params(state.params))
+    results.append(dict(settings=settings_dict(run, c, chosen, nbeta), replicas=entries))
     elapsed = time.perf_counter() - start
     left = elapsed / (i + 1) * (len(combos) - i - 1)
     log(f"combination {i + 1}/{len(combos)} done, {_minutes(elapsed)} so far"
         + (f", about {_minutes(left)} left" if left else ""))
-  result = dict(settings=settings_dict(sampler, settings, chosen,
-                                       resolve_nbeta(settings.nbeta, sampler.n,
-                                                     settings.batch_size
-                                                     or sampler.config.batch_size)),
-                swept=list(grid), combinations=results)
+  nbeta = resolve_nbeta(settings.nbeta, run.n, settings.batch_size or run.config.batch_size)
+  result = dict(settings=settings_dict(run, settings, chosen, nbeta), swept=list(grid),
+                combinations=results)
   if out is not None:
     out = metrics_lib.workdir_path(out)
     out.mkdir(parents=True, exist_ok=True)

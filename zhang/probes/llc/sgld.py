@@ -1,8 +1,8 @@
 """SGLD chains of a localized tempered posterior, and the lambda-hat of their losses.
 
-The estimator core of ``zhang llc`` (``zhang/probes/llc/estimate.py`` runs it on a run's replicas), with
-the loss function a parameter, so the same code that samples networks samples models whose
-learning coefficient is known (``tests/test_llc.py``). It samples
+The estimator core of ``zhang llc`` (``zhang/probes/llc/estimate.py`` runs it on a run's
+replicas), with the loss function a parameter, so the same code that samples networks samples
+models whose learning coefficient is known (``tests/test_llc.py``). It samples
 
     p(w) ~ exp(-n beta L_n(w) - gamma/2 |w - w*|^2)
 
@@ -78,14 +78,14 @@ class Settings:
     for name in ("step_size", "gamma"):
       value = getattr(self, name)
       if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise UsageError(f"--{name} must be a positive number; got {value}")
+        raise UsageError(f"`{name}` must be a positive number; got {value}")
     for name, low in (("chains", 1), ("draws", 1), ("burnin", 0)):
       value = getattr(self, name)
       if not isinstance(value, int) or value < low:
-        raise UsageError(f"--{name} must be an integer >= {low}; got {value}")
+        raise UsageError(f"`{name}` must be an integer >= {low}; got {value}")
     if self.batch_size is not None and (not isinstance(self.batch_size, int)
                                         or self.batch_size < 1):
-      raise UsageError(f"--batch_size must be a positive integer; got {self.batch_size}")
+      raise UsageError(f"`batch_size` must be a positive integer; got {self.batch_size}")
     parse_nbeta(self.nbeta)
 
   @property
@@ -102,7 +102,7 @@ def parse_nbeta(value) -> str | float:
   except (TypeError, ValueError):
     number = math.nan
   if not (math.isfinite(number) and number > 0):
-    raise UsageError(f"--nbeta must be n (n / log n, n the training-set size), batch "
+    raise UsageError(f"`nbeta` must be n (n / log n, n the training-set size), batch "
                      f"(m / log m, m the batch size) or a positive number; got {value!r}")
   return number
 
@@ -208,10 +208,10 @@ def estimate(trace, init_loss: float, nbeta: float, burnin: int, num_params: int
 
 def sample(loss_fn: Callable, w_star, num_data: int, settings: Settings = Settings(),
            init_loss: float | None = None) -> dict:
-  """lambda-hat of one model by the core ``zhang.probes.llc.estimate`` runs on a grid: ``loss_fn(w, indices)``
-  is the mean loss of the examples ``indices`` (int32 (m,)) of ``num_data``; ``init_loss``
-  defaults to the loss of all of them at ``w_star``. Returns ``estimate``'s dict with the
-  trace (chains, steps), n beta and the parameter count."""
+  """lambda-hat of one model by the core ``zhang.probes.llc.estimate`` runs on a grid:
+  ``loss_fn(w, indices)`` is the mean loss of the examples ``indices`` (int32 (m,)) of
+  ``num_data``; ``init_loss`` defaults to the loss of all of them at ``w_star``. Returns
+  ``estimate``'s dict with the trace (chains, steps), n beta and the parameter count."""
   m = settings.batch_size or 128
   check_settings(dataclasses.replace(settings, batch_size=m), num_data)
   nbeta = resolve_nbeta(settings.nbeta, num_data, m)
@@ -237,5 +237,5 @@ def check_settings(s: Settings, n: int | None = None) -> None:
   """``Settings.check``, and a batch no larger than the ``n`` training examples."""
   s.check()
   if n is not None and s.batch_size is not None and s.batch_size > n:
-    raise UsageError(f"--batch_size {s.batch_size} is more than the {n} training examples")
+    raise UsageError(f"`batch_size` {s.batch_size} is more than the {n} training examples")
 

@@ -8,10 +8,10 @@ in expectation. For the run's softmax cross-entropy (``loss="cross_entropy"``) t
 is its expansion at zero logits: the softmax's curvature there is (I - 11^T/C)/C, so the
 logits' class-centred part moves towards the target C y - 1 with curvature 1/C.
 ``"squared"`` is 1/2 |f - y|^2 with one-hot y, Arora et al.'s setting. With the kernel's
-eigenmodes (lambda_i, v_i) (``zhang.probes.ntk.empirical``: the class-averaged kernel, the full one taken as
-K (x) I_C) each mode evolves alone under SGD momentum in TensorFlow's form (v = m v + g,
-w -= lr v): with e_i the mode's residual (target minus output, the network's initial
-outputs included) and z_i its velocity in function space (0 at the start),
+eigenmodes (lambda_i, v_i) (``zhang.probes.ntk.empirical``: the class-averaged kernel, the
+full one taken as K (x) I_C) each mode evolves alone under SGD momentum in TensorFlow's form
+(v = m v + g, w -= lr v): with e_i the mode's residual (target minus output, the network's
+initial outputs included) and z_i its velocity in function space (0 at the start),
 z <- m z - a_i e, e <- e + lr_t z, where a_i = lambda_i / (n C) (cross-entropy) or
 lambda_i / n (squared). Without momentum this is e(k) = prod_t (1 - lr_t a_i) e(0); for
 modes slow against the momentum it is gradient descent at lr / (1 - m); here it is
@@ -179,8 +179,8 @@ def accuracy_fit_step(vec: np.ndarray, proj: np.ndarray, psi: np.ndarray, target
 def interpolate(k: np.ndarray, k_test: np.ndarray, labels: np.ndarray,
                 num_classes: int) -> tuple[np.ndarray, float]:
   """Minimum-norm interpolation K a = Y for each column block of one-hot labels
-  (``zhang.probes.kernels.interpolation.solve``, Cholesky in float64); ``labels`` (R, n) for R label sets.
-  Returns the test predictions' argmax (R, m) and a lower bound on cond(K)."""
+  (``zhang.probes.kernels.interpolation.solve``, Cholesky in float64); ``labels`` (R, n) for
+  R label sets. Returns the test predictions' argmax (R, m) and a lower bound on cond(K)."""
   y = np.concatenate([np.eye(num_classes)[lab] for lab in labels], axis=1)
   with _blas_threads(len(k)):
     sol = kernels_lib.solve(np.array(k, np.float64, order="F"), y)  # on a copy of k

@@ -161,13 +161,13 @@ class TangentKernel:
     """Numbers a panel holds per example: d_in + C d_out per factored Dense layer, C times
     the size of every other leaf."""
     c = self.num_classes
-    return sum(l.d_in + c * l.d_out for l in self.dense) + c * self.generic_params
+    return sum(layer.d_in + c * layer.d_out for layer in self.dense) + c * self.generic_params
 
   @property
   def entry_flops(self) -> int:
     """FLOPs of one kernel entry's contraction."""
     c = self.num_classes
-    return (sum(2 * (l.d_in + c * l.d_out) + 3 for l in self.dense)
+    return (sum(2 * (layer.d_in + c * layer.d_out) + 3 for layer in self.dense)
             + 2 * c * self.generic_params)
 
   # ------------------------------------------------------------------ features
@@ -189,7 +189,7 @@ class TangentKernel:
     dense = ()
     if self.dense:
       zeros = traverse_util.unflatten_dict({
-          l.path + (_OUT,): jnp.zeros((b, l.d_out), x.dtype) for l in self.dense})
+          layer.path + (_OUT,): jnp.zeros((b, layer.d_out), x.dtype) for layer in self.dense})
 
       def logits(pert):
         with nn.intercept_methods(self._sow_and_perturb):
@@ -203,8 +203,8 @@ class TangentKernel:
       basis = jnp.broadcast_to(jnp.eye(c, dtype=out.dtype)[:, None, :], (c, b, c))
       (grads,) = jax.vmap(vjp)(basis)
       grads, sown = traverse_util.flatten_dict(grads), traverse_util.flatten_dict(sown)
-      dense = tuple((sown[l.path + (_IN,)][0], jnp.moveaxis(grads[l.path + (_OUT,)], 0, 1))
-                    for l in self.dense)
+      dense = tuple((sown[layer.path + (_IN,)][0], jnp.moveaxis(grads[layer.path + (_OUT,)], 0, 1))
+                    for layer in self.dense)
     rest = {k: v for k, v in flat.items() if k not in self._factored}
     generic = ()
     if rest:
@@ -331,7 +331,7 @@ class TangentKernel:
     layers = flops_lib.layers(self.module, self.input_shape, train=False)
     forward = 2 * sum(layer.macs for layer in layers)
     inputs = forward - (2 * layers[0].macs if layers else 0)
-    factored = 2 * sum(l.d_in * l.d_out for l in self.dense)
+    factored = 2 * sum(layer.d_in * layer.d_out for layer in self.dense)
     c = self.num_classes
     per_example = (forward + c * inputs if self.dense else 0) + (
         forward + c * (inputs + forward - factored) if self.generic_params else 0)
@@ -345,7 +345,7 @@ class TangentKernel:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
-  """Bytes a run's kernels need against a budget; ``max_n`` is the largest --n that fits."""
+  """Bytes a run's kernels need against a budget; ``max_n`` is the largest ``n`` that fits."""
   n: int
   n_test: int
   block: int  # examples per panel
@@ -424,8 +424,8 @@ def token_interpolation_flops(ds, n: int, n_test: int, model: str) -> float:
 def token_interpolation(ds, n: int, n_test: int, model: str, seed: int, ridge: float = 0.0,
                         log=None, singular_ridge: float | None = None) -> dict:
   """Minimum-norm interpolation K a = Y with the class-averaged empirical tangent kernel of
-  ``model`` at its initialization from ``seed`` (``zhang.probes.ntk.empirical``), on a token dataset's first
-  ``n`` training and ``n_test`` test examples: the kernel regime's test accuracy.
+  ``model`` at its initialization from ``seed``, on a token dataset's first ``n`` training
+  and ``n_test`` test examples: the kernel regime's test accuracy.
 
   ``singular_ridge``: where K + ridge I is singular, solve again with a ridge of this times
   K's mean diagonal, then 100, 10^4 and 10^6 times that until one solves (the result's
@@ -434,49 +434,31 @@ def token_interpolation(ds, n: int, n_test: int, model: str, seed: int, ridge: f
   log = log or (lambda msg: None)
   spec = models.get(model)
   if ds.inputs != "tokens" or spec.inputs != "tokens":
-    raise UsageError(f"--kernel ntk here is for token datasets and models (modadd with "
+    raise UsageError(f"`kernel` ntk here is for token datasets and models (modadd with "
                      f"{', '.join(models.names('tokens'))}); for an image run's tangent kernel "
-                     f"use zhang ntk RUN")
+                     f"use `zhang ntk RUN`")
   if not 1 <= n <= len(ds.train_labels) or not 0 <= n_test <= len(ds.test_labels):
-    raise UsageError(f"--n {n} / --n_test {n_test} out of range for {ds.name}: use 1.."
+    raise UsageError(f"`n_train` {n} / `n_test` {n_test} out of range for {ds.name}: use 1.."
                      f"{len(ds.train_labels)} and 0..{len(ds.test_labels)}")
   start = time.perf_counter()
   module = spec.build(ds.num_classes)
-  shape = ds.train_images.shape[1:]
   x, xt = ds.train_images[:n].astype(np.int32), ds.test_images[:n_test].astype(np.int32)
   params = module.init(jax.random.key(seed), x[:1], train=False)["params"]
-  tk = TangentKernel(module, ds.num_classes, shape, "structured")
+  tk = TangentKernel(module, ds.num_classes, ds.train_images.shape[1:], "structured")
   plan = plan_memory(n, n_test, ds.num_classes, tk.floats_per_example, record_points=0)
   log(f"memory: {plan.describe()}; work: about {tk.entry_flops * n * (n + n_test) / 1e12:.3g} "
       f"TFLOP of contractions ({tk.entry_flops / 1e6:.3g} MFLOP per kernel entry)")
   if not plan.fits:
     raise UsageError(f"the tangent kernel of {model} on {n} examples needs "
                      f"{plan.total_bytes / 1e9:.1f} GB, over the {plan.budget_bytes / 1e9:.1f} "
-                     f"GB budget: use --n {plan.max_n} or less")
+                     f"GB budget: use `n_train` {plan.max_n} or less")
   k, kt, _ = tk.matrices(params, {}, x, xt if n_test else None, block=plan.block,
                          hold=plan.hold)
   log(f"kernel: ntk of {model} at initialization (seed {seed}), {n} x {n} in "
-       f"{time.perf_counter() - start:.1f}s; solving")
+      f"{time.perf_counter() - start:.1f}s; solving")
   y = np.zeros((n, ds.num_classes), order="F")
   y[np.arange(n), ds.train_labels[:n]] = 1.0
-  k = np.asfortranarray(k)
-  backup = k.copy(order="F") if singular_ridge is not None else None
-  singular = False
-  try:
-    sol = kernels_lib.solve(k, y, ridge)
-  except kernels_lib.SingularKernelError:
-    if backup is None:
-      raise
-    scale, sol, base = float(np.mean(np.diagonal(backup))), None, ridge
-    for factor in (1.0, 1e2, 1e4, 1e6):
-      singular, ridge = True, base + factor * singular_ridge * scale
-      log(f"the kernel is singular; solving with ridge {ridge:.3g}")
-      try:
-        sol = kernels_lib.solve(backup.copy(order="F"), y, ridge)
-        break
-      except kernels_lib.SingularKernelError:
-        if factor == 1e6:
-          raise
+  sol, ridge, singular = _solve(np.asfortranarray(k), y, ridge, singular_ridge, log)
   train_err = float(np.mean(sol.fitted.argmax(1) != ds.train_labels[:n]))
   predicted = (kt @ sol.coef).argmax(1) if n_test else np.zeros(0, np.int64)
   test_err = float(np.mean(predicted != ds.test_labels[:n_test])) if n_test else None
@@ -488,3 +470,24 @@ def token_interpolation(ds, n: int, n_test: int, model: str, seed: int, ridge: f
           "condition_lower_bound": sol.cond_bound,
           "seconds": time.perf_counter() - start,
           **kernels_lib.commuted_errors(ds, predicted, n)}
+
+
+def _solve(k: np.ndarray, y: np.ndarray, ridge: float, singular_ridge: float | None, log):
+  """``kernels.solve`` of K + ridge I; where that is singular and ``singular_ridge`` is
+  given, again with the growing ridges ``token_interpolation`` names. Returns (solution,
+  the ridge used, whether K was singular)."""
+  backup = k.copy(order="F") if singular_ridge is not None else None
+  try:
+    return kernels_lib.solve(k, y, ridge), ridge, False
+  except kernels_lib.SingularKernelError:
+    if backup is None:
+      raise
+  scale, base = float(np.mean(np.diagonal(backup))), ridge
+  for factor in (1.0, 1e2, 1e4, 1e6):
+    ridge = base + factor * singular_ridge * scale
+    log(f"the kernel is singular; solving with ridge {ridge:.3g}")
+    try:
+      return kernels_lib.solve(backup.copy(order="F"), y, ridge), ridge, True
+    except kernels_lib.SingularKernelError:
+      if factor == 1e6:
+        raise

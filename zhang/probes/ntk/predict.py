@@ -2,7 +2,7 @@
 predicted time to fit and slowdown beside the measured ones, and kernel interpolation's test
 accuracy beside the network's; ``write`` puts them in ntk.json with its figures.
 
-One kernel per seed and input randomization (``ntk_run.kernel_key``), shared by the
+One kernel per seed and input randomization (``request.kernel_key``), shared by the
 replicas that differ only in their labels or hyper-parameters; for each replica, its labels'
 projections on the kernel's eigenvectors and the dynamics of ``zhang.probes.ntk.dynamics`` under
 two schedules (the run's, and its learning rate never decayed) and two fit criteria (the
@@ -20,16 +20,14 @@ from typing import Callable
 import jax
 import numpy as np
 
-from zhang.analysis import ntk as ntk_report
 from zhang.analysis.ntk import CRITERIA, NTK_JSON, SCHEDULES
-from zhang.experiment import randomize
 from zhang.experiment import step as step_lib
+from zhang.probes import run as run_lib
 from zhang.probes.kernels import interpolation as kernels_lib
 from zhang.probes.ntk import dynamics as dyn
 from zhang.probes.ntk import empirical as ntk
-from zhang.probes.ntk.on_run import (
+from zhang.probes.ntk.request import (
   INIT_LOSS_RTOL,
-  Rebuilt,
   Request,
   Setup,
   check_init,
@@ -45,7 +43,7 @@ def _log(msg: str) -> None:
   print(f"[zhang ntk] {msg}", file=sys.stderr, flush=True)
 
 
-def compute(workdir, request: Request = Request(), out=None,
+def compute(workdir, request: Request | None = None, out=None,
             log: Callable[[str], None] = _log) -> dict:
   """ntk.json's contents for the finished run in ``workdir``. Bad input raises UsageError
   before anything is compiled (``out`` is only checked: ``write`` writes), except a
@@ -61,23 +59,17 @@ def compute(workdir, request: Request = Request(), out=None,
                         ("augmentation", any(r.augmentation != "none" for r in run.replicas))):
     if skipped:
       log(f"{what}: some replicas train with it; the kernel regime here leaves it out")
-  rebuilt = Rebuilt(s)
   groups: dict[tuple, list] = {}
   for r in run.replicas:
     groups.setdefault(kernel_key(r), []).append(r)
   curve_index = np.union1d([0], np.round(np.geomspace(
       1, max(len(s.record_steps) - 1, 1), CURVE_POINTS)).astype(int))
-  notes = []
-  for members in groups.values():  # every initialization checked before any kernel
-    params, state = rebuilt.state(members[0])
-    notes += check_init(s.run, members,
-                        rebuilt.logits(params, state, rebuilt.inputs(members[0], randomize.TRAIN)),
-                        rebuilt.logits(params, state, rebuilt.inputs(members[0], randomize.TEST)),
-                        rebuilt.labels, ds.test_labels)
+  notes = check_init(run)  # every initialization checked before any kernel
+  init = run.state(0)
   rows, totals = {}, dict(seconds=0.0, flops=0)
   for g, members in enumerate(groups.values()):
-    rows.update(_group(s, rebuilt, g, len(groups), members, curve_index, totals, log))
-  result = _assemble(s, rebuilt, rows, s.record_steps[curve_index], notes)
+    rows.update(_group(s, init, g, len(groups), members, curve_index, totals, log))
+  result = _assemble(s, rows, s.record_steps[curve_index], notes)
   # Where the time went, on this machine (not a setting: it does not change the numbers).
   result["settings"]["timing"] = dict(kernel_seconds=round(totals["seconds"], 3),
                                       kernel_flops=totals["flops"],
@@ -85,16 +77,17 @@ def compute(workdir, request: Request = Request(), out=None,
   return result
 
 
-def _group(s: Setup, rebuilt: Rebuilt, g: int, count: int, members, curve_index,
-           totals: dict, log) -> dict[int, dict]:
-  """One kernel and the predictions of the replicas that share it."""
-  config, ds, req = s.run.config, s.dataset, s.request
+def _group(s: Setup, init, g: int, count: int, members, curve_index, totals: dict,
+           log) -> dict[int, dict]:
+  """One kernel (at ``init``, every replica's initialization) and the predictions of the
+  replicas that share it."""
+  run, config, ds, req = s.run, s.run.config, s.dataset, s.request
   n, n_test, num_classes = s.n, s.n_test, ds.num_classes
   first = members[0]
-  params, state = rebuilt.state(first)
-  x_train = rebuilt.inputs(first, randomize.TRAIN)
-  x_test = rebuilt.inputs(first, randomize.TEST)
-  f_train = rebuilt.logits(params, state, x_train)
+  params, state = run.variables(init, first)
+  x_train = run.inputs(first, run_lib.TRAIN)
+  x_test = run.inputs(first, run_lib.TEST)
+  f_train = run.logits(params, state, x_train)
   tk = s.kernel
   k, k_test, stats = tk.matrices(params, state, x_train[:n],
                                  x_test[:n_test] if n_test else None,
@@ -105,7 +98,7 @@ def _group(s: Setup, rebuilt: Rebuilt, g: int, count: int, members, curve_index,
   totals["flops"] += flop["total"]
   t0 = time.perf_counter()
   lam, vec = dyn.eigen(k)
-  labels = np.stack([rebuilt.labels[r.index][:n] for r in members])
+  labels = np.stack([run.labels[r.index][:n] for r in members])
   kernel_acc, cond = [None] * len(members), None
   if n_test:
     try:
@@ -225,8 +218,8 @@ def slowdowns(replicas, steps: dict[int, int | None],
 
 # --------------------------------------------------------------------------- ntk.json
 
-def _assemble(s: Setup, rebuilt: Rebuilt, rows: dict, curve_steps, notes: list[str]) -> dict:
-  run, config, req = s.run, s.run.config, s.request
+def _assemble(s: Setup, rows: dict, curve_steps, notes: list[str]) -> dict:
+  run, req = s.run, s.request
   horizon = int(s.record_steps[-1])
   summary = {r["replica"]: r for r in run.summary["replicas"]}
   measured = {r.index: summary[r.index].get("fit_step") for r in run.replicas}
@@ -244,7 +237,7 @@ def _assemble(s: Setup, rebuilt: Rebuilt, rows: dict, curve_steps, notes: list[s
     out = dict(replica=r.index, kind=r.kind, corruption=r.corruption, seed=r.seed,
                learning_rate=r.learning_rate, weight_decay=r.weight_decay,
                augmentation=r.augmentation,
-               label_noise=float(rebuilt.label_noise[r.index]),
+               label_noise=float(run.label_noise[r.index]),
                predicted_fit_step=row[f"predicted_fit_step_{primary}"],
                predicted_slowdown=predicted[primary][r.index][0],
                predicted_slowdown_at_least=predicted[primary][r.index][1],
@@ -267,7 +260,7 @@ def _settings(s: Setup, horizon: int, curve_steps, notes: list[str]) -> dict:
   cross_entropy = req.loss == "cross_entropy"
   return dict(
       run=run.path, model=config.model, dataset=config.dataset,
-      config_hash=run.summary.get("config_hash"),
+      config_hash=run.config_hash,
       n=s.n, n_test=s.n_test, n_train_run=len(s.dataset.train_labels),
       num_classes=s.dataset.num_classes, num_params=s.kernel.num_params,
       kernel=("class-averaged tangent kernel of the logits at initialization, K[i, j] = "
@@ -316,9 +309,10 @@ def _settings(s: Setup, horizon: int, curve_steps, notes: list[str]) -> dict:
 
 
 def write(result: dict, out) -> list[str]:
-  """Writes ``out/ntk.json`` and the figures (``zhang.analysis.ntk.plot``); returns the
-  paths written."""
+  """Writes ``out/ntk.json`` and the figures (``zhang.analysis.ntk_plots.plot``); returns
+  the paths written."""
+  from zhang.analysis import ntk_plots  # matplotlib only when figures are drawn
   path = metrics_lib.workdir_path(out)
   path.mkdir(parents=True, exist_ok=True)
   metrics_lib.write_json(path / NTK_JSON, result)
-  return [os.fspath(path / NTK_JSON)] + ntk_report.plot(result, os.fspath(path))
+  return [os.fspath(path / NTK_JSON)] + ntk_plots.plot(result, os.fspath(path))
