@@ -10,6 +10,7 @@ import sys
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -154,6 +155,21 @@ def test_run_in_progress_is_reported_and_usable(tmp_path):
   analysis.write_report([run], out, n_boot=5)
   text = (out / "report.md").read_text()
   assert "still in progress" in text and "| running |" in text
+
+
+def test_a_killed_run_is_told_from_one_in_progress_by_its_lock(tmp_path):
+  import fcntl
+  run = _write(tmp_path, steps_run=100, status="running")
+  (run / "lock").write_text("pid 1 on a host that died\n")  # a killed trainer leaves it
+  out = tmp_path / "report"
+  analysis.write_report([run], out, n_boot=5)
+  text = (out / "report.md").read_text()
+  assert "was stopped before it finished" in text and "is still in progress" not in text
+  with open(run / "lock") as held:  # a live trainer holds it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    analysis.write_report([run], out, n_boot=5)
+  text = (out / "report.md").read_text()
+  assert "is still in progress" in text and "was stopped" not in text
 
 
 def test_mixed_datasets_refused(tmp_path):
@@ -609,8 +625,11 @@ def test_grid_fit_times_and_slowdowns_per_combination(tmp_path):
 def test_grid_fig1b_draws_one_curve_per_combination(tmp_path):
   a = analysis.analyze(analysis.load_runs(_grid_run(tmp_path)), n_boot=5)
   fig = plots.fig1b(a.fits, a.scaling, n_boot=5)
-  curves = [ln for ln in fig.axes[0].get_lines() if ln.get_label() in COMBOS]
-  assert [ln.get_label() for ln in curves] == COMBOS
+  curves = [ln for ln in fig.axes[0].get_lines() if ln.get_label() in COMBOS
+            or ln.get_label().split(":")[0] in COMBOS and "on top of" in ln.get_label()]
+  # The two learning rates of a weight decay have the same slowdowns: one lies on the other.
+  assert [ln.get_label() for ln in curves] == [
+      *COMBOS[:2], f"{COMBOS[2]}: on top of {COMBOS[0]}", f"{COMBOS[3]}: on top of {COMBOS[1]}"]
   # Each curve is its combination's mean slowdown at p = 0, 0.5, 1.
   for line, (_, wd) in zip(curves, BASE):
     assert np.allclose(line.get_ydata(), [1, 1 + GROWTH[wd] / 2, 1 + GROWTH[wd]])
@@ -846,3 +865,181 @@ def test_a_probe_without_a_hash_is_matched_by_its_run_path(tmp_path):
   runs.runs[0].summary["config_hash"] = "def"
   assert provenance.source(dict(run=str(run), config_hash="abc"), runs) is None
   assert provenance.source(dict(run="elsewhere", config_hash="def"), runs) is runs.runs[0]
+
+
+def _report_error(argv, capsys) -> str:
+  """The one line `zhang report` printed on stderr for bad input (exit 2)."""
+  assert _cli(argv) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err
+  return err.strip()
+
+
+@pytest.mark.parametrize("status", ["complete", "preempted"])
+def test_a_torn_row_of_a_finished_run_is_refused_naming_file_and_line(tmp_path, capsys,
+                                                                      status):
+  """Not dropped: a run cut short by one row reads as another run (its replica's last
+  accuracy shifts to an earlier evaluation's)."""
+  run = _write(tmp_path, status=status)
+  path = run / "metrics.jsonl"
+  lines = path.read_text().splitlines()
+  path.write_text("\n".join(lines[:-1] + [lines[-1][:len(lines[-1]) // 2]]))
+  out = tmp_path / "o"
+  line = _report_error(["report", str(run), "--out", str(out)], capsys)
+  assert f"{path} line {len(lines)} is not valid JSON (a torn row)" in line
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("field,value,wanted", [
+    ("test_acc", "0.9", "a number"), ("train_loss", True, "a number"),
+    ("step", 10.5, "an integer"), ("replica", None, "an integer"),
+    ("corruption", "high", "a number")])
+def test_a_metrics_row_with_a_wrong_type_is_one_line(tmp_path, capsys, field, value, wanted):
+  run = _write(tmp_path)
+  path = run / "metrics.jsonl"
+  lines = path.read_text().splitlines()
+  row = json.loads(lines[5])
+  row[field] = value
+  lines[5] = json.dumps(row)
+  path.write_text("\n".join(lines) + "\n")
+  line = _report_error(["report", str(run), "--out", str(tmp_path / "o")], capsys)
+  assert line.endswith(f"{path} line 6: {field} is {json.dumps(value)}, not {wanted}: the "
+                       f"file is damaged")
+
+
+def test_a_diverged_replicas_null_metrics_are_read_as_nan(tmp_path):
+  run = _write(tmp_path)
+  path = run / "metrics.jsonl"
+  lines = path.read_text().splitlines()
+  row = json.loads(lines[-1])
+  row["test_acc"] = row["train_loss"] = None
+  lines[-1] = json.dumps(row)
+  path.write_text("\n".join(lines) + "\n")
+  metrics = analysis.load_runs(run).metrics
+  assert metrics.test_acc.isna().sum() == 1 and metrics.train_loss.isna().sum() == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "inf"])
+def test_loss_below_must_be_a_finite_positive_loss(tmp_path, capsys, value):
+  run = _write(tmp_path)
+  line = _report_error(["report", str(run), "--out", str(tmp_path / "o"), "--loss_below",
+                        value], capsys)
+  assert line == (f"zhang report: error: --loss_below must be a finite loss > 0, got "
+                  f"{float(value)}")
+  assert not (tmp_path / "o").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_untouched(tmp_path, capsys):
+  run = _write(tmp_path)
+  (tmp_path / "o").write_text("notes")
+  line = _report_error(["report", str(run), "--out", str(tmp_path / "o")], capsys)
+  assert line == (f"zhang report: error: --out {tmp_path / 'o'} is a file, not a folder: give "
+                  f"a folder (created if missing) for the outputs")
+  assert (tmp_path / "o").read_text() == "notes"
+
+
+# --- Figures say what they draw. -------------------------------------------------------------
+
+def _legend_texts(ax) -> list[str]:
+  legend = ax.get_legend()
+  return [] if legend is None else [t.get_text() for t in legend.get_texts()]
+
+
+def test_fit_times_labels_the_noisy_line_in_every_panel():
+  rows = [dict(corruption=p, step=s, clean=s / 100, noisy=None if p == 0 else s / 200)
+          for p in (0.0, 0.5, 1.0) for s in (0, 50, 100)]
+  fig = plots.fit_times(pd.DataFrame(rows), "digits")
+  axes = [ax for ax in fig.axes if ax.lines]
+  assert len(axes) == 3
+  for ax in axes:
+    drawn = {line.get_label() for line in ax.lines}
+    assert set(_legend_texts(ax)) == drawn, ax.get_title()
+  assert _legend_texts(axes[0]) == ["clean examples"]
+  assert _legend_texts(axes[2]) == ["clean examples", "noisy examples"]
+
+
+def test_fig1a_title_names_only_the_kinds_the_run_has(tmp_path):
+  runs = analysis.load_runs(synthetic.write_example_run(tmp_path / "run", seeds=(0,)))
+  m = runs.metrics
+  every = plots.fig1a(m)._suptitle.get_text()
+  assert every.startswith("Fig. 1a: fitting random labels, shuffled pixels, random pixels and "
+                          "gaussian on ")
+  labels = plots.fig1a(m[m.kind == "labels"])._suptitle.get_text()
+  assert labels.startswith("Fig. 1a: fitting random labels on ") and "pixels" not in labels
+  true = plots.fig1a(m[(m.kind == "labels") & (m.corruption == 0)])._suptitle.get_text()
+  assert true.startswith("Fig. 1a: fitting true labels on ")
+
+
+def test_fig1b_says_which_curve_lies_on_top_of_another(tmp_path):
+  """Two models with the same fit times up to a factor: the same slowdowns, one curve."""
+  a = synthetic.write_example_run(tmp_path / "a")
+  b = synthetic.write_example_run(tmp_path / "b", model="mlp_3x512", scale=1.0)
+  c = synthetic.write_example_run(tmp_path / "c", model="alexnet_small", scale=1.0,
+                                  censor=False, seeds=(5, 6, 7))
+  both = analysis.analyze(analysis.load_runs([a, b]), n_boot=0)
+  texts = [t.get_text() for t in plots.fig1b(both.fits, both.scaling, n_boot=10).legends[0]
+           .get_texts()]
+  assert "mlp_3x512: on top of mlp_1x512" in texts and "mlp_1x512" in texts
+  other = analysis.analyze(analysis.load_runs([a, c]), n_boot=0)
+  texts = [t.get_text() for t in plots.fig1b(other.fits, other.scaling, n_boot=10).legends[0]
+           .get_texts()]
+  assert not any("on top of" in t for t in texts)
+
+
+def test_ntk_fig1b_legend_shows_each_series_marker():
+  from zhang.analysis import ntk_plots  # pylint: disable=g-import-not-at-top
+  reps = []
+  for p, measured in ((0.0, 1.0), (0.5, 3.0), (1.0, 5.0)):
+    reps.append(dict(kind="labels", corruption=p, seed=0, measured_slowdown=measured,
+                     predicted_slowdown=1.0 if p == 0 else None,
+                     predicted_slowdown_at_least=None if p == 0 else 10.0,
+                     predicted_slowdown_constant_lr_accuracy=2 * measured,
+                     predicted_slowdown_constant_lr_residual=None,
+                     predicted_slowdown_constant_lr_residual_at_least=20.0))
+  settings = dict(criterion="accuracy", fit_threshold=1.0, threshold=0.1, horizon=1000,
+                  model="mlp_1x512", dataset="digits")
+  (ax,) = ntk_plots._slowdown(dict(settings=settings, replicas=reps)).axes
+  legend = ax.get_legend()
+  shown = [(t.get_text(), h.get_marker(), h.get_linestyle())
+           for t, h in zip(legend.get_texts(), legend.legend_handles)]
+  assert [(m, ls) for _, m, ls in shown] == [
+      ("o", "-"),  # measured: means at three corruptions, a line
+      ("o", "None"),  # the run's schedule: one mean (p = 0), no line; the rest lower bounds
+      ("s", "-"),  # constant rate, accuracy
+      ("^", "None"),  # constant rate, residual: lower bounds only
+      ("^", "None")]  # what the triangles mean
+  assert shown[0][0] == "measured (network)" and "residual" in shown[3][0]
+  assert shown[4][0] == "never fits by step 1,000: the slowdown is at least this"
+
+
+def test_report_embeds_the_llc_traces_that_zhang_llc_kept(tmp_path):
+  run = synthetic.write_example_run(tmp_path / "mlp1", seeds=(0, 1))
+  summary = json.loads((run / "summary.json").read_text())
+  (run / "summary.json").write_text(json.dumps(summary | {"config_hash": "1234abcd"}))
+  values = {(0.0, 0): 12.0, (0.0, 1): 14.0, (1.0, 0): 40.0, (1.0, 1): 50.0}
+  out = tmp_path / "report"
+  out.mkdir()
+  llc = json.loads(_llc_json(run, "1234abcd", values))
+  (out / "llc.json").write_text(json.dumps(llc))
+  entries = llc["replicas"]
+
+  def traces(replicas):
+    np.savez_compressed(out / "llc_traces.npz",
+                        traces=np.linspace(1, 0, 2 * 15).reshape(1, 2, 15).repeat(4, 0),
+                        init_loss=np.zeros(4, np.float32), replica=np.asarray(replicas),
+                        step=np.asarray([e["step"] for e in entries]), burnin=np.asarray(5))
+
+  traces([e["replica"] for e in entries])
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
+  text = (out / "report.md").read_text()
+  assert "(llc_traces.png)" in text and "(llc_vs_corruption.png)" in text
+  assert (out / "llc_traces.png").read_bytes().startswith(b"\x89PNG")
+  # Traces of other entries (another llc run's), or a damaged file: not shown as these.
+  (out / "llc_traces.png").unlink()
+  traces([9, 8, 7, 6])
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
+  assert "(llc_traces.png)" not in (out / "report.md").read_text()
+  (out / "llc_traces.npz").write_bytes(b"not a zip")
+  assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
+  assert "(llc_traces.png)" not in (out / "report.md").read_text()
+  assert not (out / "llc_traces.png").exists()

@@ -200,8 +200,23 @@ def _drop_a_meta_field(step_dir: pathlib.Path) -> str:
   return "its meta lacks loss_sum"
 
 
+def _flip_bytes(item: pathlib.Path) -> None:
+  """XORs 64 bytes in the middle of the largest data file of a checkpoint item (arrays
+  stored out of line: TensorStore checks its index nodes, not the arrays' bytes)."""
+  f = max((item / "ocdbt.process_0" / "d").iterdir(), key=lambda f: f.stat().st_size)
+  data = bytearray(f.read_bytes())
+  start = max(0, len(data) // 2 - 32)
+  data[start:start + 64] = bytes(b ^ 0x5A for b in data[start:start + 64])
+  f.write_bytes(bytes(data))
+
+
+def _flip_state_bytes(step_dir: pathlib.Path) -> str:
+  _flip_bytes(step_dir / "state")
+  return "do not match the checksums"
+
+
 @pytest.mark.parametrize("damage", [_remove_state_data, _remove_fit_times_item,
-                                    _drop_a_meta_field])
+                                    _drop_a_meta_field, _flip_state_bytes])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(clean_small, tmp_path, capsys,
                                                               damage):
   """Arrays that cannot be read and an item that is missing are the same damage: the
@@ -295,6 +310,39 @@ def test_resume_drops_rows_written_after_the_checkpoint(tiny_config, tmp_path):
   assert (tmp_path / "metrics.jsonl").read_text() == reference
 
 
+def _cut_last_metrics_line(workdir: pathlib.Path) -> None:
+  text = (workdir / "metrics.jsonl").read_text()
+  (workdir / "metrics.jsonl").write_text(text[:text.rindex("\n", 0, -1) + 1] + '{"step": 6')
+
+
+def _garble_fit_times(workdir: pathlib.Path) -> None:
+  data = bytearray((workdir / "fit_times.npz").read_bytes())
+  data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+  (workdir / "fit_times.npz").write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [
+    _cut_last_metrics_line, _garble_fit_times,
+    lambda workdir: (workdir / "fit_times.npz").unlink()])
+def test_a_finished_run_restores_its_damaged_files(clean_small, tmp_path, capsys, damage):
+  """A complete run's files are checked against its final checkpoint on a rerun; the last
+  rows and the fit times are restored from it, to the same bytes."""
+  import shutil
+  config, clean = clean_small
+  shutil.copytree(clean, tmp_path / "run")
+  damage(tmp_path / "run")
+  capsys.readouterr()
+  summary = train.run(config, tmp_path / "run", progress=False)
+  assert "is damaged or missing; restoring from the checkpoint of step 60" in (
+      capsys.readouterr().err)
+  assert summary["status"] == "complete"
+  for name in ("metrics.jsonl", "fit_times.npz"):
+    assert (tmp_path / "run" / name).read_bytes() == (clean / name).read_bytes(), name
+  # Repaired, the run is complete again, with nothing to do.
+  train.run(config, tmp_path / "run", progress=False)
+  assert "nothing to do" in capsys.readouterr().err
+
+
 def test_a_finished_run_rerun_changes_nothing(tiny_config, tmp_path, capsys):
   config = _small(tiny_config)
   first = train.run(config, tmp_path, progress=False)
@@ -335,6 +383,57 @@ def test_sigterm_between_evaluations_stops_within_a_call_and_resumes_bit_identic
   resumed = train.run(config, tmp_path / "run", progress=False)
   assert resumed["status"] == "complete"
   _assert_same(_final(tmp_path / "run"), _final(clean))
+
+
+def test_ctrl_c_saves_like_sigterm_and_a_second_stops_at_once(tiny_config, tmp_path,
+                                                              monkeypatch, capsys):
+  """A first SIGINT saves at the end of the call in flight, like SIGTERM, in one line each;
+  a second raises KeyboardInterrupt at once. A resumed run whose summary still says running
+  (as a SIGKILL leaves it) is said to have been killed: its lock was free."""
+  from zhang.rundir import workdir as workdir_lib
+  config = _small(tiny_config)
+  monkeypatch.setattr(train._CallSizer, "steps", lambda self, remaining: min(remaining, 3))
+  real = train.metrics_lib.Timing.time_call
+  signals = []
+
+  def time_call(self, what, seconds, steps=0):
+    real(self, what, seconds, steps)
+    if what == "train" and self.totals["train_steps"] >= 22 and signals:
+      for _ in range(signals.pop()):
+        os.kill(os.getpid(), signal.SIGINT)
+
+  monkeypatch.setattr(train.metrics_lib.Timing, "time_call", time_call)
+  signals.append(1)
+  stopped = train.run(config, tmp_path, progress=False)
+  err = capsys.readouterr().err.splitlines()
+  assert stopped["status"] == "preempted" and stopped["steps_run"] == 26
+  assert err[0].startswith("zhang: interrupted (Ctrl-C): saving a checkpoint")
+  assert err[1].startswith("zhang: interrupted (Ctrl-C) at step 26; the checkpoint is saved")
+  assert len(err) == 2
+  assert workdir_lib.is_locked(tmp_path) is False
+  signals.append(2)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(config, tmp_path, progress=False)
+  assert checkpoint.Checkpointer(tmp_path, create=False).steps()[-1] == 26
+  monkeypatch.undo()
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  (tmp_path / "summary.json").write_text(json.dumps(dict(summary, status="running")))
+  capsys.readouterr()
+  assert train.run(config, tmp_path, progress=False)["status"] == "complete"
+  assert "from the checkpoint of step 26 (its summary said running at step" in (
+      capsys.readouterr().err)
+
+
+def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+  from zhang.cli import main
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(train, "run", interrupted)
+  assert main(["train", "--config", "configs/digits.py", "--workdir", str(tmp_path)]) == 130
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and "stopped (Ctrl-C)" in err[0]
 
 
 def test_complete_is_written_only_once_the_last_checkpoint_is_on_disk(tiny_config, tmp_path,
@@ -444,3 +543,25 @@ def test_load_a_checkpoint_written_on_more_devices(tmp_path):
   assert len(ckpt["meta"]["fit_step"]) == 8
   # One replica per device: every shard is its own replica (different seeds or labels).
   assert all(not np.allclose(kernel[i], kernel[j]) for i in range(8) for j in range(i))
+
+
+def test_a_truncated_config_is_rewritten_when_the_checkpoint_vouches_for_it(clean_small,
+                                                                            tmp_path, capsys):
+  """config.json cut off: the checkpoint's config hash tells whether this config wrote the
+  run; if so config.json is written again (the same bytes), else the damage is refused."""
+  import shutil
+  config, clean = clean_small
+  shutil.copytree(clean, tmp_path / "run")
+  text = (clean / "config.json").read_text()
+  (tmp_path / "run" / "config.json").write_text(text[:len(text) // 2])
+  other = config.copy_and_resolve_references()
+  other.learning_rate = 0.5 * config.learning_rate
+  with pytest.raises(UsageError, match="not valid JSON.*newest checkpoint was written by "
+                     "another config"):
+    train.run(other, tmp_path / "run", progress=False)
+  capsys.readouterr()
+  assert train.run(config, tmp_path / "run", progress=False)["status"] == "complete"
+  err = capsys.readouterr().err
+  assert "config.json was damaged; its checkpoint of step 60 was written by this config" in err
+  assert "nothing to do" in err
+  assert (tmp_path / "run" / "config.json").read_text() == text

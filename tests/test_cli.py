@@ -1,6 +1,7 @@
 """Bad input: one line naming the problem and the fix, exit 2, nothing written."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -63,6 +64,67 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_p
   assert message in err
   assert len(err.splitlines()) == 1 and "Traceback" not in err
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("configs/digits.py:foo=1", "unknown config argument 'foo': this config takes none"),
+    ("configs/digits.py:quick", "unknown config argument 'quick': this config takes none"),
+    ("configs/fig1.py:foo=1", "unknown config argument 'foo': known are model, dataset"),
+    ("configs/sweep.py:foo=1", "unknown config argument 'foo': known are model, dataset"),
+    ("configs/table1.py:foo=1", "unknown config argument 'foo': known are models, dataset"),
+    ("configs/modadd.py:foo=1", "unknown config argument 'foo': known are model, modulus"),
+])
+def test_every_config_refuses_an_argument_it_does_not_know(spec, message, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  assert cli.main(["train", "--config", spec, "--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"zhang train: error: {message}") and len(err.splitlines()) == 1
+  assert not workdir.exists()
+
+
+def test_every_config_file_is_in_the_table_above():
+  tested = {"digits", "fig1", "sweep", "table1", "modadd"}
+  assert {p.stem for p in pathlib.Path("configs").glob("*.py")} == tested
+
+
+@pytest.mark.parametrize("argv,line", [
+    ([], "zhang: error: no command given: choose one of train, models, kernel, report, ntk, "
+     "llc"),
+    (["trian"], "zhang: error: argument command: invalid choice: 'trian' (choose from 'train', "
+     "'models', 'kernel', 'report', 'ntk', 'llc'); did you mean train?"),
+    (["train", "--config", DIGITS, "--workdir", "W", "--max_stesp", "5"],
+     "zhang train: error: unrecognized arguments: --max_stesp 5; did you mean --max_steps?"),
+    (["train", "--config", DIGITS, "--workdir", "W", "--max_steps", "abc"],
+     "zhang train: error: argument --max_steps: invalid int value: 'abc'"),
+    (["train", "--workdir", "W"], "zhang train: error: the following arguments are required: "
+     "--config"),
+    (["report", "R"], "zhang report: error: the following arguments are required: --out"),
+    (["report", "R", "--out", "O", "--loss_belwo", "0.1"],
+     "zhang report: error: unrecognized arguments: --loss_belwo 0.1; did you mean "
+     "--loss_below?"),
+    (["llc", "R", "--out", "O", "--chain", "4", "--stepsize=0.1"],
+     "zhang llc: error: unrecognized arguments: --stepsize=0.1; did you mean --step_size?"),
+    (["kernel", "--dataset", "digits", "--kernal=rbf"],
+     "zhang kernel: error: unrecognized arguments: --kernal=rbf; did you mean --kernel?"),
+    (["ntk", "R", "--out", "O", "--loss", "hinge"], "zhang ntk: error: argument --loss: "
+     "invalid choice: 'hinge' (choose from 'cross_entropy', 'squared')"),
+    (["models", "--input_shape", "1", "2"],
+     "zhang models: error: argument --input_shape: expected 3 arguments"),
+    (["models", "--input_shape", "0", "0", "0"], "zhang models: error: --input_shape 0 0 0 "
+     "must be positive integers, e.g. 28 28 3 (height, width, channels)"),
+    (["models", "--num_classes", "0"],
+     "zhang models: error: --num_classes 0 must be an integer >= 2"),
+    (["kernel", "--dataset", "digits", "--memory_gb", "0.5"], "zhang kernel: error: "
+     "--memory_gb 0.5 is below the 1.5 GB a solve needs besides its kernel matrices: raise "
+     "--memory_gb (default: 80% of MemAvailable)"),
+])
+def test_parser_errors_are_one_line_naming_the_command(argv, line, tmp_path, capsys,
+                                                       monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the relative W, R, O: nothing may appear there
+  assert cli.main(argv) == 2
+  captured = capsys.readouterr()
+  assert captured.err.splitlines() == [line] and captured.out == ""
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_config_argument(tmp_path, capsys):

@@ -201,3 +201,48 @@ def test_idx_file_read_error_is_one_line(tmp_path, monkeypatch):
     data.read_idx(path)
   assert str(info.value) == (f"{path} cannot be read (Permission denied): make it a readable "
                              f"file; re-download it")
+
+
+def test_labels_outside_the_classes_are_one_line_naming_file_and_example(tmp_path):
+  paths = _fashion_mnist_dir(tmp_path, False)
+  labels = np.array([3, 1, 4, 1, 5, 9, 2], np.uint8)
+  labels[4] = 12
+  _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels, False)
+  with pytest.raises(UsageError) as info:
+    data.load("fashion_mnist", str(tmp_path))
+  assert str(info.value).startswith(
+      f"{paths['t10k-labels-idx1-ubyte']} holds label 12 at example 4, outside fashion_mnist's "
+      f"10 classes (0-9); re-download it")
+
+
+def test_a_label_count_that_is_not_the_image_count_is_one_line(tmp_path):
+  paths = _fashion_mnist_dir(tmp_path, True)
+  _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(19, np.uint8), True)
+  with pytest.raises(UsageError) as info:
+    data.load("fashion_mnist", str(tmp_path))
+  assert str(info.value).startswith(
+      f"{paths['train-labels-idx1-ubyte']} holds (19,) labels for the (20, 28, 28) images of "
+      f"{paths['train-images-idx3-ubyte']}")
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist", "cifar10", "digits"])
+def test_a_gs_data_dir_is_checked_and_never_replaced_by_local_files(tmp_path, monkeypatch,
+                                                                    name):
+  """Local IDX files where the loader looks by default (``ZHANG_DATA_DIR``) must not stand in
+  for a bucket that cannot be read: the bucket's check comes first, whatever the dataset."""
+  (tmp_path / name).mkdir()
+  _fashion_mnist_dir(tmp_path / name, False)
+  monkeypatch.setenv("ZHANG_DATA_DIR", str(tmp_path))
+  asked = []
+
+  def refuse(path, what, write, flag=None):
+    asked.append((path, what, write))
+    raise UsageError(f"no Google Cloud credentials for {what} {path}")
+
+  monkeypatch.setattr(data.storage, "check", refuse)
+  with pytest.raises(UsageError, match="no Google Cloud credentials for data_dir gs://b/x"):
+    data.load(name, "gs://b/x")
+  assert asked == [("gs://b/x", "data_dir", False)]
+  # The local copy is what the loader reads without a data_dir: the test's files are good.
+  if name in ("fashion_mnist", "mnist"):
+    assert len(data.load(name).train_labels) == 20

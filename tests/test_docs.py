@@ -20,6 +20,7 @@ import pathlib
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -31,7 +32,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = sorted((REPO / "docs" / "results").glob("*.md"))
 SCRIPTS = sorted((REPO / "docs" / "results" / "make").glob("*.sh"))
 DOCS = [REPO / "README.md", *sorted((REPO / "configs").glob("*.py")),
-        *sorted((REPO / "docs").rglob("*.md")), *SCRIPTS]
+        *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "docs").rglob("*.py")),
+        *SCRIPTS]
 
 
 def _rel(path: pathlib.Path) -> str:
@@ -201,7 +203,28 @@ def _check_config(args) -> None:
   config = config_lib.load(str(REPO / spec), args.set or [])
   if args.max_steps is not None:
     config_lib.apply_override(config, f"max_steps={args.max_steps}")
-  config_lib.resolve(config)
+  with _example_modules():
+    config_lib.resolve(config)
+
+
+@contextlib.contextmanager
+def _example_modules():
+  """docs/examples on the Python path, as the README's commands put it (``PYTHONPATH=``);
+  what its modules register is forgotten afterwards."""
+  from zhang.experiment import data, models  # pylint: disable=g-import-not-at-top
+  saved = (dict(models._MODELS), dict(data._LOADERS), dict(data._INPUTS))  # noqa: SLF001
+  modules, path = set(sys.modules), list(sys.path)
+  sys.path.insert(0, str(REPO / "docs" / "examples"))
+  try:
+    yield
+  finally:
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+      if str(REPO / "docs" / "examples") in str(getattr(sys.modules[name], "__file__", "")):
+        del sys.modules[name]
+    for registry, copy in zip((models._MODELS, data._LOADERS, data._INPUTS), saved):  # noqa: SLF001
+      registry.clear()
+      registry.update(copy)
 
 
 def check(argv: list[str], inline: bool) -> str | None:
@@ -409,17 +432,76 @@ def test_each_results_page_names_the_script_that_runs_its_commands(page):
         f"{_rel(script)} copies nothing into docs/results/{page.stem}/")
 
 
-def test_run_folders_of_the_commands_are_ignored():
-  """The README's commands and the scripts write their runs and reports into git-ignored
-  folders (the scripts copy what a page shows into docs/results/ themselves)."""
-  written = set()
-  for path in (REPO / "README.md", *SCRIPTS):
-    for argv in _block_commands(path):
-      for flag in ("--workdir", "--out"):
-        if flag in argv and "://" not in argv[argv.index(flag) + 1]:
-          written.add(argv[argv.index(flag) + 1].rstrip("/") + "/")  # folders, made or not
-  assert len(written) > 10
-  done = subprocess.run(["git", "check-ignore", "--no-index", *sorted(written)], cwd=REPO,
+def _not_ignored(folders: set[str]) -> set[str]:
+  done = subprocess.run(["git", "check-ignore", "--no-index", *sorted(folders)], cwd=REPO,
                         capture_output=True, text=True)
-  ignored = set(done.stdout.split())
-  assert ignored == written, f"not git-ignored: {sorted(written - ignored)}"
+  return folders - set(done.stdout.split())
+
+
+def test_run_folders_of_the_commands_are_ignored():
+  """Every command of the README, the configs, the docs (code blocks and inline code) and the
+  scripts writes its runs and reports into git-ignored folders (the scripts copy what a page
+  shows into docs/results/ themselves)."""
+  written = set()
+  for path in DOCS:
+    for argv in (argv for s in snippets(path) for argv in commands(s)):
+      for flag in ("--workdir", "--out"):
+        folder = argv[argv.index(flag) + 1] if flag in argv[:-1] else "0"
+        if "://" not in folder and folder != "0":  # "0": a placeholder (OUT, RUN)
+          written.add(folder.rstrip("/") + "/")  # folders, made or not
+  assert len(written) > 10
+  assert not _not_ignored(written), f"not git-ignored: {sorted(_not_ignored(written))}"
+
+
+def test_a_study_s_closing_hint_works_as_written(tmp_path, monkeypatch, capsys):
+  """`zhang train` of a study ends with the `zhang report` command that reads it: it parses,
+  and writes into an ignored folder when the study's workdir is one."""
+  from zhang.experiment import train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train, "run", lambda *a, **k: dict(
+      study=True, models=[], runs={}, replicas=[], wall_seconds=1.0, status="complete"))
+  assert cli.main(["train", "--config", "configs/table1.py:quick", "--workdir",
+                   "runs/table1_quick"]) == 0
+  hint = re.search(r"`(zhang report [^`]*)` reads the study", capsys.readouterr().out)
+  assert hint, "no `zhang report` command in the closing line"
+  (argv,) = commands(Snippet("stdout", 1, hint.group(1)))
+  assert argv[:2] == ["report", "runs/table1_quick"] and check(argv, inline=False) is None
+  assert not _not_ignored({argv[argv.index("--out") + 1] + "/"})
+
+
+# --------------------------------------------------------------------------- help
+
+def _help(command: str) -> str:
+  with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
+    cli.build_parser().parse_args([command, "--help"])
+  return out.getvalue()
+
+
+def test_every_command_s_help_says_what_it_does_and_each_option():
+  for command in ("train", "models", "report"):
+    text = _help(command)
+    description = text.split("\n\n")[1]
+    assert not description.startswith(("positional", "options")), (command, text)
+  subs = next(a for a in cli.build_parser()._actions if hasattr(a, "add_parser")).choices
+  models = subs["models"]
+  assert all(a.help for a in models._actions), [a.dest for a in models._actions if not a.help]
+
+
+def test_report_help_lists_every_file_it_writes():
+  from zhang.analysis import report  # pylint: disable=g-import-not-at-top
+  text = _help("report")
+  for name in ("report.md", "table1.md", *report.FIGURES, *report.OPTIONAL_FIGURES,
+               *report.GROKKING_FIGURES, *report.REGULARIZER_FIGURES):
+    assert name in text, name
+
+
+def test_the_end_of_run_table_explains_its_columns(capsys):
+  from zhang.cli import train as train_cli  # pylint: disable=g-import-not-at-top
+  replica = dict(replica=0, kind="labels", corruption=0.5, seed=0, label_noise=0.45,
+                 fit_step=None, final_train_acc=0.9, final_test_acc=0.5, test_confidence=0.6)
+  config = config_lib.resolve(config_lib.load(str(REPO / "configs" / "digits.py")))
+  train_cli.print_run(dict(replicas=[replica], steps_run=10, wall_seconds=1.0), config)
+  text = capsys.readouterr().out
+  header = text.splitlines()[1].split()
+  assert "noise" in header and "conf" in header
+  assert "noise: the fraction of training labels the corruption changed" in text
+  assert "conf: mean max-softmax probability on the test set" in text

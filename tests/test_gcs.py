@@ -408,6 +408,48 @@ def test_no_credentials(tmp_path, flag):
       f"login (or point GOOGLE_APPLICATION_CREDENTIALS at a service account's key file)")
 
 
+NO_CREDENTIALS = ("no Google Cloud credentials for {what} {path}: run gcloud auth "
+                  "application-default login (or point GOOGLE_APPLICATION_CREDENTIALS at a "
+                  "service account's key file)")
+
+
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "mnist"])
+def test_no_credentials_for_an_idx_data_dir_is_refused_not_replaced_by_local_files(
+    tmp_path, dataset):
+  """The IDX datasets, which a machine may also hold locally: the bucket is checked, never
+  silently swapped for the local copy."""
+  path = "gs://zhang-test-bucket/data"
+  assert _refused(["--set", f"dataset={dataset!r}", "--data_dir", path, "--workdir",
+                   str(tmp_path / "w")], _base_env(tmp_path)) == NO_CREDENTIALS.format(
+                       what="data_dir", path=path)
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("argv,what", [
+    (["report", "gs://zhang-test-bucket/run", "--out", "OUT"], "run"),
+    (["report", "RUN", "--out", "gs://zhang-test-bucket/o"], "out"),
+    (["llc", "gs://zhang-test-bucket/run", "--out", "OUT"], "run"),
+    (["llc", "RUN", "--out", "gs://zhang-test-bucket/o"], "out"),
+    (["llc", "RUN", "--out", "OUT", "--data_dir", "gs://zhang-test-bucket/d"], "data_dir"),
+    (["ntk", "gs://zhang-test-bucket/run", "--out", "OUT"], "run"),
+    (["ntk", "RUN", "--out", "gs://zhang-test-bucket/o"], "out"),
+    (["kernel", "gs://zhang-test-bucket/run", "--out", "OUT"], "run"),
+    (["kernel", "RUN", "--out", "gs://zhang-test-bucket/o"], "out"),
+    (["kernel", "--dataset", "fashion_mnist", "--data_dir", "gs://zhang-test-bucket/d"],
+     "data_dir"),
+])
+def test_every_commands_gs_paths_without_credentials_are_one_line(tmp_path, argv, what):
+  """Refused before any run is read or any JAX backend starts (it names none here)."""
+  argv = [str(tmp_path / a) if a in ("RUN", "OUT") else a for a in argv]
+  path = next(a for a in argv if a.startswith("gs://"))
+  proc = _zhang(argv, {**_base_env(tmp_path), "JAX_PLATFORMS": "no_such_backend"},
+                timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      f"zhang {argv[0]}: error: " + NO_CREDENTIALS.format(what=what, path=path)]
+  assert not (tmp_path / "OUT").exists()
+
+
 def test_a_key_file_that_gives_no_credentials(tmp_path):
   key = tmp_path / "missing-key.json"
   line = _refused(["--workdir", "gs://zhang-test-bucket/x"],

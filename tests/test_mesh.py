@@ -201,6 +201,39 @@ def test_missing_coordinator_address(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("extra,line", [
+    (["--num_processes", "2", "--process_id", "0", "--coordinator_address", "127.0.0.1:1",
+      "--set", "batch_size=-1"], "batch_size=-1 must be a positive integer"),
+    (["--num_processes", "2", "--process_id", "0", "--coordinator_address", "localhost"],
+     "--coordinator_address=localhost must be HOST:PORT, e.g. 10.0.0.2:8476"),
+    (["--num_processes", "2", "--process_id", "2", "--coordinator_address", "127.0.0.1:1"],
+     "--process_id=2 must be in [0, 2)"),
+    (["--distributed"], "--distributed found no cluster to join ("),
+])
+def test_multi_host_flags_are_checked_before_any_peer_is_waited_for(tmp_path, capsys,
+                                                                   monkeypatch, extra, line):
+  """A config error must not wait for peers (they would wait for it in turn): every local
+  check comes before ``jax.distributed.initialize`` connects, which here connects nowhere."""
+  import jax
+
+  from zhang import cli
+  real = jax.distributed.initialize
+  connected = []
+
+  def initialize(*args, **kwargs):
+    if kwargs.get("coordinator_address"):
+      connected.append(kwargs)
+      raise AssertionError("connected")
+    return real(*args, **kwargs)  # auto-detection: finds no TPU here, connects nowhere
+
+  monkeypatch.setattr(jax.distributed, "initialize", initialize)
+  workdir = tmp_path / "w"
+  assert cli.main(["train", *ARGS, "--workdir", str(workdir), *extra]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"zhang train: error: {line}") and err.count("\n") == 1, err
+  assert not connected and not workdir.exists()
+
+
 def test_resolve_shape_and_pad():
   assert mesh_lib.resolve_shape((-1, 1), 8) == (8, 1)
   assert mesh_lib.resolve_shape((2, -1), 8) == (2, 4)

@@ -1,8 +1,14 @@
+import json
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
 
-from zhang.experiment import models
+from zhang.errors import UsageError
+from zhang.experiment import config as config_lib
+from zhang.experiment import data, models, train
+from zhang.probes import run as probe_run
 
 PAPER_COUNTS = {
     "mlp_1x512": 1_209_866,
@@ -60,3 +66,92 @@ def test_unknown_model_is_a_usage_error():
   from zhang.errors import UsageError
   with pytest.raises(UsageError, match="unknown model 'resnet'"):
     models.get("resnet")
+
+
+# --- A user's own model and dataset, registered in their module. -----------------------------
+
+_USER_MODULE = '''
+import flax.linen as nn
+import numpy as np
+
+from zhang.experiment import data, models
+
+
+class Linear(nn.Module):
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train=True):
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+models.register("user_linear", Linear, learning_rate=0.05, description="one dense layer")
+
+
+@data.register("user_bars")
+def bars(data_dir):
+  """4x4 images, class c: row c bright. 64 training and 32 test images."""
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, 96).astype(np.int32)
+  images = rng.integers(0, 60, (96, 4, 4, 1)).astype(np.uint8)
+  images[np.arange(96), labels] += 150
+  return data.Dataset("user_bars", images[:64], labels[:64], images[64:], labels[64:], 4)
+'''
+
+
+def test_a_registered_model_and_dataset_train_and_are_found_again_by_the_probes(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))  # noqa: SLF001 - restored after
+  monkeypatch.setattr(data, "_LOADERS", dict(data._LOADERS))  # noqa: SLF001
+  (tmp_path / "user_registry_mod.py").write_text(_USER_MODULE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  c = config_lib.base_config()
+  c.imports = ["user_registry_mod"]
+  c.model, c.dataset = "user_linear", "user_bars"
+  c.batch_size, c.max_steps, c.eval_every, c.eval_batch_size = 16, 20, 10, 32
+  c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
+  workdir = tmp_path / "run"
+  summary = train.run(c, workdir, progress=False)
+  assert summary["steps_run"] == 20 and len(summary["replicas"]) == 2
+  assert [r["learning_rate"] for r in summary["replicas"]] == [0.05, 0.05]  # the model's rate
+  assert json.loads((workdir / "config.json").read_text())["imports"] == ["user_registry_mod"]
+  # A fresh process has neither name until it imports the module that config.json records.
+  del models._MODELS["user_linear"], data._LOADERS["user_bars"]  # noqa: SLF001
+  sys.modules.pop("user_registry_mod")
+  with pytest.raises(UsageError, match="unknown dataset 'user_bars'"):
+    data.check_name("user_bars")
+  run = probe_run.open(workdir)
+  assert run.dataset.num_classes == 4 and len(run.dataset.train_labels) == 64
+  evaluated = {r["replica"]: r for r in run.evaluate(20)}
+  recorded = run.recorded(20)
+  for i in (0, 1):
+    assert evaluated[i]["test_acc"] == pytest.approx(recorded[i]["test_acc"], abs=1e-6)
+    assert evaluated[i]["train_loss"] == pytest.approx(recorded[i]["train_loss"], rel=1e-4)
+
+
+def test_a_built_in_name_cannot_be_registered_again():
+  with pytest.raises(UsageError, match="built in"):
+    models.register("mlp_1x512", models.MLP, learning_rate=0.01)
+
+
+def test_a_module_that_cannot_be_imported_is_one_line():
+  c = config_lib.base_config()
+  c.imports = ["no_such_module_of_models"]
+  with pytest.raises(UsageError, match="imports: module 'no_such_module_of_models' cannot be "
+                     "imported"):
+    config_lib.validate(c)
+
+
+def test_defaults_agree_with_the_modadd_config():
+  """`zhang models` shows each token model's rate, and `zhang kernel --dataset modadd` takes
+  its split, as configs/modadd.py trains them by default."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+
+  from zhang import cli  # pylint: disable=g-import-not-at-top
+  config_file = pathlib.Path(__file__).resolve().parents[1] / "configs" / "modadd.py"
+  for model in ("mlp_tokens", "transformer_1l"):
+    config = config_lib.load(f"{config_file}:model={model}")
+    assert models.get(model).learning_rate == config.learning_rate, model
+  config = config_lib.load(str(config_file))
+  args = cli.build_parser().parse_args(["kernel", "--dataset", "modadd"])
+  assert (args.modulus, args.train_fraction) == (config.modulus, config.train_fraction)

@@ -15,8 +15,12 @@ NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 
 
 def _execute(tmp_path, monkeypatch, run, run_b=None, n_boot="10"):
-  """Runs the notebook on ``run`` (and ``run_b`` to compare); returns (outputs, stream text)."""
-  monkeypatch.setenv("ZHANG_RUN_DIR", str(run))
+  """Runs the notebook on ``run`` (and ``run_b`` to compare; None: the notebook's defaults)
+  with Jupyter started in ``tmp_path``; returns (outputs, stream text)."""
+  if run is None:
+    monkeypatch.delenv("ZHANG_RUN_DIR", raising=False)
+  else:
+    monkeypatch.setenv("ZHANG_RUN_DIR", str(run))
   if run_b is None:
     monkeypatch.delenv("ZHANG_RUN_DIR_B", raising=False)
   else:
@@ -44,6 +48,26 @@ def test_analysis_notebook_runs(tmp_path, monkeypatch):
   assert len(images) >= 5  # fig1a, 1b, 1c, confidence, and the comparison's fig1b
   assert "mlp_1x512: " in text and "status complete" in text
   # Run files without checkpoints: nothing to evaluate, said in one line.
+  assert "No trained replica to evaluate here: " in text and "has no checkpoints/" in text
+
+
+def _readme_first_workdir() -> str:
+  """The --workdir of the README's first command (the first line of its first code block)."""
+  text = (REPO / "README.md").read_text()
+  first = text.split("```")[1].splitlines()[1]
+  return first.split("--workdir", 1)[1].split()[0]
+
+
+def test_analysis_notebook_runs_as_shipped_from_notebooks_folder(tmp_path, monkeypatch):
+  """No environment variable: the notebook reads the README's run, its relative path taken
+  from the repository's top although Jupyter starts in notebooks/."""
+  assert _readme_first_workdir() == "runs/digits"
+  checkout = tmp_path / "checkout"  # a checkout's layout, with the README's run in it
+  for folder in ("configs", "notebooks"):
+    (checkout / folder).mkdir(parents=True)
+  synthetic.write_example_run(checkout / "runs" / "digits", seeds=(0,))
+  _, text = _execute(checkout / "notebooks", monkeypatch, None)
+  assert "digits: mlp_1x512 on " in text and "status complete" in text
   assert "No trained replica to evaluate here: " in text and "has no checkpoints/" in text
 
 

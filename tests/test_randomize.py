@@ -201,3 +201,37 @@ def test_unknown_kind():
   from zhang.errors import UsageError
   with pytest.raises(UsageError, match="unknown randomization kind 'noise'"):
     randomize.kind_id("noise")
+
+
+_EVERY_RANDOMIZATION = """
+import hashlib, sys
+import jax
+jax.config.update("jax_enable_x64", sys.argv[1] == "1")
+import numpy as np
+from zhang.experiment import randomize
+_, _, key = randomize.replica_keys(7, "labels", 0.2)
+true = np.arange(1438) % 10  # numpy's default integers: int64, as a dataset's labels may be
+images = np.linspace(0, 1, 4 * 8 * 8 * 3).reshape(4, 8, 8, 3).astype(np.float32)
+indices = np.arange(4)
+perm = randomize.shared_permutation(key, 64)
+out = [randomize.corrupt_labels(key, true, 0.2, 10), perm]
+for kind in randomize.KINDS:
+  out.append(randomize.randomize_inputs(kind, key, images, indices, randomize.TRAIN, perm,
+                                        np.float32([0.5] * 3), np.float32([0.2] * 3)))
+for x in out:
+  x = np.asarray(x)
+  x = x.astype(np.float32 if x.dtype.kind == "f" else np.int32)
+  print(hashlib.sha256(x.tobytes()).hexdigest()[:16], x.dtype)
+"""
+
+
+def test_every_randomization_is_the_same_whatever_the_x64_setting():
+  """A notebook may turn ``jax_enable_x64`` on: labels, permutations and noise images stay
+  those of the same seed (each setting in its own process: the flag is global)."""
+  import subprocess
+  import sys
+  out = {x64: subprocess.run([sys.executable, "-c", _EVERY_RANDOMIZATION, x64],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+         for x64 in ("0", "1")}
+  assert len(out["0"]) == 6
+  assert out["0"] == out["1"]

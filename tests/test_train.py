@@ -433,3 +433,25 @@ def test_per_example_fit_times_follow_every_evaluation(tiny_config, tmp_path):
     item = manager.restore(60, args=checkpoint.ocp.args.Composite(
         fit_times=checkpoint.ocp.args.StandardRestore()))
   np.testing.assert_array_equal(np.asarray(item["fit_times"]["fit_step"])[:len(replicas)], fit)
+
+
+def test_a_diverging_replica_is_recorded_and_shown_as_nan(tiny_config, tmp_path, capsys):
+  """A learning rate far too high: the replicas whose train loss stops being finite are
+  named in summary.json (``diverged_step``: the first evaluation where it is not), and the
+  final table shows NaN instead of failing."""
+  from zhang.cli import train as train_cli
+  tiny_config.learning_rate = 50.0
+  tiny_config.max_steps = 40
+  summary = train.run(tiny_config, tmp_path, progress=False)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  for r in summary["replicas"]:
+    losses = [(row["step"], row["train_loss"]) for row in rows if row["replica"] == r["replica"]]
+    first = next((s for s, loss in losses if loss is None or not np.isfinite(loss)), None)
+    assert r["diverged_step"] == first
+  assert any(r["diverged_step"] is not None for r in summary["replicas"])
+  capsys.readouterr()
+  train_cli.print_run(summary, config_lib.resolve(tiny_config))
+  out = capsys.readouterr().out
+  diverged = [r for r in summary["replicas"] if r["diverged_step"] is not None]
+  assert f"{len(diverged)} replica" in out and "diverged" in out
+  assert " nan" in out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from collections import defaultdict
 
 import numpy as np
@@ -247,6 +248,26 @@ def plot_traces(llc: dict, traces: np.ndarray, out_dir) -> epath.Path:
                + ")", fontsize=9)
   out_dir = epath.Path(out_dir)
   return _save(fig, out_dir / "llc_traces.png")
+
+
+TRACES = "llc_traces.npz"  # what `zhang llc` writes beside llc.json
+
+
+def replot_traces(llc: dict, out_dir) -> epath.Path | None:
+  """llc_traces.png again, from the llc_traces.npz that `zhang llc` wrote with ``llc``
+  (llc.json's entries, in its order); None where there is none, or where it is damaged or
+  holds other entries."""
+  path = epath.Path(out_dir) / TRACES
+  entries = llc["replicas"]
+  try:
+    with path.open("rb") as f, np.load(f) as saved:
+      traces, replica, step = saved["traces"], saved["replica"], saved["step"]
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+    return None
+  if (replica.tolist() != [e["replica"] for e in entries]
+      or step.tolist() != [e["step"] for e in entries] or traces.ndim != 3):
+    return None
+  return plot_traces(llc, traces, out_dir)
 
 
 def _num(x, digits: int = 3) -> str:

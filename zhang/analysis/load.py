@@ -137,20 +137,47 @@ def expand_studies(paths: Sequence[epath.Path]) -> list[epath.Path]:
   return out
 
 
-def _read_jsonl(path: epath.Path) -> pd.DataFrame:
-  """Reads metrics.jsonl; a torn last line (a write in progress) is dropped."""
+# The row's coordinates: integers, never null.
+_COORDINATES = ("step", "replica", "seed")
+_NUMBERS = ("epoch", "corruption", "learning_rate", "weight_decay")
+_NUMBER_SUFFIXES = ("_acc", "_loss", "_confidence", "_step")
+
+
+def _read_jsonl(path: epath.Path, in_progress: bool = False) -> pd.DataFrame:
+  """Reads metrics.jsonl. A torn last line is dropped only while the run is ``in_progress``
+  (the trainer may be writing it right now); anywhere else, or a field of the wrong type, is
+  damage, refused in one line naming the file and line rather than read as a shorter run."""
   lines = path.read_text().splitlines()
   rows = []
   for i, line in enumerate(lines):
     if not line.strip():
       continue
     try:
-      rows.append(json.loads(line))
+      row = json.loads(line)
     except json.JSONDecodeError:
-      if i == len(lines) - 1:
-        break  # the trainer is writing this line right now
-      raise UsageError(f"{path} line {i + 1} is not valid JSON") from None
+      if i == len(lines) - 1 and in_progress:
+        break
+      raise UsageError(f"{path} line {i + 1} is not valid JSON (a torn row): the file is damaged; "
+                       f"rerun the run's zhang train command to repair it, or delete the "
+                       f"line") from None
+    _check_row(row, path, i + 1)
+    rows.append(row)
   return pd.DataFrame(rows)
+
+
+def _check_row(row: Any, path: epath.Path, line: int) -> None:
+  """One line for a row that is not an object or holds a non-number where a number belongs
+  (null is a diverged replica's metric, never a coordinate)."""
+  if not isinstance(row, dict):
+    raise UsageError(f"{path} line {line} is not a JSON object: the file is damaged")
+  for key, value in row.items():
+    numeric = (key in _COORDINATES or key in _NUMBERS or key.endswith(_NUMBER_SUFFIXES))
+    if not numeric or (value is None and key not in _COORDINATES):
+      continue
+    whole = key in _COORDINATES
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+      raise UsageError(f"{path} line {line}: {key} is {json.dumps(value)[:40]}, not "
+                       f"{'an integer' if whole else 'a number'}: the file is damaged")
 
 
 def _not_a_run_message(path: epath.Path) -> str:
@@ -180,7 +207,8 @@ def load_run(path: str | epath.Path, name: str | None = None) -> Run:
   config = format_lib.read_config(path)
   summary = (format_lib.read_summary(path) if (path / format_lib.SUMMARY).exists()
              else None)
-  metrics = _read_jsonl(path / "metrics.jsonl")
+  status = (summary or {}).get("status", "unknown")
+  metrics = _read_jsonl(path / "metrics.jsonl", in_progress=status in ("running", "unknown"))
   if metrics.empty:
     raise UsageError(f"{path} has no evaluations yet (metrics.jsonl is empty); "
                      f"wait for the first one (eval_every={config.get('eval_every')})")

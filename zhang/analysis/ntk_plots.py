@@ -34,8 +34,10 @@ def _figure(ncols: int = 1):
 
 def _series(ax, reps, key, color, label, marker="o", at_least=None):
   """Points per replica (jittered by seed), their mean per corruption as a line; replicas
-  without a value but with a lower bound (``at_least``) as upward triangles."""
-  by_p = {}
+  without a value but with a lower bound (``at_least``) as upward triangles. The legend's
+  entry shows what is drawn: the series' marker (or the triangle, when only lower bounds are),
+  and a line when there are means at two corruptions or more."""
+  by_p, bounds = {}, 0
   for r in reps:
     jitter = 0.006 * (r["seed"] % 5)
     if r.get(key) is not None:
@@ -45,11 +47,14 @@ def _series(ax, reps, key, color, label, marker="o", at_least=None):
     elif at_least and r.get(at_least) is not None:
       ax.scatter(r["corruption"] + jitter, r[at_least], s=40, marker="^", color=color,
                  alpha=0.6, lw=0)
+      bounds += 1
   ps = sorted(by_p)
-  if ps:
-    ax.plot(ps, [np.mean(by_p[p]) for p in ps], "-", color=color, lw=1.6, label=label)
-  elif at_least:
-    ax.plot([], [], "^", color=color, label=label)
+  if len(ps) > 1:
+    ax.plot(ps, [np.mean(by_p[p]) for p in ps], "-", color=color, lw=1.6)
+  if ps or bounds or at_least:
+    ax.plot([], [], ls="-" if len(ps) > 1 else "none", marker=marker if ps else "^",
+            color=color, lw=1.6, ms=5, label=label)
+  return bounds
 
 
 def plot(result: dict, out_dir) -> list[str]:
@@ -69,13 +74,16 @@ def _slowdown(result: dict):
   other = "residual" if crit == "accuracy" else "accuracy"
   words = {"accuracy": f"train accuracy >= {s.get('fit_threshold', 1):g}",
            "residual": f"residual <= {s['threshold']:g}"}
-  _series(ax, reps, "predicted_slowdown", "#d62728",
-          f"kernel regime, the run's schedule, {words[crit]} (^: never fits by step "
-          f"{s['horizon']:,}; at least)", at_least="predicted_slowdown_at_least")
+  bounds = _series(ax, reps, "predicted_slowdown", "#d62728",
+                   f"kernel regime, the run's schedule, {words[crit]}",
+                   at_least="predicted_slowdown_at_least")
   for name, color, marker in ((crit, "#ff7f0e", "s"), (other, "#bcbd22", "D")):
     key = f"predicted_slowdown_constant_lr_{name}"
-    _series(ax, reps, key, color, f"kernel regime, constant learning rate, {words[name]}",
-            marker=marker, at_least=f"{key}_at_least")
+    bounds += _series(ax, reps, key, color, f"kernel regime, constant learning rate, "
+                      f"{words[name]}", marker=marker, at_least=f"{key}_at_least")
+  if bounds:
+    ax.plot([], [], ls="none", marker="^", color="0.5", ms=5,
+            label=f"never fits by step {s['horizon']:,}: the slowdown is at least this")
   ax.axhline(1, color="black", lw=0.8)
   ax.set_yscale("log")
   ax.set_xlabel("label corruption")

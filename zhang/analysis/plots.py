@@ -154,15 +154,27 @@ def fig1a(metrics: pd.DataFrame, y: str = "train_loss",
   axes[0].set_ylabel({"train_loss": "training loss (cross-entropy, nats)"}.get(
       y, y.replace("_", " ")))
   _legend(axes[0], loc="best", **({} if len(setups) <= 3 else dict(fontsize=6)))
-  fig.suptitle(f"Fig. 1a: fitting random labels and random pixels on {dataset}"
+  fig.suptitle(f"Fig. 1a: fitting {_fitted_kinds(curves, conditions)} on {dataset}"
                f"{_partial_note(metrics)}", fontsize=12)
   return fig
 
 
-def _errorbars(ax, s: pd.DataFrame, color: str, label: str, scale: float = 1.0):
-  """Means (line), bootstrap intervals (bars); lower bounds as hollow up-triangles."""
+def _fitted_kinds(curves: pd.DataFrame, conditions: tuple[str, ...]) -> str:
+  """The randomizations Fig. 1a draws, in words ('random labels and shuffled pixels'); the
+  true labels alone when there is no other."""
+  present = set(curves.condition) if len(curves) else set()
+  order = sorted(conditions, key=lambda c: c != "random labels")  # the paper's order
+  drawn = [c for c in order if c in present and c != "true labels"] or ["true labels"]
+  return drawn[0] if len(drawn) == 1 else ", ".join(drawn[:-1]) + " and " + drawn[-1]
+
+
+def _errorbars(ax, s: pd.DataFrame, color: str, label: str, scale: float = 1.0,
+               dashed: bool = False):
+  """Means (line), bootstrap intervals (bars); lower bounds as hollow up-triangles.
+  ``dashed``: a line drawn over another that it hides, thin and dashed so both show."""
   s = s.sort_values("corruption")
-  ax.plot(s.corruption, s["mean"] * scale, color=color, lw=1.5, label=label)
+  ax.plot(s.corruption, s["mean"] * scale, color=color, label=label,
+          **(dict(lw=1.1, ls=(0, (3, 2)), zorder=3) if dashed else dict(lw=1.5)))
   exact = s[~s.lower_bound]
   lo = (exact["mean"] - exact.ci_lo).clip(lower=0).fillna(0) * scale
   hi = (exact.ci_hi - exact["mean"]).clip(lower=0).fillna(0) * scale
@@ -195,11 +207,17 @@ def fig1b(slowdowns: pd.DataFrame, scaling_fits: pd.DataFrame | None = None,
   names = setup_labels(all_labels)
   colors = _setup_colors(names)
   any_bound = False
+  drawn = {}  # setup's label -> its mean curve, to say which curves hide one another
+  y_range = float(summary.mean_slowdown.max()) if len(summary) else 1.0
   for setup in [n for n in names if n in set(summary.setup)]:
     s = summary[summary.setup == setup].rename(columns={
         "mean_slowdown": "mean", "ci_lo_slowdown": "ci_lo", "ci_hi_slowdown": "ci_hi",
         "lower_bound_slowdown": "lower_bound"})
-    _errorbars(ax, s, colors[setup], names[setup])
+    curve = s.set_index("corruption")["mean"]
+    twin = _coinciding(curve, drawn, y_range)
+    _errorbars(ax, s, colors[setup], names[setup] + (f": on top of {twin}" if twin else ""),
+               dashed=twin is not None)
+    drawn[names[setup]] = curve
     reps = labels[labels.setup == setup]
     any_bound |= bool(s.lower_bound.any() or reps.slowdown_censored.any())
     jitter = (reps.seed.rank(method="dense") - 1) * 0.006
@@ -508,7 +526,9 @@ def fit_times(curves: pd.DataFrame, dataset: str):
     ax.set_xlabel("step")
     ax.set_ylim(0, 102)
   axes[0].set_ylabel("examples fitted for good (%)")
-  axes[0].legend(loc="lower right", fontsize=8, frameon=False)
+  for ax in axes:  # each panel names its own lines: p = 0 has no noisy examples
+    if ax.lines:
+      ax.legend(loc="lower right", fontsize=8, frameon=False)
   fig.suptitle(f"When each example is fitted on {dataset}: the first evaluation from which "
                f"it stays fitted to the end", fontsize=11)
   return fig

@@ -33,6 +33,7 @@ from zhang.analysis.load import (
 )
 from zhang.formatting import DASH, condition_name, md_table
 from zhang.formatting import pct as _fraction_pct
+from zhang.rundir import workdir as workdir_lib
 
 FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
 # Written only for runs whose files hold their fields.
@@ -159,6 +160,13 @@ def _runs_section(runs: Runs, fits: pd.DataFrame) -> list[str]:
   out += _epochs_note(runs)
   for r in runs.running():
     f = fits[fits.run == r.name]
+    if r.status == "running" and workdir_lib.is_locked(epath.Path(r.path)) is False:
+      out += [f"> **{r.name} was stopped before it finished** (killed: its summary says "
+              f"running, but no process holds its lock; `zhang train` on it resumes), at "
+              f"step {r.steps_run:,}; {int((~f.censored).sum())} of {len(f)} replicas had "
+              f"fitted. Its numbers are partial: replicas that had not fitted appear as "
+              f"censored (time to fit > steps run).", ""]
+      continue
     out += [f"> **{r.name} is still in progress** (status: {r.status}, last evaluation at "
             f"step {r.steps_run:,}; {int((~f.censored).sum())} of {len(f)} replicas have "
             f"fitted so far). Its numbers are partial: replicas that have not fitted yet "
@@ -422,6 +430,8 @@ def _figures_section(names: Sequence[str] = FIGURES) -> list[str]:
       "llc_vs_corruption.png": "Local learning coefficient against label corruption "
                                "(zhang llc).",
       "llc_vs_step.png": "Local learning coefficient against the checkpoint's step.",
+      "llc_traces.png": "SGLD chains' minibatch loss per replica (zhang llc): burn-in "
+                        "shaded, L_n(w*) dashed.",
       "ntk_fig1b.png": "Fig. 1b with the kernel regime's predicted slowdown (zhang ntk).",
       "ntk_test_acc.png": "Test accuracy of NTK interpolation against the trained network's.",
       "ntk_residual.png": "The kernel regime's predicted training residual against steps.",
@@ -524,6 +534,8 @@ def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
                         f"zhang llc RUN --out {out}")
     else:
       written += [epath.Path(p) for p in llc_report.plot(llc, out)]
+      traces = llc_report.replot_traces(llc, out)  # the chains' losses, when zhang llc kept them
+      written += [epath.Path(traces)] if traces else []
       lines += llc_report.report_lines(llc) + [""]
   if (out / ntk_report.NTK_JSON).exists():
     ntk = ntk_report.load(out)

@@ -7,7 +7,9 @@ line to stderr and exits 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
 
 from zhang.errors import RunError, UsageError, on_command_line
@@ -17,8 +19,39 @@ _PLUGINS = ("zhang.cli.train", "zhang.cli.models", "zhang.cli.kernel", "zhang.cl
             "zhang.cli.ntk", "zhang.cli.llc")
 
 
+class _Parser(argparse.ArgumentParser):
+  """An argument parser whose errors are one line (a ``UsageError`` naming the command, and
+  the close spelling of a mistyped flag or command), not the usage block."""
+
+  def error(self, message):
+    if "required: command" in message:
+      message = "no command given: choose one of " + ", ".join(_commands(self))
+    raise UsageError(f"{self.prog}: error: {message}{_close_spelling(self, message)}")
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+  return [name for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+          for name in a.choices]
+
+
+def _close_spelling(parser: argparse.ArgumentParser, message: str) -> str:
+  """``; did you mean --max_steps?`` for the first mistyped flag or command in ``message``."""
+  flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+  words = re.findall(r"(?<![\w-])(--?[A-Za-z][\w.-]*)", message)
+  choice = re.search(r"invalid choice: '([^']*)'", message)
+  wanted, known = (([choice.group(1)], _commands(parser)) if choice and _commands(parser)
+                   else (words, flags))
+  for word in wanted:
+    if word in known:
+      continue
+    close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+    if close:
+      return f"; did you mean {close[0]}?"
+  return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="zhang", description="Randomization tests of Zhang et al. (2017) on a grid of "
       "replicas in one jit-compiled JAX program.")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -53,9 +86,24 @@ def _config_overrides(argv: list[str]) -> list[str]:
   return out
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+  """The command's arguments; an unknown one is refused by the command's own parser, which
+  knows the flags to suggest."""
+  parser = build_parser()
+  args, extra = parser.parse_known_args(_config_overrides(argv))
+  if extra:
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+  return args
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  args = build_parser().parse_args(_config_overrides(argv))
+  try:
+    args = _parse(argv)
+  except UsageError as e:
+    print(e, file=sys.stderr)
+    return 2
   try:
     return args.func(args)
   except UsageError as e:

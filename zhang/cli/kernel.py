@@ -20,6 +20,7 @@ import sys
 from zhang.errors import UsageError, on_command_line
 from zhang.probes.kernels import features as features_lib
 from zhang.probes.kernels import interpolation as kernels
+from zhang.rundir import storage
 
 _DEFAULT_N = 10000
 # The flags of the --dataset form; with RUN the baseline's kernels and split are the run's.
@@ -59,9 +60,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                  "transformer_1l)")
   p.add_argument("--features", choices=features_lib.NAMES, default=None,
                  help="default raw (images), onehot (token datasets: modadd)")
-  p.add_argument("--modulus", type=int, default=113, help="modadd: the prime (default 113)")
-  p.add_argument("--train_fraction", type=float, default=0.3,
-                 help="modadd: the share of pairs that trains (default 0.3)")
+  # configs/modadd.py's defaults, so the command and the config speak of the same split
+  p.add_argument("--modulus", type=int, default=59,
+                 help="modadd: the prime (default 59, as configs/modadd.py)")
+  p.add_argument("--train_fraction", type=float, default=0.5,
+                 help="modadd: the share of pairs that trains (default 0.5, as "
+                 "configs/modadd.py)")
   p.add_argument("--split_seed", type=int, default=0, help="modadd: the split's seed")
   p.add_argument("--num_filters", type=int, default=256,
                  help="random filters for --features random_conv (paper: 32000)")
@@ -109,6 +113,9 @@ def _baseline(args) -> int:
     raise UsageError("with RUN, --out is required: the folder zhang report --out reads")
   if args.max_tflop is not None and not args.max_tflop > 0:
     raise UsageError(f"--max_tflop must be > 0; got {args.max_tflop}")
+  storage.check_path(args.run, "run", write=False, flag="RUN")
+  storage.check_path(args.data_dir, "data_dir", write=False)
+  storage.check_out(args.out)
   from zhang.probes.kernels import baseline  # deferred: jax
   budget = baseline.MAX_NTK_FLOPS if args.max_tflop is None else args.max_tflop * 1e12
   path, e = baseline.run(args.run, args.out, log=_log, max_flops=budget,
@@ -135,6 +142,10 @@ def _dataset_result(args) -> dict:
     raise UsageError("--out is for RUN (a run's kernel baseline); --dataset prints its result")
   if args.memory_gb is not None and not args.memory_gb > 0:
     raise UsageError(f"--memory_gb must be > 0; got {args.memory_gb}")
+  if args.memory_gb is not None and not args.memory_gb * 1e9 > kernels._OVERHEAD_BYTES:
+    raise UsageError(f"--memory_gb {args.memory_gb:g} is below the "
+                     f"{kernels._OVERHEAD_BYTES / 1e9:.1f} GB a solve needs besides its kernel "
+                     f"matrices: raise --memory_gb (default: 80% of MemAvailable)")
   ds = data.load(args.dataset, args.data_dir, dict(
       modulus=args.modulus, train_fraction=args.train_fraction, split_seed=args.split_seed))
   if args.features is None:

@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 from zhang.errors import UsageError, on_command_line
+from zhang.rundir import storage
 
 _D = dict(step_size=1e-4, gamma=100.0, chains=4, draws=1000, burnin=300)  # = sgld.Settings()
 _EPILOG = "\n\n".join(textwrap.fill(paragraph, 88) for paragraph in (
@@ -91,6 +92,10 @@ def run_llc_command(args) -> int:
                           draws=args.draws, burnin=args.burnin, batch_size=args.batch_size,
                           seed=args.seed)
   settings.check()
+  storage.check_path(args.run, "run", write=False, flag="RUN")
+  storage.check_path(args.data_dir, "data_dir", write=False)
+  if args.out:
+    storage.check_out(args.out)
   if args.sweep:
     grid = llc.parse_sweep(args.sweep)
     result = llc.sweep(args.run, grid, settings, args.steps, args.data_dir, args.out)

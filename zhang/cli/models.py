@@ -7,10 +7,17 @@ import argparse
 
 def register(sub) -> argparse.ArgumentParser:
   """Adds `models` to an argparse sub-parser collection."""
-  p = sub.add_parser("models", help="list the models and their parameter counts")
+  p = sub.add_parser(
+      "models", help="list the models and their parameter counts",
+      description="Lists every registered model with its trainable parameter count for one "
+      "input shape (batch-norm scales and offsets not counted, as in the paper), its "
+      "description and the learning rate a config without learning_rate trains it with. "
+      "Token models (modular addition) are counted for configs/modadd.py's modulus, 59.")
   p.add_argument("--input_shape", type=int, nargs=3, default=(28, 28, 3),
-                 metavar=("H", "W", "C"))
-  p.add_argument("--num_classes", type=int, default=10)
+                 metavar=("H", "W", "C"), help="height, width and channels of one input "
+                 "image (default 28 28 3: the paper's crop of CIFAR-10)")
+  p.add_argument("--num_classes", type=int, default=10,
+                 help="number of classes, the width of the last layer (default 10)")
   p.set_defaults(func=run_models_command)
 
   return p
@@ -19,15 +26,17 @@ def register(sub) -> argparse.ArgumentParser:
 def run_models_command(args) -> int:
   from zhang.experiment import models
   shape = tuple(args.input_shape)
+  models.check_shapes(shape, args.num_classes)  # before the table's first line
   print(f"{'model':<22} {'parameters':>12}  description (input {'x'.join(map(str, shape))})")
   for name in models.names("images"):
     spec = models.get(name)
     count = models.param_count(name, shape, args.num_classes)
     print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
   print("Batch-norm scales and offsets are not counted, as in the paper.")
-  print(f"\n{'token model':<22} {'parameters':>12}  description (modadd, modulus 113)")
+  # configs/modadd.py's default modulus, which the counts depend on
+  print(f"\n{'token model':<22} {'parameters':>12}  description (modadd, modulus 59)")
   for name in models.names("tokens"):
     spec = models.get(name)
-    count = models.param_count(name, (1, 2, 1), 113)
+    count = models.param_count(name, (1, 2, 1), 59)
     print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
   return 0

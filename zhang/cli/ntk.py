@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from zhang.rundir import storage
+
 
 def register(subparsers) -> argparse.ArgumentParser:
   """Adds the `ntk` sub-command to an argparse subparsers object."""
@@ -74,6 +76,9 @@ def run_ntk_command(args) -> int:
       n=args.n, n_test=args.n_test, threshold=args.threshold, criterion=args.criterion,
       loss=args.loss, horizon=args.horizon, block=args.block, memory_gb=args.memory_gb,
       dtype=args.dtype, method=args.method, data_dir=args.data_dir)
+  storage.check_path(args.run, "run", write=False, flag="RUN")
+  storage.check_path(args.data_dir, "data_dir", write=False)
+  storage.check_out(args.out)
   result = ntk_predict.compute(args.run, request, out=args.out)
   paths = ntk_predict.write(result, args.out)
   for line in ntk_report.text_lines(result):

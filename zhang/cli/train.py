@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from zhang.formatting import pct
 
@@ -12,6 +13,11 @@ def register(sub) -> argparse.ArgumentParser:
   from zhang.experiment import config as config_lib
   p = sub.add_parser(
       "train", help="train a config's grid of replicas",
+      description="Trains every replica of a config's grid (randomization kinds x corruption "
+      "levels x seeds\nx hyper-parameters) in one jit-compiled program until each has fitted "
+      "its training set\nor max_steps, writing config.json, metrics.jsonl, summary.json, "
+      "fit_times.npz and\ncheckpoints/ to --workdir; the same command on the same workdir "
+      "resumes. Ends with a\ntable of every replica's fit step and accuracies.",
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="fields that take a name:\n" + "\n".join(
           f"  {field}: {', '.join(values)}" for field, values in config_lib.choices().items())
@@ -49,14 +55,20 @@ def run_train_command(args) -> int:
   from zhang.experiment import train
   from zhang.runtime import mesh as mesh_lib
   config = config_lib.load(args.config, args.set or [])
-  mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes,
-                                  args.process_id, auto=args.distributed)
   if args.max_steps is not None:
     config_lib.apply_override(config, f"max_steps={args.max_steps}")
   if args.data_dir is not None:
     config_lib.apply_override(config, f"data_dir={args.data_dir!r}")
-  summary = train.run(config, args.workdir, restart=args.restart,
-                      progress=not args.no_progress)
+  config_lib.resolve(config)  # validates: every local check before any peer waits for us
+  mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes,
+                                  args.process_id, auto=args.distributed)
+  try:
+    summary = train.run(config, args.workdir, restart=args.restart,
+                        progress=not args.no_progress)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+    print("zhang train: stopped (Ctrl-C); the same command resumes from the last saved "
+          "checkpoint", file=sys.stderr)
+    return 130
   workdir = args.workdir.rstrip("/")  # a string: pathlib would turn gs:// into gs:/
   import jax
   if (summary["status"] == "preempted" or summary.get("already_complete")
@@ -70,8 +82,8 @@ def run_train_command(args) -> int:
                 config_lib.resolve(config_lib.for_model(config, model)))
     print(f"\nResults in {workdir}/: one run per model (MODEL/config.json, metrics.jsonl, "
           f"summary.json), and summary.json with every model's replicas "
-          f"({len(summary['replicas'])}, {summary['wall_seconds']:.0f} s in all). zhang report "
-          f"{workdir} reads the study.")
+          f"({len(summary['replicas'])}, {summary['wall_seconds']:.0f} s in all). `zhang report "
+          f"{workdir} --out {workdir}_report` reads the study.")
     return 0
   print_run(summary, config_lib.resolve(config))
   print(f"Results in {workdir}/: config.json, metrics.jsonl (learning curves), "
@@ -106,11 +118,30 @@ def print_run(summary: dict, config) -> None:
           + f"{r['label_noise']:>6.3f} {fit:>8} "
           + (f"{'-' if r.get('generalize_step') is None else r['generalize_step']:>8} "
              if past_fit else "")
-          + f"{r['final_train_acc']:>7.4f} "
-          f"{r['final_test_acc']:>6.3f} {r['test_confidence']:>5.2f}")
-  for line in (timing_line(summary), decay_note(summary, config)):
+          + f"{_number(r['final_train_acc'], 7, '.4f')} "
+          f"{_number(r['final_test_acc'], 6, '.3f')} {_number(r['test_confidence'], 5, '.2f')}")
+  print("noise: the fraction of training labels the corruption changed; train, test: final "
+        "accuracies; conf: mean max-softmax probability on the test set.")
+  for line in (divergence_line(reps), timing_line(summary), decay_note(summary, config)):
     if line:
       print(line)
+
+
+def _number(x, width: int, spec: str) -> str:
+  """A table cell; summary.json writes NaN (a diverged replica's) as null."""
+  return f"{'nan':>{width}}" if x is None else f"{x:>{width}{spec}}"
+
+
+def divergence_line(reps: list[dict]) -> str | None:
+  """Which replicas diverged (a train loss that is not finite) and from which evaluation:
+  summary.json's ``diverged_step``."""
+  diverged = [r for r in reps if r.get("diverged_step") is not None]
+  if not diverged:
+    return None
+  shown = ", ".join(f"{r['replica']} (step {r['diverged_step']})" for r in diverged[:10])
+  return (f"{len(diverged)} replica{'s' if len(diverged) > 1 else ''} diverged (train loss "
+          f"not finite from the evaluation at the step shown): {shown}"
+          f"{', ...' if len(diverged) > 10 else ''}; a lower learning_rate avoids it.")
 
 
 HYPER_COLUMNS = (("learning_rate", "lr", 7), ("weight_decay", "wd", 7),

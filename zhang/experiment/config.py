@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import traceback
 
 import ml_collections
@@ -28,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field a training config has, with the paper's defaults (CIFAR-10 schedule)."""
   c = ml_collections.ConfigDict()
   c.model = "inception_small"
+  # Python modules imported before any name is looked up: where your own models and datasets
+  # register (zhang.experiment.models.register, zhang.experiment.data.register). Kept in
+  # config.json, so `zhang llc`, `zhang ntk` and every probe import them again.
+  c.imports = []
   # A study: several models, each its own compiled program over its grid (a grid entry's
   # `models` list restricts it to some of them), run one after another into WORKDIR/MODEL.
   # [] = the one `model`.
@@ -92,7 +97,8 @@ def parse_arg(arg: str | None, **defaults):
     key, sep, raw = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise UsageError(f"unknown config argument {key!r}: known are {', '.join(defaults)}")
+      known = f"known are {', '.join(defaults)}" if defaults else "this config takes none"
+      raise UsageError(f"unknown config argument {key!r}: {known}")
     default = defaults[key]
     if not sep:
       if not isinstance(default, bool):
@@ -191,7 +197,7 @@ FIELD_EXAMPLES = {
     "modulus": "113", "train_fraction": "0.3", "split_seed": "0", "adam_b1": "0.9",
     "adam_b2": "0.98", "generalize_threshold": "0.99", "stop_at_fit": "false",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
-    "models": "\"['mlp_1x512', 'mlp_3x512']\"",
+    "models": "\"['mlp_1x512', 'mlp_3x512']\"", "imports": "\"['my_models']\"",
     "mesh_shape": "'(-1, 1)'"}
 
 
@@ -326,6 +332,26 @@ def check_study(c: ml_collections.ConfigDict) -> None:
 
 # --------------------------------------------------------------------------- validation
 
+def import_modules(names) -> None:
+  """Imports the config's ``imports`` (modules that register models or datasets), from the
+  Python path or else the current folder; one line for a module that is missing or fails."""
+  _require(isinstance(names, (list, tuple)) and all(isinstance(n, str) and n for n in names),
+           f"imports={names!r} must be a list of module names", "imports")
+  for name in names:
+    try:
+      try:
+        importlib.import_module(name)
+      except ModuleNotFoundError as e:
+        if e.name != name.split(".")[0] or os.getcwd() in sys.path:
+          raise
+        sys.path.append(os.getcwd())  # `zhang` run beside the module, as `python -m` would
+        importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 - whatever the module raised, said in one line
+      message = " ".join(str(e).split())
+      raise UsageError(f"imports: module {name!r} cannot be imported ({type(e).__name__}: "
+                       f"{message}): put it on PYTHONPATH or in the current folder") from None
+
+
 def choices() -> dict[str, tuple[str, ...]]:
   """The allowed values of every config field (and grid axis) that takes a name: what
   validation checks, the CLI lists and the benchmarks offer."""
@@ -373,6 +399,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   missing = known - set(c.keys())
   _require(not missing, f"config lacks field(s) {', '.join(sorted(missing))}: "
            f"start from zhang.experiment.config.base_config()")
+  import_modules(c.imports)
   if is_study(c):
     check_study(c)
     return

@@ -73,11 +73,28 @@ class Dataset:
 
 
 _LOADERS: dict[str, Callable[[str | None], Dataset]] = {}
+_INPUTS: dict[str, str] = {}  # a registered dataset's inputs, "images" or "tokens"
 
 
-def register(name: str):
+def register(name: str, inputs: str = "images"):
+  """Decorator: registers ``loader(data_dir) -> Dataset`` as dataset ``name``.
+
+  ``data_dir`` is the config's (None when unset). Image datasets (uint8, (N, H, W, C)) get
+  the paper's preprocessing in the train step: 32x32 images centre-cropped to 28x28, pixels
+  scaled to [0, 1], randomized, augmented, then whitened per image (``whiten``); a "tokens"
+  dataset's values are token ids, passed to the model as they are (label kinds only). Put it
+  at the top level of a module and name the module in the config's ``imports``: the probes
+  import it again. A built-in dataset's name is refused; registering a name again replaces it.
+  """
+  if inputs not in ("images", "tokens"):
+    raise UsageError(f"inputs={inputs!r} must be 'images' or 'tokens'")
+
   def wrap(fn):
+    old = _LOADERS.get(name)
+    if old is not None and old.__module__ == __name__ and fn.__module__ != __name__:
+      raise UsageError(f"dataset {name!r} is built in: register yours under another name")
     _LOADERS[name] = fn
+    _INPUTS[name] = inputs
     return fn
   return wrap
 
@@ -95,6 +112,8 @@ def load(name: str, data_dir: str | None = None, options: dict | None = None) ->
   """Loads dataset ``name``; raises DatasetUnavailableError with how to get it.
   ``options``: a generated dataset's arguments (``modadd``: ``MODADD_OPTIONS``)."""
   check_name(name)
+  if data_dir and storage.is_gcs(data_dir):  # refused in one line, never local files instead
+    storage.check(data_dir, "data_dir", write=False)
   if name in TOKEN_DATASETS:
     return _LOADERS[name](data_dir or None, **(options or {}))
   return _LOADERS[name](data_dir or None)
@@ -105,7 +124,7 @@ TOKEN_DATASETS = ("modadd",)  # datasets of token ids rather than images
 
 def input_kind(name: str) -> str:
   """"tokens" for ``TOKEN_DATASETS``, else "images": what a model must take."""
-  return "tokens" if name in TOKEN_DATASETS else "images"
+  return "tokens" if name in TOKEN_DATASETS else _INPUTS.get(name, "images")
 
 
 # --------------------------------------------------------------------------- modadd
@@ -132,7 +151,7 @@ def check_modadd(modulus, train_fraction) -> None:
                      f"--config.train_fraction=0.3")
 
 
-@register("modadd")
+@register("modadd", inputs="tokens")
 def _modadd(data_dir: str | None, modulus: int = 113, train_fraction: float = 0.3,
             split_seed: int = 0) -> Dataset:
   """Every pair (a, b) of residues mod ``modulus``, labelled (a + b) mod ``modulus``, split
@@ -237,7 +256,9 @@ def _find_idx(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
 
 
 def _idx_dirs(name: str, data_dir: str | None) -> list[pathlib.Path]:
-  if data_dir and not data_dir.startswith("gs://"):
+  if data_dir and data_dir.startswith("gs://"):
+    return []  # a bucket holds tfds's files; the local copies are not what was asked for
+  if data_dir:
     return [pathlib.Path(data_dir), pathlib.Path(data_dir) / name]
   dirs = []
   if os.environ.get("ZHANG_DATA_DIR"):
@@ -251,6 +272,9 @@ def _idx_or_tfds(name: str, data_dir: str | None) -> Dataset:
     paths = {k: _find_idx(d, stem) for k, stem in _IDX_FILES.items()}
     if all(paths.values()):
       arrays = {k: read_idx(p, name) for k, p in paths.items()}
+      for split in ("train", "test"):
+        _check_idx_pair(paths[f"{split}_images"], arrays[f"{split}_images"],
+                        paths[f"{split}_labels"], arrays[f"{split}_labels"], name)
       return Dataset(name, arrays["train_images"][..., None],
                      arrays["train_labels"].astype(np.int32),
                      arrays["test_images"][..., None],
@@ -262,6 +286,20 @@ def _idx_or_tfds(name: str, data_dir: str | None) -> Dataset:
   hint = (f" or install the Debian package {_APT_PACKAGE[name]} "
           f"(apt-get install {_APT_PACKAGE[name]})" if name in _APT_PACKAGE else "")
   return _tfds(name, data_dir, extra_hint=hint)
+
+
+def _check_idx_pair(image_path, images: np.ndarray, label_path, labels: np.ndarray,
+                    name: str, num_classes: int = 10) -> None:
+  """One line for labels outside ``[0, num_classes)`` or a label count that is not the
+  image count: either would index past a one-hot row or pair an image with another's label."""
+  fix = _how_to_replace(name)
+  if labels.ndim != 1 or images.ndim != 3 or len(labels) != len(images):
+    raise UsageError(f"{label_path} holds {labels.shape} labels for the {images.shape} images "
+                     f"of {image_path}: one label per 2-D image is needed; {fix}")
+  if labels.size and int(labels.max()) >= num_classes:
+    bad = int(np.argmax(labels >= num_classes))
+    raise UsageError(f"{label_path} holds label {int(labels[bad])} at example {bad}, outside "
+                     f"{name}'s {num_classes} classes (0-{num_classes - 1}); {fix}")
 
 
 def _looks_like_tfds(data_dir: str) -> bool:

@@ -192,13 +192,43 @@ _MODELS = {m.name: m for m in [
               "small Inception"),
     ModelSpec("inception_small_nobn", lambda k: InceptionSmall(k, False), 0.1, False,
               "small Inception without batch norm"),
-    # Token models (modadd): the rate is Nanda et al. (2023)'s AdamW rate.
+    # Token models (modadd), with configs/modadd.py's AdamW rates: the transformer's is Nanda
+    # et al. (2023)'s.
     ModelSpec("transformer_1l", OneLayerTransformer, 1e-3, False,
               "one-layer transformer (d_model 128, 4 heads, d_mlp 512, no layer norm)",
               inputs="tokens"),
-    ModelSpec("mlp_tokens", TokenMLP, 1e-3, False,
+    ModelSpec("mlp_tokens", TokenMLP, 0.01, False,
               "MLP on the one-hot residues, one hidden layer of 512", inputs="tokens"),
 ]}
+
+
+BUILT_IN = tuple(_MODELS)
+
+
+def register(name: str, make: Callable[[int], nn.Module], *, learning_rate: float,
+             description: str = "", batch_norm: bool = False,
+             inputs: str = "images") -> ModelSpec:
+  """Adds a model to the registry, so a config's ``model`` (and ``zhang models``) can name it.
+
+  Args:
+    name: the config's name for it; a built-in model's name is refused.
+    make: num_classes -> a Flax Linen module that maps ``(B, H, W, C)`` float inputs (with
+      ``train``, the batch-norm mode) to logits.
+    learning_rate: the rate a config that leaves ``learning_rate`` unset trains it with.
+    batch_norm: whether it has batch-norm statistics (kept per replica, like parameters).
+    inputs: "images", or "tokens" for token-id datasets (modadd).
+
+  Call it at the top level of a module and name that module in the config's ``imports``:
+  every command that reads the run (the probes too) imports it again. Registering a name
+  again replaces it (a notebook cell run twice).
+  """
+  if name in BUILT_IN:
+    raise UsageError(f"model {name!r} is built in: register yours under another name")
+  if inputs not in ("images", "tokens"):
+    raise UsageError(f"inputs={inputs!r} must be 'images' or 'tokens'")
+  spec = ModelSpec(name, make, learning_rate, batch_norm, description or name, inputs)
+  _MODELS[name] = spec
+  return spec
 
 
 def names(inputs: str | None = None) -> list[str]:
@@ -216,8 +246,19 @@ def is_batch_norm_param(path) -> bool:
   return any("BatchNorm" in str(getattr(k, "key", k)) for k in path)
 
 
+def check_shapes(input_shape, num_classes: int) -> None:
+  """One line for an input shape or class count no model can be built for."""
+  shape = tuple(input_shape)
+  if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+    raise UsageError(f"`input_shape` {' '.join(map(str, shape))} must be positive integers, "
+                     f"e.g. 28 28 3 (height, width, channels)")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    raise UsageError(f"`num_classes` {num_classes} must be an integer >= 2")
+
+
 def variable_shapes(name: str, input_shape=(28, 28, 3), num_classes: int = 10):
   """Shapes of the model's variables (no computation: ``jax.eval_shape``)."""
+  check_shapes(input_shape, num_classes)
   module = get(name).build(num_classes)
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(x.shape), False))

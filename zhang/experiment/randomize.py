@@ -70,16 +70,22 @@ def replica_keys(seed: int, kind: str, corruption: float):
 
 
 def corrupt_labels(key, labels, p, num_classes: int):
-  """Replaces each label, independently with probability p, by a uniform random class."""
+  """Replaces each label, independently with probability p, by a uniform random class.
+
+  The draws are float32 and int32 whatever ``jax_enable_x64`` and the labels' dtype are
+  (64-bit draws take other bits of the stream), so a seed gives the same labels anywhere."""
   k_mask, k_class = jax.random.split(_stream(key, "labels"))
-  replace = jax.random.uniform(k_mask, labels.shape) < p
-  random = jax.random.randint(k_class, labels.shape, 0, num_classes, dtype=labels.dtype)
-  return jnp.where(replace, random, labels)
+  p = jnp.asarray(p, jnp.float32)
+  replace = jax.random.uniform(k_mask, labels.shape, jnp.float32) < p
+  random = jax.random.randint(k_class, labels.shape, 0, num_classes, dtype=jnp.int32)
+  return jnp.where(replace, random.astype(labels.dtype), labels)
 
 
 def shared_permutation(key, num_pixels: int):
-  """The shuffled-pixels permutation of one replica (the same for every image)."""
-  return jax.random.permutation(_stream(key, "shuffled_pixels"), num_pixels)
+  """The shuffled-pixels permutation of one replica (the same for every image), int32
+  whatever ``jax_enable_x64`` is."""
+  return jax.random.permutation(_stream(key, "shuffled_pixels"),
+                                jnp.arange(num_pixels, dtype=jnp.int32))
 
 
 def words(key, n: int):

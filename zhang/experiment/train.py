@@ -11,6 +11,8 @@ replica on its whole training set and the test set, until every replica has fitt
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import signal
 import sys
@@ -72,12 +74,42 @@ def check_workdir(workdir, config, restart: bool) -> None:
     raise UsageError(f"workdir {workdir} exists and is not a directory: choose another path")
   if restart or not (workdir / metrics_lib.CONFIG).exists():
     return
-  old, new = format_lib.read_config(workdir), config_lib.to_json_dict(config)
+  try:
+    old = format_lib.read_config(workdir)
+  except UsageError as e:
+    if "not valid JSON" not in str(e) and "not an object" not in str(e):
+      raise
+    _repair_config(workdir, config, e)
+    return
+  new = config_lib.identity(config)
   if old != new:
     fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise UsageError(f"workdir {workdir} holds a run with a different config (differs in "
                      f"{', '.join(fields)}): use a new `workdir`, or `restart` to delete the "
                      f"old run's files and start over")
+
+
+def _repair_config(workdir, config, damage: UsageError) -> None:
+  """A damaged config.json: rewritten from this config when the run's newest checkpoint was
+  written by it (its config hash), else the damage is refused, saying so."""
+  found = None
+  if (workdir / checkpoint_lib.DIRNAME).is_dir():
+    latest = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, create=False)
+    try:
+      found = latest.latest_meta(("config_hash",))
+    finally:
+      latest.close()
+  if found is None or found[1]["config_hash"] != checkpoint_lib.config_hash(
+      config_lib.identity(config)):
+    why = ("its newest checkpoint was written by another config" if found else
+           "no readable checkpoint tells which config wrote it")
+    raise UsageError(f"{str(damage).split(': the run')[0]}, and {why}: use a new `workdir`, "
+                     f"or `restart` to delete the old run's files and start over") from None
+  if jax.process_index() == 0:
+    metrics_lib.write_config(workdir, config_lib.to_json_dict(config))
+    print(f"zhang: {workdir / metrics_lib.CONFIG} was damaged; its checkpoint of step "
+          f"{found[0]} was written by this config, so config.json is written again from it",
+          file=sys.stderr)
 
 
 def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding):
@@ -308,12 +340,52 @@ def _finished_summary(config, workdir) -> dict | None:
       or found[1].get("config_hash") != config_hash
       or summary.get("config_hash") != config_hash):
     return None
+  damaged = damaged_files(workdir, config, *found)
+  if damaged:
+    # The training loop resumes from the final checkpoint, trains nothing, and rewrites
+    # what the checkpoint holds (``_check_rows``, ``_record``).
+    print(f"zhang: the run in {workdir} is complete but its {' and '.join(damaged)} "
+          f"{'is' if len(damaged) == 1 else 'are'} damaged or missing; restoring from the "
+          f"checkpoint of step {found[0]}", file=sys.stderr)
+    return None
   if jax.process_index() == 0:
     fitted = sum(r.get("fit_step") is not None for r in summary.get("replicas", []))
     print(f"zhang: the run in {workdir} is complete ({fitted}/{len(summary['replicas'])} "
           f"replicas fitted, {found[0]} steps); nothing to do (--restart trains it again)",
           file=sys.stderr)
   return dict(summary, already_complete=True)
+
+
+def damaged_files(workdir, config, step: int, meta: dict, fit) -> list[str]:
+  """Which of a complete run's files do not agree with its final checkpoint (of ``step``,
+  with its ``meta`` and fit steps ``fit``): metrics.jsonl with a line that does not read or
+  without a row of an evaluation, fit_times.npz unreadable or other than the checkpoint's."""
+  damaged = []
+  num_replicas = len(config_lib.expand_grid(config))
+  try:
+    keys = set()
+    for line in (workdir / metrics_lib.METRICS).read_text().splitlines():
+      row = json.loads(line)
+      keys.add((row["step"], row["replica"]))
+    if any((s, r) not in keys for s in evaluation_steps(config, step)
+           for r in range(num_replicas)):
+      raise ValueError("a row is missing")
+  except (OSError, ValueError, KeyError, TypeError):
+    damaged.append(metrics_lib.METRICS)
+  last_eval = max((row["step"] for row in meta["last_rows"]), default=0)
+  if not _fit_times_agree(workdir, fit[:num_replicas], last_eval):
+    damaged.append(metrics_lib.FIT_TIMES)
+  return damaged
+
+
+def _fit_times_agree(workdir, fit_step, step: int) -> bool:
+  """Whether fit_times.npz reads back with these fit steps of the evaluation ``step``."""
+  try:
+    with np.load(io.BytesIO((workdir / metrics_lib.FIT_TIMES).read_bytes())) as f:
+      return (np.array_equal(f["fit_step"], fit_step) and f["noisy"].shape == fit_step.shape
+              and int(f["step"]) == step)
+  except Exception:  # noqa: BLE001 - any file that does not read back is damaged
+    return False
 
 
 class _Run(NamedTuple):
@@ -370,9 +442,6 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
     for part in (show, writer, ckpt):
       if part is not None:
         part.close()
-  if final["status"] == "preempted" and primary:
-    print(f"zhang: preempted (SIGTERM) at step {final['steps_run']}; the checkpoint is "
-          f"saved. Run the same command to resume.", file=sys.stderr)
   return final
 
 
@@ -411,8 +480,22 @@ def _resume(ckpt, book, states, fit_since, workdir):
                      f"another config: start over with `restart`")
   book.load(meta)
   if jax.process_index() == 0:
-    print(f"zhang: resuming {workdir} from the checkpoint of step {step}", file=sys.stderr)
+    print(f"zhang: resuming {workdir} from the checkpoint of step {step}"
+          f"{_stopped_note(workdir)}", file=sys.stderr)
   return step, states, fit_since
+
+
+def _stopped_note(workdir) -> str:
+  """Said when resuming a run whose summary still says "running": its lock was free (this
+  process holds it now), so the process that trained it ended without stopping cleanly."""
+  try:
+    summary = format_lib.read_summary(workdir)
+  except (UsageError, OSError):
+    return ""
+  if summary.get("status") != "running":
+    return ""
+  return (f" (its summary said running at step {summary.get('steps_run')}, but no process "
+          f"held its lock: the run was killed or its machine stopped)")
 
 
 def _loop(run: _Run, states, fit_since, step: int, saved_step: int | None) -> dict:
@@ -440,6 +523,11 @@ def _loop(run: _Run, states, fit_since, step: int, saved_step: int | None) -> di
         final = book.summary(step, "complete" if done else "preempted",
                              time.time() - run.start)
         run.writer.summary(final)
+        if not done and jax.process_index() == 0:
+          how = ("interrupted (Ctrl-C)" if getattr(preempted, "signals", [None])[0] == "SIGINT"
+                 else "preempted (SIGTERM)")
+          print(f"zhang: {how} at step {step}; the checkpoint is saved. Run the same command "
+                f"to resume.", file=sys.stderr)
         return final
       states, loss_sum, n = _train_call(run, sizer, states, loss_sum, step)
       step += n
@@ -475,8 +563,9 @@ def _record(run: _Run, step: int, states, fit_since, last_eval: int, evaluated: 
   if save:
     run.ckpt.save(step, states, book.meta(time.time() - run.start), fit_times=fit_since)
     saved_step = step
-  if save or (end and not (run.workdir / metrics_lib.FIT_TIMES).exists()):
-    _write_fit_times(run.workdir, fit_since, run.noisy, len(run.replicas), last_eval)
+  if save or end:  # at the end, a file that does not agree with the state is rewritten
+    _write_fit_times(run.workdir, fit_since, run.noisy, len(run.replicas), last_eval,
+                     only_if_changed=not save)
   if evaluated or end:
     run.show.update(step, book.fits, final=end)
   return saved_step
@@ -511,9 +600,13 @@ def _to_host(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def _write_fit_times(workdir, fit_since, noisy, num_replicas: int, step: int) -> None:
-  """``fit_times.npz`` from the devices' per-example fit steps (process 0 writes)."""
+def _write_fit_times(workdir, fit_since, noisy, num_replicas: int, step: int,
+                     only_if_changed: bool = False) -> None:
+  """``fit_times.npz`` from the devices' per-example fit steps (process 0 writes);
+  ``only_if_changed``: not when the file already holds them."""
   fit = _to_host(fit_since)
+  if only_if_changed and _fit_times_agree(workdir, fit[:num_replicas], step):
+    return
   if jax.process_index() == 0:
     metrics_lib.write_fit_times(workdir, fit[:num_replicas], noisy[:num_replicas], step)
 
@@ -586,26 +679,39 @@ def _sync(name: str) -> None:
 
 @contextlib.contextmanager
 def _preemption_notice():
-  """Turns SIGTERM (Cloud TPU VMs' preemption notice) into a flag the loop polls.
+  """Turns SIGTERM (Cloud TPU VMs' preemption notice) and a first SIGINT (Ctrl-C) into a
+  flag the loop polls; a second SIGINT raises KeyboardInterrupt at once (the run then
+  resumes from its last checkpoint).
 
   With several processes the flag is OR-ed over all of them, so every process stops at the
   same chunk boundary even when the notices arrive at different moments.
   """
-  flag = []
+  flag = []  # the signals received, in order
 
   def preempted() -> bool:
     if jax.process_count() == 1:
       return bool(flag)
     return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
+  def interrupted(*_):
+    if flag and flag[-1] == "SIGINT":
+      raise KeyboardInterrupt
+    flag.append("SIGINT")
+    if jax.process_index() == 0:
+      print("zhang: interrupted (Ctrl-C): saving a checkpoint at the end of the train call in "
+            "flight; Ctrl-C again stops at once", file=sys.stderr, flush=True)
+
   if threading.current_thread() is not threading.main_thread():
     yield preempted
     return
-  previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
+  preempted.signals = flag
+  previous = (signal.signal(signal.SIGTERM, lambda *_: flag.append("SIGTERM")),
+              signal.signal(signal.SIGINT, interrupted))
   try:
     yield preempted
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGTERM, previous[0])
+    signal.signal(signal.SIGINT, previous[1])
 
 
 def _clear(workdir) -> None:

@@ -10,7 +10,9 @@ training loop.
 Layout: ``WORKDIR/checkpoints/<step>/{state,meta,fit_times}``; ``meta`` is JSON (fit
 bookkeeping, the last evaluation, the config's hash: ``zhang.rundir.metrics.META_FIELDS``),
 ``fit_times`` the per-example fit steps. Every item is part of a whole checkpoint: one that
-is missing is damage.
+is missing is damage. ``meta`` also holds a checksum of every saved array (``CHECKSUMS``,
+computed on the devices before the save): bytes changed on disk after a save read back as
+well-formed arrays, and only the checksum tells them from the saved ones.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ DIRNAME = "checkpoints"
 
 
 FIT_TIMES = "fit_times"  # the checkpoint item of the per-example fit steps
+CHECKSUMS = "checksums"  # meta's field: {item: sorted checksums of its arrays}
 
 
 def config_hash(config_dict: dict) -> str:
@@ -67,7 +70,11 @@ class Checkpointer:
     previous save failed. ``fit_times``: the per-example fit steps (an item of its own, so
     ``state`` reads back alike with or without it)."""
     self._check_space(step, state if fit_times is None else (state, fit_times))
-    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    sums = {"state": checksums(state)}
+    if fit_times is not None:
+      sums[FIT_TIMES] = checksums({"fit_step": fit_times})
+    items = dict(state=ocp.args.StandardSave(state),
+                 meta=ocp.args.JsonSave(dict(meta, **{CHECKSUMS: sums})))
     if fit_times is not None:
       items[FIT_TIMES] = ocp.args.StandardSave({"fit_step": fit_times})
     try:
@@ -127,25 +134,30 @@ class Checkpointer:
                     f"resume")
 
   def latest_meta(self, meta_fields: tuple[str, ...] = (),
-                  fit_times: bool = False) -> tuple[int, dict] | None:
-    """(step, meta) of the newest checkpoint once it reads back whole (on this process's
-    CPU, without the run's program): its arrays, the fit times item with ``fit_times``, and
-    every one of ``meta_fields``. None if there is none or it is damaged (``restore_latest``
-    then reports it)."""
+                  fit_times: bool = False) -> tuple[int, dict, Any] | None:
+    """(step, meta, fit steps) of the newest checkpoint once it reads back whole (on this
+    process's CPU, without the run's program): its arrays, matching their checksums, the fit
+    times item with ``fit_times`` (returned as numpy, else None), and every one of
+    ``meta_fields``. None if there is none or it is damaged (``restore_latest`` then reports
+    it)."""
     steps = self.steps()
     if not steps:
       return None
     items = ("state", FIT_TIMES) if fit_times else ("state",)
+    fit = None
     try:
       meta = self._manager.restore(steps[-1], args=ocp.args.Composite(
           meta=ocp.args.JsonRestore())).meta
       for item in items:
-        jax.block_until_ready(_restore_on_cpu(self._manager, self.directory, steps[-1], item))
+        tree = _restore_on_cpu(self._manager, self.directory, steps[-1], item)
+        _verify(tree, meta, item)
+        if item == FIT_TIMES:
+          fit = np.asarray(tree["fit_step"])
     except Exception:  # noqa: BLE001
       return None
     if any(k not in (meta or {}) for k in meta_fields):
       return None
-    return steps[-1], meta
+    return steps[-1], meta, fit
 
   def restore_latest(self, target, fit_times=None,
                      meta_fields: tuple[str, ...] = ()) -> tuple[int, Any, dict] | None:
@@ -196,8 +208,10 @@ class Checkpointer:
       items[FIT_TIMES] = ocp.args.StandardRestore(fit_abstract)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     _check_finite_structure(restored.state, abstract)
+    _verify(restored.state, restored.meta, "state")
     if fit_abstract is not None:
       _check_finite_structure(restored[FIT_TIMES], fit_abstract)
+      _verify(restored[FIT_TIMES], restored.meta, FIT_TIMES)
     lacking = [k for k in meta_fields if k not in (restored.meta or {})]
     if lacking:
       raise ValueError(f"its meta lacks {', '.join(lacking)}")
@@ -239,6 +253,49 @@ def _check_finite_structure(state, abstract) -> None:
   want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
   if got != want:
     raise ValueError("restored arrays do not match the state's shapes")
+
+
+def checksums(tree) -> list[str]:
+  """A checksum of each array of ``tree``, sorted (so trees restored as another container
+  type compare alike), computed where the arrays are: each array's 32-bit words summed with
+  two sets of odd position weights, modulo 2**32 (any change of one word changes both sums)."""
+  leaves = jax.tree.leaves(tree)
+  sums = jax.device_get(_checksum_program(leaves))
+  return sorted(f"{int(a):08x}{int(b):08x}" for a, b in sums)
+
+
+@jax.jit
+def _checksum_program(leaves):
+  return [_array_checksum(x) for x in leaves]
+
+
+def _array_checksum(x):
+  x = jax.numpy.asarray(x)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == bool:
+    x = x.astype(np.uint8)
+  if x.dtype.itemsize < 4:
+    words = jax.lax.bitcast_convert_type(x, np.dtype(f"uint{8 * x.dtype.itemsize}"))
+    words = words.astype(np.uint32)
+  else:  # 8-byte words become pairs of 32-bit words
+    words = jax.lax.bitcast_convert_type(x, np.uint32)
+  words = words.reshape(-1)
+  i = jax.lax.iota(np.uint32, words.size)
+  first = jax.numpy.sum(words * (i * np.uint32(2654435761) | np.uint32(1)), dtype=np.uint32)
+  second = jax.numpy.sum((words ^ (i * np.uint32(40503))) * (i * np.uint32(2246822519)
+                                                            + np.uint32(1) | np.uint32(1)),
+                         dtype=np.uint32)
+  return jax.numpy.stack([first, second])
+
+
+def _verify(tree, meta: dict | None, item: str) -> None:
+  """Raises if ``tree``'s arrays do not have the checksums saved with them in ``meta``
+  (a checkpoint written before checksums were kept has none to compare)."""
+  saved = ((meta or {}).get(CHECKSUMS) or {}).get(item)
+  if saved is not None and checksums(tree) != list(saved):
+    raise ValueError(f"its {item} arrays do not match the checksums saved with them: the "
+                     f"files were changed after the save")
 
 
 def _restore_on_cpu(manager, directory, step: int, item: str = "state"):

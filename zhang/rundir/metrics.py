@@ -13,15 +13,18 @@ checkpoint keeps.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
 import os
+import shutil
 from typing import Any, NamedTuple
 
 import numpy as np
 from etils import epath
 
+from zhang.errors import RunError
 from zhang.rundir import format as format_lib
 from zhang.rundir.format import CONFIG, FIT_TIMES, METRICS, RUN_FILES, SUMMARY  # noqa: F401
 
@@ -76,25 +79,62 @@ def write_fit_times(workdir: epath.Path, fit_step, noisy, step: int) -> None:
   buf = io.BytesIO()
   np.savez_compressed(buf, fit_step=np.asarray(fit_step, np.int32),
                       noisy=np.asarray(noisy, bool), step=np.asarray(step, np.int64))
-  path = workdir / FIT_TIMES
-  if not is_local(path):
-    path.write_bytes(buf.getvalue())
-    return
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_bytes(buf.getvalue())
-  tmp.replace(path)
+  write_bytes(workdir / FIT_TIMES, buf.getvalue())
 
 
 def _write_whole(path: epath.Path, text: str) -> None:
+  write_bytes(path, text.encode())
+
+
+def write_bytes(path, data: bytes) -> None:
   """Replaces the file's contents in one step: a temporary file renamed over it on a local
-  disk; on an object store (gs://) one upload, which readers see whole or not at all (a
-  rename there is a copy and a delete)."""
+  disk (removed again if the write fails, so nothing partial is left); on an object store
+  (gs://) one upload, which readers see whole or not at all (a rename there is a copy and a
+  delete). A full disk raises RunError (``disk_error``)."""
+  path = epath.Path(path)
   if not is_local(path):
-    path.write_text(text)
+    path.write_bytes(data)
     return
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
+  try:
+    tmp.write_bytes(data)
+    tmp.replace(path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    raise disk_error(path, e) from None
+
+
+def disk_error(path, e: OSError) -> Exception:
+  """A failed write as the error to raise: a full disk (or quota) is a RunError of one
+  line, saying what is free; any other OSError is returned as it is."""
+  if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    return e
+  return RunError(f"could not write {path} ({os.strerror(e.errno).lower()}"
+                  f"{_free_text(path)}): free space, then rerun the same command")
+
+
+def _free_text(path) -> str:
+  existing = os.fspath(path)
+  while existing and not os.path.isdir(existing):
+    existing = os.path.dirname(existing)
+  try:
+    return f", {shutil.disk_usage(existing or '.').free / 2**20:.1f} MiB free"
+  except OSError:
+    return ""
+
+
+def check_free_space(path, nbytes: int, what: str) -> None:
+  """Before a long computation writes ``nbytes`` under ``path``: RunError if its disk has
+  not that room (with a margin), so the work is not lost at its end."""
+  if not is_local(epath.Path(path)):
+    return
+  existing = os.fspath(path)
+  while not os.path.isdir(existing):
+    existing = os.path.dirname(existing) or "."
+  free = shutil.disk_usage(existing).free
+  if free < nbytes * 1.1 + (1 << 20):
+    raise RunError(f"{what} takes about {nbytes / 2**20:.1f} MiB and {existing} has "
+                   f"{free / 2**20:.1f} MiB free: free space, or write it elsewhere")
 
 
 class Writer:
@@ -138,8 +178,11 @@ class Writer:
     self._keys.update((row["step"], row["replica"]) for row in rows)
     text = "".join(json.dumps(_plain(row)) + "\n" for row in rows)
     if self._metrics:
-      self._metrics.write(text)
-      self._metrics.flush()
+      try:
+        self._metrics.write(text)
+        self._metrics.flush()
+      except OSError as e:
+        raise disk_error(self.workdir / METRICS, e) from None
     else:
       self._text += text
       (self.workdir / METRICS).write_text(self._text)
@@ -154,7 +197,10 @@ class Writer:
 
   def close(self) -> None:
     if self._metrics:
-      self._metrics.close()
+      try:
+        self._metrics.close()
+      except OSError:  # a full disk, already raised by ``rows``
+        pass
 
 
 def _coordinates(r) -> dict:
@@ -180,6 +226,8 @@ class Fits:
     self.fit_step: list[int | None] = [None] * len(replicas)
     self.fit_test_acc: list[float | None] = [None] * len(replicas)
     self.generalize_step: list[int | None] = [None] * len(replicas)
+    # The first evaluation at which a replica's train loss was not finite (it diverged).
+    self.diverged_step: list[int | None] = [None] * len(replicas)
     self.last: dict[str, np.ndarray] = {}
     self.last_rows: list[dict] = []  # the last evaluation's rows, as written
 
@@ -200,6 +248,8 @@ class Fits:
         self.fit_step[i], self.fit_test_acc[i] = step, float(ev["test_acc"][i])
       if self.generalize_step[i] is None and ev["test_acc"][i] >= self.generalize_threshold:
         self.generalize_step[i] = step
+      if self.diverged_step[i] is None and not np.isfinite(ev["train_loss"][i]):
+        self.diverged_step[i] = step
       rows.append(dict(step=step, epoch=self.epoch(step), **_coordinates(r),
                        **{k: v[i] for k, v in self.last.items() if v.ndim == 1},
                        batch_loss=batch_loss[i], lr=float(lr[i])))
@@ -218,13 +268,15 @@ class Fits:
   def state(self) -> dict:
     """What a checkpoint keeps of it (``load`` reads it back)."""
     return dict(fit_step=self.fit_step, fit_test_acc=self.fit_test_acc,
-                generalize_step=self.generalize_step,
+                generalize_step=self.generalize_step, diverged_step=self.diverged_step,
                 last={k: v.tolist() for k, v in self.last.items()}, last_rows=self.last_rows)
 
   def load(self, meta: dict) -> None:
     self.fit_step = list(meta["fit_step"])
     self.fit_test_acc = list(meta["fit_test_acc"])
     self.generalize_step = list(meta["generalize_step"])
+    # Checkpoints written before divergence was recorded lack the field.
+    self.diverged_step = list(meta.get("diverged_step") or [None] * len(self.replicas))
     self.last = {k: np.asarray(v, np.float64) for k, v in meta["last"].items()}
     self.last_rows = list(meta["last_rows"])
 
@@ -237,7 +289,7 @@ class Fits:
       out.append(dict(
           **_coordinates(r), label_noise=float(self.label_noise[i]), fit_step=fs,
           fit_epoch=None if fs is None else self.epoch(fs), fit_test_acc=self.fit_test_acc[i],
-          generalize_step=self.generalize_step[i],
+          generalize_step=self.generalize_step[i], diverged_step=self.diverged_step[i],
           final_train_acc=last.get("train_acc"), final_test_acc=last.get("test_acc"),
           final_train_loss=last.get("train_loss"), final_test_loss=last.get("test_loss"),
           test_confidence=last.get("test_confidence"), test_ece=last.get("test_ece"),

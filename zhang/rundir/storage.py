@@ -59,12 +59,30 @@ def _use_emulator() -> bool:
   return True
 
 
-def check(path, what: str, write: bool) -> None:
+def check_path(path, what: str, write: bool, flag: str | None = None) -> None:
+  """``check`` for a ``gs://`` path; a local path is left to the command that opens it."""
+  if path and is_gcs(path):
+    check(path, what, write, flag)
+
+
+def check_out(path, flag: str = "--out") -> None:
+  """One line unless ``path`` can be an output folder: not an existing file, and on
+  ``gs://`` writable now (before any work whose result would have nowhere to go)."""
+  text = os.fspath(path)
+  if is_gcs(text):
+    check(text, flag.lstrip("-"), write=True, flag=flag)
+  elif os.path.exists(text) and not os.path.isdir(text):
+    raise UsageError(f"{flag} {text} is a file, not a folder: give a folder (created if "
+                     f"missing) for the outputs")
+
+
+def check(path, what: str, write: bool, flag: str | None = None) -> None:
   """Raises UsageError unless ``path`` (``gs://BUCKET/...``, the run's ``what``: "workdir"
-  or "data_dir") can be written (``write``) or read now."""
+  or "data_dir") can be written (``write``) or read now. ``flag``: the command line's name
+  for it in the fix (``--what`` by default)."""
   text = os.fspath(path).rstrip("/")
   bucket, _, prefix = text[len("gs://"):].partition("/")
-  flag = f"--{what}"
+  flag = flag or f"--{what}"
   if not _BUCKET.fullmatch(bucket) or ".." in bucket:
     raise UsageError(f"{what} {text}: {bucket!r} is not a bucket name (3-63 lowercase "
                      f"letters, digits, '-', '_', '.'): use {flag} gs://BUCKET/PATH")
@@ -91,7 +109,7 @@ def check(path, what: str, write: bool) -> None:
                      f"(gcloud storage buckets create gs://{bucket}) or choose another "
                      f"{flag}") from None
   except Exception as e:  # noqa: BLE001 - gcsfs: OSError, HttpError, aiohttp's errors
-    raise _error(e, text, what, bucket, write) from None
+    raise _error(e, text, what, bucket, write, flag) from None
 
 
 def _check_credentials(text: str, what: str) -> None:
@@ -117,7 +135,8 @@ def _check_credentials(text: str, what: str) -> None:
                      f"at a service account's key file)") from None
 
 
-def _error(e: Exception, text: str, what: str, bucket: str, write: bool) -> UsageError:
+def _error(e: Exception, text: str, what: str, bucket: str, write: bool,
+           flag: str) -> UsageError:
   message = " ".join(str(getattr(e, "message", "") or e).split())
   code = getattr(e, "code", None)
   if code == 401 or "Invalid Credentials" in message or "Anonymous caller" in message:
@@ -128,7 +147,7 @@ def _error(e: Exception, text: str, what: str, bucket: str, write: bool) -> Usag
     denied = _DENIED.search(message)
     if not denied:  # e.g. a retention policy or a hold: Cloud Storage's own words
       return UsageError(f"cannot {action} {what} {text} (403: {_short(message)}): fix the "
-                        f"bucket's settings, or choose another --{what}")
+                        f"bucket's settings, or choose another {flag}")
     who, permission = denied.groups()
     member = (f"serviceAccount:{who}" if who.endswith(".gserviceaccount.com") else
               f"user:{who}" if "@" in who else "user:YOU")
@@ -136,7 +155,7 @@ def _error(e: Exception, text: str, what: str, bucket: str, write: bool) -> Usag
     return UsageError(f"cannot {action} {what} {text}: {who} lacks {permission} on "
                       f"gs://{bucket}: gcloud storage buckets add-iam-policy-binding "
                       f"gs://{bucket} --member={member} --role={role}, or choose another "
-                      f"--{what}")
+                      f"{flag}")
   return UsageError(f"cannot reach {what} {text} ({type(e).__name__}: "
                     f"{_short(message) or 'no answer'}): check the network and the bucket's "
                     f"name, then rerun")

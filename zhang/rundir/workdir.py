@@ -114,6 +114,28 @@ class Lock:
     self.release()
 
 
+def is_locked(workdir: epath.Path) -> bool | None:
+  """Whether a live process holds the workdir's lock (``Lock``): True, False (a summary that
+  says "running" then belongs to a run that was killed), or None where it cannot be told
+  (no lock file, an object store, a file system without locks). Takes nothing."""
+  if not is_local(workdir):
+    return None
+  path = os.path.join(os.fspath(workdir), LOCK)
+  try:
+    f = open(path)  # noqa: SIM115 - closed below
+  except OSError:
+    return None
+  try:
+    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except OSError as e:
+    return True if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) else None
+  else:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+  finally:
+    f.close()
+
+
 @contextlib.contextmanager
 def library_log(workdir: epath.Path, process_index: int = 0):
   """Sends the libraries' log records and uncaught thread exceptions to the workdir's

@@ -88,13 +88,26 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   if process_id is None and env.get("ZHANG_PROCESS_ID"):
     process_id = int(env["ZHANG_PROCESS_ID"])
   if auto and not num_processes:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # no TPU metadata (or cluster) to detect
+      reason = " ".join(str(e).split())[:120]
+      raise UsageError(f"--distributed found no cluster to join ({reason}): it is for Cloud "
+                       f"TPU VMs; elsewhere give --coordinator_address HOST:PORT, "
+                       f"--num_processes and --process_id (or run one process without "
+                       f"these flags)") from None
     return
   if not num_processes or num_processes == 1:
     return
   if not coordinator_address:
     raise UsageError(f"--num_processes={num_processes} needs --coordinator_address "
                      f"HOST:PORT (process 0's address, reachable from every process)")
+  host, _, port = coordinator_address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise UsageError(f"--coordinator_address={coordinator_address} must be HOST:PORT, e.g. "
+                     f"10.0.0.2:8476 (process 0's address, reachable from every process)")
+  if num_processes < 1:
+    raise UsageError(f"--num_processes={num_processes} must be >= 1")
   if process_id is None or not 0 <= process_id < num_processes:
     raise UsageError(f"--process_id={process_id} must be in [0, {num_processes}) "
                      f"when --num_processes={num_processes}")

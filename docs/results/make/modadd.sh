@@ -15,8 +15,8 @@ time zhang llc runs/modadd --steps 400,4000 --chains 1 --draws 200 --burnin 100 
 time zhang train --config configs/modadd.py:corruptions=0.1+0.3,weight_decays=1,max_steps=20000 \
   --workdir runs/modadd_long
 zhang report runs/modadd_long --out runs/modadd_long_report
-time zhang kernel --dataset modadd --n 0
-time zhang kernel --dataset modadd --n 0 --kernel ntk
+time zhang kernel --dataset modadd --modulus 113 --train_fraction 0.3 --n 0
+time zhang kernel --dataset modadd --modulus 113 --train_fraction 0.3 --n 0 --kernel ntk
 time zhang kernel --dataset modadd --modulus 23 --train_fraction 0.7 --n 0 --kernel ntk \
   --model transformer_1l --ridge 1e-3
 # Without a ridge the transformer's tangent kernel is singular: these two fail, as the page says.

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import itertools
 import sys
 import time
@@ -308,6 +309,9 @@ def estimate_run(workdir, out, settings: Settings | None = None, steps: str = "l
   log = log or (lambda msg: print(f"zhang llc: {msg}", file=sys.stderr, flush=True))
   settings = settings or Settings()
   run, chosen = _open(workdir, [settings], steps, data_dir, out)
+  if out is not None:  # the traces (float32), before the sampling, not after it
+    metrics_lib.check_free_space(metrics_lib.workdir_path(out), 4 * len(chosen) * len(
+        run.replicas) * settings.chains * settings.num_steps, "writing llc_traces.npz")
   sampler = Sampler(run)
   entries, traces, nbeta, timings = [], [], None, []
   start = time.perf_counter()
@@ -346,14 +350,19 @@ def write(result: dict, traces: np.ndarray, out, plots: bool = True) -> list:
   included, in llc.json's order) and, with ``plots``, the trace plot."""
   out = metrics_lib.workdir_path(out)
   out.mkdir(parents=True, exist_ok=True)
-  metrics_lib.write_json(out / JSON, result)
   entries = result["replicas"]
-  with (out / TRACES).open("wb") as f:
-    np.savez_compressed(f, traces=traces.astype(np.float32),
-                        init_loss=np.asarray([e["init_loss"] for e in entries], np.float32),
-                        replica=np.asarray([e["replica"] for e in entries], np.int32),
-                        step=np.asarray([e["step"] for e in entries], np.int64),
-                        burnin=np.asarray(result["settings"]["burnin"]))
+  buf = io.BytesIO()
+  np.savez_compressed(buf, traces=traces.astype(np.float32),
+                      init_loss=np.asarray([e["init_loss"] for e in entries], np.float32),
+                      replica=np.asarray([e["replica"] for e in entries], np.int32),
+                      step=np.asarray([e["step"] for e in entries], np.int64),
+                      burnin=np.asarray(result["settings"]["burnin"]))
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise metrics_lib.disk_error(out, e) from None
+  metrics_lib.write_json(out / JSON, result)
+  metrics_lib.write_bytes(out / TRACES, buf.getvalue())
   written = [out / JSON, out / TRACES]
   if plots:
     from zhang.analysis import llc as llc_report

@@ -313,6 +313,9 @@ def write(result: dict, out) -> list[str]:
   the paths written."""
   from zhang.analysis import ntk_plots  # matplotlib only when figures are drawn
   path = metrics_lib.workdir_path(out)
-  path.mkdir(parents=True, exist_ok=True)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise metrics_lib.disk_error(path, e) from None
   metrics_lib.write_json(path / NTK_JSON, result)
   return [os.fspath(path / NTK_JSON)] + ntk_plots.plot(result, os.fspath(path))
