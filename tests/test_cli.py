@@ -66,6 +66,25 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_p
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize("seeds", [10_000, 100_000])
+def test_a_grid_that_cannot_fit_is_refused_before_compiling(seeds, tmp_path, capsys):
+  # mlp_1x512 on digits: 38,410 parameters x 12 bytes (SGD with momentum) and a 1000-image
+  # evaluation's 512-wide layer (4 MB) per replica: 46 GB at 10,000, over the 24 GB here.
+  path = tmp_path / "big.py"
+  path.write_text("from zhang.experiment import config\n\n\ndef get_config(arg=None):\n"
+                  f"  c = config.load({DIGITS!r})\n"
+                  f"  c.grid = [dict(kinds=['labels'], corruptions=[0.0], "
+                  f"seeds=list(range({seeds})))]\n  return c\n")
+  workdir = tmp_path / "run"
+  assert cli.main(["train", "--config", str(path), "--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+  assert f"a grid of {seeds:,} replicas of mlp_1x512 needs at least" in err
+  needed = float(err.split("needs at least ")[1].split(" GB")[0])
+  assert needed > seeds * 4.5e-3  # GB: at least 4.5 MB a replica, the evaluation's layer
+  assert not workdir.exists()
+
+
 @pytest.mark.parametrize("spec,message", [
     ("configs/digits.py:foo=1", "unknown config argument 'foo': this config takes none"),
     ("configs/digits.py:quick", "unknown config argument 'quick': this config takes none"),

@@ -266,6 +266,8 @@ def _one_line_error(capsys) -> str:
     (["--steps", "soon"], "--steps 'soon' must be last, all"),
     (["--nbeta", "hot"], "--nbeta must be n"),
     (["--batch_size", "1000"], "--batch_size 1000 is more than the 256 training examples"),
+    # 4 replicas x 10^6 chains x 38,410 parameters x 12 bytes: 1.8 TB, before compiling.
+    (["--chains", "1000000"], "4 replicas x 1,000,000 chains of mlp_1x512 needs at least"),
 ])
 def test_bad_settings_exit_2_with_one_line(run_dir, tmp_path, capsys, args, message):
   before = _snapshot(run_dir)

@@ -46,21 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_fraction = 0.3
   c.split_seed = 0
   c.batch_size = 128
-  # "sgd_momentum" (the paper's: SGD with `momentum`, L2 `weight_decay` added to the
-  # gradient) or "adamw" (Adam with `adam_b1`, `adam_b2`; weight decay decoupled, scaled by the
-  # learning rate: Loshchilov & Hutter). Either takes the per-replica rates and decays.
-  c.optimizer = "sgd_momentum"
-  c.adam_b1 = 0.9
-  c.adam_b2 = 0.98
-  # The paper's rate for the model when left at None (0.1 Inception, 0.01 AlexNet and MLPs);
-  # what a grid entry without `learning_rates` takes.
-  c.learning_rate = ml_collections.config_dict.placeholder(float)
-  c.momentum = 0.9
-  # x0.95 every 390 steps: one CIFAR-10 epoch of batch 128, the paper's schedule. It is in
-  # steps, not epochs, on purpose: decayed per epoch of a small dataset, it starves training.
-  c.lr_decay = 0.95
-  c.lr_decay_every = 390
-  c.weight_decay = 0.0  # L2, added to the gradient (what an entry without `weight_decays` takes)
+  _optimizer_fields(c)
   c.max_steps = 30_000
   c.eval_every = 500  # steps between evaluations on the whole train and test sets
   c.eval_batch_size = 1000
@@ -86,6 +72,25 @@ def base_config() -> ml_collections.ConfigDict:
   # x learning_rates x weight_decays x augmentations, else the scalars above).
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c
+
+
+def _optimizer_fields(c: ml_collections.ConfigDict) -> None:
+  """The optimizer, its rate and the rate's schedule (``base_config``'s, in its order)."""
+  # "sgd_momentum" (the paper's: SGD with `momentum`, L2 `weight_decay` added to the
+  # gradient) or "adamw" (Adam with `adam_b1`, `adam_b2`; weight decay decoupled, scaled by the
+  # learning rate: Loshchilov & Hutter). Either takes the per-replica rates and decays.
+  c.optimizer = "sgd_momentum"
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.98
+  # The paper's rate for the model when left at None (0.1 Inception, 0.01 AlexNet and MLPs);
+  # what a grid entry without `learning_rates` takes.
+  c.learning_rate = ml_collections.config_dict.placeholder(float)
+  c.momentum = 0.9
+  # x0.95 every 390 steps: one CIFAR-10 epoch of batch 128, the paper's schedule. It is in
+  # steps, not epochs, on purpose: decayed per epoch of a small dataset, it starves training.
+  c.lr_decay = 0.95
+  c.lr_decay_every = 390
+  c.weight_decay = 0.0  # L2, added to the gradient (what an entry without `weight_decays` takes)
 
 
 # --------------------------------------------------------------------------- loading

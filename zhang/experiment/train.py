@@ -36,6 +36,7 @@ from zhang.rundir import format as format_lib
 from zhang.rundir import metrics as metrics_lib
 from zhang.rundir import progress as progress_lib
 from zhang.rundir import workdir as workdir_lib
+from zhang.runtime import memory as memory_lib
 from zhang.runtime import mesh as mesh_lib
 from zhang.runtime import plan as plan_lib
 
@@ -57,7 +58,28 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False,
     dataset = load_dataset(config)
   config_lib.check_against_data(config, len(dataset.train_labels))
   mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
+  check_memory(config, replicas, dataset)
   return config, replicas, dataset
+
+
+def check_memory(config, replicas, dataset) -> None:
+  """Refuses, in one line, a grid that cannot fit on a device (``zhang.runtime.memory``)."""
+  spec = models.get(config.model)
+  input_shape = data_lib.paper_crop(dataset.test_images[:1]).shape[1:]
+  module = spec.build(dataset.num_classes)
+  per_device = replicas_per_device(config, len(replicas))
+  data_axis = mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())[1]
+  vmapped = choose_plan(config, len(replicas)).replicas == "vmap"
+  estimate = memory_lib.need(
+      module, input_shape, models.param_count(config.model, input_shape, dataset.num_classes),
+      copies=per_device, live=per_device if vmapped else 1,
+      batch=-(-config.batch_size // data_axis),
+      eval_batch=-(-config.eval_batch_size // data_axis),
+      slots=2 if config.optimizer == "adamw" else 1,
+      per_example=9 * len(dataset.train_labels))  # labels and fit steps (int32), noisy flags
+  memory_lib.check(estimate, f"a grid of {len(replicas):,} replicas of {config.model}",
+                   "lower the replicas (seeds, corruptions, kinds in `grid`), "
+                   "`batch_size` or `eval_batch_size`, or use more devices")
 
 
 def load_dataset(config):

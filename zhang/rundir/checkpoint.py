@@ -290,10 +290,12 @@ def _array_checksum(x):
 
 
 def _verify(tree, meta: dict | None, item: str) -> None:
-  """Raises if ``tree``'s arrays do not have the checksums saved with them in ``meta``
-  (a checkpoint written before checksums were kept has none to compare)."""
+  """Raises if ``tree``'s arrays do not have the checksums saved with them in ``meta`` (a
+  meta without them is damaged too: every checkpoint is saved with them)."""
   saved = ((meta or {}).get(CHECKSUMS) or {}).get(item)
-  if saved is not None and checksums(tree) != list(saved):
+  if saved is None:
+    raise ValueError(f"its meta has no checksums of its {item} arrays: it is damaged")
+  if checksums(tree) != list(saved):
     raise ValueError(f"its {item} arrays do not match the checksums saved with them: the "
                      f"files were changed after the save")
 

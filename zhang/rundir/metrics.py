@@ -275,8 +275,7 @@ class Fits:
     self.fit_step = list(meta["fit_step"])
     self.fit_test_acc = list(meta["fit_test_acc"])
     self.generalize_step = list(meta["generalize_step"])
-    # Checkpoints written before divergence was recorded lack the field.
-    self.diverged_step = list(meta.get("diverged_step") or [None] * len(self.replicas))
+    self.diverged_step = list(meta["diverged_step"])
     self.last = {k: np.asarray(v, np.float64) for k, v in meta["last"].items()}
     self.last_rows = list(meta["last_rows"])
 
@@ -398,8 +397,8 @@ class LossSums:
 
 # The fields of a checkpoint's ``meta`` (``Bookkeeping.meta``); a checkpoint without one of
 # them is damaged.
-META_FIELDS = ("config_hash", "fit_step", "fit_test_acc", "generalize_step", "last",
-               "last_rows", "batch_loss", "loss_sum", "loss_steps", "seconds", "timing")
+META_FIELDS = ("config_hash", "fit_step", "fit_test_acc", "generalize_step", "diverged_step",
+               "last", "last_rows", "batch_loss", "loss_sum", "loss_steps", "seconds", "timing")
 
 
 class Bookkeeping(NamedTuple):

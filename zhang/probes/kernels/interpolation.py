@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import Callable
 
@@ -28,6 +27,7 @@ import scipy.linalg.lapack as lapack
 from zhang.errors import UsageError
 from zhang.experiment import data as data_lib
 from zhang.probes.kernels import features as features_lib
+from zhang.runtime import memory as memory_lib
 
 KERNELS = ("rbf", "linear")
 _GB = 1e9
@@ -47,16 +47,7 @@ class SingularKernelError(UsageError):
 
 # --------------------------------------------------------------------------- memory
 
-def available_memory_bytes() -> int:
-  """MemAvailable from /proc/meminfo, else total physical memory."""
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+available_memory_bytes = memory_lib.available_host_bytes  # the kernels live on the host
 
 
 @dataclasses.dataclass(frozen=True)

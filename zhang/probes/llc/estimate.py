@@ -64,7 +64,7 @@ import numpy as np
 import optax
 
 from zhang.errors import UsageError
-from zhang.experiment import randomize
+from zhang.experiment import models, randomize
 from zhang.experiment import step as step_lib
 from zhang.probes import run as run_lib
 from zhang.probes.llc.sgld import (  # noqa: F401
@@ -79,6 +79,7 @@ from zhang.probes.llc.sgld import (  # noqa: F401
   sgld_step,
 )
 from zhang.rundir import metrics as metrics_lib
+from zhang.runtime import memory as memory_lib
 from zhang.runtime import mesh as mesh_lib
 
 JSON, TRACES, TRACE_PLOT = "llc.json", "llc_traces.npz", "llc_traces.png"
@@ -291,7 +292,20 @@ def _open(workdir, settings: list[Settings], steps: str, data_dir, out):
     _check_out(run, out)
   for s in settings:
     check_settings(s, run.n)
+    check_memory(run, s)
   return run, chosen
+
+
+def check_memory(run: run_lib.Run, s: Settings) -> None:
+  """Refuses, in one line, chains that cannot fit on a device (``zhang.runtime.memory``):
+  each chain holds a position, its gradient and its noise."""
+  copies = run.padded // run.mesh.shape["replica"] * s.chains
+  params = models.param_count(run.config.model, run.input_shape, run.dataset.num_classes)
+  estimate = memory_lib.need(run.module, run.input_shape, params, copies=copies,
+                             live=copies if run.plan.replicas == "vmap" else s.chains,
+                             batch=s.batch_size or run.config.batch_size, slots=1)
+  memory_lib.check(estimate, f"{len(run.replicas):,} replicas x {s.chains:,} chains of "
+                   f"{run.config.model}", "lower `chains` or `batch_size`, or use more devices")
 
 
 def _num_params(params) -> int:
