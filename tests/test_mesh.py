@@ -209,6 +209,12 @@ def test_missing_coordinator_address(tmp_path):
     (["--num_processes", "2", "--process_id", "2", "--coordinator_address", "127.0.0.1:1"],
      "--process_id=2 must be in [0, 2)"),
     (["--distributed"], "--distributed found no cluster to join ("),
+    # The workdir and the dataset too, not only the config.
+    (["--num_processes", "2", "--process_id", "0", "--coordinator_address", "127.0.0.1:1",
+      "--set", "dataset='fashion_mnist'", "--data_dir", "/no/such/folder"],
+     "no fashion_mnist IDX files"),
+    (["--num_processes", "2", "--process_id", "0", "--coordinator_address", "127.0.0.1:1",
+      "--set", "n_train=5", "--set", "batch_size=128"], "batch_size=128 is larger than"),
 ])
 def test_multi_host_flags_are_checked_before_any_peer_is_waited_for(tmp_path, capsys,
                                                                    monkeypatch, extra, line):

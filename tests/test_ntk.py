@@ -347,6 +347,18 @@ def _set_step0_loss(run):
   (run / "metrics.jsonl").write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
 
 
+def test_a_full_disk_is_one_line_before_any_kernel(finished_run, tmp_path, capsys,
+                                                   monkeypatch):
+  import collections
+  import shutil as shutil_lib
+  usage = collections.namedtuple("usage", "total used free")
+  monkeypatch.setattr(shutil_lib, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 4096))
+  assert cli.main(["ntk", str(finished_run), "--out", str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "writing ntk.json and its figures takes about" in err
+  assert "0.0 MiB free" in err and not (tmp_path / "out" / "ntk.json").exists()
+
+
 @pytest.mark.parametrize("case,message", [
     ("empty", "config.json is missing"),
     ("running", "is not finished (summary.json says status 'running'"),

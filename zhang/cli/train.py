@@ -60,6 +60,8 @@ def run_train_command(args) -> int:
   if args.data_dir is not None:
     config_lib.apply_override(config, f"data_dir={args.data_dir!r}")
   config_lib.resolve(config)  # validates: every local check before any peer waits for us
+  if mesh_lib.joins_peers(args.num_processes, auto=args.distributed):
+    train.check_before_peers(config, args.workdir, restart=args.restart)
   mesh_lib.initialize_distributed(args.coordinator_address, args.num_processes,
                                   args.process_id, auto=args.distributed)
   try:

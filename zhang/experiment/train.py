@@ -82,6 +82,25 @@ def check_memory(config, replicas, dataset) -> None:
                    "`batch_size` or `eval_batch_size`, or use more devices")
 
 
+def check_before_peers(config, workdir, restart: bool = False) -> None:
+  """What ``prepare`` checks that needs no device (the config, the workdir, the dataset), for
+  a process about to join others: its bad input is told before it waits on its peers (and
+  they on it). ``prepare`` checks again, with the devices."""
+  workdir = metrics_lib.workdir_path(workdir)
+  config = config_lib.resolve(config)
+  plan_lib.parse(os.environ.get(plan_lib.ENV))
+  workdir_lib.check_writable(workdir)
+  models = config.models if config_lib.is_study(config) else [config.model]
+  for model in models:
+    resolved = config_lib.resolve(config_lib.for_model(config, model)) if config.models \
+        else config
+    config_lib.expand_grid(resolved)
+    if not config.models:
+      check_workdir(workdir, resolved, restart)
+  dataset = load_dataset(config)
+  config_lib.check_against_data(config, len(dataset.train_labels))
+
+
 def load_dataset(config):
   """The config's dataset, subset to ``n_train`` and ``n_test``."""
   options = {k: config[k] for k in data_lib.MODADD_OPTIONS if k in config}

@@ -74,6 +74,13 @@ def put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def joins_peers(num_processes=None, auto: bool = False) -> bool:
+  """Whether ``initialize_distributed`` with these arguments (or $ZHANG_NUM_PROCESSES) would
+  wait for other processes."""
+  num_processes = num_processes or int(os.environ.get("ZHANG_NUM_PROCESSES", "0") or 0)
+  return bool(auto or num_processes > 1)
+
+
 def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None,
                            auto: bool = False) -> None:
   """Starts JAX's multi-controller runtime when the run spans several processes.

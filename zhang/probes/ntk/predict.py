@@ -52,6 +52,9 @@ def compute(workdir, request: Request | None = None, out=None,
   start = time.perf_counter()
   s = prepare(workdir, request, out)
   run, config, ds = s.run, s.run.config, s.dataset
+  if out is not None:  # ntk.json (curves of every replica) and its figures, before the kernels
+    metrics_lib.check_free_space(metrics_lib.workdir_path(out), (1 << 22) + len(
+        run.replicas) * CURVE_POINTS * 4096, "writing ntk.json and its figures")
   log(f"{run.path}: {config.model} on {config.dataset}, {len(run.replicas)} replicas, "
       f"kernels on the first {s.n} of {len(ds.train_labels)} training examples "
       f"({s.n_test} test; {s.kernel.method}); memory: {s.memory.describe()}")
