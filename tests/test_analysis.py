@@ -157,6 +157,7 @@ def test_run_in_progress_is_reported_and_usable(tmp_path):
   assert "still in progress" in text and "| running |" in text
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_told_from_one_in_progress_by_its_lock(tmp_path):
   import fcntl
   run = _write(tmp_path, steps_run=100, status="running")
@@ -231,6 +232,7 @@ def _by_condition(run_dir):
   return out
 
 
+@pytest.mark.slow
 def test_report_writes_every_file(tmp_path):
   a = synthetic.write_example_run(tmp_path / "mlp1")
   b = synthetic.write_example_run(tmp_path / "mlp3", model="mlp_3x512", scale=1.5,
@@ -473,6 +475,7 @@ def test_fig1b_draws_a_law_only_where_it_describes_the_points(tmp_path, steps, d
     assert f"- Fig. 1b, mlp_1x512: {why}." in text
 
 
+@pytest.mark.slow
 def test_fig1b_run_in_progress_fits_finished_replicas_and_prints_no_nan(tmp_path):
   # At step 100 only the true-label replicas have fitted, both at step 40: no law (its R²
   # would be 0 / 0), and the unfinished levels do not stand in for points.
@@ -637,6 +640,7 @@ def test_grid_fig1b_draws_one_curve_per_combination(tmp_path):
   assert len(laws) == 4 and all(t.split(":")[0] in COMBOS for t in laws)
 
 
+@pytest.mark.slow
 def test_grid_report_lists_combinations(tmp_path):
   out = tmp_path / "report"
   assert _cli(["report", str(_grid_run(tmp_path)), "--out", str(out), "--n_boot", "0"]) == 0
@@ -745,6 +749,7 @@ def _add_fit_times(run_dir, summary, n=200):
   return fit, noisy, last
 
 
+@pytest.mark.slow
 def test_report_writes_noisy_fit_and_reliability_only_when_recorded(tmp_path):
   old = synthetic.write_example_run(tmp_path / "old")
   out = tmp_path / "old_report"
@@ -822,6 +827,7 @@ def _llc_json(run, config_hash, values):
   return json.dumps(dict(settings=settings, replicas=entries))
 
 
+@pytest.mark.slow
 def test_report_embeds_a_probe_of_its_own_run_and_skips_another_runs(tmp_path, capsys):
   """llc.json records the run it was computed from (settings.config_hash, summary.json's):
   the report embeds it for that run, and for another run says where it is from and skips
@@ -1012,6 +1018,7 @@ def test_ntk_fig1b_legend_shows_each_series_marker():
   assert shown[4][0] == "never fits by step 1,000: the slowdown is at least this"
 
 
+@pytest.mark.slow
 def test_report_embeds_the_llc_traces_that_zhang_llc_kept(tmp_path):
   run = synthetic.write_example_run(tmp_path / "mlp1", seeds=(0, 1))
   summary = json.loads((run / "summary.json").read_text())

@@ -123,6 +123,7 @@ def test_bad_names_give_one_line(bad):
     config_lib.expand_grid(config_lib.resolve(c))
 
 
+@pytest.mark.slow
 def test_larger_images_stay_uncropped_on_device_only_when_a_replica_crops():
   rng = np.random.default_rng(0)
   ds = data.Dataset("synthetic", rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
@@ -176,6 +177,7 @@ def _small(c):
   return c
 
 
+@pytest.mark.slow
 def test_resumed_augmented_run_is_bit_identical(tiny_config, tmp_path):
   c = _small(tiny_config)
   c.grid[0]["augmentations"] = ["crop+flip", "none"]
@@ -191,6 +193,7 @@ def test_resumed_augmented_run_is_bit_identical(tiny_config, tmp_path):
   _assert_same(_params(tmp_path / "a"), _params(tmp_path / "b"))
 
 
+@pytest.mark.slow
 def test_augmentation_none_is_todays_bits_and_augmenting_changes_them(tiny_config, tmp_path):
   plain = _small(tiny_config)
   train.run(plain, tmp_path / "plain", progress=False)

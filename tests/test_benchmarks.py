@@ -157,6 +157,7 @@ def test_preemption_saves_the_step_in_flight_and_resumes_from_it():
   assert row["metrics_rows"] == row["metrics_keys"] == 15 * (last // every + 1)
 
 
+@pytest.mark.slow
 def test_eval_cost_times_both_evaluations_against_known_work():
   done = script("eval_cost.py", "--repeats", "2", "--matmul_n", "512")
   assert done.returncode == 0, done.stderr

@@ -217,6 +217,7 @@ def _flip_state_bytes(step_dir: pathlib.Path) -> str:
 
 @pytest.mark.parametrize("damage", [_remove_state_data, _remove_fit_times_item,
                                     _drop_a_meta_field, _flip_state_bytes])
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(clean_small, tmp_path, capsys,
                                                               damage):
   """Arrays that cannot be read and an item that is missing are the same damage: the
@@ -281,6 +282,7 @@ def test_a_damaged_checkpoint_is_one_line_without_library_noise(small_run, tmp_p
   assert (workdir / "library.log").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_refused(tiny_config, tmp_path):
   config = _small(tiny_config)
   train.run(config, tmp_path, progress=False)
@@ -296,6 +298,7 @@ def test_no_readable_checkpoint_is_refused(tiny_config, tmp_path):
   assert train.run(config, tmp_path, restart=True, progress=False)["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_resume_drops_rows_written_after_the_checkpoint(tiny_config, tmp_path):
   config = _small(tiny_config)
   train.run(config, tmp_path, progress=False)
@@ -356,6 +359,7 @@ def test_a_finished_run_rerun_changes_nothing(tiny_config, tmp_path, capsys):
   assert again.pop("already_complete") and first == again
 
 
+@pytest.mark.slow
 def test_sigterm_between_evaluations_stops_within_a_call_and_resumes_bit_identical(
     tiny_config, tmp_path, monkeypatch):
   """The notice lands mid-interval: the run saves at the call's end (step 26, not the
@@ -385,6 +389,7 @@ def test_sigterm_between_evaluations_stops_within_a_call_and_resumes_bit_identic
   _assert_same(_final(tmp_path / "run"), _final(clean))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_like_sigterm_and_a_second_stops_at_once(tiny_config, tmp_path,
                                                               monkeypatch, capsys):
   """A first SIGINT saves at the end of the call in flight, like SIGTERM, in one line each;
@@ -456,6 +461,7 @@ def test_complete_is_written_only_once_the_last_checkpoint_is_on_disk(tiny_confi
 
 
 @pytest.mark.parametrize("cut", ["last_row", "earlier_row"])
+@pytest.mark.slow
 def test_a_damaged_metrics_line_is_restored_or_named_on_resume(tiny_config, tmp_path, capsys,
                                                               cut):
   """As if a kill at the checkpoint of step 40 had cut a line of metrics.jsonl in half: the

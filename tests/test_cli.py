@@ -194,6 +194,7 @@ def test_models_table(capsys):
   assert "inception_small" in out and "1,649,402" in out and "1,209,866" in out
 
 
+@pytest.mark.slow
 def test_console_entry_point_exit_code(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "zhang", "train", "--config", DIGITS,
                          "--workdir", str(tmp_path / "w"), "--set", "model=vgg"],
@@ -230,6 +231,7 @@ def test_decay_note_only_when_unfitted_replicas_met_a_decayed_learning_rate():
   assert train_cli.decay_note(_summary(3000, [None]), config) is None  # stopped early (preempted)
 
 
+@pytest.mark.slow
 def test_train_says_when_the_learning_rate_decayed_before_replicas_fitted(tmp_path, capsys):
   code = cli.main(["train", "--config", DIGITS, "--workdir", str(tmp_path / "w"),
                    "--max_steps", "20", "--no_progress", "--set", "eval_every=10",

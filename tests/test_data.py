@@ -102,6 +102,7 @@ def test_subset_bounds():
     d.subset(5000)
 
 
+@pytest.mark.slow
 def test_synthetic_cifar10_is_cifar_sized_deterministic_and_learnable():
   a, b = data.load("synthetic_cifar10"), data.load("synthetic_cifar10")
   assert a.train_images.shape == (50_000, 32, 32, 3) and a.train_images.dtype == np.uint8

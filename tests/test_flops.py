@@ -80,6 +80,7 @@ def test_transformer_counts_attention_projections_by_hand():
   assert sum(layer.macs for layer in found) == 3 * per_token + 128 * 113
 
 
+@pytest.mark.slow
 def test_token_models_match_xla_cost_analysis():
   module = models.get("transformer_1l").build(23)
   x = jnp.zeros((16, 2), jnp.int32)

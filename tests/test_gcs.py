@@ -361,6 +361,7 @@ WITHOUT_GCSFS = ("import sys; sys.modules['gcsfs'] = None; sys.argv[0] = 'zhang'
 
 
 @pytest.mark.parametrize("flag", ["--workdir", "--data_dir"])
+@pytest.mark.slow
 def test_gs_paths_without_gcsfs_say_so(emulator, tmp_path, flag):
   path = f"gs://{_bucket(emulator)}/x"
   args = (["--workdir", path] if flag == "--workdir" else
@@ -378,6 +379,7 @@ def test_gs_paths_without_gcsfs_say_so(emulator, tmp_path, flag):
 
 
 @pytest.mark.parametrize("flag", ["--workdir", "--data_dir"])
+@pytest.mark.slow
 def test_a_bucket_that_does_not_exist(emulator, tmp_path, flag):
   path = f"gs://zhang-test-missing-{uuid.uuid4().hex[:8]}/x"
   bucket = path[5:].split("/")[0]
@@ -390,6 +392,7 @@ def test_a_bucket_that_does_not_exist(emulator, tmp_path, flag):
   assert bucket not in {b.rstrip("/") for b in _fs(emulator).ls("")}
 
 
+@pytest.mark.slow
 def test_a_bucket_name_that_is_not_one(tmp_path):
   assert _refused(["--workdir", "gs://Not_A_Bucket/run"], _base_env(tmp_path)) == (
       "workdir gs://Not_A_Bucket/run: 'Not_A_Bucket' is not a bucket name (3-63 lowercase "
@@ -397,6 +400,7 @@ def test_a_bucket_name_that_is_not_one(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--workdir", "--data_dir"])
+@pytest.mark.slow
 def test_no_credentials(tmp_path, flag):
   """No emulator, no GOOGLE_APPLICATION_CREDENTIALS, no gcloud credentials file, no metadata
   server: refused before any request to Cloud Storage."""
@@ -414,6 +418,7 @@ NO_CREDENTIALS = ("no Google Cloud credentials for {what} {path}: run gcloud aut
 
 
 @pytest.mark.parametrize("dataset", ["fashion_mnist", "mnist"])
+@pytest.mark.slow
 def test_no_credentials_for_an_idx_data_dir_is_refused_not_replaced_by_local_files(
     tmp_path, dataset):
   """The IDX datasets, which a machine may also hold locally: the bucket is checked, never
@@ -438,6 +443,7 @@ def test_no_credentials_for_an_idx_data_dir_is_refused_not_replaced_by_local_fil
     (["kernel", "--dataset", "fashion_mnist", "--data_dir", "gs://zhang-test-bucket/d"],
      "data_dir"),
 ])
+@pytest.mark.slow
 def test_every_commands_gs_paths_without_credentials_are_one_line(tmp_path, argv, what):
   """Refused before any run is read or any JAX backend starts (it names none here)."""
   argv = [str(tmp_path / a) if a in ("RUN", "OUT") else a for a in argv]
@@ -450,6 +456,7 @@ def test_every_commands_gs_paths_without_credentials_are_one_line(tmp_path, argv
   assert not (tmp_path / "OUT").exists()
 
 
+@pytest.mark.slow
 def test_a_key_file_that_gives_no_credentials(tmp_path):
   key = tmp_path / "missing-key.json"
   line = _refused(["--workdir", "gs://zhang-test-bucket/x"],
@@ -500,6 +507,7 @@ def read_only():
   server.server_close()
 
 
+@pytest.mark.slow
 def test_a_bucket_that_cannot_be_written(read_only, tmp_path):
   path = "gs://zhang-test-read-only/run"
   assert _refused(["--workdir", path], _env(tmp_path, read_only)) == (
@@ -509,6 +517,7 @@ def test_a_bucket_that_cannot_be_written(read_only, tmp_path):
       f"--role=roles/storage.objectAdmin, or choose another --workdir")
 
 
+@pytest.mark.slow
 def test_a_data_dir_that_cannot_be_read(read_only, tmp_path):
   path = "gs://zhang-test-read-only/tfds"
   assert _refused(["--set", "dataset=cifar10", "--data_dir", path, "--workdir",
@@ -519,6 +528,7 @@ def test_a_data_dir_that_cannot_be_read(read_only, tmp_path):
       f"--role=roles/storage.objectViewer, or choose another --data_dir")
 
 
+@pytest.mark.slow
 def test_a_data_dir_on_a_bucket_without_the_dataset_says_build_locally_then_copy(
     emulator, tmp_path):
   path = f"gs://{_bucket(emulator)}/tfds"

@@ -210,6 +210,7 @@ def _remote_commands(launch, script, *extra):
 
 
 @pytest.mark.parametrize("script", ["tpu", "gpu"])
+@pytest.mark.slow
 def test_remote_run_detached_attach_stop(launch, remote_home, script):
   """The run outlives the ssh command that started it, in a session of its own, logging to
   ~/zhang-run/train.log; a second start and setup leave it alone; attach follows it until it

@@ -119,6 +119,7 @@ def test_dense_value_and_gradients_equal_jax(features_in, features_out):
 
 
 @pytest.mark.parametrize("name", ["alexnet_small", "inception_small", "mlp_1x512"])
+@pytest.mark.slow
 def test_explicit_gradients_around_a_plain_model_equal_jax(name):
   """``layers.explicit_gradients`` around a plain model: the same parameters, the same
   forward values (1x1 convolutions to rounding), gradients to float rounding, and every

@@ -163,6 +163,7 @@ def _snapshot(folder):
           for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_zhang_llc_writes_every_replica_and_step_and_leaves_the_run_alone(run_dir, tmp_path,
                                                                           capsys):
   before = _snapshot(run_dir)
@@ -241,6 +242,7 @@ def _check_report(run_dir, out, result: dict) -> None:
   assert f"| true labels | 1 | {true['llc']:.3g} |" in text
 
 
+@pytest.mark.slow
 def test_sweep_prints_every_combination(run_dir, capsys):
   code = cli.main(["llc", str(run_dir), "--sweep", "step_size=1e-5,1e-4", "--sweep",
                    "gamma=100,1000", *FAST])
@@ -313,6 +315,7 @@ def test_library_errors_name_settings_not_flags(run_dir, tmp_path):
   assert "raise `gamma` (now 100)" in warnings[1]
 
 
+@pytest.mark.slow
 def test_out_inside_the_run_is_refused(run_dir, capsys):
   before = _snapshot(run_dir)
   assert cli.main(["llc", str(run_dir), "--out", str(run_dir / "llc"), *FAST]) == 2
@@ -320,6 +323,7 @@ def test_out_inside_the_run_is_refused(run_dir, capsys):
   assert _snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_sampler_that_diverges_for_every_chain_exits_2(run_dir, tmp_path, capsys):
   before = _snapshot(run_dir)
   code = cli.main(["llc", str(run_dir), "--out", str(tmp_path / "out"), "--step_size", "30",

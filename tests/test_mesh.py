@@ -182,6 +182,7 @@ def test_a_fixed_plan_trains_bit_identically_on_1_and_8_devices(tmp_path):
       assert x[key] == pytest.approx(y[key], abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_mesh_that_does_not_match_the_devices(tmp_path):
   proc = _train(tmp_path / "w", devices=8, extra=["--set", "mesh_shape=(3, 1)"])
   _, err = proc.communicate(timeout=300)
@@ -192,6 +193,7 @@ def test_mesh_that_does_not_match_the_devices(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_missing_coordinator_address(tmp_path):
   proc = _train(tmp_path / "w", extra=["--num_processes", "2", "--process_id", "0"])
   _, err = proc.communicate(timeout=300)

@@ -226,6 +226,7 @@ def test_ntk_kernel_baseline_on_modadd_interpolates_and_refuses_images(capsys):
   assert code == 2 and "use `zhang ntk RUN`" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_transformers_tangent_kernel_generalizes_by_commutativity_only(capsys):
   """Test pairs whose commuted pair (b, a) trains, by brute force; the transformer's tangent
   kernel at initialization is nearly symmetric in a and b (the position embeddings are all
@@ -283,6 +284,7 @@ def short_modadd_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_the_kernel_baseline_is_a_probe_that_the_report_reads(short_modadd_run, tmp_path,
                                                               capsys):
   """`zhang kernel RUN --out OUT` writes OUT/kernel_baseline.json, naming its run;

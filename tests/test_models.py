@@ -43,6 +43,7 @@ def test_output_shapes(name, shape):
 
 
 @pytest.mark.parametrize("name", ["alexnet_small", "inception_small"])
+@pytest.mark.slow
 def test_forward_pass_is_finite(name):
   """One real forward pass on the smallest input, of the conv nets (LRN, batch norm)."""
   module = models.get(name).build(7)
@@ -99,6 +100,7 @@ def bars(data_dir):
 '''
 
 
+@pytest.mark.slow
 def test_a_registered_model_and_dataset_train_and_are_found_again_by_the_probes(
     tmp_path, monkeypatch):
   monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))  # noqa: SLF001 - restored after

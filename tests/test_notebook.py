@@ -39,6 +39,7 @@ def _execute(tmp_path, monkeypatch, run, run_b=None, n_boot="10"):
   return outputs, text
 
 
+@pytest.mark.slow
 def test_analysis_notebook_runs(tmp_path, monkeypatch):
   # Two synthetic runs with known curves: the notebook also compares them.
   run_a = synthetic.write_example_run(tmp_path / "mlp_1x512")
@@ -58,6 +59,7 @@ def _readme_first_workdir() -> str:
   return first.split("--workdir", 1)[1].split()[0]
 
 
+@pytest.mark.slow
 def test_analysis_notebook_runs_as_shipped_from_notebooks_folder(tmp_path, monkeypatch):
   """No environment variable: the notebook reads the README's run, its relative path taken
   from the repository's top although Jupyter starts in notebooks/."""
@@ -112,6 +114,7 @@ def real_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_analysis_notebook_runs_on_real_run(real_run, tmp_path, monkeypatch):
   outputs, text = _execute(tmp_path, monkeypatch, real_run)
   images = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -127,6 +130,7 @@ def test_analysis_notebook_runs_on_real_run(real_run, tmp_path, monkeypatch):
   assert all(r[-2] == r[-1] for r in rows), table  # test_acc, as training recorded it
 
 
+@pytest.mark.slow
 def test_report_cli_on_real_run(real_run, tmp_path, monkeypatch, capsys):
   from zhang import cli  # pylint: disable=g-import-not-at-top
   from zhang.analysis import report  # pylint: disable=g-import-not-at-top
@@ -166,6 +170,7 @@ def test_report_cli_when_true_labels_never_fit(real_run, tmp_path, monkeypatch, 
   assert "| mlp_1x512 | true labels | 0/2 | ≥ 7.5 [7.5, ∞] | – |" in text
 
 
+@pytest.mark.slow
 def test_analysis_notebook_runs_before_anything_fits(tmp_path, monkeypatch):
   # Early in a run: no replica has fitted, so slowdowns and scaling laws are undefined.
   run = synthetic.write_example_run(tmp_path / "early", steps_run=30, status="running")

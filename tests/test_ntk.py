@@ -66,6 +66,7 @@ def _reference(module, params, state, x, x_test):
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv"])
+@pytest.mark.slow
 def test_kernel_is_the_jacobian_product_of_jacfwd(name):
   """Both methods against J J^T of jax.jacfwd, in float64 (and float32 for the MLP): the MLP
   in one panel and in panels of 3 (held or recomputed), the conv net (batch norm, a Dense
@@ -140,6 +141,7 @@ def _linear_problem(n=24, num_classes=3, seed=0):
 
 
 @pytest.mark.parametrize("momentum,decay", [(0.0, 1.0), (0.9, 0.5)])
+@pytest.mark.slow
 def test_a_linear_models_gradient_descent_follows_the_prediction(momentum, decay):
   """Full-batch gradient descent on 1/2 |f - y|^2 (mean over examples) with the trainer's
   optimizer and schedule: plain, and with momentum and a staircase decay every 7 steps. The
@@ -269,6 +271,7 @@ def finished_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_ntk_end_to_end(finished_run, tmp_path, capsys):
   out = tmp_path / "ntk"
   assert cli.main(["ntk", str(finished_run), "--out", str(out)]) == 0
@@ -368,7 +371,7 @@ def test_a_full_disk_is_one_line_before_any_kernel(finished_run, tmp_path, capsy
     ("n", "--n 97 is out of range: the run's training set has 96 examples"),
     ("memory", "needs"),
     ("threshold", "--threshold 1.5 must be in (0, 1)"),
-    ("out_file", "exists and is not a directory"),
+    ("out_file", "is a file, not a folder"),
     ("step0", "step-0 train loss"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(finished_run, tmp_path, capsys, case,

@@ -56,6 +56,7 @@ def test_options_this_jaxlib_refuses(monkeypatch):
     plan.choose("alexnet_small", 1, "cpu", override="cpu_kernels=eigen")
 
 
+@pytest.mark.slow
 def test_a_run_resumes_under_another_plan(tiny_config, tmp_path, monkeypatch):
   """The plan is not in config.json nor its hash: the same workdir resumes under another
   plan and records which one each run used; a bad $ZHANG_PLAN is one line before anything

@@ -40,6 +40,7 @@ def _recorded(workdir) -> dict:
   return {(r["step"], r["replica"]): r for r in rows}
 
 
+@pytest.mark.slow
 def test_the_rebuilt_run_reproduces_its_recorded_evaluations(run_dir):
   """Every replica's train and test loss and accuracy at initialization and at the end, as
   training wrote them to metrics.jsonl."""
@@ -85,6 +86,7 @@ def test_one_replica_by_hand_gives_the_recorded_train_loss(run_dir):
   assert noise[0] == 0 and 0.3 < noise[1] < 0.6 and noise[2] > 0.8
 
 
+@pytest.mark.slow
 def test_the_initialization_labels_and_inputs_are_the_trainers(run_dir):
   """``state(0)``, ``labels`` and ``inputs`` are ``train.build``'s for the same config."""
   run = run_lib.open(run_dir)

@@ -225,6 +225,7 @@ for x in out:
 """
 
 
+@pytest.mark.slow
 def test_every_randomization_is_the_same_whatever_the_x64_setting():
   """A notebook may turn ``jax_enable_x64`` on: labels, permutations and noise images stay
   those of the same seed (each setting in its own process: the flag is global)."""

@@ -76,6 +76,7 @@ def test_a_hyper_parameter_differs_only_in_itself(tiny_config):
   assert np.all(np.isfinite(np.asarray(again)))
 
 
+@pytest.mark.slow
 def test_train_step_is_sgd_momentum_with_l2_on_the_replicas_own_rate():
   """One replica's step, two steps deep, against the update written out: v = m v + g + wd w,
   w -= lr * schedule(step) * v."""
@@ -103,6 +104,7 @@ def test_train_step_is_sgd_momentum_with_l2_on_the_replicas_own_rate():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_evaluate_equals_a_direct_computation(tiny_config):
   """The compiled evaluation (both splits' batches in one loop, the last batch of each
   split partial, the test split smaller than a batch's worth of the train split) against
@@ -209,6 +211,7 @@ def on_disk_plan(workdir):
   return json.loads((workdir / "summary.json").read_text())["plan"]
 
 
+@pytest.mark.slow
 def test_end_to_end_digits_true_labels_generalize_random_labels_memorize(tmp_path):
   c = config_lib.load("configs/digits.py")
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
@@ -282,6 +285,7 @@ def test_execution_plans_give_the_same_results(tiny_config, model, steps, tol):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32(tiny_config):
   tiny_config.max_steps = 60
   ev32, s32 = _short_run(tiny_config, 60)
@@ -339,6 +343,7 @@ def _host_logits(module, d, rep, params, images, split):
   return module.apply({"params": params}, data.whiten(x), train=False)
 
 
+@pytest.mark.slow
 def test_noisy_clean_accuracies_and_ece_match_a_host_recomputation(tiny_config, tmp_path):
   """A run's last rows against the checkpoint's models applied on the host: train accuracy
   on the clean and the corrupted examples (against both labels), the test ECE and its bins;
@@ -395,6 +400,7 @@ def test_noisy_clean_accuracies_and_ece_match_a_host_recomputation(tiny_config, 
   assert checked == 4
 
 
+@pytest.mark.slow
 def test_per_example_fit_times_follow_every_evaluation(tiny_config, tmp_path):
   """fit_times.npz against the checkpoints' models applied on the host at every evaluation:
   an example's fit step is the first evaluation from which it has been classified as its

@@ -22,6 +22,7 @@ from zhang.rundir.metrics import workdir_path
 ROOT = pathlib.Path(__file__).parent.parent
 
 
+@pytest.mark.slow
 def test_a_held_workdir_refuses_a_second_run_and_names_the_holder(tiny_config, tmp_path):
   with workdir_lib.Lock(workdir_path(tmp_path)):
     holder = (tmp_path / "lock").read_text()
@@ -60,6 +61,7 @@ def _without_dac_override(script: str, *args):
 
 
 @pytest.mark.parametrize("sub", ["", "new/run"])
+@pytest.mark.slow
 def test_a_workdir_that_cannot_be_written_is_one_line_before_any_data(tmp_path, sub):
   parent = tmp_path / "read_only"
   parent.mkdir()
@@ -86,6 +88,7 @@ SMALL = ["--config", "configs/digits.py", "--config.n_train=256", "--config.n_te
 
 
 @pytest.mark.parametrize("written", [None, 0, 2])
+@pytest.mark.slow
 def test_a_run_of_another_format_is_refused_in_one_line_untouched(tmp_path, capsys, written):
   """A workdir whose config.json is of another run-file format (none: written before files
   carried one) is refused with exit 2, naming the version and what to do, its files as they
