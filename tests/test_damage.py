@@ -59,3 +59,18 @@ def test_free_space_is_checked_before_a_long_write(tmp_path, monkeypatch):
   metrics.check_free_space(tmp_path / "out", 1 << 20, "writing x")  # room: nothing raised
   with pytest.raises(RunError, match=r"writing x takes about .* MiB free: free space"):
     metrics.check_free_space(tmp_path / "out", free * 2, "writing x")
+
+
+@pytest.mark.parametrize("name", ["report.md", "fig1a.png"])
+def test_report_on_a_full_disk_says_one_line_and_exits_1(tmp_path, capsys, name):
+  from zhang.analysis import synthetic
+  from zhang.cli import main
+  run = synthetic.write_example_run(tmp_path / "run")
+  out = tmp_path / "report"
+  out.mkdir()
+  _full_disk_at(out / f"{name}.tmp")
+  assert main(["report", str(run), "--out", str(out), "--n_boot", "5"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+  assert f"could not write {out / name} (no space left on device" in err
+  assert not (out / name).exists() and not (out / f"{name}.tmp").exists()

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from zhang.analysis import paper, scaling, tables
 from zhang.analysis.load import require_one_dataset, setup_sort_columns
 from zhang.formatting import CONDITION_COLORS, corruption_colours
+from zhang.rundir import metrics as metrics_lib
 
 FIGSIZE = (9.0, 5.0)  # inches
 DPI = 110  # so every figure is 990 x 550 pixels
@@ -78,17 +79,12 @@ def _legend(ax, target=None, wrap: int | None = None, **kwargs):
 
 
 def save(fig, path: str | epath.Path) -> epath.Path:
-  """Writes `fig` as PNG to a local or gs:// path, whole: a temporary file renamed over it
-  on a local disk, one upload on an object store."""
+  """Writes `fig` as PNG to a local or gs:// path, whole
+  (``zhang.rundir.metrics.write_bytes``: a full disk is one line)."""
   path = epath.Path(path)
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=DPI)
-  if "://" in str(path):
-    path.write_bytes(buf.getvalue())
-    return path
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_bytes(buf.getvalue())
-  tmp.replace(path)
+  metrics_lib.write_bytes(path, buf.getvalue())
   return path
 
 

@@ -33,6 +33,7 @@ from zhang.analysis.load import (
 )
 from zhang.formatting import DASH, condition_name, md_table
 from zhang.formatting import pct as _fraction_pct
+from zhang.rundir import metrics as metrics_lib
 from zhang.rundir import workdir as workdir_lib
 
 FIGURES = ("fig1a.png", "fig1b.png", "fig1c.png", "confidence.png")
@@ -451,14 +452,8 @@ def _log(msg: str) -> None:
 
 
 def _write_text(path: epath.Path, text: str) -> epath.Path:
-  """Writes ``text`` whole: a temporary file renamed over ``path`` on a local disk; one
-  upload on an object store, which readers see whole or not at all."""
-  if "://" in str(path):
-    path.write_text(text)
-    return path
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
+  """Writes ``text`` whole (``zhang.rundir.metrics.write_bytes``: a full disk is one line)."""
+  metrics_lib.write_bytes(path, text.encode())
   return path
 
 
