@@ -827,17 +827,23 @@ def _llc_json(run, config_hash, values):
   return json.dumps(dict(settings=settings, replicas=entries))
 
 
+def _run_and_llc_values(tmp_path):
+  """A synthetic run of config hash 1234abcd, an empty report folder, and lambda-hats by
+  (corruption, seed) for an llc.json of it."""
+  run = synthetic.write_example_run(tmp_path / "mlp1", seeds=(0, 1))
+  summary = json.loads((run / "summary.json").read_text())
+  (run / "summary.json").write_text(json.dumps(summary | {"config_hash": "1234abcd"}))
+  out = tmp_path / "report"
+  out.mkdir()
+  return run, out, {(0.0, 0): 12.0, (0.0, 1): 14.0, (1.0, 0): 40.0, (1.0, 1): 50.0}
+
+
 @pytest.mark.slow
 def test_report_embeds_a_probe_of_its_own_run_and_skips_another_runs(tmp_path, capsys):
   """llc.json records the run it was computed from (settings.config_hash, summary.json's):
   the report embeds it for that run, and for another run says where it is from and skips
   it, with one line on the terminal."""
-  run = synthetic.write_example_run(tmp_path / "mlp1", seeds=(0, 1))
-  summary = json.loads((run / "summary.json").read_text())
-  (run / "summary.json").write_text(json.dumps(summary | {"config_hash": "1234abcd"}))
-  values = {(0.0, 0): 12.0, (0.0, 1): 14.0, (1.0, 0): 40.0, (1.0, 1): 50.0}
-  out = tmp_path / "report"
-  out.mkdir()
+  run, out, values = _run_and_llc_values(tmp_path)
   (out / "llc.json").write_text(_llc_json(run, "1234abcd", values))
   assert _cli(["report", str(run), "--out", str(out), "--n_boot", "0"]) == 0
   text = (out / "report.md").read_text()
@@ -1020,12 +1026,7 @@ def test_ntk_fig1b_legend_shows_each_series_marker():
 
 @pytest.mark.slow
 def test_report_embeds_the_llc_traces_that_zhang_llc_kept(tmp_path):
-  run = synthetic.write_example_run(tmp_path / "mlp1", seeds=(0, 1))
-  summary = json.loads((run / "summary.json").read_text())
-  (run / "summary.json").write_text(json.dumps(summary | {"config_hash": "1234abcd"}))
-  values = {(0.0, 0): 12.0, (0.0, 1): 14.0, (1.0, 0): 40.0, (1.0, 1): 50.0}
-  out = tmp_path / "report"
-  out.mkdir()
+  run, out, values = _run_and_llc_values(tmp_path)
   llc = json.loads(_llc_json(run, "1234abcd", values))
   (out / "llc.json").write_text(json.dumps(llc))
   entries = llc["replicas"]
