@@ -194,6 +194,16 @@ def test_models_table(capsys):
   assert "inception_small" in out and "1,649,402" in out and "1,209,866" in out
 
 
+def test_models_table_counts_any_mlp_size(capsys):
+  assert cli.main(["models", "mlp_2x1024", "mlp_4x16", "--input_shape", "8", "8", "1"]) == 0
+  rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+  # Dense layers' weights and biases: 64 -> 1024 -> 1024 -> 10 and 64 -> 16 x4 -> 10.
+  assert rows == {"mlp_2x1024": f"{64 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10:,}",
+                  "mlp_4x16": f"{64 * 16 + 16 + 3 * (16 * 16 + 16) + 16 * 10 + 10:,}"}
+  assert cli.main(["models", "mlp_0x16"]) == 2
+  assert capsys.readouterr().err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_console_entry_point_exit_code(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "zhang", "train", "--config", DIGITS,
@@ -202,7 +212,8 @@ def test_console_entry_point_exit_code(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "zhang train: error: unknown model 'vgg': choose one of mlp_1x512, mlp_3x512, "
-      "alexnet_small, inception_small, inception_small_nobn, transformer_1l, mlp_tokens"]
+      "alexnet_small, inception_small, inception_small_nobn, transformer_1l, mlp_tokens, or "
+      "mlp_DxW (an MLP of D hidden layers of width W, e.g. mlp_2x1024)"]
 
 
 def test_missing_tfds_dataset_is_one_line(tmp_path, capsys):

@@ -63,6 +63,24 @@ def test_local_response_norm_matches_definition():
   assert jnp.allclose(out[..., 0], x[..., 0] / (1.0 + 0.5 * edge) ** 0.75, rtol=1e-5)
 
 
+def test_any_mlp_size_is_a_model_and_the_paper_names_keep_their_meaning():
+  """mlp_DxW builds D hidden layers of W; mlp_1x512 and mlp_3x512 are the same networks
+  (the same parameters from the same key) as the registered ones."""
+  x = jnp.ones((2, 8, 8, 1))
+  params = models.get("mlp_2x24").build(10).init(jax.random.key(0), x)["params"]
+  shapes = [params[f"Dense_{i}"]["kernel"].shape for i in range(3)]
+  assert shapes == [(64, 24), (24, 24), (24, 10)]
+  for name, depth in (("mlp_1x512", 1), ("mlp_3x512", 3)):
+    assert models.get(name).description == models.sized_mlp(name).description
+    a = models.get(name).build(10).init(jax.random.key(1), x)
+    b = models.MLP(depth, 10, 512).init(jax.random.key(1), x)
+    assert jax.tree.all(jax.tree.map(lambda u, v: bool(jnp.array_equal(u, v)), a, b))
+  with pytest.raises(UsageError, match="mlp_DxW needs a depth"):
+    models.get("mlp_0x8")
+  with pytest.raises(UsageError, match="built in"):
+    models.register("mlp_2x7", lambda k: models.MLP(2, k, 7), learning_rate=0.1)
+
+
 def test_unknown_model_is_a_usage_error():
   from zhang.errors import UsageError
   with pytest.raises(UsageError, match="unknown model 'resnet'"):

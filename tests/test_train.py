@@ -152,12 +152,15 @@ def test_run_writes_the_contract(tiny_config, tmp_path):
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["model"] == "mlp_1x512"
   # Both JSON files carry the run-file format; the config's hash is of its fields alone
-  # (the same experiment keeps its hash whatever format its files are written in).
+  # (the same experiment keeps its hash whatever format its files are written in), but a
+  # field added later at the default that trains as before (config_lib.LATER_DEFAULTS).
   assert config.pop("format") == 1
   assert json.loads((tmp_path / "summary.json").read_text())["format"] == 1
   assert "format" not in summary
+  assert config.pop("freeze_at_fit") is False
   assert summary["config_hash"] == hashlib.sha256(
       json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+  config["freeze_at_fit"] = False
   assert config == config_lib.to_json_dict(config_lib.resolve(tiny_config))
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   r = len(summary["replicas"])

@@ -14,6 +14,7 @@ from zhang.analysis import (
   fit_time,
   grokking,
   kernel_baseline,
+  measures_plots,
   memorization,
   paper,
   plots,
@@ -23,6 +24,7 @@ from zhang.analysis import (
   tables,
 )
 from zhang.analysis import llc as llc_report
+from zhang.analysis import measures as measures_report
 from zhang.analysis import ntk as ntk_report
 from zhang.analysis.load import (
   HPARAMS,
@@ -439,6 +441,7 @@ def _figures_section(names: Sequence[str] = FIGURES) -> list[str]:
       "fig2a.png": "Fig. 2a-style: train and test accuracy against steps per model.",
       "early_stopping.png": "Early stopping: the best test accuracy against the fit step's "
                             "and the last.",
+      **measures_plots.CAPTIONS,
   }
   out = ["## Figures", ""]
   for name in names:
@@ -519,8 +522,8 @@ def _kernel_baseline(runs: Runs, out: epath.Path, grok: pd.DataFrame) -> list[st
 
 
 def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
-  """The figures and sections of what `zhang llc RUN` and `zhang ntk RUN` wrote into
-  ``out``, each only where it was computed from one of ``runs``."""
+  """The figures and sections of what `zhang llc RUN`, `zhang ntk RUN` and `zhang measures
+  RUN` (with measures.md) wrote into ``out``, each only where computed from one of ``runs``."""
   written, lines = [], []
   if (out / "llc.json").exists():
     llc = llc_report.load(out / "llc.json")
@@ -541,7 +544,25 @@ def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
       from zhang.analysis import ntk_plots  # matplotlib's figures of ntk.json
       written += [epath.Path(p) for p in ntk_plots.plot(ntk, out)]
       lines += ntk_report.summary_lines(ntk) + [""]
+  if (out / measures_report.FILE).exists():
+    written_m, lines_m = _measures(runs, out)
+    written, lines = written + written_m, lines + lines_m
   return written, lines
+
+
+def _measures(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
+  """measures.md, its figures and report.md's section, from the replicas of measures.json
+  that are these runs' (a study's measures.json may hold other models' too)."""
+  path = out / measures_report.FILE
+  result = measures_report.load(path)
+  mine, others = measures_report.select(result, runs)
+  if mine is None:
+    return [], _skipped("## Generalization measures", path, result["settings"],
+                        f"zhang measures RUN --out {out}")
+  if others:
+    _log(measures_report.partial_line(path, others))
+  analysis = measures_report.analyze(mine)
+  return measures_report.write(out, analysis), measures_report.summary_lines(analysis)
 
 
 def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
@@ -572,7 +593,7 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   lines += grokking.report_lines(runs, grok)
   lines += _kernel_baseline(runs, out, grok)
   lines += memorization.report_lines(runs) + probe_lines
-  figures = written + [p for p in study if p.suffix == ".png"] + probe_figures
+  figures = written + [p for p in study + probe_figures if p.suffix == ".png"]
   lines += _figures_section([p.name for p in figures])
   report = _write_text(out / "report.md", "\n".join(lines))
-  return figures + [p for p in study if p.suffix == ".md"] + [report]
+  return figures + [p for p in study + probe_figures if p.suffix == ".md"] + [report]

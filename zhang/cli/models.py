@@ -12,7 +12,12 @@ def register(sub) -> argparse.ArgumentParser:
       description="Lists every registered model with its trainable parameter count for one "
       "input shape (batch-norm scales and offsets not counted, as in the paper), its "
       "description and the learning rate a config without learning_rate trains it with. "
-      "Token models (modular addition) are counted for configs/modadd.py's modulus, 59.")
+      "Token models (modular addition) are counted for configs/modadd.py's modulus, 59. "
+      "Any mlp_DxW (D hidden layers of width W, e.g. mlp_2x1024) is a model too: name it to "
+      "count it.")
+  p.add_argument("names", nargs="*", metavar="NAME",
+                 help="count only these models, e.g. mlp_2x1024 mlp_4x256 (default: every "
+                 "registered model)")
   p.add_argument("--input_shape", type=int, nargs=3, default=(28, 28, 3),
                  metavar=("H", "W", "C"), help="height, width and channels of one input "
                  "image (default 28 28 3: the paper's crop of CIFAR-10)")
@@ -27,16 +32,36 @@ def run_models_command(args) -> int:
   from zhang.experiment import models
   shape = tuple(args.input_shape)
   models.check_shapes(shape, args.num_classes)  # before the table's first line
+  chosen = [models.get(name) for name in args.names]  # an unknown name: one line, exit 2
+  if chosen:
+    _table([s.name for s in chosen if s.inputs == "images"], shape, args.num_classes)
+    _tokens([s.name for s in chosen if s.inputs == "tokens"])
+    return 0
+  _table(models.names("images"), shape, args.num_classes)
+  print("Batch-norm scales and offsets are not counted, as in the paper. Any mlp_DxW "
+        "(e.g. mlp_2x1024) is a model too: `zhang models mlp_2x1024` counts it.")
+  _tokens(models.names("tokens"))
+  return 0
+
+
+def _table(names, shape, num_classes: int) -> None:
+  from zhang.experiment import models
+  if not names:
+    return
   print(f"{'model':<22} {'parameters':>12}  description (input {'x'.join(map(str, shape))})")
-  for name in models.names("images"):
+  for name in names:
     spec = models.get(name)
-    count = models.param_count(name, shape, args.num_classes)
+    count = models.param_count(name, shape, num_classes)
     print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
-  print("Batch-norm scales and offsets are not counted, as in the paper.")
-  # configs/modadd.py's default modulus, which the counts depend on
+
+
+def _tokens(names) -> None:
+  """The token models' counts, for configs/modadd.py's default modulus (59)."""
+  from zhang.experiment import models
+  if not names:
+    return
   print(f"\n{'token model':<22} {'parameters':>12}  description (modadd, modulus 59)")
-  for name in models.names("tokens"):
+  for name in names:
     spec = models.get(name)
     count = models.param_count(name, (1, 2, 1), 59)
     print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
-  return 0

@@ -31,8 +31,10 @@ def register(subparsers) -> argparse.ArgumentParser:
       "                    regularizers on and off, early stopping, Figure 2a (studies)\n"
       "Runs still in progress are reported as such; their partial data are used. What the\n"
       "probes wrote into OUT (kernel_baseline.json of `zhang kernel RUN --out OUT`, llc.json,\n"
-      "ntk.json) gets its section when it was computed from one of these runs (its config\n"
-      "hash); a file of another run is named and skipped.")
+      "ntk.json, measures.json) gets its section when it was computed from one of these runs\n"
+      "(its config hash); a file of another run is named and skipped. measures.json adds\n"
+      "measures.md, measures_vs_gap.png and measures_tau.png: which complexity measures rank\n"
+      "the generalization gap (Kendall's tau, granulated by axis, the randomization test).")
   parser.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (--workdir)")
   parser.add_argument("--out", required=True, help="output directory (created if missing)")
   parser.add_argument("--threshold", type=float, default=None,

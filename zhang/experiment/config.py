@@ -26,7 +26,12 @@ from zhang.experiment import augment, data, models, randomize
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field a training config has, with the paper's defaults (CIFAR-10 schedule)."""
+  """Every field a training config has, with the paper's defaults (CIFAR-10 schedule).
+
+  ``freeze_at_fit=True`` stops each replica at its own fit (its state no longer changes
+  after the evaluation that records its ``fit_step``), so a grid ends with every replica as
+  it was when it fitted, as if each had been trained alone with ``stop_at_fit``.
+  """
   c = ml_collections.ConfigDict()
   c.model = "inception_small"
   # Python modules imported before any name is looked up: where your own models and datasets
@@ -56,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Stop once every replica has fitted (the randomization tests); False trains to max_steps
   # (grokking: generalization comes long after the fit).
   c.stop_at_fit = True
+  # Each replica's parameters, batch statistics and optimizer state stay as they were at its
+  # fit evaluation while the others train on (zhang/experiment/step.py: train_chunk).
+  c.freeze_at_fit = False
   c.checkpoint_every = 2000  # steps between checkpoints (and one at the end)
   c.keep_checkpoints = 3
   # zhang/experiment/augment.py's names: what an entry without `augmentations` takes.
@@ -201,6 +209,7 @@ FIELD_EXAMPLES = {
     "fit_threshold": "1.0", "checkpoint_every": "2000", "keep_checkpoints": "3",
     "modulus": "113", "train_fraction": "0.3", "split_seed": "0", "adam_b1": "0.9",
     "adam_b2": "0.98", "generalize_threshold": "0.99", "stop_at_fit": "false",
+    "freeze_at_fit": "true",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
     "models": "\"['mlp_1x512', 'mlp_3x512']\"", "imports": "\"['my_models']\"",
     "mesh_shape": "'(-1, 1)'"}
@@ -279,10 +288,18 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-def identity(config: ml_collections.ConfigDict) -> dict:
-  """What the config's hash (in its checkpoints and summary) is of: every field, as JSON.
-  Not config.json's ``format``: the same experiment keeps its hash across run-file formats."""
-  return to_json_dict(config)
+# Fields added after runs were made, with the default that trains as those runs did: left out
+# of ``identity`` at that default, so the runs keep their hash and resume.
+LATER_DEFAULTS = {"freeze_at_fit": False}
+
+
+def identity(config: ml_collections.ConfigDict | dict) -> dict:
+  """What the config's hash (in its checkpoints and summary) is of: every field, as JSON,
+  but ``LATER_DEFAULTS``' fields at their default; a dict is config.json's fields. Not
+  config.json's ``format``: the same experiment keeps its hash across run-file formats."""
+  fields = dict(config) if isinstance(config, dict) else to_json_dict(config)
+  return {k: v for k, v in fields.items()
+          if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
 
 
 # --------------------------------------------------------------------------- studies
@@ -360,7 +377,7 @@ def import_modules(names) -> None:
 def choices() -> dict[str, tuple[str, ...]]:
   """The allowed values of every config field (and grid axis) that takes a name: what
   validation checks, the CLI lists and the benchmarks offer."""
-  return {"model": tuple(models.names()), "dataset": tuple(data.names()),
+  return {"model": (*models.names(), models.MLP_PATTERN), "dataset": tuple(data.names()),
           "compute_dtype": ("float32", "bfloat16"), "augmentation": augment.NAMES,
           "kind": randomize.KINDS, "optimizer": OPTIMIZERS}
 
@@ -427,8 +444,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(_is_number(c.generalize_threshold) and 0 < c.generalize_threshold <= 1,
            f"generalize_threshold={c.generalize_threshold!r} must be in (0, 1]",
            "generalize_threshold")
-  _require(isinstance(c.stop_at_fit, bool), f"stop_at_fit={c.stop_at_fit!r} must be true or "
-           f"false", "stop_at_fit")
+  for name in ("stop_at_fit", "freeze_at_fit"):
+    _require(isinstance(c[name], bool), f"{name}={c[name]!r} must be true or false", name)
   augment.check_name(c.augmentation)
   for name in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "lr_decay_every",
                "checkpoint_every", "keep_checkpoints"):

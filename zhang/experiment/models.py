@@ -11,6 +11,7 @@ execution plan's business (``zhang/runtime/plan.py``), applied around ``apply``,
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable
 
 import flax.linen as nn
@@ -186,7 +187,7 @@ class ModelSpec:
 _MODELS = {m.name: m for m in [
     ModelSpec("mlp_1x512", lambda k: MLP(1, k), 0.01, False, "MLP, one hidden layer of 512"),
     ModelSpec("mlp_3x512", lambda k: MLP(3, k), 0.01, False,
-              "MLP, three hidden layers of 512"),
+              "MLP, three hidden layers of 512"),  # both are mlp_DxW (``sized_mlp``)
     ModelSpec("alexnet_small", AlexNetSmall, 0.01, False, "small AlexNet with LRN"),
     ModelSpec("inception_small", lambda k: InceptionSmall(k, True), 0.1, True,
               "small Inception"),
@@ -222,8 +223,9 @@ def register(name: str, make: Callable[[int], nn.Module], *, learning_rate: floa
   every command that reads the run (the probes too) imports it again. Registering a name
   again replaces it (a notebook cell run twice).
   """
-  if name in BUILT_IN:
-    raise UsageError(f"model {name!r} is built in: register yours under another name")
+  if name in BUILT_IN or _MLP_NAME.fullmatch(name):
+    raise UsageError(f"model {name!r} is built in ({MLP_PATTERN} names an MLP of that depth "
+                     f"and width): register yours under another name")
   if inputs not in ("images", "tokens"):
     raise UsageError(f"inputs={inputs!r} must be 'images' or 'tokens'")
   spec = ModelSpec(name, make, learning_rate, batch_norm, description or name, inputs)
@@ -231,15 +233,43 @@ def register(name: str, make: Callable[[int], nn.Module], *, learning_rate: floa
   return spec
 
 
+# MLPs of any depth and width by name: mlp_DxW is D hidden layers of W (ReLU), then the
+# classifier; mlp_1x512 and mlp_3x512 are two of them (the paper's).
+_MLP_NAME = re.compile(r"mlp_([0-9]+)x([0-9]+)")
+MLP_PATTERN = "mlp_DxW"  # how the names are written in help and errors
+
+
+def sized_mlp(name: str) -> ModelSpec | None:
+  """The spec of ``mlp_DxW`` (D >= 1 hidden layers of width W >= 1, learning rate 0.01 as
+  the paper's MLPs), None for a name of another form; UsageError for D or W of 0."""
+  match = _MLP_NAME.fullmatch(name)
+  if match is None:
+    return None
+  depth, width = int(match[1]), int(match[2])
+  if depth < 1 or width < 1 or match[1][0] == "0" or match[2][0] == "0":
+    raise UsageError(f"model {name!r}: {MLP_PATTERN} needs a depth D >= 1 and a width W >= 1 "
+                     f"without leading zeros, e.g. mlp_2x1024")
+  layers = "one hidden layer" if depth == 1 else f"{_WORDS.get(depth, depth)} hidden layers"
+  return ModelSpec(name, lambda k: MLP(depth, k, width), 0.01, False, f"MLP, {layers} of {width}")
+
+
+_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+
+
 def names(inputs: str | None = None) -> list[str]:
-  """Every model's name, or those that take ``inputs`` ("images" or "tokens")."""
+  """Every registered model's name, or those that take ``inputs`` ("images" or "tokens");
+  any other ``mlp_DxW`` (``sized_mlp``) is a model too."""
   return [n for n, m in _MODELS.items() if inputs is None or m.inputs == inputs]
 
 
 def get(name: str) -> ModelSpec:
-  if name not in _MODELS:
-    raise UsageError(f"unknown model {name!r}: choose one of {', '.join(_MODELS)}")
-  return _MODELS[name]
+  if name in _MODELS:
+    return _MODELS[name]
+  spec = sized_mlp(name) if isinstance(name, str) else None
+  if spec is None:
+    raise UsageError(f"unknown model {name!r}: choose one of {', '.join(_MODELS)}, or "
+                     f"{MLP_PATTERN} (an MLP of D hidden layers of width W, e.g. mlp_2x1024)")
+  return spec
 
 
 def is_batch_norm_param(path) -> bool:

@@ -83,6 +83,9 @@ class StepSettings:
   optimizer: str = "sgd_momentum"  # or "adamw" (``optimizer``)
   adam_b1: float = 0.9
   adam_b2: float = 0.98
+  # ``freeze_at_fit``: the train chunk takes a per-replica mask and keeps the state of the
+  # replicas it marks (``train_chunk``). Off, the program is the one without the mask.
+  freeze: bool = False
 
   @classmethod
   def from_config(cls, config, replicas) -> "StepSettings":
@@ -93,7 +96,8 @@ class StepSettings:
                any(r.weight_decay > 0 for r in replicas),
                data_lib.input_kind(config.dataset) == "tokens",
                config.get("optimizer", "sgd_momentum"), float(config.get("adam_b1", 0.9)),
-               float(config.get("adam_b2", 0.98)))
+               float(config.get("adam_b2", 0.98)),
+               freeze=bool(config.get("freeze_at_fit", False)))
 
 
 def schedule(lr_decay: float, lr_decay_every: int) -> optax.Schedule:
@@ -300,7 +304,7 @@ class GridProgram(NamedTuple):
   settings: StepSettings
   plan: Plan
   init: Callable  # (init key, sample input) -> TrainState
-  # (states, reps, data, step0, num_steps[, loss sum]) -> (states, loss sum)
+  # (states, reps, data, step0, num_steps[, loss sum[, frozen]]) -> (states, loss sum)
   train_chunk: Callable
   evaluate: Callable  # (states, reps, data) -> dict of (R,) metrics
   # (states, reps, data, fit_since, step) -> (metrics, fit_since): per-example fit times
@@ -347,24 +351,40 @@ def epoch_orders(reps: ReplicaConstants, epoch, n: int):
 
 
 def train_chunk(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset, step0,
-                num_steps, loss_sum=None):
+                num_steps, loss_sum=None, frozen=None):
   """``num_steps`` steps from ``step0``; returns (states, ``loss_sum`` + each replica's
   minibatch losses, summed step by step in float32: a run cut into calls of any lengths
-  sums in the same order, so its mean loss has the same bits)."""
+  sums in the same order, so its mean loss has the same bits).
+
+  ``frozen`` (R,) bool, given exactly when ``settings.freeze``: the replicas whose state
+  (parameters, batch statistics, optimizer state) the chunk leaves as it is. They are a
+  traced mask, not a smaller grid, so the program does not change as replicas fit: their
+  batches are still computed (and their losses summed), and each step's new state is kept
+  only where the mask is off.
+  """
+  if g.settings.freeze != (frozen is not None):
+    raise ValueError(f"train_chunk: settings.freeze={g.settings.freeze} needs frozen "
+                     f"{'given' if g.settings.freeze else 'None'}")
   n = d.train_images.shape[0]
   per_epoch = n // g.settings.batch_size  # the last partial batch of an epoch is dropped
   orders = epoch_orders(reps, step0 // per_epoch, n)
   if loss_sum is None:
     loss_sum = jnp.zeros(reps.labels.shape[:1], jnp.float32)
-  body = functools.partial(_chunk_step, g, reps, d, step0, per_epoch)
+  body = functools.partial(_chunk_step, g, reps, d, step0, per_epoch, frozen)
   states, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (states, orders, loss_sum))
   return states, loss_sum
 
 
+def keep_frozen(frozen, old, new):
+  """``new`` with each leaf's rows of the ``frozen`` (R,) replicas taken from ``old``."""
+  return jax.tree.map(
+      lambda a, b: jnp.where(frozen.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), old, new)
+
+
 def _chunk_step(g: GridFunctions, reps: ReplicaConstants, d: DeviceDataset, step0,
-                per_epoch: int, i, carry):
+                per_epoch: int, frozen, i, carry):
   """Step ``step0 + i`` of a train chunk, every replica: carry is (states, this epoch's
-  orders, loss sum)."""
+  orders, loss sum); ``frozen``: see ``train_chunk``."""
   s = g.settings
   states, orders, loss_sum = carry
   step = step0 + i
@@ -377,9 +397,11 @@ def _chunk_step(g: GridFunctions, reps: ReplicaConstants, d: DeviceDataset, step
   x = _split_batch(g.mesh, grid_inputs(s, reps, d, jnp.take(d.train_images, indices, axis=0),
                                        indices, randomize.TRAIN, step))
   y = _split_batch(g.mesh, jnp.take_along_axis(reps.labels, indices, axis=1))
-  states, loss = g.step(states, x, y, reps.learning_rate, reps.weight_decay,
-                        schedule(s.lr_decay, s.lr_decay_every)(step))
-  return states, orders, loss_sum + loss
+  new, loss = g.step(states, x, y, reps.learning_rate, reps.weight_decay,
+                     schedule(s.lr_decay, s.lr_decay_every)(step))
+  if s.freeze:
+    new = keep_frozen(frozen, states, new)
+  return new, orders, loss_sum + loss
 
 
 def grid_metrics(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset):

@@ -5,7 +5,8 @@ compiled or written), put the training set on the device once, build every repli
 and keys from its seed, initialize the stacked train state, then alternate ``eval_every``
 steps of training (compiled calls of about ``CALL_SECONDS`` each) with an evaluation of every
 replica on its whole training set and the test set, until every replica has fitted or
-``max_steps``.
+``max_steps``. With ``freeze_at_fit``, a replica's state stops changing at the evaluation
+at which it fits (``frozen_replicas``); it is still evaluated, with the same results.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def check_workdir(workdir, config, restart: bool) -> None:
       raise
     _repair_config(workdir, config, e)
     return
-  new = config_lib.identity(config)
+  old, new = config_lib.identity(old), config_lib.identity(config)
   if old != new:
     fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise UsageError(f"workdir {workdir} holds a run with a different config (differs in "
@@ -621,16 +622,28 @@ def _train_call(run: _Run, sizer: "_CallSizer", states, loss_sum, step: int):
   n = sizer.steps(stop - step)
   if jax.process_count() > 1:  # every process must run the same calls: process 0's pace
     n = int(multihost_utils.broadcast_one_to_all(np.asarray(n, np.int32)))
+  frozen = ()
+  if run.program.settings.freeze:
+    frozen = (jnp.asarray(frozen_replicas(run.book.fits, run.reps.labels.shape[0])),)
   t0 = time.perf_counter()
   states, loss_sum = run.program.train_chunk(states, run.reps, run.d,
                                              jnp.asarray(step, jnp.int32),
-                                             jnp.asarray(n, jnp.int32), loss_sum)
+                                             jnp.asarray(n, jnp.int32), loss_sum, *frozen)
   run.book.losses.add(loss_sum, n)  # waits for the call
   seconds = time.perf_counter() - t0
   run.book.timing.time_call("train", seconds, n)
   sizer.timed(n, seconds)
   run.ckpt.poll()  # a save that failed in the background, reported as soon as known
   return states, loss_sum, n
+
+
+def frozen_replicas(fits: metrics_lib.Fits, padded: int) -> np.ndarray:
+  """``freeze_at_fit``'s mask, (padded,) bool: the replicas that have fitted (``fits``'
+  ``fit_step``), not the mesh's padding. It is derived, not saved: a checkpoint's meta holds
+  the fit steps, so a resumed run freezes the same replicas from its first step."""
+  mask = np.zeros(padded, bool)
+  mask[:len(fits.fit_step)] = [f is not None for f in fits.fit_step]
+  return mask
 
 
 def _to_host(x) -> np.ndarray:

@@ -213,6 +213,32 @@ class Run:
     checkpoint), padded and sharded on ``replica``; ``opt_state`` is empty."""
     if step == 0:
       return self._initial_state()
+    params, batch_stats = self._saved(step)
+    return self._put(params, batch_stats, np.arange(len(self.replicas)))
+
+  def state_at(self, steps) -> step_lib.TrainState:
+    """Like ``state``, with each replica at its own step: ``steps[i]`` (0 or a saved step)
+    for replica i of ``replicas`` (e.g. each at its fit step)."""
+    steps = [int(t) for t in steps]
+    if len(steps) != len(self.replicas):
+      raise ValueError(f"{len(steps)} steps for {len(self.replicas)} replicas")
+    if len(set(steps)) == 1:
+      return self.state(steps[0])
+    loaded = {}
+    for t in sorted(set(steps)):
+      if t == 0:
+        init = jax.device_get(self._initial_state())
+        loaded[t] = (init.params, init.batch_stats)
+      else:
+        loaded[t] = self._saved(t)
+    pick = lambda i, part: jax.tree.map(lambda a: np.asarray(a)[i], loaded[steps[i]][part])
+    rows = [(pick(i, 0), pick(i, 1)) for i in range(len(steps))]
+    stack = lambda part: jax.tree.map(lambda *a: np.stack(a), *[r[part] for r in rows])
+    return self._put(stack(0), stack(1), np.arange(len(steps)))
+
+  def _saved(self, step: int):
+    """(params, batch_stats) of the checkpoint of ``step`` on the host, one row per
+    replica; UsageError for a step without one or of another config."""
     if step not in self.steps:
       saved = ", ".join(map(str, self.steps)) or "none"
       raise UsageError(f"no checkpoint of step {step} in this run: saved steps are {saved} "
@@ -222,11 +248,14 @@ class Run:
       raise UsageError(f"the checkpoint of step {step} in {self.path} was written by another "
                        f"config (hash {saved['meta'].get('config_hash')}) than config.json's "
                        f"({self.config_hash})")
-    rows = np.minimum(np.arange(self.padded), len(self.replicas) - 1)
+    return saved["params"], saved["batch_stats"]
+
+  def _put(self, params, batch_stats, rows) -> step_lib.TrainState:
+    """Host rows ``rows`` of (params, batch_stats), padded to the mesh and sharded."""
+    rows = np.asarray(rows)[np.minimum(np.arange(self.padded), len(rows) - 1)]
     by_replica = mesh_lib.replica_sharding(self.mesh)
     put = lambda x: mesh_lib.put(np.asarray(x)[rows], by_replica)
-    return step_lib.TrainState(jax.tree.map(put, saved["params"]),
-                               jax.tree.map(put, saved["batch_stats"]), ())
+    return step_lib.TrainState(jax.tree.map(put, params), jax.tree.map(put, batch_stats), ())
 
   def _initial_state(self) -> step_lib.TrainState:
     """The trainer's initialization (``train.build``): every replica's init key, vmapped."""
@@ -282,31 +311,41 @@ class Run:
     program: one dict per replica with ``step``, ``replica`` and the metrics as metrics.jsonl
     records them (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ...; NaN as
     None)."""
+    return self.evaluate_state(self.state(step), step)
+
+  def evaluate_state(self, state: step_lib.TrainState, step) -> list[dict]:
+    """``evaluate``'s rows for any ``state`` (e.g. ``state_at``'s); ``step`` is what the
+    rows record (a number, or one per replica)."""
     if self._evaluate is None:
       self._evaluate = step_lib.compile_grid(self.module, self.settings, self.has_batch_norm,
                                              self.plan, self.mesh).evaluate
-    ev = jax.device_get(self._evaluate(self.state(step), self.reps, self.data))
-    return [dict(step=step, replica=r.index,
+    ev = jax.device_get(self._evaluate(state, self.reps, self.data))
+    steps = np.broadcast_to(np.asarray(step), (len(self.replicas),)).tolist()
+    return [dict(step=steps[i], replica=r.index,
                  **{k: _number(v[i]) for k, v in ev.items() if np.ndim(v) == 1})
             for i, r in enumerate(self.replicas)]
 
   def recorded(self, step: int) -> dict[int, dict]:
     """metrics.jsonl's rows of ``step``, by replica (empty when the run did not evaluate
     then, or a resumed run lost them)."""
-    rows = {}
-    if self.path is None or not (metrics_lib.workdir_path(self.path)
-                                 / metrics_lib.METRICS).exists():
-      return rows
+    return {int(row["replica"]): row for row in self.metrics_rows() if row.get("step") == step}
+
+  def metrics_rows(self):
+    """metrics.jsonl's rows in order (none for a run that is not on disk), a line cut off
+    by a crash left out."""
+    if self.path is None:
+      return
     path = metrics_lib.workdir_path(self.path) / metrics_lib.METRICS
+    if not path.exists():
+      return
     with path.open() as f:
       for line in f:
         try:
           row = json.loads(line)
         except ValueError:
-          continue  # a line cut off by a crash
-        if isinstance(row, dict) and row.get("step") == step:
-          rows[int(row["replica"])] = row
-    return rows
+          continue
+        if isinstance(row, dict) and "replica" in row and "step" in row:
+          yield row
 
 
 def _number(x) -> float | None:
