@@ -59,6 +59,7 @@ class Settings:
         raise UsageError(f"`{name}` {value!r} must be a positive integer")
     if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
       raise UsageError(f"`seed` {self.seed!r} must be an integer >= 0")
+    self.flatness.check()
 
 
 def parse_measures(spec: str | None) -> tuple[str, ...]:
@@ -166,8 +167,13 @@ def _examples(run: run_lib.Run, m: int, chunk: int):
 
 def model_of(run: run_lib.Run, chunk: int) -> context.Model:
   """The measures' ``context.Model`` of a run: eval-mode logits in the run's compute dtype
-  under its plan, and its linear layers (found on replica 0's initial parameters)."""
-  logits = lambda p, bs, x: run.apply(step_lib.TrainState(p, bs, ()), x, train=False)[0]
+  with JAX's own gradients (the curvature's Hessian-vector products differentiate twice,
+  which the plan's explicit CPU gradients do not allow), and its linear layers (found on
+  the model's parameter shapes)."""
+  plan = dataclasses.replace(run.plan, gradients="jax")
+  apply = functools.partial(step_lib.apply_model, run.module, plan, run.settings,
+                            run.has_batch_norm)
+  logits = lambda p, bs, x: apply(step_lib.TrainState(p, bs, ()), x, train=False)[0]
   init = jax.eval_shape(lambda: run.module.init(
       jax.random.key(0), jnp.zeros((1, *run.input_shape), jnp.float32), train=False))
   zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), init)
