@@ -187,3 +187,25 @@ def test_measure_names_and_groups():
       "spectral_product", "spectral_sum", "spectral_complexity", "hessian_top")
   assert compute.groups_for(["path_norm_over_margin"]) == ("norms", "margin")
   assert set(compute.NAMES) == {n for names in compute.GROUPS.values() for n in names}
+
+
+def test_without_freeze_each_replica_is_read_from_its_fit_checkpoint(tmp_path):
+  """A run that kept training past the fits but saved every fit step: each replica's row is
+  its own checkpoint's (its norms, its recorded evaluation), several steps in one state."""
+  config = _config(freeze=False)
+  config.checkpoint_every, config.keep_checkpoints = 10, 20
+  train.run(config, str(tmp_path / "run"))
+  result = probe.measure(str(tmp_path / "run"), None, "fit", "frobenius_sum",
+                         log=lambda msg: None)
+  recorded = {}
+  for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    recorded[(row["replica"], row["step"])] = row
+  assert len({e["step"] for e in result["replicas"]}) > 1
+  for i, entry in enumerate(result["replicas"]):
+    saved = checkpoint_lib.load(str(tmp_path / "run"), entry["step"])["params"]
+    want = sum(np.sum(np.asarray(saved[f"Dense_{k}"]["kernel"][i], np.float64) ** 2)
+               for k in range(2))
+    assert entry["measures"]["frobenius_sum"] == pytest.approx(want, rel=1e-5)
+    assert entry["test_acc"] == pytest.approx(recorded[(i, entry["step"])]["test_acc"],
+                                              abs=1e-7)
