@@ -158,9 +158,11 @@ def test_run_writes_the_contract(tiny_config, tmp_path):
   assert json.loads((tmp_path / "summary.json").read_text())["format"] == 1
   assert "format" not in summary
   assert config.pop("freeze_at_fit") is False
+  assert config.pop("binary") is False
   assert summary["config_hash"] == hashlib.sha256(
       json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
   config["freeze_at_fit"] = False
+  config["binary"] = False
   assert config == config_lib.to_json_dict(config_lib.resolve(tiny_config))
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   r = len(summary["replicas"])

@@ -31,6 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   ``freeze_at_fit=True`` stops each replica at its own fit (its state no longer changes
   after the evaluation that records its ``fit_step``), so a grid ends with every replica as
   it was when it fitted, as if each had been trained alone with ``stop_at_fit``.
+  ``binary=True`` makes the dataset two classes, its first half against its second
+  (``zhang.experiment.data.binary``), for PAC-Bayes bounds on a two-class 0-1 error.
   """
   c = ml_collections.ConfigDict()
   c.model = "inception_small"
@@ -46,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""  # IDX folder or tfds data_dir (a gs:// path on TPU VMs); "" = defaults
   c.n_train = 0  # use the first n training examples; 0 = all
   c.n_test = 0  # 0 = all
+  # Two classes: label y -> 0 if y < K // 2 else 1 (K classes), train and test, before label
+  # corruption (zhang.experiment.data.binary: MNIST's digits 0-4 against 5-9, Dziugaite &
+  # Roy 2017). Image datasets only.
+  c.binary = False
   # modadd only (zhang.experiment.data): pairs mod a prime, a random split of them from a seed.
   c.modulus = 113
   c.train_fraction = 0.3
@@ -209,7 +215,7 @@ FIELD_EXAMPLES = {
     "fit_threshold": "1.0", "checkpoint_every": "2000", "keep_checkpoints": "3",
     "modulus": "113", "train_fraction": "0.3", "split_seed": "0", "adam_b1": "0.9",
     "adam_b2": "0.98", "generalize_threshold": "0.99", "stop_at_fit": "false",
-    "freeze_at_fit": "true",
+    "freeze_at_fit": "true", "binary": "true",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
     "models": "\"['mlp_1x512', 'mlp_3x512']\"", "imports": "\"['my_models']\"",
     "mesh_shape": "'(-1, 1)'"}
@@ -290,7 +296,7 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
 
 # Fields added after runs were made, with the default that trains as those runs did: left out
 # of ``identity`` at that default, so the runs keep their hash and resume.
-LATER_DEFAULTS = {"freeze_at_fit": False}
+LATER_DEFAULTS = {"freeze_at_fit": False, "binary": False}
 
 
 def identity(config: ml_collections.ConfigDict | dict) -> dict:
@@ -444,8 +450,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(_is_number(c.generalize_threshold) and 0 < c.generalize_threshold <= 1,
            f"generalize_threshold={c.generalize_threshold!r} must be in (0, 1]",
            "generalize_threshold")
-  for name in ("stop_at_fit", "freeze_at_fit"):
+  for name in ("stop_at_fit", "freeze_at_fit", "binary"):
     _require(isinstance(c[name], bool), f"{name}={c[name]!r} must be true or false", name)
+  _require(not c.binary or inputs != "tokens", f"binary=True is for image datasets, and "
+           f"{c.dataset} has token inputs: use --config.binary=false for {c.dataset}")
   augment.check_name(c.augmentation)
   for name in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "lr_decay_every",
                "checkpoint_every", "keep_checkpoints"):

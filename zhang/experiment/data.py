@@ -122,6 +122,28 @@ def load(name: str, data_dir: str | None = None, options: dict | None = None) ->
 TOKEN_DATASETS = ("modadd",)  # datasets of token ids rather than images
 
 
+def binary(ds: Dataset) -> Dataset:
+  """The dataset as a two-class task: label y becomes 0 if y < K // 2 else 1 (K =
+  ``num_classes``: for K odd the first floor(K / 2) classes are 0), train and test alike.
+
+  For PAC-Bayes bounds on a two-class 0-1 error (Dziugaite & Roy 2017's binary MNIST). The
+  training loop applies it before label corruption, so random labels are uniform over the two
+  classes. On the built-in datasets: ``mnist`` and ``digits``, digits 0-4 against 5-9 (as
+  Dziugaite & Roy); ``fashion_mnist``, T-shirt/top, Trouser, Pullover, Dress, Coat against
+  Sandal, Shirt, Sneaker, Bag, Ankle boot; ``cifar10``, airplane, automobile, bird, cat, deer
+  against dog, frog, horse, ship, truck; ``synthetic_cifar10``, templates 0-4 against 5-9;
+  ``cifar100``, fine labels 0-49 against 50-99. A token dataset (``modadd``: a sum mod a
+  prime) has no such split and is refused.
+  """
+  if ds.inputs == "tokens":
+    raise UsageError(f"binary=True is for image datasets, and {ds.name} has token inputs: "
+                     f"set binary=False for {ds.name}")
+  half = ds.num_classes // 2
+  return dataclasses.replace(
+      ds, train_labels=(ds.train_labels >= half).astype(np.int32),
+      test_labels=(ds.test_labels >= half).astype(np.int32), num_classes=2)
+
+
 def input_kind(name: str) -> str:
   """"tokens" for ``TOKEN_DATASETS``, else "images": what a model must take."""
   return "tokens" if name in TOKEN_DATASETS else _INPUTS.get(name, "images")

@@ -103,10 +103,13 @@ def check_before_peers(config, workdir, restart: bool = False) -> None:
 
 
 def load_dataset(config):
-  """The config's dataset, subset to ``n_train`` and ``n_test``."""
+  """The config's dataset, subset to ``n_train`` and ``n_test``, as two classes with
+  ``binary`` (``data_lib.binary``): training and every probe that rebuilds a run read it
+  here, so they see the same labels."""
   options = {k: config[k] for k in data_lib.MODADD_OPTIONS if k in config}
   dataset = data_lib.load(config.dataset, config.data_dir or None, options)
-  return dataset.subset(config.n_train or None, config.n_test or None)
+  dataset = dataset.subset(config.n_train or None, config.n_test or None)
+  return data_lib.binary(dataset) if config.get("binary", False) else dataset
 
 
 def check_workdir(workdir, config, restart: bool) -> None:
