@@ -85,7 +85,7 @@ def main(argv=None) -> int:
   run = run_lib.from_config(config)
   init = run.state(0)
   batch, k = config.batch_size, args.steps
-  x, y, valid = compute._examples(run, batch, batch)
+  x, y, valid = compute.examples(run, batch, batch)
   loops = _loops(run, batch, k)
   fixed = (init.params, init.batch_stats, x, y, valid)
 

@@ -92,6 +92,8 @@ def test_a_grid_that_cannot_fit_is_refused_before_compiling(seeds, tmp_path, cap
     ("configs/sweep.py:foo=1", "unknown config argument 'foo': known are model, dataset"),
     ("configs/table1.py:foo=1", "unknown config argument 'foo': known are models, dataset"),
     ("configs/modadd.py:foo=1", "unknown config argument 'foo': known are model, modulus"),
+    ("configs/measures.py:foo=1", "unknown config argument 'foo': known are dataset, n_train"),
+    ("configs/bounds.py:foo=1", "unknown config argument 'foo': known are dataset, n_train"),
 ])
 def test_every_config_refuses_an_argument_it_does_not_know(spec, message, tmp_path, capsys):
   workdir = tmp_path / "run"
@@ -102,15 +104,15 @@ def test_every_config_refuses_an_argument_it_does_not_know(spec, message, tmp_pa
 
 
 def test_every_config_file_is_in_the_table_above():
-  tested = {"digits", "fig1", "sweep", "table1", "modadd"}
+  tested = {"digits", "fig1", "sweep", "table1", "modadd", "measures", "bounds"}
   assert {p.stem for p in pathlib.Path("configs").glob("*.py")} == tested
 
 
 @pytest.mark.parametrize("argv,line", [
     ([], "zhang: error: no command given: choose one of train, models, kernel, report, ntk, "
-     "llc"),
+     "llc, measures, bound"),
     (["trian"], "zhang: error: argument command: invalid choice: 'trian' (choose from 'train', "
-     "'models', 'kernel', 'report', 'ntk', 'llc'); did you mean train?"),
+     "'models', 'kernel', 'report', 'ntk', 'llc', 'measures', 'bound'); did you mean train?"),
     (["train", "--config", DIGITS, "--workdir", "W", "--max_stesp", "5"],
      "zhang train: error: unrecognized arguments: --max_stesp 5; did you mean --max_steps?"),
     (["train", "--config", DIGITS, "--workdir", "W", "--max_steps", "abc"],

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
+from zhang.analysis import bound as bound_report
 from zhang.analysis import (
   fit_time,
   grokking,
@@ -442,6 +443,7 @@ def _figures_section(names: Sequence[str] = FIGURES) -> list[str]:
       "early_stopping.png": "Early stopping: the best test accuracy against the fit step's "
                             "and the last.",
       **measures_plots.CAPTIONS,
+      **bound_report.CAPTIONS,
   }
   out = ["## Figures", ""]
   for name in names:
@@ -522,8 +524,9 @@ def _kernel_baseline(runs: Runs, out: epath.Path, grok: pd.DataFrame) -> list[st
 
 
 def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
-  """The figures and sections of what `zhang llc RUN`, `zhang ntk RUN` and `zhang measures
-  RUN` (with measures.md) wrote into ``out``, each only where computed from one of ``runs``."""
+  """The figures and sections of what `zhang llc RUN`, `zhang ntk RUN`, `zhang measures
+  RUN` (with measures.md) and `zhang bound RUN` wrote into ``out``, each only where computed
+  from one of ``runs``."""
   written, lines = [], []
   if (out / "llc.json").exists():
     llc = llc_report.load(out / "llc.json")
@@ -547,7 +550,23 @@ def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
   if (out / measures_report.FILE).exists():
     written_m, lines_m = _measures(runs, out)
     written, lines = written + written_m, lines + lines_m
+  if (out / bound_report.FILE).exists():
+    written_b, lines_b = _bound(runs, out)
+    written, lines = written + written_b, lines + lines_b
   return written, lines
+
+
+def _bound(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
+  """The figure and report.md's section of bound.json's replicas that are these runs'."""
+  path = out / bound_report.FILE
+  result = bound_report.load(path)
+  mine, others = measures_report.select(result, runs)
+  if mine is None:
+    return [], _skipped("## PAC-Bayes bounds", path, result["settings"],
+                        f"zhang bound RUN --out {out}")
+  if others:
+    _log(measures_report.partial_line(path, others))
+  return bound_report.plot(mine, out), bound_report.report_lines(mine)
 
 
 def _measures(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:

@@ -16,7 +16,7 @@ from zhang.errors import RunError, UsageError, on_command_line
 
 # Modules that add their own sub-command with ``register(subparsers)``.
 _PLUGINS = ("zhang.cli.train", "zhang.cli.models", "zhang.cli.kernel", "zhang.cli.report",
-            "zhang.cli.ntk", "zhang.cli.llc", "zhang.cli.measures")
+            "zhang.cli.ntk", "zhang.cli.llc", "zhang.cli.measures", "zhang.cli.bound")
 
 
 class _Parser(argparse.ArgumentParser):

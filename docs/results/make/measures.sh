@@ -14,9 +14,8 @@ time zhang train --config configs/measures.py:dataset=fashion_mnist --workdir ru
 time zhang measures runs/measures_fm --out runs/measures_fm_report
 zhang report runs/measures_fm --out runs/measures_fm_report
 
-for data in digits fm; do
-  name=$([[ $data == fm ]] && echo fashion || echo digits)
-  from=$([[ $data == fm ]] && echo runs/measures_fm_report || echo runs/measures_report)
-  keep measures "$from" measures.md="${name}_measures.md" \
-    measures_vs_gap.png="${name}_measures_vs_gap.png" measures_tau.png="${name}_measures_tau.png"
-done
+keep measures/digits runs/measures_report measures.md measures_vs_gap.png measures_tau.png
+keep measures/fashion runs/measures_fm_report measures.md measures_vs_gap.png measures_tau.png
+python docs/results/make/measures_table.py digits=runs/measures_report/measures.json \
+  fashion=runs/measures_fm_report/measures.json > runs/measures_tables.md
+keep measures runs measures_tables.md=tables.md

@@ -144,7 +144,7 @@ def resolve_step(run: run_lib.Run, spec) -> tuple[list[int], list[int], str]:
 
 # ------------------------------------------------------------------- the program
 
-def _examples(run: run_lib.Run, m: int, chunk: int):
+def examples(run: run_lib.Run, m: int, chunk: int):
   """Every replica's first ``m`` training examples as it evaluates them, padded to a
   multiple of ``chunk``: x (R, M, ...), y (R, M) int32, valid (M,) float32."""
   total = -(-m // chunk) * chunk

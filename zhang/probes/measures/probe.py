@@ -48,26 +48,28 @@ def open_runs(workdir, data_dir=None) -> list[run_lib.Run]:
   return [run_lib.open(workdir, data_dir)]
 
 
-def check_out(runs: list[run_lib.Run], out) -> None:
-  """UsageError unless OUT can take these runs' measures.json: outside every run's folder,
-  and holding no measures.json of another run (one of the same runs is replaced)."""
+def check_out(runs: list[run_lib.Run], out, name: str = JSON, what: str = "measures"
+              ) -> None:
+  """UsageError unless OUT can take these runs' ``name`` (measures.json; another probe's
+  file of ``what``): outside every run's folder, and holding no such file of another run
+  (one of the same runs is replaced)."""
   out = metrics_lib.workdir_path(out)
   for run in runs:
     path = metrics_lib.workdir_path(run.path)
     if out == path or path in out.parents:
       raise UsageError(f"`out` {out} is inside the run's directory {path}: choose a folder "
                        f"outside it (the run's files are never written)")
-  existing = out / JSON
+  existing = out / name
   if not existing.exists():
     return
   try:
     settings = json.loads(existing.read_text())["settings"]
     hashes = {r["config_hash"] for r in settings["runs"]}
   except (ValueError, KeyError, TypeError):
-    raise UsageError(f"{existing} exists and is not a measures.json this zhang can read: "
+    raise UsageError(f"{existing} exists and is not a {name} this zhang can read: "
                      f"move it, or choose another `out`") from None
   if hashes != {run.config_hash for run in runs}:
-    raise UsageError(f"{existing} holds the measures of another run ({settings.get('run')}): "
+    raise UsageError(f"{existing} holds the {what} of another run ({settings.get('run')}): "
                      f"choose another `out`, or delete that file")
 
 
@@ -132,7 +134,7 @@ def run_measures(run: run_lib.Run, measured: list[int], read: list[int], wanted,
   if groups:
     m = min(s.examples, run.n)
     chunk = min(run.config.eval_batch_size, m)
-    x, y, valid = compute._examples(run, m, chunk)
+    x, y, valid = compute.examples(run, m, chunk)
     init = run.state(0)
     args = (state.params, init.params, state.batch_stats, x, y,
             compute.replica_keys(run, s.seed), valid)
@@ -217,11 +219,11 @@ def _llc(run: run_lib.Run, read: list[int], out) -> list[float | None]:
   return [by.get((r.index, step)) for r, step in zip(run.replicas, read)]
 
 
-def write(result: dict, out) -> None:
-  """OUT/measures.json, in one atomic write."""
+def write(result: dict, out, name: str = JSON) -> None:
+  """OUT/measures.json (or another probe's ``name``), in one atomic write."""
   out = metrics_lib.workdir_path(out)
   try:
     out.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise metrics_lib.disk_error(out, e) from None
-  metrics_lib.write_json(out / JSON, result)
+  metrics_lib.write_json(out / name, result)
