@@ -54,3 +54,29 @@ def tiny_config():
             dict(kinds=["shuffled_pixels", "random_pixels", "gaussian"], corruptions=[0.0],
                  seeds=[3])]
   return c
+
+
+@pytest.fixture(scope="session")
+def fitting_config():
+  """A factory of a small grid whose replicas all fit within seconds: four MLPs (mlp_1x64) on
+  128 digits, true and random labels at learning rates 0.05 and 0.1, a constant rate, each
+  kept as it fitted (fits at steps 30 to 120), checkpoints every 100 steps and at the end.
+  Keyword arguments set other fields; the config comes back resolved."""
+  def make(**fields):
+    c = config_lib.base_config()
+    c.model = "mlp_1x64"
+    c.dataset = "digits"
+    c.n_train, c.n_test = 128, 64
+    c.batch_size = 32
+    c.max_steps = 400
+    c.eval_every = 10
+    c.eval_batch_size = 64
+    c.checkpoint_every = 100
+    c.freeze_at_fit = True
+    c.lr_decay = 1.0
+    c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0],
+                   learning_rates=[0.05, 0.1])]
+    for key, value in fields.items():
+      c[key] = value
+    return config_lib.resolve(c)
+  return make

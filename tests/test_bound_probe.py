@@ -14,7 +14,6 @@ import pytest
 from zhang import cli
 from zhang.analysis import bound as bound_report
 from zhang.errors import UsageError
-from zhang.experiment import config as config_lib
 from zhang.experiment import train
 from zhang.probes.bounds import kl, posterior, probe
 
@@ -23,30 +22,10 @@ pytestmark = pytest.mark.slow  # a trained run (about 15 s on 2 cores) for the m
 SETTINGS = posterior.Settings(steps=200, draws=50, trace_every=50)
 
 
-def _config(binary: bool = True, max_steps: int = 300):
-  """Four MLPs on 128 digits as two classes (0-4 against 5-9), true and random labels at
-  two learning rates, each kept as it fitted."""
-  c = config_lib.base_config()
-  c.model = "mlp_1x64"
-  c.dataset = "digits"
-  c.binary = binary
-  c.n_train, c.n_test = 128, 64
-  c.batch_size = 32
-  c.max_steps = max_steps
-  c.eval_every = 10
-  c.eval_batch_size = 64
-  c.checkpoint_every = 100
-  c.freeze_at_fit = True
-  c.lr_decay = 1.0
-  c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0],
-                 learning_rates=[0.05, 0.1])]
-  return config_lib.resolve(c)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, fitting_config):
   path = tmp_path_factory.mktemp("bound") / "run"
-  train.run(_config(), str(path))
+  train.run(fitting_config(binary=True, max_steps=300), str(path))
   return path
 
 
@@ -190,8 +169,8 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, bounded, tmp_path, ca
   assert not (tmp_path / "a").exists() and _files(run_dir) == before
 
 
-def test_a_ten_class_run_is_refused(tmp_path, capsys):
-  train.run(_config(binary=False, max_steps=10), str(tmp_path / "run"))
+def test_a_ten_class_run_is_refused(tmp_path, capsys, fitting_config):
+  train.run(fitting_config(max_steps=10), str(tmp_path / "run"))
   capsys.readouterr()  # the training's progress
   line = _error(capsys, tmp_path / "run", "--out", tmp_path / "out")
   assert "with 10 classes" in line and "--config.binary=true" in line

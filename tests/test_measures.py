@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from zhang import cli
-from zhang.experiment import config as config_lib
 from zhang.experiment import train
 from zhang.probes import run as run_lib
 from zhang.probes.measures import compute, probe
@@ -20,29 +19,10 @@ from zhang.rundir import checkpoint as checkpoint_lib
 pytestmark = pytest.mark.slow  # a trained run (about 15 s on 2 cores) for the module
 
 
-def _config(freeze: bool = True):
-  """Four MLPs on 128 digits, true and random labels at two learning rates: every one fits
-  by step 120 (at steps 30 to 120), checkpoints at 100 and at the end."""
-  c = config_lib.base_config()
-  c.model = "mlp_1x64"
-  c.dataset = "digits"
-  c.n_train, c.n_test = 128, 64
-  c.batch_size = 32
-  c.max_steps = 400
-  c.eval_every = 10
-  c.eval_batch_size = 64
-  c.checkpoint_every = 100
-  c.freeze_at_fit = freeze
-  c.lr_decay = 1.0
-  c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0],
-                 learning_rates=[0.05, 0.1])]
-  return config_lib.resolve(c)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, fitting_config):
   path = tmp_path_factory.mktemp("measures") / "run"
-  train.run(_config(), str(path))
+  train.run(fitting_config(), str(path))
   return path
 
 
@@ -112,11 +92,11 @@ def test_norms_and_margins_against_numpy(run_dir, measured):
                                                            rel=2e-4)
 
 
-def test_the_loss_sum_to_the_fit_is_the_trainers(run_dir, measured):
+def test_the_loss_sum_to_the_fit_is_the_trainers(run_dir, measured, fitting_config):
   """loss_sum_to_fit (from metrics.jsonl) equals the train chunk's own float32 sum of the
   minibatch losses over the steps before each replica's fit, retrained here."""
   _, result = measured
-  config = _config(freeze=False)  # no replica is frozen before its fit anyway
+  config = fitting_config(freeze_at_fit=False)  # no replica is frozen before its fit anyway
   run = run_lib.open(str(run_dir))
   program, d, reps, states, _ = train.build(config, run.replicas, run.dataset)
   done, sums = 0, {}
@@ -150,7 +130,8 @@ def _error(capsys, *args) -> str:
   return lines[0]
 
 
-def test_bad_input_is_one_line_and_changes_nothing(run_dir, measured, tmp_path, capsys):
+def test_bad_input_is_one_line_and_changes_nothing(run_dir, measured, tmp_path, capsys,
+                                                   fitting_config):
   out, _ = measured
   before, written = _files(run_dir), (out / probe.JSON).read_bytes()
   line = _error(capsys, run_dir, "--out", tmp_path / "a", "--measures", "spectral,sharp")
@@ -159,7 +140,7 @@ def test_bad_input_is_one_line_and_changes_nothing(run_dir, measured, tmp_path, 
   assert "no checkpoint of --step 70" in line and "100, 120" in line
   # Another run's measures.json in OUT: refused, the file kept.
   other = tmp_path / "other"
-  train.run(config_lib.resolve(_config(freeze=False)), str(other))
+  train.run(fitting_config(freeze_at_fit=False), str(other))
   capsys.readouterr()  # the training's progress
   line = _error(capsys, other, "--out", out, "--step", "final")
   assert "holds the measures of another run" in line
@@ -172,9 +153,8 @@ def test_bad_input_is_one_line_and_changes_nothing(run_dir, measured, tmp_path, 
   assert _files(run_dir) == before and not (tmp_path / "a").exists()
 
 
-def test_replicas_that_never_fitted_are_named(tmp_path, capsys):
-  config = _config()
-  config.max_steps = 40  # the random-label replicas have not fitted by then
+def test_replicas_that_never_fitted_are_named(tmp_path, capsys, fitting_config):
+  config = fitting_config(max_steps=40)  # the random-label replicas have not fitted by then
   train.run(config, str(tmp_path / "run"))
   capsys.readouterr()  # the training's progress
   line = _error(capsys, tmp_path / "run", "--out", tmp_path / "out", "--step", "fit")
@@ -189,11 +169,10 @@ def test_measure_names_and_groups():
   assert set(compute.NAMES) == {n for names in compute.GROUPS.values() for n in names}
 
 
-def test_without_freeze_each_replica_is_read_from_its_fit_checkpoint(tmp_path):
+def test_without_freeze_each_replica_is_read_from_its_fit_checkpoint(tmp_path, fitting_config):
   """A run that kept training past the fits but saved every fit step: each replica's row is
   its own checkpoint's (its norms, its recorded evaluation), several steps in one state."""
-  config = _config(freeze=False)
-  config.checkpoint_every, config.keep_checkpoints = 10, 20
+  config = fitting_config(freeze_at_fit=False, checkpoint_every=10, keep_checkpoints=20)
   train.run(config, str(tmp_path / "run"))
   result = probe.measure(str(tmp_path / "run"), None, "fit", "frobenius_sum",
                          log=lambda msg: None)

@@ -13,7 +13,6 @@ replica), ``report_lines`` report.md's section.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -21,8 +20,7 @@ import pandas as pd
 from etils import epath
 from matplotlib.figure import Figure
 
-from zhang.analysis import plots
-from zhang.errors import UsageError
+from zhang.analysis import plots, provenance
 from zhang.formatting import DASH, condition_name, corruption_colours, md_table
 
 FILE = "bound.json"
@@ -37,21 +35,7 @@ REQUIRED = ("replica", "model", "kind", "corruption", "seed", "test_error", "bou
 
 def load(path) -> dict:
   """bound.json's dict, from the file or the folder that holds it (local or gs://)."""
-  path = epath.Path(path)
-  if path.is_dir():
-    path = path / FILE
-  try:
-    result = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
-    raise UsageError(f"{path} is not a readable bound.json ({type(e).__name__}): write one "
-                     f"with zhang bound RUN --out DIR") from None
-  if (not isinstance(result, dict) or not {"settings", "replicas"} <= set(result)
-      or not isinstance(result["replicas"], list)
-      or any(not isinstance(r, dict) or k not in r for r in result["replicas"]
-             for k in REQUIRED)):
-    raise UsageError(f"{path} is not a bound.json of zhang bound (settings and replicas "
-                     f"with {', '.join(REQUIRED)})")
-  return result
+  return provenance.read(path, FILE, REQUIRED, "zhang bound")
 
 
 def _number(v) -> float:

@@ -15,7 +15,6 @@ puts it in OUT/measures.md with its figures; ``summary_lines`` is report.md's se
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Sequence
 
@@ -25,7 +24,6 @@ from etils import epath
 from scipy import stats
 
 from zhang.analysis import measures_plots, provenance
-from zhang.errors import UsageError
 from zhang.formatting import DASH, md_table
 from zhang.rundir import metrics as metrics_lib
 
@@ -61,21 +59,7 @@ class Analysis:
 
 def load(path) -> dict:
   """measures.json's dict, from the file or the folder that holds it (local or gs://)."""
-  path = epath.Path(path)
-  if path.is_dir():
-    path = path / FILE
-  try:
-    result = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
-    raise UsageError(f"{path} is not a readable measures.json ({type(e).__name__}): write "
-                     f"one with zhang measures RUN --out DIR") from None
-  if (not isinstance(result, dict) or not {"settings", "replicas"} <= set(result)
-      or not isinstance(result["replicas"], list)
-      or any(not isinstance(r, dict) or k not in r for r in result["replicas"]
-             for k in REQUIRED)):
-    raise UsageError(f"{path} is not a measures.json of zhang measures (settings and "
-                     f"replicas with {', '.join(REQUIRED)})")
-  return result
+  return provenance.read(path, FILE, REQUIRED, "zhang measures")
 
 
 def select(result: dict, runs) -> tuple[dict | None, list[dict]]:

@@ -9,9 +9,13 @@ another run, which must not be read as these runs'.
 
 from __future__ import annotations
 
+import json
 import os
 
+from etils import epath
+
 from zhang.analysis.load import Run, Runs
+from zhang.errors import UsageError
 from zhang.rundir.metrics import is_local
 
 
@@ -53,3 +57,24 @@ def skipped_line(path, settings: dict) -> str:
   skipped."""
   return (f"{path} was computed from {describe(settings)}, not from the runs reported here: "
           f"skipped")
+
+
+def read(path, name: str, required, command: str) -> dict:
+  """A probe's JSON (``name``, e.g. measures.json), from the file or the folder that holds
+  it (local or gs://): ``{"settings", "replicas"}`` with the ``required`` fields in every
+  replica; UsageError naming the ``command`` that writes one otherwise."""
+  path = epath.Path(path)
+  if path.is_dir():
+    path = path / name
+  try:
+    result = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise UsageError(f"{path} is not a readable {name} ({type(e).__name__}): write one with "
+                     f"{command} RUN --out DIR") from None
+  if (not isinstance(result, dict) or not {"settings", "replicas"} <= set(result)
+      or not isinstance(result["replicas"], list)
+      or any(not isinstance(r, dict) or k not in r for r in result["replicas"]
+             for k in required)):
+    raise UsageError(f"{path} is not a {name} of {command} (settings and replicas with "
+                     f"{', '.join(required)})")
+  return result
