@@ -140,10 +140,10 @@ def _main(*args, capsys):
 def test_a_study_with_an_unknown_model_fails_in_one_line_creating_nothing(tmp_path, capsys):
   workdir = tmp_path / "study"
   code, err = _main("train", "--config",
-                    "configs/table1.py:dataset=digits,quick,models=mlp_1x512+mlp_9x9",
+                    "configs/table1.py:dataset=digits,quick,models=mlp_1x512+vgg_9",
                     "--workdir", str(workdir), capsys=capsys)
   assert code == 2 and len(err.strip().splitlines()) == 1
-  assert "mlp_9x9" in err and "mlp_1x512" in err  # the unknown name and the known ones
+  assert "vgg_9" in err and "mlp_1x512" in err  # the unknown name and the known ones
   assert not workdir.exists()
 
 

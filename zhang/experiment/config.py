@@ -26,14 +26,7 @@ from zhang.experiment import augment, data, models, randomize
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field a training config has, with the paper's defaults (CIFAR-10 schedule).
-
-  ``freeze_at_fit=True`` stops each replica at its own fit (its state no longer changes
-  after the evaluation that records its ``fit_step``), so a grid ends with every replica as
-  it was when it fitted, as if each had been trained alone with ``stop_at_fit``.
-  ``binary=True`` makes the dataset two classes, its first half against its second
-  (``zhang.experiment.data.binary``), for PAC-Bayes bounds on a two-class 0-1 error.
-  """
+  """Every field a training config has, with the paper's defaults (CIFAR-10 schedule)."""
   c = ml_collections.ConfigDict()
   c.model = "inception_small"
   # Python modules imported before any name is looked up: where your own models and datasets
@@ -68,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   # (grokking: generalization comes long after the fit).
   c.stop_at_fit = True
   # Each replica's parameters, batch statistics and optimizer state stay as they were at its
-  # fit evaluation while the others train on (zhang/experiment/step.py: train_chunk).
+  # fit evaluation while the others train on (zhang/experiment/step.py: train_chunk): the
+  # grid ends with every replica as if trained alone with `stop_at_fit`.
   c.freeze_at_fit = False
   c.checkpoint_every = 2000  # steps between checkpoints (and one at the end)
   c.keep_checkpoints = 3

@@ -27,6 +27,11 @@ class Model(NamedTuple):
   module: Any  # the Flax Linen module (``zhang.experiment.models``)
   layers: tuple  # the model's linear layers (``zhang.probes.measures.net.layers``)
   chunk: int  # examples per pass in loops over ``Replica.x`` (bounds memory)
+  # ``logits`` with JAX's own differentiation rules, for Hessian-vector products (forward
+  # over reverse), where ``logits`` runs under the execution plan's explicit CPU gradients
+  # (a custom_vjp: fast first-order gradients of convolutions, no forward mode). None: the
+  # same as ``logits``.
+  hvp_logits: Callable | None = None
 
 
 class Replica(NamedTuple):

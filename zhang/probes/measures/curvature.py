@@ -106,7 +106,10 @@ def loss_grad(model, rep, params):
 
 
 def hvp(model, rep, v):
-  """H v, H the Hessian of ``loss`` at ``rep.params`` (jvp of grad, summed over chunks)."""
+  """H v, H the Hessian of ``loss`` at ``rep.params`` (jvp of grad, summed over chunks),
+  through ``model.hvp_logits`` where given (forward-mode differentiable)."""
+  if model.hvp_logits is not None:
+    model = model._replace(logits=model.hvp_logits)
   grad = jax.grad(chunk_loss, argnums=2)
 
   def chunk_hvp(x, y, valid):
