@@ -24,13 +24,12 @@ import functools
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import probe_timing  # noqa: E402  (benchmarks/, this script's folder)
 
 from zhang.experiment import config as config_lib  # noqa: E402
 from zhang.experiment import step as step_lib  # noqa: E402
@@ -89,26 +88,7 @@ def main(argv=None) -> int:
   loops = _loops(run, batch, k)
   fixed = (init.params, init.batch_stats, x, y, valid)
 
-  def train_seconds():
-    nonlocal states
-    t0 = time.perf_counter()
-    states, loss = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(k))
-    np.asarray(loss)
-    return time.perf_counter() - t0
-
-  def seconds(kind):
-    t0 = time.perf_counter()
-    np.asarray(loops[kind](*fixed))
-    return time.perf_counter() - t0
-
-  timers = {"train": train_seconds, **{kind: functools.partial(seconds, kind)
-                                       for kind in loops}}
-  best = {}
-  for timer in timers.values():
-    timer()  # compiles
-  for _ in range(args.repeats):
-    for name, timer in timers.items():
-      best[name] = min(best.get(name, np.inf), timer())
+  best = probe_timing.best_seconds(program, states, reps, d, k, loops, fixed, args.repeats)
   rate = {name: len(replicas) * k / s for name, s in best.items()}
   print(json.dumps(dict(
       config=args.config, model=config.model, replicas=len(replicas), batch=batch, steps=k,

@@ -164,8 +164,9 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, bounded, tmp_path, ca
   assert (other / "bound.json").read_bytes() == written
   # A diverging optimization: after the program, the learning rate named, nothing written.
   line = _error(capsys, run_dir, "--out", tmp_path / "a", "--learning_rate", "1e4",
-                "--steps", "20", "--draws", "2", ran=True)
-  assert "diverged" in line and "lower --learning_rate (now 10000), e.g. 1000" in line
+                "--variance_learning_rate", "1e4", "--steps", "20", "--draws", "2", ran=True)
+  assert "diverged" in line and "lower --learning_rate (now 10000, e.g. 1000)" in line
+  assert "--variance_learning_rate (now 10000, e.g. 1000)" in line
   assert not (tmp_path / "a").exists() and _files(run_dir) == before
 
 

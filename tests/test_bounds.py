@@ -101,7 +101,8 @@ def test_settings_check():
   posterior.Settings().check()
   bad = [dict(delta=0.0), dict(delta=1.0), dict(mc_delta=-0.1), dict(prior_count=0),
          dict(steps=0), dict(draws=0), dict(batch=-1), dict(trace_every=0),
-         dict(learning_rate=0.0), dict(union="other"), dict(delta=0.6, mc_delta=0.5)]
+         dict(learning_rate=0.0), dict(variance_learning_rate=-1.0), dict(mc_batch=-1),
+         dict(union="other"), dict(delta=0.6, mc_delta=0.5)]
   for kwargs in bad:
     with pytest.raises(UsageError) as error:
       posterior.Settings(**kwargs).check()
@@ -164,7 +165,8 @@ def _replica(seed):
 # Weights of order 1 that moved a distance 4.5 from their initialization: the grid's top c = 1
 # (not 0.1) and prior and posterior scales to match, a constant rate (KL 18 against 61 with
 # the drop after 75 steps).
-SETTINGS = posterior.Settings(steps=300, batch=50, learning_rate=0.02, lr_drop=1.0, init_std=0.5,
+SETTINGS = posterior.Settings(steps=300, batch=50, learning_rate=0.02,
+                              variance_learning_rate=0.02, lr_drop=1.0, init_std=0.5,
                               prior_scale=1.0, init_prior_variance=1.0, draws=50,
                               trace_every=50)
 _bound = jax.jit(posterior.bound, static_argnums=(0, 2))
@@ -172,13 +174,32 @@ _bound = jax.jit(posterior.bound, static_argnums=(0, 2))
 
 def test_mc_error_counts_the_real_examples_of_each_draw():
   rep = _replica(0)
-  post = posterior.start(rep, posterior.Settings())  # noise 2 |w|: some draws err
+  post = posterior.start(rep, posterior.Settings(init_std=2.0))  # noise 2 |w|: draws err
   key = jax.random.key(5)
   got = jax.jit(lambda post: posterior.mc_error(MODEL, rep, post, key, 6))(post)
   errors = []
   for k in range(6):
-    w = posterior.sample(post, jax.random.fold_in(key, k), rep.params)
+    draw_key, _ = jax.random.split(jax.random.fold_in(key, k))
+    w = posterior.sample(post, draw_key, rep.params)
     errors.append(np.mean(np.argmax(_mlp(w, rep.x[:N]), axis=1) != rep.y[:N]))
+  assert 0 < np.mean(errors) and float(got) == pytest.approx(np.mean(errors), abs=1e-6)
+
+
+def test_mc_error_on_minibatches_counts_each_draws_own_examples():
+  """With ``mc_batch`` each draw's error is on its own examples, drawn with replacement from
+  the real ones (never the padding): the brute-force mean over the same draws and indices."""
+  rep = _replica(0)
+  post = posterior.start(rep, posterior.Settings(init_std=2.0))
+  key, size = jax.random.key(7), CHUNK + 37  # a padded last chunk
+  got = jax.jit(lambda post: posterior.mc_error(MODEL, rep, post, key, 6, size))(post)
+  order = np.argsort(np.asarray(rep.valid) <= 0, kind="stable")
+  errors = []
+  for k in range(6):
+    draw_key, batch_key = jax.random.split(jax.random.fold_in(key, k))
+    w = posterior.sample(post, draw_key, rep.params)
+    index = order[np.asarray(jax.random.randint(batch_key, (size,), 0, N))]
+    assert index.max() < N
+    errors.append(np.mean(np.argmax(_mlp(w, rep.x[index]), axis=1) != rep.y[index]))
   assert 0 < np.mean(errors) and float(got) == pytest.approx(np.mean(errors), abs=1e-6)
 
 
@@ -211,7 +232,8 @@ def test_vmap_over_replicas_equals_each_alone():
 
 def test_a_diverging_learning_rate_is_reported():
   rep = _replica(0)
-  s = posterior.Settings(steps=20, batch=50, learning_rate=1e4, draws=2, trace_every=5)
+  s = posterior.Settings(steps=20, batch=50, learning_rate=1e4, variance_learning_rate=1e4,
+                         draws=2, trace_every=5)
   got = _bound(MODEL, rep, s)
   assert bool(got["diverged"]) and np.isnan(float(got["bound"]))
   assert not np.all(np.isfinite(np.asarray(got["trace"])))

@@ -106,8 +106,8 @@ def report_lines(result: dict) -> list[str]:
           f"{'s' if len(steps) > 1 else ''} {at}). Dziugaite and Roy (2017)'s bound: a "
           f"Gaussian posterior Q around each replica's trained weights, optimized for "
           f"{s.get('steps', DASH)} steps against a prior around its initialization, its "
-          f"training error estimated from {s.get('draws', DASH)} sampled networks on all "
-          f"n = {s.get('examples', DASH)} of its training examples; with probability "
+          f"training error estimated from {s.get('draws', DASH)} sampled networks, "
+          f"{_measured_on(s)}; with probability "
           f"{s.get('confidence', DASH)} over the sample and the draws, Q's error is below "
           f"the bound. The bound is on Q, not on the trained network whose test error is "
           f"shown. The task has two classes, so a bound below {CHANCE:g} (chance) certifies "
@@ -115,6 +115,15 @@ def report_lines(result: dict) -> list[str]:
           *md_table(HEADER, _cells(t), align="llrrrrrr"), "",
           f"Every replica's bound against its test error: {FIGURE}. Each setting and field "
           f"of {FILE}: docs/bounds.md.", ""]
+
+
+def _measured_on(s: dict) -> str:
+  n = s.get("examples", DASH)
+  size = s.get("mc_batch") or 0
+  if size and (not isinstance(n, int) or size < n):
+    return f"each on {size:,} of the n = {n:,} training examples (drawn with replacement)"
+  return f"each on all n = {n:,} training examples" if isinstance(n, int) else (
+      f"each on all n = {n} training examples")
 
 
 def plot(result: dict, out_dir) -> list[epath.Path]:

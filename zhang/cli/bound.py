@@ -15,7 +15,7 @@ import argparse
 from zhang.rundir import storage
 
 # The posterior.Settings fields the command sets (None: the default of posterior.Settings).
-_SETTINGS = ("steps", "learning_rate", "draws", "delta")
+_SETTINGS = ("steps", "learning_rate", "variance_learning_rate", "draws", "mc_batch", "delta")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -35,13 +35,19 @@ def register(subparsers) -> argparse.ArgumentParser:
                  "checkpoints at the fit steps), final, or a saved step (default: fit for a "
                  "freeze_at_fit run, else final)")
   p.add_argument("--steps", type=int, default=None,
-                 help="the posterior's optimization steps (default 2000)")
+                 help="the posterior's optimization steps (default 5000)")
   p.add_argument("--learning_rate", type=float, default=None,
-                 help="the optimization's RMSProp rate, x0.1 after a quarter of the steps "
+                 help="the RMSProp rate of the posterior's mean, x0.1 after half of the steps "
                  "(default 0.001)")
+  p.add_argument("--variance_learning_rate", type=float, default=None,
+                 help="the RMSProp rate of the posterior's and the prior's log variances, "
+                 "x0.1 after half of the steps (default 0.03)")
   p.add_argument("--draws", type=int, default=None,
                  help="networks drawn from the posterior to estimate its training error "
                  "(default 1000)")
+  p.add_argument("--mc_batch", type=int, default=None,
+                 help="training examples each drawn network is measured on, drawn with "
+                 "replacement (default 1000; 0: every one)")
   p.add_argument("--delta", type=float, default=None,
                  help="the PAC-Bayes bound's failure probability, in (0, 1) (default 0.025; "
                  "the Monte Carlo estimate adds 0.01)")

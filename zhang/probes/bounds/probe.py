@@ -105,7 +105,9 @@ def check_diverged(entries: list[dict], s: posterior.Settings, workdir) -> None:
                         f" and {len(bad) - 6} more" if len(bad) > 6 else "")
   raise UsageError(f"the posterior's optimization diverged (a non-finite objective or KL) "
                    f"for replica(s) {names} of {workdir}: lower `learning_rate` (now "
-                   f"{s.learning_rate:g}), e.g. {s.learning_rate / 10:g}; nothing was written")
+                   f"{s.learning_rate:g}, e.g. {s.learning_rate / 10:g}) or "
+                   f"`variance_learning_rate` (now {s.variance_learning_rate:g}, e.g. "
+                   f"{s.variance_learning_rate / 10:g}); nothing was written")
 
 
 def settings_dict(runs, sources, spec: str, s: posterior.Settings, seed: int) -> dict:
