@@ -21,8 +21,9 @@ log(2 sqrt(n) / delta) / n (log(sqrt(n) / 2) = 4.7 nats less at n = 50 000), and
 cost where ``Settings.union`` picks.
 
 After the optimization lambda is rounded to the grid lambda_j = c exp(-j / b) (nearest in log),
-the posterior's training error is estimated from ``Settings.draws`` networks sampled from it on
-the replica's training examples, and ``kl.certified`` gives the bound: with probability at least
+the posterior's training error is estimated from ``Settings.draws`` networks sampled from it,
+each on ``Settings.mc_batch`` of the replica's training examples drawn with replacement (or on
+all of them), and ``kl.certified`` gives the bound: with probability at least
 1 - delta - mc_delta the error of the stochastic network Q is below ``bound``.
 
 Everything is a pure function of one replica (``zhang.probes.measures.context``): lax loops,

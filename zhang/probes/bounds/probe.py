@@ -10,9 +10,10 @@ program that optimizes and certifies every replica's posterior (``posterior.boun
 over the grid with the trainer's ``step.over_grid``) on all of the replica's training
 examples as it trained on them (its corrupted labels, its randomized inputs, no
 augmentation): the PAC-Bayes bound's n is the number of examples the posterior's error is
-measured on, so it is the run's n_train. The certified number is then recomputed on the host
-in float64 from the program's pieces (``kl.certified``; the program's own is float32). A
-replica whose optimization diverged fails the command, naming the learning rate, and
+defined on (its minibatches and Monte Carlo draws are drawn from them), so it is the run's
+n_train. The certified number is then recomputed on the host in float64 from the program's
+pieces (``kl.certified``; the program's own is float32). A replica whose optimization
+diverged fails the command, naming the learning rates, and
 nothing is written; else only OUT is written, through one atomic write.
 
 bound.json: ``{"run": the path given, "settings": {every ``posterior.Settings`` field,
