@@ -112,6 +112,8 @@ class Sampler:
   def __init__(self, run: run_lib.Run):
     self.run = run
     self._programs = {}
+    self._compiled = {}
+    self.compile_seconds = 0.0
 
   def chain_keys(self, seed: int, chains: int):
     """(padded replicas, chains) keys: replica r's chain c from (seed, r, c), so a replica's
@@ -135,15 +137,20 @@ class Sampler:
 
   def sample(self, params, batch_stats, s: Settings):
     """L_n(w*) (R,) and the traces (R, chains, steps) of the real replicas, n beta, and the
-    seconds the call took (compilation included on a first call)."""
+    seconds the sampling took. A first call of a (chains, steps, batch) compiles the program
+    ahead of it; ``compile_seconds`` adds up the compilations' seconds."""
     run = self.run
     m = s.batch_size or run.config.batch_size
     nbeta = resolve_nbeta(s.nbeta, run.n, m)
-    program = self.program(s.chains, s.num_steps, m)
+    args = (params, batch_stats, self.chain_keys(s.seed, s.chains), np.float32(s.step_size),
+            np.float32(s.gamma), np.float32(nbeta))
+    key = (s.chains, s.num_steps, m)
+    if key not in self._compiled:
+      t0 = time.perf_counter()
+      self._compiled[key] = self.program(*key).lower(*args).compile()
+      self.compile_seconds += time.perf_counter() - t0
     t0 = time.perf_counter()
-    init_loss, trace = jax.device_get(program(
-        params, batch_stats, self.chain_keys(s.seed, s.chains), np.float32(s.step_size),
-        np.float32(s.gamma), np.float32(nbeta)))
+    init_loss, trace = jax.device_get(self._compiled[key](*args))
     seconds = time.perf_counter() - t0
     r = len(run.replicas)
     return np.asarray(init_loss)[:r], np.asarray(trace)[:r], nbeta, seconds
@@ -321,24 +328,24 @@ def estimate_run(workdir, out, settings: Settings | None = None, steps: str = "l
   returns llc.json's dict. Only OUT is written. Bad input raises UsageError before
   anything is compiled. ``log`` (default stderr) gets progress, ``warn`` the diagnosis."""
   log = log or (lambda msg: print(f"zhang llc: {msg}", file=sys.stderr, flush=True))
+  start = time.perf_counter()
   settings = settings or Settings()
   run, chosen = _open(workdir, [settings], steps, data_dir, out)
   if out is not None:  # the traces (float32), before the sampling, not after it
     metrics_lib.check_free_space(metrics_lib.workdir_path(out), 4 * len(chosen) * len(
         run.replicas) * settings.chains * settings.num_steps, "writing llc_traces.npz")
   sampler = Sampler(run)
-  entries, traces, nbeta, timings = [], [], None, []
-  start = time.perf_counter()
+  entries, traces, nbeta, timings, sampling = [], [], None, [], 0.0
   for i, step in enumerate(chosen):
     state = run.state(step)
     num_params = _num_params(state.params)
     init_loss, trace, nbeta, seconds = sampler.sample(state.params, state.batch_stats,
                                                       settings)
     rate = len(run.replicas) * settings.chains * settings.num_steps / seconds
+    sampling += seconds
     timings.append(f"step {step}: {len(run.replicas)} replicas x {settings.chains} chains "
                    f"x {settings.num_steps} SGLD steps in {seconds:.1f} s ({rate:,.0f} "
-                   f"replica-chain-steps/s" + (", compilation included)" if not timings
-                                               else ")"))
+                   f"replica-chain-steps/s)")
     if len(chosen) > 1:  # progress through the checkpoints, as they finish
       elapsed = time.perf_counter() - start
       left = elapsed / (i + 1) * (len(chosen) - i - 1)
@@ -349,6 +356,10 @@ def estimate_run(workdir, out, settings: Settings | None = None, steps: str = "l
   diagnose(entries, settings, warn)
   if len(chosen) == 1:  # after the diagnosis: an error stays the only line
     log(timings[0])
+  other = time.perf_counter() - start - sampling - sampler.compile_seconds
+  log(f"sampling {sampling:.1f} s; start-up {sampler.compile_seconds + other:.1f} s "
+      f"(compilation {sampler.compile_seconds:.1f} s, opening the run, its data and "
+      f"checkpoints {other:.1f} s)")
   result = dict(settings=settings_dict(run, settings, chosen, nbeta), replicas=entries)
   if out is not None:
     write(result, np.concatenate(traces), out, plots=plots)
