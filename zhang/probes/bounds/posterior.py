@@ -61,7 +61,7 @@ class Settings:
     0.001 (theirs), and both drop after half of the steps (``lr_drop``). At their one rate
     for 2000 steps the variances barely move from their start and every bound on binary
     digits is 1.000 (a KL of 200 000 nats at n = 1 438); at these, the true-label bounds are
-    0.46 there and 0.29 on 10 000 binary Fashion-MNIST images (docs/results/bounds.md).
+    0.47 there and 0.27 on 10 000 binary Fashion-MNIST images (docs/results/bounds.md).
   - The posterior's standard deviation starts at ``init_std`` 0.25 |w| (theirs at 2 |w|:
     on this codebase's LeCun-normal weights that is far wider than the prior, and the first
     thousand steps go to shrinking it). A zero weight's is ``std_floor`` 1e-4, not log(0).
