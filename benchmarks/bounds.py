@@ -31,9 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import probe_timing  # noqa: E402  (benchmarks/, this script's folder)
 
-from zhang.experiment import config as config_lib  # noqa: E402
 from zhang.experiment import step as step_lib  # noqa: E402
-from zhang.experiment import train  # noqa: E402
 from zhang.probes import run as run_lib  # noqa: E402
 from zhang.probes.bounds import posterior  # noqa: E402
 from zhang.probes.measures import compute, context  # noqa: E402
@@ -68,13 +66,8 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=100, help="steps (and draws) per timed call")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
-  config = config_lib.load(args.config)
-  config.freeze_at_fit = False  # the plain train step (the freeze mask is per replica, cheap)
-  config = config_lib.resolve(config)
-  replicas = config_lib.expand_grid(config)
-  dataset = train.load_dataset(config)
-  program, d, reps, states, _ = train.build(config, replicas, dataset)
-  run = run_lib.from_config(config)
+  g = probe_timing.grid(args.config)
+  config, replicas, run = g.config, g.replicas, g.run
   init = run.state(0)
   batch, k = config.batch_size, args.steps
   s = dataclasses.replace(posterior.Settings(), steps=k, batch=batch, draws=k,
@@ -85,7 +78,8 @@ def main(argv=None) -> int:
   loops = _loops(run, s, chunk)
   fixed = (init.params, init.batch_stats, x, y, valid)
 
-  best = probe_timing.best_seconds(program, states, reps, d, k, loops, fixed, args.repeats)
+  best = probe_timing.best_seconds(g.program, g.states, g.reps, g.d, k, loops, fixed,
+                                   args.repeats)
   rate = {name: len(replicas) * k / sec for name, sec in best.items()}
   print(json.dumps(dict(
       config=args.config, model=config.model, replicas=len(replicas), batch=batch,

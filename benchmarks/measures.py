@@ -31,9 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import probe_timing  # noqa: E402  (benchmarks/, this script's folder)
 
-from zhang.experiment import config as config_lib  # noqa: E402
 from zhang.experiment import step as step_lib  # noqa: E402
-from zhang.experiment import train  # noqa: E402
 from zhang.probes import run as run_lib  # noqa: E402
 from zhang.probes.measures import compute, context, curvature, flatness  # noqa: E402
 from zhang.runtime import mesh as mesh_lib  # noqa: E402
@@ -77,18 +75,16 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=100, help="steps per timed call")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
-  config = config_lib.resolve(config_lib.load(args.config))
-  replicas = config_lib.expand_grid(config)
-  dataset = train.load_dataset(config)
-  program, d, reps, states, _ = train.build(config, replicas, dataset)
-  run = run_lib.from_config(config)
+  g = probe_timing.grid(args.config)
+  config, replicas, run = g.config, g.replicas, g.run
   init = run.state(0)
   batch, k = config.batch_size, args.steps
   x, y, valid = compute.examples(run, batch, batch)
   loops = _loops(run, batch, k)
   fixed = (init.params, init.batch_stats, x, y, valid)
 
-  best = probe_timing.best_seconds(program, states, reps, d, k, loops, fixed, args.repeats)
+  best = probe_timing.best_seconds(g.program, g.states, g.reps, g.d, k, loops, fixed,
+                                   args.repeats)
   rate = {name: len(replicas) * k / s for name, s in best.items()}
   print(json.dumps(dict(
       config=args.config, model=config.model, replicas=len(replicas), batch=batch, steps=k,

@@ -1,13 +1,32 @@
-"""The timing loop the probe benchmarks share (``measures.py``, ``bounds.py``): the trainer's
-``train_chunk`` and each of a probe's jit-compiled grid loops, alternated so that all see the
-same machine load."""
+"""What the probe benchmarks share (``measures.py``, ``bounds.py``): a config's grid built as
+the trainer builds it, and the timing loop of the trainer's ``train_chunk`` and each of a
+probe's jit-compiled grid loops, alternated so that all see the same machine load."""
 
 from __future__ import annotations
 
 import time
+import types
 
 import jax.numpy as jnp
 import numpy as np
+
+from zhang.experiment import config as config_lib
+from zhang.experiment import train
+from zhang.probes import run as run_lib
+
+
+def grid(config_arg: str) -> types.SimpleNamespace:
+  """The config's grid as the trainer builds it: config, replicas, program, d (the device
+  dataset), reps, states (at initialization) and run (``zhang.probes.run.from_config``).
+  ``freeze_at_fit`` is turned off: the plain train step is the yardstick (the freeze mask is
+  one traced value per replica)."""
+  config = config_lib.load(config_arg)
+  config.freeze_at_fit = False
+  config = config_lib.resolve(config)
+  replicas = config_lib.expand_grid(config)
+  program, d, reps, states, _ = train.build(config, replicas, train.load_dataset(config))
+  return types.SimpleNamespace(config=config, replicas=replicas, program=program, d=d,
+                               reps=reps, states=states, run=run_lib.from_config(config))
 
 
 def best_seconds(program, states, reps, d, steps: int, loops: dict, fixed: tuple,
