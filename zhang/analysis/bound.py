@@ -105,8 +105,8 @@ def report_lines(result: dict) -> list[str]:
           f"{s.get('run', 'a run')} (zhang bound at step {s.get('step', DASH)}: step"
           f"{'s' if len(steps) > 1 else ''} {at}). Dziugaite and Roy (2017)'s bound: a "
           f"Gaussian posterior Q around each replica's trained weights, optimized for "
-          f"{s.get('steps', DASH)} steps against a prior around its initialization, its "
-          f"training error estimated from {s.get('draws', DASH)} sampled networks, "
+          f"{_count(s.get('steps'))} steps against a prior around its initialization, its "
+          f"training error estimated from {_count(s.get('draws'))} sampled networks, "
           f"{_measured_on(s)}; with probability "
           f"{s.get('confidence', DASH)} over the sample and the draws, Q's error is below "
           f"the bound. The bound is on Q, not on the trained network whose test error is "
@@ -115,6 +115,10 @@ def report_lines(result: dict) -> list[str]:
           *md_table(HEADER, _cells(t), align="llrrrrrr"), "",
           f"Every replica's bound against its test error: {FIGURE}. Each setting and field "
           f"of {FILE}: docs/bounds.md.", ""]
+
+
+def _count(v) -> str:
+  return f"{v:,}" if isinstance(v, int) else DASH
 
 
 def _measured_on(s: dict) -> str:
