@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -31,11 +30,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import probe_timing  # noqa: E402  (benchmarks/, this script's folder)
 
-from zhang.experiment import step as step_lib  # noqa: E402
 from zhang.probes import run as run_lib  # noqa: E402
 from zhang.probes.bounds import posterior  # noqa: E402
 from zhang.probes.measures import compute, context  # noqa: E402
-from zhang.runtime import mesh as mesh_lib  # noqa: E402
 
 
 def _loops(run: run_lib.Run, s: posterior.Settings, chunk: int):
@@ -51,13 +48,7 @@ def _loops(run: run_lib.Run, s: posterior.Settings, chunk: int):
     post = posterior.start(rep, s)
     return posterior.mc_error(model, rep, post, rep.key, s.draws, s.mc_batch)
 
-  out = {}
-  for kind in ("step", "draw"):
-    grid = step_lib.over_grid(run.plan, run.mesh, functools.partial(replica, kind),
-                              replicated=(1,))
-    out[kind] = jax.jit(lambda p, bs, x, y, valid, g=grid: g(p, bs, x, y, valid),
-                        out_shardings=mesh_lib.replicated(run.mesh))
-  return out
+  return probe_timing.grid_loops(run, replica, ("step", "draw"))
 
 
 def main(argv=None) -> int:

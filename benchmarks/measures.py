@@ -20,7 +20,6 @@ ones (the rates do not depend on them).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -31,10 +30,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import probe_timing  # noqa: E402  (benchmarks/, this script's folder)
 
-from zhang.experiment import step as step_lib  # noqa: E402
 from zhang.probes import run as run_lib  # noqa: E402
 from zhang.probes.measures import compute, context, curvature, flatness  # noqa: E402
-from zhang.runtime import mesh as mesh_lib  # noqa: E402
 
 
 def _loops(run: run_lib.Run, batch: int, steps: int):
@@ -60,13 +57,7 @@ def _loops(run: run_lib.Run, batch: int, steps: int):
         v)
     return curvature.tree_dot(v, v)
 
-  out = {}
-  for kind in ("draw", "ascent", "hvp"):
-    grid = step_lib.over_grid(run.plan, run.mesh, functools.partial(replica, kind),
-                              replicated=(1,))
-    out[kind] = jax.jit(lambda p, bs, x, y, valid, g=grid: g(p, bs, x, y, valid),
-                        out_shardings=mesh_lib.replicated(run.mesh))
-  return out
+  return probe_timing.grid_loops(run, replica, ("draw", "ascent", "hvp"))
 
 
 def main(argv=None) -> int:

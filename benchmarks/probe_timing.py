@@ -4,15 +4,19 @@ probe's jit-compiled grid loops, alternated so that all see the same machine loa
 
 from __future__ import annotations
 
+import functools
 import time
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from zhang.experiment import config as config_lib
+from zhang.experiment import step as step_lib
 from zhang.experiment import train
 from zhang.probes import run as run_lib
+from zhang.runtime import mesh as mesh_lib
 
 
 def grid(config_arg: str) -> types.SimpleNamespace:
@@ -27,6 +31,19 @@ def grid(config_arg: str) -> types.SimpleNamespace:
   program, d, reps, states, _ = train.build(config, replicas, train.load_dataset(config))
   return types.SimpleNamespace(config=config, replicas=replicas, program=program, d=d,
                                reps=reps, states=states, run=run_lib.from_config(config))
+
+
+def grid_loops(run, replica, kinds) -> dict:
+  """{kind: a jit-compiled function of (params, batch stats, x, y, valid) over every replica
+  of the run's grid (``step.over_grid``, its plan and mesh; ``valid`` shared)} of
+  ``replica(kind, params, batch_stats, x, y, valid)``."""
+  out = {}
+  for kind in kinds:
+    g = step_lib.over_grid(run.plan, run.mesh, functools.partial(replica, kind),
+                           replicated=(1,))
+    out[kind] = jax.jit(lambda p, bs, x, y, valid, g=g: g(p, bs, x, y, valid),
+                        out_shardings=mesh_lib.replicated(run.mesh))
+  return out
 
 
 def best_seconds(program, states, reps, d, steps: int, loops: dict, fixed: tuple,

@@ -243,21 +243,14 @@ def optimize(model, rep, s: Settings):
 
 def batch_error(model, rep, order, w, key, size: int):
   """The 0-1 error of ``w`` on ``size`` of the replica's real examples drawn uniformly with
-  replacement (``minibatch``), evaluated in chunks of at most the model's chunk."""
+  replacement (``minibatch``): ``flatness.accuracy`` on them, padded to chunks of at most the
+  model's chunk."""
   x, y = minibatch(rep, order, key, size)
   c = min(model.chunk, size)
   pad = -size % c
-  x = jnp.concatenate([x, x[:pad]]).reshape(-1, c, *x.shape[1:])
-  y = jnp.concatenate([y, y[:pad]]).reshape(-1, c)
-  keep = (jnp.arange(size + pad) < size).reshape(-1, c).astype(jnp.float32)
-
-  def chunk(total, xyk):
-    xc, yc, kc = xyk
-    miss = jnp.argmax(model.logits(w, rep.batch_stats, xc), axis=-1) != yc
-    return total + jnp.sum(kc * miss), None
-
-  total, _ = jax.lax.scan(chunk, jnp.float32(0.0), (x, y, keep))
-  return total / size
+  batch = rep._replace(x=jnp.concatenate([x, x[:pad]]), y=jnp.concatenate([y, y[:pad]]),
+                       valid=(jnp.arange(size + pad) < size).astype(jnp.float32))
+  return 1.0 - flatness.accuracy(model._replace(chunk=c), batch, w)
 
 
 def mc_error(model, rep, post, key, draws: int, size: int = 0):
