@@ -95,7 +95,7 @@ def test_train_step_is_sgd_momentum_with_l2_on_the_replicas_own_rate():
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   for t in range(2):
-    state, _ = step.train_step(apply, settings, state, x, y, lr, wd,
+    state, _ = step.train_step(apply, settings, None, state, x, y, lr, wd, 1.0, None,
                                step.schedule(0.5, 1)(t))
     g = jax.grad(loss)(w)
     v = jax.tree.map(lambda v, g, w: 0.9 * v + g + wd * w, v, g, w)
@@ -159,10 +159,13 @@ def test_run_writes_the_contract(tiny_config, tmp_path):
   assert "format" not in summary
   assert config.pop("freeze_at_fit") is False
   assert config.pop("binary") is False
+  assert config.pop("parameterization") == "standard"
+  assert config.pop("output_scale") == 1.0
   assert summary["config_hash"] == hashlib.sha256(
       json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
   config["freeze_at_fit"] = False
   config["binary"] = False
+  config["parameterization"], config["output_scale"] = "standard", 1.0
   assert config == config_lib.to_json_dict(config_lib.resolve(tiny_config))
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   r = len(summary["replicas"])

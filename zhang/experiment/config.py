@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   # `models` list restricts it to some of them), run one after another into WORKDIR/MODEL.
   # [] = the one `model`.
   c.models = []
+  # How an MLP's layers scale with its width (zhang/experiment/parameterization.py):
+  # standard, ntk, mup or mean_field, for the model(s) whose names carry no suffix of their
+  # own (mlp_1x1024_mup does). Only the MLPs take one (mlp_DxW, mlp_tokens, mlp_tokens_W).
+  c.parameterization = "standard"
   c.dataset = "cifar10"
   c.data_dir = ""  # IDX folder or tfds data_dir (a gs:// path on TPU VMs); "" = defaults
   c.n_train = 0  # use the first n training examples; 0 = all
@@ -99,6 +103,10 @@ def _optimizer_fields(c: ml_collections.ConfigDict) -> None:
   c.lr_decay = 0.95
   c.lr_decay_every = 390
   c.weight_decay = 0.0  # L2, added to the gradient (what an entry without `weight_decays` takes)
+  # alpha (what an entry without `output_scales` takes): a replica trains alpha (f(w) - f(w_0))
+  # at its rate / alpha^2 (SGD; / alpha under Adam), lazier as alpha grows (Chizat and Bach
+  # 2019). When every replica's is 1, the model's own outputs, as without it.
+  c.output_scale = 1.0
 
 
 # --------------------------------------------------------------------------- loading
@@ -278,6 +286,13 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fills fields derived from others (the learning rate) and validates."""
   validate(config)
   config = ml_collections.ConfigDict(config.to_dict())
+  if config.parameterization != "standard":  # the models' names say it from here on
+    config.model = models.with_parameterization(config.model, config.parameterization)
+    config.models = [models.with_parameterization(m, config.parameterization)
+                     for m in config.models]
+    config.grid = [{**dict(e), "models": [models.with_parameterization(
+        m, config.parameterization) for m in dict(e)["models"]]} if "models" in dict(e)
+        else dict(e) for e in config.grid]
   if config.learning_rate is None and not is_study(config):
     config.learning_rate = models.get(config.model).learning_rate
   return config
@@ -290,7 +305,8 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
 
 # Fields added after runs were made, with the default that trains as those runs did: left out
 # of ``identity`` at that default, so the runs keep their hash and resume.
-LATER_DEFAULTS = {"freeze_at_fit": False, "binary": False}
+LATER_DEFAULTS = {"freeze_at_fit": False, "binary": False, "parameterization": "standard",
+                  "output_scale": 1.0}
 
 
 def identity(config: ml_collections.ConfigDict | dict) -> dict:
@@ -422,6 +438,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(not missing, f"config lacks field(s) {', '.join(sorted(missing))}: "
            f"start from zhang.experiment.config.base_config()")
   import_modules(c.imports)
+  _require(isinstance(c.parameterization, str), f"parameterization={c.parameterization!r} "
+           f"must be a name", "parameterization")
+  for name in c.models or [c.model]:
+    models.with_parameterization(name, c.parameterization)
   if is_study(c):
     check_study(c)
     return
@@ -478,7 +498,8 @@ def check_against_data(c: ml_collections.ConfigDict, n_train: int) -> None:
 
 # --------------------------------------------------------------------------- the grid
 
-AXES = ("kinds", "corruptions", "seeds", "learning_rates", "weight_decays", "augmentations")
+AXES = ("kinds", "corruptions", "seeds", "learning_rates", "weight_decays", "augmentations",
+        "output_scales")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,6 +513,7 @@ class Replica:
   weight_decay: float
   augmentation: str = "none"
   model: str = ""
+  output_scale: float = 1.0
 
 
 def _axis(entry: dict, name: str, default) -> list:
@@ -510,13 +532,13 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
            "grid must be a non-empty list of dict(kinds=[...], corruptions=[...], seeds=[...])")
   replicas, seen = [], set()
   for entry in grid:
-    for kind, p, seed, rate, wd, aug in _entry_values(c, entry):
-      key = (kind, float(p), seed, float(rate), float(wd), aug)
+    for kind, p, seed, rate, wd, aug, alpha in _entry_values(c, entry):
+      key = (kind, float(p), seed, float(rate), float(wd), aug, float(alpha))
       _require(key not in seen, f"replica kind={kind}, corruption={p}, seed={seed}, "
-               f"learning rate={rate}, weight decay={wd}, augmentation={aug} appears twice "
-               f"in the grid: remove the duplicate")
+               f"learning rate={rate}, weight decay={wd}, augmentation={aug}, output scale="
+               f"{alpha} appears twice in the grid: remove the duplicate")
       seen.add(key)
-      replicas.append(Replica(len(replicas), *key, model=c.model))
+      replicas.append(Replica(len(replicas), *key[:6], model=c.model, output_scale=key[6]))
   _require(len(replicas) > 0, f"no grid entry applies to model {c.model}: give it an entry "
            f"(an entry without `models` applies to every model)")
   # Replicas of one kind sit next to each other, so each kind's input randomization is
@@ -527,7 +549,7 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
 
 def _entry_values(c: ml_collections.ConfigDict, entry) -> list[tuple]:
   """One grid entry's replicas as (kind, corruption, seed, learning rate, weight decay,
-  augmentation), as the entry spells them, checked; none for an entry of a study's other
+  augmentation, output scale), as the entry spells them, checked; none for an entry of a study's other
   models."""
   _require(isinstance(entry, dict) or hasattr(entry, "keys"),
            f"grid entry {entry!r} must be a dict(kinds=[...], corruptions=[...], seeds=[...])")
@@ -543,12 +565,12 @@ def _entry_values(c: ml_collections.ConfigDict, entry) -> list[tuple]:
            f"corruptions and seeds are required")
   lr = c.learning_rate if c.learning_rate is not None else models.get(c.model).learning_rate
   axes = [_axis(entry, name, default) for name, default in zip(
-      AXES, (None, None, None, lr, c.weight_decay, c.augmentation))]
+      AXES, (None, None, None, lr, c.weight_decay, c.augmentation, c.output_scale))]
   _check_axes(c.dataset, *axes)
   return list(itertools.product(*axes))
 
 
-def _check_axes(dataset: str, kinds, corruptions, seeds, lrs, wds, augs) -> None:
+def _check_axes(dataset: str, kinds, corruptions, seeds, lrs, wds, augs, alphas) -> None:
   """Every value of a grid entry's axes is valid (and fits the dataset's inputs)."""
   for kind in kinds:
     randomize.kind_id(kind)
@@ -565,6 +587,10 @@ def _check_axes(dataset: str, kinds, corruptions, seeds, lrs, wds, augs) -> None
     check_learning_rate(value, "grid learning rate", "learning_rates=[0.01] in the entry")
   for value in wds:
     check_weight_decay(value, "grid weight decay", "weight_decays=[5e-4] in the entry")
+  for alpha in alphas:
+    _require(_is_number(alpha) and 0 < alpha < float("inf"),
+             f"output scale {alpha!r} must be a positive number, e.g. output_scales=[1, 10, "
+             f"100] in the entry")
   for name in augs:
     augment.check_name(name)
     _require(name == "none" or dataset not in data.TOKEN_DATASETS,

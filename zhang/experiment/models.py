@@ -11,6 +11,7 @@ execution plan's business (``zhang/runtime/plan.py``), applied around ``apply``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zhang.errors import UsageError
+from zhang.experiment import parameterization as param_lib
 
 
 def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
@@ -48,19 +50,35 @@ class LocalResponseNorm(nn.Module):
     return local_response_norm(x)
 
 
+def _scaled_dense(x, features: int, parameterization: str, role: str, width: int,
+                  dense=nn.Dense, **kwargs):
+  """``dense(features)`` of ``x`` under the parameterization (``zhang.experiment.
+  parameterization``): the layer's initialization, and its multiplier applied to the input
+  (m x @ w = m (x @ w), so the layer stays a plain Dense that the execution plan and the
+  tangent kernel's factoring recognize). Standard is Flax's Dense as it was."""
+  if parameterization == "standard":
+    return dense(features, **kwargs)(x)
+  scale = param_lib.layer_scale(parameterization, role, x.shape[-1], width)
+  layer = dense(features, kernel_init=param_lib.initializer(scale.init_std), **kwargs)
+  return layer(x * scale.multiplier if scale.multiplier != 1.0 else x)
+
+
 class MLP(nn.Module):
-  """Flatten, ``depth`` x (Dense(width), ReLU), Dense(num_classes)."""
+  """Flatten, ``depth`` x (Dense(width), ReLU), Dense(num_classes), under a
+  ``parameterization`` (``zhang.experiment.parameterization``; standard: Flax's defaults)."""
   depth: int
   num_classes: int
   width: int = 512
+  parameterization: str = "standard"
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
     x = x.reshape(x.shape[0], -1)
-    for _ in range(self.depth):
-      x = nn.relu(nn.Dense(self.width)(x))
-    return nn.Dense(self.num_classes)(x)
+    roles = param_lib.roles(self.depth + 1)
+    for i in range(self.depth):
+      x = nn.relu(_scaled_dense(x, self.width, self.parameterization, roles[i], self.width))
+    return _scaled_dense(x, self.num_classes, self.parameterization, "output", self.width)
 
 
 class AlexNetSmall(nn.Module):
@@ -127,17 +145,79 @@ class InceptionSmall(nn.Module):
 
 class TokenMLP(nn.Module):
   """An MLP on the one-hot residues of a pair (a, b): concat(onehot(a), onehot(b)), Dense
-  (width), ReLU, Dense(num_classes). Inputs are token ids, (B, 1, 2, 1) or (B, 2)."""
+  (width), ReLU, Dense(num_classes), under a ``parameterization``. Inputs are token ids,
+  (B, 1, 2, 1) or (B, 2). The first layer is a ``OneHotDense``: the same parameters and
+  values as a Dense on the one-hot vectors, computed as a sum of the tokens' kernel rows."""
   num_classes: int
   width: int = 512
+  parameterization: str = "standard"
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train
     tokens = x.reshape(x.shape[0], -1).astype(jnp.int32)
     x = jax.nn.one_hot(tokens, self.num_classes).reshape(tokens.shape[0], -1)
-    x = nn.relu(nn.Dense(self.width)(x))
-    return nn.Dense(self.num_classes)(x)
+    dense = functools.partial(OneHotDense, vocab=self.num_classes)
+    x = nn.relu(_scaled_dense(x, self.width, self.parameterization, "input", self.width,
+                              dense=dense, name="Dense_0"))
+    return _scaled_dense(x, self.num_classes, self.parameterization, "output", self.width,
+                         name="Dense_1")
+
+
+class OneHotDense(nn.Dense):
+  """``nn.Dense`` on inputs that are concatenated one-hot blocks of ``vocab`` entries (each
+  block one nonzero value, a token's, perhaps scaled): x @ kernel computed as the sum of the
+  tokens' kernel rows times their values, and the kernel's gradient as those rows' sums
+  (a scatter-add) instead of dense products over the zeros. The same parameters, forward
+  values (a sum of the same nonzero terms) and gradients up to float rounding as
+  ``nn.Dense``; the input's gradient is the Dense one (dy @ kernel^T, left to XLA to drop
+  where nothing needs it). It is an ``nn.Dense``, so the tangent kernel factors it as one
+  (``zhang.probes.ntk.empirical``) and ``zhang.runtime.flops`` counts its additions."""
+  vocab: int = 0
+
+  @nn.compact
+  def __call__(self, inputs):
+    kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = one_hot_product(inputs, kernel, self.vocab)
+    return y + bias if bias is not None else y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def one_hot_product(x, kernel, vocab: int):
+  """x (B, T vocab) @ kernel (T vocab, F) for x with one nonzero per block of ``vocab``."""
+  rows, values = _one_hot_rows(x, vocab)
+  # One gather of B rows per token, added: XLA CPU runs that several times faster than a
+  # gather of (B, T) rows summed over T.
+  return sum(values[:, t, None] * kernel.at[rows[:, t]].get(mode="promise_in_bounds")
+             for t in range(rows.shape[1]))
+
+
+def _one_hot_rows(x, vocab: int):
+  """The kernel row of each block's nonzero entry (B, T) and its value (B, T)."""
+  blocks = x.reshape(x.shape[0], -1, vocab)
+  ids = jnp.argmax(blocks != 0, axis=-1)
+  values = jnp.take_along_axis(blocks, ids[..., None], -1)[..., 0]
+  return ids + vocab * jnp.arange(blocks.shape[1]), values
+
+
+def _one_hot_fwd(x, kernel, vocab):
+  return one_hot_product(x, kernel, vocab), (x, kernel)
+
+
+def _one_hot_bwd(vocab, residuals, dy):
+  x, kernel = residuals
+  rows, values = _one_hot_rows(x, vocab)
+  dkernel = jnp.zeros_like(kernel)
+  for t in range(rows.shape[1]):  # each token's rows of the kernel, a scatter-add of B rows
+    dkernel = dkernel.at[rows[:, t]].add(values[:, t, None] * dy, mode="promise_in_bounds")
+  return dy @ kernel.T, dkernel
+
+
+one_hot_product.defvjp(_one_hot_fwd, _one_hot_bwd)
 
 
 class OneLayerTransformer(nn.Module):
@@ -174,11 +254,17 @@ class ModelSpec:
   batch_norm: bool
   description: str
   inputs: str = "images"  # or "tokens": what the model takes (zhang.experiment.data.input_kind)
+  parameterization: str = "standard"  # zhang.experiment.parameterization's presets (MLPs)
+  width: int = 0  # an MLP's hidden width (what the parameterization scales with)
 
   @property
   def family(self) -> str:
     """"mlp" or "conv": what the execution plan's measurements are grouped by."""
     return "mlp" if self.name.startswith("mlp") else "conv"
+
+  def lr_scales(self, params, optimizer: str):
+    """Per-leaf learning-rate scales of the parameterization (None: standard, no scaling)."""
+    return param_lib.lr_scales(self.parameterization, params, self.width, optimizer)
 
   def build(self, num_classes: int) -> nn.Module:
     return self.make(num_classes)
@@ -199,7 +285,8 @@ _MODELS = {m.name: m for m in [
               "one-layer transformer (d_model 128, 4 heads, d_mlp 512, no layer norm)",
               inputs="tokens"),
     ModelSpec("mlp_tokens", TokenMLP, 0.01, False,
-              "MLP on the one-hot residues, one hidden layer of 512", inputs="tokens"),
+              "MLP on the one-hot residues, one hidden layer of 512", inputs="tokens",
+              width=512),
 ]}
 
 
@@ -223,7 +310,7 @@ def register(name: str, make: Callable[[int], nn.Module], *, learning_rate: floa
   every command that reads the run (the probes too) imports it again. Registering a name
   again replaces it (a notebook cell run twice).
   """
-  if name in BUILT_IN or _MLP_NAME.fullmatch(name):
+  if name in BUILT_IN or _MLP_NAME.fullmatch(name) or _TOKENS_NAME.fullmatch(name):
     raise UsageError(f"model {name!r} is built in ({MLP_PATTERN} names an MLP of that depth "
                      f"and width): register yours under another name")
   if inputs not in ("images", "tokens"):
@@ -234,23 +321,65 @@ def register(name: str, make: Callable[[int], nn.Module], *, learning_rate: floa
 
 
 # MLPs of any depth and width by name: mlp_DxW is D hidden layers of W (ReLU), then the
-# classifier; mlp_1x512 and mlp_3x512 are two of them (the paper's).
-_MLP_NAME = re.compile(r"mlp_([0-9]+)x([0-9]+)")
+# classifier; mlp_1x512 and mlp_3x512 are two of them (the paper's). mlp_tokens_W is the
+# token MLP at width W. A suffix names the parameterization: mlp_1x1024_mup, mlp_tokens_ntk.
+_MLP_NAME = re.compile(r"mlp_([0-9]+)x([0-9]+)(?:_([a-z][a-z_]*))?")
+_TOKENS_NAME = re.compile(r"mlp_tokens(?:_([0-9]+))?(?:_([a-z][a-z_]*))?")
 MLP_PATTERN = "mlp_DxW"  # how the names are written in help and errors
+PARAMETERIZED = "mlp_DxW, mlp_tokens and mlp_tokens_W"  # the models that take a preset
 
 
 def sized_mlp(name: str) -> ModelSpec | None:
   """The spec of ``mlp_DxW`` (D >= 1 hidden layers of width W >= 1, learning rate 0.01 as
-  the paper's MLPs), None for a name of another form; UsageError for D or W of 0."""
+  the paper's MLPs) or ``mlp_tokens_W``, each with an optional ``_PRESET`` suffix (a
+  parameterization); None for a name of another form; UsageError for D or W of 0 or an
+  unknown preset."""
   match = _MLP_NAME.fullmatch(name)
-  if match is None:
+  tokens = _TOKENS_NAME.fullmatch(name) if match is None else None
+  if match is None and (tokens is None or name == "mlp_tokens"):
     return None
-  depth, width = int(match[1]), int(match[2])
-  if depth < 1 or width < 1 or match[1][0] == "0" or match[2][0] == "0":
-    raise UsageError(f"model {name!r}: {MLP_PATTERN} needs a depth D >= 1 and a width W >= 1 "
-                     f"without leading zeros, e.g. mlp_2x1024")
+  if tokens is not None:
+    width = _positive(tokens[1] or "512", name, "mlp_tokens_W needs a width W >= 1 "
+                      "without leading zeros, e.g. mlp_tokens_1024")
+    preset = tokens[2] or "standard"
+    param_lib.check(preset, 1, name)
+    return ModelSpec(name, lambda k: TokenMLP(k, width, preset), 0.01, False,
+                     f"MLP on the one-hot residues, one hidden layer of {width}"
+                     + _preset_words(preset), inputs="tokens", parameterization=preset,
+                     width=width)
+  hint = f"{MLP_PATTERN} needs a depth D >= 1 and a width W >= 1 without leading zeros, e.g. " \
+         f"mlp_2x1024"
+  depth, width = _positive(match[1], name, hint), _positive(match[2], name, hint)
+  preset = match[3] or "standard"
+  param_lib.check(preset, depth, name)
   layers = "one hidden layer" if depth == 1 else f"{_WORDS.get(depth, depth)} hidden layers"
-  return ModelSpec(name, lambda k: MLP(depth, k, width), 0.01, False, f"MLP, {layers} of {width}")
+  return ModelSpec(name, lambda k: MLP(depth, k, width, preset), 0.01, False,
+                   f"MLP, {layers} of {width}" + _preset_words(preset),
+                   parameterization=preset, width=width)
+
+
+def _positive(digits: str, name: str, hint: str) -> int:
+  if digits[0] == "0":
+    raise UsageError(f"model {name!r}: {hint}")
+  return int(digits)
+
+
+def _preset_words(preset: str) -> str:
+  return "" if preset == "standard" else f", {preset.replace('_', ' ')} parameterization"
+
+
+def with_parameterization(name: str, preset: str) -> str:
+  """The model named with ``preset`` (a config's ``parameterization``): ``mlp_1x512`` and
+  ``mup`` -> ``mlp_1x512_mup``; a name with its own suffix, or standard, is kept. One line
+  for a model that takes no parameterization."""
+  param_lib.check(preset)
+  spec = get(name)
+  if preset == "standard" or spec.parameterization != "standard":
+    return name
+  if not (_MLP_NAME.fullmatch(name) or _TOKENS_NAME.fullmatch(name)):
+    raise UsageError(f"model {name} takes no parameterization ({preset} asked for): "
+                     f"{PARAMETERIZED} do, e.g. mlp_1x1024 or mlp_1x1024_{preset}")
+  return get(f"{name}_{preset}").name
 
 
 _WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
@@ -268,7 +397,9 @@ def get(name: str) -> ModelSpec:
   spec = sized_mlp(name) if isinstance(name, str) else None
   if spec is None:
     raise UsageError(f"unknown model {name!r}: choose one of {', '.join(_MODELS)}, or "
-                     f"{MLP_PATTERN} (an MLP of D hidden layers of width W, e.g. mlp_2x1024)")
+                     f"{MLP_PATTERN} (an MLP of D hidden layers of width W, e.g. mlp_2x1024) "
+                     f"or mlp_tokens_W, either with a parameterization suffix (e.g. "
+                     f"mlp_2x1024_mup)")
   return spec
 
 

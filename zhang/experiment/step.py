@@ -50,6 +50,10 @@ class ReplicaConstants(NamedTuple):
   learning_rate: jax.Array  # float32 (), before the schedule
   weight_decay: jax.Array  # float32 ()
   augmentation: jax.Array  # int32 (), index into StepSettings.augmentations
+  # float32 (): the replica trains alpha (f(w) - f(w_0)) (``StepSettings.center``) with its
+  # rate divided by alpha^2 (SGD) or alpha (Adam): Chizat and Bach's lazy training.
+  output_scale: jax.Array = None
+  initial_params: Any = None  # w_0, the replica's initial parameters (None: not kept)
 
 
 class DeviceDataset(NamedTuple):
@@ -86,6 +90,12 @@ class StepSettings:
   # ``freeze_at_fit``: the train chunk takes a per-replica mask and keeps the state of the
   # replicas it marks (``train_chunk``). Off, the program is the one without the mask.
   freeze: bool = False
+  # Some replica has an output scale other than 1: every replica trains and is evaluated as
+  # alpha (f(w) - f(w_0)). Off, the model's own outputs (the program without w_0).
+  center: bool = False
+  # The top-level parameter names of the model's first and last layers (Dense or Conv, in
+  # call order): the evaluation's relative weight change of each. () leaves them out.
+  end_layers: tuple[str, ...] = ()
 
   @classmethod
   def from_config(cls, config, replicas) -> "StepSettings":
@@ -97,7 +107,8 @@ class StepSettings:
                data_lib.input_kind(config.dataset) == "tokens",
                config.get("optimizer", "sgd_momentum"), float(config.get("adam_b1", 0.9)),
                float(config.get("adam_b2", 0.98)),
-               freeze=bool(config.get("freeze_at_fit", False)))
+               freeze=bool(config.get("freeze_at_fit", False)),
+               center=any(r.output_scale != 1.0 for r in replicas))
 
 
 def schedule(lr_decay: float, lr_decay_every: int) -> optax.Schedule:
@@ -198,18 +209,37 @@ def apply_model(module, plan: Plan, s: StepSettings, has_batch_norm: bool,
   return logits.astype(jnp.float32), state.batch_stats
 
 
-def train_step(apply: Callable, s: StepSettings, state: TrainState, x, y, learning_rate,
-               weight_decay, schedule_factor):
-  """One replica's SGD step on a batch; returns (new state, batch loss)."""
+def centered(apply: Callable, s: StepSettings, state: TrainState, x, train: bool, scale,
+             initial):
+  """``apply``'s logits and batch statistics, as alpha (f(w) - f(w_0)) when ``s.center``."""
+  logits, batch_stats = apply(state, x, train=train)
+  if not s.center:
+    return logits, batch_stats
+  start = apply(state._replace(params=initial), x, train=train)[0]
+  return scale * (logits - jax.lax.stop_gradient(start)), batch_stats
+
+
+def train_step(apply: Callable, s: StepSettings, lr_scales, state: TrainState, x, y,
+               learning_rate, weight_decay, scale, initial, schedule_factor):
+  """One replica's step on a batch; returns (new state, batch loss). ``lr_scales``: the
+  parameterization's per-leaf rates (None: every leaf at the replica's rate); ``scale`` and
+  ``initial``: its output scale and initial parameters (used when ``s.center``)."""
   def loss_fn(params):
-    logits, batch_stats = apply(state._replace(params=params), x, train=True)
+    logits, batch_stats = centered(apply, s, state._replace(params=params), x, True, scale,
+                                   initial)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, batch_stats
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = _optimizer(s, weight_decay).update(grads, state.opt_state, state.params)
   lr = learning_rate * schedule_factor
-  params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+  if s.center:  # the function moves at the same rate whatever alpha (Chizat and Bach)
+    lr = lr / (scale if s.optimizer == "adamw" else scale * scale)
+  if lr_scales is None:
+    updates = jax.tree.map(lambda u: -lr * u, updates)
+  else:
+    updates = jax.tree.map(lambda u, c: -(lr * c) * u, updates, lr_scales)
+  params = optax.apply_updates(state.params, updates)
   return TrainState(params, batch_stats, opt_state), loss
 
 
@@ -260,7 +290,7 @@ def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaCons
   y = jnp.where(is_test, d.test_labels[i_test][None], reps.labels[:, i_train])  # (R, eb)
   y_true = jnp.where(is_test, d.test_labels[i_test], d.train_labels[i_train])[None]
   split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
-  logits = grid_logits(states, grid_inputs(s, reps, d, x_u8, idx, split))
+  logits = grid_logits(states, grid_inputs(s, reps, d, x_u8, idx, split), *_centring(s, reps))
   logp = jax.nn.log_softmax(logits)
   prob = jnp.exp(logp)
   pred = jnp.argmax(logits, -1)
@@ -316,24 +346,27 @@ class GridFunctions(NamedTuple):
   one replica's step and logits mapped over the grid (``over_grid``), and the mesh whose
   ``data`` axis splits each replica's batch (None: not split)."""
   settings: StepSettings
-  # (states, x, y, learning rates, weight decays, schedule factor) -> (states, losses)
+  # (states, x, y, learning rates, weight decays, output scales, initial params, schedule
+  # factor) -> (states, losses)
   step: Callable
-  logits: Callable  # (states, x) -> logits (R, B, classes)
+  logits: Callable  # (states, x, output scales, initial params) -> logits (R, B, classes)
   mesh: Any
 
 
 def grid_functions(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
-                   mesh=None) -> GridFunctions:
-  """The grid's functions of ``module`` under the plan, on the mesh (``GridFunctions``)."""
+                   mesh=None, lr_scales=None) -> GridFunctions:
+  """The grid's functions of ``module`` under the plan, on the mesh (``GridFunctions``);
+  ``lr_scales``: the parameterization's per-leaf rates (``ModelSpec.lr_scales``)."""
   apply = functools.partial(apply_model, module, plan, s, has_batch_norm)
-  step = over_grid(plan, mesh, functools.partial(train_step, apply, s), replicated=(1,))
-  logits = over_grid(plan, mesh, functools.partial(_eval_logits, apply))
+  step = over_grid(plan, mesh, functools.partial(train_step, apply, s, lr_scales),
+                   replicated=(1,))
+  logits = over_grid(plan, mesh, functools.partial(_eval_logits, apply, s))
   split = mesh if mesh is not None and mesh.shape["data"] > 1 else None
   return GridFunctions(s, step, logits, split)
 
 
-def _eval_logits(apply: Callable, state: TrainState, x):
-  return apply(state, x, train=False)[0]
+def _eval_logits(apply: Callable, s: StepSettings, state: TrainState, x, scale, initial):
+  return centered(apply, s, state, x, False, scale, initial)[0]
 
 
 def _split_batch(mesh, x):
@@ -375,6 +408,15 @@ def train_chunk(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDatas
   return states, loss_sum
 
 
+def _centring(s: StepSettings, reps: ReplicaConstants) -> tuple:
+  """The per-replica output scales and initial parameters the step and logits take: zeros
+  in their place when the grid does not centre (the program then never reads them)."""
+  if s.center:
+    return reps.output_scale, reps.initial_params
+  zeros = jnp.zeros(reps.labels.shape[:1], jnp.float32)
+  return zeros, zeros
+
+
 def keep_frozen(frozen, old, new):
   """``new`` with each leaf's rows of the ``frozen`` (R,) replicas taken from ``old``."""
   return jax.tree.map(
@@ -398,7 +440,7 @@ def _chunk_step(g: GridFunctions, reps: ReplicaConstants, d: DeviceDataset, step
                                        indices, randomize.TRAIN, step))
   y = _split_batch(g.mesh, jnp.take_along_axis(reps.labels, indices, axis=1))
   new, loss = g.step(states, x, y, reps.learning_rate, reps.weight_decay,
-                     schedule(s.lr_decay, s.lr_decay_every)(step))
+                     *_centring(s, reps), schedule(s.lr_decay, s.lr_decay_every)(step))
   if s.freeze:
     new = keep_frozen(frozen, states, new)
   return new, orders, loss_sum + loss
@@ -427,7 +469,27 @@ def grid_metrics(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceData
   count = bins[..., 0]
   mean = lambda a: jnp.where(count > 0, a / jnp.maximum(count, 1.0), jnp.nan)
   out["test_reliability"] = jnp.stack([mean(bins[..., 1]), mean(bins[..., 2]), count], -1)
+  if reps.initial_params is not None:
+    out.update(weight_changes(states.params, reps.initial_params, g.settings.end_layers))
   return out, hits
+
+
+def relative_change(params, initial):
+  """||w - w_0|| / ||w_0|| over every leaf, per replica (leading axis), in float32."""
+  sq = lambda tree: sum(jnp.sum(jnp.square(a.astype(jnp.float32)).reshape(a.shape[0], -1), 1)
+                        for a in jax.tree.leaves(tree))
+  moved = jax.tree.map(lambda a, b: a - b, params, initial)
+  return jnp.sqrt(sq(moved) / jnp.maximum(sq(initial), 1e-30))
+
+
+def weight_changes(params, initial, end_layers: tuple[str, ...] = ()) -> dict:
+  """How far each replica's weights moved from initialization (``relative_change``):
+  ``weight_change`` over all parameters, and ``weight_change_first`` / ``_last`` over the
+  first and last layers' (``end_layers``: their top-level parameter names)."""
+  out = {"weight_change": relative_change(params, initial)}
+  for name, layer in zip(("first", "last"), end_layers):
+    out[f"weight_change_{name}"] = relative_change(params[layer], initial[layer])
+  return out
 
 
 def _eval_batch_at(g: GridFunctions, states, reps, d, train_batches: int, eb: int, b):
@@ -464,7 +526,7 @@ def evaluate_and_track(g: GridFunctions, states, reps: ReplicaConstants, d: Devi
 
 
 def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
-                 mesh=None) -> GridProgram:
+                 mesh=None, lr_scales=None) -> GridProgram:
   """The jit-compiled train chunk and evaluation of a grid.
 
   With a ``mesh`` (axes ``replica``, ``data``), the state stays sharded on ``replica``, a
@@ -472,7 +534,7 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
   replicated so every process can read them. The train chunk takes the states' buffers
   (donated), the tracked evaluation the fit times'.
   """
-  g = grid_functions(module, s, has_batch_norm, plan, mesh)
+  g = grid_functions(module, s, has_batch_norm, plan, mesh, lr_scales)
   jit = functools.partial(jax.jit, compiler_options=plan.compiler_options() or None)
   chunk, track, metrics = {}, {}, {}
   if mesh is not None:

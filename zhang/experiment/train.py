@@ -12,6 +12,7 @@ at which it fits (``frozen_replicas``); it is still evaluated, with the same res
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -38,6 +39,7 @@ from zhang.rundir import metrics as metrics_lib
 from zhang.rundir import progress as progress_lib
 from zhang.rundir import workdir as workdir_lib
 from zhang.runtime import memory as memory_lib
+from zhang.runtime import flops as flops_lib
 from zhang.runtime import mesh as mesh_lib
 from zhang.runtime import plan as plan_lib
 
@@ -169,7 +171,8 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding)
   hyper = (np.asarray([r.learning_rate for r in replicas], np.float32),
            np.asarray([r.weight_decay for r in replicas], np.float32),
            np.asarray([augment.index(settings.augmentations, r.augmentation)
-                       for r in replicas], np.int32))
+                       for r in replicas], np.int32),
+           np.asarray([r.output_scale for r in replicas], np.float32))
   h, w = data_lib.paper_crop(dataset.train_images[:1]).shape[1:3]
   true = dataset.train_labels
 
@@ -230,12 +233,26 @@ def build(config, replicas, dataset, mesh=None, plan=None):
   settings = step_lib.StepSettings.from_config(config, padded)
   d = device_data(dataset, mesh_lib.replicated(mesh), augment.crops(settings.augmentations))
   init_keys, reps, label_noise = build_replicas(padded, dataset, settings, by_replica)
-  program = step_lib.compile_grid(spec.build(dataset.num_classes), settings, spec.batch_norm,
-                                  chosen, mesh)
+  module = spec.build(dataset.num_classes)
   sample = jnp.zeros((1, *d.test_images.shape[1:]), jnp.float32)  # the input's shape
+  shapes = jax.eval_shape(lambda: step_lib.init_state(module, settings, jax.random.key(0),
+                                                      sample).params)
+  settings = dataclasses.replace(settings, end_layers=end_layers(module, sample.shape[1:]))
+  program = step_lib.compile_grid(module, settings, spec.batch_norm, chosen, mesh,
+                                  spec.lr_scales(shapes, settings.optimizer))
   states = jax.jit(jax.vmap(program.init, (0, None)), out_shardings=by_replica)(
       init_keys, sample)
+  # w_0, kept beside the state (not in it: it is a function of the seed, as the rest of
+  # the replica constants): the evaluation's weight change and the centred output read it.
+  reps = reps._replace(initial_params=jax.tree.map(jnp.copy, states.params))
   return program, d, reps, states, np.asarray(label_noise)[:len(replicas)]
+
+
+def end_layers(module, input_shape) -> tuple[str, ...]:
+  """The top-level parameter names of the module's first and last Dense or Conv layers
+  (in call order), for the evaluation's per-layer weight change; () if it has none."""
+  found = [layer.path[0] for layer in flops_lib.layers(module, input_shape) if layer.path]
+  return (found[0], found[-1]) if found else ()
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, restart: bool = False,

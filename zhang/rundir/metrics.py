@@ -207,7 +207,7 @@ def _coordinates(r) -> dict:
   """A replica's place in the grid, as every row and summary entry names it."""
   return dict(replica=r.index, model=r.model, kind=r.kind, corruption=r.corruption, seed=r.seed,
               learning_rate=r.learning_rate, weight_decay=r.weight_decay,
-              augmentation=r.augmentation)
+              augmentation=r.augmentation, output_scale=getattr(r, "output_scale", 1.0))
 
 
 class Fits:

@@ -1,7 +1,8 @@
 """Analytic FLOP counts of a model's matrix products and convolutions, from its layer shapes.
 
 Only ``nn.Dense``, ``nn.DenseGeneral`` (attention's projections) and ``nn.Conv`` are counted
-(multiply-adds x 2); biases, activations, pooling, normalization, attention's score and
+(multiply-adds x 2; a ``OneHotDense``, which adds one kernel row per token, as a row's
+multiply-adds per token); biases, activations, pooling, normalization, attention's score and
 value products and the loss are ignored, as is usual: they are a few percent of the work of
 these models. The shapes come from tracing the model abstractly (``jax.eval_shape``),
 so nothing is computed. Training is counted the usual way, 3 x forward: the forward product,
@@ -28,10 +29,14 @@ class Layer:
   in_shape: tuple[int, ...]  # one example's input
   out_shape: tuple[int, ...]  # one example's output
   macs: int  # multiply-adds for one example
+  path: tuple[str, ...] = ()  # the module's path in the model (its parameters' keys)
 
 
 def _layer_macs(module, x, y) -> int:
   """Multiply-adds of one call, for the whole batch of ``x`` (leading axis)."""
+  vocab = getattr(module, "vocab", 0)
+  if isinstance(module, nn.Dense) and vocab:  # models.OneHotDense: a row per token, added
+    return math.prod(y.shape[:-1]) * (x.shape[-1] // vocab) * y.shape[-1]
   if isinstance(module, nn.Dense):
     return math.prod(y.shape[:-1]) * x.shape[-1] * y.shape[-1]
   if isinstance(module, nn.DenseGeneral):  # every input element meets every output feature
@@ -62,7 +67,7 @@ def layers(module: nn.Module, input_shape, train: bool = True) -> list[Layer]:
       found.append(Layer(m.name or type(m).__name__,
                          "conv" if isinstance(m, nn.Conv) else "dense",
                          tuple(x.shape[1:]), tuple(out.shape[1:]),
-                         _layer_macs(m, x, out)))
+                         _layer_macs(m, x, out), tuple(m.path)))
     return out
 
   def init_and_apply():
