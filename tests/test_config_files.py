@@ -95,7 +95,8 @@ def test_every_numeric_field_says_how_to_set_it(field):
     except UsageError as e:
       _check_example(str(e), field)
     else:  # a valid value for this field (1.5 is a fine learning rate)
-      assert value in ("1.5",) and field in ("learning_rate", "weight_decay"), value
+      assert value in ("1.5",) and field in ("learning_rate", "weight_decay",
+                                             "output_scale"), value
 
 
 def test_grid_values_point_at_the_grid_entry():

@@ -15,6 +15,7 @@ from zhang.analysis import (
   fit_time,
   grokking,
   kernel_baseline,
+  lazy_rich,
   measures_plots,
   memorization,
   paper,
@@ -547,6 +548,14 @@ def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
       from zhang.analysis import ntk_plots  # matplotlib's figures of ntk.json
       written += [epath.Path(p) for p in ntk_plots.plot(ntk, out)]
       lines += ntk_report.summary_lines(ntk) + [""]
+  if (out / lazy_rich.FILE).exists():
+    moved = lazy_rich.load(out)
+    if provenance.source(moved["settings"], runs) is None:
+      lines += _skipped("## Kernel movement (lazy or rich)", out / lazy_rich.FILE,
+                        moved["settings"], f"zhang ntk RUN --steps all --out {out}")
+    else:
+      written += [epath.Path(p) for p in lazy_rich.plot(moved, out)]
+      lines += lazy_rich.report_lines(moved)
   if (out / measures_report.FILE).exists():
     written_m, lines_m = _measures(runs, out)
     written, lines = written + written_m, lines + lines_m

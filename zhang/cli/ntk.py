@@ -62,6 +62,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                  help="memory budget (default: 80%% of MemAvailable)")
   p.add_argument("--data_dir", default=None, help="where the run's dataset is, if not where "
                  "the run read it")
+  p.add_argument("--steps", default=None,
+                 help="instead of the prediction: how far each replica's kernel moved, at "
+                      "'all' saved steps or steps joined by commas (kernel distance to the "
+                      "initial kernel and kernel-target alignment on the first --n training "
+                      "examples, default 256), into OUT/kernel_movement.json; any optimizer "
+                      "and output scale")
   p.set_defaults(func=run_ntk_command)
   return p
 
@@ -70,6 +76,8 @@ def run_ntk_command(args) -> int:
   """Runs `zhang ntk`; bad input raises UsageError naming settings in backticks, which
   ``zhang.cli.main`` prints as these flags (exit 2)."""
   from zhang.analysis import ntk as ntk_report
+  if args.steps is not None:
+    return _movement(args)
   from zhang.probes.ntk import predict as ntk_predict
   from zhang.probes.ntk import request as ntk_request
   request = ntk_request.Request(
@@ -82,6 +90,21 @@ def run_ntk_command(args) -> int:
   result = ntk_predict.compute(args.run, request, out=args.out)
   paths = ntk_predict.write(result, args.out)
   for line in ntk_report.text_lines(result):
+    print(line)
+  print(f"Results in {args.out}/: {', '.join(p.rsplit('/', 1)[-1] for p in paths)}.")
+  return 0
+
+
+def _movement(args) -> int:
+  """`zhang ntk RUN --steps ...`: kernel_movement.json and its figure."""
+  from zhang.analysis import lazy_rich
+  from zhang.probes.ntk import movement
+  storage.check_path(args.run, "run", write=False, flag="RUN")
+  storage.check_path(args.data_dir, "data_dir", write=False)
+  storage.check_out(args.out)
+  result = movement.compute(args.run, args.steps, args.n, args.method, args.data_dir)
+  paths = movement.write(result, args.out)
+  for line in lazy_rich.report_lines(result)[4:-2]:
     print(line)
   print(f"Results in {args.out}/: {', '.join(p.rsplit('/', 1)[-1] for p in paths)}.")
   return 0

@@ -217,7 +217,7 @@ FIELD_EXAMPLES = {
     "fit_threshold": "1.0", "checkpoint_every": "2000", "keep_checkpoints": "3",
     "modulus": "113", "train_fraction": "0.3", "split_seed": "0", "adam_b1": "0.9",
     "adam_b2": "0.98", "generalize_threshold": "0.99", "stop_at_fit": "false",
-    "freeze_at_fit": "true", "binary": "true",
+    "freeze_at_fit": "true", "binary": "true", "output_scale": "10", "parameterization": "mup",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
     "models": "\"['mlp_1x512', 'mlp_3x512']\"", "imports": "\"['my_models']\"",
     "mesh_shape": "'(-1, 1)'"}
@@ -484,6 +484,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(_is_number(c.lr_decay) and 0 < c.lr_decay <= 1,
            f"lr_decay={c.lr_decay!r} must be in (0, 1] (1 = no decay)", "lr_decay")
   check_weight_decay(c.weight_decay)
+  _require(_is_number(c.output_scale) and 0 < c.output_scale < float("inf"),
+           f"output_scale={c.output_scale!r} must be a positive number (1 = the model's own "
+           f"outputs)", "output_scale")
   _require(_is_number(c.fit_threshold) and 0 < c.fit_threshold <= 1,
            f"fit_threshold={c.fit_threshold!r} must be in (0, 1]", "fit_threshold")
   expand_grid(c)
@@ -549,8 +552,8 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
 
 def _entry_values(c: ml_collections.ConfigDict, entry) -> list[tuple]:
   """One grid entry's replicas as (kind, corruption, seed, learning rate, weight decay,
-  augmentation, output scale), as the entry spells them, checked; none for an entry of a study's other
-  models."""
+  augmentation, output scale), as the entry spells them, checked; none for an entry of a
+  study's other models."""
   _require(isinstance(entry, dict) or hasattr(entry, "keys"),
            f"grid entry {entry!r} must be a dict(kinds=[...], corruptions=[...], seeds=[...])")
   entry = dict(entry)

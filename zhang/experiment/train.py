@@ -38,8 +38,8 @@ from zhang.rundir import format as format_lib
 from zhang.rundir import metrics as metrics_lib
 from zhang.rundir import progress as progress_lib
 from zhang.rundir import workdir as workdir_lib
-from zhang.runtime import memory as memory_lib
 from zhang.runtime import flops as flops_lib
+from zhang.runtime import memory as memory_lib
 from zhang.runtime import mesh as mesh_lib
 from zhang.runtime import plan as plan_lib
 

@@ -23,6 +23,7 @@ unknown step, files of different runs) raises UsageError, one line.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -164,8 +165,10 @@ class Run:
 
   @functools.cached_property
   def settings(self) -> step_lib.StepSettings:
-    return step_lib.StepSettings.from_config(
+    settings = step_lib.StepSettings.from_config(
         self.config, mesh_lib.pad(self.replicas, self.mesh.shape["replica"]))
+    return dataclasses.replace(settings, end_layers=train.end_layers(self.module,
+                                                                    self.input_shape))
 
   @functools.cached_property
   def plan(self) -> plan_lib.Plan:
@@ -184,10 +187,21 @@ class Run:
                                              mesh_lib.replica_sharding(self.mesh))
     return keys, reps, np.asarray(noise)[:len(self.replicas)]
 
-  @property
+  @functools.cached_property
   def reps(self) -> step_lib.ReplicaConstants:
-    """Every replica's labels, keys and hyper-parameters, padded, on ``replica``."""
-    return self._replica_constants[1]
+    """Every replica's labels, keys, hyper-parameters and initial parameters, padded, on
+    ``replica``."""
+    return self._replica_constants[1]._replace(initial_params=self._initial_state().params)
+
+  def check_plain_outputs(self, probe: str) -> None:
+    """One line when a replica trained with an output scale (alpha (f(w) - f(w_0))): the
+    probes that read the model's own outputs would not see the network that trained."""
+    scaled = sorted({r.output_scale for r in self.replicas} - {1.0})
+    if scaled:
+      raise UsageError(f"{probe} reads a network's own outputs, and this run's replicas "
+                       f"trained alpha (f(w) - f(w_0)) at output scales "
+                       f"{', '.join(f'{a:g}' for a in scaled)}: use `zhang ntk RUN --steps` "
+                       f"(how far each kernel moved) on such a run")
 
   @functools.cached_property
   def labels(self) -> np.ndarray:

@@ -203,11 +203,11 @@ class Writer:
         pass
 
 
-def _coordinates(r) -> dict:
+def coordinates(r) -> dict:
   """A replica's place in the grid, as every row and summary entry names it."""
   return dict(replica=r.index, model=r.model, kind=r.kind, corruption=r.corruption, seed=r.seed,
               learning_rate=r.learning_rate, weight_decay=r.weight_decay,
-              augmentation=r.augmentation, output_scale=getattr(r, "output_scale", 1.0))
+              augmentation=r.augmentation, output_scale=r.output_scale)
 
 
 class Fits:
@@ -250,7 +250,7 @@ class Fits:
         self.generalize_step[i] = step
       if self.diverged_step[i] is None and not np.isfinite(ev["train_loss"][i]):
         self.diverged_step[i] = step
-      rows.append(dict(step=step, epoch=self.epoch(step), **_coordinates(r),
+      rows.append(dict(step=step, epoch=self.epoch(step), **coordinates(r),
                        **{k: v[i] for k, v in self.last.items() if v.ndim == 1},
                        batch_loss=batch_loss[i], lr=float(lr[i])))
     self.last_rows = _plain(rows)
@@ -286,7 +286,7 @@ class Fits:
       fs = self.fit_step[i]
       last = {k: v[i] for k, v in self.last.items()}
       out.append(dict(
-          **_coordinates(r), label_noise=float(self.label_noise[i]), fit_step=fs,
+          **coordinates(r), label_noise=float(self.label_noise[i]), fit_step=fs,
           fit_epoch=None if fs is None else self.epoch(fs), fit_test_acc=self.fit_test_acc[i],
           generalize_step=self.generalize_step[i], diverged_step=self.diverged_step[i],
           final_train_acc=last.get("train_acc"), final_test_acc=last.get("test_acc"),

@@ -72,7 +72,7 @@ def bound(workdir, out, step=None, settings: posterior.Settings | None = None, s
   settings = settings or posterior.Settings()
   settings.check()
   _check_seed(seed)
-  runs = measures_probe.open_runs(workdir, data_dir)
+  runs = measures_probe.open_runs(workdir, data_dir, "`zhang bound`")
   for run in runs:
     check_two_classes(run)
   steps = [compute.resolve_step(run, step) for run in runs]

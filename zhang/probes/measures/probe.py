@@ -38,14 +38,19 @@ JSON = "measures.json"
 _COORDINATES = ("kind", "corruption", "seed", "learning_rate", "weight_decay", "augmentation")
 
 
-def open_runs(workdir, data_dir=None) -> list[run_lib.Run]:
-  """The run in ``workdir``, or each model's run of a study (``models``), in its order."""
+def open_runs(workdir, data_dir=None, probe: str = "`zhang measures`") -> list[run_lib.Run]:
+  """The run in ``workdir``, or each model's run of a study (``models``), in its order;
+  one line for a run whose replicas trained with an output scale (``probe`` names the
+  command)."""
   path = metrics_lib.workdir_path(workdir)
+  fields = {}
   if path.is_dir() and (path / format_lib.CONFIG).exists():
     fields = format_lib.read_config(path)
-    if fields.get("models"):
-      return [run_lib.open(path / str(model), data_dir) for model in fields["models"]]
-  return [run_lib.open(workdir, data_dir)]
+  runs = ([run_lib.open(path / str(model), data_dir) for model in fields["models"]]
+          if fields.get("models") else [run_lib.open(workdir, data_dir)])
+  for run in runs:
+    run.check_plain_outputs(probe)
+  return runs
 
 
 def check_out(runs: list[run_lib.Run], out, name: str = JSON, what: str = "measures"
