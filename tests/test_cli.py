@@ -94,6 +94,9 @@ def test_a_grid_that_cannot_fit_is_refused_before_compiling(seeds, tmp_path, cap
     ("configs/modadd.py:foo=1", "unknown config argument 'foo': known are model, modulus"),
     ("configs/measures.py:foo=1", "unknown config argument 'foo': known are dataset, n_train"),
     ("configs/bounds.py:foo=1", "unknown config argument 'foo': known are dataset, n_train"),
+    ("configs/lazy_rich.py:foo=1", "unknown config argument 'foo': known are task, widths"),
+    ("configs/lazy_rich.py:task=cifar", "config argument task='cifar': use task=modadd or "
+                                        "task=digits"),
 ])
 def test_every_config_refuses_an_argument_it_does_not_know(spec, message, tmp_path, capsys):
   workdir = tmp_path / "run"
@@ -104,7 +107,7 @@ def test_every_config_refuses_an_argument_it_does_not_know(spec, message, tmp_pa
 
 
 def test_every_config_file_is_in_the_table_above():
-  tested = {"digits", "fig1", "sweep", "table1", "modadd", "measures", "bounds"}
+  tested = {"digits", "fig1", "sweep", "table1", "modadd", "measures", "bounds", "lazy_rich"}
   assert {p.stem for p in pathlib.Path("configs").glob("*.py")} == tested
 
 
