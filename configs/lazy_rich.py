@@ -10,7 +10,7 @@ task=modadd (default): a study over the token MLP's width {64, 256, 1024, 4096} 
 parameterization {standard, ntk, mup} (models mlp_tokens_W[_PRESET]; each is one compiled
 program, run one after another into WORKDIR/MODEL), each over true labels and 30% corrupted
 ones x 2 seeds, full-batch AdamW as configs/modadd.py (lr 0.01, weight decay 1.0, modulus 59,
-half the pairs train), 3,000 steps: well past the fit, so the generalize step and the final
+half the pairs train), 2,000 steps: well past the fit, so the generalize step and the final
 test accuracy per cell can be read beside the kernel baseline (`zhang kernel RUN`). Every
 preset is standard at the base width 512 (zhang/experiment/parameterization.py).
 
@@ -24,7 +24,7 @@ Arguments (comma-separated after the colon):
   widths=L      modadd's widths joined by +, e.g. 64+256 (default 64+256+1024+4096).
   presets=L     modadd's parameterizations joined by + (default standard+ntk+mup).
   scales=L      digits' output scales joined by + (default 1+10+100).
-  max_steps=N   modadd's steps (default 3000).
+  max_steps=N   modadd's steps (default 2000).
   quick         modadd at widths 64 and 256, standard and mup, true labels, 300 steps at
                 modulus 23: a smoke test (4 models, 1.5 minutes on 2 CPU cores).
 
@@ -79,7 +79,7 @@ def _digits(c, a) -> None:
 
 def get_config(arg=None):
   a = parse_arg(arg, task="modadd", widths="64+256+1024+4096", presets="standard+ntk+mup",
-                scales="1+10+100", max_steps=3000, quick=False)
+                scales="1+10+100", max_steps=2000, quick=False)
   c = base_config()
   if a.task not in ("modadd", "digits"):
     raise UsageError(f"config argument task={a.task!r}: use task=modadd or task=digits")

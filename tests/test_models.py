@@ -3,6 +3,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from zhang.errors import UsageError
@@ -175,3 +176,34 @@ def test_defaults_agree_with_the_modadd_config():
   config = config_lib.load(str(config_file))
   args = cli.build_parser().parse_args(["kernel", "--dataset", "modadd"])
   assert (args.modulus, args.train_fraction) == (config.modulus, config.train_fraction)
+
+
+def test_one_hot_dense_equals_a_dense_product():
+  """mlp_tokens' first layer (a gather of kernel rows, a scatter-add for its gradient, each
+  with its own rule under vmap) against the dense product of the one-hot vectors it stands
+  for: the same outputs and gradients, for a stack of replicas (vmap), for one, and for a
+  scaled one-hot input (a parameterization's multiplier)."""
+  import flax.linen as nn
+  vocab, tokens, features, batch, replicas = 7, 2, 5, 11, 3
+  ids = jax.random.randint(jax.random.key(0), (batch, tokens), 0, vocab)
+  onehot = jax.nn.one_hot(ids, vocab).reshape(batch, -1) * 0.5
+  dy = jax.random.normal(jax.random.key(1), (replicas, batch, features))
+  layer = models.OneHotDense(features, vocab=vocab)
+  dense = nn.Dense(features)
+  params = jax.vmap(lambda k: layer.init(k, onehot))(jax.random.split(jax.random.key(2),
+                                                                         replicas))
+
+  def pullback(module):
+    def one(p, g):
+      y, vjp = jax.vjp(lambda q: module.apply(q, onehot), p)
+      return y, vjp(g)[0]
+    return jax.vmap(one)(params, dy)
+
+  (y, g), (y_ref, g_ref) = pullback(layer), pullback(dense)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  single = jax.tree.map(lambda a: a[0], params)
+  grad = jax.grad(lambda p: jnp.sum(layer.apply(p, onehot) * dy[0]))(single)
+  np.testing.assert_allclose(grad["params"]["kernel"], g_ref["params"]["kernel"][0],
+                             rtol=1e-5, atol=1e-6)

@@ -24,8 +24,11 @@ KINDS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
 # true-label baseline.
 _SETUP_FIELDS = ("model", "dataset", "batch_size", "momentum", "lr_decay", "lr_decay_every")
 # Per-replica hyper-parameters (grid axes), in every row of metrics.jsonl.
-HPARAMS = ("learning_rate", "weight_decay", "augmentation")
-_HPARAM_SHORT = {"learning_rate": "lr", "weight_decay": "wd", "augmentation": "aug"}
+HPARAMS = ("learning_rate", "weight_decay", "augmentation", "output_scale")
+_HPARAM_SHORT = {"learning_rate": "lr", "weight_decay": "wd", "augmentation": "aug",
+                 "output_scale": "alpha"}
+# HPARAMS added after runs were made, with the value those runs trained with.
+_LATER_HPARAMS = {"output_scale": 1.0}
 # Columns that name a setup; all are functions of `setup`, carried so tables can show and sort
 # by them. `hparams` names only the axes that vary among runs of the same setup family ("" if
 # none), so a run with one learning rate and weight decay is named by its model alone.
@@ -212,6 +215,9 @@ def load_run(path: str | epath.Path, name: str | None = None) -> Run:
   if metrics.empty:
     raise UsageError(f"{path} has no evaluations yet (metrics.jsonl is empty); "
                      f"wait for the first one (eval_every={config.get('eval_every')})")
+  for column, value in _LATER_HPARAMS.items():
+    if column not in metrics.columns:
+      metrics[column] = value
   missing = [c for c in _METRIC_COLUMNS if c not in metrics.columns]
   if missing:
     raise UsageError(f"{path}/metrics.jsonl lacks columns {missing}; was it written by "

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import custom_batching
 
 from zhang.errors import UsageError
 from zhang.experiment import parameterization as param_lib
@@ -190,10 +191,7 @@ class OneHotDense(nn.Dense):
 def one_hot_product(x, kernel, vocab: int):
   """x (B, T vocab) @ kernel (T vocab, F) for x with one nonzero per block of ``vocab``."""
   rows, values = _one_hot_rows(x, vocab)
-  # One gather of B rows per token, added: XLA CPU runs that several times faster than a
-  # gather of (B, T) rows summed over T.
-  return sum(values[:, t, None] * kernel.at[rows[:, t]].get(mode="promise_in_bounds")
-             for t in range(rows.shape[1]))
+  return _gather_rows(kernel, rows, values)
 
 
 def _one_hot_rows(x, vocab: int):
@@ -211,10 +209,67 @@ def _one_hot_fwd(x, kernel, vocab):
 def _one_hot_bwd(vocab, residuals, dy):
   x, kernel = residuals
   rows, values = _one_hot_rows(x, vocab)
-  dkernel = jnp.zeros_like(kernel)
-  for t in range(rows.shape[1]):  # each token's rows of the kernel, a scatter-add of B rows
-    dkernel = dkernel.at[rows[:, t]].add(values[:, t, None] * dy, mode="promise_in_bounds")
-  return dy @ kernel.T, dkernel
+  return dy @ kernel.T, _scatter_rows(dy, rows, values, jnp.zeros_like(kernel))
+
+
+# The gather and the scatter-add of kernel rows, with their own rule under ``jax.vmap``: a
+# stack of replicas' kernels (R, rows, F) is read and written as one (R rows, F) table at
+# offset row indices. XLA CPU runs such a plain gather or scatter several times faster than
+# the batched one ``vmap`` would make of it (one with the replica axis as a batch dimension).
+
+def _gather_plain(kernel, rows, values):
+  """sum over t of values[:, t] * kernel[rows[:, t]], (B, F): one gather of B rows per
+  token, added (XLA CPU runs that faster than a gather of (B, T) rows summed over T)."""
+  return sum(values[:, t, None] * kernel.at[rows[:, t]].get(mode="promise_in_bounds")
+             for t in range(rows.shape[1]))
+
+
+def _scatter_plain(dy, rows, values, zeros):
+  """zeros + the scatter-add of values[:, t] * dy into rows[:, t], every token t."""
+  for t in range(rows.shape[1]):
+    zeros = zeros.at[rows[:, t]].add(values[:, t, None] * dy, mode="promise_in_bounds")
+  return zeros
+
+
+def _flat(axis_size, in_batched, *args):
+  """The batched arguments of a row table's gather or scatter with the batch axis first,
+  unbatched ones broadcast to it."""
+  return [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+          for a, b in zip(args, in_batched)]
+
+
+def _offsets(rows, table_rows: int):
+  """Row indices (R, B, T) into the (R table_rows) rows of the stacked tables."""
+  return rows + (table_rows * jnp.arange(rows.shape[0]))[:, None, None]
+
+
+@custom_batching.custom_vmap
+def _gather_rows(kernel, rows, values):
+  return _gather_plain(kernel, rows, values)
+
+
+@_gather_rows.def_vmap
+def _gather_rows_vmap(axis_size, in_batched, kernel, rows, values):
+  kernel, rows, values = _flat(axis_size, in_batched, kernel, rows, values)
+  r, n, f = kernel.shape
+  idx = _offsets(rows, n).reshape(-1, rows.shape[-1])
+  out = _gather_plain(kernel.reshape(r * n, f), idx, values.reshape(idx.shape))
+  return out.reshape(r, rows.shape[1], f), True
+
+
+@custom_batching.custom_vmap
+def _scatter_rows(dy, rows, values, zeros):
+  return _scatter_plain(dy, rows, values, zeros)
+
+
+@_scatter_rows.def_vmap
+def _scatter_rows_vmap(axis_size, in_batched, dy, rows, values, zeros):
+  dy, rows, values, zeros = _flat(axis_size, in_batched, dy, rows, values, zeros)
+  r, n, f = zeros.shape
+  idx = _offsets(rows, n).reshape(-1, rows.shape[-1])
+  out = _scatter_plain(dy.reshape(-1, f), idx, values.reshape(idx.shape),
+                       zeros.reshape(r * n, f))
+  return out.reshape(r, n, f), True
 
 
 one_hot_product.defvjp(_one_hot_fwd, _one_hot_bwd)
@@ -259,8 +314,11 @@ class ModelSpec:
 
   @property
   def family(self) -> str:
-    """"mlp" or "conv": what the execution plan's measurements are grouped by."""
-    return "mlp" if self.name.startswith("mlp") else "conv"
+    """"mlp", "token_mlp" or "conv": what the execution plan's measurements are grouped
+    by."""
+    if self.name.startswith("mlp"):
+      return "token_mlp" if self.inputs == "tokens" else "mlp"
+    return "conv"
 
   def lr_scales(self, params, optimizer: str):
     """Per-leaf learning-rate scales of the parameterization (None: standard, no scaling)."""

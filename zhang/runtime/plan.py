@@ -13,7 +13,9 @@ Three choices:
 - ``replicas``: ``vmap`` (one batched program over the replica axis) or ``map`` (a loop
   over replicas). A vmapped convolution is one grouped convolution, which XLA CPU and the
   H200 ran slower than a loop of ordinary ones; the MLPs' batched products are as fast
-  either way, so they keep ``vmap``.
+  either way, so they keep ``vmap``, but for the token MLP (modadd's full batches) on CPU: a
+  replica's activations (1,740 x 512 floats) stay in cache when replicas take turns, and its
+  step ran 1.1-1.2x faster in a loop (benchmarks/modadd.py).
 - ``gradients``: ``jax`` (JAX's own rules) or ``explicit`` (``zhang/runtime/layers.py``, applied
   around the plain models by ``layers.explicit_gradients``). Only on CPU, where it pays for
   real runs: inside the step loop XLA CPU runs JAX's convolution and max-pool gradients far
@@ -48,7 +50,7 @@ CHOICES = {"replicas": ("vmap", "map"), "gradients": ("jax", "explicit"),
 
 # Measured tables (benchmarks/RESULTS.md, "Execution plan"). Anything not listed: the
 # first choice of CHOICES. TPU entries wait for a TPU measurement.
-REPLICAS = {("cpu", "conv"): "map", ("gpu", "conv"): "map"}
+REPLICAS = {("cpu", "conv"): "map", ("gpu", "conv"): "map", ("cpu", "token_mlp"): "map"}
 GRADIENTS = {"cpu": "explicit"}
 MLP_EIGEN_FROM = 8  # replicas per device
 COMPILER_OPTIONS = {

@@ -91,6 +91,8 @@ def _group(s: Setup, init, g: int, count: int, members, curve_index, totals: dic
   x_train = run.inputs(first, run_lib.TRAIN)
   x_test = run.inputs(first, run_lib.TEST)
   f_train = run.logits(params, state, x_train)
+  if run.settings.center:  # alpha (f(w) - f(w_0)) starts at zero; its kernel alpha^2 K at
+    f_train = np.zeros_like(f_train)  # the rate / alpha^2 moves it as f's kernel does f
   tk = s.kernel
   k, k_test, stats = tk.matrices(params, state, x_train[:n],
                                  x_test[:n_test] if n_test else None,
@@ -188,7 +190,7 @@ def _inputs_name(r) -> str:
 # --------------------------------------------------------------------------- slowdowns
 
 def _setup_key(r) -> tuple:
-  return (r.learning_rate, r.weight_decay, r.augmentation)
+  return (r.learning_rate, r.weight_decay, r.augmentation, r.output_scale)
 
 
 def _is_baseline(r) -> bool:
@@ -239,7 +241,7 @@ def _assemble(s: Setup, rows: dict, curve_steps, notes: list[str]) -> dict:
     row, summ = rows[r.index], summary[r.index]
     out = dict(replica=r.index, kind=r.kind, corruption=r.corruption, seed=r.seed,
                learning_rate=r.learning_rate, weight_decay=r.weight_decay,
-               augmentation=r.augmentation,
+               augmentation=r.augmentation, output_scale=r.output_scale,
                label_noise=float(run.label_noise[r.index]),
                predicted_fit_step=row[f"predicted_fit_step_{primary}"],
                predicted_slowdown=predicted[primary][r.index][0],
