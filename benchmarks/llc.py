@@ -12,7 +12,8 @@ machine load. The parameters are the grid's initial ones (the rate does not depe
 One SGLD step is a train step's forward and backward pass plus the Gaussian noise of every
 parameter, so ``ratio`` (sampler rate / train rate) near 1 is what it should be where the noise is
 cheap against the step; ``noise_share`` is the share of an SGLD step that generating that
-noise alone takes (timed apart, the same number of normals).
+noise alone takes (timed apart, the same number of normals; in the step it is made inside the
+update's one pass, ``sgld.sgld_step``).
 """
 
 from __future__ import annotations
@@ -59,14 +60,13 @@ def main(argv=None) -> int:
     np.asarray(loss)
     return time.perf_counter() - t0
 
-  one_replica = jax.tree.map(lambda p: p[0], params)
+  size = sgld.flatten(jax.tree.map(lambda p: p[0], params))[0].size  # one chain's parameters
 
   for chains in [int(c) for c in args.chains.split(",")]:
     s = llc.Settings(chains=chains, draws=k, burnin=0)
     sgld_seconds = lambda s=s: sampler.sample(params, batch_stats, s)[3]
-    # The Gaussian noise of one step of every chain, alone (``sgld.gaussian_like``).
-    noise = jax.jit(lambda keys: jax.vmap(lambda key: sgld.gaussian_like(key, one_replica))(
-        keys))
+    # The Gaussian noise of one step of every chain, alone (``sgld.standard_normal``).
+    noise = jax.jit(lambda keys: jax.vmap(lambda key: sgld.standard_normal(key, size))(keys))
     keys = jax.random.split(jax.random.key(0), r * chains)
     jax.block_until_ready(noise(keys))
     compiled = sampler.compile_seconds

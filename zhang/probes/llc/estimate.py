@@ -72,6 +72,7 @@ from zhang.probes.llc.sgld import (  # noqa: F401
   Settings,
   check_settings,
   estimate,
+  flatten,
   parse_nbeta,
   resolve_nbeta,
   run_chains,
@@ -183,24 +184,29 @@ def _full_loss(run: run_lib.Run):
 
 
 def _program(run: run_lib.Run, chains: int, num_steps: int, batch_size: int):
-  """``Sampler.program``'s jit-compiled function."""
+  """``Sampler.program``'s jit-compiled function. Each chain's position is one flat vector
+  (``sgld.flatten``), cut into the model's parameters for its forward pass: the update is
+  then one pass with the noise made in it (``sgld.sgld_step``)."""
   s, plan, reps, d, logits = run.settings, run.plan, run.reps, run.data, _logits(run)
 
-  def replica_step(w, w_star, batch_stats, x, y, key_data, step_size, gamma, nbeta):
+  def replica_step(w, w_star, batch_stats, x, y, key_data, step_size, gamma, nbeta, unravel):
     def loss_fn(w, batch):
       return optax.softmax_cross_entropy_with_integer_labels(
-          logits(w, batch_stats, batch[0]), batch[1]).mean()
+          logits(unravel(w), batch_stats, batch[0]), batch[1]).mean()
     one = lambda w, x, y, k: sgld_step(loss_fn, w, w_star, jax.random.wrap_key_data(k),
                                        (x, y), step_size, gamma, nbeta)
     return plan.over_replicas(one, w, x, y, key_data)
 
-  grid_step = step_lib.over_grid(plan, run.mesh, replica_step, replicated=(1, 2, 3))
   full_loss = _full_loss(run)
   replicated = mesh_lib.replicated(run.mesh)
 
   @functools.partial(jax.jit, out_shardings=(replicated, replicated),
                      compiler_options=plan.compiler_options() or None)
   def chains_of_grid(params, batch_stats, key_data, step_size, gamma, nbeta):
+    unravel = flatten(jax.tree.map(lambda p: p[0], params))[1]
+    grid_step = step_lib.over_grid(plan, run.mesh, functools.partial(
+        replica_step, unravel=unravel), replicated=(1, 2, 3))
+
     def step_fn(w, indices, step_keys):
       r = indices.shape[0]
       flat = indices.reshape(r, -1)  # each replica's chains' examples, one batch
@@ -208,11 +214,11 @@ def _program(run: run_lib.Run, chains: int, num_steps: int, batch_size: int):
                                randomize.TRAIN)
       x = x.reshape(r, chains, batch_size, *x.shape[2:])
       y = jnp.take_along_axis(reps.labels, flat, axis=1).reshape(r, chains, batch_size)
-      return grid_step(w, params, batch_stats, x, y, jax.random.key_data(step_keys),
+      return grid_step(w, w_star, batch_stats, x, y, jax.random.key_data(step_keys),
                        step_size, gamma, nbeta)
 
-    w0 = jax.tree.map(lambda p: jnp.broadcast_to(p[:, None], (p.shape[0], chains,
-                                                              *p.shape[1:])), params)
+    w_star = jax.vmap(lambda p: flatten(p)[0])(params)  # (R, parameters)
+    w0 = jnp.broadcast_to(w_star[:, None], (w_star.shape[0], chains, w_star.shape[1]))
     keys = jax.random.wrap_key_data(key_data)
     init_loss = full_loss(params, batch_stats)
     _, trace = run_chains(step_fn, w0, keys, run.n, batch_size, num_steps)

@@ -30,7 +30,7 @@ expectation is 4.54 for the regression's d/2 = 5 and 0.45 for the product's 1/2)
 
   eps     regression (d = 10)           f(x) = a b x at a = 1 (16 chains)
   1e-5    4.52 (16 chains, 13k steps)   0.44 (13k steps): the exact expectation
-  1e-4    4.57-4.96 (4 seeds)           0.45-0.53 (4 seeds)
+  1e-4    4.66-5.18 (8 seeds)           0.45-0.53 (4 seeds)
   3e-4    5.63                          0.54
   1e-3    8.78                          0.85
 
@@ -53,6 +53,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from zhang.errors import UsageError
 from zhang.experiment import randomize
@@ -117,30 +118,87 @@ def resolve_nbeta(nbeta, num_data: int, batch_size: int) -> float:
   return float(nbeta)
 
 
-def gaussian_like(key, tree):
-  """Standard normal noise of ``tree``'s shapes and dtypes, one stream per leaf.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))  # Threefry-2x32's, alternating by 4 rounds
 
-  Threefry of counters (``randomize.example_normal``): on XLA CPU half the cost of
-  ``jax.random.normal``, which took half the time of the digits MLP's SGLD step (and XLA
-  CPU's RngBitGenerator, behind the ``rbg`` keys, is slower still)."""
-  leaves, tree_def = jax.tree.flatten(tree)
-  return jax.tree.unflatten(tree_def, [
-      randomize.example_normal(jax.random.fold_in(key, i), x.shape).astype(x.dtype)
-      for i, x in enumerate(leaves)])
+
+def _threefry(k0, k1, x0, x1):
+  """Threefry-2x32 with 20 rounds (Salmon et al. 2011) of the counter pairs (x0, x1) under
+  the key (k0, k1): the hash behind JAX's default keys, written out as plain elementwise
+  operations (JAX lowers its own as a loop on CPU, each pass a trip through memory)."""
+  ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for i in range(5):
+    for r in _ROTATIONS[i % 2]:
+      x0 = x0 + x1
+      x1 = ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))) ^ x0
+    x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+  return x0, x1
+
+
+def standard_normal(key, n: int):
+  """``randomize.example_normal(key, (n,))`` bit for bit, as one elementwise computation
+  of each element's index, which XLA fuses into the update that consumes it.
+
+  Element i's word is one of the two a Threefry hash of counters (i, i + n/2) gives
+  (``randomize.words``); the normal is the inverse error function of it as a uniform in
+  (-1, 1), as ``jax.random.normal`` makes it. Keys of another implementation get
+  ``randomize.example_normal``."""
+  data = jax.random.key_data(key)
+  if data.shape != (2,):
+    return randomize.example_normal(key, (n,))
+  half = -(-n // 2)
+  i = jnp.arange(n, dtype=jnp.uint32)
+  first = i < half
+  lo = jnp.where(first, i, i - half)
+  hi = jnp.where(lo + half == n, np.uint32(0), lo + half)  # odd n: one 0 pads the counters
+  a, b = _threefry(data[0], data[1], lo, hi)
+  bits = jnp.where(first, a, b)
+  u = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32)
+  u = jnp.maximum(2.0 * u - 3.0, np.nextafter(np.float32(-1.0), np.float32(0.0)))
+  return _erf_inv(u) * np.float32(math.sqrt(2.0))
+
+
+# Giles (2010), "Approximating the erfinv function": single-precision polynomials in
+# w - 2.5 (w < 5) and sqrt(w) - 3 (w >= 5), w = -log(1 - x^2), highest degree first.
+_ERF_INV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06,
+                    0.00021858087, -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERF_INV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844,
+                 0.00573950773, -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+
+
+def _erf_inv(x):
+  """``lax.erf_inv`` of x in (-1, 1) (the same polynomials, the same float32 values), as
+  one chain of operations XLA keeps in one fusion: its own expansion shares w between three
+  users, so XLA materializes w and recomputes x, here a Threefry hash, in the fusion after."""
+  w = -jnp.log1p(-x * x)
+  central = w < 5.0
+  t = jnp.where(central, w - 2.5, jnp.sqrt(w) - 3.0)
+  p = jnp.float32(0.0)
+  for a, b in zip(_ERF_INV_CENTRAL, _ERF_INV_TAIL):
+    p = jnp.where(central, np.float32(a), np.float32(b)) + p * t
+  return p * x
 
 
 def sgld_step(loss_fn: Callable, w, w_star, key, batch, step_size, gamma, nbeta):
   """One SGLD step of one chain: returns (new w, the minibatch loss at w).
 
-  ``loss_fn(w, batch)`` is the mean loss of the minibatch; the step is devinterp's,
-  w - eps/2 (n beta grad + gamma (w - w*)) + sqrt(eps) N(0, 1).
+  ``w`` and ``w_star`` are flat float32 vectors (every parameter, ``flatten``) and
+  ``loss_fn(w, batch)`` the mean loss of the minibatch at the flat ``w``; the step is
+  devinterp's, w - eps/2 (n beta grad + gamma (w - w*)) + sqrt(eps) N(0, 1), one pass over
+  the vector with the noise (``standard_normal``) made where it is added: drawn per leaf, or
+  as a vector apart from the update, the noise took 30-45% of the digits MLP's step.
   """
   loss, grad = jax.value_and_grad(loss_fn)(w, batch)
-  noise = gaussian_like(key, w)
-  scale = jnp.sqrt(step_size)
-  w = jax.tree.map(lambda p, g, p0, z: p - 0.5 * step_size * (nbeta * g + gamma * (p - p0))
-                   + scale * z, w, grad, w_star, noise)
+  noise = standard_normal(key, w.shape[-1])
+  w = w - 0.5 * step_size * (nbeta * grad + gamma * (w - w_star)) + jnp.sqrt(step_size) * noise
   return w, loss
+
+
+def flatten(tree):
+  """(the leaves of ``tree`` as one float32 vector, end to end in ``jax.tree`` order, the
+  function that cuts such a vector back into ``tree``'s leaves)."""
+  flat, unravel = ravel_pytree(tree)
+  return flat.astype(jnp.float32), unravel
 
 
 def run_chains(step_fn: Callable, w0, keys, num_data: int, batch_size: int, num_steps: int):
@@ -218,16 +276,18 @@ def sample(loss_fn: Callable, w_star, num_data: int, settings: Settings = Settin
   if init_loss is None:
     init_loss = float(jax.jit(loss_fn)(w_star, jnp.arange(num_data)))
   chain_keys = jax.random.split(jax.random.key(settings.seed), settings.chains)
+  flat_star, unravel = flatten(w_star)
+  flat_loss = lambda w, i: loss_fn(unravel(w), i)
 
   @jax.jit
   def chains(w_star, keys, step_size, gamma, nbeta):
     def step_fn(w, indices, step_keys):
-      one = lambda w, i, k: sgld_step(loss_fn, w, w_star, k, i, step_size, gamma, nbeta)
+      one = lambda w, i, k: sgld_step(flat_loss, w, w_star, k, i, step_size, gamma, nbeta)
       return jax.vmap(one)(w, indices, step_keys)
-    w0 = jax.tree.map(lambda p: jnp.broadcast_to(p, (settings.chains, *p.shape)), w_star)
+    w0 = jnp.broadcast_to(w_star, (settings.chains, *w_star.shape))
     return run_chains(step_fn, w0, keys, num_data, m, settings.num_steps)[1]
 
-  trace = np.asarray(chains(w_star, chain_keys, settings.step_size, settings.gamma, nbeta))
+  trace = np.asarray(chains(flat_star, chain_keys, settings.step_size, settings.gamma, nbeta))
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(w_star))
   return dict(estimate(trace, init_loss, nbeta, settings.burnin, num_params), trace=trace,
               nbeta=nbeta, num_params=num_params)
