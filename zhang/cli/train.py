@@ -106,7 +106,7 @@ def print_run(summary: dict, config) -> None:
         f"steps ({summary['wall_seconds']:.0f} s){generalized}.")
   # Hyper-parameter columns only for the axes that vary in this grid.
   extra = [(key, head, width) for key, head, width in HYPER_COLUMNS
-           if len({r.get(key) for r in reps}) > 1]
+           if len({r.get(key) for r in reps}) > 1 and all(key in r for r in reps)]
   print(f"{'replica':>7} {'kind':<16} {'p':>4} {'seed':>4} "
         + "".join(f"{head:>{width}} " for _, head, width in extra)
         + f"{'noise':>6} {'fit_step':>8} " + (f"{'gen_step':>8} " if past_fit else "")
@@ -147,7 +147,7 @@ def divergence_line(reps: list[dict]) -> str | None:
 
 
 HYPER_COLUMNS = (("learning_rate", "lr", 7), ("weight_decay", "wd", 7),
-                 ("augmentation", "augment", 10))
+                 ("augmentation", "augment", 10), ("output_scale", "alpha", 6))
 
 
 def timing_line(summary: dict) -> str | None:
