@@ -300,6 +300,7 @@ def _open(workdir, settings: list[Settings], steps: str, data_dir, out):
   for s in settings:
     s.check()
   run = run_lib.open(workdir, data_dir)
+  run.check_plain_outputs("`zhang llc`")
   chosen = parse_steps(steps, run.steps)
   if out is not None:
     _check_out(run, out)
