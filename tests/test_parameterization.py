@@ -258,6 +258,11 @@ def test_kernel_movement_against_full_jacobians(fitting_config, tmp_path):
       np.testing.assert_allclose(row["kernel_distance"], distance, atol=2e-5)
       np.testing.assert_allclose(row["alignment"], alignment, rtol=1e-4)
       assert row["output_scale"] == r.output_scale
+  # The probes that read the network's own outputs refuse such a run, in one line.
+  from zhang.errors import UsageError
+  from zhang.probes.measures import probe as measures_probe
+  with pytest.raises(UsageError, match="trained alpha .* at output scales 10: use `zhang ntk"):
+    measures_probe.open_runs(tmp_path / "run")
   moved = {w["replica"]: w["kernel_distance"] for w in result["rows"] if w["step"] == 200}
   assert all(v > 0 for v in moved.values())
   assert all(w["kernel_distance"] == 0 for w in result["rows"] if w["step"] == 0)
