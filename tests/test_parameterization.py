@@ -17,10 +17,10 @@ from zhang.experiment import data, models, parameterization, randomize, step, tr
 from zhang.runtime import plan as plan_lib
 
 
-def _settings(optimizer="sgd_momentum", center=False, momentum=0.9):
+def _settings(optimizer="sgd_momentum", center=False, momentum=0.9, weight_decay=False):
   return step.StepSettings(batch_size=32, momentum=momentum, lr_decay=1.0, lr_decay_every=1000,
-                           eval_batch_size=32, segments=(("labels", 0, 1),), weight_decay=False,
-                           optimizer=optimizer, center=center)
+                           eval_batch_size=32, segments=(("labels", 0, 1),),
+                           weight_decay=weight_decay, optimizer=optimizer, center=center)
 
 
 def _batch(n=32, classes=10, seed=1):
@@ -34,19 +34,20 @@ def _trainer(name, settings, classes=10):
   spec = models.get(name)
   module = spec.build(classes)
   x, _ = _batch()
-  state = step.init_state(module, settings, jax.random.key(0), x[:1])
-  scales = spec.lr_scales(state.params, settings.optimizer)
+  shapes = step.init_state(module, settings, jax.random.key(0), x[:1]).params
+  scales = spec.lr_scales(shapes, settings.optimizer)
+  state = step.init_state(module, settings, jax.random.key(0), x[:1], lr_scales=scales)
   apply = functools.partial(step.apply_model, module, plan_lib.Plan(), settings, False)
   train_step = jax.jit(functools.partial(step.train_step, apply, settings, scales))
   return module, state, train_step
 
 
-def _run(name, settings, steps, lr, scale=1.0):
+def _run(name, settings, steps, lr, scale=1.0, weight_decay=0.0):
   module, state, train_step = _trainer(name, settings)
   x, y = _batch()
   initial = state.params
   for _ in range(steps):
-    state, _ = train_step(state, x, y, lr, 0.0, scale, initial, 1.0)
+    state, _ = train_step(state, x, y, lr, weight_decay, scale, initial, 1.0)
   return module, state, initial
 
 
@@ -84,12 +85,14 @@ def test_standard_is_flax_default():
 @pytest.mark.parametrize("width", [64, 1024])
 def test_mean_field_trains_as_mup_under_sgd(width):
   """One hidden layer: mean field's 1/width output and width-scaled rates give the same
-  effective weights and rates as muP's multipliers, so under SGD (momentum included) the
-  two train to the same outputs up to float rounding, at a width away from the base too."""
+  effective weights and rates as muP's multipliers, so under SGD (momentum and weight decay
+  included: the decay shrinks every layer by the same factor whatever its rate) the two
+  train to the same outputs up to float rounding, at a width away from the base too."""
   x, _ = _batch()
   outs = []
   for preset in ("mup", "mean_field"):
-    module, state, _ = _run(f"mlp_1x{width}_{preset}", _settings(), 5, 0.05)
+    module, state, _ = _run(f"mlp_1x{width}_{preset}", _settings(weight_decay=True), 5, 0.05,
+                            weight_decay=0.05)
     outs.append(np.asarray(module.apply({"params": state.params}, x)))
   np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
   # ... and they did train: the logits moved from the initial ones.

@@ -124,30 +124,35 @@ def learning_rate_at(step, learning_rate, lr_decay: float, lr_decay_every: int):
 
 
 def optimizer(weight_decay, momentum: float, kind: str = "sgd_momentum", b1: float = 0.9,
-              b2: float = 0.98) -> optax.GradientTransformation:
+              b2: float = 0.98, lr_scales=None) -> optax.GradientTransformation:
   """The update before the learning rate, which the step applies from the global step.
 
   ``sgd_momentum``: TensorFlow's form (v = m v + g + wd w; the step is -lr v); its state holds
   no step counter. ``adamw``: Adam's direction (betas ``b1``, ``b2``, eps 1e-8) plus wd w, so
   the step -lr (adam + wd w) is AdamW's decoupled decay. ``weight_decay`` may be a traced
-  per-replica value; None: no such term."""
+  per-replica value; None: no such term. ``lr_scales``: a parameterization's per-leaf rates
+  (``zhang.experiment.parameterization``), applied to the gradient's part only (SGD: g -> c g;
+  AdamW: adam -> c adam), so that weight decay shrinks every layer's weights by the same
+  factor per step whatever its rate, as it does the standard parameterization's."""
   decay = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay)]
+  scale = [] if lr_scales is None else [optax.stateless(
+      lambda updates, params: jax.tree.map(lambda u, c: c * u, updates, lr_scales))]
   if kind == "adamw":
-    return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8), *decay)
-  return optax.chain(*decay, optax.trace(decay=momentum))
+    return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8), *scale, *decay)
+  return optax.chain(*scale, *decay, optax.trace(decay=momentum))
 
 
-def _optimizer(s: StepSettings, weight_decay) -> optax.GradientTransformation:
+def _optimizer(s: StepSettings, weight_decay, lr_scales=None) -> optax.GradientTransformation:
   return optimizer(weight_decay if s.weight_decay else None, s.momentum, s.optimizer,
-                   s.adam_b1, s.adam_b2)
+                   s.adam_b1, s.adam_b2, lr_scales)
 
 
-def init_state(module, s: StepSettings, key, sample) -> TrainState:
-  """One replica's initial state from its init key."""
+def init_state(module, s: StepSettings, key, sample, lr_scales=None) -> TrainState:
+  """One replica's initial state from its init key (``lr_scales``: as the step's)."""
   variables = module.init(key, sample, train=False)
   params = variables["params"]
   return TrainState(params, variables.get("batch_stats", {}),
-                    _optimizer(s, 0.0).init(params))
+                    _optimizer(s, 0.0, lr_scales).init(params))
 
 
 def replica_inputs(kind: str, s: StepSettings, rep: ReplicaConstants, d: DeviceDataset,
@@ -231,15 +236,12 @@ def train_step(apply: Callable, s: StepSettings, lr_scales, state: TrainState, x
     return loss, batch_stats
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = _optimizer(s, weight_decay).update(grads, state.opt_state, state.params)
+  updates, opt_state = _optimizer(s, weight_decay, lr_scales).update(grads, state.opt_state,
+                                                                     state.params)
   lr = learning_rate * schedule_factor
   if s.center:  # the function moves at the same rate whatever alpha (Chizat and Bach)
     lr = lr / (scale if s.optimizer == "adamw" else scale * scale)
-  if lr_scales is None:
-    updates = jax.tree.map(lambda u: -lr * u, updates)
-  else:
-    updates = jax.tree.map(lambda u, c: -(lr * c) * u, updates, lr_scales)
-  params = optax.apply_updates(state.params, updates)
+  params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
   return TrainState(params, batch_stats, opt_state), loss
 
 
@@ -543,7 +545,7 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
     metrics = dict(out_shardings=everywhere)
     track = dict(out_shardings=(everywhere, by_replica))
   return GridProgram(
-      s, plan, functools.partial(init_state, module, s),
+      s, plan, functools.partial(init_state, module, s, lr_scales=lr_scales),
       jit(functools.partial(train_chunk, g), donate_argnums=(0,), **chunk),
       jit(functools.partial(evaluate, g), **metrics),
       jit(functools.partial(evaluate_and_track, g), donate_argnums=(3,), **track))
