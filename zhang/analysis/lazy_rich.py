@@ -3,7 +3,8 @@ kernel moved, by regime (parameterization and output scale), as a figure and rep
 
 Reads files only (no jax). The figure, kernel_movement.png: the kernel distance and the
 kernel-target alignment against the step, one line per replica, coloured by regime, solid
-for true labels and dashed for corrupted ones. Built without pyplot, as
+for true labels and dashed for corrupted ones; the distance on a log scale (from the first
+saved step after 0: lazier regimes sit orders of magnitude lower). Built without pyplot, as
 ``zhang.analysis.plots``.
 """
 
@@ -71,8 +72,12 @@ def plot(result: dict, out_dir) -> list[str]:
       mine = sorted((r for r in rows if (r["model"], r["replica"]) == (model, replica)),
                     key=lambda r: r["step"])
       first = mine[0]
+      if key == "kernel_distance":  # 0 at step 0, then orders of magnitude apart: log scale
+        mine = [r for r in mine if r[key] > 0]
       ax.plot([r["step"] for r in mine], [r[key] for r in mine], color=color[regime(first)],
               ls="-" if first["corruption"] == 0 else "--", lw=1.2, alpha=0.85)
+    if key == "kernel_distance" and any(r[key] > 0 for r in rows):
+      ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title(title, fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
@@ -117,6 +122,6 @@ def report_lines(result: dict) -> list[str]:
            "|---|---|---|---|---|---|"]
   for row in table(result):
     lines.append(f"| {row['regime']} | {row['corruption']:g} | {row['replicas']} | "
-                 f"{row['kernel_distance']:.3f} | {row['alignment_start']:.3f} | "
+                 f"{row['kernel_distance']:.3g} | {row['alignment_start']:.3f} | "
                  f"{row['alignment']:.3f} |")
   return lines + ["", f"![kernel movement]({FIGURE})", ""]

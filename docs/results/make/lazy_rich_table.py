@@ -22,10 +22,12 @@ import numpy as np
 
 
 def _mean(values, digits=0):
+  """The mean of the values given (None left out) with ``digits`` decimals, or with
+  three significant digits for ``digits`` "g"; "-" for none."""
   values = [v for v in values if v is not None]
   if not values:
     return "-"
-  return f"{np.mean(values):,.{digits}f}"
+  return f"{np.mean(values):.3g}" if digits == "g" else f"{np.mean(values):,.{digits}f}"
 
 
 def _last_rows(run: pathlib.Path) -> dict:
@@ -63,7 +65,7 @@ def modadd(study: pathlib.Path, report: pathlib.Path) -> list[str]:
           f"{_mean(gen) if None not in gen else '-'} | "
           f"{_mean([r['final_test_acc'] for r in reps], 3)} | "
           f"{_mean([rows[r['replica']]['weight_change'] for r in reps], 3)} | "
-          f"{_mean([r['kernel_distance'] for r in kern], 3)} | "
+          f"{_mean([r['kernel_distance'] for r in kern], 'g')} | "
           f"{_mean([r['alignment'] for r in kern], 3)} |")
   baseline = report / "kernel_baseline.json"
   if baseline.exists():
@@ -98,7 +100,7 @@ def digits(run: pathlib.Path, report: pathlib.Path) -> list[str]:
           f"{_mean([ntk[r['replica']]['predicted_fit_step'] for r in reps])} | "
           f"{_mean([ntk[r['replica']]['predicted_slowdown'] for r in reps], 2)} | "
           f"{_mean([rows[r['replica']]['weight_change'] for r in reps], 3)} | "
-          f"{_mean([r['kernel_distance'] for r in kern], 3)} |")
+          f"{_mean([r['kernel_distance'] for r in kern], 'g')} |")
   return lines
 
 
