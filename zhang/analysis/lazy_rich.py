@@ -90,10 +90,12 @@ def plot(result: dict, out_dir) -> list[str]:
   return [os.fspath(path)]
 
 
-def table(result: dict) -> list[dict]:
+def table(result: dict, test_acc: dict | None = None) -> list[dict]:
   """Per regime and corruption level, at the last step: the mean kernel distance and
-  alignment over replicas (and at step 0, the alignment), how many replicas."""
+  alignment over replicas (and at step 0, the alignment), how many replicas, and the mean
+  final test accuracy where ``test_acc`` ((model, replica) -> accuracy) has it."""
   rows = result["rows"]
+  test_acc = test_acc or {}
   last = max(r["step"] for r in rows)
   out = []
   for name in _regimes(rows):
@@ -102,7 +104,10 @@ def table(result: dict) -> list[dict]:
                                       and r["corruption"] == p and r["step"] == t]
       end, start = at(last), at(0)
       if end:
+        accs = [test_acc[r["model"], r["replica"]] for r in end
+                if (r["model"], r["replica"]) in test_acc]
         out.append(dict(regime=name, corruption=p, replicas=len(end), step=last,
+                        test_acc=float(np.mean(accs)) if accs else float("nan"),
                         kernel_distance=float(np.mean([r["kernel_distance"] for r in end])),
                         alignment_start=float(np.mean([r["alignment"] for r in start]))
                         if start else float("nan"),
@@ -110,18 +115,19 @@ def table(result: dict) -> list[dict]:
   return out
 
 
-def report_lines(result: dict) -> list[str]:
-  """report.md's section: the table, the figure, where it came from."""
+def report_lines(result: dict, test_acc: dict | None = None) -> list[str]:
+  """report.md's section: the table (with the final test accuracy of ``test_acc``, see
+  ``table``), the figure, where it came from."""
   s = result["settings"]
   lines = ["## Kernel movement (lazy or rich)", "",
            f"The class-averaged tangent kernel on the first {s['n']} training examples of "
            f"each replica, at steps {', '.join(map(str, s['steps']))} (`zhang ntk RUN "
            f"--steps`), against its kernel at initialization.", "",
-           "| regime | corruption | replicas | kernel distance at step "
+           "| regime | corruption | replicas | test accuracy | kernel distance at step "
            f"{max(s['steps'])} | alignment at 0 | alignment at {max(s['steps'])} |",
-           "|---|---|---|---|---|---|"]
-  for row in table(result):
+           "|---|---|---|---|---|---|---|"]
+  for row in table(result, test_acc):
     lines.append(f"| {row['regime']} | {row['corruption']:g} | {row['replicas']} | "
-                 f"{row['kernel_distance']:.3g} | {row['alignment_start']:.3f} | "
-                 f"{row['alignment']:.3f} |")
+                 f"{row['test_acc']:.3f} | {row['kernel_distance']:.3g} | "
+                 f"{row['alignment_start']:.3f} | {row['alignment']:.3f} |")
   return lines + ["", f"![kernel movement]({FIGURE})", ""]

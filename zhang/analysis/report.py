@@ -555,7 +555,9 @@ def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
                         moved["settings"], f"zhang ntk RUN --steps all --out {out}")
     else:
       written += [epath.Path(p) for p in lazy_rich.plot(moved, out)]
-      lines += lazy_rich.report_lines(moved)
+      acc = {(m, int(i)): float(a) for m, i, a in runs.replicas[
+          ["model", "replica", "final_test_acc"]].itertuples(index=False)}
+      lines += lazy_rich.report_lines(moved, acc)
   if (out / measures_report.FILE).exists():
     written_m, lines_m = _measures(runs, out)
     written, lines = written + written_m, lines + lines_m
