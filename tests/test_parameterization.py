@@ -226,7 +226,7 @@ def test_lr_scales_follow_the_presets():
   assert [ntk[f"Dense_{i}"]["kernel"] for i in range(3)] == [64.0, 512.0, 512.0]
 
 
-def test_kernel_movement_against_full_jacobians(fitting_config, tmp_path):
+def test_kernel_movement_against_full_jacobians(fitting_config, tmp_path, capsys):
   """`zhang ntk RUN --steps all`'s kernel distance and centred alignment, for a run trained
   at two output scales, equal the formulas applied here to kernels built from full
   per-example jacobians (jax.jacrev) of the checkpointed parameters; step 0 has distance 0."""
@@ -266,6 +266,13 @@ def test_kernel_movement_against_full_jacobians(fitting_config, tmp_path):
   from zhang.probes.measures import probe as measures_probe
   with pytest.raises(UsageError, match="trained alpha .* at output scales 10: use `zhang ntk"):
     measures_probe.open_runs(tmp_path / "run")
+  # A step without a checkpoint: one line, exit 2, nothing written.
+  from zhang import cli
+  assert cli.main(["ntk", str(tmp_path / "run"), "--steps", "150",
+                   "--out", str(tmp_path / "out")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "--steps '150' must be 'all' or saved steps" in err and len(err.splitlines()) == 1
+  assert not (tmp_path / "out").exists()
   moved = {w["replica"]: w["kernel_distance"] for w in result["rows"] if w["step"] == 200}
   assert all(v > 0 for v in moved.values())
   assert all(w["kernel_distance"] == 0 for w in result["rows"] if w["step"] == 0)
