@@ -15,9 +15,9 @@ replica's weights at the run's last checkpoint, its whole training set as `zhang
 PyTorch; it imports neither JAX nor this project) runs the loop and prints one JSON line:
 the chain-steps per second and each replica's lambda-hat, to set beside llc.json's.
 
-  python benchmarks/llc_torch.py export runs/digits /tmp/llc_torch.npz
-  python benchmarks/llc_torch.py torch /tmp/llc_torch.npz          # PyTorch's threads: all cores
-  zhang llc runs/digits --out /tmp/llc_zhang --no_plots            # the same chains
+  python benchmarks/llc_torch.py export runs/digits runs/llc_torch.npz
+  python benchmarks/llc_torch.py torch runs/llc_torch.npz --threads 1   # default: every core
+  zhang llc runs/digits --out runs/digits_llc_timed --no_plots          # the same chains
 
 Time the last two as whole processes, start-up included, alternated on the same machine
 (``/usr/bin/time``, in turn, several times each).
