@@ -13,11 +13,13 @@ are left out (``eval_share`` in a run's summary.json says what they add: about 1
 
 ``flops_per_step`` is the analytic count of ``zhang/runtime/flops.py`` (3 x forward of the Dense
 and attention projections, every replica); ``xla_flops_per_step`` is XLA's own estimate of
-the compiled step. ``fraction_of_matmul`` divides the analytic rate by the best rate of an
-(N, N) fp32 ``jnp.dot`` (``--matmul_n``) timed in the same process just before and after
-the row. ``run_seconds_estimate`` is ``max_steps`` x the median step time (a run's training
-time is a sum of its calls, so the median rather than the best): what the config's training
-takes, less compilation, evaluation and checkpoints. Results: benchmarks/RESULTS.md.
+the compiled step (which counts a loop's body once: under a plan that loops over the
+replicas, ``replicas=map``, one replica's, multiplied here by the replicas).
+``fraction_of_matmul`` divides the analytic rate by the best rate of an (N, N) fp32
+``jnp.dot`` (``--matmul_n``) timed in the same process just before and after the row.
+``run_seconds_estimate`` is ``max_steps`` x the median step time (a run's training time is a
+sum of its calls, so the median rather than the best): what the config's training takes,
+less compilation, evaluation and checkpoints. Results: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def row(spec: str, steps: int, repeats: int, matmul_n: int, matmul_repeats: int)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
   xla = float(cost["flops"]) if cost and cost.get("flops", 0) > 0 else None
+  if xla is not None and program.plan.replicas == "map":
+    xla *= len(replicas)  # XLA counts a loop's body once: here, one replica's step
   module = models.get(config.model).build(dataset.num_classes)
   per_step = len(replicas) * flops_lib.train_flops(module, dataset.image_shape,
                                                    config.batch_size)
