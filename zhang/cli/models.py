@@ -13,8 +13,9 @@ def register(sub) -> argparse.ArgumentParser:
       "input shape (batch-norm scales and offsets not counted, as in the paper), its "
       "description and the learning rate a config without learning_rate trains it with. "
       "Token models (modular addition) are counted for configs/modadd.py's modulus, 59. "
-      "Any mlp_DxW (D hidden layers of width W, e.g. mlp_2x1024) is a model too: name it to "
-      "count it.")
+      "Any mlp_DxW (D hidden layers of width W, e.g. mlp_2x1024) or mlp_tokens_W is a model "
+      "too, and either with a parameterization suffix (_ntk, _mup, _mean_field, e.g. "
+      "mlp_2x1024_mup): name it to count it.")
   p.add_argument("names", nargs="*", metavar="NAME",
                  help="count only these models, e.g. mlp_2x1024 mlp_4x256 (default: every "
                  "registered model)")
@@ -39,7 +40,8 @@ def run_models_command(args) -> int:
     return 0
   _table(models.names("images"), shape, args.num_classes)
   print("Batch-norm scales and offsets are not counted, as in the paper. Any mlp_DxW "
-        "(e.g. mlp_2x1024) is a model too: `zhang models mlp_2x1024` counts it.")
+        "(e.g. mlp_2x1024) or mlp_tokens_W is a model too, also with a parameterization "
+        "suffix (mlp_2x1024_mup; _ntk, _mean_field): `zhang models mlp_2x1024` counts it.")
   _tokens(models.names("tokens"))
   return 0
 
