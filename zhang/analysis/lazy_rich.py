@@ -123,11 +123,13 @@ def report_lines(result: dict, test_acc: dict | None = None) -> list[str]:
            f"The class-averaged tangent kernel on the first {s['n']} training examples of "
            f"each replica, at steps {', '.join(map(str, s['steps']))} (`zhang ntk RUN "
            f"--steps`), against its kernel at initialization.", "",
-           "| regime | corruption | replicas | test accuracy | kernel distance at step "
-           f"{max(s['steps'])} | alignment at 0 | alignment at {max(s['steps'])} |",
-           "|---|---|---|---|---|---|---|"]
+           "| regime | corruption | replicas | " + ("test accuracy | " if test_acc else "")
+           + f"kernel distance at step {max(s['steps'])} | alignment at 0 | alignment at "
+           f"{max(s['steps'])} |", "|---|---|---|" + ("---|" if test_acc else "")
+           + "---|---|---|"]
   for row in table(result, test_acc):
-    lines.append(f"| {row['regime']} | {row['corruption']:g} | {row['replicas']} | "
-                 f"{row['test_acc']:.3f} | {row['kernel_distance']:.3g} | "
-                 f"{row['alignment_start']:.3f} | {row['alignment']:.3f} |")
+    acc = f"{row['test_acc']:.3f} | " if test_acc else ""
+    lines.append(f"| {row['regime']} | {row['corruption']:g} | {row['replicas']} | {acc}"
+                 f"{row['kernel_distance']:.3g} | {row['alignment_start']:.3f} | "
+                 f"{row['alignment']:.3f} |")
   return lines + ["", f"![kernel movement]({FIGURE})", ""]
