@@ -2,8 +2,9 @@
 kernel moved, by regime (parameterization and output scale), as a figure and report lines.
 
 Reads files only (no jax). The figure, kernel_movement.png: the kernel distance and the
-kernel-target alignment against the step, one line per replica, coloured by regime, solid
-for true labels and dashed for corrupted ones; the distance on a log scale (from the first
+kernel-target alignment against the step, one line per replica, coloured by
+parameterization and output scale, thicker for wider networks, solid for true labels and
+dashed for corrupted ones; the distance on a log scale (from the first
 saved step after 0: lazier regimes sit orders of magnitude lower). Built without pyplot, as
 ``zhang.analysis.plots``.
 """
@@ -56,12 +57,21 @@ def _regimes(rows: list[dict]) -> list[str]:
   return sorted(keys, key=lambda k: keys[k])
 
 
+def _family(row: dict) -> str:
+  """A replica's regime without its width: parameterization and output scale."""
+  name = row.get("parameterization", "standard")
+  alpha = float(row.get("output_scale", 1.0))
+  return name if alpha == 1.0 else f"{name}, alpha {alpha:g}"
+
+
 def plot(result: dict, out_dir) -> list[str]:
-  """Writes kernel_movement.png into ``out_dir``; returns its path."""
+  """Writes kernel_movement.png into ``out_dir``; returns its path. A colour per
+  parameterization and output scale, thicker lines for wider networks."""
   rows = result["rows"]
-  names = _regimes(rows)
-  colors = colormaps["viridis"](np.linspace(0.05, 0.85, max(len(names), 1)))
-  color = dict(zip(names, colors))
+  families = sorted({_family(r) for r in rows})
+  color = dict(zip(families, colormaps["tab10"](np.arange(len(families)) % 10)))
+  widths = sorted({_width(r.get("model", "")) for r in rows})
+  lw = dict(zip(widths, np.linspace(0.8, 2.6, len(widths)) if len(widths) > 1 else [1.4]))
   fig = Figure(figsize=(plots.FIGSIZE[0] * 1.6, plots.FIGSIZE[1]), dpi=plots.DPI,
                layout="constrained")
   axes = fig.subplots(1, 2)
@@ -73,17 +83,21 @@ def plot(result: dict, out_dir) -> list[str]:
                     key=lambda r: r["step"])
       first = mine[0]
       if key == "kernel_distance":  # 0 at step 0, then orders of magnitude apart: log scale
-        mine = [r for r in mine if r[key] > 0]
-      ax.plot([r["step"] for r in mine], [r[key] for r in mine], color=color[regime(first)],
-              ls="-" if first["corruption"] == 0 else "--", lw=1.2, alpha=0.85)
+        mine = [r for r in mine if r["step"] > 0 and r[key] > 0]
+      ax.plot([r["step"] for r in mine], [r[key] for r in mine], color=color[_family(first)],
+              ls="-" if first["corruption"] == 0 else "--",
+              lw=lw[_width(first.get("model", ""))], alpha=0.8)
     if key == "kernel_distance" and any(r[key] > 0 for r in rows):
       ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title(title, fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(alpha=0.3)
-  for name in names:
+  for name in families:
     axes[0].plot([], [], color=color[name], label=name)
+  if len(widths) > 1:
+    for w in widths:
+      axes[0].plot([], [], color="grey", lw=lw[w], label=f"width {w:,}")
   axes[0].plot([], [], color="grey", ls="--", label="corrupted labels")
   axes[0].legend(fontsize=7, frameon=False)
   path = plots.save(fig, epath.Path(out_dir) / FIGURE)

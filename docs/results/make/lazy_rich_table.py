@@ -69,12 +69,15 @@ def modadd(study: pathlib.Path, report: pathlib.Path) -> list[str]:
           f"{_mean([r['alignment'] for r in kern], 3)} |")
   baseline = report / "kernel_baseline.json"
   if baseline.exists():
-    lines += ["", "| kernel at initialization | test accuracy |", "|---|---|"]
+    lines += ["", "| kernel interpolation (zhang kernel RUN) | test accuracy |", "|---|---|"]
+    seen = set()
     for entry in json.loads(baseline.read_text()):
       for row in entry.get("rows", []):
-        acc = row.get("test_acc")
-        lines.append(f"| {row['features']} | "
-                     f"{'-' if acc is None else f'{acc:.3f}'} |")
+        name = f"{row['kernel']}, {row['features']}"
+        if name not in seen:
+          seen.add(name)
+          acc = row.get("test_acc")
+          lines.append(f"| {name} | {'-' if acc is None else f'{acc:.3f}'} |")
   return lines
 
 
