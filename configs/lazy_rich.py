@@ -28,11 +28,10 @@ Arguments (comma-separated after the colon):
   quick         modadd at widths 64 and 256, standard and mup, true labels, 300 steps at
                 modulus 23: a smoke test (4 models, 1.5 minutes on 2 CPU cores).
 
-Sizes: the modadd study's FLOPs per step grow with the width (mlp_tokens' first layer is a
-gather, its second a 4096 x 59 product at the largest width): the 4096-wide models are most
-of its time. Not yet timed end to end on 2 CPU cores; `python benchmarks/modadd.py --config
-configs/lazy_rich.py` times one model's step (the first of the study) and prints the
-estimate of its run.
+Measured on 2 shared EPYC cores (docs/results/lazy_rich.md, which has the results): the
+modadd study 43 min (the three 4,096-wide models 26 of them), `zhang ntk --steps all` on it
+5.3 min; task=digits 5.7 min, `zhang ntk` on it 1.7 min and with --steps 1.1 min. Within
+two hours on 2 CPU cores; widths beyond 4,096 or larger moduli are an accelerator's.
 """
 
 from zhang.errors import UsageError

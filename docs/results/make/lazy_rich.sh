@@ -8,9 +8,10 @@ source "$(dirname "$0")/lib.sh"
 
 time zhang train --config configs/lazy_rich.py --workdir runs/lr_modadd
 time zhang ntk runs/lr_modadd --steps all --out runs/lr_modadd_report
-for model in mlp_tokens_64 mlp_tokens_1024 mlp_tokens_64_mup mlp_tokens_1024_mup; do
-  time zhang kernel "runs/lr_modadd/$model" --out runs/lr_modadd_report
-done
+time zhang kernel runs/lr_modadd/mlp_tokens_64 --out runs/lr_modadd_report
+time zhang kernel runs/lr_modadd/mlp_tokens_1024 --out runs/lr_modadd_report
+time zhang kernel runs/lr_modadd/mlp_tokens_64_mup --out runs/lr_modadd_report
+time zhang kernel runs/lr_modadd/mlp_tokens_1024_mup --out runs/lr_modadd_report
 zhang report runs/lr_modadd --out runs/lr_modadd_report
 
 time zhang train --config configs/lazy_rich.py:task=digits --workdir runs/lr_digits
