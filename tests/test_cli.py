@@ -218,7 +218,8 @@ def test_console_entry_point_exit_code(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       "zhang train: error: unknown model 'vgg': choose one of mlp_1x512, mlp_3x512, "
       "alexnet_small, inception_small, inception_small_nobn, transformer_1l, mlp_tokens, or "
-      "mlp_DxW (an MLP of D hidden layers of width W, e.g. mlp_2x1024)"]
+      "mlp_DxW (an MLP of D hidden layers of width W, e.g. mlp_2x1024) or mlp_tokens_W, either "
+      "with a parameterization suffix (e.g. mlp_2x1024_mup)"]
 
 
 def test_missing_tfds_dataset_is_one_line(tmp_path, capsys):
