@@ -438,10 +438,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(not missing, f"config lacks field(s) {', '.join(sorted(missing))}: "
            f"start from zhang.experiment.config.base_config()")
   import_modules(c.imports)
-  _require(isinstance(c.parameterization, str), f"parameterization={c.parameterization!r} "
-           f"must be a name", "parameterization")
-  for name in c.models or [c.model]:
-    models.with_parameterization(name, c.parameterization)
+  _check_scaling(c)
   if is_study(c):
     check_study(c)
     return
@@ -484,12 +481,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(_is_number(c.lr_decay) and 0 < c.lr_decay <= 1,
            f"lr_decay={c.lr_decay!r} must be in (0, 1] (1 = no decay)", "lr_decay")
   check_weight_decay(c.weight_decay)
-  _require(_is_number(c.output_scale) and 0 < c.output_scale < float("inf"),
-           f"output_scale={c.output_scale!r} must be a positive number (1 = the model's own "
-           f"outputs)", "output_scale")
   _require(_is_number(c.fit_threshold) and 0 < c.fit_threshold <= 1,
            f"fit_threshold={c.fit_threshold!r} must be in (0, 1]", "fit_threshold")
   expand_grid(c)
+
+
+def _check_scaling(c: ml_collections.ConfigDict) -> None:
+  """The parameterization is a preset the model(s) take, and the output scale positive."""
+  _require(isinstance(c.parameterization, str), f"parameterization={c.parameterization!r} "
+           f"must be a name", "parameterization")
+  for name in c.models or [c.model]:
+    models.with_parameterization(name, c.parameterization)
+  _require(_is_number(c.output_scale) and 0 < c.output_scale < float("inf"),
+           f"output_scale={c.output_scale!r} must be a positive number (1 = the model's own "
+           f"outputs)", "output_scale")
 
 
 def check_against_data(c: ml_collections.ConfigDict, n_train: int) -> None:

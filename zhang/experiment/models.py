@@ -19,10 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import custom_batching
 
 from zhang.errors import UsageError
 from zhang.experiment import parameterization as param_lib
+from zhang.experiment.one_hot import OneHotDense
 
 
 def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75):
@@ -164,115 +164,6 @@ class TokenMLP(nn.Module):
     return _scaled_dense(x, self.num_classes, self.parameterization, "output", self.width,
                          name="Dense_1")
 
-
-class OneHotDense(nn.Dense):
-  """``nn.Dense`` on inputs that are concatenated one-hot blocks of ``vocab`` entries (each
-  block one nonzero value, a token's, perhaps scaled): x @ kernel computed as the sum of the
-  tokens' kernel rows times their values, and the kernel's gradient as those rows' sums
-  (a scatter-add) instead of dense products over the zeros. The same parameters, forward
-  values (a sum of the same nonzero terms) and gradients up to float rounding as
-  ``nn.Dense``; the input's gradient is the Dense one (dy @ kernel^T, left to XLA to drop
-  where nothing needs it). It is an ``nn.Dense``, so the tangent kernel factors it as one
-  (``zhang.probes.ntk.empirical``) and ``zhang.runtime.flops`` counts its additions."""
-  vocab: int = 0
-
-  @nn.compact
-  def __call__(self, inputs):
-    kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    y = one_hot_product(inputs, kernel, self.vocab)
-    return y + bias if bias is not None else y
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def one_hot_product(x, kernel, vocab: int):
-  """x (B, T vocab) @ kernel (T vocab, F) for x with one nonzero per block of ``vocab``."""
-  rows, values = _one_hot_rows(x, vocab)
-  return _gather_rows(kernel, rows, values)
-
-
-def _one_hot_rows(x, vocab: int):
-  """The kernel row of each block's nonzero entry (B, T) and its value (B, T)."""
-  blocks = x.reshape(x.shape[0], -1, vocab)
-  ids = jnp.argmax(blocks != 0, axis=-1)
-  values = jnp.take_along_axis(blocks, ids[..., None], -1)[..., 0]
-  return ids + vocab * jnp.arange(blocks.shape[1]), values
-
-
-def _one_hot_fwd(x, kernel, vocab):
-  return one_hot_product(x, kernel, vocab), (x, kernel)
-
-
-def _one_hot_bwd(vocab, residuals, dy):
-  x, kernel = residuals
-  rows, values = _one_hot_rows(x, vocab)
-  return dy @ kernel.T, _scatter_rows(dy, rows, values, jnp.zeros_like(kernel))
-
-
-# The gather and the scatter-add of kernel rows, with their own rule under ``jax.vmap``: a
-# stack of replicas' kernels (R, rows, F) is read and written as one (R rows, F) table at
-# offset row indices. XLA CPU runs such a plain gather or scatter several times faster than
-# the batched one ``vmap`` would make of it (one with the replica axis as a batch dimension).
-
-def _gather_plain(kernel, rows, values):
-  """sum over t of values[:, t] * kernel[rows[:, t]], (B, F): one gather of B rows per
-  token, added (XLA CPU runs that faster than a gather of (B, T) rows summed over T)."""
-  return sum(values[:, t, None] * kernel.at[rows[:, t]].get(mode="promise_in_bounds")
-             for t in range(rows.shape[1]))
-
-
-def _scatter_plain(dy, rows, values, zeros):
-  """zeros + the scatter-add of values[:, t] * dy into rows[:, t], every token t."""
-  for t in range(rows.shape[1]):
-    zeros = zeros.at[rows[:, t]].add(values[:, t, None] * dy, mode="promise_in_bounds")
-  return zeros
-
-
-def _flat(axis_size, in_batched, *args):
-  """The batched arguments of a row table's gather or scatter with the batch axis first,
-  unbatched ones broadcast to it."""
-  return [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-          for a, b in zip(args, in_batched)]
-
-
-def _offsets(rows, table_rows: int):
-  """Row indices (R, B, T) into the (R table_rows) rows of the stacked tables."""
-  return rows + (table_rows * jnp.arange(rows.shape[0]))[:, None, None]
-
-
-@custom_batching.custom_vmap
-def _gather_rows(kernel, rows, values):
-  return _gather_plain(kernel, rows, values)
-
-
-@_gather_rows.def_vmap
-def _gather_rows_vmap(axis_size, in_batched, kernel, rows, values):
-  kernel, rows, values = _flat(axis_size, in_batched, kernel, rows, values)
-  r, n, f = kernel.shape
-  idx = _offsets(rows, n).reshape(-1, rows.shape[-1])
-  out = _gather_plain(kernel.reshape(r * n, f), idx, values.reshape(idx.shape))
-  return out.reshape(r, rows.shape[1], f), True
-
-
-@custom_batching.custom_vmap
-def _scatter_rows(dy, rows, values, zeros):
-  return _scatter_plain(dy, rows, values, zeros)
-
-
-@_scatter_rows.def_vmap
-def _scatter_rows_vmap(axis_size, in_batched, dy, rows, values, zeros):
-  dy, rows, values, zeros = _flat(axis_size, in_batched, dy, rows, values, zeros)
-  r, n, f = zeros.shape
-  idx = _offsets(rows, n).reshape(-1, rows.shape[-1])
-  out = _scatter_plain(dy.reshape(-1, f), idx, values.reshape(idx.shape),
-                       zeros.reshape(r * n, f))
-  return out.reshape(r, n, f), True
-
-
-one_hot_product.defvjp(_one_hot_fwd, _one_hot_bwd)
 
 
 class OneLayerTransformer(nn.Module):
