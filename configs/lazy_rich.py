@@ -20,10 +20,13 @@ at output scales {1, 10, 100}: each replica trains alpha (f(w) - f(w_0)) at lr 0
 labels' slowdown, approach the kernel regime's as alpha grows?
 
 Arguments (comma-separated after the colon):
-  task=NAME     modadd (default) or digits.
+  task=NAME     modadd (default), digits, or modadd_scales: mlp_tokens (width 512) at the
+                output scales, true and 30% corrupted labels x 2 seeds, 2,000 steps
+                (Kumar et al.'s lazy-to-rich account of grokking).
   widths=L      modadd's widths joined by +, e.g. 64+256 (default 64+256+1024+4096).
   presets=L     modadd's parameterizations joined by + (default standard+ntk+mup).
-  scales=L      digits' output scales joined by + (default 1+10+100).
+  scales=L      the output scales of digits and modadd_scales, joined by + (default
+                1+10+100).
   max_steps=N   modadd's steps (default 2000).
   quick         modadd at widths 64 and 256, standard and mup, true labels, 300 steps at
                 modulus 23: a smoke test (4 models, 1.5 minutes on 2 CPU cores).
@@ -67,6 +70,13 @@ def _modadd(c, a) -> None:
                  seeds=[0] if a.quick else [0, 1], weight_decays=[1.0])]
 
 
+def _modadd_scales(c, a) -> None:
+  _modadd(c, a)
+  c.models, c.model = [], "mlp_tokens"
+  c.grid = [dict(kinds=["labels"], corruptions=[0.0, 0.3], seeds=[0, 1], weight_decays=[1.0],
+                 output_scales=_list("scales", a.scales))]
+
+
 def _digits(c, a) -> None:
   c.dataset, c.model = "digits", "mlp_1x512"
   c.learning_rate, c.lr_decay_every = 0.01, 390
@@ -80,7 +90,9 @@ def get_config(arg=None):
   a = parse_arg(arg, task="modadd", widths="64+256+1024+4096", presets="standard+ntk+mup",
                 scales="1+10+100", max_steps=2000, quick=False)
   c = base_config()
-  if a.task not in ("modadd", "digits"):
-    raise UsageError(f"config argument task={a.task!r}: use task=modadd or task=digits")
-  (_modadd if a.task == "modadd" else _digits)(c, a)
+  tasks = {"modadd": _modadd, "digits": _digits, "modadd_scales": _modadd_scales}
+  if a.task not in tasks:
+    raise UsageError(f"config argument task={a.task!r}: use task=modadd, task=digits or "
+                     f"task=modadd_scales")
+  tasks[a.task](c, a)
   return c

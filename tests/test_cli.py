@@ -95,8 +95,8 @@ def test_a_grid_that_cannot_fit_is_refused_before_compiling(seeds, tmp_path, cap
     ("configs/measures.py:foo=1", "unknown config argument 'foo': known are dataset, n_train"),
     ("configs/bounds.py:foo=1", "unknown config argument 'foo': known are dataset, n_train"),
     ("configs/lazy_rich.py:foo=1", "unknown config argument 'foo': known are task, widths"),
-    ("configs/lazy_rich.py:task=cifar", "config argument task='cifar': use task=modadd or "
-                                        "task=digits"),
+    ("configs/lazy_rich.py:task=cifar", "config argument task='cifar': use task=modadd, "
+                                        "task=digits or task=modadd_scales"),
 ])
 def test_every_config_refuses_an_argument_it_does_not_know(spec, message, tmp_path, capsys):
   workdir = tmp_path / "run"
