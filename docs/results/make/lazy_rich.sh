@@ -14,12 +14,17 @@ time zhang kernel runs/lr_modadd/mlp_tokens_64_mup --out runs/lr_modadd_report
 time zhang kernel runs/lr_modadd/mlp_tokens_1024_mup --out runs/lr_modadd_report
 zhang report runs/lr_modadd --out runs/lr_modadd_report
 
+time zhang train --config configs/lazy_rich.py:task=modadd_scales --workdir runs/lr_modadd_scales
+time zhang ntk runs/lr_modadd_scales --steps all --out runs/lr_modadd_scales_report
+zhang report runs/lr_modadd_scales --out runs/lr_modadd_scales_report
+
 time zhang train --config configs/lazy_rich.py:task=digits --workdir runs/lr_digits
 time zhang ntk runs/lr_digits --out runs/lr_digits_report
 time zhang ntk runs/lr_digits --steps all --out runs/lr_digits_report
 zhang report runs/lr_digits --out runs/lr_digits_report
 
 keep lazy_rich runs/lr_modadd_report kernel_movement.png=modadd_kernel_movement.png
+keep lazy_rich runs/lr_modadd_scales_report kernel_movement.png=modadd_scales_kernel_movement.png
 keep lazy_rich runs/lr_digits_report kernel_movement.png=digits_kernel_movement.png \
   ntk_fig1b.png=digits_ntk_fig1b.png
 python docs/results/make/lazy_rich_table.py runs/lr_modadd runs/lr_modadd_report \
