@@ -2,6 +2,7 @@ r"""Lazy or rich: the same networks trained lazier or richer, side by side.
 
   zhang train --config configs/lazy_rich.py --workdir runs/lr_modadd      # modadd: width x parameterization
   zhang train --config configs/lazy_rich.py:task=digits --workdir runs/lr_digits   # randomization test x output scale
+  zhang train --config configs/lazy_rich.py:task=modadd_scales --workdir runs/lr_modadd_scales  # grokking x output scale
   zhang ntk runs/lr_modadd/mlp_tokens_1024_mup --steps all --out report   # how far each kernel moved
   zhang report runs/lr_modadd --out report                                 # accuracy and kernel movement
   zhang train --config configs/lazy_rich.py:quick --workdir runs/lr_quick  # a smoke test
@@ -33,7 +34,7 @@ Arguments (comma-separated after the colon):
 
 Measured on 2 shared EPYC cores (docs/results/lazy_rich.md, which has the results): the
 modadd study 43 min (the three 4,096-wide models 26 of them), `zhang ntk --steps all` on it
-5.3 min; task=digits 5.7 min, `zhang ntk` on it 1.7 min and with --steps 1.1 min. Within
+5.3 min; task=modadd_scales 3.2 min; task=digits 5.7 min, `zhang ntk` on it 1.7 min and with --steps 1.1 min. Within
 two hours on 2 CPU cores; widths beyond 4,096 or larger moduli are an accelerator's.
 """
 
