@@ -27,6 +27,7 @@ import numpy as np
 
 from zhang.analysis.lazy_rich import FILE
 from zhang.errors import UsageError
+from zhang.experiment import models
 from zhang.probes import run as run_lib
 from zhang.probes.ntk.empirical import TangentKernel
 from zhang.rundir import format as format_lib
@@ -98,6 +99,7 @@ def _run_rows(run: run_lib.Run, steps: list[int], n: int, method: str, log) -> l
   start = time.perf_counter()
   tk = TangentKernel(run.module, run.dataset.num_classes, run.input_shape, method)
   x = {r.index: run.inputs(r, run_lib.TRAIN)[:n] for r in run.replicas}
+  preset = models.get(run.config.model).parameterization
   first, rows = {}, []
   for t in steps:
     state = run.state(t)
@@ -106,7 +108,7 @@ def _run_rows(run: run_lib.Run, steps: list[int], n: int, method: str, log) -> l
       k = tk.matrices(params, other, x[r.index])[0]
       first.setdefault(r.index, k)
       rows.append(dict(step=t, **metrics_lib.coordinates(r),
-                       parameterization=_preset(run),
+                       parameterization=preset,
                        kernel_distance=kernel_distance(first[r.index], k),
                        alignment=centred_alignment(k, run.labels[r.index][:n],
                                                    run.dataset.num_classes),
@@ -114,11 +116,6 @@ def _run_rows(run: run_lib.Run, steps: list[int], n: int, method: str, log) -> l
     log(f"{run.config.model} step {t}: {len(run.replicas)} kernels of {n} x {n} "
         f"({time.perf_counter() - start:.1f}s so far)")
   return rows
-
-
-def _preset(run: run_lib.Run) -> str:
-  from zhang.experiment import models
-  return models.get(run.config.model).parameterization
 
 
 def write(result: dict, out) -> list[str]:
