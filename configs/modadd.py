@@ -1,6 +1,6 @@
 r"""Modular addition: the randomization test on an algorithmic task, and grokking.
 
-  zhang train --config configs/modadd.py --workdir runs/modadd     # 7.5-10 min on 2 CPU cores
+  zhang train --config configs/modadd.py --workdir runs/modadd     # 5.5-10 min on 2 CPU cores
   zhang kernel runs/modadd --out report                            # the kernel baseline, 4-8 s
   zhang report runs/modadd --out report                            # + the baseline, 20 s
   zhang llc runs/modadd --steps all --chains 2 --draws 500 --batch_size 348 --out report
@@ -37,9 +37,9 @@ Grid: label corruption {0, 0.1, 0.3, 1.0} x weight decay {0.3, 1.0} x seeds (16 
 Only label corruption applies: the pixel randomizations have no pixels to act on here.
 
 The default is what groks on 2 CPU cores: its 16 replicas ran 4,000 steps in 439 s on a
-Xeon (103 ms per step, before mlp_tokens' first layer became a row gather), and in 10 min on
-2 shared EPYC cores after it (141 ms per step; benchmarks/modadd.py on that EPYC idle: 70-97
-ms against the code before's 131-139 ms, 1.74x scaled by the matmul rate).
+Xeon (103 ms per step, before mlp_tokens' first layer became a row gather), and in 5.5 min on
+2 EPYC cores now (77 ms per step with its evaluations; benchmarks/modadd.py there: 61-78
+ms against the dense first layer's 130-152 ms, 2.12x scaled by the matmul rate).
 Every replica, random labels too, fits its training pairs by step 40; true labels
 generalize at 500-540 (weight decay 1.0) and 1,080-1,120 (0.3). With 10% of the labels
 corrupted test accuracy ends at 0.91-0.96, with 30% at 0.05-0.12, random labels at chance

@@ -178,17 +178,19 @@ def test_defaults_agree_with_the_modadd_config():
   assert (args.modulus, args.train_fraction) == (config.modulus, config.train_fraction)
 
 
-def test_one_hot_dense_equals_a_dense_product():
+@pytest.mark.parametrize("scale,unit_values", [(0.5, False), (1.0, True)])
+def test_one_hot_dense_equals_a_dense_product(scale, unit_values):
   """mlp_tokens' first layer (a gather of kernel rows, a scatter-add for its gradient, each
   with its own rule under vmap) against the dense product of the one-hot vectors it stands
-  for: the same outputs and gradients, for a stack of replicas (vmap), for one, and for a
-  scaled one-hot input (a parameterization's multiplier)."""
+  for: the same outputs and gradients, for a stack of replicas (vmap), for one, for a
+  scaled one-hot input (a parameterization's multiplier) and for plain one-hot vectors
+  taken as such (``unit_values``)."""
   import flax.linen as nn
   vocab, tokens, features, batch, replicas = 7, 2, 5, 11, 3
   ids = jax.random.randint(jax.random.key(0), (batch, tokens), 0, vocab)
-  onehot = jax.nn.one_hot(ids, vocab).reshape(batch, -1) * 0.5
+  onehot = jax.nn.one_hot(ids, vocab).reshape(batch, -1) * scale
   dy = jax.random.normal(jax.random.key(1), (replicas, batch, features))
-  layer = models.OneHotDense(features, vocab=vocab)
+  layer = models.OneHotDense(features, vocab=vocab, unit_values=unit_values)
   dense = nn.Dense(features)
   params = jax.vmap(lambda k: layer.init(k, onehot))(jax.random.split(jax.random.key(2),
                                                                          replicas))

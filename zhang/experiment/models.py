@@ -158,7 +158,9 @@ class TokenMLP(nn.Module):
     del train
     tokens = x.reshape(x.shape[0], -1).astype(jnp.int32)
     x = jax.nn.one_hot(tokens, self.num_classes).reshape(tokens.shape[0], -1)
-    dense = functools.partial(OneHotDense, vocab=self.num_classes)
+    scale = param_lib.layer_scale(self.parameterization, "input", x.shape[-1], self.width)
+    dense = functools.partial(OneHotDense, vocab=self.num_classes,
+                              unit_values=scale.multiplier == 1.0)
     x = nn.relu(_scaled_dense(x, self.width, self.parameterization, "input", self.width,
                               dense=dense, name="Dense_0"))
     return _scaled_dense(x, self.num_classes, self.parameterization, "output", self.width,

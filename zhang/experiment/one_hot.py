@@ -27,8 +27,13 @@ class OneHotDense(nn.Dense):
   values (a sum of the same nonzero terms) and gradients up to float rounding as
   ``nn.Dense``; the input's gradient is the Dense one (dy @ kernel^T, left to XLA to drop
   where nothing needs it). It is an ``nn.Dense``, so the tangent kernel factors it as one
-  (``zhang.probes.ntk.empirical``) and ``zhang.runtime.flops`` counts its additions."""
+  (``zhang.probes.ntk.empirical``) and ``zhang.runtime.flops`` counts its additions.
+
+  ``unit_values``: the caller's promise that every nonzero entry is 1 (plain one-hot
+  vectors), so the rows are added and scattered without multiplying them by their values,
+  two (B, features) products fewer per step."""
   vocab: int = 0
+  unit_values: bool = False
 
   @nn.compact
   def __call__(self, inputs):
@@ -37,33 +42,37 @@ class OneHotDense(nn.Dense):
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    y = one_hot_product(inputs, kernel, self.vocab)
+    y = one_hot_product(inputs, kernel, self.vocab, self.unit_values)
     return y + bias if bias is not None else y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def one_hot_product(x, kernel, vocab: int):
-  """x (B, T vocab) @ kernel (T vocab, F) for x with one nonzero per block of ``vocab``."""
-  rows, values = _one_hot_rows(x, vocab)
-  return _gather_rows(kernel, rows, values)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def one_hot_product(x, kernel, vocab: int, unit_values: bool = False):
+  """x (B, T vocab) @ kernel (T vocab, F) for x with one nonzero per block of ``vocab``
+  (each 1 if ``unit_values``)."""
+  return _row_ops(unit_values)[0](kernel, *_one_hot_rows(x, vocab))
 
 
 def _one_hot_rows(x, vocab: int):
-  """The kernel row of each block's nonzero entry (B, T) and its value (B, T)."""
+  """The kernel row of each block's nonzero entry (B, T) and its value (B, T), as arrays of
+  their own: left to fuse, XLA recomputes both (an argmax over the block) for every element
+  of the (B, F) products that read them."""
   blocks = x.reshape(x.shape[0], -1, vocab)
-  ids = jnp.argmax(blocks != 0, axis=-1)
-  values = jnp.take_along_axis(blocks, ids[..., None], -1)[..., 0]
-  return ids + vocab * jnp.arange(blocks.shape[1]), values
+  # Sums over each block, which has one nonzero term: faster than an argmax and a gather.
+  ids = jnp.sum(jnp.where(blocks != 0, jnp.arange(vocab, dtype=jnp.int32), 0), axis=-1)
+  values = jnp.sum(blocks, axis=-1)
+  return jax.lax.optimization_barrier((ids + vocab * jnp.arange(blocks.shape[1]), values))
 
 
-def _one_hot_fwd(x, kernel, vocab):
-  return one_hot_product(x, kernel, vocab), (x, kernel)
-
-
-def _one_hot_bwd(vocab, residuals, dy):
-  x, kernel = residuals
+def _one_hot_fwd(x, kernel, vocab, unit_values):
   rows, values = _one_hot_rows(x, vocab)
-  return dy @ kernel.T, _scatter_rows(dy, rows, values, jnp.zeros_like(kernel))
+  return _row_ops(unit_values)[0](kernel, rows, values), (rows, values, kernel)
+
+
+def _one_hot_bwd(vocab, unit_values, residuals, dy):
+  rows, values, kernel = residuals
+  scatter = _row_ops(unit_values)[1]
+  return dy @ kernel.T, scatter(dy, rows, values, jnp.zeros_like(kernel))
 
 
 # The gather and the scatter-add of kernel rows, with their own rule under ``jax.vmap``: a
@@ -71,17 +80,20 @@ def _one_hot_bwd(vocab, residuals, dy):
 # offset row indices. XLA CPU runs such a plain gather or scatter several times faster than
 # the batched one ``vmap`` would make of it (one with the replica axis as a batch dimension).
 
-def _gather_plain(kernel, rows, values):
-  """sum over t of values[:, t] * kernel[rows[:, t]], (B, F): one gather of B rows per
-  token, added (XLA CPU runs that faster than a gather of (B, T) rows summed over T)."""
-  return sum(values[:, t, None] * kernel.at[rows[:, t]].get(mode="promise_in_bounds")
-             for t in range(rows.shape[1]))
+def _gather_plain(kernel, rows, values, unit: bool):
+  """sum over t of values[:, t] * kernel[rows[:, t]], (B, F) (values taken as 1 if
+  ``unit``): one gather of B rows per token, added (XLA CPU runs that faster than a gather
+  of (B, T) rows summed over T)."""
+  terms = [kernel.at[rows[:, t]].get(mode="promise_in_bounds") for t in range(rows.shape[1])]
+  return sum(terms if unit else [values[:, t, None] * g for t, g in enumerate(terms)])
 
 
-def _scatter_plain(dy, rows, values, zeros):
-  """zeros + the scatter-add of values[:, t] * dy into rows[:, t], every token t."""
+def _scatter_plain(dy, rows, values, zeros, unit: bool):
+  """zeros + the scatter-add of values[:, t] * dy into rows[:, t], every token t (values
+  taken as 1 if ``unit``)."""
   for t in range(rows.shape[1]):
-    zeros = zeros.at[rows[:, t]].add(values[:, t, None] * dy, mode="promise_in_bounds")
+    zeros = zeros.at[rows[:, t]].add(dy if unit else values[:, t, None] * dy,
+                                     mode="promise_in_bounds")
   return zeros
 
 
@@ -97,33 +109,37 @@ def _offsets(rows, table_rows: int):
   return rows + (table_rows * jnp.arange(rows.shape[0]))[:, None, None]
 
 
-@custom_batching.custom_vmap
-def _gather_rows(kernel, rows, values):
-  return _gather_plain(kernel, rows, values)
+@functools.cache
+def _row_ops(unit: bool):
+  """The gather and the scatter-add of kernel rows (values taken as 1 if ``unit``), each
+  with its rule under ``jax.vmap``."""
 
+  @custom_batching.custom_vmap
+  def gather(kernel, rows, values):
+    return _gather_plain(kernel, rows, values, unit)
 
-@_gather_rows.def_vmap
-def _gather_rows_vmap(axis_size, in_batched, kernel, rows, values):
-  kernel, rows, values = _flat(axis_size, in_batched, kernel, rows, values)
-  r, n, f = kernel.shape
-  idx = _offsets(rows, n).reshape(-1, rows.shape[-1])
-  out = _gather_plain(kernel.reshape(r * n, f), idx, values.reshape(idx.shape))
-  return out.reshape(r, rows.shape[1], f), True
+  @gather.def_vmap
+  def gather_vmap(axis_size, in_batched, kernel, rows, values):
+    kernel, rows, values = _flat(axis_size, in_batched, kernel, rows, values)
+    r, n, f = kernel.shape
+    idx = _offsets(rows, n).reshape(-1, rows.shape[-1])
+    out = _gather_plain(kernel.reshape(r * n, f), idx, values.reshape(idx.shape), unit)
+    return out.reshape(r, rows.shape[1], f), True
 
+  @custom_batching.custom_vmap
+  def scatter(dy, rows, values, zeros):
+    return _scatter_plain(dy, rows, values, zeros, unit)
 
-@custom_batching.custom_vmap
-def _scatter_rows(dy, rows, values, zeros):
-  return _scatter_plain(dy, rows, values, zeros)
+  @scatter.def_vmap
+  def scatter_vmap(axis_size, in_batched, dy, rows, values, zeros):
+    dy, rows, values, zeros = _flat(axis_size, in_batched, dy, rows, values, zeros)
+    r, n, f = zeros.shape
+    idx = _offsets(rows, n).reshape(-1, rows.shape[-1])
+    out = _scatter_plain(dy.reshape(-1, f), idx, values.reshape(idx.shape),
+                         zeros.reshape(r * n, f), unit)
+    return out.reshape(r, n, f), True
 
-
-@_scatter_rows.def_vmap
-def _scatter_rows_vmap(axis_size, in_batched, dy, rows, values, zeros):
-  dy, rows, values, zeros = _flat(axis_size, in_batched, dy, rows, values, zeros)
-  r, n, f = zeros.shape
-  idx = _offsets(rows, n).reshape(-1, rows.shape[-1])
-  out = _scatter_plain(dy.reshape(-1, f), idx, values.reshape(idx.shape),
-                       zeros.reshape(r * n, f))
-  return out.reshape(r, n, f), True
+  return gather, scatter
 
 
 one_hot_product.defvjp(_one_hot_fwd, _one_hot_bwd)
