@@ -469,3 +469,17 @@ def test_a_diverging_replica_is_recorded_and_shown_as_nan(tiny_config, tmp_path,
   diverged = [r for r in summary["replicas"] if r["diverged_step"] is not None]
   assert f"{len(diverged)} replica" in out and "diverged" in out
   assert " nan" in out
+
+
+def test_epoch_orders_are_permutations_but_a_full_batch_keeps_the_identity():
+  """Minibatches follow each replica's own permutation per epoch; a full batch takes the
+  examples in their order (a permutation would only reorder the terms of the step's sum)."""
+  keys = jax.vmap(lambda s: randomize.replica_keys(s, "labels", 0.0)[1])(jnp.arange(3))
+  reps = step.ReplicaConstants(order_key=keys, rand_key=keys, labels=None, shared_perm=None,
+                               learning_rate=None, weight_decay=None, augmentation=None)
+  n = 50
+  e0, e1 = (np.asarray(step.epoch_orders(reps, e, n, 10)) for e in (0, 1))
+  for orders in (e0, e1):
+    assert all(sorted(o) == list(range(n)) for o in orders)
+  assert not np.array_equal(e0, e1) and not np.array_equal(e0[0], e0[1])
+  np.testing.assert_array_equal(step.epoch_orders(reps, 0, n, n), np.tile(np.arange(n), (3, 1)))
