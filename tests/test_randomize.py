@@ -236,3 +236,22 @@ def test_every_randomization_is_the_same_whatever_the_x64_setting():
          for x64 in ("0", "1")}
   assert len(out["0"]) == 6
   assert out["0"] == out["1"]
+
+
+@pytest.mark.parametrize("n,k,p", [(1000, 10, 0.3), (5003, 1000, 1.0), (77, 59, 0.5),
+                                   (300, 3, 0.0)])
+def test_labels_at_indices_equal_the_whole_arrays(n, k, p):
+  """The streaming path's labels (from indices alone) are the in-memory path's, label for
+  label, for any subset and order of the examples."""
+  key = randomize.replica_keys(3, "labels", p)[2]
+  labels = jnp.asarray(np.random.default_rng(0).integers(0, k, n), jnp.int32)
+  whole = randomize.corrupt_labels(key, labels, p, k)
+  idx = jnp.asarray(np.random.default_rng(1).permutation(n)[: n // 2], jnp.int32)
+  at = randomize.corrupt_labels_at(key, labels[idx], idx, p, k)
+  np.testing.assert_array_equal(at, whole[idx])
+  # and under vmap over replicas, as the step takes them
+  keys = jax.vmap(lambda s: randomize.replica_keys(s, "labels", p)[2])(jnp.arange(2))
+  batched = jax.vmap(lambda kk: randomize.corrupt_labels_at(kk, labels[idx], idx, p, k))(keys)
+  for r in range(2):
+    np.testing.assert_array_equal(batched[r], randomize.corrupt_labels(
+        randomize.replica_keys(r, "labels", p)[2], labels, p, k)[idx])

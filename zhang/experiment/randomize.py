@@ -81,6 +81,38 @@ def corrupt_labels(key, labels, p, num_classes: int):
   return jnp.where(replace, random.astype(labels.dtype), labels)
 
 
+def bits_at(key, indices):
+  """The uint32 random bits of elements ``indices`` (int, any shape) of a 1-d
+  ``jax.random.bits(key, (n,))`` for any n > max(indices): with the partitionable Threefry
+  stream (``jax_threefry_partitionable``, JAX's default) element i is the hash of the
+  counter (0, i), its two words xored, whatever n is. Indices below 2**32."""
+  if not jax.config.jax_threefry_partitionable or jax.random.key_data(key).shape != (2,):
+    raise ValueError("bits_at needs Threefry keys and jax_threefry_partitionable=True "
+                     "(JAX's default): a stream whose element i does not depend on its length")
+  lo = jnp.asarray(indices).astype(jnp.uint32).reshape(-1)
+  out = threefry_2x32(jax.random.key_data(key), jnp.concatenate([jnp.zeros_like(lo), lo]))
+  return (out[:lo.size] ^ out[lo.size:]).reshape(jnp.shape(indices))
+
+
+def corrupt_labels_at(key, labels, indices, p, num_classes: int):
+  """``corrupt_labels(key, all_labels, p, num_classes)[indices]`` from the examples'
+  indices and true ``labels`` alone (the same shape), without the whole label array: what
+  the streaming input path uses, where nothing is stored per replica and example. The same
+  draws as ``jax.random.uniform`` and ``jax.random.randint`` make (``bits_at``; the
+  in-memory and streaming paths agree label for label: a test)."""
+  k_mask, k_class = jax.random.split(_stream(key, "labels"))
+  u = lax.bitcast_convert_type((bits_at(k_mask, indices) >> 9) | jnp.uint32(0x3F800000),
+                               jnp.float32) - jnp.float32(1.0)
+  replace = u < jnp.asarray(p, jnp.float32)
+  # randint's arithmetic: 64 random bits (two words) reduced modulo the span.
+  k_high, k_low = jax.random.split(k_class)
+  span = jnp.uint32(num_classes)
+  multiplier = (jnp.uint32(1 << 16) % span) * (jnp.uint32(1 << 16) % span) % span
+  offset = ((bits_at(k_high, indices) % span) * multiplier + bits_at(k_low, indices) % span)
+  random = (offset % span).astype(jnp.int32)
+  return jnp.where(replace, random.astype(labels.dtype), labels)
+
+
 def shared_permutation(key, num_pixels: int):
   """The shuffled-pixels permutation of one replica (the same for every image), int32
   whatever ``jax_enable_x64`` is."""

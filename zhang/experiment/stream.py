@@ -1,0 +1,163 @@
+"""The streaming input path: training batches from a grain pipeline, for datasets that do not
+fit on the device (ImageNet).
+
+The in-memory path puts the whole training set on the device and each replica draws its own
+batch order there. Here the examples stay on the host, in a random-access source (a
+``tfds.data_source``: array_record, no TensorFlow), and one grain pipeline reads, decodes and
+preprocesses them on host worker processes. Every replica trains on the same stream of
+batches: replicas with different seeds differ in initialization, labels and randomization,
+not in batch order. Nothing is stored per replica and example: a replica's label of example
+``i`` (``randomize.corrupt_labels_at``), its random-pixel permutation and its Gaussian image
+are pure functions of (replica key, i), so each batch carries its examples' indices.
+
+The order is the in-memory path's epoch structure with one shared seed: global batch k is
+``k % per_epoch``'s slice of epoch ``k // per_epoch``'s permutation of the training set
+(``per_epoch = n // global_batch``; an epoch's last partial batch is dropped), each epoch a
+fresh permutation (grain's global shuffle of ``range(n)`` repeated). On a multi-process
+mesh each process reads only its contiguous part of each global batch, the rows its devices
+hold on the ``data`` axis; the augmentation of a position is seeded by the position itself,
+so a batch is the same however many processes read it.
+
+A stream is a pure function of (seed, step): it resumes at any step without replaying the
+ones before (``TrainStream.batches(start_step)``); ``state(step)`` is what a checkpoint keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from zhang.errors import UsageError
+
+# A host transform of one example: (example dict, np.random.Generator) -> example dict.
+Transform = Callable[[dict, np.random.Generator], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+  """The shared batch order of ``n`` examples in global batches of ``global_batch``."""
+  n: int
+  global_batch: int
+  seed: int
+
+  def __post_init__(self):
+    if not 1 <= self.global_batch <= self.n:
+      raise UsageError(f"a global batch of {self.global_batch} does not fit a training set "
+                       f"of {self.n} examples: give a batch_size between 1 and {self.n}")
+
+  @property
+  def per_epoch(self) -> int:
+    return self.n // self.global_batch
+
+  def permutations(self):
+    """Grain's global shuffle of ``range(n)``, repeated with a new shuffle each epoch:
+    element e n + i is epoch e's i-th example."""
+    import grain
+    return grain.MapDataset.range(self.n).shuffle(seed=self.seed).repeat(None)
+
+  def examples(self, step: int, rows: slice | None = None) -> np.ndarray:
+    """The example indices of global batch ``step`` (or of its ``rows``), int64."""
+    epoch, pos = divmod(step, self.per_epoch)
+    perms = self.permutations()
+    start = epoch * self.n + pos * self.global_batch
+    rows = rows or slice(0, self.global_batch)
+    return np.asarray([perms[start + j] for j in range(rows.start, rows.stop)], np.int64)
+
+
+def process_rows(global_batch: int, process_index: int, process_count: int) -> slice:
+  """The rows of each global batch that process ``process_index`` reads: the contiguous
+  ``global_batch / process_count`` its devices hold on the ``data`` axis."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process {process_index} of {process_count}")
+  if global_batch % process_count:
+    raise UsageError(f"a global batch of {global_batch} does not divide over "
+                     f"{process_count} processes: give a batch_size that is a multiple of "
+                     f"{process_count}")
+  b = global_batch // process_count
+  return slice(process_index * b, (process_index + 1) * b)
+
+
+@dataclasses.dataclass
+class TrainStream:
+  """This process's training batches: dicts of ``image`` (b, H, W, C) uint8, ``label`` (b,)
+  int32 (the dataset's true labels) and ``index`` (b,) int64, where b is the global batch
+  over the processes. ``source`` is random-access (``len`` and ``[i]`` giving a dict with
+  ``image`` and ``label``), ``transform`` the host preprocessing of one example, seeded per
+  global position; ``workers`` > 0 runs reading and preprocessing in that many grain worker
+  processes."""
+  source: Any
+  order: Order
+  transform: Transform | None = None
+  process_index: int = 0
+  process_count: int = 1
+  workers: int = 0
+  prefetch: int = 2  # batches each worker prepares ahead
+
+  def __post_init__(self):
+    self.rows = process_rows(self.order.global_batch, self.process_index, self.process_count)
+
+  def _example(self, step: int, row: int) -> dict:
+    """The preprocessed example at row ``row`` of global batch ``step``."""
+    o = self.order
+    epoch, pos = divmod(step, o.per_epoch)
+    position = epoch * o.n + pos * o.global_batch + row
+    if getattr(self, "_perms", None) is None:
+      self._perms = o.permutations()
+    index = int(self._perms[position])
+    example = dict(self.source[index])
+    if self.transform is not None:
+      example = self.transform(example, np.random.default_rng([o.seed, position]))
+    return {"image": np.asarray(example["image"]),
+            "label": np.int32(example["label"]), "index": np.int64(index)}
+
+  def dataset(self, start_step: int = 0):
+    """The grain dataset of this process's batches from ``start_step`` on (unbounded; a
+    MapDataset of local positions, so any step is a slice away)."""
+    import grain
+    b = self.rows.stop - self.rows.start
+    local = grain.MapDataset.range(2 ** 62).map(functools.partial(_read, self, start_step))
+    return local.batch(b, drop_remainder=True, batch_fn=_stack)
+
+  def batches(self, start_step: int = 0) -> Iterator[dict]:
+    """Iterates this process's batches from global batch ``start_step`` on, read ahead."""
+    import grain
+    ds = self.dataset(start_step).to_iter_dataset(
+        grain.ReadOptions(num_threads=0 if self.workers else 1,
+                          prefetch_buffer_size=self.prefetch))
+    if self.workers:
+      from absl import flags
+      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; the CLI has none
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self.workers, per_worker_buffer_size=self.prefetch))
+    return iter(ds)
+
+  def state(self, step: int) -> dict:
+    """What resumes the stream at ``step``: the order and the next global batch (a
+    checkpoint stores it beside the replicas' states)."""
+    o = self.order
+    return {"next_step": int(step), "seed": o.seed, "n": o.n, "global_batch": o.global_batch}
+
+  def check_state(self, state: dict) -> int:
+    """The step a checkpoint's ``state`` resumes at, after checking it is this stream's."""
+    o = self.order
+    saved = (state.get("seed"), state.get("n"), state.get("global_batch"))
+    if saved != (o.seed, o.n, o.global_batch):
+      raise UsageError(f"the checkpoint's stream (seed, examples, global batch) {saved} is not "
+                       f"this run's {(o.seed, o.n, o.global_batch)}: resume with the config "
+                       f"it was written with")
+    return int(state["next_step"])
+
+
+def _read(stream: TrainStream, start_step: int, m: int) -> dict:
+  """Local position ``m`` of ``stream`` started at ``start_step``: a module-level function,
+  so grain's worker processes can unpickle it."""
+  b = stream.rows.stop - stream.rows.start
+  return stream._example(start_step + m // b, stream.rows.start + m % b)
+
+
+def _stack(examples) -> dict:
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
