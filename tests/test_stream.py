@@ -100,3 +100,18 @@ def test_tfds_mock_imagenet_streams_through_the_pipeline():
       assert b["image"].shape == (8, 8, 8, 3) and b["label"].max() < 1000
       for i, label in zip(b["index"], b["label"]):
         assert label == source[int(i)]["label"]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_evaluation_covers_the_split_once_in_padded_batches(processes):
+  n, batch = 23, 6
+  parts = [list(stream.eval_batches(_source(n), batch, process_index=p,
+                                    process_count=processes)) for p in range(processes)]
+  assert all(len(part) == 4 for part in parts)  # ceil(23 / 6)
+  valid = np.concatenate([np.concatenate([b["index"][b["valid"]] for b in part])
+                          for part in parts])
+  np.testing.assert_array_equal(np.sort(valid), np.arange(n))
+  for part in parts:
+    for b in part:
+      assert b["image"].shape == (batch // processes, 3, 3, 1)
+      np.testing.assert_array_equal(b["label"], (7 * b["index"]) % 10)

@@ -152,6 +152,28 @@ class TrainStream:
     return int(state["next_step"])
 
 
+def eval_batches(source, batch: int, transform: Transform | None = None,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """The whole of ``source`` (a validation split) in order, in global batches of ``batch``,
+  this process's rows of each: dicts like ``TrainStream``'s plus ``valid`` (b,) bool. The
+  last batch is padded with copies of the split's first example, marked invalid, so every
+  batch has one shape (one compiled evaluation) and every example counts once. ``transform``
+  is called with a generator seeded by the example's index (an evaluation transform
+  should not use it)."""
+  rows = process_rows(batch, process_index, process_count)
+  n = len(source)
+  for start in range(0, n, batch):
+    out = []
+    for j in range(rows.start, rows.stop):
+      index = start + j
+      example = dict(source[index if index < n else 0])
+      if transform is not None:
+        example = transform(example, np.random.default_rng([index]))
+      out.append({"image": np.asarray(example["image"]), "label": np.int32(example["label"]),
+                  "index": np.int64(index if index < n else 0), "valid": index < n})
+    yield _stack(out)
+
+
 def _read(stream: TrainStream, start_step: int, m: int) -> dict:
   """Local position ``m`` of ``stream`` started at ``start_step``: a module-level function,
   so grain's worker processes can unpickle it."""
