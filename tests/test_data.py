@@ -247,3 +247,22 @@ def test_a_gs_data_dir_is_checked_and_never_replaced_by_local_files(tmp_path, mo
   # The local copy is what the loader reads without a data_dir: the test's files are good.
   if name in ("fashion_mnist", "mnist"):
     assert len(data.load(name).train_labels) == 20
+
+
+def test_unprepared_imagenet_says_how_to_download_and_prepare_it(tmp_path):
+  with pytest.raises(data.DatasetUnavailableError) as e:
+    data.tfds_sources("imagenet2012", str(tmp_path))
+  text = str(e.value)
+  assert "\n" not in text and "tfds build imagenet2012 --file_format=array_record" in text
+  assert "ILSVRC2012_img_train.tar" in text and "downloads/manual" in text
+  assert not any(tmp_path.iterdir())
+
+
+def test_imagenet_sources_with_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=6):
+    train, evaluation, classes = data.tfds_sources("imagenet2012")
+    assert (len(train), len(evaluation), classes) == (6, 6, 1000)
+    example = train[2]
+    assert example["image"].ndim == 3 and example["image"].shape[-1] == 3
+    assert 0 <= example["label"] < 1000

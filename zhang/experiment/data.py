@@ -335,7 +335,13 @@ register("fashion_mnist")(lambda data_dir: _idx_or_tfds("fashion_mnist", data_di
 
 # --------------------------------------------------------------------------- tfds
 
-_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+                "imagenet2012": 1000}
+_EVAL_SPLIT = {"imagenet2012": "validation"}  # others evaluate on "test"
+_MANUAL = {"imagenet2012": (
+    "; ImageNet is a manual download: put ILSVRC2012_img_train.tar and "
+    "ILSVRC2012_img_val.tar (image-net.org) in ~/tensorflow_datasets/downloads/manual/ "
+    "first (docs/tpu.md, \"ImageNet\")")}
 
 
 def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
@@ -348,12 +354,16 @@ def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
   return np.stack(images), np.asarray(labels, np.int32)
 
 
-def _tfds(name: str, data_dir: str | None, extra_hint: str = "") -> Dataset:
+def tfds_sources(name: str, data_dir: str | None = None, extra_hint: str = ""):
+  """``tfds.data_source`` of ``name``'s training and evaluation splits (array_record, random
+  access, nothing read yet; the streaming path reads them): (train, eval, num_classes). A
+  dataset not prepared in ``data_dir`` (default ``$TFDS_DATA_DIR``, else tfds's) gets one
+  line with the commands that prepare it; nothing is downloaded or created."""
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
   if data_dir and storage.is_gcs(data_dir):
     storage.check(data_dir, "data_dir", write=False)  # gcsfs, credentials, the bucket
   how = (f"prepare it once on a machine with internet and TensorFlow: "
-         f"{_build_hint(name, data_dir)}{extra_hint}")
+         f"{_build_hint(name, data_dir)}{_MANUAL.get(name, '')}{extra_hint}")
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:  # pragma: no cover - tfds is a dependency
@@ -363,18 +373,21 @@ def _tfds(name: str, data_dir: str | None, extra_hint: str = "") -> Dataset:
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)  # tfds warns about missing metadata before failing
   try:
-    train = tfds.data_source(name, split="train", data_dir=data_dir, download=False)
-    test = tfds.data_source(name, split="test", data_dir=data_dir, download=False)
-    train_images, train_labels = _read_split(train)
-    test_images, test_labels = _read_split(test)
+    return tuple(tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+                 for split in ("train", _EVAL_SPLIT.get(name, "test"))) + (_NUM_CLASSES[name],)
   except Exception as e:  # tfds raises several types for "not prepared"
     where_now = data_dir or "~/tensorflow_datasets"
     raise DatasetUnavailableError(f"dataset {name} is not prepared in {where_now} "
                                   f"(tfds: {type(e).__name__}); {how}") from None
   finally:
     absl_logger.setLevel(level)
-  return Dataset(name, train_images, train_labels, test_images, test_labels,
-                 _NUM_CLASSES[name])
+
+
+def _tfds(name: str, data_dir: str | None, extra_hint: str = "") -> Dataset:
+  train, test, num_classes = tfds_sources(name, data_dir, extra_hint)
+  train_images, train_labels = _read_split(train)
+  test_images, test_labels = _read_split(test)
+  return Dataset(name, train_images, train_labels, test_images, test_labels, num_classes)
 
 
 def _build_hint(name: str, data_dir: str | None) -> str:
