@@ -69,12 +69,15 @@ def test_other_convolutions_are_passed_to_lax():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 9, 5), (2, 28, 28, 4), (1, 2, 2, 3)])
-def test_max_pool_value_and_gradient_equal_jax(shape):
+@pytest.mark.parametrize("shape,padding", [
+    ((2, 8, 8, 3), "SAME"), ((3, 7, 9, 5), "SAME"), ((2, 28, 28, 4), "SAME"),
+    ((1, 2, 2, 3), "SAME"),
+    ((2, 8, 8, 3), "VALID"), ((3, 7, 10, 5), "VALID"), ((1, 3, 3, 2), "VALID")])  # inception_v3
+def test_max_pool_value_and_gradient_equal_jax(shape, padding):
   x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))
   x = jnp.round(x * 4) / 4  # many ties (zeros from the ReLU, and repeated values)
-  ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-  ours = lambda x: layers.max_pool(x, (3, 3), (2, 2))
+  ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
+  ours = lambda x: layers.max_pool(x, (3, 3), (2, 2), padding)
   y = ref(x)
   np.testing.assert_array_equal(ours(x), y)
   cot = jax.random.normal(jax.random.key(1), y.shape)

@@ -53,6 +53,10 @@ def _table(names, shape, num_classes: int) -> None:
   print(f"{'model':<22} {'parameters':>12}  description (input {'x'.join(map(str, shape))})")
   for name in names:
     spec = models.get(name)
+    if min(shape[:2]) < spec.min_size:  # inception_v3 at the default 28x28
+      print(f"{name:<22} {'-':>12}  {spec.description}, lr {spec.learning_rate}; takes "
+            f"inputs of at least {spec.min_size}x{spec.min_size}")
+      continue
     count = models.param_count(name, shape, num_classes)
     print(f"{name:<22} {count:>12,}  {spec.description}, lr {spec.learning_rate}")
 

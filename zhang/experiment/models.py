@@ -35,13 +35,14 @@ def local_response_norm(x, depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.7
 
 
 class MaxPool(nn.Module):
-  """``nn.max_pool`` with SAME padding, as a module: a layer the execution plan can find
-  (``zhang.runtime.layers.explicit_gradients``)."""
+  """``nn.max_pool`` with SAME (or VALID) padding, as a module: a layer the execution plan
+  can find (``zhang.runtime.layers.explicit_gradients``)."""
   window: tuple[int, int]
   strides: tuple[int, int]
+  padding: str = "SAME"
 
   def __call__(self, x):
-    return nn.max_pool(x, self.window, strides=self.strides, padding="SAME")
+    return nn.max_pool(x, self.window, strides=self.strides, padding=self.padding)
 
 
 class LocalResponseNorm(nn.Module):
@@ -204,6 +205,11 @@ class ModelSpec:
   inputs: str = "images"  # or "tokens": what the model takes (zhang.experiment.data.input_kind)
   parameterization: str = "standard"  # zhang.experiment.parameterization's presets (MLPs)
   width: int = 0  # an MLP's hidden width (what the parameterization scales with)
+  # The model applies a per-replica dropout rate: its ``__call__`` takes ``dropout`` (a
+  # ``zhang.experiment.dropout.Draw``), which the step passes in training when a replica's
+  # rate is above 0. Models without it are never given one.
+  dropout: bool = False
+  min_size: int = 1  # the smallest input height and width it can be built for
 
   @property
   def family(self) -> str:
@@ -219,6 +225,11 @@ class ModelSpec:
 
   def build(self, num_classes: int) -> nn.Module:
     return self.make(num_classes)
+
+
+def _inception_v3(num_classes: int) -> nn.Module:
+  from zhang.experiment.inception_v3 import InceptionV3  # it builds on MaxPool, above
+  return InceptionV3(num_classes)
 
 
 _MODELS = {m.name: m for m in [
@@ -238,6 +249,10 @@ _MODELS = {m.name: m for m in [
     ModelSpec("mlp_tokens", TokenMLP, 0.01, False,
               "MLP on the one-hot residues, one hidden layer of 512", inputs="tokens",
               width=512),
+    # ImageNet's (the paper's Table 2), 299x299 inputs; the paper's Inception rate.
+    ModelSpec("inception_v3", _inception_v3, 0.1, True,
+              "Inception V3 (no auxiliary head; dropout before the logits)", dropout=True,
+              min_size=75),  # inception_v3.MIN_SIZE
 ]}
 
 
@@ -246,7 +261,7 @@ BUILT_IN = tuple(_MODELS)
 
 def register(name: str, make: Callable[[int], nn.Module], *, learning_rate: float,
              description: str = "", batch_norm: bool = False,
-             inputs: str = "images") -> ModelSpec:
+             inputs: str = "images", dropout: bool = False) -> ModelSpec:
   """Adds a model to the registry, so a config's ``model`` (and ``zhang models``) can name it.
 
   Args:
@@ -256,6 +271,8 @@ def register(name: str, make: Callable[[int], nn.Module], *, learning_rate: floa
     learning_rate: the rate a config that leaves ``learning_rate`` unset trains it with.
     batch_norm: whether it has batch-norm statistics (kept per replica, like parameters).
     inputs: "images", or "tokens" for token-id datasets (modadd).
+    dropout: whether it applies the replica's dropout rate (``ModelSpec.dropout``): its
+      ``__call__`` then takes ``dropout``, a ``zhang.experiment.dropout.Draw`` or None.
 
   Call it at the top level of a module and name that module in the config's ``imports``:
   every command that reads the run (the probes too) imports it again. Registering a name
@@ -266,7 +283,8 @@ def register(name: str, make: Callable[[int], nn.Module], *, learning_rate: floa
                      f"and width): register yours under another name")
   if inputs not in ("images", "tokens"):
     raise UsageError(f"inputs={inputs!r} must be 'images' or 'tokens'")
-  spec = ModelSpec(name, make, learning_rate, batch_norm, description or name, inputs)
+  spec = ModelSpec(name, make, learning_rate, batch_norm, description or name, inputs,
+                   dropout=dropout)
   _MODELS[name] = spec
   return spec
 
@@ -340,6 +358,11 @@ def names(inputs: str | None = None) -> list[str]:
   """Every registered model's name, or those that take ``inputs`` ("images" or "tokens");
   any other ``mlp_DxW`` (``sized_mlp``) is a model too."""
   return [n for n, m in _MODELS.items() if inputs is None or m.inputs == inputs]
+
+
+def with_dropout() -> list[str]:
+  """The registered models that take a dropout rate (``ModelSpec.dropout``)."""
+  return [n for n, m in _MODELS.items() if m.dropout]
 
 
 def get(name: str) -> ModelSpec:

@@ -171,30 +171,33 @@ def _input_grad(dy, w, hw, strides, padding, precision):
 
 # ------------------------------------------------------------------------------- max pool
 
-def _same_pads(n: int, k: int, s: int):
-  """Output size and (low, high) padding of a SAME window."""
+def _pads(n: int, k: int, s: int, padding: str):
+  """Output size and (low, high) padding of a SAME or VALID window."""
+  if padding == "VALID":
+    return (n - k) // s + 1, (0, 0)
   out = -(-n // s)
   total = max((out - 1) * s + k - n, 0)
   return out, (total // 2, total - total // 2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def max_pool(x, window, strides):
-  """``flax.linen.max_pool(x, window, strides, padding="SAME")`` on NHWC inputs."""
-  return nn.max_pool(x, window, strides=strides, padding="SAME")
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x, window, strides, padding="SAME"):
+  """``flax.linen.max_pool(x, window, strides, padding)`` on NHWC inputs, ``padding``
+  "SAME" or "VALID"."""
+  return nn.max_pool(x, window, strides=strides, padding=padding)
 
 
-def _max_pool_fwd(x, window, strides):
-  y = max_pool(x, window, strides)
+def _max_pool_fwd(x, window, strides, padding):
+  y = max_pool(x, window, strides, padding)
   return y, (x, y)
 
 
-def _max_pool_bwd(window, strides, residuals, dy):
+def _max_pool_bwd(window, strides, padding, residuals, dy):
   x, y = residuals
   (kh, kw), (sh, sw) = window, strides
   b, h, w, c = x.shape
-  oh, ph = _same_pads(h, kh, sh)
-  ow, pw = _same_pads(w, kw, sw)
+  oh, ph = _pads(h, kh, sh, padding)
+  ow, pw = _pads(w, kw, sw, padding)
   xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
   hp, wp = xp.shape[1:3]
   zero = jnp.zeros((), dy.dtype)
@@ -316,7 +319,7 @@ def _intercept(next_fun, args, kwargs, context):
   if context.method_name != "__call__":
     return next_fun(*args, **kwargs)
   if isinstance(module, models.MaxPool):
-    return max_pool(args[0], tuple(module.window), tuple(module.strides))
+    return max_pool(args[0], tuple(module.window), tuple(module.strides), module.padding)
   if isinstance(module, models.LocalResponseNorm):
     return local_response_norm(args[0])
   hooks = {nn.Conv: ("conv_general_dilated", conv_general_dilated),
