@@ -115,3 +115,21 @@ def test_evaluation_covers_the_split_once_in_padded_batches(processes):
     for b in part:
       assert b["image"].shape == (batch // processes, 3, 3, 1)
       np.testing.assert_array_equal(b["label"], (7 * b["index"]) % 10)
+
+
+def test_the_stream_order_is_the_in_memory_order_of_a_replica_of_its_seed():
+  import jax
+  import jax.numpy as jnp
+
+  from zhang.experiment import randomize, step
+  seeds = jnp.asarray([7, 8], jnp.uint32)
+  salts = jnp.asarray([randomize.randomization_salt("labels", 0.5)] * 2, jnp.uint32)
+  keys = jax.vmap(randomize.keys)(seeds, salts)[1]  # as train.build_replicas draws them
+  reps = step.ReplicaConstants(order_key=keys, rand_key=keys, labels=None, shared_perm=None,
+                               learning_rate=None, weight_decay=None, augmentation=None)
+  n, batch = 61, 10
+  for epoch in (0, 3):
+    orders = np.asarray(step.epoch_orders(reps, epoch, n, batch))
+    np.testing.assert_array_equal(stream.Order(n, batch, 7).permutation(epoch), orders[0])
+    np.testing.assert_array_equal(stream.Order(n, batch, 8).permutation(epoch), orders[1])
+  np.testing.assert_array_equal(stream.Order(n, n, 7).permutation(2), np.arange(n))

@@ -10,13 +10,17 @@ not in batch order. Nothing is stored per replica and example: a replica's label
 ``i`` (``randomize.corrupt_labels_at``), its random-pixel permutation and its Gaussian image
 are pure functions of (replica key, i), so each batch carries its examples' indices.
 
-The order is the in-memory path's epoch structure with one shared seed: global batch k is
-``k % per_epoch``'s slice of epoch ``k // per_epoch``'s permutation of the training set
-(``per_epoch = n // global_batch``; an epoch's last partial batch is dropped), each epoch a
-fresh permutation (grain's global shuffle of ``range(n)`` repeated). On a multi-process
-mesh each process reads only its contiguous part of each global batch, the rows its devices
-hold on the ``data`` axis; the augmentation of a position is seeded by the position itself,
-so a batch is the same however many processes read it.
+The order is the in-memory path's, shared: global batch k is ``k % per_epoch``'s slice of
+epoch ``k // per_epoch``'s permutation of the training set (``per_epoch = n // global_batch``;
+an epoch's last partial batch is dropped; a full batch keeps the examples' order), each
+epoch's permutation the one ``step.epoch_orders`` draws for the order key of a replica of
+seed ``seed`` (``randomize.keys``), so a grid whose replicas all take that key
+(``batch_order="shared"``) trains in memory on exactly the stream's batches. The main
+process draws each epoch's permutation (JAX, on the CPU) and hands the workers the indices
+they read. On a multi-process mesh each process reads only its contiguous part of each
+global batch, the rows its devices hold on the ``data`` axis; the augmentation of a
+position is seeded by the position itself, so a batch is the same however many processes
+read it.
 
 A stream is a pure function of (seed, step): it resumes at any step without replaying the
 ones before (``TrainStream.batches(start_step)``); ``state(step)`` is what a checkpoint keeps.
@@ -52,19 +56,25 @@ class Order:
   def per_epoch(self) -> int:
     return self.n // self.global_batch
 
-  def permutations(self):
-    """Grain's global shuffle of ``range(n)``, repeated with a new shuffle each epoch:
-    element e n + i is epoch e's i-th example."""
-    import grain
-    return grain.MapDataset.range(self.n).shuffle(seed=self.seed).repeat(None)
+  def permutation(self, epoch: int) -> np.ndarray:
+    """Epoch ``epoch``'s order of the examples (int64 (n,)): ``step.epoch_orders``' for a
+    replica of seed ``seed``, drawn on the CPU."""
+    if self.global_batch == self.n:
+      return np.arange(self.n, dtype=np.int64)  # full batch: see step.epoch_orders
+    import jax
+
+    from zhang.experiment import randomize
+    with jax.default_device(jax.devices("cpu")[0]):
+      key = randomize.keys(np.uint32(self.seed), np.uint32(0))[1]
+      return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), self.n),
+                        np.int64)
 
   def examples(self, step: int, rows: slice | None = None) -> np.ndarray:
     """The example indices of global batch ``step`` (or of its ``rows``), int64."""
     epoch, pos = divmod(step, self.per_epoch)
-    perms = self.permutations()
-    start = epoch * self.n + pos * self.global_batch
     rows = rows or slice(0, self.global_batch)
-    return np.asarray([perms[start + j] for j in range(rows.start, rows.stop)], np.int64)
+    start = pos * self.global_batch
+    return self.permutation(epoch)[start + rows.start:start + rows.stop]
 
 
 def process_rows(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -99,41 +109,38 @@ class TrainStream:
   def __post_init__(self):
     self.rows = process_rows(self.order.global_batch, self.process_index, self.process_count)
 
-  def _example(self, step: int, row: int) -> dict:
-    """The preprocessed example at row ``row`` of global batch ``step``."""
-    o = self.order
-    epoch, pos = divmod(step, o.per_epoch)
-    position = epoch * o.n + pos * o.global_batch + row
-    if getattr(self, "_perms", None) is None:
-      self._perms = o.permutations()
-    index = int(self._perms[position])
-    example = dict(self.source[index])
-    if self.transform is not None:
-      example = self.transform(example, np.random.default_rng([o.seed, position]))
-    return {"image": np.asarray(example["image"]),
-            "label": np.int32(example["label"]), "index": np.int64(index)}
-
-  def dataset(self, start_step: int = 0):
-    """The grain dataset of this process's batches from ``start_step`` on (unbounded; a
-    MapDataset of local positions, so any step is a slice away)."""
+  def epoch_dataset(self, epoch: int, first_step: int = 0):
+    """The grain dataset of this process's batches of epoch ``epoch``, from its batch
+    ``first_step`` on: the epoch's indices for this process's rows, read and preprocessed
+    one example at a time (in the workers, when there are any) and stacked."""
     import grain
-    b = self.rows.stop - self.rows.start
-    local = grain.MapDataset.range(2 ** 62).map(functools.partial(_read, self, start_step))
-    return local.batch(b, drop_remainder=True, batch_fn=_stack)
+    o = self.order
+    perm = self.order.permutation(epoch)
+    steps = np.arange(first_step, o.per_epoch)
+    offsets = (steps[:, None] * o.global_batch + np.arange(self.rows.start, self.rows.stop))
+    positions = (epoch * o.n + offsets).reshape(-1)
+    items = np.stack([perm[offsets.reshape(-1)], positions], axis=1)
+    read = functools.partial(_read, self.source, self.transform, o.seed)
+    return (grain.MapDataset.source(items).map(read)
+            .batch(self.rows.stop - self.rows.start, drop_remainder=True, batch_fn=_stack))
 
   def batches(self, start_step: int = 0) -> Iterator[dict]:
-    """Iterates this process's batches from global batch ``start_step`` on, read ahead."""
+    """This process's batches from global batch ``start_step`` on, without end, read ahead
+    (an epoch's pipeline starts when the epoch does)."""
     import grain
-    ds = self.dataset(start_step).to_iter_dataset(
-        grain.ReadOptions(num_threads=0 if self.workers else 1,
-                          prefetch_buffer_size=self.prefetch))
-    if self.workers:
-      from absl import flags
-      if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; the CLI has none
-        flags.FLAGS.mark_as_parsed()
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.workers, per_worker_buffer_size=self.prefetch))
-    return iter(ds)
+    epoch, pos = divmod(start_step, self.order.per_epoch)
+    while True:
+      ds = self.epoch_dataset(epoch, pos).to_iter_dataset(
+          grain.ReadOptions(num_threads=0 if self.workers else 1,
+                            prefetch_buffer_size=self.prefetch))
+      if self.workers:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; the CLI has none
+          flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=self.workers, per_worker_buffer_size=self.prefetch))
+      yield from ds
+      epoch, pos = epoch + 1, 0
 
   def state(self, step: int) -> dict:
     """What resumes the stream at ``step``: the order and the next global batch (a
@@ -174,11 +181,15 @@ def eval_batches(source, batch: int, transform: Transform | None = None,
     yield _stack(out)
 
 
-def _read(stream: TrainStream, start_step: int, m: int) -> dict:
-  """Local position ``m`` of ``stream`` started at ``start_step``: a module-level function,
-  so grain's worker processes can unpickle it."""
-  b = stream.rows.stop - stream.rows.start
-  return stream._example(start_step + m // b, stream.rows.start + m % b)
+def _read(source, transform: Transform | None, seed: int, item) -> dict:
+  """The example of (index, global position) ``item``, preprocessed with a generator of
+  (seed, position): a module-level function, so grain's worker processes can unpickle it."""
+  index, position = int(item[0]), int(item[1])
+  example = dict(source[index])
+  if transform is not None:
+    example = transform(example, np.random.default_rng([seed, position]))
+  return {"image": np.asarray(example["image"]), "label": np.int32(example["label"]),
+          "index": np.int64(index)}
 
 
 def _stack(examples) -> dict:
