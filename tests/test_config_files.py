@@ -63,12 +63,14 @@ def test_cli_bad_config_file_exits_2_with_one_line(tmp_path, capsys):
 
 
 def _check_example(message, field):
-  """The message names the field and ends with its example, and the example is valid."""
+  """The message names the field and ends with its example, and the example is valid (a
+  dropout rate for a model with dropout)."""
   assert message.startswith((f"{field}=", f"cannot set {field} to "))
   found = re.findall(r"e\.g\. --config\.(\w+)=(\S+)$", message)
   assert found and found[0][0] == field, message
   assert "grid" not in message
-  config_lib.resolve(config_lib.load(DIGITS, [f"{field}={found[0][1]}"]))
+  model = ["model=inception_v3"] if field == "dropout" else []
+  config_lib.resolve(config_lib.load(DIGITS, [f"{field}={found[0][1]}", *model]))
 
 
 @pytest.mark.parametrize("field,value", [

@@ -9,8 +9,8 @@ Typical use (also in notebooks/analysis.ipynb):
   analysis.plots.fig1b(fits, laws)
 
 A *setup* is a run-level training setup plus one combination of the per-replica
-hyper-parameters (`HPARAMS`: learning rate, weight decay, augmentation), so every table above is
-per combination; the columns `SETUP_COLUMNS` name it.
+hyper-parameters (`HPARAMS`: learning rate, weight decay, augmentation, output scale,
+dropout), so every table above is per combination; the columns `SETUP_COLUMNS` name it.
 """
 
 from zhang.analysis import memorization, paper, plots, regularization, tables

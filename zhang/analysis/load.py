@@ -24,11 +24,11 @@ KINDS = ("labels", "shuffled_pixels", "random_pixels", "gaussian")
 # true-label baseline.
 _SETUP_FIELDS = ("model", "dataset", "batch_size", "momentum", "lr_decay", "lr_decay_every")
 # Per-replica hyper-parameters (grid axes), in every row of metrics.jsonl.
-HPARAMS = ("learning_rate", "weight_decay", "augmentation", "output_scale")
+HPARAMS = ("learning_rate", "weight_decay", "augmentation", "output_scale", "dropout")
 _HPARAM_SHORT = {"learning_rate": "lr", "weight_decay": "wd", "augmentation": "aug",
-                 "output_scale": "alpha"}
+                 "output_scale": "alpha", "dropout": "dropout"}
 # HPARAMS added after runs were made, with the value those runs trained with.
-_LATER_HPARAMS = {"output_scale": 1.0}
+_LATER_HPARAMS = {"output_scale": 1.0, "dropout": 0.0}
 # Columns that name a setup; all are functions of `setup`, carried so tables can show and sort
 # by them. `hparams` names only the axes that vary among runs of the same setup family ("" if
 # none), so a run with one learning rate and weight decay is named by its model alone.

@@ -147,7 +147,8 @@ def divergence_line(reps: list[dict]) -> str | None:
 
 
 HYPER_COLUMNS = (("learning_rate", "lr", 7), ("weight_decay", "wd", 7),
-                 ("augmentation", "augment", 10), ("output_scale", "alpha", 6))
+                 ("augmentation", "augment", 10), ("output_scale", "alpha", 6),
+                 ("dropout", "drop", 5))
 
 
 def timing_line(summary: dict) -> str | None:

@@ -72,6 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   # zhang/experiment/augment.py's names: what an entry without `augmentations` takes.
   c.augmentation = "none"
+  # The rate of the model's dropout (what an entry without `dropouts` takes), in [0, 1): in
+  # training each unit is kept with probability 1 - rate and scaled by 1 / (1 - rate)
+  # (zhang/experiment/dropout.py). Only models with dropout take a rate above 0:
+  # inception_v3 (before its logits; TF-slim trains it at 0.2).
+  c.dropout = 0.0
   # Device mesh (replica, data): -1 takes the remaining devices. The grid is padded with
   # inert replicas to a multiple of the replica axis (they never appear in outputs).
   c.mesh_shape = (-1, 1)
@@ -81,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   # the execution plan's (zhang/runtime/plan.py).
   c.compute_dtype = "float32"
   # Replicas: the union of these products of kinds x corruptions x seeds (and optionally
-  # x learning_rates x weight_decays x augmentations, else the scalars above).
+  # x learning_rates x weight_decays x augmentations x output_scales x dropouts, else the
+  # scalars above).
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c
 
@@ -218,6 +224,7 @@ FIELD_EXAMPLES = {
     "modulus": "113", "train_fraction": "0.3", "split_seed": "0", "adam_b1": "0.9",
     "adam_b2": "0.98", "generalize_threshold": "0.99", "stop_at_fit": "false",
     "freeze_at_fit": "true", "binary": "true", "output_scale": "10", "parameterization": "mup",
+    "dropout": "0.2",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
     "models": "\"['mlp_1x512', 'mlp_3x512']\"", "imports": "\"['my_models']\"",
     "mesh_shape": "'(-1, 1)'"}
@@ -306,7 +313,7 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
 # Fields added after runs were made, with the default that trains as those runs did: left out
 # of ``identity`` at that default, so the runs keep their hash and resume.
 LATER_DEFAULTS = {"freeze_at_fit": False, "binary": False, "parameterization": "standard",
-                  "output_scale": 1.0}
+                  "output_scale": 1.0, "dropout": 0.0}
 
 
 def identity(config: ml_collections.ConfigDict | dict) -> dict:
@@ -428,6 +435,24 @@ def check_weight_decay(value, where: str = "weight_decay", how: str | None = Non
            f">= 0 (0 = none), e.g. {how or example('weight_decay')}")
 
 
+def check_dropout(value, where: str = "dropout", how: str | None = None) -> None:
+  """``how``: the message's example (default ``--config.dropout=...``)."""
+  _require(_is_number(value) and 0 <= value < 1, f"{where}={value!r} must be in [0, 1) "
+           f"(0 = none), e.g. {how or example('dropout')}")
+
+
+def _check_dropout_model(model: str, rates, in_entry: bool) -> None:
+  """A rate above 0 only for a model with dropout (``ModelSpec.dropout``)."""
+  rate = next((r for r in rates if r > 0), None)
+  if rate is None or models.get(model).dropout:
+    return
+  where, fix = (("grid dropout", "dropouts=[0.0] in the entry") if in_entry
+                else ("dropout", "--config.dropout=0"))
+  raise UsageError(f"{where}={rate!r}, but model {model} has no dropout (models with "
+                   f"dropout: {', '.join(models.with_dropout())}): use {fix}, or a model "
+                   f"with dropout")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises UsageError (one line: what is wrong, how to fix it) for a bad config."""
   known = set(base_config().keys())
@@ -481,6 +506,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(_is_number(c.lr_decay) and 0 < c.lr_decay <= 1,
            f"lr_decay={c.lr_decay!r} must be in (0, 1] (1 = no decay)", "lr_decay")
   check_weight_decay(c.weight_decay)
+  check_dropout(c.dropout)
   _require(_is_number(c.fit_threshold) and 0 < c.fit_threshold <= 1,
            f"fit_threshold={c.fit_threshold!r} must be in (0, 1]", "fit_threshold")
   expand_grid(c)
@@ -507,7 +533,7 @@ def check_against_data(c: ml_collections.ConfigDict, n_train: int) -> None:
 # --------------------------------------------------------------------------- the grid
 
 AXES = ("kinds", "corruptions", "seeds", "learning_rates", "weight_decays", "augmentations",
-        "output_scales")
+        "output_scales", "dropouts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,6 +548,7 @@ class Replica:
   augmentation: str = "none"
   model: str = ""
   output_scale: float = 1.0
+  dropout: float = 0.0
 
 
 def _axis(entry: dict, name: str, default) -> list:
@@ -540,13 +567,14 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
            "grid must be a non-empty list of dict(kinds=[...], corruptions=[...], seeds=[...])")
   replicas, seen = [], set()
   for entry in grid:
-    for kind, p, seed, rate, wd, aug, alpha in _entry_values(c, entry):
-      key = (kind, float(p), seed, float(rate), float(wd), aug, float(alpha))
+    for kind, p, seed, rate, wd, aug, alpha, drop in _entry_values(c, entry):
+      key = (kind, float(p), seed, float(rate), float(wd), aug, float(alpha), float(drop))
       _require(key not in seen, f"replica kind={kind}, corruption={p}, seed={seed}, "
                f"learning rate={rate}, weight decay={wd}, augmentation={aug}, output scale="
-               f"{alpha} appears twice in the grid: remove the duplicate")
+               f"{alpha}, dropout={drop} appears twice in the grid: remove the duplicate")
       seen.add(key)
-      replicas.append(Replica(len(replicas), *key[:6], model=c.model, output_scale=key[6]))
+      replicas.append(Replica(len(replicas), *key[:6], model=c.model, output_scale=key[6],
+                              dropout=key[7]))
   _require(len(replicas) > 0, f"no grid entry applies to model {c.model}: give it an entry "
            f"(an entry without `models` applies to every model)")
   # Replicas of one kind sit next to each other, so each kind's input randomization is
@@ -557,8 +585,8 @@ def expand_grid(c: ml_collections.ConfigDict) -> list[Replica]:
 
 def _entry_values(c: ml_collections.ConfigDict, entry) -> list[tuple]:
   """One grid entry's replicas as (kind, corruption, seed, learning rate, weight decay,
-  augmentation, output scale), as the entry spells them, checked; none for an entry of a
-  study's other models."""
+  augmentation, output scale, dropout), as the entry spells them, checked; none for an entry
+  of a study's other models."""
   _require(isinstance(entry, dict) or hasattr(entry, "keys"),
            f"grid entry {entry!r} must be a dict(kinds=[...], corruptions=[...], seeds=[...])")
   entry = dict(entry)
@@ -573,12 +601,15 @@ def _entry_values(c: ml_collections.ConfigDict, entry) -> list[tuple]:
            f"corruptions and seeds are required")
   lr = c.learning_rate if c.learning_rate is not None else models.get(c.model).learning_rate
   axes = [_axis(entry, name, default) for name, default in zip(
-      AXES, (None, None, None, lr, c.weight_decay, c.augmentation, c.output_scale))]
+      AXES, (None, None, None, lr, c.weight_decay, c.augmentation, c.output_scale,
+             c.dropout))]
   _check_axes(c.dataset, *axes)
+  _check_dropout_model(c.model, axes[-1], "dropouts" in entry)
   return list(itertools.product(*axes))
 
 
-def _check_axes(dataset: str, kinds, corruptions, seeds, lrs, wds, augs, alphas) -> None:
+def _check_axes(dataset: str, kinds, corruptions, seeds, lrs, wds, augs, alphas,
+                drops) -> None:
   """Every value of a grid entry's axes is valid (and fits the dataset's inputs)."""
   for kind in kinds:
     randomize.kind_id(kind)
@@ -595,6 +626,8 @@ def _check_axes(dataset: str, kinds, corruptions, seeds, lrs, wds, augs, alphas)
     check_learning_rate(value, "grid learning rate", "learning_rates=[0.01] in the entry")
   for value in wds:
     check_weight_decay(value, "grid weight decay", "weight_decays=[5e-4] in the entry")
+  for value in drops:
+    check_dropout(value, "grid dropout", "dropouts=[0.0, 0.2] in the entry")
   for alpha in alphas:
     _require(_is_number(alpha) and 0 < alpha < float("inf"),
              f"output scale {alpha!r} must be a positive number, e.g. output_scales=[1, 10, "

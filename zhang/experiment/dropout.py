@@ -50,8 +50,10 @@ def uniforms(keys, shape, layer: int = 0):
 
 def apply(x, draw: Draw, layer: int = 0):
   """``x`` (B, ...) with each unit kept where its uniform is >= the rate (probability
-  1 - rate) and divided by 1 - rate, zero elsewhere. At rate 0 every unit is kept and
-  divided by 1: ``x`` to the bit. ``layer`` numbers a model's dropout layers (each draws its
-  own masks)."""
+  1 - rate) and multiplied by 1 / (1 - rate), zero elsewhere (a product by the inverse:
+  what XLA makes of a division by a scalar anyway). At rate 0 every unit is kept and
+  multiplied by 1: ``x`` to the bit. ``layer`` numbers a model's dropout layers (each draws
+  its own masks)."""
   keep = uniforms(draw.keys, x.shape[1:], layer) >= draw.rate
-  return jnp.where(keep, x / (1 - draw.rate).astype(x.dtype), jnp.zeros((), x.dtype))
+  scale = (1 / (1 - draw.rate)).astype(x.dtype)
+  return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))

@@ -4,9 +4,9 @@ Everything here is a pure function of (state, per-replica constants, global step
 global step is shared by all replicas (they train in lockstep), so the schedule, the epoch
 and the position in the epoch's batch order are functions of it alone, which makes a run
 resumable to the same bits. Per-replica things (keys, labels, learning rate, weight decay,
-augmentation) live in ``ReplicaConstants``, whose leaves have the replica axis first like
-the train state's: they are traced arrays, so one compiled program trains every
-combination of them.
+augmentation, dropout rate) live in ``ReplicaConstants``, whose leaves have the replica
+axis first like the train state's: they are traced arrays, so one compiled program trains
+every combination of them.
 
 Top-level pieces, in the order a step uses them: ``replica_inputs`` (one replica's
 randomized, augmented, whitened inputs), ``apply_model``, ``train_step`` (one replica),
@@ -25,12 +25,14 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from zhang.experiment import augment, randomize
 from zhang.experiment import data as data_lib
+from zhang.experiment import dropout as dropout_lib
 from zhang.runtime.plan import Plan
 
 
@@ -53,6 +55,9 @@ class ReplicaConstants(NamedTuple):
   # float32 (): the replica trains alpha (f(w) - f(w_0)) (``StepSettings.center``) with its
   # rate divided by alpha^2 (SGD) or alpha (Adam): Chizat and Bach's lazy training.
   output_scale: jax.Array = None
+  # float32 (): the rate of the model's dropout (``zhang.experiment.dropout``); None when no
+  # replica has one (``StepSettings.dropout`` off).
+  dropout: jax.Array = None
   initial_params: Any = None  # w_0, the replica's initial parameters (None: not kept)
 
 
@@ -96,6 +101,10 @@ class StepSettings:
   # The top-level parameter names of the model's first and last layers (Dense or Conv, in
   # call order): the evaluation's relative weight change of each. () leaves them out.
   end_layers: tuple[str, ...] = ()
+  # Some replica has a dropout rate above 0 (only models with dropout take one): the train
+  # step draws each replica's masks and passes the model a ``dropout.Draw``. Off, the model
+  # is applied without one (the program without the draws).
+  dropout: bool = False
 
   @classmethod
   def from_config(cls, config, replicas) -> "StepSettings":
@@ -108,7 +117,14 @@ class StepSettings:
                config.get("optimizer", "sgd_momentum"), float(config.get("adam_b1", 0.9)),
                float(config.get("adam_b2", 0.98)),
                freeze=bool(config.get("freeze_at_fit", False)),
-               center=any(r.output_scale != 1.0 for r in replicas))
+               center=any(r.output_scale != 1.0 for r in replicas),
+               dropout=any(r.dropout > 0 for r in replicas))
+
+
+def dropout_rates(s: StepSettings, replicas):
+  """The replicas' dropout rates, float32 (R,), for ``ReplicaConstants.dropout``; None when
+  ``s.dropout`` is off (the program never reads them)."""
+  return np.asarray([r.dropout for r in replicas], np.float32) if s.dropout else None
 
 
 def schedule(lr_decay: float, lr_decay_every: int) -> optax.Schedule:
@@ -195,8 +211,9 @@ def grid_inputs(s: StepSettings, reps: ReplicaConstants, d: DeviceDataset, x_u8,
 
 
 def apply_model(module, plan: Plan, s: StepSettings, has_batch_norm: bool,
-                state: TrainState, x, train: bool):
-  """Logits (float32) and the new batch statistics of one replica, traced under the plan."""
+                state: TrainState, x, train: bool, dropout: dropout_lib.Draw | None = None):
+  """Logits (float32) and the new batch statistics of one replica, traced under the plan;
+  ``dropout`` (training only) is passed to a model with dropout."""
   params = state.params
   if s.compute_dtype != "float32":  # master weights stay fp32; the gradient flows back
     dtype = jnp.dtype(s.compute_dtype)
@@ -204,34 +221,39 @@ def apply_model(module, plan: Plan, s: StepSettings, has_batch_norm: bool,
     if not s.tokens:  # token ids stay integers
       x = x.astype(dtype)
   variables = {"params": params}
+  kwargs = {} if dropout is None or not train else {"dropout": dropout}
   with plan.model_context():
     if has_batch_norm:
       variables["batch_stats"] = state.batch_stats
       if train:
-        logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+        logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"],
+                                       **kwargs)
         return logits.astype(jnp.float32), updates["batch_stats"]
-    logits = module.apply(variables, x, train=train)
+    logits = module.apply(variables, x, train=train, **kwargs)
   return logits.astype(jnp.float32), state.batch_stats
 
 
 def centered(apply: Callable, s: StepSettings, state: TrainState, x, train: bool, scale,
-             initial):
-  """``apply``'s logits and batch statistics, as alpha (f(w) - f(w_0)) when ``s.center``."""
-  logits, batch_stats = apply(state, x, train=train)
+             initial, dropout=None):
+  """``apply``'s logits and batch statistics, as alpha (f(w) - f(w_0)) when ``s.center``
+  (both under the same ``dropout`` masks, when given)."""
+  drop = {} if dropout is None else {"dropout": dropout}
+  logits, batch_stats = apply(state, x, train=train, **drop)
   if not s.center:
     return logits, batch_stats
-  start = apply(state._replace(params=initial), x, train=train)[0]
+  start = apply(state._replace(params=initial), x, train=train, **drop)[0]
   return scale * (logits - jax.lax.stop_gradient(start)), batch_stats
 
 
 def train_step(apply: Callable, s: StepSettings, lr_scales, state: TrainState, x, y,
-               learning_rate, weight_decay, scale, initial, schedule_factor):
+               learning_rate, weight_decay, scale, initial, schedule_factor, dropout=None):
   """One replica's step on a batch; returns (new state, batch loss). ``lr_scales``: the
   parameterization's per-leaf rates (None: every leaf at the replica's rate); ``scale`` and
-  ``initial``: its output scale and initial parameters (used when ``s.center``)."""
+  ``initial``: its output scale and initial parameters (used when ``s.center``);
+  ``dropout``: its ``dropout.Draw`` (None: the model is applied without)."""
   def loss_fn(params):
     logits, batch_stats = centered(apply, s, state._replace(params=params), x, True, scale,
-                                   initial)
+                                   initial, dropout)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, batch_stats
 
@@ -348,8 +370,8 @@ class GridFunctions(NamedTuple):
   one replica's step and logits mapped over the grid (``over_grid``), and the mesh whose
   ``data`` axis splits each replica's batch (None: not split)."""
   settings: StepSettings
-  # (states, x, y, learning rates, weight decays, output scales, initial params, schedule
-  # factor) -> (states, losses)
+  # (states, x, y, learning rates, weight decays, output scales, initial params, dropout
+  # draws, schedule factor) -> (states, losses)
   step: Callable
   logits: Callable  # (states, x, output scales, initial params) -> logits (R, B, classes)
   mesh: Any
@@ -360,11 +382,19 @@ def grid_functions(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
   """The grid's functions of ``module`` under the plan, on the mesh (``GridFunctions``);
   ``lr_scales``: the parameterization's per-leaf rates (``ModelSpec.lr_scales``)."""
   apply = functools.partial(apply_model, module, plan, s, has_batch_norm)
-  step = over_grid(plan, mesh, functools.partial(train_step, apply, s, lr_scales),
+  step = over_grid(plan, mesh, functools.partial(_replica_step, apply, s, lr_scales),
                    replicated=(1,))
   logits = over_grid(plan, mesh, functools.partial(_eval_logits, apply, s))
   split = mesh if mesh is not None and mesh.shape["data"] > 1 else None
   return GridFunctions(s, step, logits, split)
+
+
+def _replica_step(apply: Callable, s: StepSettings, lr_scales, state, x, y, learning_rate,
+                  weight_decay, scale, initial, dropout, schedule_factor):
+  """``train_step`` with every per-replica argument before the shared schedule factor
+  (``over_grid``'s order)."""
+  return train_step(apply, s, lr_scales, state, x, y, learning_rate, weight_decay, scale,
+                    initial, schedule_factor, dropout)
 
 
 def _eval_logits(apply: Callable, s: StepSettings, state: TrainState, x, scale, initial):
@@ -424,6 +454,16 @@ def _centring(s: StepSettings, reps: ReplicaConstants) -> tuple:
   return zeros, zeros
 
 
+def dropout_draws(g: GridFunctions, reps: ReplicaConstants, step, indices):
+  """Every replica's ``dropout.Draw`` for the batch of examples ``indices`` (R, B) at
+  ``step``: its rate and one key per example from its randomization key. None (no operand,
+  no draw) when ``settings.dropout`` is off."""
+  if not g.settings.dropout:
+    return None
+  keys = jax.vmap(dropout_lib.example_keys, (0, None, 0))(reps.rand_key, step, indices)
+  return dropout_lib.Draw(reps.dropout, _split_batch(g.mesh, keys))
+
+
 def keep_frozen(frozen, old, new):
   """``new`` with each leaf's rows of the ``frozen`` (R,) replicas taken from ``old``."""
   return jax.tree.map(
@@ -448,7 +488,8 @@ def _chunk_step(g: GridFunctions, reps: ReplicaConstants, d: DeviceDataset, step
                                        indices, randomize.TRAIN, step))
   y = _split_batch(g.mesh, jnp.take_along_axis(reps.labels, indices, axis=1))
   new, loss = g.step(states, x, y, reps.learning_rate, reps.weight_decay,
-                     *_centring(s, reps), schedule(s.lr_decay, s.lr_decay_every)(step))
+                     *_centring(s, reps), dropout_draws(g, reps, step, indices),
+                     schedule(s.lr_decay, s.lr_decay_every)(step))
   if s.freeze:
     new = keep_frozen(frozen, states, new)
   return new, orders, loss_sum + loss

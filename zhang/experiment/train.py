@@ -172,7 +172,8 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding)
            np.asarray([r.weight_decay for r in replicas], np.float32),
            np.asarray([augment.index(settings.augmentations, r.augmentation)
                        for r in replicas], np.int32),
-           np.asarray([r.output_scale for r in replicas], np.float32))
+           np.asarray([r.output_scale for r in replicas], np.float32),
+           step_lib.dropout_rates(settings, replicas))
   h, w = data_lib.paper_crop(dataset.train_images[:1]).shape[1:3]
   true = dataset.train_labels
 

@@ -207,7 +207,7 @@ def coordinates(r) -> dict:
   """A replica's place in the grid, as every row and summary entry names it."""
   return dict(replica=r.index, model=r.model, kind=r.kind, corruption=r.corruption, seed=r.seed,
               learning_rate=r.learning_rate, weight_decay=r.weight_decay,
-              augmentation=r.augmentation, output_scale=r.output_scale)
+              augmentation=r.augmentation, output_scale=r.output_scale, dropout=r.dropout)
 
 
 class Fits:

@@ -190,7 +190,7 @@ def _inputs_name(r) -> str:
 # --------------------------------------------------------------------------- slowdowns
 
 def _setup_key(r) -> tuple:
-  return (r.learning_rate, r.weight_decay, r.augmentation, r.output_scale)
+  return (r.learning_rate, r.weight_decay, r.augmentation, r.output_scale, r.dropout)
 
 
 def _is_baseline(r) -> bool:
@@ -241,7 +241,7 @@ def _assemble(s: Setup, rows: dict, curve_steps, notes: list[str]) -> dict:
     row, summ = rows[r.index], summary[r.index]
     out = dict(replica=r.index, kind=r.kind, corruption=r.corruption, seed=r.seed,
                learning_rate=r.learning_rate, weight_decay=r.weight_decay,
-               augmentation=r.augmentation, output_scale=r.output_scale,
+               augmentation=r.augmentation, output_scale=r.output_scale, dropout=r.dropout,
                label_noise=float(run.label_noise[r.index]),
                predicted_fit_step=row[f"predicted_fit_step_{primary}"],
                predicted_slowdown=predicted[primary][r.index][0],
