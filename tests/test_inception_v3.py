@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from zhang.errors import UsageError
-from zhang.experiment import inception_v3, models
+from zhang.experiment import config as config_lib
+from zhang.experiment import data, inception_v3, models, train
 from zhang.runtime import flops, layers
 
 KERAS_TOTAL, KERAS_TRAINABLE, KERAS_STATISTICS = 23_851_784, 23_817_352, 34_432
@@ -161,3 +162,28 @@ def test_explicit_gradients_equal_jax():
   np.testing.assert_allclose(v_ours, v_jax, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_jax)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.slow
+def test_a_grid_of_dropout_rates_trains_inception_v3_under_the_cpu_plan():
+  """inception_v3 in the grid program (a minute to compile on 2 cores): two replicas of one
+  seed at dropout 0 and 0.5 on 75x75 images, one step under the CPU plan (explicit
+  gradients). They start equal and see the same batch, so only dropout sets them apart."""
+  c = config_lib.base_config()
+  c.model, c.dataset = "inception_v3", "digits"
+  c.n_train, c.n_test, c.batch_size, c.eval_batch_size = 8, 2, 4, 8
+  c.grid = [dict(kinds=["labels"], corruptions=[0.0], seeds=[0], dropouts=[0.0, 0.5])]
+  config = config_lib.resolve(c)
+  replicas = config_lib.expand_grid(config)
+  rng = np.random.default_rng(0)
+  images = lambda n: rng.integers(0, 256, (n, 75, 75, 3), dtype=np.uint8)
+  dataset = data.Dataset("random", images(8), np.arange(8) % 3, images(2), np.arange(2) % 3, 3)
+  program, d, reps, states, _ = train.build(config, replicas, dataset)
+  assert program.settings.dropout and program.plan.gradients == "explicit"
+  start = jax.tree.map(np.asarray, states.params)
+  states, loss = program.train_chunk(states, reps, d, 0, 1)
+  assert np.all(np.isfinite(np.asarray(loss)))
+  for leaf in jax.tree.leaves(start):
+    np.testing.assert_array_equal(leaf[0], leaf[1])
+  moved = np.asarray(states.params["Logits"]["kernel"]) - start["Logits"]["kernel"]
+  assert np.all(np.isfinite(moved)) and not np.array_equal(moved[0], moved[1])
