@@ -347,7 +347,8 @@ def parse(argv=None) -> argparse.Namespace:
   """The command line, checked (a wrong model, plan or kind exits 2 with one line)."""
   p = parser()
   args = p.parse_args(argv)
-  args.models = models.names("images") if args.models == "all" else args.models.split(",")
+  everything = args.models == "all"
+  args.models = models.names("images") if everything else args.models.split(",")
   args.plan = args.plan or [AUTO]
   try:
     for name in args.models:
@@ -369,6 +370,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.error(f"--augmentation: {err}")
   args.replicas = [int(s) for s in args.replicas.split(",")]
   args.input_shape = tuple(int(s) for s in args.input_shape.split(","))
+  if everything:  # those that take the input's size (inception_v3: 75x75 and up)
+    args.models = [m for m in args.models if models.get(m).min_size <= min(args.input_shape[:2])]
   if not 0 < args.memory_fraction:
     p.error(f"--memory_fraction {args.memory_fraction}: must be positive")
   args.device_memory = device_memory_bytes()
