@@ -4,7 +4,8 @@ Vision"): the paper's ImageNet model (its Table 2), as TF-slim's ``inception_v3`
 
 299x299x3 inputs (any of at least 75x75: the smallest that reaches Mixed_7c), NHWC. A
 stem of five convolutions and two max pools (35x35x192 at 299), three 35x35 modules
-(Mixed_5b-5d, the paper's figure 5), a grid reduction (Mixed_6a), four 17x17 modules with
+(Mixed_5b-5d: the paper's figure 5, with a 5x5 branch beside its two 3x3s, as TF-slim and
+Keras have it), a grid reduction (Mixed_6a), four 17x17 modules with
 factorized 7x7 convolutions (Mixed_6b-6e, figure 6), a reduction (Mixed_7a), two 8x8
 modules with expanded filter banks (Mixed_7b-7c, figure 7), a global average pool, the
 replica's dropout (``zhang.experiment.dropout``; TF-slim's place) and the logits.
