@@ -133,3 +133,70 @@ def test_the_stream_order_is_the_in_memory_order_of_a_replica_of_its_seed():
     np.testing.assert_array_equal(stream.Order(n, batch, 7).permutation(epoch), orders[0])
     np.testing.assert_array_equal(stream.Order(n, batch, 8).permutation(epoch), orders[1])
   np.testing.assert_array_equal(stream.Order(n, n, 7).permutation(2), np.arange(n))
+
+
+def _rows(workdir):
+  import json
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(config, workdir, **fields):
+  from zhang.experiment import config as config_lib
+  from zhang.experiment import train
+  c = config_lib.base_config()
+  for key, value in dict(config).items():
+    c[key] = value
+  for key, value in fields.items():
+    c[key] = value
+  train.run(config_lib.resolve(c), workdir, progress=False)
+  return _rows(workdir)
+
+
+@pytest.mark.slow
+def test_streaming_trains_as_the_in_memory_path_in_the_same_order(tiny_config, tmp_path):
+  """Every kind of replica (labels at p = 0 and 0.5, the three pixel kinds) trained on the
+  stream's batches equals the in-memory grid of the same shared batch order, row for row;
+  and a streaming run resumed from an earlier checkpoint ends as the uninterrupted one."""
+  import shutil
+  tiny_config.checkpoint_every = 20
+  memory = _train(tiny_config, tmp_path / "memory", batch_order="shared", order_seed=3)
+  streamed = _train(tiny_config, tmp_path / "stream", batch_order="shared", order_seed=3,
+                    stream=True)
+  assert len(memory) == len(streamed) == 4 * 7  # evaluations at 0, 20, 40, 60
+  for a, b in zip(memory, streamed):
+    assert (a["step"], a["replica"]) == (b["step"], b["replica"])
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
+  # Each replica its own order (the default) is another run.
+  own = _train(tiny_config, tmp_path / "own")
+  assert any(a["train_loss"] != b["train_loss"] for a, b in zip(own, memory) if a["step"])
+  # Killed after the checkpoint of step 20: the stream restarts at that step.
+  reference = (tmp_path / "stream" / "metrics.jsonl").read_text()
+  for step in ("40", "60"):
+    shutil.rmtree(tmp_path / "stream" / "checkpoints" / step)
+  _train(tiny_config, tmp_path / "stream", batch_order="shared", order_seed=3, stream=True)
+  assert (tmp_path / "stream" / "metrics.jsonl").read_text() == reference
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(stream=True), "stream=true trains every replica on the same batches: set "
+                        "batch_order=shared"),
+    (dict(batch_order="mine"), "batch_order='mine' must be replica"),
+    (dict(order_seed=-1), "order_seed=-1 must be an integer >= 0"),
+    (dict(stream_workers=-2), "stream_workers=-2 must be an integer >= 0")])
+def test_bad_stream_fields_get_one_line(tiny_config, fields, message):
+  from zhang.experiment import config as config_lib
+  for key, value in fields.items():
+    tiny_config[key] = value
+  with pytest.raises(UsageError, match=message.replace("(", r"\(")) as e:
+    config_lib.resolve(tiny_config)
+  assert "\n" not in str(e.value)
+
+
+def test_worker_count_is_not_part_of_a_runs_identity(tiny_config):
+  from zhang.experiment import config as config_lib
+  before = config_lib.identity(tiny_config)
+  tiny_config.stream_workers = 8
+  assert config_lib.identity(tiny_config) == before
+  tiny_config.batch_order = "shared"
+  assert config_lib.identity(tiny_config) != before

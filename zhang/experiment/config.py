@@ -54,6 +54,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_fraction = 0.3
   c.split_seed = 0
   c.batch_size = 128
+  # Where training batches come from (zhang/experiment/stream.py): false, the training set on
+  # the device, each replica drawing its batches there; true, a grain pipeline on the host,
+  # every replica the same batches (batch_order "shared"), for data that does not fit on a
+  # device (ImageNet: always). Evaluation reads the sets from the device either way.
+  c.stream = False
+  # "replica": each replica the batch order of its own seed; "shared": every replica the
+  # order of a replica of seed `order_seed` (the stream's; in memory too, to compare them).
+  c.batch_order = "replica"
+  c.order_seed = 0
+  # Grain worker processes that read and preprocess the stream's examples (0: the training
+  # process). How a run executes, like the plan: not part of its identity (hash).
+  c.stream_workers = 0
   _optimizer_fields(c)
   c.max_steps = 30_000
   c.eval_every = 500  # steps between evaluations on the whole train and test sets
@@ -224,7 +236,8 @@ FIELD_EXAMPLES = {
     "modulus": "113", "train_fraction": "0.3", "split_seed": "0", "adam_b1": "0.9",
     "adam_b2": "0.98", "generalize_threshold": "0.99", "stop_at_fit": "false",
     "freeze_at_fit": "true", "binary": "true", "output_scale": "10", "parameterization": "mup",
-    "dropout": "0.2",
+    "dropout": "0.2", "stream": "true", "batch_order": "shared", "order_seed": "0",
+    "stream_workers": "4",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
     "models": "\"['mlp_1x512', 'mlp_3x512']\"", "imports": "\"['my_models']\"",
     "mesh_shape": "'(-1, 1)'"}
@@ -313,7 +326,10 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
 # Fields added after runs were made, with the default that trains as those runs did: left out
 # of ``identity`` at that default, so the runs keep their hash and resume.
 LATER_DEFAULTS = {"freeze_at_fit": False, "binary": False, "parameterization": "standard",
-                  "output_scale": 1.0, "dropout": 0.0}
+                  "output_scale": 1.0, "dropout": 0.0, "stream": False,
+                  "batch_order": "replica", "order_seed": 0}
+# Fields of how a run executes, not of what it computes: never part of ``identity``.
+EXECUTION_FIELDS = ("stream_workers",)
 
 
 def identity(config: ml_collections.ConfigDict | dict) -> dict:
@@ -322,7 +338,7 @@ def identity(config: ml_collections.ConfigDict | dict) -> dict:
   config.json's ``format``: the same experiment keeps its hash across run-file formats."""
   fields = dict(config) if isinstance(config, dict) else to_json_dict(config)
   return {k: v for k, v in fields.items()
-          if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+          if k not in EXECUTION_FIELDS and (k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k])}
 
 
 # --------------------------------------------------------------------------- studies
@@ -464,6 +480,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"start from zhang.experiment.config.base_config()")
   import_modules(c.imports)
   _check_scaling(c)
+  _check_stream(c)
   if is_study(c):
     check_study(c)
     return
@@ -521,6 +538,20 @@ def _check_scaling(c: ml_collections.ConfigDict) -> None:
   _require(_is_number(c.output_scale) and 0 < c.output_scale < float("inf"),
            f"output_scale={c.output_scale!r} must be a positive number (1 = the model's own "
            f"outputs)", "output_scale")
+
+
+def _check_stream(c: ml_collections.ConfigDict) -> None:
+  """The batch order and the streaming fields."""
+  _require(c.batch_order in ("replica", "shared"), f"batch_order={c.batch_order!r} must be "
+           f"replica (each replica its own seed's) or shared (every replica one order)",
+           "batch_order")
+  for name in ("order_seed", "stream_workers"):
+    _require(isinstance(c[name], int) and not isinstance(c[name], bool) and c[name] >= 0,
+             f"{name}={c[name]!r} must be an integer >= 0", name)
+  _require(isinstance(c.stream, bool), f"stream={c.stream!r} must be true or false", "stream")
+  _require(not c.stream or c.batch_order == "shared",
+           "stream=true trains every replica on the same batches: set batch_order=shared too "
+           "(the order a replica of seed order_seed takes)", "batch_order")
 
 
 def check_against_data(c: ml_collections.ConfigDict, n_train: int) -> None:

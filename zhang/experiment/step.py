@@ -59,6 +59,9 @@ class ReplicaConstants(NamedTuple):
   # replica has one (``StepSettings.dropout`` off).
   dropout: jax.Array = None
   initial_params: Any = None  # w_0, the replica's initial parameters (None: not kept)
+  # float32 (): the label corruption p, from which the streaming path draws a batch's labels
+  # (``stream_chunk``; None in memory, where ``labels`` holds them).
+  corruption: jax.Array = None
 
 
 class DeviceDataset(NamedTuple):
@@ -105,6 +108,7 @@ class StepSettings:
   # step draws each replica's masks and passes the model a ``dropout.Draw``. Off, the model
   # is applied without one (the program without the draws).
   dropout: bool = False
+  num_classes: int = 0  # the dataset's (the streaming path draws random labels among them)
 
   @classmethod
   def from_config(cls, config, replicas) -> "StepSettings":
@@ -363,6 +367,9 @@ class GridProgram(NamedTuple):
   evaluate: Callable  # (states, reps, data) -> dict of (R,) metrics
   # (states, reps, data, fit_since, step) -> (metrics, fit_since): per-example fit times
   evaluate_and_track: Callable
+  # (states, reps, data, batches, step0, num_steps, loss sum[, frozen]) -> (states, loss
+  # sum): ``train_chunk`` on the streaming path's batches
+  stream_chunk: Callable = None
 
 
 class GridFunctions(NamedTuple):
@@ -487,12 +494,53 @@ def _chunk_step(g: GridFunctions, reps: ReplicaConstants, d: DeviceDataset, step
   x = _split_batch(g.mesh, grid_inputs(s, reps, d, jnp.take(d.train_images, indices, axis=0),
                                        indices, randomize.TRAIN, step))
   y = _split_batch(g.mesh, jnp.take_along_axis(reps.labels, indices, axis=1))
+  new, loss = _grid_step(g, reps, states, x, y, indices, step, frozen)
+  return new, orders, loss_sum + loss
+
+
+def _grid_step(g: GridFunctions, reps: ReplicaConstants, states, x, y, indices, step, frozen):
+  """Every replica's step on its inputs ``x`` and labels ``y`` of the examples ``indices``
+  (R, B): (new states, losses)."""
+  s = g.settings
   new, loss = g.step(states, x, y, reps.learning_rate, reps.weight_decay,
                      *_centring(s, reps), dropout_draws(g, reps, step, indices),
                      schedule(s.lr_decay, s.lr_decay_every)(step))
   if s.freeze:
     new = keep_frozen(frozen, states, new)
-  return new, orders, loss_sum + loss
+  return new, loss
+
+
+class StreamBatches(NamedTuple):
+  """K steps' batches of the streaming path, every replica the same examples."""
+  images: jax.Array  # uint8 (K, B, H, W, C), as ``DeviceDataset.train_images`` holds them
+  labels: jax.Array  # int32 (K, B): the dataset's true labels
+  indices: jax.Array  # int32 (K, B): the examples' indices in the training set
+
+
+def stream_chunk(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset,
+                 batches: StreamBatches, step0, num_steps, loss_sum, frozen=None):
+  """``train_chunk`` on given batches (``zhang.experiment.stream``): ``num_steps`` <= K
+  steps from ``step0``, step ``step0 + i`` on ``batches``' i-th. Each replica's labels are
+  drawn from its key and the examples' indices (``randomize.corrupt_labels_at``): the
+  labels ``train_chunk`` reads from ``reps.labels``, so both paths train a grid of shared
+  batch order (``batch_order="shared"``) on the same batches with the same labels. ``d``
+  gives the Gaussian kind's channel statistics; its images are not read."""
+  s = g.settings
+  num_replicas = reps.learning_rate.shape[0]
+
+  def body(i, carry):
+    states, loss_sum = carry
+    step = step0 + i
+    idx, true = batches.indices[i], batches.labels[i]
+    x = _split_batch(g.mesh, grid_inputs(s, reps, d, batches.images[i], idx,
+                                         randomize.TRAIN, step))
+    y = jax.vmap(randomize.corrupt_labels_at, (0, None, None, 0, None))(
+        reps.rand_key, true, idx, reps.corruption, s.num_classes).astype(jnp.int32)
+    both = jnp.broadcast_to(idx, (num_replicas, idx.shape[0]))
+    new, loss = _grid_step(g, reps, states, x, _split_batch(g.mesh, y), both, step, frozen)
+    return new, loss_sum + loss
+
+  return jax.lax.fori_loop(0, num_steps, body, (states, loss_sum))
 
 
 def grid_metrics(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset):
@@ -595,4 +643,5 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
       s, plan, functools.partial(init_state, module, s, lr_scales=lr_scales),
       jit(functools.partial(train_chunk, g), donate_argnums=(0,), **chunk),
       jit(functools.partial(evaluate, g), **metrics),
-      jit(functools.partial(evaluate_and_track, g), donate_argnums=(3,), **track))
+      jit(functools.partial(evaluate_and_track, g), donate_argnums=(3,), **track),
+      jit(functools.partial(stream_chunk, g), donate_argnums=(0,), **chunk))

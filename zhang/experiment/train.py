@@ -32,6 +32,7 @@ from zhang.errors import UsageError
 from zhang.experiment import augment, models, randomize
 from zhang.experiment import config as config_lib
 from zhang.experiment import data as data_lib
+from zhang.experiment import feed as feed_lib
 from zhang.experiment import step as step_lib
 from zhang.rundir import checkpoint as checkpoint_lib
 from zhang.rundir import format as format_lib
@@ -159,12 +160,16 @@ def _repair_config(workdir, config, damage: UsageError) -> None:
           file=sys.stderr)
 
 
-def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding):
-  """Per-replica constants, computed on the devices from seeds and sharded on ``replica``.
+def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding,
+                   order_seed: int | None = None):
+  """Per-replica constants, computed on the devices from seeds and sharded on ``replica``;
+  with an ``order_seed`` every replica takes the batch order of a replica of that seed
+  (``batch_order="shared"``).
 
   Returns (init keys, step.ReplicaConstants, realized label noise per replica (replicated)).
   """
   seeds = np.asarray([r.seed for r in replicas], np.uint32)
+  order_seeds = seeds if order_seed is None else np.full_like(seeds, order_seed)
   salts = np.asarray([randomize.randomization_salt(r.kind, r.corruption) for r in replicas],
                      np.uint32)
   p = np.asarray([r.corruption for r in replicas], np.float32)
@@ -177,8 +182,9 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding)
   h, w = data_lib.paper_crop(dataset.train_images[:1]).shape[1:3]
   true = dataset.train_labels
 
-  def make(seeds, salts, p, true, hyper):
-    init, order, rand = jax.vmap(randomize.keys)(seeds, salts)
+  def make(seeds, order_seeds, salts, p, true, hyper):
+    init, _, rand = jax.vmap(randomize.keys)(seeds, salts)
+    order = jax.vmap(randomize.keys)(order_seeds, salts)[1]  # a function of the seed alone
     labels = jax.vmap(randomize.corrupt_labels, (0, None, 0, None))(
         rand, true, p, dataset.num_classes).astype(jnp.int32)
     perms = jax.vmap(randomize.shared_permutation, (0, None))(rand, h * w).astype(jnp.int32)
@@ -187,7 +193,7 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding)
 
   replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
   return jax.jit(make, out_shardings=(sharding, sharding, replicated))(
-      seeds, salts, p, true, hyper)
+      seeds, order_seeds, salts, p, true, hyper)
 
 
 def device_data(dataset, sharding, crops: bool = False) -> step_lib.DeviceDataset:
@@ -233,12 +239,18 @@ def build(config, replicas, dataset, mesh=None, plan=None):
   by_replica = mesh_lib.replica_sharding(mesh)
   settings = step_lib.StepSettings.from_config(config, padded)
   d = device_data(dataset, mesh_lib.replicated(mesh), augment.crops(settings.augmentations))
-  init_keys, reps, label_noise = build_replicas(padded, dataset, settings, by_replica)
+  shared = config.get("batch_order", "replica") == "shared"
+  init_keys, reps, label_noise = build_replicas(
+      padded, dataset, settings, by_replica, config.order_seed if shared else None)
+  if config.get("stream", False):  # the stream's labels are drawn from p and the indices
+    reps = reps._replace(corruption=mesh_lib.put(
+        np.asarray([r.corruption for r in padded], np.float32), by_replica))
   module = spec.build(dataset.num_classes)
   sample = jnp.zeros((1, *d.test_images.shape[1:]), jnp.float32)  # the input's shape
   shapes = jax.eval_shape(lambda: step_lib.init_state(module, settings, jax.random.key(0),
                                                       sample).params)
-  settings = dataclasses.replace(settings, end_layers=end_layers(module, sample.shape[1:]))
+  settings = dataclasses.replace(settings, end_layers=end_layers(module, sample.shape[1:]),
+                                 num_classes=dataset.num_classes)
   program = step_lib.compile_grid(module, settings, spec.batch_norm, chosen, mesh,
                                   spec.lr_scales(shapes, settings.optimizer))
   states = jax.jit(jax.vmap(program.init, (0, None)), out_shardings=by_replica)(
@@ -466,6 +478,7 @@ class _Run(NamedTuple):
   writer: metrics_lib.Writer
   show: progress_lib.Progress
   start: float  # time.time() when ``run`` was called
+  feed: Any = None  # the streaming path's batches (``config.stream``), else None
 
 
 def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -> dict:
@@ -485,7 +498,7 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
     # classified as labelled (-1: not now), kept on the devices and in every checkpoint.
     fit_since = jax.jit(lambda labels: jnp.full(labels.shape, -1, jnp.int32),
                         out_shardings=reps.labels.sharding)(reps.labels)
-    resumed = _resume(ckpt, book, states, fit_since, workdir)
+    resumed = _resume(ckpt, book, states, fit_since, workdir, config)
     noisy = _to_host(reps.labels) != np.asarray(dataset.train_labels)[None]
     step, saved_step = 0, None
     if resumed:
@@ -498,8 +511,13 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
     if resumed and primary:
       _check_rows(writer, book.fits, config, replicas, saved_step)
     show = progress_lib.Progress(config, len(replicas), enabled=progress and primary)
+    feed = None
+    if config.get("stream", False):
+      feed = feed_lib.Feed(config, feed_lib.train_arrays(
+          dataset, augment.crops(program.settings.augmentations)), dataset.train_labels,
+          reps.learning_rate.sharding.mesh, step)
     run = _Run(config, replicas, workdir, program, d, reps, noisy, book, ckpt, writer, show,
-               start)
+               start, feed)
     final = _loop(run, states, fit_since, step, saved_step)
   finally:
     for part in (show, writer, ckpt):
@@ -531,9 +549,10 @@ def _bookkeeping(config, replicas, dataset, d, program, label_noise,
                                  metrics_lib.LossSums(len(replicas), padded))
 
 
-def _resume(ckpt, book, states, fit_since, workdir):
+def _resume(ckpt, book, states, fit_since, workdir, config):
   """(step, state, fit times) of the latest readable checkpoint, its bookkeeping taken up
-  into ``book``; None without a checkpoint. Refuses one of another config."""
+  into ``book``; None without a checkpoint. Refuses one of another config, or a streaming
+  run's whose stream state is not its step's."""
   restored = ckpt.restore_latest(states, fit_since, metrics_lib.META_FIELDS)
   if not restored:
     return None
@@ -541,6 +560,12 @@ def _resume(ckpt, book, states, fit_since, workdir):
   if meta["config_hash"] != book.header["config_hash"]:
     raise UsageError(f"the checkpoint of step {step} in {ckpt.directory} was written by "
                      f"another config: start over with `restart`")
+  if config.get("stream", False):
+    saved = meta.get("stream") or {}
+    if saved.get("next_step") != step:
+      raise UsageError(f"the checkpoint of step {step} in {ckpt.directory} has no stream "
+                       f"state of that step ({saved or 'none'}): it is damaged; start over "
+                       f"with `restart`")
   book.load(meta)
   if jax.process_index() == 0:
     print(f"zhang: resuming {workdir} from the checkpoint of step {step}"
@@ -624,7 +649,10 @@ def _record(run: _Run, step: int, states, fit_since, last_eval: int, evaluated: 
   if evaluated or save:
     run.writer.summary(book.summary(step, "running", time.time() - run.start))
   if save:
-    run.ckpt.save(step, states, book.meta(time.time() - run.start), fit_times=fit_since)
+    meta = book.meta(time.time() - run.start)
+    if run.feed is not None:  # where the stream resumes (it is a function of the step)
+      meta["stream"] = run.feed.state(step)
+    run.ckpt.save(step, states, meta, fit_times=fit_since)
     saved_step = step
   if save or end:  # at the end, a file that does not agree with the state is rewritten
     _write_fit_times(run.workdir, fit_since, run.noisy, len(run.replicas), last_eval,
@@ -647,9 +675,15 @@ def _train_call(run: _Run, sizer: "_CallSizer", states, loss_sum, step: int):
   if run.program.settings.freeze:
     frozen = (jnp.asarray(frozen_replicas(run.book.fits, run.reps.labels.shape[0])),)
   t0 = time.perf_counter()
-  states, loss_sum = run.program.train_chunk(states, run.reps, run.d,
-                                             jnp.asarray(step, jnp.int32),
-                                             jnp.asarray(n, jnp.int32), loss_sum, *frozen)
+  if run.feed is not None:
+    n = min(n, run.feed.capacity)
+    states, loss_sum = run.program.stream_chunk(
+        states, run.reps, run.d, run.feed.next(n), jnp.asarray(step, jnp.int32),
+        jnp.asarray(n, jnp.int32), loss_sum, *frozen)
+  else:
+    states, loss_sum = run.program.train_chunk(states, run.reps, run.d,
+                                               jnp.asarray(step, jnp.int32),
+                                               jnp.asarray(n, jnp.int32), loss_sum, *frozen)
   run.book.losses.add(loss_sum, n)  # waits for the call
   seconds = time.perf_counter() - t0
   run.book.timing.time_call("train", seconds, n)

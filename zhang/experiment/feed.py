@@ -1,0 +1,84 @@
+"""The training loop's side of the streaming input path (``config.stream``): the run's
+``stream.TrainStream`` and its batches put on the devices a call's steps at a time.
+
+A call of ``step.stream_chunk`` takes ``capacity`` steps' batches as one array (K, B, ...)
+whatever number of steps it runs (a shorter call before an evaluation pads with copies of
+its last batch, never read), so it compiles once. K keeps a call's batches to about
+``CALL_BYTES`` of images. Each process reads its rows of every global batch when the mesh's
+``data`` axis splits the batch over processes, else the whole batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zhang.experiment import data as data_lib
+from zhang.experiment import step as step_lib
+from zhang.experiment import stream as stream_lib
+
+CALL_BYTES = 256 << 20  # a call's images on the host at most (and at least one batch)
+MAX_STEPS = 32  # steps per call at most
+
+
+class ArraySource:
+  """A dataset's arrays as a random-access source of examples (``len``, ``[i]``)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> dict:
+    return {"image": self.images[i], "label": self.labels[i]}
+
+
+class Feed:
+  """The batches of a run's calls, from global batch ``start_step`` on."""
+
+  def __init__(self, config, train_images: np.ndarray, train_labels: np.ndarray, mesh,
+               start_step: int):
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+    self.mesh = mesh
+    split = mesh.shape["data"] > 1 and jax.process_count() > 1
+    self.stream = stream_lib.TrainStream(
+        ArraySource(train_images, np.asarray(train_labels, np.int32)),
+        stream_lib.Order(len(train_labels), config.batch_size, config.order_seed),
+        process_index=jax.process_index() if split else 0,
+        process_count=jax.process_count() if split else 1,
+        workers=config.stream_workers)
+    per_batch = config.batch_size * int(np.prod(train_images.shape[1:]))
+    self.capacity = int(max(1, min(MAX_STEPS, CALL_BYTES // max(1, per_batch))))
+    self.sharding = NamedSharding(mesh, P(None, "data"))
+    self.split = split
+    self.batches = self.stream.batches(start_step)
+    self.step = start_step
+
+  def next(self, steps: int) -> step_lib.StreamBatches:
+    """The next ``steps`` (<= ``capacity``) global batches on the devices, padded to
+    ``capacity`` steps."""
+    import jax
+    if not 1 <= steps <= self.capacity:
+      raise ValueError(f"{steps} steps in a call of at most {self.capacity}")
+    got = [next(self.batches) for _ in range(steps)]
+    got += [got[-1]] * (self.capacity - steps)
+    self.step += steps
+
+    def put(key: str, dtype):
+      local = np.stack([b[key] for b in got]).astype(dtype)
+      if self.split:
+        return jax.make_array_from_process_local_data(self.sharding, local)
+      return jax.device_put(local, self.sharding)
+
+    return step_lib.StreamBatches(put("image", np.uint8), put("label", np.int32),
+                                  put("index", np.int32))
+
+  def state(self, step: int) -> dict:
+    return self.stream.state(step)
+
+
+def train_arrays(dataset, crops: bool) -> np.ndarray:
+  """The training images as the device path holds them (``train.device_data``)."""
+  return dataset.train_images if crops else data_lib.paper_crop(dataset.train_images)
