@@ -32,6 +32,16 @@ class ArraySource:
   def __getitem__(self, i: int) -> dict:
     return {"image": self.images[i], "label": self.labels[i]}
 
+  def batch(self, indices: np.ndarray) -> dict:
+    """The examples ``indices`` in one read (``stream``'s batches without a transform)."""
+    return {"image": self.images[indices], "label": self.labels[indices]}
+
+
+def capacity_of(config, train_images: np.ndarray) -> int:
+  """Steps per call: about ``CALL_BYTES`` of images, at least 1, at most ``MAX_STEPS``."""
+  per_batch = config.batch_size * int(np.prod(train_images.shape[1:]))
+  return int(max(1, min(MAX_STEPS, CALL_BYTES // max(1, per_batch))))
+
 
 class Feed:
   """The batches of a run's calls, from global batch ``start_step`` on."""
@@ -48,9 +58,8 @@ class Feed:
         stream_lib.Order(len(train_labels), config.batch_size, config.order_seed),
         process_index=jax.process_index() if split else 0,
         process_count=jax.process_count() if split else 1,
-        workers=config.stream_workers)
-    per_batch = config.batch_size * int(np.prod(train_images.shape[1:]))
-    self.capacity = int(max(1, min(MAX_STEPS, CALL_BYTES // max(1, per_batch))))
+        workers=config.stream_workers, prefetch=capacity_of(config, train_images))
+    self.capacity = capacity_of(config, train_images)
     self.sharding = NamedSharding(mesh, P(None, "data"))
     self.split = split
     self.batches = self.stream.batches(start_step)

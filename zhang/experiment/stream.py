@@ -111,18 +111,16 @@ class TrainStream:
 
   def epoch_dataset(self, epoch: int, first_step: int = 0):
     """The grain dataset of this process's batches of epoch ``epoch``, from its batch
-    ``first_step`` on: the epoch's indices for this process's rows, read and preprocessed
-    one example at a time (in the workers, when there are any) and stacked."""
+    ``first_step`` on: each element one batch, its examples (this process's rows of the
+    epoch's indices) read and preprocessed together (in a worker, when there are any)."""
     import grain
     o = self.order
     perm = self.order.permutation(epoch)
     steps = np.arange(first_step, o.per_epoch)
     offsets = (steps[:, None] * o.global_batch + np.arange(self.rows.start, self.rows.stop))
-    positions = (epoch * o.n + offsets).reshape(-1)
-    items = np.stack([perm[offsets.reshape(-1)], positions], axis=1)
-    read = functools.partial(_read, self.source, self.transform, o.seed)
-    return (grain.MapDataset.source(items).map(read)
-            .batch(self.rows.stop - self.rows.start, drop_remainder=True, batch_fn=_stack))
+    items = np.stack([perm[offsets], epoch * o.n + offsets], axis=1)  # (steps, 2, b)
+    return grain.MapDataset.source(items).map(
+        functools.partial(_read_batch, self.source, self.transform, o.seed))
 
   def batches(self, start_step: int = 0) -> Iterator[dict]:
     """This process's batches from global batch ``start_step`` on, without end, read ahead
@@ -181,15 +179,22 @@ def eval_batches(source, batch: int, transform: Transform | None = None,
     yield _stack(out)
 
 
-def _read(source, transform: Transform | None, seed: int, item) -> dict:
-  """The example of (index, global position) ``item``, preprocessed with a generator of
-  (seed, position): a module-level function, so grain's worker processes can unpickle it."""
-  index, position = int(item[0]), int(item[1])
-  example = dict(source[index])
-  if transform is not None:
-    example = transform(example, np.random.default_rng([seed, position]))
-  return {"image": np.asarray(example["image"]), "label": np.int32(example["label"]),
-          "index": np.int64(index)}
+def _read_batch(source, transform: Transform | None, seed: int, item) -> dict:
+  """The batch of (indices, global positions) ``item`` (2, b), each example preprocessed
+  with a generator of (seed, its position); a source with a ``batch`` method and no
+  transform is read in one go. A module-level function, so grain's worker processes can
+  unpickle it."""
+  indices, positions = item
+  if transform is None and hasattr(source, "batch"):
+    out = source.batch(indices)
+  else:
+    examples = [dict(source[int(i)]) for i in indices]
+    if transform is not None:
+      examples = [transform(e, np.random.default_rng([seed, int(p)]))
+                  for e, p in zip(examples, positions)]
+    out = _stack([{"image": np.asarray(e["image"]), "label": e["label"]} for e in examples])
+  return {"image": np.asarray(out["image"]), "label": np.asarray(out["label"], np.int32),
+          "index": np.asarray(indices, np.int64)}
 
 
 def _stack(examples) -> dict:
