@@ -147,6 +147,35 @@ def test_evaluate_equals_a_direct_computation(tiny_config):
   assert len(set(np.round(ev["test_loss"], 4))) == len(replicas)
 
 
+def test_top5_accuracies_count_labels_among_the_five_highest_logits(tiny_config,
+                                                                    monkeypatch):
+  """With more classes than ``step.TOP5_FROM`` (here lowered to digits' 10), each row has
+  train and test top-5 accuracies: against numpy's ranking of each replica's logits."""
+  monkeypatch.setattr(step, "TOP5_FROM", 5)
+  tiny_config.n_train, tiny_config.n_test, tiny_config.eval_batch_size = 70, 45, 32
+  tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 0.5], seeds=[0])]
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  dataset = data.load("digits").subset(70, 45)
+  program, d, reps, states, _ = train.build(config, replicas, dataset)
+  states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(3))
+  ev = jax.device_get(program.evaluate(states, reps, d))
+  module = models.get(config.model).build(dataset.num_classes)
+  for i in range(len(replicas)):
+    params = jax.tree.map(operator.itemgetter(i), states.params)
+    for images, labels, prefix in ((d.train_images, reps.labels[i], "train"),
+                                   (d.test_images, d.test_labels, "test")):
+      x = data.whiten(data.scale(images))
+      logits = np.asarray(module.apply({"params": params}, x, train=False))
+      top5 = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
+      expected = np.mean([y in row for y, row in zip(np.asarray(labels), top5)])
+      np.testing.assert_allclose(ev[f"{prefix}_top5"][i], expected, rtol=1e-6)
+      assert ev[f"{prefix}_top5"][i] >= ev[f"{prefix}_acc"][i]
+  monkeypatch.undo()
+  assert "test_top5" not in jax.device_get(  # 10 classes are not many
+      train.build(config, replicas, dataset)[0].evaluate(states, reps, d))
+
+
 def test_run_writes_the_contract(tiny_config, tmp_path):
   summary = train.run(tiny_config, tmp_path, progress=False)
   config = json.loads((tmp_path / "config.json").read_text())

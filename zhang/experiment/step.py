@@ -291,12 +291,19 @@ def expected_calibration_error(bins):
   return jnp.sum(jnp.abs(correct - conf), -1) / jnp.maximum(jnp.sum(count, -1), 1.0)
 
 
+# Datasets of more classes than this get top-5 accuracies in every evaluation row (ImageNet's
+# Table 2 reports both).
+TOP5_FROM = 10
+
+
 def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaConstants,
                d: DeviceDataset, b, train_batches: int, eb: int):
   """Batch ``b`` of the evaluation (the train split's batches, then the test split's):
   per replica the sums over its valid examples of loss, accuracy, max-softmax confidence,
   entropy, and of the train split's noisy examples (label changed by the corruption), their
-  correct predictions and those correct against the true label, (7, R); the
+  correct predictions and those correct against the true label, (7, R), then with more
+  than ``TOP5_FROM`` classes the top-5 correct (fewer than 5 logits above the label's), (8,
+  R); the
   confidence bins (``calibration_bins``, zero on train batches), (R, ECE_BINS, 3); and
   whether each example of the batch is classified as labelled, (R, eb). One loop
   runs both splits, so the model and each randomization are compiled once, not once per
@@ -333,7 +340,8 @@ def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaCons
       noisy,
       noisy * correct,
       noisy * (pred == y_true).astype(jnp.float32),
-  ])  # (7, R, eb)
+  ] + ([(jnp.sum(logits > jnp.take_along_axis(logits, y[..., None], -1), -1) < 5)
+        .astype(jnp.float32)] if s.num_classes > TOP5_FROM else []))  # (7 or 8, R, eb)
   bins = calibration_bins(confidence, correct, valid * is_test.astype(jnp.float32))
   return jnp.sum(per_example * valid, axis=-1), bins, pred == y
 
@@ -604,6 +612,8 @@ def _split_means(train, test, train_sums, n_train: int) -> dict:
   out["train_acc_noisy"] = ratio(correct_noisy, n_noisy)
   out["train_acc_noisy_vs_true"] = ratio(true_noisy, n_noisy)
   out.update({f"test_{k}": v for k, v in zip(("loss", "acc", "confidence", "entropy"), test)})
+  if train.shape[0] > 7:  # top-5 accuracies (``TOP5_FROM``)
+    out["train_top5"], out["test_top5"] = train[7], test[7]
   return out
 
 

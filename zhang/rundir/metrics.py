@@ -296,6 +296,8 @@ class Fits:
           final_train_acc_clean=last.get("train_acc_clean"),
           final_train_acc_noisy=last.get("train_acc_noisy"),
           final_train_acc_noisy_vs_true=last.get("train_acc_noisy_vs_true"),
+          **({"final_train_top5": last["train_top5"], "final_test_top5": last["test_top5"]}
+             if "test_top5" in last else {}),
           # Per confidence bin: [mean confidence, accuracy, count].
           test_reliability=(None if "test_reliability" not in last
                             else np.asarray(last["test_reliability"]).tolist())))
