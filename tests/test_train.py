@@ -105,17 +105,24 @@ def test_train_step_is_sgd_momentum_with_l2_on_the_replicas_own_rate():
 
 
 @pytest.mark.slow
-def test_evaluate_equals_a_direct_computation(tiny_config):
-  """The compiled evaluation (both splits' batches in one loop, the last batch of each
-  split partial, the test split smaller than a batch's worth of the train split) against
-  each replica's model applied to its randomized train and test images in one go."""
+def _evaluated(tiny_config, steps: int):
+  """The grid of ``tiny_config`` on 70 / 45 digits (evaluation batches of 32) after
+  ``steps`` steps: (config, replicas, dataset, (program, data, reps, states), metrics)."""
   tiny_config.n_train, tiny_config.n_test, tiny_config.eval_batch_size = 70, 45, 32
   config = config_lib.resolve(tiny_config)
   replicas = config_lib.expand_grid(config)
   dataset = data.load("digits").subset(70, 45)
   program, d, reps, states, _ = train.build(config, replicas, dataset)
-  states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(5))
-  ev = jax.device_get(program.evaluate(states, reps, d))
+  states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(steps))
+  return (config, replicas, dataset, (program, d, reps, states),
+          jax.device_get(program.evaluate(states, reps, d)))
+
+
+def test_evaluate_equals_a_direct_computation(tiny_config):
+  """The compiled evaluation (both splits' batches in one loop, the last batch of each
+  split partial, the test split smaller than a batch's worth of the train split) against
+  each replica's model applied to its randomized train and test images in one go."""
+  config, replicas, dataset, (program, d, reps, states), ev = _evaluated(tiny_config, 5)
   module = models.get(config.model).build(dataset.num_classes)
 
   @functools.partial(jax.jit, static_argnums=(0, 1))  # compiled, not run op by op
@@ -152,14 +159,8 @@ def test_top5_accuracies_count_labels_among_the_five_highest_logits(tiny_config,
   """With more classes than ``step.TOP5_FROM`` (here lowered to digits' 10), each row has
   train and test top-5 accuracies: against numpy's ranking of each replica's logits."""
   monkeypatch.setattr(step, "TOP5_FROM", 5)
-  tiny_config.n_train, tiny_config.n_test, tiny_config.eval_batch_size = 70, 45, 32
   tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 0.5], seeds=[0])]
-  config = config_lib.resolve(tiny_config)
-  replicas = config_lib.expand_grid(config)
-  dataset = data.load("digits").subset(70, 45)
-  program, d, reps, states, _ = train.build(config, replicas, dataset)
-  states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(3))
-  ev = jax.device_get(program.evaluate(states, reps, d))
+  config, replicas, dataset, (program, d, reps, states), ev = _evaluated(tiny_config, 3)
   module = models.get(config.model).build(dataset.num_classes)
   for i in range(len(replicas)):
     params = jax.tree.map(operator.itemgetter(i), states.params)
