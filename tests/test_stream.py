@@ -200,3 +200,28 @@ def test_worker_count_is_not_part_of_a_runs_identity(tiny_config):
   assert config_lib.identity(tiny_config) == before
   tiny_config.batch_order = "shared"
   assert config_lib.identity(tiny_config) != before
+
+
+@pytest.mark.slow
+def test_a_streamed_evaluation_equals_the_one_on_the_device(tiny_config):
+  """Both splits streamed in padded batches, each replica's training labels drawn from the
+  indices (every kind of replica): the metrics of the evaluation on the device."""
+  import jax
+  import jax.numpy as jnp
+
+  from zhang.experiment import config as config_lib
+  from zhang.experiment import feed, train
+  tiny_config.update(stream=True, batch_order="shared", eval_batch_size=50)
+  config = config_lib.resolve(tiny_config)
+  replicas = config_lib.expand_grid(config)
+  program, d, reps, states, _ = train.build(config, replicas, train.load_dataset(config))
+  states, _ = program.train_chunk(states, reps, d, jnp.asarray(0), jnp.asarray(7))
+  on_device = jax.device_get(program.evaluate(states, reps, d))
+  sources = [feed.ArraySource(np.asarray(images), np.asarray(labels)) for images, labels in
+             ((d.train_images, d.train_labels), (d.test_images, d.test_labels))]
+  streamed = jax.device_get(feed.evaluate(program, states, reps, d, *sources, 50,
+                                          reps.learning_rate.sharding.mesh))
+  assert set(streamed) == set(on_device)
+  for key, value in on_device.items():
+    np.testing.assert_allclose(streamed[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+  assert len(set(np.round(on_device["train_loss"], 4))) == len(replicas)

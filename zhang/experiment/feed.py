@@ -91,3 +91,31 @@ class Feed:
 def train_arrays(dataset, crops: bool) -> np.ndarray:
   """The training images as the device path holds them (``train.device_data``)."""
   return dataset.train_images if crops else data_lib.paper_crop(dataset.train_images)
+
+
+def evaluate(program: step_lib.GridProgram, states, reps, d, train_source, test_source,
+             batch: int, mesh, transform=None) -> dict:
+  """The evaluation's metrics (``step.grid_metrics``' but the per-example hits) from the
+  two splits streamed in order (``stream.eval_batches``: each process its rows of every
+  batch when the mesh's ``data`` axis splits batches over processes), each replica's
+  training labels drawn from the indices: for data that does not fit on a device."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  split = mesh.shape["data"] > 1 and jax.process_count() > 1
+  sharding = NamedSharding(mesh, P("data"))
+  where = dict(process_index=jax.process_index(), process_count=jax.process_count()) \
+      if split else {}
+  sums, bins = [None, None], None
+  for is_test, source in ((False, train_source), (True, test_source)):
+    for b in stream_lib.eval_batches(source, batch, transform, **where):
+      arrays = [np.asarray(b[key]).astype(dtype) for key, dtype in (
+          ("image", np.uint8), ("label", np.int32), ("index", np.int32), ("valid", bool))]
+      arrays = [jax.make_array_from_process_local_data(sharding, a) if split
+                else jax.device_put(a, sharding) for a in arrays]
+      got, got_bins = program.stream_eval(states, reps, d, *arrays, jnp.asarray(is_test))
+      sums[is_test] = got if sums[is_test] is None else sums[is_test] + got
+      bins = got_bins if bins is None else bins + got_bins
+  return program.stream_metrics(states, reps, sums[0], sums[1], bins, len(train_source),
+                                len(test_source))

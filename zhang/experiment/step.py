@@ -324,6 +324,14 @@ def eval_batch(grid_logits: Callable, s: StepSettings, states, reps: ReplicaCons
   x_u8 = jnp.where(is_test, d.test_images[i_test], train_u8)
   y = jnp.where(is_test, d.test_labels[i_test][None], reps.labels[:, i_train])  # (R, eb)
   y_true = jnp.where(is_test, d.test_labels[i_test], d.train_labels[i_train])[None]
+  return eval_examples(grid_logits, s, states, reps, d, x_u8, y, y_true, idx, valid, is_test)
+
+
+def eval_examples(grid_logits: Callable, s: StepSettings, states, reps: ReplicaConstants,
+                  d: DeviceDataset, x_u8, y, y_true, idx, valid, is_test):
+  """``eval_batch``'s sums, bins and hits of the examples ``idx`` (eb,) of one split: their
+  images ``x_u8``, each replica's labels ``y`` (R, eb), the true ones ``y_true`` (1, eb),
+  which count (``valid``, float (eb,)), and whether the split is the test split."""
   split = jnp.where(is_test, randomize.TEST, randomize.TRAIN)
   logits = grid_logits(states, grid_inputs(s, reps, d, x_u8, idx, split), *_centring(s, reps))
   logp = jax.nn.log_softmax(logits)
@@ -378,6 +386,11 @@ class GridProgram(NamedTuple):
   # (states, reps, data, batches, step0, num_steps, loss sum[, frozen]) -> (states, loss
   # sum): ``train_chunk`` on the streaming path's batches
   stream_chunk: Callable = None
+  # (states, reps, data, images, labels, indices, valid, is_test) -> (sums, bins): one
+  # batch of a streamed evaluation; (states, reps, train sums, test sums, bins, n_train,
+  # n_test) -> metrics: its end
+  stream_eval: Callable = None
+  stream_metrics: Callable = None
 
 
 class GridFunctions(NamedTuple):
@@ -569,14 +582,42 @@ def grid_metrics(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceData
   train_sums = jnp.sum(sums[:train_batches], axis=0)
   out = _split_means(train_sums / n_train, jnp.sum(sums[train_batches:], axis=0) / n_test,
                      train_sums, n_train)
-  bins = jnp.sum(bins, axis=0)  # (R, K, 3): count, confidence sum, correct sum
+  return _finish_metrics(g, states, reps, out, jnp.sum(bins, axis=0)), hits
+
+
+def _finish_metrics(g: GridFunctions, states, reps: ReplicaConstants, out: dict, bins):
+  """``out`` with the calibration error and bins of ``bins`` (R, K, 3: count, confidence
+  sum, correct sum) and the weight changes."""
   out["test_ece"] = expected_calibration_error(bins)
   count = bins[..., 0]
   mean = lambda a: jnp.where(count > 0, a / jnp.maximum(count, 1.0), jnp.nan)
   out["test_reliability"] = jnp.stack([mean(bins[..., 1]), mean(bins[..., 2]), count], -1)
   if reps.initial_params is not None:
     out.update(weight_changes(states.params, reps.initial_params, g.settings.end_layers))
-  return out, hits
+  return out
+
+
+def stream_eval_batch(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset,
+                      images, labels, indices, valid, is_test):
+  """One batch of a streamed evaluation (``zhang.experiment.stream.eval_batches``): the
+  sums and bins of ``eval_batch`` for the examples ``indices`` of the test split
+  (``is_test``, their true ``labels``) or of the training set (each replica's labels drawn
+  from its key, as ``stream_chunk`` draws them). ``valid`` (eb,) bool marks the padding."""
+  s = g.settings
+  y_true = labels[None]
+  y = jnp.where(is_test, y_true, jax.vmap(randomize.corrupt_labels_at, (0, None, None, 0, None))(
+      reps.rand_key, labels, indices, reps.corruption, s.num_classes).astype(jnp.int32))
+  sums, bins, _ = eval_examples(g.logits, s, states, reps, d, images, y, y_true, indices,
+                                valid.astype(jnp.float32), is_test)
+  return sums, bins
+
+
+def stream_metrics(g: GridFunctions, states, reps: ReplicaConstants, train_sums, test_sums,
+                   bins, n_train: int, n_test: int):
+  """``grid_metrics``' metrics from a streamed evaluation's summed batches: the train and
+  test splits' sums (7 or 8, R), their bins (R, K, 3), and the splits' sizes."""
+  out = _split_means(train_sums / n_train, test_sums / n_test, train_sums, n_train)
+  return _finish_metrics(g, states, reps, out, bins)
 
 
 def relative_change(params, initial):
@@ -654,4 +695,6 @@ def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,
       jit(functools.partial(train_chunk, g), donate_argnums=(0,), **chunk),
       jit(functools.partial(evaluate, g), **metrics),
       jit(functools.partial(evaluate_and_track, g), donate_argnums=(3,), **track),
-      jit(functools.partial(stream_chunk, g), donate_argnums=(0,), **chunk))
+      jit(functools.partial(stream_chunk, g), donate_argnums=(0,), **chunk),
+      jit(functools.partial(stream_eval_batch, g), **metrics),
+      jit(functools.partial(stream_metrics, g), static_argnums=(5, 6), **metrics))
