@@ -68,7 +68,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_p
 
 @pytest.mark.parametrize("seeds", [10_000, 100_000])
 def test_a_grid_that_cannot_fit_is_refused_before_compiling(seeds, tmp_path, capsys):
-  # mlp_1x512 on digits: 38,410 parameters x 12 bytes (SGD with momentum) and a 1000-image
+  # mlp_1x512 on digits: 38,410 parameters x 16 bytes (SGD with momentum, w_0) and a 1000-image
   # evaluation's 512-wide layer (4 MB) per replica: 46 GB at 10,000, over the 24 GB here.
   path = tmp_path / "big.py"
   path.write_text("from zhang.experiment import config\n\n\ndef get_config(arg=None):\n"

@@ -79,7 +79,7 @@ def check_memory(config, replicas, dataset) -> None:
       copies=per_device, live=per_device if vmapped else 1,
       batch=-(-config.batch_size // data_axis),
       eval_batch=-(-config.eval_batch_size // data_axis),
-      slots=2 if config.optimizer == "adamw" else 1,
+      slots=2 if config.optimizer == "adamw" else 1, kept=1,  # w_0 (``build``)
       per_example=9 * len(dataset.train_labels))  # labels and fit steps (int32), noisy flags
   memory_lib.check(estimate, f"a grid of {len(replicas):,} replicas of {config.model}",
                    "lower the replicas (seeds, corruptions, kinds in `grid`), "

@@ -51,7 +51,7 @@ def device_bytes() -> tuple[int, str]:
 class Need:
   """A lower bound on one device's bytes, by part."""
   copies: int  # replicas (or replica-chains) on the device
-  state: int  # bytes of one copy's parameters, gradients and optimizer slots
+  state: int  # bytes of one copy's parameters, gradients, optimizer slots (and kept copies)
   per_example: int  # bytes of one copy's per-example arrays
   activations: int  # bytes of one copy's activations at the larger of train and evaluation
   live: int  # copies whose activations are held at once
@@ -76,10 +76,11 @@ def activation_bytes(module, input_shape, batch: int, eval_batch: int) -> int:
 
 
 def need(module, input_shape, params: int, copies: int, live: int, batch: int,
-         eval_batch: int = 0, slots: int = 1, per_example: int = 0) -> Need:
+         eval_batch: int = 0, slots: int = 1, per_example: int = 0, kept: int = 0) -> Need:
   """The estimate for ``copies`` of a model with ``params`` parameters; ``slots``: the
-  optimizer's arrays per parameter (1 momentum, 2 Adam)."""
-  return Need(copies, _F32 * params * (2 + slots), per_example,
+  optimizer's arrays per parameter (1 momentum, 2 Adam); ``kept``: more copies of the
+  parameters each holds (the trainer keeps w_0 beside the state)."""
+  return Need(copies, _F32 * params * (2 + slots + kept), per_example,
               activation_bytes(module, input_shape, batch, eval_batch), live)
 
 
