@@ -4,14 +4,16 @@
 A call of ``step.stream_chunk`` takes ``capacity`` steps' batches as one array (K, B, ...)
 whatever number of steps it runs (a shorter call before an evaluation pads with copies of
 its last batch, never read), so it compiles once. K keeps a call's batches to about
-``CALL_BYTES`` of images. Each process reads its rows of every global batch when the mesh's
-``data`` axis splits the batch over processes, else the whole batch.
+``CALL_BYTES`` of images. Each process reads the rows of every global batch that its
+devices hold on the mesh's ``data`` axis (``local_block``): its part when that axis spans
+processes, else the whole batch, whatever the number of processes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from zhang.errors import UsageError
 from zhang.experiment import data as data_lib
 from zhang.experiment import step as step_lib
 from zhang.experiment import stream as stream_lib
@@ -48,20 +50,17 @@ class Feed:
 
   def __init__(self, config, train_images: np.ndarray, train_labels: np.ndarray, mesh,
                start_step: int):
-    import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
     self.mesh = mesh
-    split = mesh.shape["data"] > 1 and jax.process_count() > 1
+    self.capacity = capacity_of(config, train_images)
+    self.sharding = NamedSharding(mesh, P(None, "data"))
+    block, blocks = local_block(self.sharding, (self.capacity, config.batch_size), 1)
     self.stream = stream_lib.TrainStream(
         ArraySource(train_images, np.asarray(train_labels, np.int32)),
         stream_lib.Order(len(train_labels), config.batch_size, config.order_seed),
-        process_index=jax.process_index() if split else 0,
-        process_count=jax.process_count() if split else 1,
-        workers=config.stream_workers, prefetch=capacity_of(config, train_images))
-    self.capacity = capacity_of(config, train_images)
-    self.sharding = NamedSharding(mesh, P(None, "data"))
-    self.split = split
+        process_index=block, process_count=blocks,
+        workers=config.stream_workers, prefetch=self.capacity)
     self.batches = self.stream.batches(start_step)
     self.step = start_step
 
@@ -77,15 +76,33 @@ class Feed:
 
     def put(key: str, dtype):
       local = np.stack([b[key] for b in got]).astype(dtype)
-      if self.split:
-        return jax.make_array_from_process_local_data(self.sharding, local)
-      return jax.device_put(local, self.sharding)
+      shape = (self.capacity, self.stream.order.global_batch) + local.shape[2:]
+      return jax.make_array_from_process_local_data(self.sharding, local, shape)
 
     return step_lib.StreamBatches(put("image", np.uint8), put("label", np.int32),
                                   put("index", np.int32))
 
   def state(self, step: int) -> dict:
     return self.stream.state(step)
+
+
+def local_block(sharding, shape: tuple, axis: int) -> tuple[int, int]:
+  """(block, blocks): the rows of ``axis`` that this process's devices hold under
+  ``sharding`` are block ``block`` of ``blocks`` equal contiguous blocks (the process index
+  and count of ``stream.process_rows``); (0, 1) when they hold every row. Not the process
+  index: a ``data`` axis within each process (mesh (2, 2) on 2 processes of 2 devices)
+  gives every process the whole batch, and the mesh's device order, not the process index,
+  says which part of the batch a process holds."""
+  size = shape[axis]
+  spans = {index[axis].indices(size)[:2]
+           for index in sharding.addressable_devices_indices_map(tuple(shape)).values()}
+  start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+  rows = stop - start
+  if sum(b - a for a, b in spans) != rows or size % rows or start % rows:
+    raise UsageError(f"the mesh gives this process rows {sorted(spans)} of each batch of "
+                     f"{size}, not one of equal contiguous blocks: give mesh_shape a data "
+                     f"axis that each process's devices split in one piece")
+  return start // rows, size // rows
 
 
 def train_arrays(dataset, crops: bool) -> np.ndarray:
@@ -103,17 +120,15 @@ def evaluate(program: step_lib.GridProgram, states, reps, d, train_source, test_
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
-  split = mesh.shape["data"] > 1 and jax.process_count() > 1
   sharding = NamedSharding(mesh, P("data"))
-  where = dict(process_index=jax.process_index(), process_count=jax.process_count()) \
-      if split else {}
+  block, blocks = local_block(sharding, (batch,), 0)
   sums, bins = [None, None], None
   for is_test, source in ((False, train_source), (True, test_source)):
-    for b in stream_lib.eval_batches(source, batch, transform, **where):
+    for b in stream_lib.eval_batches(source, batch, transform, block, blocks):
       arrays = [np.asarray(b[key]).astype(dtype) for key, dtype in (
           ("image", np.uint8), ("label", np.int32), ("index", np.int32), ("valid", bool))]
-      arrays = [jax.make_array_from_process_local_data(sharding, a) if split
-                else jax.device_put(a, sharding) for a in arrays]
+      arrays = [jax.make_array_from_process_local_data(sharding, a, (batch,) + a.shape[1:])
+                for a in arrays]
       got, got_bins = program.stream_eval(states, reps, d, *arrays, jnp.asarray(is_test))
       sums[is_test] = got if sums[is_test] is None else sums[is_test] + got
       bins = got_bins if bins is None else bins + got_bins

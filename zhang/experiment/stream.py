@@ -58,13 +58,14 @@ class Order:
 
   def permutation(self, epoch: int) -> np.ndarray:
     """Epoch ``epoch``'s order of the examples (int64 (n,)): ``step.epoch_orders``' for a
-    replica of seed ``seed``, drawn on the CPU."""
+    replica of seed ``seed``, drawn on this process's CPU (``jax.devices("cpu")[0]`` is
+    process 0's on a multi-process run: another process cannot read it)."""
     if self.global_batch == self.n:
       return np.arange(self.n, dtype=np.int64)  # full batch: see step.epoch_orders
     import jax
 
     from zhang.experiment import randomize
-    with jax.default_device(jax.devices("cpu")[0]):
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
       key = randomize.keys(np.uint32(self.seed), np.uint32(0))[1]
       return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), self.n),
                         np.int64)
