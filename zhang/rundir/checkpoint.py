@@ -302,7 +302,7 @@ def _verify(tree, meta: dict | None, item: str) -> None:
 
 def _restore_on_cpu(manager, directory, step: int, item: str = "state"):
   """A saved item (the state) as arrays on this process's CPU, whatever devices wrote it."""
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   # The tree's shapes from the PyTree handler: the manager's own metadata rebuilds the saved
   # shardings, which fails where the run had more devices than this process.
   shapes = ocp.PyTreeCheckpointer().metadata(directory / str(step) / item)
