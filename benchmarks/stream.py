@@ -46,8 +46,8 @@ def measure(spec: str, repeats: int) -> dict:
   dataset = train.load_dataset(config)
   program, d, reps, states, _ = train.build(config, replicas, dataset)
   mesh = reps.learning_rate.sharding.mesh
-  feed = feed_lib.Feed(config, feed_lib.train_arrays(
-      dataset, augment.crops(program.settings.augmentations)), dataset.train_labels, mesh, 0)
+  feed = feed_lib.for_dataset(config, dataset, augment.crops(program.settings.augmentations),
+                              mesh, 0)
   k = feed.capacity
   loss = jnp.zeros(reps.learning_rate.shape, jnp.float32)
   step = 0

@@ -219,9 +219,27 @@ def test_a_streamed_evaluation_equals_the_one_on_the_device(tiny_config):
   on_device = jax.device_get(program.evaluate(states, reps, d))
   sources = [feed.ArraySource(np.asarray(images), np.asarray(labels)) for images, labels in
              ((d.train_images, d.train_labels), (d.test_images, d.test_labels))]
-  streamed = jax.device_get(feed.evaluate(program, states, reps, d, *sources, 50,
-                                          reps.learning_rate.sharding.mesh))
+  streamed, hits = jax.device_get(feed.evaluate(program, states, reps, d, *sources, 50,
+                                                reps.learning_rate.sharding.mesh))
+  _, tracked = program.evaluate_and_track(states, reps, d, jnp.full(hits.shape, -1), 7)
+  np.testing.assert_array_equal(np.where(hits, 7, -1), tracked)  # the same hits
   assert set(streamed) == set(on_device)
   for key, value in on_device.items():
     np.testing.assert_allclose(streamed[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
   assert len(set(np.round(on_device["train_loss"], 4))) == len(replicas)
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_divide_over_the_data_axis_is_refused(tmp_path):
+  import subprocess
+  import sys
+  out = subprocess.run(
+      [sys.executable, "-m", "zhang", "train", "--config", "configs/digits.py",
+       "--workdir", str(tmp_path / "run"), "--config.stream=true",
+       "--config.batch_order=shared", "--config.batch_size=127",
+       "--config.mesh_shape=(1, 2)"], capture_output=True, text=True,
+      env={**__import__("os").environ,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert out.returncode == 2, out.stderr
+  assert "batch_size=127 does not divide over the mesh's data axis of 2 devices" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Grain worker processes that read and preprocess the stream's examples (0: the training
   # process). How a run executes, like the plan: not part of its identity (hash).
   c.stream_workers = 0
+  # The side of the square images a host-streamed dataset's preprocessing makes (ImageNet:
+  # zhang/experiment/imagenet.py); 0: the dataset's own (299 for Inception V3).
+  c.image_size = 0
   _optimizer_fields(c)
   c.max_steps = 30_000
   c.eval_every = 500  # steps between evaluations on the whole train and test sets
@@ -237,7 +240,7 @@ FIELD_EXAMPLES = {
     "adam_b2": "0.98", "generalize_threshold": "0.99", "stop_at_fit": "false",
     "freeze_at_fit": "true", "binary": "true", "output_scale": "10", "parameterization": "mup",
     "dropout": "0.2", "stream": "true", "batch_order": "shared", "order_seed": "0",
-    "stream_workers": "4",
+    "stream_workers": "4", "image_size": "299",
     "grid": "\"[dict(kinds=['labels'], corruptions=[0.0, 1.0], seeds=[0])]\"",
     "models": "\"['mlp_1x512', 'mlp_3x512']\"", "imports": "\"['my_models']\"",
     "mesh_shape": "'(-1, 1)'"}
@@ -315,6 +318,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         else dict(e) for e in config.grid]
   if config.learning_rate is None and not is_study(config):
     config.learning_rate = models.get(config.model).learning_rate
+  if config.dataset in data.STREAM_ONLY:  # it never fits on a device
+    config.stream, config.batch_order = True, "shared"
   return config
 
 
@@ -327,7 +332,7 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
 # of ``identity`` at that default, so the runs keep their hash and resume.
 LATER_DEFAULTS = {"freeze_at_fit": False, "binary": False, "parameterization": "standard",
                   "output_scale": 1.0, "dropout": 0.0, "stream": False,
-                  "batch_order": "replica", "order_seed": 0}
+                  "batch_order": "replica", "order_seed": 0, "image_size": 0}
 # Fields of how a run executes, not of what it computes: never part of ``identity``.
 EXECUTION_FIELDS = ("stream_workers",)
 
@@ -545,7 +550,7 @@ def _check_stream(c: ml_collections.ConfigDict) -> None:
   _require(c.batch_order in ("replica", "shared"), f"batch_order={c.batch_order!r} must be "
            f"replica (each replica its own seed's) or shared (every replica one order)",
            "batch_order")
-  for name in ("order_seed", "stream_workers"):
+  for name in ("order_seed", "stream_workers", "image_size"):
     _require(isinstance(c[name], int) and not isinstance(c[name], bool) and c[name] >= 0,
              f"{name}={c[name]!r} must be an integer >= 0", name)
   _require(isinstance(c.stream, bool), f"stream={c.stream!r} must be true or false", "stream")

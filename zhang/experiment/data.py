@@ -114,12 +114,16 @@ def load(name: str, data_dir: str | None = None, options: dict | None = None) ->
   check_name(name)
   if data_dir and storage.is_gcs(data_dir):  # refused in one line, never local files instead
     storage.check(data_dir, "data_dir", write=False)
-  if name in TOKEN_DATASETS:
+  if name in TOKEN_DATASETS or name in STREAM_ONLY:
     return _LOADERS[name](data_dir or None, **(options or {}))
   return _LOADERS[name](data_dir or None)
 
 
 TOKEN_DATASETS = ("modadd",)  # datasets of token ids rather than images
+# Datasets that stay on the host, read through the streaming path (``stream=true``, set by
+# ``config.resolve``): ``stream.StreamedDataset``s. Their option: the images' side.
+STREAM_ONLY = ("imagenet2012",)
+STREAM_OPTIONS = ("image_size",)
 
 
 def binary(ds: Dataset) -> Dataset:
@@ -401,6 +405,12 @@ def _build_hint(name: str, data_dir: str | None) -> str:
 
 
 register("cifar10")(lambda data_dir: _tfds("cifar10", data_dir))
+register("imagenet2012")(lambda data_dir, image_size=0: _imagenet(data_dir, image_size))
+
+
+def _imagenet(data_dir: str | None, image_size: int):
+  from zhang.experiment import imagenet  # Pillow and grain: only when asked for
+  return imagenet.load(data_dir, image_size)
 register("cifar100")(lambda data_dir: _tfds("cifar100", data_dir))
 
 

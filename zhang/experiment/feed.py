@@ -39,27 +39,27 @@ class ArraySource:
     return {"image": self.images[indices], "label": self.labels[indices]}
 
 
-def capacity_of(config, train_images: np.ndarray) -> int:
+def capacity_of(config, image_shape: tuple) -> int:
   """Steps per call: about ``CALL_BYTES`` of images, at least 1, at most ``MAX_STEPS``."""
-  per_batch = config.batch_size * int(np.prod(train_images.shape[1:]))
+  per_batch = config.batch_size * int(np.prod(image_shape))
   return int(max(1, min(MAX_STEPS, CALL_BYTES // max(1, per_batch))))
 
 
 class Feed:
-  """The batches of a run's calls, from global batch ``start_step`` on."""
+  """The batches of a run's calls, from global batch ``start_step`` on: of ``source``'s
+  examples, each made ``image_shape`` by ``transform`` (None: they are)."""
 
-  def __init__(self, config, train_images: np.ndarray, train_labels: np.ndarray, mesh,
-               start_step: int):
+  def __init__(self, config, source, image_shape: tuple, mesh, start_step: int,
+               transform=None):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
     self.mesh = mesh
-    self.capacity = capacity_of(config, train_images)
+    self.capacity = capacity_of(config, image_shape)
     self.sharding = NamedSharding(mesh, P(None, "data"))
     block, blocks = local_block(self.sharding, (self.capacity, config.batch_size), 1)
     self.stream = stream_lib.TrainStream(
-        ArraySource(train_images, np.asarray(train_labels, np.int32)),
-        stream_lib.Order(len(train_labels), config.batch_size, config.order_seed),
-        process_index=block, process_count=blocks,
+        source, stream_lib.Order(len(source), config.batch_size, config.order_seed),
+        transform, process_index=block, process_count=blocks,
         workers=config.stream_workers, prefetch=self.capacity)
     self.batches = self.stream.batches(start_step)
     self.step = start_step
@@ -105,32 +105,42 @@ def local_block(sharding, shape: tuple, axis: int) -> tuple[int, int]:
   return start // rows, size // rows
 
 
-def train_arrays(dataset, crops: bool) -> np.ndarray:
-  """The training images as the device path holds them (``train.device_data``)."""
-  return dataset.train_images if crops else data_lib.paper_crop(dataset.train_images)
+def for_dataset(config, dataset, crops: bool, mesh, start_step: int) -> Feed:
+  """The run's feed: a ``stream.StreamedDataset``'s training source and transform, or an
+  in-memory dataset's arrays as the device path holds them (``train.device_data``)."""
+  if isinstance(dataset, stream_lib.StreamedDataset):
+    return Feed(config, dataset.train, dataset.image_shape, mesh, start_step,
+                dataset.train_transform)
+  images = dataset.train_images if crops else data_lib.paper_crop(dataset.train_images)
+  return Feed(config, ArraySource(images, np.asarray(dataset.train_labels, np.int32)),
+              images.shape[1:], mesh, start_step)
 
 
 def evaluate(program: step_lib.GridProgram, states, reps, d, train_source, test_source,
-             batch: int, mesh, transform=None) -> dict:
-  """The evaluation's metrics (``step.grid_metrics``' but the per-example hits) from the
-  two splits streamed in order (``stream.eval_batches``: each process its rows of every
-  batch when the mesh's ``data`` axis splits batches over processes), each replica's
-  training labels drawn from the indices: for data that does not fit on a device."""
+             batch: int, mesh, transform=None):
+  """The evaluation's metrics (``step.grid_metrics``') from the two splits streamed in
+  order (``stream.eval_batches``: each process the rows of every batch its devices hold),
+  each replica's training labels drawn from the indices, for data that does not fit on a
+  device; and whether each training example is classified as labelled, (R, n_train)."""
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
   sharding = NamedSharding(mesh, P("data"))
   block, blocks = local_block(sharding, (batch,), 0)
-  sums, bins = [None, None], None
+  sums, bins, hits = [None, None], None, []
   for is_test, source in ((False, train_source), (True, test_source)):
     for b in stream_lib.eval_batches(source, batch, transform, block, blocks):
       arrays = [np.asarray(b[key]).astype(dtype) for key, dtype in (
           ("image", np.uint8), ("label", np.int32), ("index", np.int32), ("valid", bool))]
       arrays = [jax.make_array_from_process_local_data(sharding, a, (batch,) + a.shape[1:])
                 for a in arrays]
-      got, got_bins = program.stream_eval(states, reps, d, *arrays, jnp.asarray(is_test))
+      got, got_bins, got_hits = program.stream_eval(states, reps, d, *arrays,
+                                                    jnp.asarray(is_test))
+      if not is_test:
+        hits.append(got_hits)
       sums[is_test] = got if sums[is_test] is None else sums[is_test] + got
       bins = got_bins if bins is None else bins + got_bins
-  return program.stream_metrics(states, reps, sums[0], sums[1], bins, len(train_source),
-                                len(test_source))
+  metrics = program.stream_metrics(states, reps, sums[0], sums[1], bins, len(train_source),
+                                   len(test_source))
+  return metrics, jnp.concatenate(hits, axis=1)[:, :len(train_source)]

@@ -374,3 +374,27 @@ class EvalTransform(grain.transforms.Map):
   def __call__(self, element, rng: np.random.Generator | None = None):
     del rng  # the same view every time
     return self.map(element)
+
+
+# ``data_dir`` naming tfds's fake ImageNet (``tfds.testing.mock_data``: random images of
+# random small sizes, random labels), ``MOCK_EXAMPLES`` a split: the whole path in tests and
+# CI without the dataset.
+MOCK_DATA_DIR = "tfds-mock"
+MOCK_EXAMPLES = 64
+
+
+def load(data_dir: str | None = None, image_size: int = 0):
+  """ImageNet (tfds ``imagenet2012``, prepared as array_record: docs/tpu.md) as a
+  ``stream.StreamedDataset``: training without augmentation and evaluation on the central
+  view (``EvalTransform``) at ``image_size`` (0: ``IMAGE_SIZE``)."""
+  from zhang.experiment import data, stream
+  if data_dir == MOCK_DATA_DIR:
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+      train, test, classes = data.tfds_sources("imagenet2012")
+  else:
+    train, test, classes = data.tfds_sources("imagenet2012", data_dir)
+  size = image_size or IMAGE_SIZE
+  view = EvalTransform(size)
+  return stream.StreamedDataset("imagenet2012", train, test, classes, (size, size, 3),
+                                view, view)

@@ -386,7 +386,7 @@ class GridProgram(NamedTuple):
   # (states, reps, data, batches, step0, num_steps, loss sum[, frozen]) -> (states, loss
   # sum): ``train_chunk`` on the streaming path's batches
   stream_chunk: Callable = None
-  # (states, reps, data, images, labels, indices, valid, is_test) -> (sums, bins): one
+  # (states, reps, data, images, labels, indices, valid, is_test) -> (sums, bins, hits): one
   # batch of a streamed evaluation; (states, reps, train sums, test sums, bins, n_train,
   # n_test) -> metrics: its end
   stream_eval: Callable = None
@@ -600,16 +600,15 @@ def _finish_metrics(g: GridFunctions, states, reps: ReplicaConstants, out: dict,
 def stream_eval_batch(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset,
                       images, labels, indices, valid, is_test):
   """One batch of a streamed evaluation (``zhang.experiment.stream.eval_batches``): the
-  sums and bins of ``eval_batch`` for the examples ``indices`` of the test split
+  sums, bins and hits of ``eval_batch`` for the examples ``indices`` of the test split
   (``is_test``, their true ``labels``) or of the training set (each replica's labels drawn
   from its key, as ``stream_chunk`` draws them). ``valid`` (eb,) bool marks the padding."""
   s = g.settings
   y_true = labels[None]
   y = jnp.where(is_test, y_true, jax.vmap(randomize.corrupt_labels_at, (0, None, None, 0, None))(
       reps.rand_key, labels, indices, reps.corruption, s.num_classes).astype(jnp.int32))
-  sums, bins, _ = eval_examples(g.logits, s, states, reps, d, images, y, y_true, indices,
-                                valid.astype(jnp.float32), is_test)
-  return sums, bins
+  return eval_examples(g.logits, s, states, reps, d, images, y, y_true, indices,
+                       valid.astype(jnp.float32), is_test)
 
 
 def stream_metrics(g: GridFunctions, states, reps: ReplicaConstants, train_sums, test_sums,
@@ -663,6 +662,12 @@ def evaluate(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset)
   return grid_metrics(g, states, reps, d)[0]
 
 
+def track_fits(fit_since, hits, step):
+  """``fit_since`` (R, n_train) after an evaluation at ``step`` whose ``hits`` say which
+  training examples each replica classifies as labelled (``evaluate_and_track``)."""
+  return jnp.where(hits, jnp.where(fit_since < 0, step, fit_since), -1)
+
+
 def evaluate_and_track(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset,
                        fit_since, step):
   """``evaluate``'s metrics, and ``fit_since`` (R, n_train) updated by this evaluation at
@@ -670,7 +675,7 @@ def evaluate_and_track(g: GridFunctions, states, reps: ReplicaConstants, d: Devi
   as labelled at every evaluation since, -1 for one that is not now. The same pass over
   the data: no second evaluation."""
   out, hits = grid_metrics(g, states, reps, d)
-  return out, jnp.where(hits, jnp.where(fit_since < 0, step, fit_since), -1)
+  return out, track_fits(fit_since, hits, step)
 
 
 def compile_grid(module, s: StepSettings, has_batch_norm: bool, plan: Plan,

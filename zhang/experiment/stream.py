@@ -200,3 +200,69 @@ def _read_batch(source, transform: Transform | None, seed: int, item) -> dict:
 
 def _stack(examples) -> dict:
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+class Slice:
+  """The first ``n`` examples of a random-access source (picklable for grain's workers)."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n = source, n
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, i: int) -> dict:
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    return self.source[i]
+
+
+# The training examples a streamed dataset's evaluation reads (its first ones): train
+# accuracy, fits and per-example fit steps are on these, not on a whole ImageNet.
+EVAL_TRAIN = 10_000
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamedDataset:
+  """A dataset that stays on the host, read through the streaming path: random-access
+  ``train`` and ``test`` sources of examples (``image`` of any size, ``label``) and the host
+  transforms that make every image ``image_shape`` (uint8): ``train_transform`` for the
+  training stream, ``eval_transform`` (no randomness) for the evaluation, which reads the
+  test split and the first ``eval_train`` training examples. ``train_labels`` are those
+  examples' labels (what the loop's fits, label noise and fit steps are of)."""
+  name: str
+  train: Any
+  test: Any
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  train_transform: Transform
+  eval_transform: Transform
+  eval_train: int = EVAL_TRAIN
+  inputs: str = "images"
+
+  @property
+  def n_train(self) -> int:
+    return len(self.train)
+
+  @property
+  def n_test(self) -> int:
+    return len(self.test)
+
+  @functools.cached_property
+  def train_labels(self) -> np.ndarray:
+    n = min(self.eval_train, self.n_train)
+    return np.asarray([int(self.train[i]["label"]) for i in range(n)], np.int32)
+
+  def eval_source(self):
+    """The evaluated training examples, as a source."""
+    return Slice(self.train, min(self.eval_train, self.n_train))
+
+  def subset(self, n_train: int | None = None, n_test: int | None = None):
+    """The first ``n_train`` / ``n_test`` examples (None keeps all)."""
+    for n, have, what in ((n_train, self.n_train, "n_train"), (n_test, self.n_test, "n_test")):
+      if n is not None and not 0 < n <= have:
+        raise UsageError(f"{what}={n} is out of range for {self.name}: use 1..{have} "
+                         f"(or 0 for the whole split)")
+    return dataclasses.replace(
+        self, train=Slice(self.train, n_train) if n_train else self.train,
+        test=Slice(self.test, n_test) if n_test else self.test)

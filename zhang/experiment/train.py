@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -34,6 +35,7 @@ from zhang.experiment import config as config_lib
 from zhang.experiment import data as data_lib
 from zhang.experiment import feed as feed_lib
 from zhang.experiment import step as step_lib
+from zhang.experiment import stream as stream_lib
 from zhang.rundir import checkpoint as checkpoint_lib
 from zhang.rundir import format as format_lib
 from zhang.rundir import metrics as metrics_lib
@@ -60,8 +62,12 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False,
   check_workdir(workdir, config, restart)
   if dataset is None:
     dataset = load_dataset(config)
-  config_lib.check_against_data(config, len(dataset.train_labels))
-  mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
+  config_lib.check_against_data(config, num_train(dataset))
+  data_axis = mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())[1]
+  if config.get("stream", False) and config.batch_size % data_axis:
+    raise UsageError(f"batch_size={config.batch_size} does not divide over the mesh's data "
+                     f"axis of {data_axis} devices (mesh_shape): give a batch_size that is a "
+                     f"multiple of {data_axis}")
   check_memory(config, replicas, dataset)
   return config, replicas, dataset
 
@@ -69,7 +75,7 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False,
 def check_memory(config, replicas, dataset) -> None:
   """Refuses, in one line, a grid that cannot fit on a device (``zhang.runtime.memory``)."""
   spec = models.get(config.model)
-  input_shape = data_lib.paper_crop(dataset.test_images[:1]).shape[1:]
+  input_shape = input_shape_of(dataset)
   module = spec.build(dataset.num_classes)
   per_device = replicas_per_device(config, len(replicas))
   data_axis = mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())[1]
@@ -102,16 +108,21 @@ def check_before_peers(config, workdir, restart: bool = False) -> None:
     if not config.models:
       check_workdir(workdir, resolved, restart)
   dataset = load_dataset(config)
-  config_lib.check_against_data(config, len(dataset.train_labels))
+  config_lib.check_against_data(config, num_train(dataset))
 
 
 def load_dataset(config):
   """The config's dataset, subset to ``n_train`` and ``n_test``, as two classes with
   ``binary`` (``data_lib.binary``): training and every probe that rebuilds a run read it
   here, so they see the same labels."""
-  options = {k: config[k] for k in data_lib.MODADD_OPTIONS if k in config}
+  names = (data_lib.STREAM_OPTIONS if config.dataset in data_lib.STREAM_ONLY
+           else data_lib.MODADD_OPTIONS)
+  options = {k: config[k] for k in names if k in config}
   dataset = data_lib.load(config.dataset, config.data_dir or None, options)
   dataset = dataset.subset(config.n_train or None, config.n_test or None)
+  if config.get("binary", False) and _streamed(dataset):
+    raise UsageError(f"binary=True relabels a dataset held in memory; {config.dataset} is "
+                     f"streamed from the host: set binary=False")
   return data_lib.binary(dataset) if config.get("binary", False) else dataset
 
 
@@ -179,7 +190,7 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding,
                        for r in replicas], np.int32),
            np.asarray([r.output_scale for r in replicas], np.float32),
            step_lib.dropout_rates(settings, replicas))
-  h, w = data_lib.paper_crop(dataset.train_images[:1]).shape[1:3]
+  h, w = input_shape_of(dataset)[:2]
   true = dataset.train_labels
 
   def make(seeds, order_seeds, salts, p, true, hyper):
@@ -196,10 +207,41 @@ def build_replicas(replicas, dataset, settings: step_lib.StepSettings, sharding,
       seeds, order_seeds, salts, p, true, hyper)
 
 
+def num_train(dataset) -> int:
+  """Training examples: a host-streamed dataset's (``stream.StreamedDataset``) too."""
+  return dataset.n_train if _streamed(dataset) else len(dataset.train_labels)
+
+
+def input_shape_of(dataset) -> tuple:
+  """The model's input (H, W, C): the paper's crop of an in-memory dataset's images."""
+  if _streamed(dataset):
+    return tuple(dataset.image_shape)
+  return data_lib.paper_crop(dataset.test_images[:1]).shape[1:]
+
+
+def _streamed(dataset) -> bool:
+  return isinstance(dataset, stream_lib.StreamedDataset)
+
+
+# Examples of a host-streamed dataset's evaluation view whose channel statistics the
+# gaussian kind takes.
+STAT_EXAMPLES = 256
+
+
 def device_data(dataset, sharding, crops: bool = False) -> step_lib.DeviceDataset:
   """The dataset on the devices, once (replicated), centre-cropped, still uint8; with
   ``crops`` (a replica's augmentation crops) the training images stay uncropped, and the
-  step takes each example's window (``augment.window``)."""
+  step takes each example's window (``augment.window``). A host-streamed dataset puts only
+  its evaluated training examples' labels, one blank image of the input's shape and the
+  channel statistics of its first ``STAT_EXAMPLES`` there (its batches come as streamed)."""
+  if _streamed(dataset):
+    n = min(STAT_EXAMPLES, dataset.n_train)
+    sample = np.stack([dataset.eval_transform(dict(dataset.train[i]), None)["image"]
+                       for i in range(n)])
+    mean, std = randomize.channel_stats(sample)
+    blank = np.zeros((1, *dataset.image_shape), np.uint8)
+    arrays = (blank[:0], blank, np.zeros(1, np.int32), dataset.train_labels, mean, std)
+    return step_lib.DeviceDataset(*(mesh_lib.put(a, sharding) for a in arrays))
   train = data_lib.paper_crop(dataset.train_images)
   mean, std = randomize.channel_stats(train)
   if crops:
@@ -336,7 +378,7 @@ def run_study(config: ml_collections.ConfigDict, workdir, *, restart: bool = Fal
     check_workdir(workdir / m, config_lib.resolve(subs[m]), restart)
   dataset = load_dataset(config)
   for m in names:
-    config_lib.check_against_data(subs[m], len(dataset.train_labels))
+    config_lib.check_against_data(subs[m], num_train(dataset))
   mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())
   primary = jax.process_index() == 0
   lock = _take_lock(workdir)
@@ -479,6 +521,7 @@ class _Run(NamedTuple):
   show: progress_lib.Progress
   start: float  # time.time() when ``run`` was called
   feed: Any = None  # the streaming path's batches (``config.stream``), else None
+  streamed: Any = None  # a host-streamed dataset, evaluated as streamed; None: on the device
 
 
 def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -> dict:
@@ -513,11 +556,10 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
     show = progress_lib.Progress(config, len(replicas), enabled=progress and primary)
     feed = None
     if config.get("stream", False):
-      feed = feed_lib.Feed(config, feed_lib.train_arrays(
-          dataset, augment.crops(program.settings.augmentations)), dataset.train_labels,
-          reps.learning_rate.sharding.mesh, step)
+      feed = feed_lib.for_dataset(config, dataset, augment.crops(program.settings.augmentations),
+                                  reps.learning_rate.sharding.mesh, step)
     run = _Run(config, replicas, workdir, program, d, reps, noisy, book, ckpt, writer, show,
-               start, feed)
+               start, feed, dataset if _streamed(dataset) else None)
     final = _loop(run, states, fit_since, step, saved_step)
   finally:
     for part in (show, writer, ckpt):
@@ -530,7 +572,8 @@ def _bookkeeping(config, replicas, dataset, d, program, label_noise,
                  padded: int) -> metrics_lib.Bookkeeping:
   """A new run's bookkeeping: the summary's header, no fits, no time, no losses yet.
   ``padded``: the number of replicas with the mesh's padding (``build``)."""
-  n_train, n_test = len(dataset.train_labels), len(dataset.test_labels)
+  n_train = num_train(dataset)
+  n_test = dataset.n_test if _streamed(dataset) else len(dataset.test_labels)
   header = dict(
       model=config.model, dataset=config.dataset,
       num_params=models.param_count(config.model, d.test_images.shape[1:],
@@ -627,8 +670,15 @@ def _evaluate(run: _Run, states, fit_since, step: int):
   fit steps updated (returned), the loss sums started again."""
   c, book = run.config, run.book
   t0 = time.perf_counter()
-  ev, fit_since = run.program.evaluate_and_track(states, run.reps, run.d, fit_since,
-                                                 jnp.asarray(step, jnp.int32))
+  if run.streamed is not None:
+    ds = run.streamed
+    ev, hits = feed_lib.evaluate(run.program, states, run.reps, run.d, ds.eval_source(),
+                                 ds.test, c.eval_batch_size, run.reps.learning_rate.sharding.mesh,
+                                 ds.eval_transform)
+    fit_since = _track(fit_since, hits, jnp.asarray(step, jnp.int32))
+  else:
+    ev, fit_since = run.program.evaluate_and_track(states, run.reps, run.d, fit_since,
+                                                   jnp.asarray(step, jnp.int32))
   ev = jax.device_get(ev)
   book.timing.time_call("eval", time.perf_counter() - t0)
   base_lr = np.asarray([r.learning_rate for r in run.replicas], np.float32)
@@ -636,6 +686,11 @@ def _evaluate(run: _Run, states, fit_since, step: int):
   run.writer.rows(book.fits.record(step, ev, lr, book.losses.mean))
   book.losses.reset()
   return fit_since
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _track(fit_since, hits, step):
+  return step_lib.track_fits(fit_since, hits, step)
 
 
 def _record(run: _Run, step: int, states, fit_since, last_eval: int, evaluated: bool,

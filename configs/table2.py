@@ -1,0 +1,76 @@
+r"""Table 2: Inception V3 on ImageNet, true and random labels, with and without regularizers.
+
+  # on a Cloud TPU VM slice, ImageNet prepared once as tfds array_record in gs://BUCKET/tfds
+  # (docs/tpu.md, "ImageNet"); or `zhang train ... --config.data_dir=DIR` on one machine
+  launch/tpu.sh --name table2 --zone ZONE --config configs/table2.py --workdir gs://BUCKET/table2
+  zhang report gs://BUCKET/table2 --out report        # top-1 and top-5, train and test
+  # here, on CPU: the same path on tfds's fake ImageNet (random images, random labels), ~2 min
+  zhang train --config configs/table2.py:quick --workdir runs/table2_quick
+
+ImageNet never fits on a device: it is streamed (``stream=true``, set for it by the config's
+resolution): a grain pipeline reads and preprocesses each global batch on the hosts, every
+replica trains on the same batches in one shared order, each replica's labels drawn from its
+key and the examples' indices (zhang/experiment/stream.py). Images are the central 87.5% view
+resized to 299x299 (zhang/experiment/imagenet.py) and whitened per image as the paper's other
+inputs. Evaluation streams the validation split and the first 10,000 training examples (train
+accuracy, fits and fit steps are on those); every row has top-1 and top-5 accuracy.
+
+Grid (4 replicas, one program): true labels and random labels, each without regularizers
+and with dropout 0.2 before the logits and weight decay 4e-5 (TF-slim's Inception V3
+settings; the paper does not give its coefficients). The paper's rows with data augmentation
+(random crops and colour on the host, ``imagenet.TrainTransform``) are not in this grid yet:
+one shared stream serves every replica, and a replica of its own augmentation needs the
+stream to carry both views.
+
+Sized for a TPU v4-32 (16 chips): SGD momentum 0.9 at the paper's 0.1, decayed x0.95 every
+epoch (5,004 steps of the global batch of 256), 90 epochs (450,360 steps; the paper does not
+say how long). Inception V3's train step is 34.28 GFLOP per image (``zhang.runtime.flops``), so
+4 replicas x 256 images x 450,360 steps are 1.6e19 FLOP: about 2.5 hours at 0.4 of the chips'
+bf16 peak (16 x 275 TFLOP/s), if the hosts keep up: 256 images per step at 0.023 s a step are
+11,000 images/s, about 80 host vCPUs at 134-149 images/s each (benchmarks/RESULTS.md, "Input
+pipeline"), of the slice's 4 x 240. Not measured on a TPU: a plan, not a result.
+
+Arguments:
+  quick     tfds's fake ImageNet (``data_dir=tfds-mock``, 64 examples a split, random sizes)
+            at 75x75 (Inception V3's smallest input), batch 8, 2 steps, an evaluation and a
+            checkpoint after each: the whole path (stream, training, checkpoint, evaluation),
+            as CI runs it (about 1.5 min on 2 CPU cores, most of it compilation).
+  seeds=N   seeds per row (default 1).
+"""
+
+from zhang.errors import UsageError
+from zhang.experiment.config import base_config, parse_arg
+
+BATCH = 256
+EPOCH_STEPS = 1_281_167 // BATCH  # ImageNet's training set
+WEIGHT_DECAY = 4e-5
+DROPOUT = 0.2
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, seeds=1, quick=False)
+  if a.seeds < 1:
+    raise UsageError(f"seeds={a.seeds}: need at least 1")
+  c = base_config()
+  c.model = "inception_v3"
+  c.dataset = "imagenet2012"
+  c.stream, c.batch_order = True, "shared"
+  c.batch_size = BATCH
+  c.lr_decay_every = EPOCH_STEPS
+  c.max_steps = 90 * EPOCH_STEPS
+  c.eval_every = EPOCH_STEPS
+  c.checkpoint_every = EPOCH_STEPS // 2
+  c.eval_batch_size = 500
+  c.stop_at_fit = False
+  seeds = list(range(a.seeds))
+  c.grid = [dict(kinds=["labels"], corruptions=[p], seeds=seeds, weight_decays=[0.0],
+                 dropouts=[0.0]) for p in (0.0, 1.0)]
+  c.grid += [dict(kinds=["labels"], corruptions=[p], seeds=seeds,
+                  weight_decays=[WEIGHT_DECAY], dropouts=[DROPOUT]) for p in (0.0, 1.0)]
+  if a.quick:
+    c.data_dir = "tfds-mock"
+    c.image_size = 75
+    c.batch_size, c.eval_batch_size = 8, 16
+    c.max_steps, c.eval_every, c.checkpoint_every = 2, 1, 1
+    c.lr_decay_every = 8
+  return c

@@ -1,0 +1,35 @@
+"""configs/table2.py's quick run: ImageNet's whole streaming path on tfds's fake ImageNet."""
+
+import json
+import shutil
+
+import pytest
+
+from zhang import cli
+
+
+@pytest.mark.slow
+def test_quick_table2_streams_mock_imagenet_trains_resumes_and_reports(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  args = ["train", "--config", "configs/table2.py:quick", "--workdir", str(workdir),
+          "--no_progress"]
+  assert cli.main(args) == 0
+  config = json.loads((workdir / "config.json").read_text())
+  assert (config["dataset"], config["stream"], config["batch_order"]) == (
+      "imagenet2012", True, "shared")
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {r["step"] for r in rows} == {0, 1, 2} and len(rows) == 3 * 4
+  for r in rows:
+    assert 0 <= r["test_acc"] <= r["test_top5"] <= 1 and 0 <= r["train_top5"] <= 1
+  assert {(r["corruption"], r["dropout"], r["weight_decay"]) for r in rows} == {
+      (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.2, 4e-5), (1.0, 0.2, 4e-5)}
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["n_train"] == 64 and summary["status"] == "complete"
+  assert [r["label_noise"] for r in summary["replicas"]][1] > 0.9  # random labels
+  # Killed after the checkpoint of step 1: resumed, the stream and the rest as uninterrupted.
+  reference = (workdir / "metrics.jsonl").read_text()
+  shutil.rmtree(workdir / "checkpoints" / "2")
+  assert cli.main(args) == 0
+  assert (workdir / "metrics.jsonl").read_text() == reference
+  assert cli.main(["report", str(workdir), "--out", str(tmp_path / "report")]) == 0
+  assert (tmp_path / "report" / "report.md").exists()
