@@ -31,9 +31,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from zhang.errors import UsageError  # noqa: E402
-from zhang.experiment import augment, train  # noqa: E402
 from zhang.experiment import config as config_lib  # noqa: E402
 from zhang.experiment import feed as feed_lib  # noqa: E402
+from zhang.experiment import train  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -46,8 +46,7 @@ def measure(spec: str, repeats: int) -> dict:
   dataset = train.load_dataset(config)
   program, d, reps, states, _ = train.build(config, replicas, dataset)
   mesh = reps.learning_rate.sharding.mesh
-  feed = feed_lib.for_dataset(config, dataset, augment.crops(program.settings.augmentations),
-                              mesh, 0)
+  feed = feed_lib.for_dataset(config, dataset, program.settings.augmentations, mesh, 0)
   k = feed.capacity
   loss = jnp.zeros(reps.learning_rate.shape, jnp.float32)
   step = 0

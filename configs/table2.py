@@ -15,20 +15,22 @@ resized to 299x299 (zhang/experiment/imagenet.py) and whitened per image as the 
 inputs. Evaluation streams the validation split and the first 10,000 training examples (train
 accuracy, fits and fit steps are on those); every row has top-1 and top-5 accuracy.
 
-Grid (4 replicas, one program): true labels and random labels, each without regularizers
-and with dropout 0.2 before the logits and weight decay 4e-5 (TF-slim's Inception V3
-settings; the paper does not give its coefficients). The paper's rows with data augmentation
-(random crops and colour on the host, ``imagenet.TrainTransform``) are not in this grid yet:
-one shared stream serves every replica, and a replica of its own augmentation needs the
-stream to carry both views.
+Grid (6 replicas, one program), the paper's rows: true labels with (augmentation, dropout,
+weight decay) all on, augmentation alone, weight decay alone and none; random labels with
+dropout and weight decay, and with none. Augmentation is ``inception``: the Inception random
+crop, flip and colour distortion made on the host (``imagenet.TrainTransform``); the stream
+carries that view beside the central one and each replica trains on its own. Dropout 0.2
+before the logits and weight decay 4e-5 are TF-slim's Inception V3 settings (the paper does
+not give its coefficients).
 
 Sized for a TPU v4-32 (16 chips): SGD momentum 0.9 at the paper's 0.1, decayed x0.95 every
 epoch (5,004 steps of the global batch of 256), 90 epochs (450,360 steps; the paper does not
 say how long). Inception V3's train step is 34.28 GFLOP per image (``zhang.runtime.flops``), so
-4 replicas x 256 images x 450,360 steps are 1.6e19 FLOP: about 2.5 hours at 0.4 of the chips'
-bf16 peak (16 x 275 TFLOP/s), if the hosts keep up: 256 images per step at 0.023 s a step are
-11,000 images/s, about 80 host vCPUs at 134-149 images/s each (benchmarks/RESULTS.md, "Input
-pipeline"), of the slice's 4 x 240. Not measured on a TPU: a plan, not a result.
+6 replicas x 256 images x 450,360 steps are 2.4e19 FLOP: about 3.7 hours at 0.4 of the chips'
+bf16 peak (16 x 275 TFLOP/s), if the hosts keep up: each step's 256 examples in both views
+(decoded once) at 0.03 s a step are 8,500 examples/s, about 70 host vCPUs at the 120
+examples/s each that decoding, the augmented and the central view take (benchmarks/
+RESULTS.md, "Input pipeline"), of the slice's 4 x 240. Not measured on a TPU: a plan.
 
 Arguments:
   quick     tfds's fake ImageNet (``data_dir=tfds-mock``, 64 examples a split, random sizes)
@@ -63,10 +65,11 @@ def get_config(arg=None):
   c.eval_batch_size = 500
   c.stop_at_fit = False
   seeds = list(range(a.seeds))
-  c.grid = [dict(kinds=["labels"], corruptions=[p], seeds=seeds, weight_decays=[0.0],
-                 dropouts=[0.0]) for p in (0.0, 1.0)]
-  c.grid += [dict(kinds=["labels"], corruptions=[p], seeds=seeds,
-                  weight_decays=[WEIGHT_DECAY], dropouts=[DROPOUT]) for p in (0.0, 1.0)]
+  rows = [(0.0, "inception", DROPOUT, WEIGHT_DECAY), (0.0, "inception", 0.0, 0.0),
+          (0.0, "none", 0.0, WEIGHT_DECAY), (0.0, "none", 0.0, 0.0),
+          (1.0, "none", DROPOUT, WEIGHT_DECAY), (1.0, "none", 0.0, 0.0)]
+  c.grid = [dict(kinds=["labels"], corruptions=[p], seeds=seeds, augmentations=[aug],
+                 dropouts=[drop], weight_decays=[wd]) for p, aug, drop, wd in rows]
   if a.quick:
     c.data_dir = "tfds-mock"
     c.image_size = 75

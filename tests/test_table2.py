@@ -18,14 +18,20 @@ def test_quick_table2_streams_mock_imagenet_trains_resumes_and_reports(tmp_path,
   assert (config["dataset"], config["stream"], config["batch_order"]) == (
       "imagenet2012", True, "shared")
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert {r["step"] for r in rows} == {0, 1, 2} and len(rows) == 3 * 4
+  assert {r["step"] for r in rows} == {0, 1, 2} and len(rows) == 3 * 6
   for r in rows:
     assert 0 <= r["test_acc"] <= r["test_top5"] <= 1 and 0 <= r["train_top5"] <= 1
-  assert {(r["corruption"], r["dropout"], r["weight_decay"]) for r in rows} == {
-      (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.2, 4e-5), (1.0, 0.2, 4e-5)}
+  assert {(r["corruption"], r["augmentation"], r["dropout"], r["weight_decay"])
+          for r in rows} == {(0.0, "inception", 0.2, 4e-5), (0.0, "inception", 0.0, 0.0),
+                             (0.0, "none", 0.0, 4e-5), (0.0, "none", 0.0, 0.0),
+                             (1.0, "none", 0.2, 4e-5), (1.0, "none", 0.0, 0.0)}
+  # The augmented replicas trained on other images than their twins without augmentation.
+  last = {(r["augmentation"], r["dropout"]): r for r in rows if r["step"] == 2
+          and r["corruption"] == 0.0 and r["weight_decay"] == 0.0}
+  assert last[("inception", 0.0)]["train_loss"] != last[("none", 0.0)]["train_loss"]
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["n_train"] == 64 and summary["status"] == "complete"
-  assert [r["label_noise"] for r in summary["replicas"]][1] > 0.9  # random labels
+  assert [r["label_noise"] for r in summary["replicas"]][-1] > 0.9  # random labels
   # Killed after the checkpoint of step 1: resumed, the stream and the rest as uninterrupted.
   reference = (workdir / "metrics.jsonl").read_text()
   shutil.rmtree(workdir / "checkpoints" / "2")
@@ -33,3 +39,13 @@ def test_quick_table2_streams_mock_imagenet_trains_resumes_and_reports(tmp_path,
   assert (workdir / "metrics.jsonl").read_text() == reference
   assert cli.main(["report", str(workdir), "--out", str(tmp_path / "report")]) == 0
   assert (tmp_path / "report" / "report.md").exists()
+
+
+def test_the_host_augmentation_on_a_dataset_held_on_the_device_gets_one_line(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  grid = "[dict(kinds=['labels'], corruptions=[0.0], seeds=[0], augmentations=['inception'])]"
+  assert cli.main(["train", "--config", "configs/digits.py", "--workdir", str(workdir),
+                   f"--config.grid={grid}"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "augmentation 'inception' is made on the host for a dataset streamed from it" in err
+  assert len(err.splitlines()) == 1 and not workdir.exists()

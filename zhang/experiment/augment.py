@@ -18,6 +18,10 @@ written, e.g. ``crop+flip``):
          ``pad_width`` (1/14 of the side, at least 1: 2 for 28, 1 for 8) after the
          randomization and cropped back at a uniformly random offset.
   flip   a horizontal mirror with probability 1/2.
+  inception  the Inception training crop, flip and colour distortion made on the host
+         (``zhang.experiment.imagenet.TrainTransform``) for a dataset streamed from it
+         (ImageNet): nothing on the device. The stream carries that view beside the central
+         one, and a replica trains on the view its augmentation names.
   color  brightness, contrast, saturation and hue, each drawn uniformly per example from
          the ranges of ``COLOR`` (the paper's ImageNet list): brightness +-0.2 added to the
          [0, 1] image, contrast x[0.8, 1.2] about each channel's mean, saturation
@@ -134,8 +138,15 @@ def _none(key, step, indices, images):
   return images
 
 
-_AUGMENTATIONS = {"none": _none, "crop": _crop, "flip": _flip, "color": color}
+_AUGMENTATIONS = {"none": _none, "crop": _crop, "flip": _flip, "color": color,
+                  "inception": _none}
 NAMES = tuple(_AUGMENTATIONS)
+HOST = "inception"  # the part made on the host, by a streamed dataset's pipeline
+
+
+def on_host(names: tuple[str, ...]) -> list[bool]:
+  """Whether each of ``names`` takes the host's augmented view (``HOST``)."""
+  return [HOST in parts(n) for n in names]
 
 
 def parts(name: str) -> tuple[str, ...]:

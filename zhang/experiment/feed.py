@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from zhang.errors import UsageError
+from zhang.experiment import augment as augment_lib
 from zhang.experiment import data as data_lib
 from zhang.experiment import step as step_lib
 from zhang.experiment import stream as stream_lib
@@ -50,7 +51,7 @@ class Feed:
   examples, each made ``image_shape`` by ``transform`` (None: they are)."""
 
   def __init__(self, config, source, image_shape: tuple, mesh, start_step: int,
-               transform=None):
+               transform=None, augment=None):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
     self.mesh = mesh
@@ -60,7 +61,7 @@ class Feed:
     self.stream = stream_lib.TrainStream(
         source, stream_lib.Order(len(source), config.batch_size, config.order_seed),
         transform, process_index=block, process_count=blocks,
-        workers=config.stream_workers, prefetch=self.capacity)
+        workers=config.stream_workers, prefetch=self.capacity, augment=augment)
     self.batches = self.stream.batches(start_step)
     self.step = start_step
 
@@ -79,8 +80,9 @@ class Feed:
       shape = (self.capacity, self.stream.order.global_batch) + local.shape[2:]
       return jax.make_array_from_process_local_data(self.sharding, local, shape)
 
-    return step_lib.StreamBatches(put("image", np.uint8), put("label", np.int32),
-                                  put("index", np.int32))
+    return step_lib.StreamBatches(
+        put("image", np.uint8), put("label", np.int32), put("index", np.int32),
+        put("augmented", np.uint8) if "augmented" in got[0] else None)
 
   def state(self, step: int) -> dict:
     return self.stream.state(step)
@@ -105,12 +107,16 @@ def local_block(sharding, shape: tuple, axis: int) -> tuple[int, int]:
   return start // rows, size // rows
 
 
-def for_dataset(config, dataset, crops: bool, mesh, start_step: int) -> Feed:
-  """The run's feed: a ``stream.StreamedDataset``'s training source and transform, or an
-  in-memory dataset's arrays as the device path holds them (``train.device_data``)."""
+def for_dataset(config, dataset, augmentations: tuple, mesh, start_step: int) -> Feed:
+  """The run's feed for the grid's ``augmentations``: a ``stream.StreamedDataset``'s
+  training source and transform (and its augmented view when a replica takes the host's
+  augmentation), or an in-memory dataset's arrays as the device path holds them
+  (``train.device_data``)."""
   if isinstance(dataset, stream_lib.StreamedDataset):
+    host = any(augment_lib.on_host(augmentations))
     return Feed(config, dataset.train, dataset.image_shape, mesh, start_step,
-                dataset.train_transform)
+                dataset.train_transform, dataset.augment_transform if host else None)
+  crops = augment_lib.crops(augmentations)
   images = dataset.train_images if crops else data_lib.paper_crop(dataset.train_images)
   return Feed(config, ArraySource(images, np.asarray(dataset.train_labels, np.int32)),
               images.shape[1:], mesh, start_step)

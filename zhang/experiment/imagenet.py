@@ -385,8 +385,9 @@ MOCK_EXAMPLES = 64
 
 def load(data_dir: str | None = None, image_size: int = 0):
   """ImageNet (tfds ``imagenet2012``, prepared as array_record: docs/tpu.md) as a
-  ``stream.StreamedDataset``: training without augmentation and evaluation on the central
-  view (``EvalTransform``) at ``image_size`` (0: ``IMAGE_SIZE``)."""
+  ``stream.StreamedDataset`` at ``image_size`` (0: ``IMAGE_SIZE``): training and evaluation
+  on the central view (``EvalTransform``); replicas whose augmentation is ``inception``
+  train on ``TrainTransform``'s view instead."""
   from zhang.experiment import data, stream
   if data_dir == MOCK_DATA_DIR:
     import tensorflow_datasets as tfds
@@ -397,4 +398,4 @@ def load(data_dir: str | None = None, image_size: int = 0):
   size = image_size or IMAGE_SIZE
   view = EvalTransform(size)
   return stream.StreamedDataset("imagenet2012", train, test, classes, (size, size, 3),
-                                view, view)
+                                view, view, augment_transform=TrainTransform(size))

@@ -536,6 +536,9 @@ class StreamBatches(NamedTuple):
   images: jax.Array  # uint8 (K, B, H, W, C), as ``DeviceDataset.train_images`` holds them
   labels: jax.Array  # int32 (K, B): the dataset's true labels
   indices: jax.Array  # int32 (K, B): the examples' indices in the training set
+  # uint8 (K, B, H, W, C): the host's augmented view (``augment.HOST``), for the replicas
+  # whose augmentation takes it; None without such replicas
+  augmented: jax.Array = None
 
 
 def stream_chunk(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceDataset,
@@ -553,11 +556,17 @@ def stream_chunk(g: GridFunctions, states, reps: ReplicaConstants, d: DeviceData
     states, loss_sum = carry
     step = step0 + i
     idx, true = batches.indices[i], batches.labels[i]
-    x = _split_batch(g.mesh, grid_inputs(s, reps, d, batches.images[i], idx,
-                                         randomize.TRAIN, step))
+    images, both = batches.images[i], jnp.broadcast_to(idx, (num_replicas, idx.shape[0]))
+    if batches.augmented is None:
+      x = grid_inputs(s, reps, d, images, idx, randomize.TRAIN, step)
+    else:  # each replica its view: (R, B, H, W, C)
+      host = jnp.asarray(augment.on_host(s.augmentations))[reps.augmentation]
+      views = jnp.where(host.reshape(-1, 1, 1, 1, 1), batches.augmented[i][None],
+                        images[None])
+      x = grid_inputs(s, reps, d, views, both, randomize.TRAIN, step)
+    x = _split_batch(g.mesh, x)
     y = jax.vmap(randomize.corrupt_labels_at, (0, None, None, 0, None))(
         reps.rand_key, true, idx, reps.corruption, s.num_classes).astype(jnp.int32)
-    both = jnp.broadcast_to(idx, (num_replicas, idx.shape[0]))
     new, loss = _grid_step(g, reps, states, x, _split_batch(g.mesh, y), both, step, frozen)
     return new, loss_sum + loss
 

@@ -106,6 +106,10 @@ class TrainStream:
   process_count: int = 1
   workers: int = 0
   prefetch: int = 2  # batches each worker prepares ahead
+  # A second view of every example (``augmented``, uint8 like ``image``), made from the same
+  # decoded example with its own seeded generator: the host's augmentation, for the
+  # replicas that take it (``augment.HOST``). None: no second view.
+  augment: Transform | None = None
 
   def __post_init__(self):
     self.rows = process_rows(self.order.global_batch, self.process_index, self.process_count)
@@ -121,7 +125,7 @@ class TrainStream:
     offsets = (steps[:, None] * o.global_batch + np.arange(self.rows.start, self.rows.stop))
     items = np.stack([perm[offsets], epoch * o.n + offsets], axis=1)  # (steps, 2, b)
     return grain.MapDataset.source(items).map(
-        functools.partial(_read_batch, self.source, self.transform, o.seed))
+        functools.partial(_read_batch, self.source, self.transform, o.seed, self.augment))
 
   def batches(self, start_step: int = 0) -> Iterator[dict]:
     """This process's batches from global batch ``start_step`` on, without end, read ahead
@@ -180,22 +184,30 @@ def eval_batches(source, batch: int, transform: Transform | None = None,
     yield _stack(out)
 
 
-def _read_batch(source, transform: Transform | None, seed: int, item) -> dict:
+def _read_batch(source, transform: Transform | None, seed: int, augment: Transform | None,
+                item) -> dict:
   """The batch of (indices, global positions) ``item`` (2, b), each example preprocessed
-  with a generator of (seed, its position); a source with a ``batch`` method and no
-  transform is read in one go. A module-level function, so grain's worker processes can
-  unpickle it."""
+  with a generator of (seed, its position) (and, with ``augment``, its second view with one
+  of (seed, position, 1)); a source with a ``batch`` method and no transform is read in one
+  go. A module-level function, so grain's worker processes can unpickle it."""
   indices, positions = item
-  if transform is None and hasattr(source, "batch"):
+  if transform is None and augment is None and hasattr(source, "batch"):
     out = source.batch(indices)
   else:
     examples = [dict(source[int(i)]) for i in indices]
-    if transform is not None:
-      examples = [transform(e, np.random.default_rng([seed, int(p)]))
-                  for e, p in zip(examples, positions)]
-    out = _stack([{"image": np.asarray(e["image"]), "label": e["label"]} for e in examples])
-  return {"image": np.asarray(out["image"]), "label": np.asarray(out["label"], np.int32),
-          "index": np.asarray(indices, np.int64)}
+    views = [{"image": np.asarray(
+        (transform(dict(e), np.random.default_rng([seed, int(p)])) if transform else e)
+        ["image"]), "label": e["label"]} for e, p in zip(examples, positions)]
+    if augment is not None:
+      for v, e, p in zip(views, examples, positions):
+        v["augmented"] = np.asarray(
+            augment(dict(e), np.random.default_rng([seed, int(p), 1]))["image"])
+    out = _stack(views)
+  batch = {"image": np.asarray(out["image"]), "label": np.asarray(out["label"], np.int32),
+           "index": np.asarray(indices, np.int64)}
+  if "augmented" in out:
+    batch["augmented"] = out["augmented"]
+  return batch
 
 
 def _stack(examples) -> dict:
@@ -239,6 +251,7 @@ class StreamedDataset:
   eval_transform: Transform
   eval_train: int = EVAL_TRAIN
   inputs: str = "images"
+  augment_transform: Transform | None = None  # the host's augmentation (``augment.HOST``)
 
   @property
   def n_train(self) -> int:

@@ -63,6 +63,11 @@ def prepare(config: ml_collections.ConfigDict, workdir, restart: bool = False,
   if dataset is None:
     dataset = load_dataset(config)
   config_lib.check_against_data(config, num_train(dataset))
+  host = [r.augmentation for r in replicas if augment.HOST in augment.parts(r.augmentation)]
+  if host and not _streamed(dataset):
+    raise UsageError(f"augmentation {host[0]!r} is made on the host for a dataset streamed "
+                     f"from it ({', '.join(data_lib.STREAM_ONLY)}); {config.dataset} is held "
+                     f"on the device: use crop, flip or color")
   data_axis = mesh_lib.resolve_shape(config.mesh_shape, jax.device_count())[1]
   if config.get("stream", False) and config.batch_size % data_axis:
     raise UsageError(f"batch_size={config.batch_size} does not divide over the mesh's data "
@@ -556,7 +561,7 @@ def _train(config, replicas, dataset, workdir, restart, progress, plan, start) -
     show = progress_lib.Progress(config, len(replicas), enabled=progress and primary)
     feed = None
     if config.get("stream", False):
-      feed = feed_lib.for_dataset(config, dataset, augment.crops(program.settings.augmentations),
+      feed = feed_lib.for_dataset(config, dataset, program.settings.augmentations,
                                   reps.learning_rate.sharding.mesh, step)
     run = _Run(config, replicas, workdir, program, d, reps, noisy, book, ckpt, writer, show,
                start, feed, dataset if _streamed(dataset) else None)
