@@ -159,6 +159,7 @@ def test_streaming_trains_as_the_in_memory_path_in_the_same_order(tiny_config, t
   and a streaming run resumed from an earlier checkpoint ends as the uninterrupted one."""
   import shutil
   tiny_config.checkpoint_every = 20
+  tiny_config.fit_threshold = 0.6  # fit steps within the 60 steps, to compare
   memory = _train(tiny_config, tmp_path / "memory", batch_order="shared", order_seed=3)
   streamed = _train(tiny_config, tmp_path / "stream", batch_order="shared", order_seed=3,
                     stream=True)
@@ -167,6 +168,10 @@ def test_streaming_trains_as_the_in_memory_path_in_the_same_order(tiny_config, t
     assert (a["step"], a["replica"]) == (b["step"], b["replica"])
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
+  import json
+  fits = [[(r["fit_step"], r["generalize_step"]) for r in json.loads(
+      (tmp_path / name / "summary.json").read_text())["replicas"]] for name in ("memory", "stream")]
+  assert fits[0] == fits[1] and sum(f is not None for f, _ in fits[0]) >= 2
   # Each replica its own order (the default) is another run.
   own = _train(tiny_config, tmp_path / "own")
   assert any(a["train_loss"] != b["train_loss"] for a, b in zip(own, memory) if a["step"])
