@@ -143,7 +143,7 @@ def expand_studies(paths: Sequence[epath.Path]) -> list[epath.Path]:
 # The row's coordinates: integers, never null.
 _COORDINATES = ("step", "replica", "seed")
 _NUMBERS = ("epoch", "corruption", "learning_rate", "weight_decay")
-_NUMBER_SUFFIXES = ("_acc", "_loss", "_confidence", "_step")
+_NUMBER_SUFFIXES = ("_acc", "_loss", "_confidence", "_step", "_top5")
 
 
 def _read_jsonl(path: epath.Path, in_progress: bool = False) -> pd.DataFrame:
@@ -320,12 +320,14 @@ def _replica_table(run: Run, setups: pd.DataFrame) -> pd.DataFrame:
   last = m.groupby("replica", as_index=False).last()
   cols = ["replica", "kind", "corruption", "seed", *HPARAMS, "step", "epoch", "train_loss",
           "train_acc", "test_loss", "test_acc"]
-  cols += [c for c in ("test_confidence", "test_entropy") if c in last.columns]
+  cols += [c for c in ("test_confidence", "test_entropy", "train_top5", "test_top5")
+           if c in last.columns]
   table = last[cols].rename(columns={
       "step": "steps_run", "epoch": "epochs_run", "train_loss": "final_train_loss",
       "train_acc": "final_train_acc", "test_loss": "final_test_loss",
       "test_acc": "final_test_acc", "test_entropy": "final_test_entropy",
-      "test_confidence": "final_test_confidence"})
+      "test_confidence": "final_test_confidence", "train_top5": "final_train_top5",
+      "test_top5": "final_test_top5"})
   summary_reps = pd.DataFrame((run.summary or {}).get("replicas", []))
   if not summary_reps.empty and "replica" in summary_reps.columns:
     keep = [c for c in ("replica", "label_noise", "fit_step", "fit_epoch")

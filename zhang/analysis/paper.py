@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 _CIFAR10 = {"cifar10", "cifar-10", "cifar_10"}
+_IMAGENET = {"imagenet2012", "imagenet"}
+_LABELS = {"true labels": "true", "random labels": "random"}
 
 
 @functools.cache
@@ -32,7 +34,7 @@ def table1_match(model: str, dataset: str, condition: str, config: dict[str, Any
   """
   if not matches_paper_dataset(dataset):
     return None
-  labels = {"true labels": "true", "random labels": "random"}.get(condition)
+  labels = _LABELS.get(condition)
   if labels is None:
     return None
   crop = "crop" in str(config.get("augmentation") or "none").split("+")
@@ -40,6 +42,30 @@ def table1_match(model: str, dataset: str, condition: str, config: dict[str, Any
   for row in paper_numbers()["table1"]:
     if (row["model"], row["labels"], row["crop"], row["weight_decay"]) == (
         model, labels, crop, wd):
+      return row
+  return None
+
+
+def is_imagenet(dataset: str) -> bool:
+  return dataset.lower() in _IMAGENET
+
+
+def table2_match(model: str, dataset: str, condition: str, config: dict[str, Any]
+                 ) -> dict[str, Any] | None:
+  """The paper's Table 2 row for this experiment (Inception V3 on ImageNet), or None.
+
+  `config` holds the replica's `augmentation`, `dropout` and `weight_decay`; each counts as
+  on or off, since the paper's Table 2 gives no coefficients. A row holds only the numbers
+  the paper has (`train_acc`, `test_acc`: top-1; `train_top5`, `test_top5`).
+  """
+  t2 = paper_numbers()["table2"]
+  labels = _LABELS.get(condition)
+  if not is_imagenet(dataset) or model != t2["model"] or labels is None:
+    return None
+  key = (labels, str(config.get("augmentation") or "none") != "none",
+         (config.get("dropout") or 0) > 0, (config.get("weight_decay") or 0) > 0)
+  for row in t2["rows"]:
+    if (row["labels"], row["augmentation"], row["dropout"], row["weight_decay"]) == key:
       return row
   return None
 

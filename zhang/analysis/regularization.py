@@ -1,8 +1,9 @@
 """Section 3 of the paper from a run's files: regularizers on and off, and early stopping.
 
-- `effects`: for each model and regularizer (weight decay, an augmentation, batch norm), the
-  test accuracy of replicas with it and of their twins without it (same seed, labels and
-  other regularizers), the difference, and the paper's Table 1 difference where it has one.
+- `effects`: for each model and regularizer (weight decay, an augmentation, dropout, batch
+  norm), the test accuracy of replicas with it and of their twins without it (same seed,
+  labels and other regularizers), the difference, and the paper's difference where it has
+  one (Table 2's for ImageNet, else Table 1's).
 - `random_label_fits`: whether random labels are still fitted with each regularizer on.
 - `early_stopping`: per replica, the best test accuracy any evaluation saw and its step,
   against the test accuracy when the replica fitted and at the end.
@@ -24,16 +25,24 @@ BATCH_NORM_PAIRS = {"inception_small": "inception_small_nobn"}
 _KEY = ("kind", "corruption", "seed", "learning_rate")
 
 
+# The explicit regularizers a replica sets, and their values when off. Runs from before
+# dropout read it as 0.0 (load.py), so their pairs are as before.
+AXES = {"weight_decay": 0.0, "augmentation": "none", "dropout": 0.0}
+
+
 def _regularizer_name(axis: str, value) -> str:
   if axis == "weight_decay":
     return f"weight decay {value:g}"
   if axis == "augmentation":
     return f"augmentation {value}"
+  if axis == "dropout":
+    return f"dropout {value:g}"
   return "batch norm"
 
 
-def _others(axis: str, row) -> str:
-  """The other regularizers the twins share, in words."""
+def _others(axis: str, row, dropout: bool = False) -> str:
+  """The other regularizers the twins share, in words; dropout only where the model's
+  replicas have any (`dropout`)."""
   parts = []
   if axis != "augmentation":
     parts.append("no augmentation" if row.augmentation == "none"
@@ -41,18 +50,25 @@ def _others(axis: str, row) -> str:
   if axis != "weight_decay":
     parts.append("no weight decay" if row.weight_decay == 0
                  else f"weight decay {row.weight_decay:g}")
+  if axis != "dropout" and dropout:
+    parts.append("no dropout" if row.dropout == 0 else f"dropout {row.dropout:g}")
   return ", ".join(parts)
 
 
 def _paper_diff(model: str, dataset: str, condition: str, on: dict, off: dict,
                 off_model: str | None = None):
-  """The paper's (on, off) test accuracies for twins differing in one regularizer."""
-  del dataset  # the paper's pairs are CIFAR-10's: they compare the effect, not the accuracy
-  a = paper.table1_match(model, "cifar10", condition, on)
-  b = paper.table1_match(off_model or model, "cifar10", condition, off)
+  """The paper's (on, off) top-1 test accuracies for twins differing in one regularizer:
+  its Table 2 pairs for ImageNet, else its Table 1 (CIFAR-10) pairs, which compare the
+  effect, not the accuracy."""
+  if paper.is_imagenet(dataset):
+    a = paper.table2_match(model, dataset, condition, on)
+    b = paper.table2_match(off_model or model, dataset, condition, off)
+  else:
+    a = paper.table1_match(model, "cifar10", condition, on)
+    b = paper.table1_match(off_model or model, "cifar10", condition, off)
   if a is None or b is None:
     return np.nan, np.nan
-  return a["test_acc"], b["test_acc"]
+  return a.get("test_acc", np.nan), b.get("test_acc", np.nan)
 
 
 def effects(runs: Runs) -> pd.DataFrame:
@@ -65,43 +81,11 @@ def effects(runs: Runs) -> pd.DataFrame:
   """
   r = runs.replicas
   rows = []
-  for axis in ("weight_decay", "augmentation"):
-    off_value = 0.0 if axis == "weight_decay" else "none"
-    other = "augmentation" if axis == "weight_decay" else "weight_decay"
+  for axis in AXES:
     for (model, dataset), g in r.groupby(["model", "dataset"]):
-      keyed = g.set_index([*_KEY, other])
-      off = keyed[keyed[axis] == off_value]
-      for value in sorted(set(g[axis]) - {off_value}):
-        on = keyed[keyed[axis] == value]
-        both = on.merge(off, left_index=True, right_index=True, suffixes=("_on", "_off"))
-        if both.empty:
-          continue
-        both = both.reset_index()
-        for (kind, p, shared), pairs in both.groupby(["kind", "corruption", other]):
-          first = pairs.iloc[0]
-          condition = first.condition_on
-          sample = pd.Series({axis: value, other: shared})
-          p_on, p_off = _paper_diff(
-              model, dataset, condition, {axis: value, other: shared},
-              {axis: off_value, other: shared})
-          rows.append(_row(model, _regularizer_name(axis, value), _others(axis, sample),
-                           kind, p, condition, pairs, p_on, p_off))
+      rows += _axis_rows(axis, model, dataset, g)
   for bn, nobn in BATCH_NORM_PAIRS.items():
-    a, b = r[r.model == bn], r[r.model == nobn]
-    if a.empty or b.empty:
-      continue
-    key = [*_KEY, "weight_decay", "augmentation"]
-    both = a.set_index(key).merge(b.set_index(key), left_index=True, right_index=True,
-                                  suffixes=("_on", "_off")).reset_index()
-    for (kind, p, wd, aug), pairs in both.groupby(["kind", "corruption", "weight_decay",
-                                                   "augmentation"]):
-      first = pairs.iloc[0]
-      dataset = first.dataset_on
-      config = {"weight_decay": wd, "augmentation": aug}
-      p_on, p_off = _paper_diff(bn, dataset, first.condition_on, config, config, nobn)
-      shared = _others("batch_norm", pd.Series(config))
-      rows.append(_row(f"{bn} vs {nobn}", "batch norm", shared, kind, p,
-                       first.condition_on, pairs, p_on, p_off))
+    rows += _batch_norm_rows(bn, nobn, r[r.model == bn], r[r.model == nobn])
   columns = ["model", "regularizer", "with", "condition", "kind", "corruption", "n",
              "test_on", "test_off", "diff", "diff_min", "diff_max", "train_on", "train_off",
              "paper_on", "paper_off", "paper_diff"]
@@ -111,6 +95,48 @@ def effects(runs: Runs) -> pd.DataFrame:
   order = [condition_order(k, p) for k, p in zip(out.kind, out.corruption)]
   return out.assign(_o=order).sort_values(["model", "regularizer", "_o", "with"]).drop(
       columns="_o").reset_index(drop=True)
+
+
+def _axis_rows(axis: str, model: str, dataset: str, g: pd.DataFrame) -> list[dict]:
+  """`effects`' rows of one model for one regularizer axis: its replicas with each value
+  of `axis` against their twins with it off."""
+  others = [a for a in AXES if a != axis]
+  keyed = g.set_index([*_KEY, *others])
+  off = keyed[keyed[axis] == AXES[axis]]
+  dropout = bool((g.dropout != 0).any())
+  rows = []
+  for value in sorted(set(g[axis]) - {AXES[axis]}):
+    on = keyed[keyed[axis] == value]
+    both = on.merge(off, left_index=True, right_index=True, suffixes=("_on", "_off"))
+    for (kind, p, *shared), pairs in both.reset_index().groupby(["kind", "corruption",
+                                                                  *others]):
+      config = dict(zip(others, shared))
+      condition = pairs.iloc[0].condition_on
+      p_on, p_off = _paper_diff(model, dataset, condition, {axis: value, **config},
+                                {axis: AXES[axis], **config})
+      rows.append(_row(model, _regularizer_name(axis, value),
+                       _others(axis, pd.Series(config), dropout), kind, p, condition, pairs,
+                       p_on, p_off))
+  return rows
+
+
+def _batch_norm_rows(bn: str, nobn: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
+  """`effects`' rows for a batch-norm model against its twin without batch norm."""
+  if a.empty or b.empty:
+    return []
+  key = [*_KEY, *AXES]
+  both = a.set_index(key).merge(b.set_index(key), left_index=True, right_index=True,
+                                suffixes=("_on", "_off")).reset_index()
+  dropout = bool((pd.concat([a, b]).dropout != 0).any())
+  rows = []
+  for (kind, p, *values), pairs in both.groupby(["kind", "corruption", *AXES]):
+    first = pairs.iloc[0]
+    config = dict(zip(AXES, values))
+    p_on, p_off = _paper_diff(bn, first.dataset_on, first.condition_on, config, config, nobn)
+    shared = _others("batch_norm", pd.Series(config), dropout)
+    rows.append(_row(f"{bn} vs {nobn}", "batch norm", shared, kind, p, first.condition_on,
+                     pairs, p_on, p_off))
+  return rows
 
 
 def _row(model, regularizer, shared, kind, p, condition, pairs, paper_on, paper_off) -> dict:
@@ -225,12 +251,16 @@ def table1_markdown(runs: Runs, table1: pd.DataFrame, fits: pd.DataFrame,
          "(weight decay, data augmentation) and implicit ones (batch norm, early stopping) "
          "help generalization a little, but are neither necessary nor sufficient for it; "
          "networks fit random labels with them on.", ""]
-  if not paper.matches_paper_dataset(dataset):
+  imagenet = paper.is_imagenet(dataset)
+  if imagenet:
+    out += [f"These runs are on {dataset}: the paper's ImageNet numbers (its Table 2) are in "
+            f"table2.md and in the *paper* columns of the regularizer pairs below.", ""]
+  elif not paper.matches_paper_dataset(dataset):
     out += [f"The paper's numbers are for CIFAR-10; these runs are on {dataset}, so the "
             f"*paper* columns compare the direction and size of each effect, not the "
             f"accuracies themselves.", ""]
   out += _table1_lines(table1)
-  out += _effects_lines(effects(runs) if eff is None else eff)
+  out += _effects_lines(effects(runs) if eff is None else eff, imagenet)
   out += _random_label_lines(random_label_fits(runs, fits))
   return out + _early_stopping_lines(early_stopping(runs, threshold) if es is None else es)
 
@@ -250,12 +280,13 @@ def _table1_lines(table1: pd.DataFrame) -> list[str]:
                    rows) + [""])
 
 
-def _effects_lines(eff: pd.DataFrame) -> list[str]:
+def _effects_lines(eff: pd.DataFrame, imagenet: bool = False) -> list[str]:
+  source = "Table 2 (ImageNet, top-1)" if imagenet else "Table 1 (CIFAR-10)"
   out = ["## Each regularizer on and off", "",
          "Replicas with the regularizer against their twins without it (same model, seed, "
          "labels and other regularizers): test accuracy and the mean paired difference "
-         "(range over seeds in brackets). *paper*: the same pair in the paper's Table 1 "
-         "(CIFAR-10).", ""]
+         f"(range over seeds in brackets). *paper*: the same pair in the paper's {source}.",
+         ""]
   if eff.empty:
     return out + ["No replica has a twin that differs in one regularizer only.", ""]
   rows = [[e.model, e.regularizer, e["with"], e.condition, e.n, _pct(e.test_on),
