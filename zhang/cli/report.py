@@ -29,6 +29,7 @@ def register(subparsers) -> argparse.ArgumentParser:
       "                    runs trained past the fit (configs/modadd.py)\n"
       "  table1.md, fig2a.png, early_stopping.png\n"
       "                    regularizers on and off, early stopping, Figure 2a (studies)\n"
+      "  table2.md         ImageNet runs: top-1 and top-5 beside the paper's Table 2\n"
       "Runs still in progress are reported as such; their partial data are used. What the\n"
       "probes wrote into OUT (kernel_baseline.json of `zhang kernel RUN --out OUT`, llc.json,\n"
       "ntk.json, measures.json) gets its section when it was computed from one of these runs\n"
