@@ -1,9 +1,6 @@
 """Tests for Table 2 (zhang.analysis.table2) on run directories whose numbers are known."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +9,6 @@ from zhang import analysis
 from zhang.analysis import paper, regularization, report, table2
 from zhang.rundir import format as format_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 WD, DROP = 4e-5, 0.2
 
 
@@ -208,20 +204,3 @@ def test_runs_without_a_dropout_field_keep_their_regularizer_pairs(tmp_path):
   e = eff.iloc[0]
   assert e["with"] == "no augmentation" and e["diff"] == pytest.approx(0.015)
   assert (e.paper_on, e.paper_off) == pytest.approx((0.5039, 0.5051))
-
-
-@pytest.mark.slow
-def test_the_quick_config_trains_and_reports_table2(tmp_path):
-  """configs/table2.py:quick on tfds's fake ImageNet, then `zhang report` (4-5 min on 2
-  CPU cores)."""
-  work, out = tmp_path / "t2q", tmp_path / "report"
-  zhang = [sys.executable, "-m", "zhang"]
-  subprocess.run([*zhang, "train", "--config", "configs/table2.py:quick", "--workdir",
-                  str(work)], cwd=REPO, check=True, capture_output=True)
-  subprocess.run([*zhang, "report", str(work), "--out", str(out), "--n_boot", "0"],
-                 cwd=REPO, check=True, capture_output=True)
-  runs = analysis.load_runs(work)
-  t = table2.table(runs)  # one seed: a row per replica
-  assert len(t) == len(runs.replicas) and t[list(table2.METRICS)].notna().all().all()
-  doc = (out / "table2.md").read_text()
-  assert "**Not a result: fake data.**" in doc and "| 59.80 |" in doc

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from zhang import cli
+from zhang import analysis, cli
+from zhang.analysis import table2
 
 
 @pytest.mark.slow
@@ -37,8 +38,14 @@ def test_quick_table2_streams_mock_imagenet_trains_resumes_and_reports(tmp_path,
   shutil.rmtree(workdir / "checkpoints" / "2")
   assert cli.main(args) == 0
   assert (workdir / "metrics.jsonl").read_text() == reference
-  assert cli.main(["report", str(workdir), "--out", str(tmp_path / "report")]) == 0
-  assert (tmp_path / "report" / "report.md").exists()
+  out = tmp_path / "report"
+  assert cli.main(["report", str(workdir), "--out", str(out), "--n_boot", "0"]) == 0
+  runs = analysis.load_runs(workdir)
+  t = table2.table(runs)  # one seed: a row per replica
+  assert len(t) == len(runs.replicas) == 6 and t[list(table2.METRICS)].notna().all().all()
+  doc = (out / "table2.md").read_text()
+  assert "**Not a result: fake data.**" in doc and "| 59.80 |" in doc
+  assert (out / "report.md").exists()
 
 
 def test_the_host_augmentation_on_a_dataset_held_on_the_device_gets_one_line(tmp_path, capsys):
