@@ -97,7 +97,7 @@ def test_a_grid_that_cannot_fit_is_refused_before_compiling(seeds, tmp_path, cap
     ("configs/lazy_rich.py:foo=1", "unknown config argument 'foo': known are task, widths"),
     ("configs/lazy_rich.py:task=cifar", "config argument task='cifar': use task=modadd, "
                                         "task=digits or task=modadd_scales"),
-    ("configs/table2.py:foo=1", "unknown config argument 'foo': known are seeds, quick"),
+    ("configs/table2.py:foo=1", "unknown config argument 'foo': known are model, dataset"),
     ("configs/table2.py:seeds=0", "seeds=0: need at least 1"),
 ])
 def test_every_config_refuses_an_argument_it_does_not_know(spec, message, tmp_path, capsys):

@@ -56,3 +56,21 @@ def test_the_host_augmentation_on_a_dataset_held_on_the_device_gets_one_line(tmp
   err = capsys.readouterr().err.strip()
   assert "augmentation 'inception' is made on the host for a dataset streamed from it" in err
   assert len(err.splitlines()) == 1 and not workdir.exists()
+
+
+@pytest.mark.slow
+def test_a_small_dataset_takes_the_same_streaming_path(tmp_path):
+  """``configs/table2.py:dataset=...,model=...,quick`` on a dataset held in memory (digits):
+  streamed, shared order, the paper's rows with the device's crop for augmentation and no
+  dropout for a model without it."""
+  workdir = tmp_path / "run"
+  assert cli.main(["train", "--config", "configs/table2.py:dataset=digits,model=mlp_1x512,"
+                   "quick", "--workdir", str(workdir), "--no_progress"]) == 0
+  config = json.loads((workdir / "config.json").read_text())
+  assert (config["stream"], config["batch_order"]) == (True, "shared")
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert {(r["corruption"], r["augmentation"], r["dropout"], r["weight_decay"])
+          for r in summary["replicas"]} == {
+      (0.0, "crop", 0.0, 4e-5), (0.0, "crop", 0.0, 0.0), (0.0, "none", 0.0, 4e-5),
+      (0.0, "none", 0.0, 0.0), (1.0, "none", 0.0, 4e-5), (1.0, "none", 0.0, 0.0)}
+  assert summary["steps_run"] == 200
