@@ -8,11 +8,12 @@ Prints one JSON object. Both paths train the config's grid with one shared batch
 batches from the training set on the device, and ``stream_chunk`` on batches that the grain
 pipeline (``zhang.experiment.stream``, in this process, no workers) reads and the loop's
 ``feed.Feed`` puts on the device, a call's ``capacity`` steps at a time. The streaming time
-includes the host's reading and the transfer, as a run pays them (without overlap: the next
-call's batches are read after the call returns). Calls of ``capacity`` steps, alternated
-in-memory / streaming ``--repeats`` times after a compiling call of each; ``ratio`` is the
-streaming path's steps per second over the in-memory path's (best calls). ``host_share`` is
-the part of a streaming call spent reading and putting the batches.
+includes what a run waits for of the host's reading and the transfer: as in the training
+loop, the next call's batches are read and put on the device (``feed.Feed.prepare``) while a
+call runs, and ``host_share`` is the part of a call spent waiting for them. Calls of
+``capacity`` steps, alternated in-memory / streaming ``--repeats`` times after a compiling
+call of each; ``ratio`` is the streaming path's steps per second over the in-memory path's
+(best calls).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def measure(spec: str, repeats: int) -> dict:
     np.asarray(loss)
     return time.perf_counter() - t0, 0.0
 
-  def streaming():
+  def streaming():  # as the training loop calls it: the next call's batches put meanwhile
     nonlocal states, loss
     t0 = time.perf_counter()
     batches = feed.next(k)
@@ -68,6 +69,7 @@ def measure(spec: str, repeats: int) -> dict:
     states, loss = program.stream_chunk(states, reps, d, batches,
                                         jnp.asarray(step, jnp.int32),
                                         jnp.asarray(k, jnp.int32), loss)
+    feed.prepare()
     np.asarray(loss)
     return time.perf_counter() - t0, host
 

@@ -4,7 +4,9 @@
 A call of ``step.stream_chunk`` takes ``capacity`` steps' batches as one array (K, B, ...)
 whatever number of steps it runs (a shorter call before an evaluation pads with copies of
 its last batch, never read), so it compiles once. K keeps a call's batches to about
-``CALL_BYTES`` of images. Each process reads the rows of every global batch that its
+``CALL_BYTES`` of images. Grain reads and preprocesses batches ahead in its threads (or
+worker processes), and ``Feed.prepare`` puts the next call's on the devices while the
+current call runs. Each process reads the rows of every global batch that its
 devices hold on the mesh's ``data`` axis (``local_block``): its part when that axis spans
 processes, else the whole batch, whatever the number of processes.
 """
@@ -64,16 +66,36 @@ class Feed:
         workers=config.stream_workers, prefetch=self.capacity, augment=augment)
     self.batches = self.stream.batches(start_step)
     self.step = start_step
+    self.ahead: list[dict] = []  # batches read and not yet trained on, in order
+    self.pending = None  # the first ``capacity`` of them on the devices (``prepare``)
 
   def next(self, steps: int) -> step_lib.StreamBatches:
     """The next ``steps`` (<= ``capacity``) global batches on the devices, padded to
-    ``capacity`` steps."""
-    import jax
+    ``capacity`` steps: the ones ``prepare`` put there when it is a whole call's."""
     if not 1 <= steps <= self.capacity:
       raise ValueError(f"{steps} steps in a call of at most {self.capacity}")
-    got = [next(self.batches) for _ in range(steps)]
-    got += [got[-1]] * (self.capacity - steps)
+    self._read(steps)
+    chunk = self.pending if steps == self.capacity else None
+    if chunk is None:
+      got = self.ahead[:steps]
+      chunk = self._put(got + [got[-1]] * (self.capacity - steps))
+    self.ahead, self.pending = self.ahead[steps:], None
     self.step += steps
+    return chunk
+
+  def prepare(self) -> None:
+    """Reads the next call's batches and starts putting them on the devices: called while
+    the devices run the current call, so that the next one need not wait for either."""
+    self._read(self.capacity)
+    self.pending = self._put(self.ahead[:self.capacity])
+
+  def _read(self, steps: int) -> None:
+    while len(self.ahead) < steps:
+      self.ahead.append(next(self.batches))
+
+  def _put(self, got: list[dict]) -> step_lib.StreamBatches:
+    """``capacity`` host batches as one global array each (sent without waiting)."""
+    import jax
 
     def put(key: str, dtype):
       local = np.stack([b[key] for b in got]).astype(dtype)

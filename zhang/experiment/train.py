@@ -740,6 +740,7 @@ def _train_call(run: _Run, sizer: "_CallSizer", states, loss_sum, step: int):
     states, loss_sum = run.program.stream_chunk(
         states, run.reps, run.d, run.feed.next(n), jnp.asarray(step, jnp.int32),
         jnp.asarray(n, jnp.int32), loss_sum, *frozen)
+    run.feed.prepare()  # the next call's batches, while this one runs
   else:
     states, loss_sum = run.program.train_chunk(states, run.reps, run.d,
                                                jnp.asarray(step, jnp.int32),
