@@ -46,7 +46,7 @@ Options:
   --preemptible            legacy preemptible VM (needs --legacy-create)
   --config CONFIG          config path in the repo, with :args (default configs/fig1.py)
   --data-dir gs://B/tfds   TFDS_DATA_DIR on the workers (default: gs://BUCKET/tfds, BUCKET
-                           being the workdir's bucket)
+                           being the workdir's bucket); --data_dir is the same
   --set FIELD=VALUE        config override for zhang train (repeatable)
   --results DIR            local folder for fetch (default runs/<workdir's last part>)
   --with-checkpoints       fetch checkpoints/ too
@@ -106,7 +106,7 @@ while (($#)); do
     --queued) QUEUED=1; shift ;;  # the default
     --legacy-create) QUEUED=0; shift ;;
     --config) need "$@"; CONFIG=$2; shift 2 ;;
-    --data-dir) need "$@"; DATA_DIR=${2%/}; shift 2 ;;
+    --data-dir|--data_dir) need "$@"; DATA_DIR=${2%/}; shift 2 ;;
     --set) need "$@"; SETS+=("$2"); shift 2 ;;
     --results) need "$@"; RESULTS=$2; shift 2 ;;
     --with-checkpoints) WITH_CKPT=1; shift ;;

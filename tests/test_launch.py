@@ -424,3 +424,12 @@ def test_bad_input(launch, script, args):
   rc, cmds, err = launch(script, "--dry-run", *args)
   assert (rc, cmds) == (2, [])
   assert len(err.splitlines()) == 1 and err.startswith(f"{script}.sh: error: ")
+
+
+def test_tpu_data_dir_takes_either_spelling(launch):
+  for flag in ("--data-dir", "--data_dir"):
+    rc, cmds, err = launch("tpu", "--dry-run", "all", *TPU_FLAGS, "--config",
+                           "configs/table2.py", flag, "gs://data/tfds/")
+    assert rc == 0, err
+    (train,) = [c for c in cmds if "--distributed" in " ".join(c)]
+    assert "TFDS_DATA_DIR=gs://data/tfds" in _remote(train), flag
