@@ -220,7 +220,8 @@ def test_console_entry_point_exit_code(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "zhang train: error: unknown model 'vgg': choose one of mlp_1x512, mlp_3x512, "
-      "alexnet_small, inception_small, inception_small_nobn, transformer_1l, mlp_tokens, or "
+      "alexnet_small, inception_small, inception_small_nobn, transformer_1l, mlp_tokens, "
+      "inception_v3, or "
       "mlp_DxW (an MLP of D hidden layers of width W, e.g. mlp_2x1024) or mlp_tokens_W, either "
       "with a parameterization suffix (e.g. mlp_2x1024_mup)"]
 

@@ -192,15 +192,16 @@ def test_run_writes_the_contract(tiny_config, tmp_path):
   assert config.pop("parameterization") == "standard"
   assert config.pop("output_scale") == 1.0
   assert config.pop("dropout") == 0.0
-  assert (config.pop("stream"), config.pop("batch_order"), config.pop("order_seed")) == (
-      False, "replica", 0)
+  assert (config.pop("stream"), config.pop("batch_order"), config.pop("order_seed"),
+          config.pop("image_size")) == (False, "replica", 0, 0)
   assert config.pop("stream_workers") == 0  # how it runs: never in the hash
   assert summary["config_hash"] == hashlib.sha256(
       json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
   config["freeze_at_fit"] = False
   config["binary"] = False
   config["parameterization"], config["output_scale"], config["dropout"] = "standard", 1.0, 0.0
-  config.update(stream=False, batch_order="replica", order_seed=0, stream_workers=0)
+  config.update(stream=False, batch_order="replica", order_seed=0, stream_workers=0,
+                image_size=0)
   assert config == config_lib.to_json_dict(config_lib.resolve(tiny_config))
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   r = len(summary["replicas"])
