@@ -54,21 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_fraction = 0.3
   c.split_seed = 0
   c.batch_size = 128
-  # Where training batches come from (zhang/experiment/stream.py): false, the training set on
-  # the device, each replica drawing its batches there; true, a grain pipeline on the host,
-  # every replica the same batches (batch_order "shared"), for data that does not fit on a
-  # device (ImageNet: always). Evaluation reads the sets from the device either way.
-  c.stream = False
-  # "replica": each replica the batch order of its own seed; "shared": every replica the
-  # order of a replica of seed `order_seed` (the stream's; in memory too, to compare them).
-  c.batch_order = "replica"
-  c.order_seed = 0
-  # Grain worker processes that read and preprocess the stream's examples (0: the training
-  # process). How a run executes, like the plan: not part of its identity (hash).
-  c.stream_workers = 0
-  # The side of the square images a host-streamed dataset's preprocessing makes (ImageNet:
-  # zhang/experiment/imagenet.py); 0: the dataset's own (299 for Inception V3).
-  c.image_size = 0
+  _stream_fields(c)
   _optimizer_fields(c)
   c.max_steps = 30_000
   c.eval_every = 500  # steps between evaluations on the whole train and test sets
@@ -105,6 +91,24 @@ def base_config() -> ml_collections.ConfigDict:
   # scalars above).
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c
+
+
+def _stream_fields(c: ml_collections.ConfigDict) -> None:
+  """Where training batches come from and in which order (``base_config``'s, in its order)."""
+  # false: the training set on the device, each replica drawing its batches there; true: a
+  # grain pipeline on the host (zhang/experiment/stream.py), every replica the same batches
+  # (batch_order "shared"), for data that does not fit on a device (ImageNet: always).
+  c.stream = False
+  # "replica": each replica the batch order of its own seed; "shared": every replica the
+  # order of a replica of seed `order_seed` (the stream's; in memory too, to compare them).
+  c.batch_order = "replica"
+  c.order_seed = 0
+  # Grain worker processes that read and preprocess the stream's examples (0: the training
+  # process). How a run executes, like the plan: not part of its identity (hash).
+  c.stream_workers = 0
+  # The side of the square images a host-streamed dataset's preprocessing makes (ImageNet:
+  # zhang/experiment/imagenet.py); 0: the dataset's own (299 for Inception V3).
+  c.image_size = 0
 
 
 def _optimizer_fields(c: ml_collections.ConfigDict) -> None:
