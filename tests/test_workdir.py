@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 
 import pytest
 
@@ -138,6 +139,27 @@ def test_library_noise_goes_to_the_workdir_log(tmp_path, capsys):
   assert "uncaught exception in thread async_save" in text and "ZeroDivisionError" in text
   # Afterwards the loggers are as they were.
   assert logging.getLogger("absl").propagate
+
+
+def test_library_warnings_go_to_the_log_and_ours_to_the_terminal(tmp_path, capsys):
+  library = "/venv/lib/python3.11/site-packages/orbax/checkpoint/_src/asyncio_utils.py"
+  with warnings.catch_warnings():
+    warnings.simplefilter("always")
+    # As outside pytest, which records warnings: they are printed to stderr.
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))
+    with workdir_lib.library_log(tmp_path) as path:
+      warnings.warn_explicit("coroutine 'Store._get_array_metadatas' was never awaited",
+                             RuntimeWarning, library, 129)
+      warnings.warn_explicit("a config's own warning", UserWarning,
+                             str(tmp_path / "my_config.py"), 3)
+      warnings.warn_explicit("zhang's own warning", UserWarning, workdir_lib.__file__, 1)
+    warnings.warn_explicit("after the run", RuntimeWarning, library, 130)
+  err = capsys.readouterr().err
+  text = pathlib.Path(path).read_text()
+  assert "was never awaited" in text and "was never awaited" not in err
+  assert "a config's own warning" in err and "zhang's own warning" in err
+  assert "after the run" in err and "after the run" not in text
 
 
 class _Tracker:

@@ -11,7 +11,8 @@
   locks (some FUSE mounts); there two launches on one workdir are the user's to avoid.
 - ``library_log``: Orbax, absl, asyncio and TensorStore report a failed write with pages of
   tracebacks from background threads and callbacks; the run's own message says what
-  happened in one line. While training, those libraries' log records and uncaught thread
+  happened in one line. While training, those libraries' log records, their warnings (such
+  as asyncio's "coroutine was never awaited" from an abandoned read) and uncaught thread
   exceptions go to ``WORKDIR/library.log`` instead of the terminal.
 """
 
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import traceback
+import warnings
 
 from etils import epath
 
@@ -167,13 +169,35 @@ def library_log(workdir: epath.Path, process_index: int = 0):
               "".join(traceback.format_exception(args.exc_type, args.exc_value,
                                                  args.exc_traceback)))
 
+  previous_showwarning = warnings.showwarning
+
+  def showwarning(message, category, filename, lineno, file=None, line=None):
+    if _is_ours(filename):
+      previous_showwarning(message, category, filename, lineno, file, line)
+    else:
+      log.warning("%s", warnings.formatwarning(message, category, filename, lineno, line))
+
   previous_unraisable = sys.unraisablehook
   threading.excepthook, sys.unraisablehook = thread_exception, unraisable
+  warnings.showwarning = showwarning
   try:
     yield path
   finally:
     threading.excepthook, sys.unraisablehook = previous_hook, previous_unraisable
+    warnings.showwarning = previous_showwarning
     for logger, propagate, handlers in saved:
       logger.handlers = handlers
       logger.propagate = propagate
     handler.close()
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_ours(filename: str) -> bool:
+  """Whether a warning was raised in this package's code or a user's (a config file),
+  rather than in an installed library's."""
+  path = os.path.abspath(filename)
+  parts = path.split(os.sep)
+  return (path.startswith(_PACKAGE + os.sep)
+          or not ({"site-packages", "dist-packages"} & set(parts)))
