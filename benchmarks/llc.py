@@ -60,13 +60,14 @@ def main(argv=None) -> int:
     np.asarray(loss)
     return time.perf_counter() - t0
 
-  size = sgld.flatten(jax.tree.map(lambda p: p[0], params))[0].size  # one chain's parameters
+  # One chain's parameters in pairs (``sgld.pair_leaves``).
+  pairs = sum(-(-int(np.prod(p.shape[1:])) // 2) for p in jax.tree.leaves(params))
 
   for chains in [int(c) for c in args.chains.split(",")]:
     s = llc.Settings(chains=chains, draws=k, burnin=0)
     sgld_seconds = lambda s=s: sampler.sample(params, batch_stats, s)[3]
-    # The Gaussian noise of one step of every chain, alone (``sgld.standard_normal``).
-    noise = jax.jit(lambda keys: jax.vmap(lambda key: sgld.standard_normal(key, size))(keys))
+    # The Gaussian noise of one step of every chain, alone (``sgld.normal_pairs``).
+    noise = jax.jit(lambda keys: jax.vmap(lambda key: sgld.normal_pairs(key, pairs))(keys))
     keys = jax.random.split(jax.random.key(0), r * chains)
     jax.block_until_ready(noise(keys))
     compiled = sampler.compile_seconds

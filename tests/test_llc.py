@@ -15,7 +15,7 @@ import pytest
 
 from zhang import cli
 from zhang.experiment import config as config_lib
-from zhang.experiment import randomize, train
+from zhang.experiment import train
 from zhang.probes.llc import estimate as llc
 from zhang.probes.llc import sgld
 
@@ -75,12 +75,51 @@ def test_degenerate_product_has_lambda_one_half_not_one():
   assert result["llc_se"] < 0.05
 
 
-def test_the_chains_noise_is_example_normal_bit_for_bit():
-  """The step's noise is ``randomize.example_normal``'s stream, made in one pass."""
-  for n in (1, 2, 7, 38410, 38411):
-    key = jax.random.fold_in(jax.random.key(3), n)
-    np.testing.assert_array_equal(jax.jit(sgld.standard_normal, static_argnums=1)(key, n),
-                                  randomize.example_normal(key, (n,)))
+def test_the_chains_noise_is_standard_normal_and_independent():
+  """``normal_pairs`` (Box-Muller of Threefry words) against the normal distribution: the
+  moments to a few standard errors, the Kolmogorov-Smirnov distance, no correlation between a
+  pair's two normals or between neighbours, and keys of another implementation."""
+  keys = jax.random.split(jax.random.key(7), 64)
+  pairs = np.asarray(jax.jit(jax.vmap(lambda k: sgld.normal_pairs(k, 20_001)))(keys))
+  z = np.concatenate([pairs.real.ravel(), pairs.imag.ravel()]).astype(np.float64)
+  n = z.size  # 2.56 million
+  for moment, exact, var in ((1, 0.0, 1.0), (2, 1.0, 2.0), (3, 0.0, 15.0), (4, 3.0, 96.0)):
+    assert abs(np.mean(z ** moment) - exact) < 5 * math.sqrt(var / n), moment
+  sorted_z = np.sort(z[:400_000])
+  cdf = 0.5 * (1 + np.vectorize(math.erf)(sorted_z / math.sqrt(2)))
+  steps = np.arange(1, sorted_z.size + 1) / sorted_z.size
+  assert np.max(np.abs(cdf - steps)) * math.sqrt(sorted_z.size) < 1.95  # KS at p = 0.001
+  # Beyond 4 sigma: the tail is there, at its rate (6.3e-5).
+  assert abs(np.mean(np.abs(z) > 4) - 6.334e-5) < 5 * math.sqrt(6.334e-5 / n)
+  for a, b in ((pairs.real, pairs.imag), (pairs.real[:, 1:], pairs.real[:, :-1]),
+               (pairs[:-1].imag, pairs[1:].imag)):
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / math.sqrt(a.size)
+  # Keys of another implementation: jax.random.normal's normals.
+  other = sgld.normal_pairs(jax.random.key(0, impl="rbg"), 5)
+  assert other.shape == (5,) and other.dtype == jnp.complex64 and np.isfinite(other).all()
+
+
+def test_the_noise_angle_polynomials_are_sin_and_cos_to_float_rounding():
+  phi = np.linspace(0, math.pi / 4, 100_001).astype(np.float32)
+  sin, cos = jax.jit(sgld._sin_cos)(phi)
+  assert np.max(np.abs(np.asarray(sin) - np.sin(phi.astype(np.float64)))) < 2e-7
+  assert np.max(np.abs(np.asarray(cos) - np.cos(phi.astype(np.float64)))) < 2e-7
+
+
+def test_pairs_hold_every_parameter_and_give_it_back():
+  rng = np.random.default_rng(0)
+  for n in (1, 2, 7, 38410):
+    flat = jnp.asarray(rng.normal(size=(3, n)), jnp.float32)
+    pairs = sgld.to_pairs(flat)
+    assert pairs.shape == (3, -(-n // 2)) and pairs.dtype == jnp.complex64
+    np.testing.assert_array_equal(sgld.from_pairs(pairs, n), flat)
+    np.testing.assert_array_equal(pairs[:, 0].real, flat[:, 0])  # neighbours pair up
+  tree = {"kernel": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+          "bias": jnp.asarray(rng.normal(size=3), jnp.bfloat16)}
+  back = sgld.unpair_leaves(sgld.pair_leaves(tree), tree)
+  for k in tree:
+    assert back[k].shape == tree[k].shape and back[k].dtype == tree[k].dtype
+    np.testing.assert_array_equal(back[k], tree[k])
 
 
 def test_the_estimate_is_reproducible_from_the_seed():

@@ -30,7 +30,7 @@ expectation is 4.54 for the regression's d/2 = 5 and 0.45 for the product's 1/2)
 
   eps     regression (d = 10)           f(x) = a b x at a = 1 (16 chains)
   1e-5    4.52 (16 chains, 13k steps)   0.44 (13k steps): the exact expectation
-  1e-4    4.66-5.18 (8 seeds)           0.45-0.53 (4 seeds)
+  1e-4    4.78-5.02 (8 seeds)           0.47-0.50 (4 seeds)
   3e-4    5.63                          0.54
   1e-3    8.78                          0.85
 
@@ -53,7 +53,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from zhang.errors import UsageError
 from zhang.experiment import randomize
@@ -135,70 +134,106 @@ def _threefry(k0, k1, x0, x1):
   return x0, x1
 
 
-def standard_normal(key, n: int):
-  """``randomize.example_normal(key, (n,))`` bit for bit, as one elementwise computation
-  of each element's index, which XLA fuses into the update that consumes it.
+def normal_pairs(key, h: int):
+  """2h independent standard normals of ``key`` as a complex64 vector of length ``h`` (the
+  real and imaginary parts), each pair from one Threefry-2x32 hash.
 
-  Element i's word is one of the two a Threefry hash of counters (i, i + n/2) gives
-  (``randomize.words``); the normal is the inverse error function of it as a uniform in
-  (-1, 1), as ``jax.random.normal`` makes it. Keys of another implementation get
-  ``randomize.example_normal``."""
+  Pair j hashes the counters (j, j + h) under ``key`` (the hash behind JAX's default keys,
+  ``_threefry``) and turns its two words into two normals by the Box-Muller transform:
+  radius sqrt(-2 ln u) from the first word's top 24 bits (u in (0, 1]), and a direction
+  uniform on the circle from the second's, an angle phi in [0, pi/4) from its top 24 bits
+  (``_sin_cos``) and three low bits choosing one of the circle's eight symmetric copies of
+  (cos phi, sin phi): a swap and two signs. Both normals come out of one element of the
+  result, so a fusion that consumes it (the SGLD update, ``sgld_step``) hashes each pair
+  once; ``jax.random.normal`` hashes once per normal and spends an inverse error function
+  on each, three times the cost of this on the CPU (``benchmarks/llc.py``, ``noise_share``).
+  Keys of another implementation get ``jax.random.normal``."""
   data = jax.random.key_data(key)
   if data.shape != (2,):
-    return randomize.example_normal(key, (n,))
-  half = -(-n // 2)
-  i = jnp.arange(n, dtype=jnp.uint32)
-  first = i < half
-  lo = jnp.where(first, i, i - half)
-  hi = jnp.where(lo + half == n, np.uint32(0), lo + half)  # odd n: one 0 pads the counters
-  a, b = _threefry(data[0], data[1], lo, hi)
-  bits = jnp.where(first, a, b)
-  u = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32)
-  u = jnp.maximum(2.0 * u - 3.0, np.nextafter(np.float32(-1.0), np.float32(0.0)))
-  return _erf_inv(u) * np.float32(math.sqrt(2.0))
+    z = jax.random.normal(key, (2, h), jnp.float32)
+    return jax.lax.complex(z[0], z[1])
+  j = jnp.arange(h, dtype=jnp.uint32)
+  a, b = _threefry(data[0], data[1], j, j + np.uint32(h))
+  u = ((a >> 8) + np.uint32(1)).astype(jnp.float32) * np.float32(2.0 ** -24)
+  r = jnp.sqrt(-2.0 * jnp.log(u))
+  sin, cos = _sin_cos((b >> 8).astype(jnp.float32) * np.float32(math.pi / 4 * 2.0 ** -24))
+  swap = (b & np.uint32(1)) != 0
+  x = _flip_sign(jnp.where(swap, sin, cos), (b & np.uint32(2)) << np.uint32(30))
+  y = _flip_sign(jnp.where(swap, cos, sin), (b & np.uint32(4)) << np.uint32(29))
+  return jax.lax.complex(r * x, r * y)
 
 
-# Giles (2010), "Approximating the erfinv function": single-precision polynomials in
-# w - 2.5 (w < 5) and sqrt(w) - 3 (w >= 5), w = -log(1 - x^2), highest degree first.
-_ERF_INV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06,
-                    0.00021858087, -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
-_ERF_INV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844,
-                 0.00573950773, -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+# Taylor coefficients, highest degree first: on [0, pi/4] the first term left out is below
+# 2e-9, so float32 rounding (1e-7) is the error.
+_SIN = tuple((-1) ** (k // 2) / math.factorial(k) for k in (9, 7, 5, 3, 1))
+_COS = tuple((-1) ** (k // 2) / math.factorial(k) for k in (10, 8, 6, 4, 2, 0))
 
 
-def _erf_inv(x):
-  """``lax.erf_inv`` of x in (-1, 1) (the same polynomials, the same float32 values), as
-  one chain of operations XLA keeps in one fusion: its own expansion shares w between three
-  users, so XLA materializes w and recomputes x, here a Threefry hash, in the fusion after."""
-  w = -jnp.log1p(-x * x)
-  central = w < 5.0
-  t = jnp.where(central, w - 2.5, jnp.sqrt(w) - 3.0)
-  p = jnp.float32(0.0)
-  for a, b in zip(_ERF_INV_CENTRAL, _ERF_INV_TAIL):
-    p = jnp.where(central, np.float32(a), np.float32(b)) + p * t
-  return p * x
+def _sin_cos(phi):
+  """(sin phi, cos phi) for phi in [0, pi/4], as polynomials XLA keeps in the fusion
+  (``jnp.sin`` and ``jnp.cos`` cost several times as much on the CPU)."""
+  p2 = phi * phi
+  sin = cos = jnp.float32(0.0)
+  for c in _SIN:
+    sin = sin * p2 + np.float32(c)
+  for c in _COS:
+    cos = cos * p2 + np.float32(c)
+  return sin * phi, cos
 
 
-def sgld_step(loss_fn: Callable, w, w_star, key, batch, step_size, gamma, nbeta):
+def _flip_sign(x, sign_bit):
+  """x with its sign bit XORed with ``sign_bit`` (0 or 1 << 31)."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32) ^ sign_bit
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def to_pairs(flat):
+  """(..., n) float32 -> (..., ceil(n / 2)) complex64: element j is flat[2j] + i flat[2j + 1]
+  (a 0 pads odd n), so that ``normal_pairs`` makes both of its normals. Neighbours pair up,
+  so the pairs lie in memory as the parameters do and ``from_pairs`` is a plain copy."""
+  if flat.shape[-1] % 2:
+    flat = jnp.concatenate([flat, jnp.zeros_like(flat[..., :1])], axis=-1)
+  return jax.lax.complex(flat[..., 0::2], flat[..., 1::2])
+
+
+def from_pairs(pairs, n: int):
+  """``to_pairs``' inverse: (..., h) complex64 -> (..., n) float32."""
+  flat = jnp.stack([jnp.real(pairs), jnp.imag(pairs)], axis=-1)
+  return flat.reshape(*pairs.shape[:-1], 2 * pairs.shape[-1])[..., :n]
+
+
+def pair_leaves(tree):
+  """A chain's position: each leaf of a parameter tree flattened to float32 and held in
+  pairs (``to_pairs``, complex64 (ceil(size / 2),)). Leaf by leaf rather than one vector
+  for the whole model: the step then reads each gradient and writes each leaf where the
+  model has them, with no copy of every parameter into one vector and back."""
+  return jax.tree.map(lambda x: to_pairs(jnp.ravel(x).astype(jnp.float32)), tree)
+
+
+def unpair_leaves(pairs, like):
+  """``pair_leaves``' inverse: leaves of the shapes and dtypes of ``like``'s."""
+  return jax.tree.map(lambda p, x: from_pairs(p, math.prod(x.shape)).reshape(x.shape).astype(
+      x.dtype), pairs, like)
+
+
+def sgld_step(loss_fn: Callable, w, w_star, key, batch, step_size, gamma, nbeta, like):
   """One SGLD step of one chain: returns (new w, the minibatch loss at w).
 
-  ``w`` and ``w_star`` are flat float32 vectors (every parameter, ``flatten``) and
-  ``loss_fn(w, batch)`` the mean loss of the minibatch at the flat ``w``; the step is
-  devinterp's, w - eps/2 (n beta grad + gamma (w - w*)) + sqrt(eps) N(0, 1), one pass over
-  the vector with the noise (``standard_normal``) made where it is added: drawn per leaf, or
-  as a vector apart from the update, the noise took 30-45% of the digits MLP's step.
+  ``w`` and ``w_star`` are a chain's position and its centre in pairs (``pair_leaves`` of a
+  tree shaped as ``like``), ``loss_fn(params, batch)`` the mean loss of the minibatch. The
+  step is devinterp's, w - eps/2 (n beta grad + gamma (w - w*)) + sqrt(eps) N(0, 1): for
+  each leaf one pass over its pairs, the noise (``normal_pairs``, of the key folded with the
+  leaf's index) made where it is added, each hash once for two parameters.
   """
-  loss, grad = jax.value_and_grad(loss_fn)(w, batch)
-  noise = standard_normal(key, w.shape[-1])
-  w = w - 0.5 * step_size * (nbeta * grad + gamma * (w - w_star)) + jnp.sqrt(step_size) * noise
-  return w, loss
-
-
-def flatten(tree):
-  """(the leaves of ``tree`` as one float32 vector, end to end in ``jax.tree`` order, the
-  function that cuts such a vector back into ``tree``'s leaves)."""
-  flat, unravel = ravel_pytree(tree)
-  return flat.astype(jnp.float32), unravel
+  loss, grads = jax.value_and_grad(loss_fn)(unpair_leaves(w, like), batch)
+  leaves, treedef = jax.tree.flatten(w)
+  new = []
+  for i, (x, x_star, g) in enumerate(zip(leaves, jax.tree.leaves(w_star),
+                                         jax.tree.leaves(grads))):
+    noise = normal_pairs(jax.random.fold_in(key, i), x.shape[-1])
+    drift = nbeta * to_pairs(jnp.ravel(g).astype(jnp.float32)) + gamma * (x - x_star)
+    new.append(x - (0.5 * step_size) * drift + jnp.sqrt(step_size) * noise)
+  return jax.tree.unflatten(treedef, new), loss
 
 
 def run_chains(step_fn: Callable, w0, keys, num_data: int, batch_size: int, num_steps: int):
@@ -212,10 +247,10 @@ def run_chains(step_fn: Callable, w0, keys, num_data: int, batch_size: int, num_
   noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(flat)
   per_epoch = num_data // batch_size
 
-  def orders(epoch):
-    return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch),
-                                                     num_data))(order_keys).reshape(
-                                                         *shape, num_data).astype(jnp.int32)
+  def orders(epoch):  # one-operand sorts (``randomize.example_permutation``), not pairs
+    return jax.vmap(lambda k: randomize.example_permutation(jax.random.fold_in(k, epoch),
+                                                            num_data))(order_keys).reshape(
+                                                                *shape, num_data)
 
   def body(carry, t):
     w, order = carry
@@ -276,18 +311,19 @@ def sample(loss_fn: Callable, w_star, num_data: int, settings: Settings = Settin
   if init_loss is None:
     init_loss = float(jax.jit(loss_fn)(w_star, jnp.arange(num_data)))
   chain_keys = jax.random.split(jax.random.key(settings.seed), settings.chains)
-  flat_star, unravel = flatten(w_star)
-  flat_loss = lambda w, i: loss_fn(unravel(w), i)
+  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+                      w_star)
 
   @jax.jit
   def chains(w_star, keys, step_size, gamma, nbeta):
     def step_fn(w, indices, step_keys):
-      one = lambda w, i, k: sgld_step(flat_loss, w, w_star, k, i, step_size, gamma, nbeta)
+      one = lambda w, i, k: sgld_step(loss_fn, w, w_star, k, i, step_size, gamma, nbeta, like)
       return jax.vmap(one)(w, indices, step_keys)
-    w0 = jnp.broadcast_to(w_star, (settings.chains, *w_star.shape))
+    w0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (settings.chains, *x.shape)), w_star)
     return run_chains(step_fn, w0, keys, num_data, m, settings.num_steps)[1]
 
-  trace = np.asarray(chains(flat_star, chain_keys, settings.step_size, settings.gamma, nbeta))
+  trace = np.asarray(chains(pair_leaves(w_star), chain_keys, settings.step_size,
+                            settings.gamma, nbeta))
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(w_star))
   return dict(estimate(trace, init_loss, nbeta, settings.burnin, num_params), trace=trace,
               nbeta=nbeta, num_params=num_params)
