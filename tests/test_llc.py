@@ -403,6 +403,23 @@ def test_replicas_split_over_devices_give_the_same_estimates(run_dir, tmp_path):
     assert b["llc_per_chain"] == pytest.approx(a["llc_per_chain"], rel=1e-3, abs=1e-3)
 
 
+def test_inputs_made_once_equal_inputs_made_every_step(run_dir, tmp_path, monkeypatch):
+  """The sampler's table of every replica's inputs (``estimate._table``) against the inputs
+  made from the images at every step, as the trainer makes them: the same chains. The two
+  make each input by the same operations, so they agree to float rounding."""
+  args = ["llc", str(run_dir), "--steps", "60", "--seed", "5", "--no_plots", *FAST]
+  assert cli.main([*args, "--out", str(tmp_path / "table")]) == 0
+  monkeypatch.setattr(llc, "TABLE_BYTES", 0)
+  assert cli.main([*args, "--out", str(tmp_path / "steps")]) == 0
+  a, b = (json.loads((tmp_path / name / "llc.json").read_text()) for name in ("table", "steps"))
+  for x, y in zip(a["replicas"], b["replicas"]):
+    assert y["init_loss"] == pytest.approx(x["init_loss"], rel=1e-5)
+    assert y["llc_per_chain"] == pytest.approx(x["llc_per_chain"], rel=1e-3, abs=1e-3)
+  # The run's gaussian and random-pixel replicas have inputs of their own: the table holds
+  # them, not the shared images (it would equal the true-label replica's otherwise).
+  assert len({round(r["init_loss"], 6) for r in a["replicas"]}) == len(a["replicas"])
+
+
 def _entry(replica, corruption, wd, step, value, seed=0):
   return dict(replica=replica, kind="labels", corruption=corruption, seed=seed, step=step,
               llc=value, llc_std=0.0, llc_se=None, num_params=100, learning_rate=0.01,

@@ -359,12 +359,15 @@ def _open(workdir, settings: list[Settings], steps: str, data_dir, out):
 
 def check_memory(run: run_lib.Run, s: Settings) -> None:
   """Refuses, in one line, chains that cannot fit on a device (``zhang.runtime.memory``):
-  each chain holds a position, its gradient and its noise."""
+  each chain holds a position, its gradient and its noise, and its share of its replica's
+  inputs (``_table``) where they are made once."""
   copies = run.padded // run.mesh.shape["replica"] * s.chains
   params = models.param_count(run.config.model, run.input_shape, run.dataset.num_classes)
+  table = run.n * math.prod(run.input_shape) * 4 // s.chains if _table_fits(run) else 0
   estimate = memory_lib.need(run.module, run.input_shape, params, copies=copies,
                              live=copies if run.plan.replicas == "vmap" else s.chains,
-                             batch=s.batch_size or run.config.batch_size, slots=1)
+                             batch=s.batch_size or run.config.batch_size, slots=1,
+                             per_example=table)
   memory_lib.check(estimate, f"{len(run.replicas):,} replicas x {s.chains:,} chains of "
                    f"{run.config.model}", "lower `chains` or `batch_size`, or use more devices")
 
