@@ -99,6 +99,29 @@ def test_the_chains_noise_is_standard_normal_and_independent():
   assert other.shape == (5,) and other.dtype == jnp.complex64 and np.isfinite(other).all()
 
 
+def test_a_quadratic_of_20000_parameters_gives_the_discrete_chains_exact_value():
+  """Without data, L(w) = h/2 |w - w*|^2: every coordinate of an SGLD chain is then an AR(1)
+  process whose stationary variance is exactly 1 / (a (1 - eps a / 4)), a = n beta h + gamma,
+  the step's discretization included, so E[n beta (L - L*)] = d/2 n beta h / (a (1 - eps a /
+  4)). Over 20,000 parameters (two leaves of odd sizes: the pairs' padding) the estimate
+  has a standard error near 0.1%: a noise variance off by a fraction of a percent, or
+  parameters left out or noised twice, shows."""
+  nbeta, gamma, eps = 145.0, 100.0, 1e-4
+  h = 1000.0 / nbeta
+  w_star = {"a": jnp.zeros((101, 99)), "b": jnp.ones(10_001)}
+
+  def loss(w, indices):
+    return 0.5 * h * sum(jnp.sum((x - c) ** 2) for x, c in zip(jax.tree.leaves(w),
+                                                               jax.tree.leaves(w_star)))
+
+  d, a = 101 * 99 + 10_001, nbeta * h + gamma
+  exact = d / 2 * nbeta * h / (a * (1 - eps * a / 4))  # 9,348 (9,090 without the eps term)
+  result = llc.sample(loss, w_star, 1000, llc.Settings(nbeta=nbeta, step_size=eps,
+                                                       gamma=gamma), init_loss=0.0)
+  assert result["num_params"] == d
+  assert abs(result["llc"] / exact - 1) < 0.005, (result["llc"], exact)
+
+
 def test_the_noise_angle_polynomials_are_sin_and_cos_to_float_rounding():
   phi = np.linspace(0, math.pi / 4, 100_001).astype(np.float32)
   sin, cos = jax.jit(sgld._sin_cos)(phi)
