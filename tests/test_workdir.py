@@ -148,12 +148,18 @@ def test_library_warnings_go_to_the_log_and_ours_to_the_terminal(tmp_path, capsy
     # As outside pytest, which records warnings: they are printed to stderr.
     warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))
-    with workdir_lib.library_log(tmp_path) as path:
-      warnings.warn_explicit("coroutine 'Store._get_array_metadatas' was never awaited",
-                             RuntimeWarning, library, 129)
-      warnings.warn_explicit("a config's own warning", UserWarning,
-                             str(tmp_path / "my_config.py"), 3)
-      warnings.warn_explicit("zhang's own warning", UserWarning, workdir_lib.__file__, 1)
+    # Loading a checkpoint raises absl's level to ERROR for the rest of the process.
+    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl.setLevel(logging.ERROR)
+    try:
+      with workdir_lib.library_log(tmp_path) as path:
+        warnings.warn_explicit("coroutine 'Store._get_array_metadatas' was never awaited",
+                               RuntimeWarning, library, 129)
+        warnings.warn_explicit("a config's own warning", UserWarning,
+                               str(tmp_path / "my_config.py"), 3)
+        warnings.warn_explicit("zhang's own warning", UserWarning, workdir_lib.__file__, 1)
+    finally:
+      absl.setLevel(level)
     warnings.warn_explicit("after the run", RuntimeWarning, library, 130)
   err = capsys.readouterr().err
   text = pathlib.Path(path).read_text()

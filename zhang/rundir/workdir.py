@@ -174,8 +174,10 @@ def library_log(workdir: epath.Path, process_index: int = 0):
   def showwarning(message, category, filename, lineno, file=None, line=None):
     if _is_ours(filename):
       previous_showwarning(message, category, filename, lineno, file, line)
-    else:
-      log.warning("%s", warnings.formatwarning(message, category, filename, lineno, line))
+    else:  # straight to the file: a logger's level (absl's is raised elsewhere) would drop it
+      handler.handle(logging.LogRecord("py.warnings", logging.WARNING, filename, lineno, "%s",
+                                       (warnings.formatwarning(message, category, filename,
+                                                               lineno, line),), None))
 
   previous_unraisable = sys.unraisablehook
   threading.excepthook, sys.unraisablehook = thread_exception, unraisable
