@@ -231,8 +231,13 @@ def sgld_step(loss_fn: Callable, w, w_star, key, batch, step_size, gamma, nbeta,
   for i, (x, x_star, g) in enumerate(zip(leaves, jax.tree.leaves(w_star),
                                          jax.tree.leaves(grads))):
     noise = normal_pairs(jax.random.fold_in(key, i), x.shape[-1])
-    drift = nbeta * to_pairs(jnp.ravel(g).astype(jnp.float32)) + gamma * (x - x_star)
-    new.append(x - (0.5 * step_size) * drift + jnp.sqrt(step_size) * noise)
+    gp = to_pairs(jnp.ravel(g).astype(jnp.float32))
+    # Real and imaginary parts apart: a real scalar times a complex number would be a
+    # complex product (four multiplications, not two).
+    parts = [p - (0.5 * step_size) * (nbeta * q + gamma * (p - p_star)) + jnp.sqrt(step_size) * z
+             for p, p_star, q, z in ((part(x), part(x_star), part(gp), part(noise))
+                                     for part in (jnp.real, jnp.imag))]
+    new.append(jax.lax.complex(*parts))
   return jax.tree.unflatten(treedef, new), loss
 
 
