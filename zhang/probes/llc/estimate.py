@@ -176,23 +176,20 @@ def _table_fits(run: run_lib.Run) -> bool:
 
 
 def _table(run: run_lib.Run):
-  """() -> every replica's whole training set as its steps see it (R, n, *input): scaled,
-  randomized and whitened (``step.grid_inputs``), in eval batches. A chain's input is a pure
-  function of (replica, example), and 1,300 steps of 4 chains make each digits example's about
-  470 times over: made once, a step gathers its rows (the digits sampler's step 1.1-1.2x
-  faster)."""
+  """Every replica's whole training set as its steps see it (R, n, *input): scaled,
+  randomized and whitened (``step.grid_inputs``), in eval batches, traced into the sampler.
+  A chain's input is a pure function of (replica, example), and 1,300 steps of 4 chains make
+  each digits example's about 470 times over: made once, a step gathers its rows (the digits
+  sampler's step 1.1-1.2x faster)."""
   s, reps, d, n = run.settings, run.reps, run.data, run.n
   eb = min(run.config.eval_batch_size, n)
 
-  def table():
-    def batch(b):
-      idx = jnp.minimum(b * eb + jnp.arange(eb), n - 1)
-      return step_lib.grid_inputs(s, reps, d, d.train_images[idx], idx, randomize.TRAIN)
-    x = jax.lax.map(batch, jnp.arange(-(-n // eb)))  # (batches, R, eb, *input)
-    x = jnp.moveaxis(x, 0, 1)
-    return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :n]
+  def batch(b):
+    idx = jnp.minimum(b * eb + jnp.arange(eb), n - 1)
+    return step_lib.grid_inputs(s, reps, d, d.train_images[idx], idx, randomize.TRAIN)
 
-  return table
+  x = jnp.moveaxis(jax.lax.map(batch, jnp.arange(-(-n // eb))), 0, 1)  # (R, batches, eb, ...)
+  return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :n]
 
 
 def _inputs(run: run_lib.Run, table, idx):
@@ -252,7 +249,7 @@ def _program(run: run_lib.Run, chains: int, num_steps: int, batch_size: int):
     grid_step = step_lib.over_grid(plan, run.mesh, functools.partial(replica_step, like=like),
                                    replicated=(1, 2, 3))
 
-    table = _table(run)() if _table_fits(run) else None
+    table = _table(run) if _table_fits(run) else None
 
     def step_fn(w, indices, step_keys):
       r = indices.shape[0]

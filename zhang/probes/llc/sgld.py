@@ -146,7 +146,7 @@ def normal_pairs(key, h: int):
   (cos phi, sin phi): a swap and two signs. Both normals come out of one element of the
   result, so a fusion that consumes it (the SGLD update, ``sgld_step``) hashes each pair
   once; ``jax.random.normal`` hashes once per normal and spends an inverse error function
-  on each, three times the cost of this on the CPU (``benchmarks/llc.py``, ``noise_share``).
+  on each, about three times the cost of this on the CPU (``benchmarks/llc.py``, ``noise_share``).
   Keys of another implementation get ``jax.random.normal``."""
   data = jax.random.key_data(key)
   if data.shape != (2,):
