@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from zhang.errors import UsageError
-from zhang.experiment import train
+from zhang.experiment import loop, train
 from zhang.rundir import checkpoint
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -368,7 +368,7 @@ def test_sigterm_between_evaluations_stops_within_a_call_and_resumes_bit_identic
   config = _small(tiny_config)
   clean = tmp_path / "clean"
   train.run(config, clean, progress=False)
-  monkeypatch.setattr(train._CallSizer, "steps", lambda self, remaining: min(remaining, 3))
+  monkeypatch.setattr(loop.CallSizer, "steps", lambda self, remaining: min(remaining, 3))
   real = train.metrics_lib.Timing.time_call
   sent = []
 
@@ -397,7 +397,7 @@ def test_ctrl_c_saves_like_sigterm_and_a_second_stops_at_once(tiny_config, tmp_p
   (as a SIGKILL leaves it) is said to have been killed: its lock was free."""
   from zhang.rundir import workdir as workdir_lib
   config = _small(tiny_config)
-  monkeypatch.setattr(train._CallSizer, "steps", lambda self, remaining: min(remaining, 3))
+  monkeypatch.setattr(loop.CallSizer, "steps", lambda self, remaining: min(remaining, 3))
   real = train.metrics_lib.Timing.time_call
   signals = []
 

@@ -25,8 +25,9 @@ def test_pct_and_md_table():
   assert formatting.pct(-0.005, 2, signed=True) == "-0.50"
   assert formatting.pct(0.005, 2, signed=True) == "+0.50"
   assert formatting.pct(0.5, 0) == "50"
-  for empty in (None, math.nan, math.inf):
-    assert formatting.pct(empty) == "–"
+  assert formatting.fixed(2 / 3) == "0.67" and formatting.fixed(-1234.5678, 1) == "-1234.6"
+  for empty in (None, math.nan, math.inf, -math.inf):
+    assert formatting.pct(empty) == formatting.fixed(empty) == "–"
   assert formatting.md_table(["a", "b"], [[1, "x"], [2.5, None]], align="lr") == [
       "| a | b |", "|---|---:|", "| 1 | x |", "| 2.5 | None |"]
   with pytest.raises(ValueError, match="align"):

@@ -13,7 +13,7 @@ from test_checkpoint import _assert_same, _final
 
 from zhang.errors import UsageError
 from zhang.experiment import config as config_lib
-from zhang.experiment import data, step, train
+from zhang.experiment import data, loop, step, train
 from zhang.probes import run as run_lib
 from zhang.rundir import checkpoint, metrics
 
@@ -166,7 +166,7 @@ def test_the_hash_of_runs_before_the_field_is_kept(tmp_path):
 def test_the_mask_is_the_fitted_replicas_never_the_padding():
   fits = metrics.Fits([None] * 3, np.zeros(3), 1.0, 0.99, 32, 128)
   fits.fit_step = [50, None, 10]
-  np.testing.assert_array_equal(train.frozen_replicas(fits, 4), [True, False, True, False])
+  np.testing.assert_array_equal(loop.frozen_replicas(fits, 4), [True, False, True, False])
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])

@@ -11,7 +11,7 @@ import pytest
 from zhang import analysis, cli
 from zhang.analysis import regularization, report
 from zhang.experiment import config as config_lib
-from zhang.experiment import train
+from zhang.experiment import loop, train
 
 MODELS = ["mlp_1x512", "mlp_3x512"]
 
@@ -80,7 +80,7 @@ def _preempt_in_the_second_model_and_resume(study, tmp_path, monkeypatch):
       os.kill(os.getpid(), signal.SIGTERM)
 
   monkeypatch.setattr(train.metrics_lib.Timing, "time_call", time_call)
-  monkeypatch.setattr(train._CallSizer, "steps", lambda self, remaining: min(remaining, 5))
+  monkeypatch.setattr(loop.CallSizer, "steps", lambda self, remaining: min(remaining, 5))
   stopped = train.run(study, tmp_path / "run", progress=False)
   assert stopped["status"] == "preempted"
   assert stopped["runs"]["mlp_1x512"]["status"] == "complete"

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from zhang.experiment import config as config_lib
-from zhang.experiment import data, models, randomize, step, train
+from zhang.experiment import data, models, randomize, resume, step, train
 from zhang.rundir import checkpoint
 from zhang.runtime import plan as plan_lib
 
@@ -457,7 +457,7 @@ def test_per_example_fit_times_follow_every_evaluation(tiny_config, tmp_path):
   dataset = data.load("digits").subset(256, 128)
   _, d, reps, init, _ = train.build(config, replicas, dataset)
   module = models.get(config.model).build(dataset.num_classes)
-  steps = train.evaluation_steps(config, summary["steps_run"])
+  steps = resume.evaluation_steps(config, summary["steps_run"])
   assert steps == [0, 20, 40, 60]
   params = {0: init.params, **{s: checkpoint.load(tmp_path, s)["params"] for s in steps[1:]}}
   with np.load(tmp_path / "fit_times.npz") as f:

@@ -21,6 +21,13 @@ def pct(x, digits: int = 1, signed: bool = False) -> str:
   return f"{100 * x:{'+' if signed else ''}.{digits}f}"
 
 
+def fixed(x, digits: int = 2) -> str:
+  """``x`` with ``digits`` decimals; ``–`` for None, NaN or infinity."""
+  if x is None or not math.isfinite(x):
+    return DASH
+  return f"{x:.{digits}f}"
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence], align: str | None = None
              ) -> list[str]:
   """A markdown table's lines. ``align``: one character per column, ``l`` or ``r``

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -12,23 +11,19 @@ from etils import epath
 
 from zhang.analysis import bound as bound_report
 from zhang.analysis import (
+  comparison,
   fit_time,
   grokking,
-  kernel_baseline,
-  lazy_rich,
   measures_plots,
   memorization,
   paper,
   plots,
-  provenance,
+  probe_sections,
   regularization,
   scaling,
   table2,
   tables,
 )
-from zhang.analysis import llc as llc_report
-from zhang.analysis import measures as measures_report
-from zhang.analysis import ntk as ntk_report
 from zhang.analysis.load import (
   HPARAMS,
   Runs,
@@ -36,8 +31,7 @@ from zhang.analysis.load import (
   load_runs,
   require_one_dataset,
 )
-from zhang.formatting import DASH, condition_name, md_table
-from zhang.formatting import pct as _fraction_pct
+from zhang.formatting import condition_name, fixed, md_table, pct
 from zhang.rundir import metrics as metrics_lib
 from zhang.rundir import workdir as workdir_lib
 
@@ -100,14 +94,6 @@ def analyze(runs: Runs, threshold: float | None = None, loss_below: float | None
                   fit_summary=tables.fit_summary(fits),
                   scaling=scaling.fit_scaling(fits, n_boot=n_boot),
                   table1=tables.table1(runs, fits))
-
-
-def _pct(x) -> str:
-  return _fraction_pct(x, 2)
-
-
-def _num(x, digits=2) -> str:
-  return DASH if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
 def _interval(mean, lo, hi, lower_bound=False, digits=2) -> str:
@@ -208,8 +194,8 @@ def _table1_section(a: Analysis) -> list[str]:
     fitted = f"{r.n_fitted}/{r.n}" if "n_fitted" in t else str(r.n)
     rows.append([r.model, *([r.hparams] if varies else []),
                  f"{int(r.parameters):,}" if np.isfinite(r.parameters) else "–",
-                 r.regularizers, r.condition, fitted, _pct(r.train_acc), _pct(r.test_acc),
-                 _pct(r.paper_train_acc), _pct(r.paper_test_acc)])
+                 r.regularizers, r.condition, fitted, pct(r.train_acc, 2), pct(r.test_acc, 2),
+                 pct(r.paper_train_acc, 2), pct(r.paper_test_acc, 2)])
   out = ["## Table 1: training and test accuracy", "",
          "Means over seeds at the last evaluation. *fitted*: replicas that reached the fit "
          "criterion / replicas. *paper*: Zhang et al. (2017) Table 1, where the experiment "
@@ -324,90 +310,12 @@ def _scaling_section(a: Analysis) -> list[str]:
                  _interval(r.t0, r.t0_lo, r.t0_hi, digits=2),
                  _interval(r.b, r.b_lo, r.b_hi, digits=3),
                  _interval(r.slowdown_p1, r.slowdown_p1_lo, r.slowdown_p1_hi),
-                 _num(r.r2), _num(r.rmse), _num(r.aic, 1), _num(r.delta_aic, 1),
+                 fixed(r.r2), fixed(r.rmse), fixed(r.aic, 1), fixed(r.delta_aic, 1),
                  f"{int(r.n)} ({int(r.n_censored)} censored)"])
   out += [*md_table(["setup", "form", "law", "t0 (epochs)", "b", "slowdown at p=1 (x)", "R²",
                      "RMSE", "AIC", "ΔAIC", "replicas"], rows), ""]
   out += ["- " + scaling.verdict(sc, setup) for setup in sc.setup.unique()]
   return out + _fig1b_law_notes(a) + [""]
-
-
-def _paper_section(a: Analysis) -> list[str]:
-  pn = paper.paper_numbers()
-  out = ["## Comparison with the paper", ""]
-  dataset = a.runs.datasets[0]
-  same = paper.matches_paper_dataset(dataset)
-  if not same:
-    out += [f"The paper's experiments are on CIFAR-10; these runs are on {dataset}, so the "
-            f"comparison is of shape, not of numbers.", ""]
-  out += _paper_fig1b(a, pn) + _paper_fig1c(a, pn, same) + _paper_fig1a(a, pn, same)
-  return out + [""]
-
-
-def _paper_fig1b(a: Analysis, pn: dict) -> list[str]:
-  """Figure 1b against the paper: the size of the slowdown, per setup."""
-  out = []
-  lo, hi = pn["figure1b"]["slowdown_range"]
-  s = a.fit_summary[a.fit_summary.kind == "labels"]
-  for setup in s.setup.unique():
-    g = s[s.setup == setup].sort_values("corruption")
-    at1 = g[g.corruption == 1]
-    if not g.mean_slowdown.notna().any():
-      out += [f"- **Fig. 1b, {setup}:** slowdown undefined: no true-label replica has "
-              f"fitted yet, so there is nothing to compare with the paper's "
-              f"{lo:g}x–{hi:g}x."]
-      continue
-    worst = g.loc[g.mean_slowdown.idxmax()]
-    ge = "≥ " if worst.lower_bound_slowdown else ""
-    p1 = (f"{'≥ ' if at1.lower_bound_slowdown.iloc[0] else ''}"
-          f"{at1.mean_slowdown.iloc[0]:.2f}x at p = 1, " if len(at1) else "")
-    inside = worst.mean_slowdown <= hi and not worst.lower_bound_slowdown
-    out += [f"- **Fig. 1b, {setup}:** slowdown {p1}largest {ge}{worst.mean_slowdown:.2f}x "
-            f"(at p = {worst.corruption:g}). The paper: {pn['figure1b']['claim']}; "
-            f"{'within' if inside else 'outside'} its {lo:g}x–{hi:g}x range."]
-  return out
-
-
-def _paper_fig1c(a: Analysis, pn: dict, same: bool) -> list[str]:
-  """Figure 1c against the paper: the shape of test error, per setup."""
-  out = []
-  k = a.runs.replicas.num_classes.dropna()
-  k = int(k.iloc[0]) if len(k) else 10
-  err = tables.per_corruption(a.runs.replicas, "test_error")
-  for setup in plots.setup_labels(err):
-    shape = paper.figure1c_shape(err[err.setup == setup], k)
-    model = a.runs.replicas.loc[a.runs.replicas.setup == setup, "model"].iloc[0]
-    p0_paper = pn["figure1c"]["test_error_at_p0"].get(model) if same else None
-    p0 = f"{_pct(shape['error_p0'])}% at p = 0" + (
-        f" (paper {_pct(p0_paper)}%)" if p0_paper is not None else "")
-    out += [f"- **Fig. 1c, {setup}:** test error {p0}, {_pct(shape['error_p1'])}% at p = 1 "
-            f"(chance {_pct(shape['chance'])}%, paper {_pct(shape['paper_error_p1'])}%); "
-            f"Spearman correlation with p = {_num(shape['rho'])} (the paper's curve rises "
-            f"steadily: 1)."]
-  return out
-
-
-def _paper_fig1a(a: Analysis, pn: dict, same: bool) -> list[str]:
-  """Figure 1a against the paper: optimizer steps to a training loss of 0.1, per
-  condition, fastest first."""
-  f1a = pn["figure1a"]
-  loss_fits = fit_time.time_to_fit(a.runs.metrics, loss_below=f1a["loss_threshold"])
-  rows = []
-  order = {s: i for i, s in enumerate(plots.setup_labels(loss_fits))}
-  for (setup, cond), g in loss_fits.groupby(["setup", "condition"]):
-    if cond not in tables.FIG1A_CONDITIONS:
-      continue
-    match = same and g.model.iloc[0] == f1a["model"]
-    ge = "≥ " if g.censored.any() else ""
-    rows.append([setup, cond, f"{ge}{g.time_step.mean():,.0f}",
-                 f"{f1a['steps_to_loss'][cond]:,}" if match else DASH, g.time_step.mean()])
-  rows = [r[:-1] for r in sorted(rows, key=lambda r: (order[r[0]], r[-1]))]  # fastest first
-  if not rows:
-    return []
-  return ["", f"Fig. 1a: optimizer steps until training loss ≤ {f1a['loss_threshold']:g} "
-          f"(mean over seeds; the paper column is from a public reproduction of Inception "
-          f"on CIFAR-10, shown only for that experiment).", "",
-          *md_table(["setup", "condition", "steps", "paper (repro)"], rows)]
 
 
 def reliability_table(runs: Runs) -> pd.DataFrame:
@@ -454,10 +362,6 @@ def _figures_section(names: Sequence[str] = FIGURES) -> list[str]:
     caption = captions.get(name, name)
     out += [f"![{caption}]({name})", "", f"*{caption}*", ""]
   return out
-
-
-def _log(msg: str) -> None:
-  print(f"[zhang report] {msg}", file=sys.stderr, flush=True)
 
 
 def _write_text(path: epath.Path, text: str) -> epath.Path:
@@ -517,96 +421,6 @@ def _table2(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
   return [path], table2.report_lines(runs, t) + [f"Also in [{TABLE2}]({TABLE2}).", ""]
 
 
-def _skipped(title: str, path: epath.Path, settings: dict, command: str) -> list[str]:
-  """The section of a probe file computed from another run: where it is from, and that it
-  was skipped."""
-  _log(provenance.skipped_line(path, settings))
-  return [title, "", f"{path} was computed from {provenance.describe(settings)}, not from "
-          f"the runs reported here, so it is not shown. `{command}` writes this section for "
-          f"a run reported here.", ""]
-
-
-def _kernel_baseline(runs: Runs, out: epath.Path, grok: pd.DataFrame) -> list[str]:
-  """The section of what `zhang kernel RUN --out OUT` wrote, for runs on token datasets."""
-  entries = kernel_baseline.load(out)
-  others = kernel_baseline.select(entries, runs)[1]
-  if others:
-    _log(provenance.skipped_line(out / kernel_baseline.FILE, others[0].get("settings", {}))
-         + (f" ({len(others)} entries)" if len(others) > 1 else ""))
-  return kernel_baseline.report_lines(entries, runs, out, grok)
-
-
-def _probes(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
-  """The figures and sections of what `zhang llc RUN`, `zhang ntk RUN`, `zhang measures
-  RUN` (with measures.md) and `zhang bound RUN` wrote into ``out``, each only where computed
-  from one of ``runs``."""
-  written, lines = [], []
-  if (out / "llc.json").exists():
-    llc = llc_report.load(out / "llc.json")
-    if provenance.source(llc["settings"], runs) is None:
-      lines += _skipped("## Local learning coefficient", out / "llc.json", llc["settings"],
-                        f"zhang llc RUN --out {out}")
-    else:
-      written += [epath.Path(p) for p in llc_report.plot(llc, out)]
-      traces = llc_report.replot_traces(llc, out)  # the chains' losses, when zhang llc kept them
-      written += [epath.Path(traces)] if traces else []
-      lines += llc_report.report_lines(llc) + [""]
-  if (out / ntk_report.NTK_JSON).exists():
-    ntk = ntk_report.load(out)
-    if provenance.source(ntk["settings"], runs) is None:
-      lines += _skipped("## Kernel regime (empirical NTK at initialization)",
-                        out / ntk_report.NTK_JSON, ntk["settings"], f"zhang ntk RUN --out {out}")
-    else:
-      from zhang.analysis import ntk_plots  # matplotlib's figures of ntk.json
-      written += [epath.Path(p) for p in ntk_plots.plot(ntk, out)]
-      lines += ntk_report.summary_lines(ntk) + [""]
-  if (out / lazy_rich.FILE).exists():
-    moved = lazy_rich.load(out)
-    if provenance.source(moved["settings"], runs) is None:
-      lines += _skipped("## Kernel movement (lazy or rich)", out / lazy_rich.FILE,
-                        moved["settings"], f"zhang ntk RUN --steps all --out {out}")
-    else:
-      written += [epath.Path(p) for p in lazy_rich.plot(moved, out)]
-      acc = {(m, int(i)): float(a) for m, i, a in runs.replicas[
-          ["model", "replica", "final_test_acc"]].itertuples(index=False)}
-      lines += lazy_rich.report_lines(moved, acc)
-  if (out / measures_report.FILE).exists():
-    written_m, lines_m = _measures(runs, out)
-    written, lines = written + written_m, lines + lines_m
-  if (out / bound_report.FILE).exists():
-    written_b, lines_b = _bound(runs, out)
-    written, lines = written + written_b, lines + lines_b
-  return written, lines
-
-
-def _bound(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
-  """The figure and report.md's section of bound.json's replicas that are these runs'."""
-  path = out / bound_report.FILE
-  result = bound_report.load(path)
-  mine, others = measures_report.select(result, runs)
-  if mine is None:
-    return [], _skipped("## PAC-Bayes bounds", path, result["settings"],
-                        f"zhang bound RUN --out {out}")
-  if others:
-    _log(measures_report.partial_line(path, others))
-  return bound_report.plot(mine, out), bound_report.report_lines(mine)
-
-
-def _measures(runs: Runs, out: epath.Path) -> tuple[list[epath.Path], list[str]]:
-  """measures.md, its figures and report.md's section, from the replicas of measures.json
-  that are these runs' (a study's measures.json may hold other models' too)."""
-  path = out / measures_report.FILE
-  result = measures_report.load(path)
-  mine, others = measures_report.select(result, runs)
-  if mine is None:
-    return [], _skipped("## Generalization measures", path, result["settings"],
-                        f"zhang measures RUN --out {out}")
-  if others:
-    _log(measures_report.partial_line(path, others))
-  analysis = measures_report.analyze(mine)
-  return measures_report.write(out, analysis), measures_report.summary_lines(analysis)
-
-
 def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
                  threshold: float | None = None, loss_below: float | None = None,
                  n_boot: int = 200) -> list[epath.Path]:
@@ -622,7 +436,7 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   grok = grokking.steps(runs)  # empty unless a run trained past its fit
   written = _figures(a, out, grok)
   study = _regularizer_study(a, out, threshold)
-  probe_figures, probe_lines = _probes(runs, out)
+  probe_figures, probe_lines = probe_sections.sections(runs, out)
   lines = [f"# Randomization tests on {runs.datasets[0]}", "",
            f"Generated by `zhang report` from {len(runs.runs)} run(s). Reproduces Figure 1 and "
            f"Table 1 of Zhang et al. (2017), *Understanding deep learning requires rethinking "
@@ -633,9 +447,9 @@ def write_report(paths: Sequence[str | epath.Path], out: str | epath.Path,
   if study:
     lines += ["Each regularizer on and off, random labels with regularizers, and early "
               "stopping: [table1.md](table1.md).", ""]
-  lines += _fit_section(a) + _scaling_section(a) + _paper_section(a)
+  lines += _fit_section(a) + _scaling_section(a) + comparison.section(a)
   lines += grokking.report_lines(runs, grok)
-  lines += _kernel_baseline(runs, out, grok)
+  lines += probe_sections.kernel_baseline_section(runs, out, grok)
   lines += memorization.report_lines(runs) + probe_lines
   figures = written + [p for p in study + probe_figures if p.suffix == ".png"]
   lines += _figures_section([p.name for p in figures])
