@@ -7,7 +7,8 @@ The flatness search and the Hessian power iteration repeat a few kinds of step p
 each over a batch of examples: a Monte Carlo draw of the PAC-Bayes search (Gaussian noise on
 every parameter and a forward pass: ``flatness.perturbed_accuracy``), a projected ascent step
 of the sharpness search (a forward and backward pass: ``flatness.ascent_step``) and a
-Hessian-vector product (forward over reverse: ``curvature.hvp``). This script times each
+Hessian-vector product (``curvature.hvp``: forward over reverse, or reverse over reverse
+for a conv net under the explicit CPU gradients). This script times each
 over every replica of the config's grid in one program (``step.over_grid``, the run's plan
 and mesh, the measures' own model: ``compute.model_of``), on batches of the config's batch
 size, against the trainer's ``train_chunk`` on the same model, grid and batch size. Prints

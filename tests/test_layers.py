@@ -159,6 +159,49 @@ def test_explicit_gradients_around_a_plain_model_equal_jax(name):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,stride,padding,c_in,canonical", [
+    (3, 1, "SAME", 3, True), (3, 1, "SAME", 6, True), (3, 2, "SAME", 3, False),
+    (5, 2, "VALID", 3, False), (3, 1, ((2, 0), (1, 3)), 6, False)])
+def test_hessian_vector_products_through_the_explicit_gradients_equal_jax(
+    kernel, stride, padding, c_in, canonical):
+  """Reverse over reverse through the explicit gradients (a convolution, max pool, LRN and
+  dense layer) equals JAX's forward over reverse. With stride 1 every convolution the
+  product differentiates is canonical: the gradients' own convolutions go through the
+  explicit rules too. Not with a stride (the weight gradient is a dilated convolution) or
+  a padding larger than the kernel's reach (a gradient's padding is negative): those are
+  left to JAX's rules."""
+  keys = jax.random.split(jax.random.key(kernel + stride), 5)
+  x = jax.random.normal(keys[0], (2, 8, 8, c_in))
+  y = jnp.asarray([1, 2])
+  params = dict(w=0.3 * jax.random.normal(keys[1], (kernel, kernel, c_in, 4)))
+  conv_shape = jax.eval_shape(lambda: lax.conv_general_dilated(
+      x, params["w"], (stride, stride), padding, dimension_numbers=DN)).shape
+  params["d"] = 0.2 * jax.random.normal(keys[2], (int(np.prod(conv_shape[1:])), 3))
+  v = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape), params,
+                   dict(w=keys[3], d=keys[4]))
+
+  def loss(p, explicit):
+    conv = layers.conv_general_dilated if explicit else lax.conv_general_dilated
+    h = conv(x, p["w"], (stride, stride), padding, dimension_numbers=DN)
+    h = (layers.max_pool(h, (2, 2), (1, 1)) if explicit
+         else nn.max_pool(h, (2, 2), strides=(1, 1), padding="SAME"))
+    h = layers.local_response_norm(h) if explicit else models.local_response_norm(h)
+    logits = h.reshape(2, -1) @ p["d"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  dot = lambda a, b: sum(jnp.vdot(p, q) for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  reverse = lambda p: jax.grad(lambda q: dot(jax.grad(loss)(q, True), v))(p)
+  want = jax.jvp(lambda p: jax.grad(loss)(p, False), (params,), (v,))[1]
+  got = jax.jit(reverse)(params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  specs = re.findall(r"lhs_spec=(\(.*?\)), rhs_spec=(\(.*?\)), out_spec=(\(.*?\))",
+                     str(jax.make_jaxpr(reverse)(params)))
+  canonical_specs = ("(0, 3, 1, 2)", "(3, 2, 0, 1)", "(0, 3, 1, 2)")
+  assert len(specs) >= 6  # the forward, two gradients and their derivatives
+  assert (set(specs) == {canonical_specs}) == canonical, set(specs)
+
+
 def _grid(tiny_config, plan, image_size=8, model="inception_small_nobn"):
   """A conv net on 32 images: digits (8x8), or random CIFAR-sized (28x28x3) ones. Small
   batches: inside the step loop JAX's conv gradients take about half a second per image on

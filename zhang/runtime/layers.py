@@ -13,6 +13,9 @@ XLA CPU runs some of JAX's own gradients far slower than outside a loop (benchma
   does not, and falls back to a naive loop nest (upstream: jax-ml/jax#12868). Here both
   gradients are stated directly as canonical convolutions over explicitly transposed
   operands; a strided layer's input gradient as one undilated convolution per stride phase.
+  Those gradient convolutions are themselves this path's (``_canonical_conv``), so a
+  Hessian-vector product taken reverse over reverse (``zhang.probes.measures.curvature``)
+  stays in the canonical form, except a strided layer's weight gradient (dilated).
   Only NHWC x HWIO convolutions without dilation or feature groups (every one in
   ``zhang.experiment.models``) take this path, anything else goes to ``lax``.
 - ``max_pool``: JAX's gradient is a ``select_and_scatter``, which XLA CPU expands into a
@@ -108,14 +111,15 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
   def weight_grad(xc, dyc):
     if dy_as_batch:  # dW[i] = sum over u of x[u] dy[u + lo - i]: reversed taps of a correlation
       (lo_h, hi_h), (lo_w, hi_w) = padding
-      dw = lax.conv_general_dilated(
-          jnp.transpose(dyc, (3, 1, 2, 0)), jnp.transpose(xc, (1, 2, 0, 3)), (1, 1),
-          ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)),
-          dimension_numbers=_NHWC, precision=precision)
+      dw = _canonical_conv(
+          jnp.transpose(dyc, (3, 1, 2, 0)), jnp.transpose(xc, (1, 2, 0, 3)),
+          ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)), precision)
       return jnp.transpose(dw[:, ::-1, ::-1, :], (3, 1, 2, 0))
-    dw = lax.conv_general_dilated(
-        jnp.transpose(xc, (3, 1, 2, 0)), jnp.transpose(dyc, (1, 2, 0, 3)), (1, 1), padding,
-        rhs_dilation=(sh, sw), dimension_numbers=_NHWC, precision=precision)
+    xt, dyt = jnp.transpose(xc, (3, 1, 2, 0)), jnp.transpose(dyc, (1, 2, 0, 3))
+    if (sh, sw) == (1, 1):
+      return _canonical_conv(xt, dyt, padding, precision)[:, :kh, :kw, :]
+    dw = lax.conv_general_dilated(xt, dyt, (1, 1), padding, rhs_dilation=(sh, sw),
+                                  dimension_numbers=_NHWC, precision=precision)
     return dw[:, :kh, :kw, :]
 
   dw = weight_grad(x, dy).astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -125,6 +129,16 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _canonical_conv(x, w, padding, precision):
+  """A stride-1 NHWC x HWIO convolution of the gradients above, itself through ``_conv``
+  where its padding is not negative, so that differentiating a gradient (a Hessian-vector
+  product, reverse over reverse) takes the same canonical forms. The same values."""
+  if any(p < 0 for pair in padding for p in pair):
+    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC,
+                                    precision=precision)
+  return _conv(x, w, (1, 1), tuple(tuple(p) for p in padding), precision)
 
 
 def _phase(n: int, m: int, k: int, s: int, lo: int, a: int):
@@ -157,8 +171,7 @@ def _input_grad(dy, w, hw, strides, padding, precision):
         part = jnp.zeros((dy.shape[0], nh, nw, w.shape[2]), dy.dtype)
       else:
         sub = jnp.transpose(w[fh::sh, fw::sw][::-1, ::-1], (0, 1, 3, 2))
-        part = lax.conv_general_dilated(dy, sub, (1, 1), ((loh, hih), (low, hiw)),
-                                        dimension_numbers=_NHWC, precision=precision)
+        part = _canonical_conv(dy, sub, ((loh, hih), (low, hiw)), precision)
       line.append(jnp.pad(part, ((0, 0), (0, whole_h - nh), (0, whole_w - nw), (0, 0))))
     parts.append(line)
   if sh == sw == 1:

@@ -27,11 +27,14 @@ class Model(NamedTuple):
   module: Any  # the Flax Linen module (``zhang.experiment.models``)
   layers: tuple  # the model's linear layers (``zhang.probes.measures.net.layers``)
   chunk: int  # examples per pass in loops over ``Replica.x`` (bounds memory)
-  # ``logits`` with JAX's own differentiation rules, for Hessian-vector products (forward
-  # over reverse), where ``logits`` runs under the execution plan's explicit CPU gradients
-  # (a custom_vjp: fast first-order gradients of convolutions, no forward mode). None: the
-  # same as ``logits``.
+  # Hessian-vector products (``curvature.hvp``) where ``logits`` runs under the execution
+  # plan's explicit CPU gradients (custom_vjp rules, ``zhang.runtime.layers``), which
+  # forward mode cannot go through: ``reverse_hvp``, reverse over reverse through those
+  # rules (a conv net's: the gradients' own convolutions take them too), or forward over
+  # reverse through ``hvp_logits``, ``logits`` with JAX's own rules (an MLP's: faster
+  # there). Neither: forward over reverse through ``logits``.
   hvp_logits: Callable | None = None
+  reverse_hvp: bool = False
 
 
 class Replica(NamedTuple):

@@ -4,7 +4,8 @@ its trace (Keskar et al. 2017's sharp minima; Jastrzebski et al. 2018's Hessian 
 The loss is the mean cross-entropy over the replica's real examples (``Replica.valid``) as it
 evaluates them (``Model.logits``: batch norm on its running statistics), differentiated with
 respect to ``params`` only. Both measures are built from Hessian-vector products (``hvp``:
-forward-over-reverse, ``jax.jvp`` of ``jax.grad``), each a sum over chunks of ``Model.chunk``
+forward-over-reverse, ``jax.jvp`` of ``jax.grad``, or reverse-over-reverse through a conv
+net's explicit CPU gradients: ``Model.reverse_hvp``), each a sum over chunks of ``Model.chunk``
 examples so that one chunk's activations are in memory at a time; the Hessian itself is never
 formed.
 
@@ -106,14 +107,17 @@ def loss_grad(model, rep, params):
 
 
 def hvp(model, rep, v):
-  """H v, H the Hessian of ``loss`` at ``rep.params`` (jvp of grad, summed over chunks),
-  through ``model.hvp_logits`` where given (forward-mode differentiable)."""
+  """H v, H the Hessian of ``loss`` at ``rep.params``, summed over chunks: the jvp of the
+  gradient (through ``model.hvp_logits`` where given), or with ``model.reverse_hvp`` the
+  gradient of <gradient, v> (the same sums)."""
   if model.hvp_logits is not None:
     model = model._replace(logits=model.hvp_logits)
   grad = jax.grad(chunk_loss, argnums=2)
 
   def chunk_hvp(x, y, valid):
     g = lambda p: grad(model, rep, p, x, y, valid)
+    if model.reverse_hvp:
+      return jax.grad(lambda p: tree_dot(g(p), v))(rep.params)
     return jax.jvp(g, (rep.params,), (v,))[1]
 
   total = sum_over_chunks(chunk_hvp, model, rep)
