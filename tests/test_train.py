@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from zhang.experiment import config as config_lib
-from zhang.experiment import data, models, randomize, resume, step, train
+from zhang.experiment import data, evaluate, models, randomize, resume, step, train
 from zhang.rundir import checkpoint
 from zhang.runtime import plan as plan_lib
 
@@ -156,9 +156,9 @@ def test_evaluate_equals_a_direct_computation(tiny_config):
 
 def test_top5_accuracies_count_labels_among_the_five_highest_logits(tiny_config,
                                                                     monkeypatch):
-  """With more classes than ``step.TOP5_FROM`` (here lowered to digits' 10), each row has
+  """With more classes than ``evaluate.TOP5_FROM`` (here lowered to digits' 10), each row has
   train and test top-5 accuracies: against numpy's ranking of each replica's logits."""
-  monkeypatch.setattr(step, "TOP5_FROM", 5)
+  monkeypatch.setattr(evaluate, "TOP5_FROM", 5)
   tiny_config.grid = [dict(kinds=["labels"], corruptions=[0.0, 0.5], seeds=[0])]
   config, replicas, dataset, (program, d, reps, states), ev = _evaluated(tiny_config, 3)
   module = models.get(config.model).build(dataset.num_classes)
@@ -367,9 +367,9 @@ def test_calibration_error_matches_numpy():
   correct = (prob.argmax(-1) == labels).astype(np.float64)
   weight = np.ones((3, 200))
   weight[:, -20:] = 0  # padding: counted nowhere
-  bins = step.calibration_bins(jnp.asarray(confidence, jnp.float32),
+  bins = evaluate.calibration_bins(jnp.asarray(confidence, jnp.float32),
                                jnp.asarray(correct, jnp.float32), jnp.asarray(weight))
-  ece = np.asarray(step.expected_calibration_error(bins))
+  ece = np.asarray(evaluate.expected_calibration_error(bins))
   for r in range(3):
     expected, expected_bins = _numpy_ece(confidence[r, :-20], correct[r, :-20])
     np.testing.assert_allclose(ece[r], expected, rtol=1e-5, atol=1e-6)

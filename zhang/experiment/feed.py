@@ -18,6 +18,7 @@ import numpy as np
 from zhang.errors import UsageError
 from zhang.experiment import augment as augment_lib
 from zhang.experiment import data as data_lib
+from zhang.experiment import program as program_lib
 from zhang.experiment import step as step_lib
 from zhang.experiment import stream as stream_lib
 
@@ -144,9 +145,9 @@ def for_dataset(config, dataset, augmentations: tuple, mesh, start_step: int) ->
               images.shape[1:], mesh, start_step)
 
 
-def evaluate(program: step_lib.GridProgram, states, reps, d, train_source, test_source,
+def evaluate(program: program_lib.GridProgram, states, reps, d, train_source, test_source,
              batch: int, mesh, transform=None):
-  """The evaluation's metrics (``step.grid_metrics``') from the two splits streamed in
+  """The evaluation's metrics (``evaluate.grid_metrics``') from the two splits streamed in
   order (``stream.eval_batches``: each process the rows of every batch its devices hold),
   each replica's training labels drawn from the indices, for data that does not fit on a
   device; and whether each training example is classified as labelled, (R, n_train)."""

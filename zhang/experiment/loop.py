@@ -20,7 +20,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from zhang.experiment import evaluate as evaluate_lib
 from zhang.experiment import feed as feed_lib
+from zhang.experiment import program as program_lib
 from zhang.experiment import resume as resume_lib
 from zhang.experiment import step as step_lib
 from zhang.rundir import checkpoint as checkpoint_lib
@@ -34,7 +36,7 @@ class Run(NamedTuple):
   config: ml_collections.ConfigDict
   replicas: list
   workdir: Any
-  program: step_lib.GridProgram
+  program: program_lib.GridProgram
   d: step_lib.DeviceDataset
   reps: step_lib.ReplicaConstants
   noisy: np.ndarray  # whether the corruption changed each example's label (fit_times.npz)
@@ -108,7 +110,7 @@ def _evaluate(run: Run, states, fit_since, step: int):
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _track(fit_since, hits, step):
-  return step_lib.track_fits(fit_since, hits, step)
+  return evaluate_lib.track_fits(fit_since, hits, step)
 
 
 def _record(run: Run, step: int, states, fit_since, last_eval: int, evaluated: bool,

@@ -30,6 +30,7 @@ from zhang.experiment import config as config_lib
 from zhang.experiment import data as data_lib
 from zhang.experiment import feed as feed_lib
 from zhang.experiment import loop as loop_lib
+from zhang.experiment import program as program_lib
 from zhang.experiment import resume as resume_lib
 from zhang.experiment import step as step_lib
 from zhang.experiment import stream as stream_lib
@@ -274,7 +275,7 @@ def build(config, replicas, dataset, mesh=None, plan=None):
 
   The grid is padded to a multiple of the mesh's replica axis (``mesh_lib.pad``); every
   per-replica array has the padded length, outputs use the first ``len(replicas)``.
-  ``plan``: see ``choose_plan``. Returns (step.GridProgram, step.DeviceDataset,
+  ``plan``: see ``choose_plan``. Returns (program.GridProgram, step.DeviceDataset,
   step.ReplicaConstants, stacked TrainState, label noise).
   """
   spec = models.get(config.model)
@@ -296,7 +297,7 @@ def build(config, replicas, dataset, mesh=None, plan=None):
                                                       sample).params)
   settings = dataclasses.replace(settings, end_layers=end_layers(module, sample.shape[1:]),
                                  num_classes=dataset.num_classes)
-  program = step_lib.compile_grid(module, settings, spec.batch_norm, chosen, mesh,
+  program = program_lib.compile_grid(module, settings, spec.batch_norm, chosen, mesh,
                                   spec.lr_scales(shapes, settings.optimizer))
   states = jax.jit(jax.vmap(program.init, (0, None)), out_shardings=by_replica)(
       init_keys, sample)

@@ -38,6 +38,7 @@ from zhang.errors import UsageError
 from zhang.experiment import config as config_lib
 from zhang.experiment import data as data_lib
 from zhang.experiment import models, randomize, train
+from zhang.experiment import program as program_lib
 from zhang.experiment import step as step_lib
 from zhang.rundir import checkpoint as checkpoint_lib
 from zhang.rundir import format as format_lib
@@ -331,7 +332,7 @@ class Run:
     """``evaluate``'s rows for any ``state`` (e.g. ``state_at``'s); ``step`` is what the
     rows record (a number, or one per replica)."""
     if self._evaluate is None:
-      self._evaluate = step_lib.compile_grid(self.module, self.settings, self.has_batch_norm,
+      self._evaluate = program_lib.compile_grid(self.module, self.settings, self.has_batch_norm,
                                              self.plan, self.mesh).evaluate
     ev = jax.device_get(self._evaluate(state, self.reps, self.data))
     steps = np.broadcast_to(np.asarray(step), (len(self.replicas),)).tolist()
