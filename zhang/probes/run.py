@@ -332,8 +332,9 @@ class Run:
     """``evaluate``'s rows for any ``state`` (e.g. ``state_at``'s); ``step`` is what the
     rows record (a number, or one per replica)."""
     if self._evaluate is None:
-      self._evaluate = program_lib.compile_grid(self.module, self.settings, self.has_batch_norm,
-                                             self.plan, self.mesh).evaluate
+      self._evaluate = program_lib.compile_grid(self.module, self.settings,
+                                                self.has_batch_norm, self.plan,
+                                                self.mesh).evaluate
     ev = jax.device_get(self._evaluate(state, self.reps, self.data))
     steps = np.broadcast_to(np.asarray(step), (len(self.replicas),)).tolist()
     return [dict(step=steps[i], replica=r.index,
