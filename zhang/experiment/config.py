@@ -41,18 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   # standard, ntk, mup or mean_field, for the model(s) whose names carry no suffix of their
   # own (mlp_1x1024_mup does). Only the MLPs take one (mlp_DxW, mlp_tokens, mlp_tokens_W).
   c.parameterization = "standard"
-  c.dataset = "cifar10"
-  c.data_dir = ""  # IDX folder or tfds data_dir (a gs:// path on TPU VMs); "" = defaults
-  c.n_train = 0  # use the first n training examples; 0 = all
-  c.n_test = 0  # 0 = all
-  # Two classes: label y -> 0 if y < K // 2 else 1 (K classes), train and test, before label
-  # corruption (zhang.experiment.data.binary: MNIST's digits 0-4 against 5-9, Dziugaite &
-  # Roy 2017). Image datasets only.
-  c.binary = False
-  # modadd only (zhang.experiment.data): pairs mod a prime, a random split of them from a seed.
-  c.modulus = 113
-  c.train_fraction = 0.3
-  c.split_seed = 0
+  _data_fields(c)
   c.batch_size = 128
   _stream_fields(c)
   _optimizer_fields(c)
@@ -91,6 +80,22 @@ def base_config() -> ml_collections.ConfigDict:
   # scalars above).
   c.grid = [dict(kinds=["labels"], corruptions=[0.0, 1.0], seeds=[0])]
   return c
+
+
+def _data_fields(c: ml_collections.ConfigDict) -> None:
+  """The dataset and which of its examples train and test (``base_config``'s, in its order)."""
+  c.dataset = "cifar10"
+  c.data_dir = ""  # IDX folder or tfds data_dir (a gs:// path on TPU VMs); "" = defaults
+  c.n_train = 0  # use the first n training examples; 0 = all
+  c.n_test = 0  # 0 = all
+  # Two classes: label y -> 0 if y < K // 2 else 1 (K classes), train and test, before label
+  # corruption (zhang.experiment.data.binary: MNIST's digits 0-4 against 5-9, Dziugaite &
+  # Roy 2017). Image datasets only.
+  c.binary = False
+  # modadd only (zhang.experiment.data): pairs mod a prime, a random split of them from a seed.
+  c.modulus = 113
+  c.train_fraction = 0.3
+  c.split_seed = 0
 
 
 def _stream_fields(c: ml_collections.ConfigDict) -> None:

@@ -185,10 +185,11 @@ def model_of(run: run_lib.Run, chunk: int) -> context.Model:
                       jnp.zeros((1, *run.input_shape), jnp.float32))
   explicit = run.plan.gradients == "explicit"
   convs = any(layer.kind == "conv" for layer in layers)
-  jax_rules = logits_under(dataclasses.replace(run.plan, gradients="jax"))
+  hvp_logits = None
+  if explicit and not convs:
+    hvp_logits = logits_under(dataclasses.replace(run.plan, gradients="jax"))
   return context.Model(logits_under(run.plan), run.module, layers, chunk,
-                       hvp_logits=jax_rules if explicit and not convs else None,
-                       reverse_hvp=explicit and convs)
+                       hvp_logits=hvp_logits, reverse_hvp=explicit and convs)
 
 
 def _one_replica(model: context.Model, groups, s: Settings, params, init_params, batch_stats,
